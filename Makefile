@@ -1,0 +1,38 @@
+# lungnode: two commands. `make run` starts the node; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.ini
+DEBIAN_TEST_PACKAGES := orthanc dcmtk dicom3tools pixelmed-apps postgresql
+
+.PHONY: run test venv dev-deps debian-deps lint bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(VENV)/bin/lungnode serve -c $(CONFIG)
+
+debian-deps:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: venv debian-deps
+	$(PY) -m pytest -q -ra tests
+
+lint: venv
+	$(VENV)/bin/ruff check scp_node classifier storage tests bench
+
+bench: venv debian-deps
+	$(PY) bench/ingest.py
+	$(PY) bench/analyze.py

@@ -1,0 +1,135 @@
+"""The classifier boundary: what `analyze` takes (StudyFiles) and what it returns (StudyResult).
+
+These are plain frozen dataclasses so the node, the encoders and the tests share one vocabulary.
+Coordinates: volumes are indexed [slice, row, column]; patient coordinates are DICOM LPS in mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HISTOLOGY_CLASSES: tuple[str, ...] = ("A", "B", "E", "G")
+HISTOLOGY_NAMES: dict[str, str] = {
+    "A": "adenocarcinoma",
+    "B": "small cell carcinoma",
+    "E": "large cell carcinoma",
+    "G": "squamous cell carcinoma",
+}
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """One stored instance with the header facts the node already indexed."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    """The stored instances of one series."""
+
+    series_instance_uid: str
+    modality: str
+    instances: tuple[InstanceFile, ...]
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    """The instance files of one study, grouped by series: the input of `analyze`."""
+
+    study_instance_uid: str
+    series: tuple[SeriesFiles, ...]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [i.path for s in self.series for i in s.instances]
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """A source image the analysis used (for SR evidence and references)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One lesion found in the CT volume, with its measurements and CNN output.
+
+    `mask` is the lesion's binary mask cropped to `mask_origin` (slice, row, column) in the
+    CT volume's index space; `box_rc` is (row_min, col_min, row_max, col_max) on the key slice.
+    """
+
+    tracking_id: str
+    tracking_uid: str
+    key_slice_index: int
+    key_slice: ImageReference
+    box_rc: tuple[int, int, int, int]
+    slice_range: tuple[int, int]
+    centroid_mm: tuple[float, float, float]
+    side: str  # "left", "right" or "central"
+    lobe: str | None
+    long_axis_mm: float
+    short_axis_mm: float
+    volume_ml: float
+    mask: np.ndarray = field(repr=False, compare=False)
+    mask_origin: tuple[int, int, int] = (0, 0, 0)
+    suv_max: float | None = None
+    suv_mean: float | None = None
+    mtv_ml: float | None = None
+    tlg: float | None = None
+    lesion_probability: float = 0.0
+    histology: dict[str, float] = field(default_factory=dict)
+    detected_by: str = "CT"  # "CT", "PET" or "CT+PET"
+
+    @property
+    def most_probable_type(self) -> str:
+        return max(self.histology, key=self.histology.__getitem__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance of the model that produced a result; carried into the SR and SEG."""
+
+    name: str
+    version: str
+    sha256: str
+    trained_on: str
+    clinical_use: bool = False
+
+    @property
+    def device_uid_suffix(self) -> str:
+        """A decimal string derived from the weights, so the Device UID changes with them."""
+        return str(int(self.sha256[:24], 16))
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Everything `analyze` learnt about one study; the input of the SR and SEG encoders."""
+
+    study_instance_uid: str
+    model: ModelInfo
+    ct_series_uid: str | None = None
+    pet_series_uid: str | None = None
+    ct_slices: tuple[ImageReference, ...] = ()  # ordered along the slice normal, index = slice
+    pet_slices: tuple[ImageReference, ...] = ()
+    ct_shape: tuple[int, int, int] | None = None
+    lesions: tuple[Lesion, ...] = ()
+    skipped: tuple[str, ...] = ()  # reasons, in words a technologist understands
+    timings_s: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def analysed(self) -> bool:
+        """False when no CT series could be analysed; `skipped` then says why."""
+        return self.ct_series_uid is not None
+
+    @property
+    def evidence(self) -> tuple[ImageReference, ...]:
+        return self.ct_slices + self.pet_slices
