@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "LUNGNODE__"
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "classifier" / "weights" / "lungnode-demo.keras"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = PROJECT_ROOT / "classifier" / "weights" / "lungnode-demo.keras"
+DEFAULT_CONFIG = PROJECT_ROOT / "config.ini"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 

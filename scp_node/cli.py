@@ -1,0 +1,181 @@
+"""The `lungnode` command line: serve, status, resend, synth, train, evaluate, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from scp_node.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from scp_node.logs import configure_logging
+
+log = logging.getLogger("lungnode")
+
+
+def _load(path: str) -> Config:
+    return load_config(Path(path))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from scp_node.service import serve
+
+    return serve(_load(args.config), role=args.role)
+
+
+def _open_index(config: Config):  # -> storage.index.Index
+    from storage.database import Database
+    from storage.index import Index
+
+    return Index(Database.connect(config.storage.database_url))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _open_index(_load(args.config)).status()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"{'STATE':<10} {'INST':>5} {'SER':>3}  {'UPDATED':<20} STUDY / REASON")
+    for s in status["studies"]:
+        print(
+            f"{s['state']:<10} {s['instances']:>5} {s['series']:>3}  {s['updated_at'][:19]:<20} "
+            f"{s['study_uid']}" + (f"  ({s['reason']})" if s.get("reason") else "")
+        )
+    if status["outbox"]:
+        print(f"\n{'OUTBOX':<10} {'TRY':>3}  {'DESTINATION':<16} SOP INSTANCE / LAST ERROR")
+        for o in status["outbox"]:
+            print(
+                f"{o['state']:<10} {o['attempts']:>3}  {o['destination']:<16} "
+                f"{o['sop_instance_uid']}" + (f"  ({o['last_error']})" if o.get("last_error") else "")
+            )
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    count = _open_index(_load(args.config)).resend_dead(args.study)
+    print(f"{count} dead-letter result(s) queued for sending again")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from classifier.phantom import write_tcia_layout
+
+    studies = write_tcia_layout(
+        Path(args.out), args.patients, args.seed, ct_size=args.ct_size, ct_slices=args.ct_slices
+    )
+    print(f"wrote {len(studies)} phantom patients to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from classifier.training import train
+
+    command = "lungnode " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = train(
+        Path(args.data),
+        Path(args.annotations) if args.annotations else None,
+        Path(args.out),
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        command=command,
+    )
+    print(f"model written to {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifier.evaluation import evaluate
+
+    metrics = evaluate(
+        Path(args.model),
+        Path(args.data),
+        Path(args.annotations) if args.annotations else None,
+        Path(args.report),
+    )
+    print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from classifier.predict_folder import predict_folder
+
+    config = _load(args.config or str(DEFAULT_CONFIG))
+    written = predict_folder(Path(args.folder), Path(args.out), config=config, png=args.png)
+    for path in written:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lungnode",
+        description="DICOM node that finds and characterises lung lesions (not for clinical use).",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("-c", "--config", required=required, help="config.ini of the node")
+
+    p = sub.add_parser("serve", help="run the node (receiver, scheduler, worker, sender)")
+    with_config(p)
+    p.add_argument("--role", default="all", choices=["all", "receiver", "worker"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="studies and result deliveries")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("resend", help="send dead-letter results again")
+    with_config(p)
+    p.add_argument("--study", help="only this Study Instance UID")
+    p.set_defaults(func=cmd_resend)
+
+    p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--patients", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ct-size", type=int, default=128, help="CT rows and columns")
+    p.add_argument("--ct-slices", type=int, default=40)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the CNN on a Lung-PET-CT-Dx style collection")
+    p.add_argument("--data", required=True, help="TCIA download (manifest folder or its parent)")
+    p.add_argument("--annotations", help="annotation folder (default: <data>/Annotation)")
+    p.add_argument("--out", required=True, help="model file to write (.keras)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluation report of a model on a data folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--annotations")
+    p.add_argument("--report", required=True, help="folder for the report")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="analyse a folder of DICOM files offline, write SR/SEG")
+    p.add_argument("folder")
+    p.add_argument("--out", default="lungnode-results")
+    p.add_argument("--png", action="store_true", help="also render a picture per lesion")
+    with_config(p, required=False)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"lungnode: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"lungnode: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,26 @@
+"""Logging: one line per event on stdout, UTC timestamps, no patient identifiers at INFO."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send every log record to stdout as one line; keep library chatter at WARNING."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pynetdicom", "apscheduler", "tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,101 @@
+"""Scheduler ticks: study completion, analysis, result delivery and retention.
+
+APScheduler's BackgroundScheduler is used only as a ticker; all state lives in the index, so a
+restart loses nothing. Each tick runs at most once at a time (`max_instances=1`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from scp_node.config import Config
+from scp_node.sender import Sender
+from scp_node.worker import AnalysisWorker
+from storage.index import Index
+from storage.instance_store import InstanceStore
+
+log = logging.getLogger("lungnode.scheduler")
+
+RETENTION_INTERVAL_SECONDS = 24 * 3600
+ORPHAN_TEMP_AGE_SECONDS = 3600
+
+
+def mark_ready(index: Index, config: Config) -> None:
+    """Move quiet or complete studies to READY and enqueue their analysis job."""
+    for study_uid in index.mark_ready(time.time(), config.pipeline.study_quiet_seconds):
+        log.info("study ready study=%s", study_uid)
+
+
+def run_worker(worker: AnalysisWorker) -> None:
+    """Process every waiting job, one after another."""
+    while worker.run_once():
+        pass
+
+
+def deliver(sender: Sender) -> None:
+    sender.deliver_due(time.time())
+
+
+def retain(index: Index, store: InstanceStore, config: Config) -> None:
+    """Remove delivered studies past `retention_days` and orphaned temp files."""
+    removed_temp = store.purge_incoming(ORPHAN_TEMP_AGE_SECONDS)
+    if removed_temp:
+        log.info("retention removed %d orphaned temp files", removed_temp)
+    if config.storage.retention_days <= 0:
+        return
+    cutoff = time.time() - config.storage.retention_days * 86400
+    for study_uid in index.expired_studies(cutoff):
+        store.remove_study(study_uid)
+        index.forget_study(study_uid)
+        log.info("retention removed study=%s", study_uid)
+
+
+def _guarded(name: str, func: Callable[..., None], *args: object) -> Callable[[], None]:
+    """Wrap a tick so an unexpected error is logged once per tick instead of killing the ticker."""
+
+    def tick() -> None:
+        try:
+            func(*args)
+        except Exception:
+            log.exception("%s tick failed", name)
+
+    tick.__name__ = name
+    return tick
+
+
+def build_scheduler(
+    config: Config,
+    index: Index,
+    store: InstanceStore,
+    *,
+    worker: AnalysisWorker | None,
+    sender: Sender | None,
+) -> BackgroundScheduler:
+    """A scheduler with the ticks of this process's role (receivers run only the completion tick)."""
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True})
+    every = config.pipeline.tick_seconds
+    ticks: list[tuple[str, Callable[[], None], float]] = [
+        ("completion", _guarded("completion", mark_ready, index, config), every),
+    ]
+    if worker is not None:
+        ticks.append(("analysis", _guarded("analysis", run_worker, worker), every))
+        ticks.append(("retention", _guarded("retention", retain, index, store, config),
+                      RETENTION_INTERVAL_SECONDS))
+    if sender is not None:
+        ticks.append(("delivery", _guarded("delivery", deliver, sender), every))
+    for name, func, seconds in ticks:
+        scheduler.add_job(
+            func,
+            "interval",
+            seconds=seconds,
+            id=name,
+            max_instances=1,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(timezone.utc),
+        )
+    return scheduler

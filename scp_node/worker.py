@@ -1,0 +1,136 @@
+"""Analysis worker: claims a READY study's job, runs the classifier, stores SR/SEG, fills the outbox.
+
+The model is loaded once per worker process. A job whose worker dies keeps its lease until it
+expires and is then claimed again; `Index.complete_job` refuses a stale worker, so each study
+version yields exactly one result set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import pydicom
+
+from classifier.analyze import analyze
+from classifier.encode import encode
+from classifier.inference import LesionClassifier
+from classifier.types import StudyFiles
+from scp_node.config import Config
+from scp_node.routing import destinations_for
+from storage.index import Index, Job, ResultObject
+from storage.instance_store import InstanceStore
+
+log = logging.getLogger("lungnode.worker")
+
+
+class AnalysisWorker:
+    """Runs one analysis job at a time; `run_once` is called by the scheduler's worker tick."""
+
+    def __init__(
+        self, config: Config, store: InstanceStore, index: Index, worker_id: str
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._index = index
+        self._worker_id = worker_id
+        self._classifier: LesionClassifier | None = None
+
+    @property
+    def classifier(self) -> LesionClassifier:
+        """The model, loaded on first use and kept for the life of the process."""
+        if self._classifier is None:
+            started = time.monotonic()
+            self._classifier = LesionClassifier.load(self._config.classifier.model)
+            info = self._classifier.info
+            log.info(
+                "model loaded name=%s version=%s sha256=%s in %.1f s",
+                info.name,
+                info.version,
+                info.sha256[:16],
+                time.monotonic() - started,
+            )
+        return self._classifier
+
+    def run_once(self) -> bool:
+        """Claim and process one job; returns False when no job was waiting."""
+        now = time.time()
+        job = self._index.claim_job(self._worker_id, self._config.pipeline.job_lease_seconds, now)
+        if job is None:
+            return False
+        log.info(
+            "analysis started study=%s version=%d attempt=%d",
+            job.study_uid,
+            job.version,
+            job.attempts,
+        )
+        try:
+            self._process(job)
+        except Exception as exc:  # a bad study must never stop the worker
+            retry = job.attempts < self._config.pipeline.max_job_attempts
+            reason = f"analysis failed: {type(exc).__name__}: {exc}"
+            log.error(
+                "analysis failed study=%s attempt=%d retry=%s: %s",
+                job.study_uid,
+                job.attempts,
+                retry,
+                reason,
+            )
+            log.debug("%s", traceback.format_exc())
+            self._index.fail_job(job, reason, retry=retry, now=time.time())
+        return True
+
+    def _process(self, job: Job) -> None:
+        study = self._index.study_files(job.study_uid)
+        result = analyze(study, self._config.classifier, self.classifier)
+        for reason in result.skipped:
+            log.info("analysis note study=%s: %s", job.study_uid, reason)
+        sources = _read_headers(study, [r.sop_instance_uid for r in result.evidence])
+        predecessor = _read_predecessor(job.previous_sr_path)
+        objects = encode(result, sources, predecessor=predecessor, instance_number=job.version)
+        results = []
+        for ds in objects:
+            path = self._store.write_dataset(ds)
+            results.append(
+                ResultObject(
+                    sop_uid=ds.SOPInstanceUID,
+                    series_uid=ds.SeriesInstanceUID,
+                    sop_class_uid=ds.SOPClassUID,
+                    path=path,
+                    kind="SR" if ds.Modality == "SR" else "SEG",
+                )
+            )
+        destinations, problems = destinations_for(self._config, job.source_aet)
+        for problem in problems:
+            log.warning("routing study=%s: %s", job.study_uid, problem)
+        if not self._index.complete_job(job, results, destinations, time.time()):
+            log.warning(
+                "analysis result discarded study=%s version=%d: the job lease was lost or new "
+                "instances arrived; a new version will be analysed",
+                job.study_uid,
+                job.version,
+            )
+            return
+        log.info(
+            "analysis done study=%s version=%d lesions=%d objects=%s destinations=%s %s",
+            job.study_uid,
+            job.version,
+            len(result.lesions),
+            ",".join(r.kind for r in results),
+            ",".join(destinations) or "none",
+            " ".join(f"{k}={v:.2f}s" for k, v in result.timings_s.items()),
+        )
+
+
+def _read_headers(study: StudyFiles, sop_uids: list[str]) -> list[pydicom.Dataset]:
+    """Headers (no pixel data) of the analysed instances, in the order of `sop_uids`."""
+    paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
+    return [pydicom.dcmread(paths[uid], stop_before_pixels=True) for uid in sop_uids]
+
+
+def _read_predecessor(path: Path | None) -> pydicom.Dataset | None:
+    if path is None or not path.exists():
+        return None
+    return pydicom.dcmread(path, stop_before_pixels=True)
