@@ -1,0 +1,98 @@
+"""End to end against a real PACS: Orthanc pushes a PET/CT study to the node, the SR comes back.
+
+Orthanc (Debian package) runs on loopback ports with its own configuration; the node runs as a
+subprocess with the shipped config.ini. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from classifier.phantom import generate_study
+from dicom_validators import run_dciodvfy
+from node_process import NodeProcess
+from orthanc import Orthanc
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _result_series(pacs: Orthanc, study_uid: str) -> dict[str, dict]:
+    return {
+        s["MainDicomTags"].get("Modality", ""): s
+        for s in pacs.series_of_study(study_uid)
+        if s["MainDicomTags"].get("Modality") in ("SR", "SEG")
+    }
+
+
+def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
+    study = generate_study(seed=11, histology="B", ct_size=96, ct_slices=32, pet=True)
+    files = _save(study.ct, tmp_path / "ct") + _save(study.pet, tmp_path / "pet")
+
+    pacs = Orthanc(tmp_path / "orthanc")
+    node = NodeProcess(
+        tmp_path / "node", destinations={"pacs": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"}
+    )
+    pacs.modalities = {"lungnode": (node.ae_title, "127.0.0.1", node.port)}
+    with pacs, node:
+        for path in files:
+            pacs.upload(path)
+        pacs.store_study_to("lungnode", study.study_instance_uid)
+
+        deadline = time.monotonic() + 180
+        found: dict[str, dict] = {}
+        while time.monotonic() < deadline and set(found) != {"SR", "SEG"}:
+            found = _result_series(pacs, study.study_instance_uid)
+            time.sleep(1)
+        assert set(found) == {"SR", "SEG"}, f"results not in Orthanc\n{node.log()[-4000:]}"
+
+        sr_instance = found["SR"]["Instances"][0]
+        sr_path = tmp_path / "sr.dcm"
+        sr_path.write_bytes(pacs.instance_file(sr_instance))
+        status = node.wait_for(
+            lambda s: any(x["state"] == "DELIVERED" for x in s["studies"]), 60, "DELIVERED"
+        )
+
+    sr = pydicom.dcmread(sr_path)
+    assert sr.SOPClassUID == SR_CLASS
+    assert sr.StudyInstanceUID == study.study_instance_uid
+    assert sr.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in study.ct + study.pet}
+    assert sr.PatientID == study.ct[0].PatientID
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study_item.ReferencedSeriesSequence
+        for item in series_item.ReferencedSOPSequence
+    }
+    assert {ds.SOPInstanceUID for ds in study.ct} <= referenced
+    assert {ds.SOPInstanceUID for ds in study.pet} <= referenced
+    assert "NOT FOR CLINICAL USE" in sr.SeriesDescription.upper()
+
+    report = hd.sr.srread(sr_path)
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert groups, "the phantom's lesion was not reported"
+    assert run_dciodvfy(sr_path) == []
+
+    (row,) = [s for s in status["studies"] if s["study_uid"] == study.study_instance_uid]
+    assert row["state"] == "DELIVERED"
+    assert row["instances"] == len(files)
+    sent = [o for o in status["outbox"] if o["study_uid"] == study.study_instance_uid]
+    assert sorted(o["state"] for o in sent) == ["SENT", "SENT"]
+    assert {o["destination"] for o in sent} == {"pacs"}
