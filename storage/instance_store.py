@@ -1,0 +1,175 @@
+"""The durable instance store: <root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm on disk.
+
+Files only, no database. A C-STORE is streamed into a temp file under <root>/.incoming (same
+file system, so the final rename is atomic), then `commit` fsyncs it, links it into place and
+fsyncs the folder: once `commit` returns, the instance survives a power cut. Every path
+component is a validated UID, so nothing outside `root` can ever be written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from pydicom import Dataset, dcmwrite
+
+from storage.uids import require_uid
+
+INCOMING = ".incoming"
+SUFFIX = ".dcm"
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path (a folder's fsync makes its new entries durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Files of received instances and of the node's own result objects, keyed by UIDs."""
+
+    def __init__(self, root: Path, min_free_mb: int) -> None:
+        """Create `root` and `root/.incoming` if missing; `min_free_mb` is the free-space floor
+        below which the receiver answers 0xA700."""
+        if min_free_mb < 0:
+            raise ValueError(f"min_free_mb {min_free_mb!r} is negative; use 0 or more MiB")
+        self.root: Path = Path(root).resolve()
+        self.incoming: Path = self.root / INCOMING
+        self.min_free_mb = min_free_mb
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot create the instance store folder {self.incoming}: {exc.strerror}; "
+                "fix [storage] root or the folder's permissions",
+            ) from exc
+        self._durable_dirs: set[Path] = {self.root, self.incoming}
+        self._dirs_lock = threading.Lock()
+
+    def has_free_space(self) -> bool:
+        """True while the file system of `root` has at least `min_free_mb` MiB free."""
+        return shutil.disk_usage(self.root).free >= self.min_free_mb * 1024 * 1024
+
+    def temp_path(self) -> Path:
+        """A new unique path in root/.incoming to stream one C-STORE into (not created)."""
+        return self.incoming / f"{uuid.uuid4().hex}.part"
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Where an instance lives; raises InvalidUIDError for anything that is not a UID."""
+        study = require_uid("Study Instance UID", study_uid)
+        series = require_uid("Series Instance UID", series_uid)
+        sop = require_uid("SOP Instance UID", sop_uid)
+        return self.root / study / series / f"{sop}{SUFFIX}"
+
+    def commit(
+        self, temp: Path, study_uid: str, series_uid: str, sop_uid: str
+    ) -> tuple[Path, bool]:
+        """Make the temp file durable at its final path; (final, False) if that SOP Instance was
+        already stored (the temp file is then removed). Raises InvalidUIDError before moving."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        temp = Path(temp)
+        if temp.parent.resolve() != self.incoming:
+            raise ValueError(
+                f"temp file {temp} is not in {self.incoming}; use InstanceStore.temp_path() so "
+                "the final rename stays on one file system"
+            )
+        if final.exists():
+            temp.unlink(missing_ok=True)
+            return final, False
+        _fsync_path(temp)
+        self._ensure_dir(final.parent)
+        stored = self._link_into_place(temp, final)
+        if stored:
+            _fsync_path(final.parent)
+        return final, stored
+
+    def write_dataset(self, ds: Dataset) -> Path:
+        """Atomically write a result object (SR, SEG) at its study/series/SOP path, replacing
+        any earlier file of the same SOP Instance UID."""
+        final = self.path_for(
+            getattr(ds, "StudyInstanceUID", None),
+            getattr(ds, "SeriesInstanceUID", None),
+            getattr(ds, "SOPInstanceUID", None),
+        )
+        temp = self.temp_path()
+        try:
+            with open(temp, "wb") as f:
+                dcmwrite(f, ds, enforce_file_format=True)
+                f.flush()
+                os.fsync(f.fileno())
+            self._ensure_dir(final.parent)
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_path(final.parent)
+        return final
+
+    def remove_study(self, study_uid: str) -> None:
+        """Delete every file of a study (instances and results); a missing study is fine."""
+        folder = self.root / require_uid("Study Instance UID", study_uid)
+        if folder.exists():
+            shutil.rmtree(folder)
+        with self._dirs_lock:
+            self._durable_dirs = {
+                d for d in self._durable_dirs if d != folder and folder not in d.parents
+            }
+        _fsync_path(self.root)
+
+    def purge_incoming(self, older_than_seconds: float) -> int:
+        """Remove temp files left in .incoming by interrupted transfers or crashes, when last
+        modified more than `older_than_seconds` ago; returns how many were removed."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for entry in os.scandir(self.incoming):
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # committed or purged by someone else meanwhile
+        return removed
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Create `folder` (and its parents up to root), fsyncing each parent once per process
+        so the new entries are durable before any file in them is reported stored."""
+        if folder in self._durable_dirs:
+            return
+        for parent in reversed([folder, *folder.parents]):
+            if parent == self.root or self.root not in parent.parents:
+                continue
+            if parent in self._durable_dirs:
+                continue
+            parent.mkdir(exist_ok=True)
+            _fsync_path(parent.parent)
+            with self._dirs_lock:
+                self._durable_dirs.add(parent)
+
+    @staticmethod
+    def _link_into_place(temp: Path, final: Path) -> bool:
+        """Move temp to final unless final exists; False when another writer got there first.
+
+        A hard link fails atomically when the target exists, which makes a SOP Instance sent
+        twice at once land exactly once; file systems without hard links fall back to rename.
+        """
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            temp.unlink(missing_ok=True)
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.replace(temp, final)
+            return True
+        temp.unlink()
+        return True

@@ -1,0 +1,221 @@
+"""The instance store: UID-only paths, atomic idempotent commit, result writing, clean-up."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from storage.instance_store import InstanceStore
+from storage.uids import InvalidUIDError
+
+STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+
+
+def _temp_with(store: InstanceStore, data: bytes = b"DICM-ish payload") -> Path:
+    temp = store.temp_path()
+    temp.write_bytes(data)
+    return temp
+
+
+def _all_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_init_creates_root_and_incoming(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "a" / "store", min_free_mb=0)
+    assert store.root.is_dir() and store.incoming == store.root / ".incoming"
+    assert store.incoming.is_dir()
+
+
+def test_temp_paths_are_unique_and_in_incoming(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    paths = {store.temp_path() for _ in range(100)}
+    assert len(paths) == 100
+    assert all(p.parent == store.incoming and not p.exists() for p in paths)
+
+
+def test_commit_moves_into_uid_path_and_is_idempotent(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    first = _temp_with(store, b"first")
+    final, stored = store.commit(first, STUDY, SERIES, SOP)
+    assert stored is True
+    assert final == store.root / STUDY / SERIES / f"{SOP}.dcm"
+    assert final.read_bytes() == b"first" and not first.exists()
+
+    again = _temp_with(store, b"second")
+    final2, stored2 = store.commit(again, STUDY, SERIES, SOP)
+    assert (final2, stored2) == (final, False)
+    assert final.read_bytes() == b"first", "a duplicate must not overwrite the stored instance"
+    assert not again.exists() and list(store.incoming.iterdir()) == []
+
+
+def test_commit_strips_uid_padding(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    final, _ = store.commit(_temp_with(store), STUDY + "\x00", SERIES + " ", SOP)
+    assert final == store.root / STUDY / SERIES / f"{SOP}.dcm"
+
+
+@pytest.mark.parametrize(
+    "uids",
+    [
+        ("../../etc", SERIES, SOP),
+        (STUDY, "/tmp/x", SOP),
+        (STUDY, SERIES, "../" + SOP),
+        (STUDY, SERIES, "1." + "2" * 63),
+        ("", SERIES, SOP),
+        (STUDY, "a.b", SOP),
+        (STUDY, SERIES, None),
+        ("..", SERIES, SOP),
+        (STUDY, SERIES, "1.2/../../../x"),
+    ],
+)
+def test_commit_rejects_non_uids_before_moving_anything(tmp_path: Path, uids: tuple) -> None:
+    store = InstanceStore(tmp_path / "store", 0)
+    temp = _temp_with(store)
+    with pytest.raises(InvalidUIDError):
+        store.commit(temp, *uids)
+    assert temp.exists(), "the temp file stays for the caller to discard"
+    assert _all_files(tmp_path) == {temp}
+    assert sorted(p.name for p in store.root.iterdir()) == [".incoming"]
+
+
+def test_commit_refuses_temp_outside_incoming(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store", 0)
+    outside = tmp_path / "elsewhere.part"
+    outside.write_bytes(b"x")
+    with pytest.raises(ValueError, match="temp_path"):
+        store.commit(outside, STUDY, SERIES, SOP)
+    assert outside.exists()
+
+
+def test_path_for_validates(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    assert store.path_for(STUDY, SERIES, SOP).relative_to(store.root) == Path(
+        STUDY, SERIES, SOP + ".dcm"
+    )
+    with pytest.raises(InvalidUIDError, match="Study Instance UID"):
+        store.path_for("../x", SERIES, SOP)
+
+
+def test_concurrent_commits_of_one_sop_store_it_once(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    temps = [_temp_with(store, f"copy {i}".encode()) for i in range(8)]
+    results: list[bool] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(temps))
+
+    def send(temp: Path) -> None:
+        barrier.wait()
+        _, stored = store.commit(temp, STUDY, SERIES, SOP)
+        with lock:
+            results.append(stored)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in temps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert list(store.incoming.iterdir()) == []
+    assert _all_files(store.root) == {store.path_for(STUDY, SERIES, SOP)}
+
+
+def test_commit_fsyncs_file_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = InstanceStore(tmp_path, 0)
+    temp = _temp_with(store)
+    synced: list[str] = []
+    real_fsync, real_open = os.fsync, os.open
+    names: dict[int, str] = {}
+
+    def tracking_open(path: str | Path, flags: int, *args: int, **kwargs: int) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        names[fd] = str(path)
+        return fd
+
+    def tracking_fsync(fd: int) -> None:
+        synced.append(names.get(fd, "?"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "fsync", tracking_fsync)
+    final, _ = store.commit(temp, STUDY, SERIES, SOP)
+    assert synced[0] == str(temp), "the data is fsynced before it is moved"
+    assert str(store.root) in synced and str(store.root / STUDY) in synced
+    assert synced[-1] == str(final.parent), "the series folder is fsynced after the rename"
+
+
+def _sr_like() -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = STUDY
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    return ds
+
+
+def test_write_dataset_writes_a_part10_file_atomically(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    ds = _sr_like()
+    path = store.write_dataset(ds)
+    assert path == store.path_for(STUDY, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    back = pydicom.dcmread(path)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID and back.Modality == "SR"
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_write_dataset_rejects_bad_uids_and_leaves_nothing(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "s", 0)
+    ds = _sr_like()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UI value
+        ds.SeriesInstanceUID = "../../escape"
+    with pytest.raises(InvalidUIDError):
+        store.write_dataset(ds)
+    del ds.SeriesInstanceUID
+    with pytest.raises(InvalidUIDError, match="Series Instance UID"):
+        store.write_dataset(ds)
+    assert _all_files(tmp_path) == set()
+
+
+def test_remove_study_deletes_only_that_study(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    kept, _ = store.commit(_temp_with(store), "1.9", SERIES, SOP)
+    store.commit(_temp_with(store), STUDY, SERIES, SOP)
+    store.commit(_temp_with(store), STUDY, "1.2.3.5", "1.2.3.5.1")
+    store.remove_study(STUDY)
+    assert not (store.root / STUDY).exists() and kept.exists()
+    store.remove_study(STUDY)  # already gone: fine
+    with pytest.raises(InvalidUIDError):
+        store.remove_study("..")
+    # the study can be received again after removal
+    _, stored = store.commit(_temp_with(store), STUDY, SERIES, SOP)
+    assert stored
+
+
+def test_purge_incoming_removes_only_old_temp_files(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    old, fresh = _temp_with(store), _temp_with(store)
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    assert store.purge_incoming(older_than_seconds=600) == 1
+    assert not old.exists() and fresh.exists()
+    assert store.purge_incoming(older_than_seconds=600) == 0
+
+
+def test_free_space_threshold(tmp_path: Path) -> None:
+    assert InstanceStore(tmp_path, 0).has_free_space()
+    assert not InstanceStore(tmp_path, 10**9).has_free_space()  # one petabyte
+    with pytest.raises(ValueError, match="min_free_mb"):
+        InstanceStore(tmp_path, -1)
