@@ -1,0 +1,66 @@
+"""pynetdicom process-wide settings, set once and only here.
+
+`configure_pynetdicom()` sets the `_config` flags the node relies on (no identifiers in logs,
+C-STORE datasets streamed to disk) and routes the file pynetdicom streams each received dataset
+into to the instance store's `.incoming` folder of the receiving AE, so that storing an instance
+is a rename on one file system, never a copy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import IO, Any
+
+from pynetdicom import _config, dimse_messages
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.dul import DULServiceProvider
+
+_lock = threading.Lock()
+_configured = False
+# AE -> folder its C-STORE datasets are streamed into (the store's .incoming folder).
+_incoming_dirs: weakref.WeakKeyDictionary[ApplicationEntity, Path] = weakref.WeakKeyDictionary()
+
+
+def configure_pynetdicom() -> None:
+    """Set pynetdicom's `_config` flags for the node; safe to call more than once."""
+    global _configured
+    with _lock:
+        if _configured:
+            return
+        # Patient Name/ID/Birth Date never reach the log through pynetdicom's DIMSE logging.
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        # Datasets go straight to a file; the handler gets `event.dataset_path`.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        # Only the storage SOP classes of sop_classes.py are accepted.
+        _config.UNRESTRICTED_STORAGE_SERVICE = False
+        # Invalid UIDs from peers are tolerated by pynetdicom and refused by the handler
+        # (0xC210) with a clear log line, instead of an aborted association.
+        _config.ENFORCE_UID_CONFORMANCE = False
+        dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
+        _configured = True
+
+
+def route_incoming(ae: ApplicationEntity, folder: Path) -> None:
+    """Make C-STORE datasets received by `ae` stream into `folder` (same file system as the store)."""
+    configure_pynetdicom()
+    with _lock:
+        _incoming_dirs[ae] = Path(folder)
+
+
+def _incoming_temp_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+    """Drop-in for pynetdicom's NamedTemporaryFile: created in the receiving AE's incoming folder.
+
+    pynetdicom creates the file while decoding the first P-DATA of a C-STORE-RQ, in the DUL
+    thread of the association; that thread knows its association and so its AE.
+    """
+    thread = threading.current_thread()
+    if isinstance(thread, DULServiceProvider):
+        folder = _incoming_dirs.get(thread.assoc.ae)
+        if folder is not None:
+            kwargs["dir"] = folder
+            kwargs.setdefault("prefix", "cstore-")
+    return tempfile.NamedTemporaryFile(*args, **kwargs)

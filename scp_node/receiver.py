@@ -1,0 +1,357 @@
+"""The node's C-ECHO and C-STORE SCP: receives images and makes them durable before Success.
+
+pynetdicom streams each C-STORE dataset to a file in the store's `.incoming` folder (see
+dicom_settings); the handler reads only a few header elements from it, renames it into the
+store, records it in the index, and only then answers 0x0000. Pixels are never decoded here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import evt
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scp_node.config import Config
+from scp_node.dicom_settings import configure_pynetdicom, route_incoming
+from scp_node.sop_classes import (
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    UNCOMPRESSED_TRANSFER_SYNTAXES,
+    VERIFICATION_SOP_CLASS,
+)
+from storage.index import Index, InstanceRecord
+from storage.instance_store import InstanceStore
+from storage.uids import InvalidUIDError, require_uid
+
+log = logging.getLogger("lungnode.receiver")
+
+SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+# The only header elements the handler reads; everything else stays on disk unread.
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "NumberOfSlices",  # (0054,0081): expected count of a PET series
+]
+
+
+class _NodeAE(ApplicationEntity):
+    """An AE whose calling-AE allow-list may also mean "nobody".
+
+    pynetdicom reads an empty `require_calling_aet` as "anybody"; the node's empty allow-list
+    means nobody, so that case answers `[""]`, which no peer can send (AE titles are non-empty).
+    """
+
+    _nobody = False
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        return [""] if self._nobody else ApplicationEntity.require_calling_aet.fget(self)  # type: ignore[attr-defined]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        ApplicationEntity.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
+
+
+class _Rejected(Exception):
+    """An instance refused with a DICOM status; the message says why, for the log."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class Receiver:
+    """C-ECHO and C-STORE SCP. Each handler documents every status it may return, pynetdicom-style."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: InstanceStore,
+        index: Index,
+        *,
+        on_stored: Callable[[InstanceRecord], None] | None = None,
+    ) -> None:
+        configure_pynetdicom()
+        self._config = config
+        self._store = store
+        self._index = index
+        self._on_stored = on_stored
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        self._ae = self._build_ae()
+
+    def _build_ae(self) -> ApplicationEntity:
+        node = self._config.node
+        security = self._config.security
+        ae = _NodeAE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.acse_timeout = node.acse_timeout
+        ae.dimse_timeout = node.dimse_timeout
+        ae.network_timeout = node.network_timeout
+        ae.maximum_pdu_size = 0  # unlimited: peers send PDUs as large as they like
+        ae.require_called_aet = security.require_called_aet
+        if not security.allow_any_calling_aet:
+            allowed = sorted(
+                set(security.allowed_calling_aets)
+                | {d.ae_title for d in self._config.destinations.values()}
+            )
+            ae.require_calling_aet = allowed
+            ae._nobody = not allowed
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
+        for uid in STORAGE_SOP_CLASSES.values():
+            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))
+        route_incoming(ae, self._store.incoming)
+        return ae
+
+    @property
+    def ae(self) -> ApplicationEntity:
+        """The pynetdicom AE (for inspection in tests and the Conformance Statement check)."""
+        return self._ae
+
+    @property
+    def port(self) -> int:
+        """The TCP port the SCP listens on (the configured one, or the bound one once started)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._config.node.port
+
+    def start(self) -> None:
+        """Listen on [node] host:port without blocking; raises OSError when the port is taken."""
+        with self._lock:
+            if self._server is not None:
+                return
+            handlers = [
+                (evt.EVT_C_ECHO, self._on_c_echo),
+                (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_ACCEPTED, self._on_accepted),
+                (evt.EVT_REJECTED, self._on_rejected),
+                (evt.EVT_RELEASED, self._on_released),
+                (evt.EVT_ABORTED, self._on_aborted),
+            ]
+            address = (self._config.node.host, self._config.node.port)
+            self._server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+        log.info(
+            "listening ae_title=%s address=%s:%d", self._config.node.ae_title, address[0], self.port
+        )
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop accepting associations, let in-flight ones finish for `grace_seconds`, abort the rest.
+
+        An aborted C-STORE was never answered with Success, so nothing acknowledged is lost.
+        """
+        with self._lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace_seconds
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            log.warning("aborting association calling_ae=%s at shutdown", assoc.requestor.ae_title)
+            assoc.abort()
+        log.info("stopped listening ae_title=%s", self._config.node.ae_title)
+
+    # --- event handlers -----------------------------------------------------------------
+
+    def _on_c_echo(self, event: Event) -> int:
+        """Handle a C-ECHO request.
+
+        Statuses
+        --------
+        0x0000 Success: always; C-ECHO works even when the store is out of space.
+        """
+        return SUCCESS
+
+    def _on_c_store(self, event: Event) -> int:
+        """Handle a C-STORE request: make the instance durable and indexed, then answer.
+
+        Statuses
+        --------
+        0x0000 Success: the file is renamed into the store (fsynced) and recorded in the index;
+               also for an instance already stored (idempotent on SOP Instance UID).
+        0xA700 Out of Resources: free space on the store is below [storage] min_free_mb, or the
+               disk filled while committing; nothing is left in the store.
+        0xA900 Data Set Does Not Match SOP Class: the dataset's SOP Class UID is not the
+               request's Affected SOP Class UID.
+        0xC210 Cannot Understand: the dataset does not parse, or its Study/Series/SOP Instance UID
+               is missing or not a valid UID (e.g. contains '/'), or its SOP Instance UID is not the
+               request's Affected SOP Instance UID. No path is ever built from such a value.
+        0x0110 Processing Failure: any other error (e.g. the index database is unavailable); the
+               peer may retry. The instance may be in the store but is not acknowledged.
+        0x0122 SOP Class Not Supported is answered by pynetdicom at negotiation for SOP classes
+               outside sop_classes.STORAGE_SOP_CLASSES; this handler never sees them.
+        """
+        started = time.perf_counter()
+        request = event.request
+        calling_aet = event.assoc.requestor.ae_title
+        sop_uid_for_log = str(request.AffectedSOPInstanceUID or "")[:64]
+        try:
+            record, new = self._store_instance(event, calling_aet)
+        except _Rejected as rejected:
+            log.warning(
+                "C-STORE refused status=0x%04X calling_ae=%s sop_instance_uid=%r reason=%s",
+                rejected.status,
+                calling_aet,
+                sop_uid_for_log,
+                rejected,
+            )
+            return rejected.status
+        except Exception:
+            log.exception(
+                "C-STORE failed status=0x%04X calling_ae=%s sop_instance_uid=%r",
+                PROCESSING_FAILURE,
+                calling_aet,
+                sop_uid_for_log,
+            )
+            return PROCESSING_FAILURE
+        log.info(
+            "C-STORE stored status=0x0000 calling_ae=%s sop_instance_uid=%s study_uid=%s "
+            "modality=%s new=%s ms=%.1f",
+            calling_aet,
+            record.sop_uid,
+            record.study_uid,
+            record.modality,
+            new,
+            (time.perf_counter() - started) * 1000.0,
+        )
+        if self._on_stored is not None:
+            try:
+                self._on_stored(record)
+            except Exception:
+                log.exception("on_stored callback failed for sop_instance_uid=%s", record.sop_uid)
+        return SUCCESS
+
+    def _store_instance(self, event: Event, calling_aet: str) -> tuple[InstanceRecord, bool]:
+        """Commit the streamed file into the store and index it; raises _Rejected with a status."""
+        if not self._store.has_free_space():
+            raise _Rejected(
+                OUT_OF_RESOURCES,
+                f"free space on {self._store.root} is below [storage] min_free_mb "
+                f"({self._config.storage.min_free_mb} MiB)",
+            )
+        streamed = Path(event.dataset_path)
+        header = _read_header(streamed)
+        request = event.request
+        try:
+            sop_class_uid = require_uid("SOP Class UID", header.get("SOPClassUID"))
+            sop_uid = require_uid("SOP Instance UID", header.get("SOPInstanceUID"))
+            study_uid = require_uid("Study Instance UID", header.get("StudyInstanceUID"))
+            series_uid = require_uid("Series Instance UID", header.get("SeriesInstanceUID"))
+        except InvalidUIDError as exc:
+            raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+        if sop_class_uid != str(request.AffectedSOPClassUID).strip():
+            raise _Rejected(
+                DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"dataset SOP Class UID {sop_class_uid} is not the request's "
+                f"Affected SOP Class UID {request.AffectedSOPClassUID}",
+            )
+        if sop_uid != str(request.AffectedSOPInstanceUID).strip():
+            raise _Rejected(
+                CANNOT_UNDERSTAND,
+                f"dataset SOP Instance UID {sop_uid} is not the request's "
+                f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
+            )
+        modality = str(header.get("Modality") or "").strip()
+        expected = _expected_in_series(modality, header.get("NumberOfSlices"))
+
+        temp = self._temp_in_store(streamed)
+        try:
+            final, new = self._store.commit(temp, study_uid, series_uid, sop_uid)
+        except InvalidUIDError as exc:
+            raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _Rejected(OUT_OF_RESOURCES, f"disk full while storing: {exc}") from None
+            raise
+        finally:
+            if temp != streamed:
+                temp.unlink(missing_ok=True)
+        record = InstanceRecord(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class_uid,
+            modality=modality,
+            path=final,
+            calling_aet=calling_aet,
+            received_at=time.time(),
+        )
+        self._index.record_instance(record, expected_in_series=expected)
+        return record, new
+
+    def _temp_in_store(self, streamed: Path) -> Path:
+        """The streamed file when it already lies in the store's incoming folder, else a copy there."""
+        if streamed.parent.resolve() == Path(self._store.incoming).resolve():
+            return streamed
+        temp = Path(self._store.temp_path())
+        shutil.copyfile(streamed, temp)
+        return temp
+
+    def _on_accepted(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.info(
+            "association accepted calling_ae=%s called_ae=%s peer=%s:%s",
+            requestor.ae_title,
+            event.assoc.acceptor.ae_title,
+            requestor.address,
+            requestor.port,
+        )
+
+    def _on_rejected(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        primitive = event.assoc.requestor.primitive
+        called = getattr(primitive, "called_ae_title", "")
+        log.warning(
+            "association rejected calling_ae=%s called_ae=%s peer=%s:%s",
+            requestor.ae_title,
+            called,
+            requestor.address,
+            requestor.port,
+        )
+
+    def _on_released(self, event: Event) -> None:
+        log.info("association released calling_ae=%s", event.assoc.requestor.ae_title)
+
+    def _on_aborted(self, event: Event) -> None:
+        log.warning("association aborted calling_ae=%s", event.assoc.requestor.ae_title)
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The few header values the node indexes, read without touching Pixel Data."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        return {tag: ds.get(tag) for tag in _HEADER_TAGS}
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        raise _Rejected(CANNOT_UNDERSTAND, f"dataset does not parse: {exc}") from None
+
+
+def _expected_in_series(modality: str, number_of_slices: object) -> int | None:
+    """PET Number of Slices (0054,0081) as the expected instance count of the series, if sane."""
+    if modality != "PT" or number_of_slices is None:
+        return None
+    try:
+        value = int(number_of_slices)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None

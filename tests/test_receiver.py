@@ -1,0 +1,334 @@
+"""The C-ECHO/C-STORE SCP against the real DCMTK echoscu and storescu on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from pynetdicom import AE
+
+from scp_node.config import Config, load_config
+from scp_node.receiver import Receiver
+from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from storage.database import Database
+from storage.index import Index
+from storage.instance_store import InstanceStore
+from tests.dcmtk import dcmtk_env, free_port, require_tool, run_echoscu, run_storescu
+
+REPO = Path(__file__).resolve().parents[1]
+CT_IMAGE_STORAGE = STORAGE_SOP_CLASSES["CT Image Storage"]
+
+
+def make_ct(
+    path: Path,
+    *,
+    sop_uid: str | None = None,
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1.1",
+    syntax: str = ExplicitVRLittleEndian,
+    size: int = 64,
+) -> Path:
+    """Write a small, valid CT Image Storage file with 16-bit pixels in `syntax` (uncompressed)."""
+    sop_uid = sop_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientName = "Test^Receiver"
+    ds.PatientID = "RCV-1"
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SliceThickness = 1.0
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    pixels = (np.arange(size * size, dtype=np.uint16).reshape(size, size) * 7) % 4096
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return path
+
+
+def dcmtk_convert(tool: str, args: list[str], src: Path, dst: Path) -> Path:
+    """Transcode a file with a DCMTK tool (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv)."""
+    exe = require_tool(tool)
+    subprocess.run([exe, *args, str(src), str(dst)], check=True, env=dcmtk_env(), timeout=60)
+    return dst
+
+
+def node_config(tmp: Path, port: int, **overrides: str) -> Config:
+    """The repository's config.ini with the store in `tmp`, the given port and overrides."""
+    environ = {
+        "LUNGNODE__NODE__PORT": str(port),
+        "LUNGNODE__STORAGE__ROOT": str(tmp / "store"),
+        "LUNGNODE__STORAGE__MIN_FREE_MB": "0",
+        "LUNGNODE__SECURITY__ALLOWED_CALLING_AETS": "STORESCU,ECHOSCU",
+        "LUNGNODE__SECURITY__REQUIRE_CALLED_AET": "yes",
+        **{f"LUNGNODE__{k.upper()}": v for k, v in overrides.items()},
+    }
+    return load_config(REPO / "config.ini", environ=environ)
+
+
+class RunningNode:
+    """A started Receiver with its store and SQLite index, for one test."""
+
+    def __init__(self, tmp: Path, **overrides: str) -> None:
+        self.config = node_config(tmp, free_port(), **overrides)
+        self.store = InstanceStore(self.config.storage.root, self.config.storage.min_free_mb)
+        self.database = Database.connect(f"sqlite:///{tmp / 'index.sqlite'}")
+        self.index = Index(self.database)
+        self.stored: list[str] = []
+        self.receiver = Receiver(
+            self.config, self.store, self.index, on_stored=lambda r: self.stored.append(r.sop_uid)
+        )
+        self.receiver.start()
+
+    @property
+    def port(self) -> int:
+        return self.receiver.port
+
+    @property
+    def ae_title(self) -> str:
+        return self.config.node.ae_title
+
+    def files(self) -> list[Path]:
+        """Every file under the store root except the index database."""
+        return sorted(
+            p for p in self.store.root.rglob("*") if p.is_file() and "index.sqlite" not in p.name
+        )
+
+    def close(self) -> None:
+        self.receiver.stop(grace_seconds=2)
+        self.database.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RunningNode]:
+    running = RunningNode(tmp_path)
+    yield running
+    running.close()
+
+
+def test_c_echo_with_echoscu(node: RunningNode) -> None:
+    result = run_echoscu(node.port, calling_ae="ECHOSCU", called_ae=node.ae_title)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def _compressed(kind: str, tmp: Path) -> Path:
+    """A CT file in the transfer syntax named by `kind`, made by DCMTK or pydicom."""
+    base = make_ct(tmp / "base.dcm", sop_uid=generate_uid())
+    out = tmp / f"{kind}.dcm"
+    if kind == "explicit":
+        return base
+    if kind == "implicit":
+        return dcmtk_convert("dcmconv", ["+ti"], base, out)
+    if kind == "deflated":
+        return dcmtk_convert("dcmconv", ["+td"], base, out)
+    if kind == "jpeg-lossless-sv1":
+        return dcmtk_convert("dcmcjpeg", ["+e1"], base, out)
+    if kind == "jpeg-ls-lossless":
+        return dcmtk_convert("dcmcjpls", ["+el"], base, out)
+    if kind == "rle":
+        return dcmtk_convert("dcmcrle", [], base, out)
+    if kind == "jpeg2000-lossless":
+        ds = dcmread(base)
+        ds.compress(JPEG2000Lossless)
+        ds.save_as(out, enforce_file_format=True)
+        return out
+    raise AssertionError(kind)
+
+
+EXPECTED_SYNTAX = {
+    "explicit": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "deflated": DeflatedExplicitVRLittleEndian,
+    "jpeg-lossless-sv1": JPEGLosslessSV1,
+    "jpeg-ls-lossless": JPEGLSLossless,
+    "rle": RLELossless,
+    "jpeg2000-lossless": JPEG2000Lossless,
+}
+# storescu proposes the file's own syntax when told which family to propose.
+_STORESCU_PROPOSE = {
+    "explicit": [],
+    "implicit": ["-xi"],
+    "deflated": ["-xd"],
+    "jpeg-lossless-sv1": ["-xs"],
+    "jpeg-ls-lossless": ["-xt"],
+    "rle": ["-xr"],
+    "jpeg2000-lossless": ["-xv"],
+}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_SYNTAX))
+def test_c_store_is_stored_as_received(node: RunningNode, tmp_path: Path, kind: str) -> None:
+    sent_path = _compressed(kind, tmp_path)
+    sent = dcmread(sent_path)
+    assert sent.file_meta.TransferSyntaxUID == EXPECTED_SYNTAX[kind]
+    result = run_storescu(
+        [sent_path], node.port, called_ae=node.ae_title, extra_args=_STORESCU_PROPOSE[kind]
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+
+    stored_path = node.store.path_for(
+        sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID
+    )
+    assert node.files() == [stored_path]
+    stored = dcmread(stored_path)
+    assert stored.file_meta.TransferSyntaxUID == EXPECTED_SYNTAX[kind]
+    assert stored.PixelData == sent.PixelData  # compressed fragments byte for byte
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "Rows", "BitsStored", "PatientID"):
+        assert stored[keyword].value == sent[keyword].value
+    assert np.array_equal(stored.pixel_array, sent.pixel_array)
+    assert node.stored == [sent.SOPInstanceUID]
+    assert list(node.store.incoming.iterdir()) == []
+
+
+def test_second_send_of_same_instance_is_stored_once(node: RunningNode, tmp_path: Path) -> None:
+    sent = make_ct(tmp_path / "ct.dcm")
+    for _ in range(2):
+        result = run_storescu([sent], node.port, called_ae=node.ae_title)
+        assert result.returncode == 0, result.stderr + result.stdout
+    assert len(node.files()) == 1
+    study = node.index.study_files("1.2.826.0.1.3680043.8.498.1")
+    assert len(study.paths) == 1
+
+
+def _reject_reason(port: int, calling: str, called: str) -> tuple[int, int, int]:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_rejected
+    rsp = assoc.acceptor.primitive
+    return rsp.result, rsp.result_source, rsp.diagnostic
+
+
+def test_calling_ae_not_on_allow_list_is_rejected(node: RunningNode, tmp_path: Path) -> None:
+    sent = make_ct(tmp_path / "ct.dcm")
+    result = run_storescu([sent], node.port, calling_ae="INTRUDER", called_ae=node.ae_title)
+    assert result.returncode != 0
+    assert "Rejected" in result.stderr + result.stdout
+    assert node.files() == []
+    # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised
+    assert _reject_reason(node.port, "INTRUDER", node.ae_title) == (1, 1, 3)
+
+
+def test_wrong_called_ae_is_rejected(node: RunningNode, tmp_path: Path) -> None:
+    sent = make_ct(tmp_path / "ct.dcm")
+    result = run_storescu([sent], node.port, called_ae="NOT-THE-NODE")
+    assert result.returncode != 0
+    assert node.files() == []
+    # called AE title not recognised
+    assert _reject_reason(node.port, "STORESCU", "NOT-THE-NODE") == (1, 1, 7)
+
+
+def test_empty_allow_list_admits_nobody(tmp_path: Path) -> None:
+    running = RunningNode(tmp_path, security__allowed_calling_aets="")
+    try:
+        result = run_echoscu(running.port, calling_ae="ECHOSCU", called_ae=running.ae_title)
+        assert result.returncode != 0
+    finally:
+        running.close()
+
+
+def test_destination_ae_titles_may_send(tmp_path: Path) -> None:
+    running = RunningNode(
+        tmp_path,
+        security__allowed_calling_aets="",
+        destinations__pacs="MYPACS@127.0.0.1:4242",
+    )
+    try:
+        result = run_echoscu(running.port, calling_ae="MYPACS", called_ae=running.ae_title)
+        assert result.returncode == 0, result.stderr + result.stdout
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize("element", ["sop_uid", "study_uid", "series_uid"])
+def test_uid_with_path_traversal_is_refused(
+    node: RunningNode, tmp_path: Path, element: str
+) -> None:
+    bad = make_ct(tmp_path / "bad.dcm", **{element: "1.2.3/../../../escape"})
+    result = run_storescu([bad], node.port, called_ae=node.ae_title, extra_args=["-v"])
+    output = result.stderr + result.stdout
+    assert "Error: CannotUnderstand" in output, output  # storescu names 0xC210 so
+    assert node.files() == []
+    assert node.stored == []
+    assert list(node.store.incoming.iterdir()) == []
+    # nothing was created next to the store either
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("index.sqlite")) == [
+        "bad.dcm",
+        "store",
+    ]
+
+
+def test_out_of_space_answers_a700_and_echo_still_works(tmp_path: Path) -> None:
+    running = RunningNode(tmp_path, storage__min_free_mb=str(10**9))
+    try:
+        sent = make_ct(tmp_path / "ct.dcm")
+        result = run_storescu([sent], running.port, called_ae=running.ae_title, extra_args=["-d"])
+        output = (result.stderr + result.stdout).lower()
+        assert "0xa700" in output, output
+        assert running.files() == []
+        assert running.stored == []
+        echo = run_echoscu(running.port, calling_ae="ECHOSCU", called_ae=running.ae_title)
+        assert echo.returncode == 0, echo.stderr + echo.stdout
+    finally:
+        running.close()
+
+
+def test_unsupported_sop_class_is_not_accepted(node: RunningNode, tmp_path: Path) -> None:
+    sent = make_ct(tmp_path / "mr.dcm")
+    ds = dcmread(sent)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
+    ds.save_as(sent, enforce_file_format=True)
+    result = run_storescu([sent], node.port, called_ae=node.ae_title)
+    assert result.returncode != 0
+    assert node.files() == []
+
+
+def test_accepted_contexts_match_the_tables(node: RunningNode) -> None:
+    supported = {
+        cx.abstract_syntax: set(cx.transfer_syntax) for cx in node.receiver.ae.supported_contexts
+    }
+    for uid in STORAGE_SOP_CLASSES.values():
+        assert supported[uid] == set(TRANSFER_SYNTAXES.values())
+    assert set(supported) == set(STORAGE_SOP_CLASSES.values()) | {"1.2.840.10008.1.1"}
+    assert node.receiver.ae.maximum_pdu_size == 0
+
+
+def test_stopped_receiver_refuses_connections(tmp_path: Path) -> None:
+    running = RunningNode(tmp_path)
+    port = running.port
+    running.close()
+    result = run_echoscu(port, calling_ae="ECHOSCU", called_ae=running.ae_title, timeout=20)
+    assert result.returncode != 0
