@@ -452,7 +452,7 @@ def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
     if transfer_syntax in _COMPRESSED:
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         ds.PixelData = pixels.tobytes()
-        ds.compress(transfer_syntax, pixels)
+        ds.compress(transfer_syntax, pixels, generate_instance_uid=False)
     else:
         ds.PixelData = pixels.tobytes()
 
