@@ -1,0 +1,60 @@
+"""Reading DICOM files for analysis: headers for series selection, full datasets for volumes.
+
+Compressed transfer syntaxes (JPEG, JPEG 2000, JPEG-LS, RLE) are decoded by pydicom through the
+installed pylibjpeg and pyjpegls plugins; a file that cannot be read or decoded becomes a
+`DicomReadError` naming the file and the reason, never a crash of the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+
+class DicomReadError(ValueError):
+    """A file that is not readable DICOM, or whose pixel data cannot be decoded."""
+
+
+def read_header(path: Path) -> Dataset:
+    """Read one file's header without pixel data (fast; for series selection)."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise DicomReadError(f"file {path}: not readable as DICOM ({exc})") from None
+
+
+def read_headers(paths: Sequence[Path]) -> list[Dataset]:
+    """Headers of every file, in the given order."""
+    return [read_header(Path(p)) for p in paths]
+
+
+def read_dataset(path: Path) -> Dataset:
+    """Read one file completely and decode its pixel data now, so later access cannot fail."""
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise DicomReadError(f"file {path}: not readable as DICOM ({exc})") from None
+    if "PixelData" not in ds:
+        raise DicomReadError(f"file {path}: has no Pixel Data (7FE0,0010); it is not an image")
+    try:
+        ds.pixel_array  # noqa: B018 - decodes and caches the pixels on the dataset
+    except Exception as exc:  # decoders raise many unrelated types
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        name = getattr(syntax, "name", str(syntax))
+        raise DicomReadError(
+            f"file {path}: pixel data in transfer syntax {name} could not be decoded ({exc}); "
+            "send it uncompressed or install the matching pylibjpeg/pyjpegls decoder"
+        ) from None
+    return ds
+
+
+def read_series(paths: Sequence[Path]) -> list[Dataset]:
+    """Read every file of a series with decoded pixels, in the given order.
+
+    Raises DicomReadError for the first file that cannot be read or decoded.
+    """
+    return [read_dataset(Path(p)) for p in paths]
