@@ -1,0 +1,168 @@
+"""analyze(): one study's DICOM files to a StudyResult (series selection, volumes, SUV, PET on
+CT, lesion candidates, one batched CNN call). Never raises for bad data: problems become
+reasons in `StudyResult.skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from classifier.dicom_io import DicomReadError, read_headers, read_series
+from classifier.lesions import Candidate, find_candidates
+from classifier.patches import PATCH_SHAPE, extract_patch
+from classifier.resample import register_rigid, resample_to
+from classifier.series_selection import SeriesCandidate, select_series
+from classifier.suv import load_pet_suv_volume
+from classifier.types import HISTOLOGY_CLASSES, Lesion, StudyFiles, StudyResult
+from classifier.volume import Volume, VolumeError, load_ct_volume
+from scp_node.config import ClassifierConfig
+
+if TYPE_CHECKING:
+    from classifier.inference import LesionClassifier
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+STAGES: tuple[str, ...] = ("read", "volumes", "resample", "candidates", "cnn")
+
+
+class _Clock:
+    """Accumulates seconds per stage."""
+
+    def __init__(self) -> None:
+        self.timings = {stage: 0.0 for stage in STAGES}
+
+    def run(self, stage: str, work: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.timings[stage] += time.perf_counter() - start
+
+
+def _candidates_of(study: StudyFiles, skipped: list[str]) -> list[SeriesCandidate]:
+    out = []
+    for series in study.series:
+        try:
+            headers = read_headers([i.path for i in series.instances])
+        except DicomReadError as exc:
+            skipped.append(f"series {series.series_instance_uid}: {exc}")
+            continue
+        out.append(SeriesCandidate(series, tuple(headers)))
+    return out
+
+
+def _load(candidate: SeriesCandidate, loader: Callable[..., Volume], clock: _Clock) -> Volume:
+    datasets = clock.run("read", lambda: read_series([i.path for i in candidate.series.instances]))
+    return clock.run("volumes", lambda: loader(datasets))
+
+
+def to_lesion(
+    candidate: Candidate, number: int, ct: Volume, probability: float, histology: np.ndarray
+) -> Lesion:
+    """A measured candidate with its CNN output as a numbered, tracked Lesion."""
+    return Lesion(
+        tracking_id=f"Lesion {number}",
+        tracking_uid=generate_uid(),
+        key_slice_index=candidate.key_slice_index,
+        key_slice=ct.slices[candidate.key_slice_index],
+        box_rc=candidate.box_rc,
+        slice_range=candidate.slice_range,
+        centroid_mm=candidate.centroid_mm,
+        side=candidate.side,
+        lobe=None,
+        long_axis_mm=candidate.long_axis_mm,
+        short_axis_mm=candidate.short_axis_mm,
+        volume_ml=round(candidate.volume_ml, 3),
+        mask=candidate.mask,
+        mask_origin=candidate.mask_origin,
+        suv_max=candidate.suv_max,
+        suv_mean=candidate.suv_mean,
+        mtv_ml=candidate.mtv_ml,
+        tlg=candidate.tlg,
+        lesion_probability=float(probability),
+        histology={k: float(v) for k, v in zip(HISTOLOGY_CLASSES, histology)},
+        detected_by=candidate.detected_by,
+    )
+
+
+def analyze(
+    study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
+) -> StudyResult:
+    """Analyse one study; an unusable study gives a result with ct_series_uid None and reasons."""
+    clock = _Clock()
+    skipped: list[str] = []
+    base = {"study_instance_uid": study.study_instance_uid, "model": classifier.info}
+    try:
+        candidates = clock.run("read", lambda: _candidates_of(study, skipped))
+        selection = select_series(candidates, config)
+        skipped.extend(selection.rejected)
+        if not selection.ct:
+            skipped.append("no CT series qualifies for analysis")
+            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings)
+
+        ct: Volume | None = None
+        for choice in selection.ct:
+            try:
+                ct = _load(choice, load_ct_volume, clock)
+                break
+            except (VolumeError, DicomReadError) as exc:
+                skipped.append(f"CT {choice.describe()}: {exc}")
+        if ct is None:
+            skipped.append("no CT series could be read as a volume")
+            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings)
+
+        pet: Volume | None = None
+        suv: Volume | None = None
+        for choice in selection.pet:
+            try:
+                pet = _load(choice, load_pet_suv_volume, clock)
+            except (VolumeError, DicomReadError) as exc:
+                skipped.append(f"PET {choice.describe()}: {exc}; analysed without PET")
+                continue
+            if pet.frame_of_reference_uid == ct.frame_of_reference_uid:
+                suv = clock.run("resample", lambda: resample_to(pet, ct))
+                break
+            registration = clock.run("resample", lambda: register_rigid(pet, ct))
+            skipped.append(
+                registration.reason
+                if registration.transform
+                else f"PET {choice.describe()}: {registration.reason}; analysed without PET"
+            )
+            if registration.transform is not None:
+                transform = registration.transform
+                suv = clock.run("resample", lambda: resample_to(pet, ct, transform=transform))
+                break
+            pet = None
+
+        found = clock.run("candidates", lambda: find_candidates(ct, suv, config.mtv_threshold))
+        lesions: list[Lesion] = []
+        if found:
+            patches = np.stack([extract_patch(ct, c.center_index, suv) for c in found]).astype(
+                np.float32
+            )
+            assert patches.shape[1:] == PATCH_SHAPE
+            probability, histology = clock.run("cnn", lambda: classifier.predict(patches))
+            for candidate, p, h in zip(found, probability, histology):
+                if float(p) >= config.lesion_probability_threshold:
+                    lesions.append(to_lesion(candidate, len(lesions) + 1, ct, float(p), h))
+        return StudyResult(
+            **base,
+            ct_series_uid=ct.series_instance_uid,
+            pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,
+            ct_slices=ct.slices,
+            pet_slices=pet.slices if suv is not None and pet is not None else (),
+            ct_shape=ct.shape,
+            lesions=tuple(lesions),
+            skipped=tuple(skipped),
+            timings_s=clock.timings,
+        )
+    except (VolumeError, DicomReadError, ValueError, MemoryError) as exc:
+        log.exception("analysis of study %s failed", study.study_instance_uid)
+        skipped.append(f"analysis failed: {exc}")
+        return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings)

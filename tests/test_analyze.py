@@ -1,0 +1,102 @@
+"""analyze() end to end on a written phantom study with a small real Keras model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier.analyze import STAGES, analyze
+from classifier.inference import LesionClassifier
+from classifier.patches import PATCH_SHAPE
+from classifier.phantom import generate_study, write_study
+from classifier.study_folder import scan_folder
+from classifier.types import ModelInfo, StudyFiles
+from scp_node.config import ClassifierConfig, MtvThreshold
+
+
+def _tiny_classifier(lesion_bias: float) -> LesionClassifier:
+    """A real (untrained) Keras model with the product's two named outputs."""
+    import keras
+
+    inputs = keras.Input(PATCH_SHAPE)
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    lesion = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        name="lesion",
+        bias_initializer=keras.initializers.Constant(lesion_bias),
+    )(x)
+    histology = keras.layers.Dense(4, activation="softmax", name="histology")(x)
+    model = keras.Model(inputs, {"lesion": lesion, "histology": histology}, name="tiny")
+    return LesionClassifier(model, ModelInfo("tiny", "0", "0" * 64, "nothing"))
+
+
+def _config(threshold: float = 0.5) -> ClassifierConfig:
+    return ClassifierConfig(
+        model=Path("unused.keras"),
+        lesion_probability_threshold=threshold,
+        mtv_threshold=MtvThreshold(2.5, relative=False),
+        ct_slice_thickness_range_mm=(0.5, 10.0),
+        ct_min_slices=8,
+        pet_min_slices=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyFiles, object]:
+    study = generate_study(3, "A", ct_size=128, ct_slices=40, pet=True)
+    folder = tmp_path_factory.mktemp("phantom")
+    write_study(study, folder)
+    studies, notes = scan_folder(folder)
+    assert len(studies) == 1, notes
+    return studies[0], study
+
+
+def test_analyze_finds_the_phantom_lesion_with_pet(
+    phantom_files: tuple[StudyFiles, object],
+) -> None:
+    files, study = phantom_files
+    result = analyze(files, _config(), _tiny_classifier(lesion_bias=5.0))
+    assert result.analysed, result.skipped
+    assert result.pet_series_uid is not None, result.skipped
+    assert set(result.timings_s) == set(STAGES)
+    assert result.ct_shape == (40, 128, 128)
+    assert len(result.ct_slices) == 40 and len(result.pet_slices) > 0
+    assert result.lesions, "no lesion reported"
+    truth = study.lesions[0]
+    best = min(
+        result.lesions, key=lambda l: np.linalg.norm(np.subtract(l.centroid_mm, truth.center_mm))
+    )
+    assert np.linalg.norm(np.subtract(best.centroid_mm, truth.center_mm)) < truth.radius_mm
+    assert best.suv_max is not None and best.suv_max > 2.5
+    assert best.detected_by in {"CT+PET", "CT"}
+    assert [l.tracking_id for l in result.lesions] == [
+        f"Lesion {i + 1}" for i in range(len(result.lesions))
+    ]
+    assert len({l.tracking_uid for l in result.lesions}) == len(result.lesions)
+    assert abs(sum(best.histology.values()) - 1.0) < 1e-4
+
+
+def test_threshold_drops_low_probability_candidates(
+    phantom_files: tuple[StudyFiles, object],
+) -> None:
+    files, _ = phantom_files
+    result = analyze(files, _config(0.5), _tiny_classifier(lesion_bias=-8.0))
+    assert result.analysed and result.lesions == ()
+
+
+def test_unusable_study_returns_reasons(tmp_path: Path) -> None:
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(b"not dicom")
+    from classifier.types import InstanceFile, SeriesFiles
+
+    files = StudyFiles(
+        "1.2.3", (SeriesFiles("1.2.3.4", "CT", (InstanceFile(bad, "1.2.3.4.5", "1.2"),)),)
+    )
+    result = analyze(files, _config(), _tiny_classifier(0.0))
+    assert not result.analysed
+    assert any("not readable" in r for r in result.skipped)
+    assert any("no CT series" in r for r in result.skipped)
