@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orthanc import free_port
+from dcmtk import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,14 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from dcmtk import free_port
+
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Orthanc:

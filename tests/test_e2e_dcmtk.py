@@ -1,0 +1,182 @@
+"""End to end with DCMTK: storescu sends a study to the running node, storescp receives the SR.
+
+Also: the real Lung-PET-CT-Dx CT series, a restart while a study is RECEIVING, a destination
+that is down and comes up later, and a calling AE that is not on the allow-list.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from classifier.phantom import generate_study
+from dcmtk import StorescpServer, run_echoscu, run_storescu
+from dicom_validators import run_dciodvfy, run_dsrdump
+from node_process import NodeProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_STUDY = SHARED_DATA / "lung-pet-ct-dx" / "Lung-PET-CT-Dx" / "Lung_Dx-A0002"
+
+
+def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _results(storescp: StorescpServer) -> dict[str, list[pydicom.Dataset]]:
+    """The files storescp received, by Modality (SR, SEG)."""
+    found: dict[str, list[pydicom.Dataset]] = {}
+    for path in storescp.received():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds.filename = str(path)
+        found.setdefault(str(ds.Modality), []).append(ds)
+    return found
+
+
+def _wait_results(storescp: StorescpServer, node: NodeProcess, kinds: set[str],
+                  timeout: float = 180) -> dict[str, list[pydicom.Dataset]]:
+    deadline = time.monotonic() + timeout
+    found: dict[str, list[pydicom.Dataset]] = {}
+    while time.monotonic() < deadline:
+        found = _results(storescp)
+        if kinds <= set(found):
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"results {kinds} not received; got {set(found)}\n{node.log()[-4000:]}")
+
+
+def _node(tmp_path: Path, storescp_port: int, **kwargs: object) -> NodeProcess:
+    return NodeProcess(
+        tmp_path / "node",
+        destinations={"archive": f"STORESCP@127.0.0.1:{storescp_port}"},
+        send_results_to="archive",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _send(files: list[Path], node: NodeProcess, calling_ae: str = "STORESCU") -> None:
+    proc = run_storescu(files, node.port, calling_ae=calling_ae, called_ae=node.ae_title,
+                        timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_storescu_to_node_to_storescp_pet_ct(tmp_path: Path) -> None:
+    study = generate_study(seed=21, histology="G", ct_size=96, ct_slices=32, pet=True)
+    files = _save(study.ct, tmp_path / "ct") + _save(study.pet, tmp_path / "pet")
+    with StorescpServer(tmp_path / "archive") as archive, _node(tmp_path, archive.port) as node:
+        assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
+        _send(files, node)
+        found = _wait_results(archive, node, {"SR", "SEG"})
+        status = node.wait_for(
+            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 60, "DELIVERED"
+        )
+    (sr,) = found["SR"]
+    (seg,) = found["SEG"]
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID == study.study_instance_uid
+    assert run_dciodvfy(Path(sr.filename)) == []
+    assert run_dciodvfy(Path(seg.filename)) == []
+    assert "Measurement Report" in run_dsrdump(Path(sr.filename))
+    report = hd.sr.srread(sr.filename)
+    assert report.content.get_volumetric_roi_measurement_groups()
+    (row,) = status["studies"]
+    assert row["instances"] == len(files) and row["series"] == 2
+
+
+def test_real_lung_pet_ct_dx_series(tmp_path: Path) -> None:
+    if not REAL_STUDY.is_dir():
+        pytest.skip(f"real TCIA fixture not found at {REAL_STUDY}; shared/data is absent")
+    files = sorted(REAL_STUDY.rglob("*.dcm"))
+    assert len(files) == 60
+    with StorescpServer(tmp_path / "archive") as archive, _node(tmp_path, archive.port) as node:
+        _send(files, node)
+        found = _wait_results(archive, node, {"SR"}, timeout=300)
+        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120,
+                      "DELIVERED")
+    (sr,) = found["SR"]
+    assert run_dciodvfy(Path(sr.filename)) == []
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study_item.ReferencedSeriesSequence
+        for item in series_item.ReferencedSOPSequence
+    }
+    assert len(evidence) == 30  # one CT series of the two is analysed: every slice referenced
+
+
+def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
+    study = generate_study(seed=31, histology="A", ct_size=64, ct_slices=24, pet=False)
+    files = _save(study.ct, tmp_path / "ct")
+    with StorescpServer(tmp_path / "archive") as archive:
+        node = _node(tmp_path, archive.port, quiet_seconds=600)
+        with node:
+            _send(files, node)
+            status = node.status()
+            assert [s["state"] for s in status["studies"]] == ["RECEIVING"]
+        node.env["LUNGNODE__PIPELINE__STUDY_QUIET_SECONDS"] = "1"
+        with node:
+            node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 180,
+                          "DELIVERED after restart")
+            time.sleep(3)  # any duplicate delivery would arrive now
+        found = _results(archive)
+    assert len(found["SR"]) == 1
+
+
+def test_destination_down_then_up(tmp_path: Path) -> None:
+    study = generate_study(seed=41, histology="B", ct_size=64, ct_slices=24, pet=False)
+    files = _save(study.ct, tmp_path / "ct")
+    archive = StorescpServer(tmp_path / "archive")  # not started yet: the destination is down
+    with _node(tmp_path, archive.port) as node:
+        _send(files, node)
+        status = node.wait_for(
+            lambda s: any(o["attempts"] >= 1 and o["last_error"] for o in s["outbox"]),
+            180,
+            "a failed delivery attempt",
+        )
+        assert all(o["state"] == "PENDING" for o in status["outbox"])
+        assert [s["state"] for s in status["studies"]] == ["REPORTED"]
+        with archive:
+            node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120,
+                          "DELIVERED once the destination is up")
+            found = _results(archive)
+    assert len(found["SR"]) == 1
+
+
+def test_calling_ae_not_on_allow_list_is_rejected(tmp_path: Path) -> None:
+    study = generate_study(seed=51, histology="A", ct_size=64, ct_slices=8, pet=False)
+    files = _save(study.ct, tmp_path / "ct")
+    with _node(tmp_path, 9) as node:
+        proc = run_storescu(files, node.port, calling_ae="INTRUDER", called_ae=node.ae_title)
+        assert proc.returncode != 0
+        assert "rejected" in (proc.stdout + proc.stderr).lower()
+        assert node.status()["studies"] == []
+        assert not list((node.workdir / "store").rglob("*.dcm"))
+        assert "INTRUDER" in node.log()
+
+
+def test_sigterm_stops_the_node_cleanly(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    assert node.stop() == 0
+    assert "lungnode stopped" in node.log()
+
+
+def test_python_m_scp_node_and_console_script_agree() -> None:
+    import shutil
+    import sys
+
+    script = Path(sys.executable).parent / "lungnode"
+    assert script.exists() or shutil.which("lungnode"), "console script lungnode not installed"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "serve" in proc.stdout
