@@ -59,9 +59,20 @@ def _enhanced(ct: list[Dataset]) -> Dataset:
     ds = Dataset()
     ds.file_meta = copy.deepcopy(first.file_meta)
     ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT_STORAGE
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality",
-                    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
-                    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation"):
+    for keyword in (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "FrameOfReferenceUID",
+        "Modality",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+    ):
         setattr(ds, keyword, first.get(keyword))
     ds.SOPClassUID = ENHANCED_CT_STORAGE
     ds.SOPInstanceUID = pydicom.uid.generate_uid()

@@ -1,0 +1,65 @@
+"""The detector on the real Lung-PET-CT-Dx patient A0002 against its 18 annotated boxes."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier.dicom_io import read_series
+from classifier.lesions import find_candidates
+from classifier.volume import load_ct_volume
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
+
+
+def _boxes() -> dict[str, tuple[int, int, int, int]]:
+    folder = DATA / "Annotation" / "A0002"
+    if not folder.is_dir():
+        pytest.skip(f"real patient fixture {folder} is absent (see /work/shared/data/README.md)")
+    out = {}
+    for xml in folder.glob("*.xml"):
+        box = ET.parse(xml).find("object/bndbox")
+        assert box is not None, xml
+        out[xml.stem] = tuple(int(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: the tumour of A0002 is a right hilar/paratracheal mass inside the "
+    "mediastinal contour on its upper slices; the lung-region search does not reach it there",
+)
+def test_candidates_overlap_annotations() -> None:
+    boxes = _boxes()
+    series = sorted((DATA / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").glob("*/*/"))
+    assert len(series) == 2
+    hits, annotated, others = 0, 0, []
+    for folder in series:
+        volume = load_ct_volume(read_series(sorted(folder.glob("*.dcm"))))
+        found = find_candidates(volume)
+        index = {ref.sop_instance_uid: i for i, ref in enumerate(volume.slices)}
+        matched = set()
+        for uid, (x0, y0, x1, y1) in boxes.items():
+            if uid not in index:
+                continue
+            annotated += 1
+            s = index[uid]
+            for n, c in enumerate(found):
+                local = s - c.mask_origin[0]
+                if not 0 <= local < c.mask.shape[0] or not c.mask[local].any():
+                    continue
+                rows, cols = np.nonzero(c.mask[local])
+                rows, cols = rows + c.mask_origin[1], cols + c.mask_origin[2]
+                if rows.min() <= y1 and rows.max() >= y0 and cols.min() <= x1 and cols.max() >= x0:
+                    hits += 1
+                    matched.add(n)
+                    break
+        others.append(len(found) - len(matched))
+    print(f"annotated slices {annotated}, hit {hits}, other candidates per series {others}")
+    assert annotated == 18
+    assert max(others) <= 10
+    assert hits >= 15
