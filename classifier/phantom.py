@@ -159,51 +159,53 @@ def _lungs(x: np.ndarray, y: np.ndarray, z: np.ndarray, z_mid: float, z_half: fl
 def _anatomy(grid: _Grid, z_mid: float, z_half: float, vessels: list) -> np.ndarray:
     """Tissue label map [slice, row, col] of the chest on `grid`."""
     xs = grid.xy
-    x = xs[None, None, :]
-    y = xs[None, :, None]
-    z = grid.z[:, None, None]
-    shape = (len(grid.z), grid.size, grid.size)
-    labels = np.full(shape, _AIR, dtype=np.uint8)
-    body = ((x / 160.0) ** 2 + ((y - 5.0) / 115.0) ** 2) <= 1.0
-    inner = ((x / 150.0) ** 2 + ((y - 5.0) / 105.0) ** 2) <= 1.0
-    labels[np.broadcast_to(body, shape)] = _FAT
-    labels[np.broadcast_to(inner, shape)] = _SOFT
-    table = (y >= 128.0) & (y <= 134.0) & (np.abs(x) <= 170.0)
-    labels[np.broadcast_to(table, shape)] = _TABLE
-    lung = np.zeros(shape, dtype=bool)
-    for cx, cy, ax, ay in _lungs(x, y, z, z_mid, z_half).values():
-        lung |= ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0
-    labels[lung] = _LUNG
-    # Heart in the lower half of the chest, pushing into the left lung; aorta posterior-left.
-    heart_scale = np.clip((z_mid + 0.2 * z_half - z) / (0.8 * z_half), 0.0, 1.0)
-    heart_scale = np.sqrt(heart_scale)
-    heart = ((x - 22.0) / np.maximum(55.0 * heart_scale, 1e-3)) ** 2 + (
-        (y + 18.0) / np.maximum(48.0 * heart_scale, 1e-3)
-    ) ** 2 <= 1.0
-    labels[np.broadcast_to(heart, shape) & (heart_scale > 0)] = _HEART
-    aorta = (x - 24.0) ** 2 + (y - 52.0) ** 2 <= 13.0**2
-    labels[np.broadcast_to(aorta, shape)] = _AORTA
-    spine_r2 = x**2 + (y - 80.0) ** 2
-    labels[np.broadcast_to(spine_r2 <= 17.0**2, shape)] = _BONE
-    labels[np.broadcast_to(spine_r2 <= 13.0**2, shape)] = _MARROW
-    process = (np.abs(x) <= 4.0) & (y > 95.0) & (y < 112.0)
-    labels[np.broadcast_to(process, shape)] = _BONE
-    if vessels:
-        idx = np.nonzero(lung)
-        pz, py, px = grid.z[idx[0]], xs[idx[1]], xs[idx[2]]
-        hit = np.zeros(len(pz), dtype=bool)
-        for start, end, r0 in vessels:
-            d = end - start
-            length2 = float(d @ d)
-            t = ((px - start[0]) * d[0] + (py - start[1]) * d[1] + (pz - start[2]) * d[2]) / length2
-            t = np.clip(t, 0.0, 1.0)
-            dist2 = (
-                (px - start[0] - t * d[0]) ** 2
-                + (py - start[1] - t * d[1]) ** 2
-                + (pz - start[2] - t * d[2]) ** 2
+    x = xs[None, :]
+    y = xs[:, None]
+    base = np.full((grid.size, grid.size), _AIR, dtype=np.uint8)
+    base[((x / 160.0) ** 2 + ((y - 5.0) / 115.0) ** 2) <= 1.0] = _FAT
+    base[((x / 150.0) ** 2 + ((y - 5.0) / 105.0) ** 2) <= 1.0] = _SOFT
+    base[(y >= 128.0) & (y <= 134.0) & (np.abs(x) <= 170.0)] = _TABLE
+    labels = np.repeat(base[None], len(grid.z), axis=0)
+    lungs = _lungs(None, None, grid.z, z_mid, z_half)
+    # Heart in the lower half of the chest, pushing into the left lung.
+    heart_scale = np.sqrt(np.clip((z_mid + 0.2 * z_half - grid.z) / (0.8 * z_half), 0.0, 1.0))
+    for k in range(len(grid.z)):
+        lung = np.zeros(base.shape, dtype=bool)
+        for cx, cy, ax, ay in lungs.values():
+            lung |= ((x - cx) / ax[k]) ** 2 + ((y - cy) / ay[k]) ** 2 <= 1.0
+        labels[k][lung] = _LUNG
+        if heart_scale[k] > 0:
+            hs = heart_scale[k]
+            labels[k][((x - 22.0) / (55.0 * hs)) ** 2 + ((y + 18.0) / (48.0 * hs)) ** 2 <= 1.0] = (
+                _HEART
             )
-            hit |= dist2 <= (r0 * (1.0 - 0.6 * t)) ** 2
-        labels[tuple(i[hit] for i in idx)] = _VESSEL
+    # Aorta posterior-left, vertebral body with marrow, spinous process: the same on every slice.
+    fixed = np.full(base.shape, 255, dtype=np.uint8)
+    fixed[(x - 24.0) ** 2 + (y - 52.0) ** 2 <= 13.0**2] = _AORTA
+    spine_r2 = x**2 + (y - 80.0) ** 2
+    fixed[spine_r2 <= 17.0**2] = _BONE
+    fixed[spine_r2 <= 13.0**2] = _MARROW
+    fixed[(np.abs(x) <= 4.0) & (y > 95.0) & (y < 112.0)] = _BONE
+    labels = np.where(fixed[None] != 255, fixed[None], labels)
+    for start, end, r0 in vessels:
+        lo, hi = np.minimum(start, end) - r0, np.maximum(start, end) + r0
+        box = tuple(
+            slice(int(np.searchsorted(c, lo[a])), int(np.searchsorted(c, hi[a], side="right")))
+            for a, c in ((2, grid.z), (1, xs), (0, xs))
+        )
+        pz = grid.z[box[0]][:, None, None]
+        py = xs[box[1]][None, :, None]
+        px = xs[box[2]][None, None, :]
+        d = end - start
+        t = ((px - start[0]) * d[0] + (py - start[1]) * d[1] + (pz - start[2]) * d[2]) / (d @ d)
+        t = np.clip(t, 0.0, 1.0)
+        dist2 = (
+            (px - start[0] - t * d[0]) ** 2
+            + (py - start[1] - t * d[1]) ** 2
+            + (pz - start[2] - t * d[2]) ** 2
+        )
+        sub = labels[box]
+        sub[(dist2 <= (r0 * (1.0 - 0.6 * t)) ** 2) & (sub == _LUNG)] = _VESSEL
     return labels
 
 
@@ -609,17 +611,23 @@ def generate_study(
     slice_thickness_mm: float = 5.0,
     pet: bool = True,
     pet_size: int = 64,
+    pet_slices: int | None = None,
     n_lesions: int = 1,
     lesion: bool = True,
     transfer_syntax: str = pydicom.uid.ExplicitVRLittleEndian,
 ) -> PhantomStudy:
-    """Generate one chest CT (and PET) study, deterministic from `seed` and the arguments."""
+    """Generate one chest CT (and PET) study, deterministic from `seed` and the arguments.
+
+    PET slices cover the CT range: `pet_slices` of them when given, else as many as the PET
+    slice thickness (the larger of the CT thickness and the PET pixel spacing) needs.
+    """
     if histology not in HISTOLOGY_CLASSES:
         raise ValueError(f"histology {histology!r} is not one of {HISTOLOGY_CLASSES}")
     for name, value, low in (
         ("ct_size", ct_size, 32),
         ("ct_slices", ct_slices, 4),
         ("pet_size", pet_size, 16),
+        ("pet_slices", 2 if pet_slices is None else pet_slices, 2),
         ("patient_number", patient_number, 0),
     ):
         if not isinstance(value, int) or value < low:
@@ -643,6 +651,7 @@ def generate_study(
         slice_thickness_mm,
         pet,
         pet_size,
+        pet_slices,
         n_lesions,
     )
     rng = np.random.default_rng([seed, HISTOLOGY_CLASSES.index(histology), patient_number])
@@ -697,9 +706,13 @@ def generate_study(
     pet_suv = None
     if pet:
         pet_spacing = FIELD_OF_VIEW_MM / pet_size
-        pet_thick = max(slice_thickness_mm, round(pet_spacing, 2))
-        n_pet = int(np.ceil((z[-1] - z[0]) / pet_thick)) + 1
-        pet_z = z[0] + pet_thick * np.arange(n_pet)
+        if pet_slices is None:
+            pet_thick = max(slice_thickness_mm, round(pet_spacing, 2))
+            n_pet = int(np.ceil((z[-1] - z[0]) / pet_thick)) + 1
+            pet_z = z[0] + pet_thick * np.arange(n_pet)
+        else:
+            pet_z = np.linspace(z[0], z[-1], pet_slices)
+            pet_thick = float(pet_z[1] - pet_z[0])
         pet_grid = _Grid(pet_size, pet_spacing, pet_z)
         pet_labels = _anatomy(pet_grid, z_mid, z_half, [])
         pet_suv = _pet_volume(rng, pet_grid, pet_labels, shapes)

@@ -194,3 +194,12 @@ def test_ct_and_pet_files_pass_dciodvfy(tmp_path: Path) -> None:
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, f"{path.name}:\n{report}"
         assert ("CTImage" in report) or ("PETImage" in report)
+
+
+def test_pet_slices_cover_the_ct_range_when_given() -> None:
+    study = generate_study(14, "E", ct_size=64, ct_slices=16, pet_size=32, pet_slices=9)
+    pet_z = [float(ds.ImagePositionPatient[2]) for ds in study.pet]
+    ct_z = [float(ds.ImagePositionPatient[2]) for ds in study.ct]
+    assert len(study.pet) == 9 and int(study.pet[0].NumberOfSlices) == 9
+    assert pet_z[0] == pytest.approx(ct_z[0]) and pet_z[-1] == pytest.approx(ct_z[-1])
+    assert float(study.pet[0].SliceThickness) == pytest.approx(pet_z[1] - pet_z[0], abs=1e-6)

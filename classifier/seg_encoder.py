@@ -1,0 +1,121 @@
+"""StudyResult -> DICOM Segmentation: one binary segment per lesion on the CT geometry.
+
+Each lesion's cropped mask is placed at its mask_origin in a volume of the CT's shape; only
+frames where a segment is non-empty are stored. Segment label, Tracking ID and Tracking UID are
+the lesion's, so the SR's measurement groups and the SEG's segments pair up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+
+from classifier import codes
+from classifier.types import Lesion, StudyResult
+
+
+def lesion_volume(lesion: Lesion, shape: tuple[int, int, int]) -> np.ndarray:
+    """The lesion's mask placed into a bool volume of `shape` ([slice, row, column])."""
+    mask = np.asarray(lesion.mask).astype(bool)
+    if mask.ndim != 3:
+        raise ValueError(
+            f"lesion {lesion.tracking_id}: mask has {mask.ndim} dimensions, expected 3 "
+            "([slice, row, column] cropped at mask_origin)"
+        )
+    if not mask.any():
+        raise ValueError(f"lesion {lesion.tracking_id}: mask is empty; a segment needs a voxel")
+    origin = tuple(int(v) for v in lesion.mask_origin)
+    end = tuple(o + n for o, n in zip(origin, mask.shape, strict=True))
+    if min(origin) < 0 or any(e > s for e, s in zip(end, shape, strict=True)):
+        raise ValueError(
+            f"lesion {lesion.tracking_id}: mask of shape {mask.shape} at origin {origin} "
+            f"does not fit in the CT volume of shape {shape}"
+        )
+    volume = np.zeros(shape, dtype=bool)
+    volume[origin[0] : end[0], origin[1] : end[1], origin[2] : end[2]] = mask
+    return volume
+
+
+def segment_description(
+    lesion: Lesion, number: int, result: StudyResult
+) -> hd.seg.SegmentDescription:
+    """Segment Description macro of one lesion: finding codes, algorithm, tracking IDs."""
+    site, _ = codes.finding_site_codes(lesion.side, None)
+    model = result.model
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=lesion.tracking_id,
+        segmented_property_category=codes.FINDING_CATEGORY,
+        segmented_property_type=codes.FINDING_TYPE,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=model.name,
+            family=codes.ARTIFICIAL_INTELLIGENCE,
+            version=model.version,
+            source=codes.MANUFACTURER,
+            parameters={"weights_sha256": model.sha256},
+        ),
+        tracking_uid=lesion.tracking_uid,
+        tracking_id=lesion.tracking_id,
+        anatomic_regions=[site],
+    )
+
+
+def build_seg(
+    result: StudyResult,
+    ct_sources: Sequence[Dataset],
+    *,
+    series_number: int,
+    instance_number: int,
+    specific_character_set: str | None,
+) -> hd.seg.Segmentation:
+    """The SEG of every lesion of `result`; ct_sources are in result.ct_slices order."""
+    if not result.lesions:
+        raise ValueError("a SEG needs at least one lesion; the result has none")
+    if result.ct_shape is None or len(result.ct_shape) != 3:
+        raise ValueError(f"StudyResult.ct_shape is {result.ct_shape!r}; the SEG needs (z, y, x)")
+    if len(ct_sources) != result.ct_shape[0]:
+        raise ValueError(
+            f"{len(ct_sources)} CT source datasets for a CT volume of {result.ct_shape[0]} "
+            "slices; pass the header of every slice in result.ct_slices"
+        )
+    rows, cols = int(ct_sources[0].Rows), int(ct_sources[0].Columns)
+    if (rows, cols) != tuple(result.ct_shape[1:]):
+        raise ValueError(
+            f"CT slices are {rows}x{cols} but StudyResult.ct_shape is {result.ct_shape}"
+        )
+    pixels = np.stack(
+        [lesion_volume(lesion, result.ct_shape) for lesion in result.lesions], axis=-1
+    ).astype(np.uint8)
+    descriptions = [
+        segment_description(lesion, number, result)
+        for number, lesion in enumerate(result.lesions, start=1)
+    ]
+    kwargs = {}
+    if specific_character_set is not None:
+        kwargs["specific_character_set"] = specific_character_set
+    model = result.model
+    return hd.seg.Segmentation(
+        source_images=list(ct_sources),
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=codes.MANUFACTURER,
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        device_serial_number=model.sha256[:16],
+        content_label="LESIONS",
+        content_description="Lung lesions found by the AI algorithm",
+        series_description=codes.series_description("lesion segmentation", model),
+        contributing_equipment=[codes.algorithm_equipment(model)],
+        coding_schemes=codes.coding_schemes(),
+        omit_empty_frames=True,
+        **kwargs,
+    )
