@@ -2,7 +2,7 @@
 
 `postgres_url` is a module-scoped pytest fixture: initdb into a temp folder, pg_ctl start with
 its socket in that folder, createdb, yield the URL, stop and delete. As root the server runs as
-the `postgres` user (PostgreSQL refuses to run as root). Tests get a fresh database each from
+the `postgres` user (PostgreSQL refuses to run as root). Tests get a fresh, empty schema each from
 `fresh_database(url)`. Skips with the reason when the binaries or the user are missing.
 """
 
@@ -94,8 +94,9 @@ def postgres_url() -> Iterator[str]:
 
 
 def fresh_database(url: str) -> str:
-    """Create a new empty database on the server of `url` and return its URL."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+    """A URL on the server of `url` whose tables live in a new empty schema (much cheaper than
+    CREATE DATABASE, and just as isolated for the index)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url.rsplit("/", 1)[0] + "/" + name
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{url}?options=-c%20search_path%3D{schema}"
