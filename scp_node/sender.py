@@ -126,9 +126,17 @@ class Sender:
             error = f"cannot associate with {destination}: {exc}"
             return results + [(item, _Outcome(False, True, error)) for item, _ in loaded]
         if not assoc.is_established:
-            error = _association_failure(assoc, destination)
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                # The peer answered but takes none of these SOP classes: no retry will help.
+                error = (
+                    f"{destination} accepted no presentation context for SOP classes "
+                    + ", ".join(sorted({str(ds.SOPClassUID) for _, ds in loaded}))
+                )
+                transient = False
+            else:
+                error, transient = _association_failure(assoc, destination), True
             log.warning("%s", error)
-            return results + [(item, _Outcome(False, True, error)) for item, _ in loaded]
+            return results + [(item, _Outcome(False, transient, error)) for item, _ in loaded]
 
         log.info("association established destination=%s objects=%d", destination, len(loaded))
         try:
@@ -244,6 +252,8 @@ def _association_failure(assoc: Association, destination: Destination) -> str:
             f"association rejected by {destination}: {result}, {source}, {reason} "
             f"(calling AE {assoc.requestor.ae_title}, called AE {destination.ae_title})"
         )
-    if assoc.is_aborted:
-        return f"association aborted by {destination}"
-    return f"cannot connect to {destination} (refused, unreachable or timed out)"
+    # pynetdicom reports a refused TCP connection as an abort, so the two read alike here.
+    return (
+        f"cannot connect to {destination}: connection refused, unreachable, timed out, "
+        "or the association request was aborted"
+    )

@@ -1,0 +1,263 @@
+"""The result sender against the real DCMTK storescp (and a pynetdicom SCP for error statuses)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+
+from scp_node.config import Config, SenderConfig, load_config
+from scp_node.sender import Sender, backoff_delay, is_transient_status
+from storage.database import Database
+from storage.index import Index, InstanceRecord, ResultObject
+from storage.instance_store import InstanceStore
+from tests.dcmtk import StorescpServer, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.8.498.999.1"  # no peer knows this storage class
+STUDY_UID = "1.2.826.0.1.3680043.8.498.2"
+NOW = 1_700_000_000.0
+
+
+def sender_config(tmp: Path, dest_port: int, **overrides: str) -> Config:
+    environ = {
+        "LUNGNODE__STORAGE__ROOT": str(tmp / "store"),
+        "LUNGNODE__DESTINATIONS__PACS": f"STORESCP@127.0.0.1:{dest_port}",
+        "LUNGNODE__SENDER__INITIAL_BACKOFF_SECONDS": "100",
+        "LUNGNODE__SENDER__MAX_BACKOFF_SECONDS": "1000",
+        "LUNGNODE__SENDER__TIMEOUT_SECONDS": "5",
+        "LUNGNODE__SENDER__MAX_ATTEMPTS": "3",
+        **{f"LUNGNODE__{k.upper()}": v for k, v in overrides.items()},
+    }
+    return load_config(REPO / "config.ini", environ=environ)
+
+
+def result_dataset(sop_class: str) -> Dataset:
+    """A small result object of `sop_class` in the study (what the worker would write)."""
+    sop_uid = generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY_UID, generate_uid()
+    ds.Modality = "SR"
+    ds.PatientName, ds.PatientID = "Test^Sender", "SND-1"
+    ds.ValueType = "CONTAINER"
+    return ds
+
+
+class Outbox:
+    """An index with one analysed study whose result object waits in the outbox."""
+
+    def __init__(self, tmp: Path, config: Config) -> None:
+        self.config = config
+        self.store = InstanceStore(config.storage.root, 0)
+        self.database = Database.connect(f"sqlite:///{tmp / 'index.sqlite'}")
+        self.index = Index(self.database)
+
+    def add_result(self, sop_class: str = BASIC_TEXT_SR, destination: str = "pacs") -> Dataset:
+        ds = result_dataset(sop_class)
+        path = self.store.write_dataset(ds)
+        self.index.record_instance(
+            InstanceRecord(
+                study_uid=STUDY_UID,
+                series_uid="1.2.826.0.1.3680043.8.498.2.1",
+                sop_uid=generate_uid(),
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                modality="CT",
+                path=self.store.root / "input.dcm",
+                calling_aet="STORESCU",
+                received_at=NOW - 100,
+            )
+        )
+        assert self.index.mark_ready(NOW - 50, 10) == [STUDY_UID]
+        job = self.index.claim_job("test-worker", 60, NOW - 40)
+        assert job is not None
+        result = ResultObject(ds.SOPInstanceUID, ds.SeriesInstanceUID, sop_class, path, "SR")
+        assert self.index.complete_job(job, [result], [destination], NOW - 30)
+        return ds
+
+    def row(self) -> dict[str, object]:
+        (row,) = self.index.status()["outbox"]
+        return row
+
+    def study_state(self) -> str:
+        (study,) = self.index.status()["studies"]
+        return str(study["state"])
+
+
+@pytest.fixture
+def dest_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, dest_port: int) -> Iterator[Outbox]:
+    box = Outbox(tmp_path, sender_config(tmp_path, dest_port))
+    yield box
+    box.database.close()
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    cfg = SenderConfig(
+        max_attempts=8,
+        initial_backoff_seconds=2,
+        max_backoff_seconds=30,
+        timeout_seconds=5,
+        calling_ae_title="LUNGNODE",
+    )
+    rng = random.Random(1)
+    for attempt, base in [(1, 2), (2, 4), (3, 8), (4, 16)]:
+        delays = [backoff_delay(attempt, cfg, rng) for _ in range(200)]
+        assert 0.75 * base <= min(delays) < max(delays) <= 1.25 * base
+    assert all(backoff_delay(a, cfg, rng) <= 30 for a in range(5, 200))
+    assert backoff_delay(1000, cfg, rng) > 30 * 0.75
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(0xA700, True), (0xA7FF, True), (0x0110, True), (0x0213, True), (0xA900, False),
+     (0xC000, False), (0xC210, False), (0x0122, False), (0x0117, False)],
+)  # fmt: skip
+def test_status_classification(status: int, transient: bool) -> None:
+    assert is_transient_status(status) is transient
+
+
+def test_result_arrives_at_storescp(outbox: Outbox, tmp_path: Path, dest_port: int) -> None:
+    ds = outbox.add_result()
+    with StorescpServer(tmp_path / "received", port=dest_port) as scp:
+        handled = Sender(outbox.config, outbox.index).deliver_due(NOW)
+        received = scp.received()
+    assert handled == 1
+    assert len(received) == 1 and ds.SOPInstanceUID in received[0].name
+    assert outbox.row()["state"] == "SENT"
+    assert outbox.study_state() == "DELIVERED"
+
+
+def _assert_retried_once(outbox: Outbox, words: str) -> None:
+    row = outbox.row()
+    assert row["state"] == "PENDING" and row["attempts"] == 1, row
+    assert words in str(row["last_error"]), row
+    # initial_backoff_seconds = 100 with +-25% jitter
+    assert outbox.index.due_outbox(NOW + 74) == []
+    assert len(outbox.index.due_outbox(NOW + 126)) == 1
+
+
+def test_destination_not_listening_is_retried_with_backoff(outbox: Outbox) -> None:
+    outbox.add_result()
+    assert Sender(outbox.config, outbox.index).deliver_due(NOW) == 1
+    _assert_retried_once(outbox, "cannot connect")
+
+
+def test_refused_association_is_retried(outbox: Outbox, tmp_path: Path, dest_port: int) -> None:
+    outbox.add_result()
+    with StorescpServer(tmp_path / "received", port=dest_port, options=["--refuse"]) as scp:
+        Sender(outbox.config, outbox.index).deliver_due(NOW)
+        assert scp.received() == []
+    _assert_retried_once(outbox, "association rejected")
+
+
+def test_abort_during_transfer_is_retried(outbox: Outbox, tmp_path: Path, dest_port: int) -> None:
+    outbox.add_result()
+    with StorescpServer(tmp_path / "received", port=dest_port, options=["--abort-during"]):
+        Sender(outbox.config, outbox.index).deliver_due(NOW)
+    row = outbox.row()
+    assert row["state"] == "PENDING" and row["attempts"] == 1, row
+
+
+def test_sop_class_the_peer_does_not_accept_is_a_dead_letter(
+    outbox: Outbox, tmp_path: Path, dest_port: int
+) -> None:
+    outbox.add_result(sop_class=UNKNOWN_SOP_CLASS)
+    with StorescpServer(tmp_path / "received", port=dest_port) as scp:
+        Sender(outbox.config, outbox.index).deliver_due(NOW)
+        assert scp.received() == []
+    row = outbox.row()
+    assert row["state"] == "DEAD", row
+    assert "presentation context" in str(row["last_error"])
+    assert outbox.index.due_outbox(NOW + 10_000) == []
+
+
+def test_gives_up_after_max_attempts(tmp_path: Path, dest_port: int) -> None:
+    box = Outbox(tmp_path, sender_config(tmp_path, dest_port, sender__max_attempts="2"))
+    try:
+        box.add_result()
+        sender = Sender(box.config, box.index)
+        sender.deliver_due(NOW)
+        assert box.row()["state"] == "PENDING"
+        sender.deliver_due(NOW + 200)
+        row = box.row()
+        assert row["state"] == "DEAD" and row["attempts"] == 2, row
+        assert "max_attempts" in str(row["last_error"])
+        assert box.index.resend_dead(STUDY_UID) == 1
+    finally:
+        box.database.close()
+
+
+def test_unknown_destination_is_a_dead_letter(outbox: Outbox) -> None:
+    outbox.add_result(destination="nowhere")
+    Sender(outbox.config, outbox.index).deliver_due(NOW)
+    row = outbox.row()
+    assert row["state"] == "DEAD" and "nowhere" in str(row["last_error"]), row
+
+
+def test_missing_result_file_is_a_dead_letter(outbox: Outbox) -> None:
+    ds = outbox.add_result()
+    outbox.store.path_for(STUDY_UID, ds.SeriesInstanceUID, ds.SOPInstanceUID).unlink()
+    Sender(outbox.config, outbox.index).deliver_due(NOW)
+    row = outbox.row()
+    assert row["state"] == "DEAD" and "cannot read" in str(row["last_error"]), row
+
+
+@pytest.mark.parametrize(("status", "state"), [(0xA700, "PENDING"), (0xA900, "DEAD")])
+def test_failure_status_from_peer(outbox: Outbox, dest_port: int, status: int, state: str) -> None:
+    """A pynetdicom Storage SCP answering a fixed failure status (storescp cannot)."""
+    outbox.add_result()
+    scp = AE(ae_title="STORESCP")
+    scp.add_supported_context(BASIC_TEXT_SR, ExplicitVRLittleEndian)
+    server = scp.start_server(
+        ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: status)]
+    )
+    try:
+        Sender(outbox.config, outbox.index).deliver_due(NOW)
+    finally:
+        server.shutdown()
+    row = outbox.row()
+    assert row["state"] == state, row
+    assert f"0x{status:04X}" in str(row["last_error"])
+
+
+def test_one_association_per_destination_per_tick(
+    outbox: Outbox, tmp_path: Path, dest_port: int
+) -> None:
+    for _ in range(3):
+        outbox.add_result()
+    associations: list[str] = []
+    scp = AE(ae_title="STORESCP")
+    scp.add_supported_context(BASIC_TEXT_SR, ExplicitVRLittleEndian)
+    server = scp.start_server(
+        ("127.0.0.1", dest_port),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_C_STORE, lambda e: 0x0000),
+            (evt.EVT_ACCEPTED, lambda e: associations.append(e.assoc.requestor.ae_title)),
+        ],
+    )
+    try:
+        handled = Sender(outbox.config, outbox.index).deliver_due(NOW)
+        time.sleep(0.2)
+    finally:
+        server.shutdown()
+    assert handled == 3
+    assert associations == ["LUNGNODE"]
+    assert {r["state"] for r in outbox.index.status()["outbox"]} == {"SENT"}
