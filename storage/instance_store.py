@@ -14,11 +14,15 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pydicom import Dataset, dcmwrite
 
 from storage.uids import require_uid
+
+T = TypeVar("T")
 
 INCOMING = ".incoming"
 SUFFIX = ".dcm"
@@ -86,8 +90,7 @@ class InstanceStore:
             temp.unlink(missing_ok=True)
             return final, False
         _fsync_path(temp)
-        self._ensure_dir(final.parent)
-        stored = self._link_into_place(temp, final)
+        stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
         if stored:
             _fsync_path(final.parent)
         return final, stored
@@ -106,8 +109,7 @@ class InstanceStore:
                 dcmwrite(f, ds, enforce_file_format=True)
                 f.flush()
                 os.fsync(f.fileno())
-            self._ensure_dir(final.parent)
-            os.replace(temp, final)
+            self._into_folder(final, lambda: os.replace(temp, final))
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -117,12 +119,9 @@ class InstanceStore:
     def remove_study(self, study_uid: str) -> None:
         """Delete every file of a study (instances and results); a missing study is fine."""
         folder = self.root / require_uid("Study Instance UID", study_uid)
+        self._forget_dirs(folder)
         if folder.exists():
             shutil.rmtree(folder)
-        with self._dirs_lock:
-            self._durable_dirs = {
-                d for d in self._durable_dirs if d != folder and folder not in d.parents
-            }
         _fsync_path(self.root)
 
     def purge_incoming(self, older_than_seconds: float) -> int:
@@ -138,6 +137,26 @@ class InstanceStore:
             except FileNotFoundError:
                 continue  # committed or purged by someone else meanwhile
         return removed
+
+    def _into_folder(self, final: Path, move: Callable[[], T]) -> T:
+        """Run `move` once the folder of `final` exists; when another process removed a folder
+        this one remembered (retention on a shared store), create it again and retry once."""
+        for last_try in (False, True):
+            try:
+                self._ensure_dir(final.parent)
+                return move()
+            except FileNotFoundError:
+                if last_try or final.parent.is_dir():
+                    raise  # the temp file itself is gone
+                self._forget_dirs(final.parent.parent)
+        raise AssertionError("unreachable")
+
+    def _forget_dirs(self, folder: Path) -> None:
+        """Drop `folder` and everything under it from the folders known to exist durably."""
+        with self._dirs_lock:
+            self._durable_dirs = {
+                d for d in self._durable_dirs if d != folder and folder not in d.parents
+            }
 
     def _ensure_dir(self, folder: Path) -> None:
         """Create `folder` (and its parents up to root), fsyncing each parent once per process

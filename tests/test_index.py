@@ -520,3 +520,20 @@ def test_sqlite_second_process_connection_sees_committed_rows(tmp_path: Path) ->
     assert raw.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 1
     raw.close()
     writer.db.close()
+
+
+def test_pydicom_uid_values_are_stored_as_text(index: Index) -> None:
+    from pydicom.uid import UID
+
+    rec = InstanceRecord(
+        UID(STUDY), UID(CT_SERIES), UID(CT_SERIES + ".1"), UID(CT_IMAGE), "CT",
+        Path("/x.dcm"), "PACS", 100.0,
+    )  # fmt: skip
+    assert index.record_instance(rec)
+    index.mark_ready(now=200.0, quiet_seconds=QUIET)
+    job = index.claim_job("w", 60, now=200.0)
+    sr = ResultObject(UID("2.25.1"), UID("2.25"), UID(SR_CLASS), Path("/sr.dcm"), "SR")
+    assert job is not None and index.complete_job(job, [sr], ["PACS"], now=201.0)
+    (item,) = index.due_outbox(now=201.0)
+    assert type(item.sop_uid) is str and item.sop_uid == "2.25.1"
+    assert index.study_files(STUDY).series[0].instances[0].sop_class_uid == CT_IMAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -202,6 +203,17 @@ def test_remove_study_deletes_only_that_study(tmp_path: Path) -> None:
     # the study can be received again after removal
     _, stored = store.commit(_temp_with(store), STUDY, SERIES, SOP)
     assert stored
+
+
+def test_commit_after_another_process_removed_the_study(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path, 0)
+    store.commit(_temp_with(store), STUDY, SERIES, SOP)
+    shutil.rmtree(store.root / STUDY)  # retention in another node sharing the store
+    final, stored = store.commit(_temp_with(store, b"again"), STUDY, SERIES, SOP)
+    assert stored and final.read_bytes() == b"again"
+    shutil.rmtree(store.root / STUDY)
+    path = store.write_dataset(_sr_like())
+    assert path.exists()
 
 
 def test_purge_incoming_removes_only_old_temp_files(tmp_path: Path) -> None:
