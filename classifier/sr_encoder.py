@@ -113,13 +113,39 @@ def key_slice_region(lesion: Lesion) -> hd.sr.ImageRegion:
     )
 
 
+def referenced_segment(
+    lesion: Lesion, result: StudyResult, segmentation: Dataset, segment_number: int
+) -> hd.sr.ReferencedSegment:
+    """The lesion's segment in the SEG, with the CT slices it lies on as source images.
+
+    Built from the lesion rather than with ReferencedSegment.from_segmentation, which fails on
+    a one-segment SEG (highdicom puts its Segment Identification in the shared groups).
+    """
+    mask = np.asarray(lesion.mask).astype(bool)
+    first = int(lesion.mask_origin[0])
+    slices = [first + i for i in np.flatnonzero(mask.any(axis=(1, 2)))]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=segment_number,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=result.ct_slices[i].sop_class_uid,
+                referenced_sop_instance_uid=result.ct_slices[i].sop_instance_uid,
+            )
+            for i in slices
+        ],
+    )
+
+
 def lesion_groups(
-    lesion: Lesion, model: ModelInfo, segmentation: Dataset, segment_number: int
+    lesion: Lesion, result: StudyResult, segmentation: Dataset, segment_number: int
 ) -> list[
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 ]:
     """The TID 1411 (segment, measurements) and TID 1410 (key-slice box) groups of a lesion."""
+    model = result.model
     tracking = hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id)
     evaluations = []
     if lesion.histology:
@@ -131,9 +157,7 @@ def lesion_groups(
         )
     volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
-            segmentation, segment_number=segment_number
-        ),
+        referenced_segment=referenced_segment(lesion, result, segmentation, segment_number),
         finding_category=codes.FINDING_CATEGORY,
         finding_type=codes.FINDING_TYPE,
         algorithm_id=algorithm_identification(model),
@@ -255,9 +279,7 @@ def measurement_report(
                     f"lesion {lesion.tracking_id} (Tracking UID {lesion.tracking_uid}) has no "
                     "segment in the SEG; build the SEG from the same StudyResult"
                 )
-            groups.extend(
-                lesion_groups(lesion, result.model, segmentation, numbers[lesion.tracking_uid])
-            )
+            groups.extend(lesion_groups(lesion, result, segmentation, numbers[lesion.tracking_uid]))
         report = hd.sr.MeasurementReport(
             observation_context=context,
             procedure_reported=procedures,

@@ -130,7 +130,7 @@ def run_dsrdump(path: Path | str) -> str:
     """dsrdump's text rendering of an SR file; raises with its messages if it cannot read it."""
     exe = _tool("dsrdump", "dcmtk")
     proc = subprocess.run(
-        [exe, "--print-long", str(path)],
+        [exe, "--print-long-values", "--print-instance-uid", str(path)],
         check=False,
         capture_output=True,
         text=True,
