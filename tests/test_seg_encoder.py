@@ -1,0 +1,130 @@
+"""The SEG encoder: one binary segment per lesion on the CT grid, valid and read back intact.
+
+Uses the encoded cases of test_sr_encoder (phantom with PET and two lesions, CT-only, real CT
+when the TCIA fixture is present) and checks the SEG with dciodvfy and highdicom's segread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import highdicom as hd
+import numpy as np
+import pytest
+from dicom_validators import dciodvfy_report
+from test_sr_encoder import KNOWN_DCIODVFY_WARNINGS, MODEL, Case, encoded_cases, real_case
+
+from classifier import codes
+from classifier.encode import encode
+from classifier.seg_encoder import lesion_volume
+
+
+@pytest.fixture
+def cases() -> dict[str, Case]:
+    return encoded_cases()
+
+
+def seg_cases(cases: dict[str, Case]) -> list[Case]:
+    return [cases["pet"], cases["ct"], *([cases["real"]] if "real" in cases else [])]
+
+
+def expected_volume(case: Case) -> np.ndarray:
+    """[slice, row, column, segment] bool: every lesion mask placed in the CT volume."""
+    shape = case.result.ct_shape
+    return np.stack([lesion_volume(lesion, shape) for lesion in case.result.lesions], axis=-1)
+
+
+def test_seg_masks_round_trip(cases: dict[str, Case]) -> None:
+    for case in seg_cases(cases):
+        seg = hd.seg.segread(case.paths[1])
+        expected = expected_volume(case)
+        ct_uids = [r.sop_instance_uid for r in case.result.ct_slices]
+        numbers = list(range(1, len(case.result.lesions) + 1))
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=ct_uids,
+            segment_numbers=numbers,
+            assert_missing_frames_are_empty=True,
+        )
+        assert pixels.shape == expected.shape, case.name
+        assert np.array_equal(pixels.astype(bool), expected), case.name
+
+
+def test_seg_stores_only_non_empty_frames(cases: dict[str, Case]) -> None:
+    for case in seg_cases(cases):
+        seg = hd.seg.segread(case.paths[1])
+        expected = expected_volume(case)
+        assert seg.NumberOfFrames == int(expected.any(axis=(1, 2)).sum()), case.name
+
+
+def test_segments_carry_lesion_identity_and_algorithm(cases: dict[str, Case]) -> None:
+    for case in seg_cases(cases):
+        seg = hd.seg.segread(case.paths[1])
+        sr = hd.sr.srread(case.paths[0])
+        assert seg.SegmentationType == "BINARY"
+        assert "NOT FOR CLINICAL USE" in seg.SeriesDescription
+        assert seg.SeriesDescription.startswith("AI ")
+        assert seg.SeriesInstanceUID != sr.SeriesInstanceUID
+        assert seg.StudyInstanceUID == case.result.study_instance_uid
+        assert seg.PatientID == case.sources[0].PatientID
+        assert seg.FrameOfReferenceUID == case.sources[0].FrameOfReferenceUID
+        algorithm = [
+            item
+            for item in seg.ContributingEquipmentSequence
+            if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+        ]
+        assert len(algorithm) == 1
+        assert algorithm[0].DeviceUID == codes.device_uid(MODEL)
+        for number, lesion in enumerate(case.result.lesions, start=1):
+            description = seg.get_segment_description(number)
+            assert description.segment_label == lesion.tracking_id
+            assert description.tracking_id == lesion.tracking_id
+            assert description.tracking_uid == lesion.tracking_uid
+            assert description.segmented_property_category == codes.FINDING_CATEGORY
+            assert description.segmented_property_type == codes.FINDING_TYPE
+            assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+            identification = description.algorithm_identification[0]
+            assert identification.AlgorithmName == MODEL.name
+            assert identification.AlgorithmVersion == MODEL.version
+            assert MODEL.sha256 in identification.AlgorithmParameters
+            # The SR's group for this lesion points at this very segment.
+            group = sr.content.get_volumetric_roi_measurement_groups(
+                tracking_uid=lesion.tracking_uid
+            )[0]
+            assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+            assert group.referenced_segment.referenced_segment_numbers == [number]
+
+
+def test_seg_passes_dciodvfy(cases: dict[str, Case]) -> None:
+    for case in seg_cases(cases):
+        errors, warnings = dciodvfy_report(case.paths[1])
+        assert errors == [], (case.name, errors)
+        unexpected = [w for w in warnings if not any(k in w for k in KNOWN_DCIODVFY_WARNINGS)]
+        assert unexpected == [], (case.name, unexpected)
+
+
+def test_real_ct_seg_is_the_annotation_box(cases: dict[str, Case]) -> None:
+    case = real_case(cases)
+    lesion = case.result.lesions[0]
+    seg = hd.seg.segread(case.paths[1])
+    assert seg.NumberOfFrames == 1
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[lesion.key_slice.sop_instance_uid], segment_numbers=[1]
+    )[0, :, :, 0]
+    r0, c0, r1, c1 = lesion.box_rc
+    assert pixels.sum() == (r1 - r0 + 1) * (c1 - c0 + 1)
+    assert pixels[r0 : r1 + 1, c0 : c1 + 1].all()
+
+
+def test_masks_that_do_not_fit_are_refused(cases: dict[str, Case]) -> None:
+    case = cases["ct"]
+    lesion = case.result.lesions[0]
+    shape = case.result.ct_shape
+    outside = replace(lesion, mask_origin=(shape[0] - 1, 0, 0))
+    with pytest.raises(ValueError, match="does not fit"):
+        encode(replace(case.result, lesions=(outside,)), case.sources)
+    empty = replace(lesion, mask=np.zeros_like(lesion.mask))
+    with pytest.raises(ValueError, match="mask is empty"):
+        encode(replace(case.result, lesions=(empty,)), case.sources)
+    wrong_shape = replace(case.result, ct_shape=(shape[0], shape[1] + 1, shape[2]))
+    with pytest.raises(ValueError, match="ct_shape"):
+        encode(wrong_shape, case.sources)
