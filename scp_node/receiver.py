@@ -61,11 +61,11 @@ class _NodeAE(ApplicationEntity):
     means nobody, so that case answers `[""]`, which no peer can send (AE titles are non-empty).
     """
 
-    _nobody = False
+    admits_nobody = False
 
     @property  # type: ignore[override]
     def require_calling_aet(self) -> list[str]:
-        return [""] if self._nobody else ApplicationEntity.require_calling_aet.fget(self)  # type: ignore[attr-defined]
+        return [""] if self.admits_nobody else ApplicationEntity.require_calling_aet.fget(self)  # type: ignore[attr-defined]
 
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
@@ -116,7 +116,7 @@ class Receiver:
                 | {d.ae_title for d in self._config.destinations.values()}
             )
             ae.require_calling_aet = allowed
-            ae._nobody = not allowed
+            ae.admits_nobody = not allowed
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,21 @@ def node(tmp_path: Path) -> Iterator[RunningNode]:
     running = RunningNode(tmp_path)
     yield running
     running.close()
+
+
+def test_logs_name_instances_by_uid_never_the_patient(
+    node: RunningNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sent = make_ct(tmp_path / "ct.dcm")
+    result = run_storescu([sent], node.port, called_ae=node.ae_title)
+    assert result.returncode == 0, result.stderr + result.stdout
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    ours = [line for line in info if "sop_instance_uid=" in line or "association" in line]
+    assert any(dcmread(sent).SOPInstanceUID in line for line in ours), info
+    assert any("association accepted calling_ae=STORESCU" in line for line in ours), info
+    for line in info:
+        assert "Test^Receiver" not in line and "RCV-1" not in line, line
 
 
 def test_c_echo_with_echoscu(node: RunningNode) -> None:
