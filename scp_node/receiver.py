@@ -302,7 +302,7 @@ class Receiver:
 
     def _temp_in_store(self, streamed: Path) -> Path:
         """The streamed file when it already lies in the store's incoming folder, else a copy there."""
-        if streamed.parent.resolve() == Path(self._store.incoming).resolve():
+        if streamed.parent == self._store.incoming:  # routed there by dicom_settings
             return streamed
         temp = Path(self._store.temp_path())
         shutil.copyfile(streamed, temp)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,6 +157,24 @@ def test_logs_name_instances_by_uid_never_the_patient(
         assert "Test^Receiver" not in line and "RCV-1" not in line, line
 
 
+def test_dataset_streams_into_the_store_incoming_folder(
+    node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's temp file is created in <store>/.incoming, so committing is a rename."""
+    folders: list[Path | None] = []
+    real = tempfile.NamedTemporaryFile
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        folders.append(kwargs.get("dir"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", spy)
+    result = run_storescu([make_ct(tmp_path / "ct.dcm")], node.port, called_ae=node.ae_title)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert folders == [node.store.incoming]
+    assert len(node.files()) == 1
+
+
 def test_c_echo_with_echoscu(node: RunningNode) -> None:
     result = run_echoscu(node.port, calling_ae="ECHOSCU", called_ae=node.ae_title)
     assert result.returncode == 0, result.stderr + result.stdout
@@ -289,6 +309,7 @@ def test_destination_ae_titles_may_send(tmp_path: Path) -> None:
         running.close()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 @pytest.mark.parametrize("element", ["sop_uid", "study_uid", "series_uid"])
 def test_uid_with_path_traversal_is_refused(
     node: RunningNode, tmp_path: Path, element: str
