@@ -92,24 +92,48 @@ def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
     return items
 
 
-def key_slice_region(lesion: Lesion) -> hd.sr.ImageRegion:
-    """The lesion's box on its key CT slice as a closed POLYLINE in (column, row) pixels.
+def box_corners_px(lesion: Lesion) -> np.ndarray:
+    """The lesion's key-slice box as a closed ring of (column, row) pixel-edge coordinates.
 
-    box_rc holds inclusive pixel indices; the polyline runs along the outer pixel edges, so
-    it encloses exactly the boxed pixels (pixel (r, c) covers [c, c+1] x [r, r+1]).
+    box_rc holds inclusive pixel indices; the ring runs along the outer pixel edges, so it
+    encloses exactly the boxed pixels (pixel (r, c) covers [c, c+1] x [r, r+1]).
     """
     r0, c0, r1, c1 = lesion.box_rc
     if r1 < r0 or c1 < c0 or min(r0, c0) < 0:
         raise ValueError(f"lesion {lesion.tracking_id}: box_rc {lesion.box_rc} is not a box")
     x0, y0, x1, y1 = float(c0), float(r0), float(c1 + 1), float(r1 + 1)
-    graphic = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=graphic,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=lesion.key_slice.sop_class_uid,
-            referenced_sop_instance_uid=lesion.key_slice.sop_instance_uid,
-        ),
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+
+
+def pixel_to_patient(points_px: np.ndarray, image: Dataset) -> np.ndarray:
+    """(column, row) pixel-edge coordinates on `image` -> patient LPS mm (x, y, z)."""
+    position = np.array([float(v) for v in image.ImagePositionPatient])
+    orientation = np.array([float(v) for v in image.ImageOrientationPatient])
+    row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
+    # ImagePositionPatient is the centre of pixel (0, 0), half a pixel in from the edges.
+    columns = points_px[:, 0:1] - 0.5
+    rows = points_px[:, 1:2] - 0.5
+    return (
+        position + columns * column_spacing * orientation[:3] + rows * row_spacing * orientation[3:]
+    )
+
+
+def key_slice_region(lesion: Lesion, key_image: Dataset) -> hd.sr.ImageRegion3D:
+    """The lesion's box on its key CT slice as a closed SCOORD3D POLYGON in patient mm.
+
+    A 3-D region rather than a 2-D SCOORD on the image: with exactly one 2-D region in the
+    Imaging Measurements container, the PixelMed validator applies TID 1410 to every group
+    and reports the TID 1411 groups as errors (see docs/CONFORMANCE.md).
+    """
+    if key_image.SOPInstanceUID != lesion.key_slice.sop_instance_uid:
+        raise ValueError(
+            f"lesion {lesion.tracking_id}: key slice {lesion.key_slice.sop_instance_uid} "
+            f"but image {key_image.SOPInstanceUID} was given"
+        )
+    return hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+        graphic_data=pixel_to_patient(box_corners_px(lesion), key_image),
+        frame_of_reference_uid=key_image.FrameOfReferenceUID,
     )
 
 
@@ -139,7 +163,11 @@ def referenced_segment(
 
 
 def lesion_groups(
-    lesion: Lesion, result: StudyResult, segmentation: Dataset, segment_number: int
+    lesion: Lesion,
+    result: StudyResult,
+    segmentation: Dataset,
+    segment_number: int,
+    key_image: Dataset,
 ) -> list[
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -169,7 +197,7 @@ def lesion_groups(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=lesion.tracking_uid, identifier=lesion.tracking_id
         ),
-        referenced_region=key_slice_region(lesion),
+        referenced_region=key_slice_region(lesion, key_image),
         finding_category=codes.FINDING_CATEGORY,
         finding_type=codes.FINDING_TYPE,
         algorithm_id=algorithm_identification(model),
@@ -263,15 +291,19 @@ def _short_text(text: str) -> str:
 
 
 def measurement_report(
-    result: StudyResult, segmentation: Dataset | None
+    result: StudyResult, segmentation: Dataset | None, images: Sequence[Dataset] = ()
 ) -> hd.sr.MeasurementReport | hd.sr.ContainerContentItem:
-    """The TID 1500 content tree; lesion groups reference segments of `segmentation`."""
+    """The TID 1500 content tree; lesion groups reference segments of `segmentation`.
+
+    `images` are the source headers; each lesion's key slice must be among them.
+    """
     context = observation_context(result.model)
     procedures = procedures_reported(result)
     if result.analysed and result.lesions:
         if segmentation is None:
             raise ValueError("lesions can only be reported with their SEG; pass segmentation")
         numbers = segment_numbers(segmentation)
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in images}
         groups = []
         for lesion in result.lesions:
             if lesion.tracking_uid not in numbers:
@@ -279,7 +311,14 @@ def measurement_report(
                     f"lesion {lesion.tracking_id} (Tracking UID {lesion.tracking_uid}) has no "
                     "segment in the SEG; build the SEG from the same StudyResult"
                 )
-            groups.extend(lesion_groups(lesion, result, segmentation, numbers[lesion.tracking_uid]))
+            key_image = by_uid.get(lesion.key_slice.sop_instance_uid)
+            if key_image is None:
+                raise ValueError(
+                    f"lesion {lesion.tracking_id}: its key slice "
+                    f"{lesion.key_slice.sop_instance_uid} is not among the source images"
+                )
+            number = numbers[lesion.tracking_uid]
+            groups.extend(lesion_groups(lesion, result, segmentation, number, key_image))
         report = hd.sr.MeasurementReport(
             observation_context=context,
             procedure_reported=procedures,
@@ -337,7 +376,7 @@ def build_sr(
     `evidence` lists every instance analysed (the SEG included when there is one); all of it
     goes to the Current Requested Procedure Evidence Sequence.
     """
-    content = measurement_report(result, segmentation)
+    content = measurement_report(result, segmentation, evidence)
     if predecessor is not None and predecessor.StudyInstanceUID != result.study_instance_uid:
         raise ValueError(
             f"predecessor SR {predecessor.SOPInstanceUID} belongs to study "

@@ -29,6 +29,7 @@ from pydicom.sr.codedict import codes as dicom_codes
 from classifier import codes
 from classifier.encode import encode
 from classifier.phantom import generate_study
+from classifier.sr_encoder import box_corners_px, pixel_to_patient
 from classifier.types import HISTOLOGY_CLASSES, ImageReference, Lesion, ModelInfo, StudyResult
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -408,12 +409,23 @@ def test_lesion_measurements_round_trip(cases: dict[str, Case]) -> None:
             planar = sr.content.get_planar_roi_measurement_groups(tracking_uid=lesion.tracking_uid)
             assert len(planar) == 1
             region = planar[0].roi
-            source = region.ContentSequence[0].ReferencedSOPSequence[0]
-            assert source.ReferencedSOPInstanceUID == lesion.key_slice.sop_instance_uid
+            assert region.graphic_type == hd.sr.GraphicTypeValues3D.POLYGON
+            assert region.frame_of_reference_uid == case.sources[0].FrameOfReferenceUID
+            key = next(
+                ds for ds in case.sources if ds.SOPInstanceUID == lesion.key_slice.sop_instance_uid
+            )
+            expected = pixel_to_patient(box_corners_px(lesion), key)
+            assert np.allclose(region.value, expected, atol=1e-3)
             r0, c0, r1, c1 = lesion.box_rc
-            corners = region.value
-            assert corners.min(axis=0).tolist() == [c0, r0]
-            assert corners.max(axis=0).tolist() == [c1 + 1, r1 + 1]
+            assert np.allclose(box_corners_px(lesion).min(axis=0), [c0, r0])
+            assert np.allclose(box_corners_px(lesion).max(axis=0), [c1 + 1, r1 + 1])
+            # The ring lies on the key slice's plane.
+            normal = np.cross(
+                [float(v) for v in key.ImageOrientationPatient[:3]],
+                [float(v) for v in key.ImageOrientationPatient[3:]],
+            )
+            offsets = (region.value - [float(v) for v in key.ImagePositionPatient]) @ normal
+            assert np.allclose(offsets, 0.0, atol=1e-3)
             assert planar[0].tracking_identifier == lesion.tracking_id
 
 
