@@ -3,8 +3,10 @@ and measured: key slice, box, centroid, side, RECIST long/short axis, volume, SU
 
 Detection runs on the lung mask's working grid (about 2 mm pixels); each candidate's mask is
 then refined on the full CT grid inside its bounding box. Vessels are removed by an in-plane
-opening and a minimum thickness; the mediastinum stays out because the search region is the
-lungs closed per slice, not the chest.
+opening and a minimum thickness. The search region is the lungs closed per slice (deeper on the
+medial side), not the chest; a candidate at the lung's medial edge may continue at most
+MEDIASTINAL_GROWTH_MM into adjacent non-fat mediastinal soft tissue, so a hilar or paratracheal
+mass is covered beyond its rim while the heart and great vessels are not searched as such.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from classifier.lung_mask import LEFT, RIGHT, LungMask, lung_mask, subsample, upsample
+from classifier.lung_mask import IN_PLANE, LEFT, RIGHT, LungMask, lung_mask, subsample, upsample
 from classifier.volume import Volume
 from scp_node.config import MtvThreshold
 
@@ -24,6 +26,9 @@ MIN_DIAMETER_MM = 6.0
 MIN_VOLUME_ML = 0.1
 MAX_CANDIDATES = 30
 PET_MIN_SUV = 2.5
+MEDIASTINAL_BAND_MM = 20.0
+MEDIASTINAL_GROWTH_MM = 15.0
+MEDIASTINAL_SOFT_HU = (-50.0, 150.0)  # not fat, not bone or calcium
 _OPEN_MM = 2.5
 _MTV_MARGIN_MM = 5.0
 
@@ -101,7 +106,7 @@ def feret_axes(mask2d: np.ndarray, spacing_rc: tuple[float, float]) -> tuple[flo
 
 
 def _disk(radius_px: float) -> np.ndarray:
-    r = max(1, int(round(radius_px)))
+    r = max(1, round(radius_px))
     y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return ((x * x + y * y) <= radius_px * radius_px + 0.5)[np.newaxis]
 
@@ -213,6 +218,38 @@ def _refine(
     return crop, (s0 + nz[0].start, r0 + nz[1].start, c0 + nz[2].start)
 
 
+def _mediastinal_band(small: np.ndarray, lungs: LungMask) -> np.ndarray:
+    """Non-fat soft tissue of the mediastinum next to the lungs (working grid), where a hilar
+    or paratracheal mass found at the lung's medial edge may continue.
+    """
+    spacing = lungs.spacing
+    sampling = (1e6, spacing[1], spacing[2])
+    near = ndimage.distance_transform_edt(~lungs.region, sampling=sampling) <= MEDIASTINAL_BAND_MM
+    tissue = (small > MEDIASTINAL_SOFT_HU[0]) & (small < MEDIASTINAL_SOFT_HU[1])
+    band = near & ~lungs.region & tissue & lungs.medial
+    return ndimage.binary_opening(band, structure=_disk(_OPEN_MM / min(spacing[1:])))
+
+
+def _grow(component: np.ndarray, band: np.ndarray, steps: int) -> np.ndarray:
+    """A component grown in-plane at most `steps` pixels through the band it touches."""
+    if steps <= 0 or not band.any():
+        return component
+    box = ndimage.find_objects(component.astype(np.uint8))[0]
+    shape = component.shape
+    sl = (
+        box[0],
+        slice(max(0, box[1].start - steps), min(shape[1], box[1].stop + steps)),
+        slice(max(0, box[2].start - steps), min(shape[2], box[2].stop + steps)),
+    )
+    local = component[sl]
+    grown = ndimage.binary_dilation(
+        local, structure=IN_PLANE, iterations=steps, mask=local | band[sl]
+    )
+    out = component.copy()
+    out[sl] = grown
+    return out
+
+
 def find_candidates(
     ct: Volume,
     suv: Volume | None = None,
@@ -236,6 +273,8 @@ def find_candidates(
 
     soft = (small > SOFT_TISSUE_HU) & lungs.region
     soft = ndimage.binary_opening(soft, structure=_disk(_OPEN_MM / min(spacing[1:])))
+    band = _mediastinal_band(small, lungs)
+    grow_steps = round(MEDIASTINAL_GROWTH_MM / min(spacing[1:]))
     labels, count = ndimage.label(soft)
     ct_components: list[np.ndarray] = []
     if count:
@@ -252,7 +291,7 @@ def find_candidates(
         for i in keep:
             component = np.zeros_like(soft)
             component[objects[i]] = labels[objects[i]] == i + 1
-            ct_components.append(component)
+            ct_components.append(_grow(component, band, grow_steps))
 
     pet_components: list[np.ndarray] = []
     if suv is not None:

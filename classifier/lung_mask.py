@@ -23,7 +23,10 @@ RIGHT, LEFT = 1, 2
 _WORKING_MM = 2.0
 _MIN_LUNG_ML = 15.0
 _CLOSING_MM = 20.0
-_IN_PLANE = np.array(
+# Wider closing on the mediastinal side only: reaches hilar/paratracheal masses that indent the
+# lung's medial contour deeper than the 20 mm closing fills, without taking in the diaphragm.
+_MEDIAL_CLOSING_MM = 35.0
+IN_PLANE = np.array(
     [
         [[0, 0, 0], [0, 0, 0], [0, 0, 0]],
         [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
@@ -36,7 +39,8 @@ _IN_PLANE = np.array(
 @dataclass(frozen=True)
 class LungMask:
     """Lungs on a working grid: `labels` 0 none, 1 right, 2 left; `region` = lungs with
-    their concavities closed and holes filled per slice (where lesions are looked for).
+    their concavities closed and holes filled per slice (where lesions are looked for), with
+    deeper concavities also closed on each lung's medial (mediastinal) side.
     The working grid is the CT grid subsampled by `factor` along rows and columns.
     """
 
@@ -44,6 +48,7 @@ class LungMask:
     region: np.ndarray
     factor: int
     spacing: tuple[float, float, float]
+    medial: np.ndarray  # per slice, columns on the mediastinal side of either lung's centroid
 
     @property
     def lungs(self) -> np.ndarray:
@@ -55,7 +60,7 @@ class LungMask:
 
 def working_factor(volume: Volume) -> int:
     """In-plane subsampling that gives about 2 mm pixels (1 for coarse images)."""
-    return max(1, int(round(_WORKING_MM / min(volume.spacing[1], volume.spacing[2]))))
+    return max(1, round(_WORKING_MM / min(volume.spacing[1], volume.spacing[2])))
 
 
 def subsample(array: np.ndarray, factor: int) -> np.ndarray:
@@ -96,7 +101,7 @@ def close_in_plane(
 def fill_in_plane(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice (a hole is background not connected to the slice border)."""
     background = ~mask
-    labels, _ = ndimage.label(background, structure=_IN_PLANE)
+    labels, _ = ndimage.label(background, structure=IN_PLANE)
     border = np.unique(
         np.concatenate(
             [
@@ -162,6 +167,39 @@ def _split(component: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _medial_columns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per lung, the columns of each slice on the mediastinal side of that lung's centroid
+    (towards the other lung's centroid on that slice, or the pair's mean centroid elsewhere).
+    """
+    shape = labels.shape
+    cols = np.arange(shape[2], dtype=np.float64)
+    centroids = []
+    for label in (RIGHT, LEFT):
+        weights = (labels == label).sum(axis=1).astype(np.float64)  # (slices, columns)
+        area = weights.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centroids.append(np.where(area > 0, weights @ cols / area, np.nan))
+    right, left = centroids
+    both = ~np.isnan(right) & ~np.isnan(left)
+    out = []
+    for own, other in ((right, left), (left, right)):
+        if both.any():
+            default_dir = float(np.sign(np.nanmean(other[both] - own[both])))
+        else:
+            default_dir = 0.0
+        direction = np.where(both, np.sign(np.nan_to_num(other - own)), default_dir)
+        offset = (cols[np.newaxis, :] - np.nan_to_num(own)[:, np.newaxis]) * direction[:, None]
+        keep = (offset > 0) & ~np.isnan(own)[:, np.newaxis]
+        out.append(np.broadcast_to(keep[:, np.newaxis, :], shape))
+    return out[0], out[1]
+
+
+def _between_lungs(labels: np.ndarray) -> np.ndarray:
+    """Per slice, the columns between the right lung's and the left lung's centroids."""
+    right, left = _medial_columns(labels)
+    return right & left
+
+
 def lung_mask(ct: Volume) -> LungMask:
     """Right and left lung of a CT volume on the working grid (see `LungMask`)."""
     factor = working_factor(ct)
@@ -170,7 +208,7 @@ def lung_mask(ct: Volume) -> LungMask:
     voxel_ml = float(np.prod(spacing)) / 1000.0
 
     air = small < AIR_HU
-    per_slice, _ = ndimage.label(air, structure=_IN_PLANE)
+    per_slice, _ = ndimage.label(air, structure=IN_PLANE)
     border = np.unique(
         np.concatenate(
             [
@@ -182,7 +220,7 @@ def lung_mask(ct: Volume) -> LungMask:
         )
     )
     inside = air & ~np.isin(per_slice, border[border > 0])
-    inside = ndimage.binary_opening(inside, structure=_IN_PLANE)
+    inside = ndimage.binary_opening(inside, structure=IN_PLANE)
 
     labels, count = ndimage.label(inside)
     result = np.zeros(small.shape, dtype=np.uint8)
@@ -225,14 +263,17 @@ def lung_mask(ct: Volume) -> LungMask:
                 xs.append(float(ct.index_to_patient(centre)[0]))
             if xs[0] is not None and xs[1] is not None and xs[0] > xs[1]:
                 result = np.where(result == 1, 2, np.where(result == 2, 1, 0)).astype(np.uint8)
-            elif xs[0] is not None and xs[1] is None:
-                # One lung only: its side is where it lies relative to the body midline.
-                if xs[0] > _body_mid_x(small, ct, factor):
-                    result[result == 1] = 2
+            elif xs[0] is not None and xs[1] is None and xs[0] > _body_mid_x(small, ct, factor):
+                # One lung only, lying left of the body midline: it is the left lung.
+                result[result == 1] = 2
 
     region = np.zeros_like(result, dtype=bool)
+    medial_cols = _medial_columns(result)
     for label in (RIGHT, LEFT):
         lung = result == label
         if lung.any():
             region |= fill_in_plane(close_in_plane(lung, _CLOSING_MM, spacing[1:]))
-    return LungMask(labels=result, region=region, factor=factor, spacing=spacing)
+            wide = fill_in_plane(close_in_plane(lung, _MEDIAL_CLOSING_MM, spacing[1:]))
+            region |= wide & medial_cols[label - 1]
+    medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
+    return LungMask(labels=result, region=region, factor=factor, spacing=spacing, medial=medial)

@@ -10,6 +10,7 @@ import pytest
 
 from classifier.dicom_io import read_series
 from classifier.lesions import find_candidates
+from classifier.overlay import render_annotated_slice_png
 from classifier.volume import load_ct_volume
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
@@ -28,16 +29,15 @@ def _boxes() -> dict[str, tuple[int, int, int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the tumour of A0002 is a right hilar/paratracheal mass inside the "
-    "mediastinal contour on its upper slices; the lung-region search does not reach it there",
-)
-def test_candidates_overlap_annotations() -> None:
+def test_candidates_overlap_annotations(tmp_path: Path) -> None:
+    """>= 15 of 18 annotated slices hold a candidate lying at least half inside the box (a
+    candidate merely grazing the box does not count), with few other candidates per series.
+    Pictures of every annotated slice are written to the test's tmp folder for a person.
+    """
     boxes = _boxes()
     series = sorted((DATA / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").glob("*/*/"))
     assert len(series) == 2
-    hits, annotated, others = 0, 0, []
+    hits, annotated, others, missed = 0, 0, [], []
     for folder in series:
         volume = load_ct_volume(read_series(sorted(folder.glob("*.dcm"))))
         found = find_candidates(volume)
@@ -48,18 +48,34 @@ def test_candidates_overlap_annotations() -> None:
                 continue
             annotated += 1
             s = index[uid]
+            detected = []
+            hit = False
             for n, c in enumerate(found):
                 local = s - c.mask_origin[0]
                 if not 0 <= local < c.mask.shape[0] or not c.mask[local].any():
                     continue
                 rows, cols = np.nonzero(c.mask[local])
                 rows, cols = rows + c.mask_origin[1], cols + c.mask_origin[2]
-                if rows.min() <= y1 and rows.max() >= y0 and cols.min() <= x1 and cols.max() >= x0:
-                    hits += 1
+                detected.append((rows.min(), cols.min(), rows.max(), cols.max()))
+                inside = (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
+                if not hit and np.count_nonzero(inside) >= 0.5 * rows.size:
+                    hit = True
                     matched.add(n)
-                    break
+            hits += hit
+            if not hit:
+                missed.append(f"{folder.name} slice {s}")
+            render_annotated_slice_png(
+                volume,
+                s,
+                [(x0, y0, x1, y1)],
+                detected,
+                tmp_path / f"{folder.name[-5:]}-{s:02d}.png",
+            )
         others.append(len(found) - len(matched))
-    print(f"annotated slices {annotated}, hit {hits}, other candidates per series {others}")
+    print(
+        f"annotated slices {annotated}, hit {hits}, missed {missed}, "
+        f"other candidates per series {others}, pictures in {tmp_path}"
+    )
     assert annotated == 18
-    assert max(others) <= 10
-    assert hits >= 15
+    assert max(others) <= 10, others
+    assert hits >= 15, missed
