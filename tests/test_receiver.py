@@ -369,3 +369,25 @@ def test_stopped_receiver_refuses_connections(tmp_path: Path) -> None:
     running.close()
     result = run_echoscu(port, calling_ae="ECHOSCU", called_ae=running.ae_title, timeout=20)
     assert result.returncode != 0
+
+
+def test_index_failure_answers_processing_failure_and_resend_recovers(tmp_path: Path) -> None:
+    sent = make_ct(tmp_path / "ct.dcm")
+    broken = RunningNode(tmp_path)
+    try:
+        broken.database.close()  # the index is unavailable
+        result = run_storescu([sent], broken.port, called_ae=broken.ae_title, extra_args=["-d"])
+        assert "0x0110" in (result.stderr + result.stdout).lower(), result.stderr + result.stdout
+        assert broken.stored == []
+    finally:
+        broken.receiver.stop(grace_seconds=2)
+    # the index is back (same store and database): the peer's resend is indexed although the
+    # file already reached the store the first time
+    running = RunningNode(tmp_path)
+    try:
+        result = run_storescu([sent], running.port, called_ae=running.ae_title)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert len(running.index.study_files("1.2.826.0.1.3680043.8.498.1").paths) == 1
+        assert len(running.files()) == 1
+    finally:
+        running.close()
