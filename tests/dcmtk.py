@@ -72,14 +72,15 @@ def run_storescu(
 
 def run_echoscu(
     port: int,
-    calling_ae: str = "ECHOSCU",
+    calling_ae: str = "STORESCU",
     called_ae: str = "ANY-SCP",
     extra_args: Sequence[str] = (),
     *,
     host: str = "127.0.0.1",
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
-    """C-ECHO host:port with echoscu; rc 0 means the echo succeeded."""
+    """C-ECHO host:port with echoscu; rc 0 means the echo succeeded. The default calling AE
+    is STORESCU, which config.ini allows."""
     exe = require_tool("echoscu")
     cmd = [exe, "-aet", calling_ae, "-aec", called_ae, *extra_args, host, str(port)]
     return subprocess.run(

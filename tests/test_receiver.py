@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from dcmtk import dcmtk_env, free_port, require_tool, run_echoscu, run_storescu
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
@@ -31,7 +32,6 @@ from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from storage.database import Database
 from storage.index import Index
 from storage.instance_store import InstanceStore
-from tests.dcmtk import dcmtk_env, free_port, require_tool, run_echoscu, run_storescu
 
 REPO = Path(__file__).resolve().parents[1]
 CT_IMAGE_STORAGE = STORAGE_SOP_CLASSES["CT Image Storage"]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dcmtk import StorescpServer, free_port
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -18,7 +19,6 @@ from scp_node.sender import Sender, backoff_delay, is_transient_status
 from storage.database import Database
 from storage.index import Index, InstanceRecord, ResultObject
 from storage.instance_store import InstanceStore
-from tests.dcmtk import StorescpServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
