@@ -105,35 +105,27 @@ def box_corners_px(lesion: Lesion) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
 
 
-def pixel_to_patient(points_px: np.ndarray, image: Dataset) -> np.ndarray:
-    """(column, row) pixel-edge coordinates on `image` -> patient LPS mm (x, y, z)."""
-    position = np.array([float(v) for v in image.ImagePositionPatient])
-    orientation = np.array([float(v) for v in image.ImageOrientationPatient])
-    row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
-    # ImagePositionPatient is the centre of pixel (0, 0), half a pixel in from the edges.
-    columns = points_px[:, 0:1] - 0.5
-    rows = points_px[:, 1:2] - 0.5
-    return (
-        position + columns * column_spacing * orientation[:3] + rows * row_spacing * orientation[3:]
-    )
-
-
-def key_slice_region(lesion: Lesion, key_image: Dataset) -> hd.sr.ImageRegion3D:
-    """The lesion's box on its key CT slice as a closed SCOORD3D POLYGON in patient mm.
-
-    A 3-D region rather than a 2-D SCOORD on the image: with exactly one 2-D region in the
-    Imaging Measurements container, the PixelMed validator applies TID 1410 to every group
-    and reports the TID 1411 groups as errors (see docs/CONFORMANCE.md).
-    """
+def key_slice_region(lesion: Lesion, key_image: Dataset) -> hd.sr.ImageRegion:
+    """The lesion's box on its key CT slice: a closed 2-D POLYLINE SCOORD on that image."""
     if key_image.SOPInstanceUID != lesion.key_slice.sop_instance_uid:
         raise ValueError(
             f"lesion {lesion.tracking_id}: key slice {lesion.key_slice.sop_instance_uid} "
             f"but image {key_image.SOPInstanceUID} was given"
         )
-    return hd.sr.ImageRegion3D(
-        graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-        graphic_data=pixel_to_patient(box_corners_px(lesion), key_image),
-        frame_of_reference_uid=key_image.FrameOfReferenceUID,
+    _, _, r1, c1 = lesion.box_rc
+    rows, columns = int(key_image.Rows), int(key_image.Columns)
+    if r1 >= rows or c1 >= columns:
+        raise ValueError(
+            f"lesion {lesion.tracking_id}: box_rc {lesion.box_rc} lies outside the "
+            f"{rows}x{columns} key slice"
+        )
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=box_corners_px(lesion),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=lesion.key_slice.sop_class_uid,
+            referenced_sop_instance_uid=lesion.key_slice.sop_instance_uid,
+        ),
     )
 
 
