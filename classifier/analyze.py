@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -95,7 +96,18 @@ def analyze(
     study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
 ) -> StudyResult:
     """Analyse one study; an unusable study gives a result with ct_series_uid None and reasons."""
+    return analyze_study(study, config, classifier)[0]
+
+
+def analyze_study(
+    study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
+) -> tuple[StudyResult, Volume | None, Volume | None]:
+    """Analyse one study and also hand back the volumes built for it, for pictures:
+    (result, CT volume in HU or None, SUV volume resampled on the CT grid or None).
+    """
     clock = _Clock()
+    ct: Volume | None = None
+    suv: Volume | None = None
     skipped: list[str] = []
     base = {"study_instance_uid": study.study_instance_uid, "model": classifier.info}
     try:
@@ -104,9 +116,8 @@ def analyze(
         skipped.extend(selection.rejected)
         if not selection.ct:
             skipped.append("no CT series qualifies for analysis")
-            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings)
+            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
 
-        ct: Volume | None = None
         for choice in selection.ct:
             try:
                 ct = _load(choice, load_ct_volume, clock)
@@ -115,10 +126,9 @@ def analyze(
                 skipped.append(f"CT {choice.describe()}: {exc}")
         if ct is None:
             skipped.append("no CT series could be read as a volume")
-            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings)
+            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
 
         pet: Volume | None = None
-        suv: Volume | None = None
         for choice in selection.pet:
             try:
                 pet = _load(choice, load_pet_suv_volume, clock)
@@ -126,17 +136,18 @@ def analyze(
                 skipped.append(f"PET {choice.describe()}: {exc}; analysed without PET")
                 continue
             if pet.frame_of_reference_uid == ct.frame_of_reference_uid:
-                suv = clock.run("resample", lambda: resample_to(pet, ct))
+                suv = clock.run("resample", partial(resample_to, pet, ct))
                 break
-            registration = clock.run("resample", lambda: register_rigid(pet, ct))
+            registration = clock.run("resample", partial(register_rigid, pet, ct))
             skipped.append(
                 registration.reason
                 if registration.transform
                 else f"PET {choice.describe()}: {registration.reason}; analysed without PET"
             )
             if registration.transform is not None:
-                transform = registration.transform
-                suv = clock.run("resample", lambda: resample_to(pet, ct, transform=transform))
+                suv = clock.run(
+                    "resample", partial(resample_to, pet, ct, transform=registration.transform)
+                )
                 break
             pet = None
 
@@ -151,7 +162,7 @@ def analyze(
             for candidate, p, h in zip(found, probability, histology):
                 if float(p) >= config.lesion_probability_threshold:
                     lesions.append(to_lesion(candidate, len(lesions) + 1, ct, float(p), h))
-        return StudyResult(
+        result = StudyResult(
             **base,
             ct_series_uid=ct.series_instance_uid,
             pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,
@@ -162,7 +173,8 @@ def analyze(
             skipped=tuple(skipped),
             timings_s=clock.timings,
         )
+        return result, ct, suv
     except (VolumeError, DicomReadError, ValueError, MemoryError) as exc:
         log.exception("analysis of study %s failed", study.study_instance_uid)
         skipped.append(f"analysis failed: {exc}")
-        return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings)
+        return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), ct, suv

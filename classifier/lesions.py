@@ -28,6 +28,7 @@ MAX_CANDIDATES = 30
 PET_MIN_SUV = 2.5
 MEDIASTINAL_BAND_MM = 20.0
 MEDIASTINAL_GROWTH_MM = 15.0
+MIN_SEED_FRACTION = 0.3  # of a grown candidate, what must lie in the lung region
 MEDIASTINAL_SOFT_HU = (-50.0, 150.0)  # not fat, not bone or calcium
 _OPEN_MM = 2.5
 _MTV_MARGIN_MM = 5.0
@@ -231,7 +232,11 @@ def _mediastinal_band(small: np.ndarray, lungs: LungMask) -> np.ndarray:
 
 
 def _grow(component: np.ndarray, band: np.ndarray, steps: int) -> np.ndarray:
-    """A component grown in-plane at most `steps` pixels through the band it touches."""
+    """A component grown in-plane at most `steps` pixels through the band it touches.
+
+    Not grown when the growth would be most of the result: a speck at the lung edge next to
+    the aorta or heart is not a mass, and a lesion is not the mediastinum it abuts.
+    """
     if steps <= 0 or not band.any():
         return component
     box = ndimage.find_objects(component.astype(np.uint8))[0]
@@ -245,6 +250,8 @@ def _grow(component: np.ndarray, band: np.ndarray, steps: int) -> np.ndarray:
     grown = ndimage.binary_dilation(
         local, structure=IN_PLANE, iterations=steps, mask=local | band[sl]
     )
+    if np.count_nonzero(local) < MIN_SEED_FRACTION * np.count_nonzero(grown):
+        return component
     out = component.copy()
     out[sl] = grown
     return out

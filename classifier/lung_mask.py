@@ -25,7 +25,7 @@ _MIN_LUNG_ML = 15.0
 _CLOSING_MM = 20.0
 # Wider closing on the mediastinal side only: reaches hilar/paratracheal masses that indent the
 # lung's medial contour deeper than the 20 mm closing fills, without taking in the diaphragm.
-_MEDIAL_CLOSING_MM = 35.0
+_MEDIAL_CLOSING_MM = 30.0
 IN_PLANE = np.array(
     [
         [[0, 0, 0], [0, 0, 0], [0, 0, 0]],

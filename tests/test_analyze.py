@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from classifier.analyze import STAGES, analyze
+from classifier.analyze import STAGES, analyze, analyze_study
 from classifier.inference import LesionClassifier
 from classifier.patches import PATCH_SHAPE
 from classifier.phantom import generate_study, write_study
@@ -59,8 +58,13 @@ def test_analyze_finds_the_phantom_lesion_with_pet(
     phantom_files: tuple[StudyFiles, object],
 ) -> None:
     files, study = phantom_files
-    result = analyze(files, _config(), _tiny_classifier(lesion_bias=5.0))
+    result, ct, suv = analyze_study(files, _config(), _tiny_classifier(lesion_bias=5.0))
     assert result.analysed, result.skipped
+    # The volumes handed back for pictures: CT in HU, SUV resampled onto the CT grid.
+    assert ct is not None and suv is not None
+    assert ct.shape == result.ct_shape == suv.shape
+    assert ct.series_instance_uid == result.ct_series_uid
+    assert suv.modality == "PT"
     assert result.pet_series_uid is not None, result.skipped
     assert set(result.timings_s) == set(STAGES)
     assert result.ct_shape == (40, 128, 128)
@@ -96,7 +100,9 @@ def test_unusable_study_returns_reasons(tmp_path: Path) -> None:
     files = StudyFiles(
         "1.2.3", (SeriesFiles("1.2.3.4", "CT", (InstanceFile(bad, "1.2.3.4.5", "1.2"),)),)
     )
-    result = analyze(files, _config(), _tiny_classifier(0.0))
+    result, ct, suv = analyze_study(files, _config(), _tiny_classifier(0.0))
+    assert ct is None and suv is None
+    assert result == analyze(files, _config(), _tiny_classifier(0.0))
     assert not result.analysed
     assert any("not readable" in r for r in result.skipped)
     assert any("no CT series" in r for r in result.skipped)
