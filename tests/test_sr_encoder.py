@@ -555,7 +555,8 @@ def pixelmed_misselects_tid_1410(sr_path: Path, errors: list[str]) -> bool:
 
 @pytest.mark.slow
 def test_sr_passes_pixelmed_validator(cases: dict[str, Case]) -> None:
-    names = [n for n in ("pet", "ct", "nolesion", "notanalysed", "real") if n in cases]
+    # Each file costs seconds of XSLT: the single-lesion case is the real CT when present.
+    names = ["pet", "nolesion", "notanalysed", "real" if "real" in cases else "ct"]
     reports = run_pixelmed_sr_validators([cases[n].paths[0] for n in names])
     for name in names:
         errors, _warnings = reports[str(cases[name].paths[0])]
