@@ -136,7 +136,7 @@ class Orthanc:
         self.request("PUT", f"/modalities/{name}", json.dumps([ae, host, port]).encode())
 
     def study_id(self, study_uid: str) -> str | None:
-        found = self.post_json("/tools/lookup", study_uid)  # type: ignore[arg-type]
+        found = self.request("POST", "/tools/lookup", study_uid.encode(), "text/plain")
         for item in found or []:
             if item.get("Type") == "Study":
                 return str(item["ID"])

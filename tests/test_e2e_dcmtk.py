@@ -106,13 +106,21 @@ def test_real_lung_pet_ct_dx_series(tmp_path: Path) -> None:
                       "DELIVERED")
     (sr,) = found["SR"]
     assert run_dciodvfy(Path(sr.filename)) == []
+    series_of = {}
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        series_of[ds.SOPInstanceUID] = ds.SeriesInstanceUID
     evidence = {
         item.ReferencedSOPInstanceUID
         for study_item in sr.CurrentRequestedProcedureEvidenceSequence
         for series_item in study_item.ReferencedSeriesSequence
         for item in series_item.ReferencedSOPSequence
     }
-    assert len(evidence) == 30  # one CT series of the two is analysed: every slice referenced
+    analysed = {uid for uid in evidence if uid in series_of}
+    # one CT series of the two is analysed, every slice of it referenced; the rest is the SEG
+    assert len(analysed) == 30
+    assert len({series_of[uid] for uid in analysed}) == 1
+    assert {ds.SOPInstanceUID for ds in found.get("SEG", [])} == evidence - analysed
 
 
 def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
