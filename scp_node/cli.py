@@ -103,7 +103,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from classifier.predict_folder import predict_folder
 
     config = _load(args.config or str(DEFAULT_CONFIG))
-    written = predict_folder(Path(args.folder), Path(args.out), config=config, png=args.png)
+    written = predict_folder(
+        Path(args.folder), Path(args.out), config=config.classifier, png=args.png
+    )
     for path in written:
         print(path)
     return 0

@@ -1,0 +1,93 @@
+"""Offline analysis of a folder of DICOM files: `lungnode predict DIR` (no network).
+
+Each study found in the folder is analysed like the node would, and its SR (and SEG) are written
+to `<out>/<StudyInstanceUID>/`; with `png`, one picture per lesion (key CT slice in lung window,
+PET overlay, box) is written beside them, and a JSON summary of the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pydicom
+
+from classifier.analyze import analyze_study
+from classifier.encode import encode
+from classifier.inference import LesionClassifier
+from classifier.overlay import render_lesion_png
+from classifier.study_folder import scan_folder
+from classifier.types import StudyResult
+from scp_node.config import ClassifierConfig
+
+log = logging.getLogger("lungnode.predict")
+
+
+def result_summary(result: StudyResult) -> dict[str, object]:
+    """The result as plain JSON-able data, for people and scripts reading the output folder."""
+    return {
+        "study_instance_uid": result.study_instance_uid,
+        "analysed": result.analysed,
+        "ct_series_uid": result.ct_series_uid,
+        "pet_series_uid": result.pet_series_uid,
+        "model": {"name": result.model.name, "version": result.model.version,
+                  "sha256": result.model.sha256, "clinical_use": result.model.clinical_use},
+        "skipped": list(result.skipped),
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+        "lesions": [
+            {
+                "tracking_id": lesion.tracking_id,
+                "tracking_uid": lesion.tracking_uid,
+                "side": lesion.side,
+                "key_slice_sop_instance_uid": lesion.key_slice.sop_instance_uid,
+                "box_rc": list(lesion.box_rc),
+                "centroid_mm": [round(v, 1) for v in lesion.centroid_mm],
+                "long_axis_mm": round(lesion.long_axis_mm, 1),
+                "short_axis_mm": round(lesion.short_axis_mm, 1),
+                "volume_ml": round(lesion.volume_ml, 2),
+                "suv_max": lesion.suv_max,
+                "suv_mean": lesion.suv_mean,
+                "mtv_ml": lesion.mtv_ml,
+                "tlg": lesion.tlg,
+                "lesion_probability": round(lesion.lesion_probability, 4),
+                "histology": {k: round(v, 4) for k, v in lesion.histology.items()},
+                "detected_by": lesion.detected_by,
+            }
+            for lesion in result.lesions
+        ],
+    }
+
+
+def predict_folder(
+    folder: Path, out: Path, *, config: ClassifierConfig, png: bool = False
+) -> list[Path]:
+    """Analyse every study below `folder`; returns the files written."""
+    studies, notes = scan_folder(folder)
+    for note in notes:
+        log.info("skipped %s", note)
+    if not studies:
+        raise FileNotFoundError(f"DICOM folder {folder}: no DICOM images found below it")
+    model = LesionClassifier.load(config.model)
+    written: list[Path] = []
+    for study in studies:
+        result, ct, suv = analyze_study(study, config, model)
+        target = out / study.study_instance_uid
+        target.mkdir(parents=True, exist_ok=True)
+        paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
+        sources = [pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
+                   for r in result.evidence]
+        for ds in encode(result, sources):
+            path = target / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            written.append(path)
+        summary = target / "result.json"
+        summary.write_text(json.dumps(result_summary(result), indent=2))
+        written.append(summary)
+        if png and ct is not None:
+            for lesion in result.lesions:
+                picture = target / f"{lesion.tracking_id.replace(' ', '-').lower()}.png"
+                render_lesion_png(ct, suv, lesion, picture)
+                written.append(picture)
+        log.info("predicted study=%s lesions=%d", study.study_instance_uid, len(result.lesions))
+    return written
