@@ -1,0 +1,58 @@
+"""docs/CONFORMANCE.md stays true: every SOP class and transfer syntax the SCP accepts is listed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from scp_node.config import DEFAULT_CONFIG, load_config
+from scp_node.receiver import Receiver
+from storage.database import Database
+from storage.index import Index
+from storage.instance_store import InstanceStore
+
+STATEMENT = Path(__file__).resolve().parents[1] / "docs" / "CONFORMANCE.md"
+
+
+def _section(title: str) -> str:
+    text = STATEMENT.read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, f"docs/CONFORMANCE.md has no section '## {title}'"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def accepted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """SOP class UID -> transfer syntax UIDs, as the real Receiver's AE supports them."""
+    root = tmp_path_factory.mktemp("store")
+    config = load_config(DEFAULT_CONFIG, environ={"LUNGNODE__STORAGE__ROOT": str(root)})
+    index = Index(Database.connect(f"sqlite:///{root / 'index.sqlite'}"))
+    receiver = Receiver(config, InstanceStore(root, 0), index)
+    return {
+        str(cx.abstract_syntax): {str(ts) for ts in cx.transfer_syntax}
+        for cx in receiver.ae.supported_contexts
+    }
+
+
+def test_every_accepted_sop_class_is_listed(accepted: dict[str, set[str]]) -> None:
+    listed = set(re.findall(r"`(1\.2\.840\.10008\.[0-9.]+)` \| SCP", _section("SOP Classes")))
+    assert listed == set(accepted), "SOP classes listed as SCP differ from what the SCP accepts"
+
+
+def test_every_accepted_transfer_syntax_is_listed(accepted: dict[str, set[str]]) -> None:
+    listed = set(re.findall(r"`(1\.2\.840\.10008\.1\.2[0-9.]*)`", _section("Transfer Syntaxes")))
+    every = set().union(*accepted.values())
+    assert every <= listed, f"not in the statement: {sorted(every - listed)}"
+    storage = [uids for sop, uids in accepted.items() if sop != "1.2.840.10008.1.1"]
+    assert all(uids == storage[0] for uids in storage)
+    assert storage[0] == listed, "the statement lists transfer syntaxes the SCP does not accept"
+
+
+def test_every_status_the_receiver_returns_is_documented() -> None:
+    source = (Path(__file__).resolve().parents[1] / "scp_node" / "receiver.py").read_text()
+    constants = {int(v, 16) for v in re.findall(r"^[A-Z_]+ = (0x[0-9A-F]{4})$", source, re.M)}
+    assert constants, "no status constants found in receiver.py"
+    documented = {int(v, 16) for v in re.findall(r"`(0x[0-9A-F]{4})`", _section("Status Codes"))}
+    assert constants <= documented
