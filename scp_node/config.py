@@ -34,9 +34,10 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{' tls' if self.tls else ''})"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,16 @@ class SecurityConfig:
     allowed_calling_aets: tuple[str, ...]
     allow_any_calling_aet: bool
     require_called_aet: bool
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None
+    tls_require_client_certificate: bool = True
+    audit_log: Path | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the SCP speaks DICOM TLS (a certificate and key are configured)."""
+        return self.tls_certificate is not None
 
 
 @dataclass(frozen=True)
@@ -205,7 +216,9 @@ def _mtv(key: str, raw: str) -> MtvThreshold:
             raise ValueError
         return MtvThreshold(value, relative=False)
     except ValueError:
-        raise _fail(key, raw, "an SUVbw above 0 (e.g. 2.5) or a percentage of SUVmax (e.g. 41%)") from None
+        raise _fail(
+            key, raw, "an SUVbw above 0 (e.g. 2.5) or a percentage of SUVmax (e.g. 41%)"
+        ) from None
 
 
 def _range_mm(key: str, raw: str) -> tuple[float, float]:
@@ -219,13 +232,15 @@ def _range_mm(key: str, raw: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _destination(key: str, raw: str) -> tuple[str, str, int]:
-    match = re.fullmatch(r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})\s*", raw)
+def _destination(key: str, raw: str) -> tuple[str, str, int, bool]:
+    match = re.fullmatch(r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})(\s+tls)?\s*", raw)
     if not match:
-        raise _fail(key, raw, "AETITLE@host:port, e.g. ORTHANC@127.0.0.1:4242")
+        raise _fail(
+            key, raw, "AETITLE@host:port, optionally followed by tls, e.g. ORTHANC@127.0.0.1:4242"
+        )
     ae = _ae_title(key, match.group(1))
     port = _int(1, 65535)(key, match.group(3))
-    return ae, match.group(2), port
+    return ae, match.group(2), port, bool(match.group(4))
 
 
 # section -> key -> parser
@@ -239,7 +254,15 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "dimse_timeout": _float(0.1, 3600),
         "network_timeout": _float(0.1, 3600),
     },
-    "security": {"allowed_calling_aets": _ae_list, "require_called_aet": _bool},
+    "security": {
+        "allowed_calling_aets": _ae_list,
+        "require_called_aet": _bool,
+        "tls_certificate": _text,
+        "tls_private_key": _text,
+        "tls_ca_certificates": _text,
+        "tls_require_client_certificate": _bool,
+        "audit_log": _text,
+    },
     "storage": {
         "root": _text,
         "database_url": _text,
@@ -294,9 +317,7 @@ def _apply_environment(raw: dict[str, dict[str, str]], environ: Mapping[str, str
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if len(parts) != 2 or not all(parts):
-            raise ConfigError(
-                f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>"
-            )
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
         raw.setdefault(parts[0], {})[parts[1]] = value
 
 
@@ -337,6 +358,17 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     return _build(values, path)
 
 
+def _existing_file(key: str, raw: str, base: Path) -> Path | None:
+    """An optional file path (relative to the config file's folder) that must exist when set."""
+    if not raw:
+        return None
+    path = Path(raw)
+    path = path if path.is_absolute() else (base / path).resolve()
+    if not path.is_file():
+        raise _fail(key, raw, "an existing PEM file (path relative to the config file's folder)")
+    return path
+
+
 def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
     base = path.parent
     storage_root = Path(v["storage"]["root"] or "data")
@@ -352,8 +384,8 @@ def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
         model = (base / model).resolve()
 
     destinations = {
-        name: Destination(name, ae, host, port)
-        for name, (ae, host, port) in v.get("destinations", {}).items()
+        name: Destination(name, ae, host, port, tls)
+        for name, (ae, host, port, tls) in v.get("destinations", {}).items()
     }
     send_to = v["routing"]["send_results_to"]
     for name in send_to:
@@ -367,10 +399,30 @@ def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
 
     node = NodeConfig(**v["node"])
     allowed = v["security"]["allowed_calling_aets"]
+    tls = {
+        k: _existing_file(f"[security] {k}", v["security"][k], base)
+        for k in ("tls_certificate", "tls_private_key", "tls_ca_certificates")
+    }
+    if (tls["tls_certificate"] is None) != (tls["tls_private_key"] is None):
+        raise _fail(
+            "[security] tls_private_key",
+            v["security"]["tls_private_key"],
+            "a key together with tls_certificate (both set for TLS, both empty without)",
+        )
+    if any(d.tls for d in destinations.values()) and tls["tls_ca_certificates"] is None:
+        raise _fail(
+            "[security] tls_ca_certificates",
+            "",
+            "the CA certificates that sign the TLS destinations' certificates",
+        )
+    audit_log = Path(v["security"]["audit_log"] or "audit.log")
     security = SecurityConfig(
         allowed_calling_aets=tuple(a for a in allowed if a != "*"),
         allow_any_calling_aet="*" in allowed,
         require_called_aet=v["security"]["require_called_aet"],
+        tls_require_client_certificate=v["security"]["tls_require_client_certificate"],
+        audit_log=audit_log if audit_log.is_absolute() else storage_root / audit_log,
+        **tls,
     )
     sender = SenderConfig(
         **{**v["sender"], "calling_ae_title": v["sender"]["calling_ae_title"] or node.ae_title}

@@ -23,7 +23,9 @@ def test_shipped_config_loads_with_embedded_defaults(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path), environ={})
     assert config.node.ae_title == "LUNGNODE"
     assert config.storage.root == (tmp_path / "data").resolve()
-    assert config.storage.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'index.sqlite'}"
+    assert (
+        config.storage.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'index.sqlite'}"
+    )
     assert config.pipeline.study_quiet_seconds == 10
     assert config.classifier.model == BUNDLED_MODEL
     assert config.send_results_to == ("sender",)
@@ -47,13 +49,39 @@ def test_destinations_and_routing(tmp_path: Path) -> None:
         extra="",
     )
     text = path.read_text().replace(
-        "; Example: pacs = ORTHANC@127.0.0.1:4242", "pacs = ORTHANC@127.0.0.1:4242"
+        "[destinations]\n", "[destinations]\npacs = ORTHANC@127.0.0.1:4242\n"
     )
     path.write_text(text)
     config = load_config(path, environ={})
     assert config.destinations["pacs"].ae_title == "ORTHANC"
     assert config.destinations["pacs"].port == 4242
+    assert not config.destinations["pacs"].tls
     assert config.send_results_to == ("pacs", "sender")
+
+
+def test_tls_keys_and_tls_destination(tmp_path: Path) -> None:
+    (tmp_path / "node.pem").write_text("cert")
+    (tmp_path / "node.key").write_text("key")
+    (tmp_path / "ca.pem").write_text("ca")
+    env = {
+        "LUNGNODE__SECURITY__TLS_CERTIFICATE": "node.pem",
+        "LUNGNODE__SECURITY__TLS_PRIVATE_KEY": "node.key",
+        "LUNGNODE__SECURITY__TLS_CA_CERTIFICATES": "ca.pem",
+        "LUNGNODE__DESTINATIONS__PACS": "PACS@10.0.0.5:2762 tls",
+    }
+    config = load_config(_write(tmp_path), environ=env)
+    assert config.security.tls_enabled
+    assert config.security.tls_certificate == tmp_path.resolve() / "node.pem"
+    assert config.destinations["pacs"].tls
+    assert config.security.audit_log == tmp_path.resolve() / "data" / "audit.log"
+    with pytest.raises(ConfigError, match=r"\[security\] tls_certificate = 'absent.pem'"):
+        load_config(
+            _write(tmp_path), environ={**env, "LUNGNODE__SECURITY__TLS_CERTIFICATE": "absent.pem"}
+        )
+    with pytest.raises(ConfigError, match="tls_ca_certificates"):
+        load_config(
+            _write(tmp_path), environ={**env, "LUNGNODE__SECURITY__TLS_CA_CERTIFICATES": ""}
+        )
 
 
 @pytest.mark.parametrize(
@@ -63,7 +91,11 @@ def test_destinations_and_routing(tmp_path: Path) -> None:
         ({"ae_title = LUNGNODE": "ae_title = THIS_AE_TITLE_IS_TOO_LONG"}, {}, "[node] ae_title"),
         ({"require_called_aet = yes": "require_called_aet = maybe"}, {}, "expected yes or no"),
         ({"mtv_threshold = 2.5": "mtv_threshold = 141%"}, {}, "[classifier] mtv_threshold"),
-        ({"send_results_to = sender": "send_results_to = nowhere"}, {}, "[routing] send_results_to"),
+        (
+            {"send_results_to = sender": "send_results_to = nowhere"},
+            {},
+            "[routing] send_results_to",
+        ),
         ({}, {"LUNGNODE__NODE__COLOUR": "blue"}, "[node] colour: unknown"),
         ({}, {"LUNGNODE__NODE__PORT": "x"}, "[node] port = 'x'"),
         ({"[pipeline]": "[pipelines]"}, {}, "[pipelines]: unknown"),
