@@ -31,8 +31,12 @@ def result_summary(result: StudyResult) -> dict[str, object]:
         "analysed": result.analysed,
         "ct_series_uid": result.ct_series_uid,
         "pet_series_uid": result.pet_series_uid,
-        "model": {"name": result.model.name, "version": result.model.version,
-                  "sha256": result.model.sha256, "clinical_use": result.model.clinical_use},
+        "model": {
+            "name": result.model.name,
+            "version": result.model.version,
+            "sha256": result.model.sha256,
+            "clinical_use": result.model.clinical_use,
+        },
         "skipped": list(result.skipped),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
         "lesions": [
@@ -75,8 +79,10 @@ def predict_folder(
         target = out / study.study_instance_uid
         target.mkdir(parents=True, exist_ok=True)
         paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
-        sources = [pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
-                   for r in result.evidence]
+        sources = [
+            pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
+            for r in result.evidence
+        ]
         for ds in encode(result, sources):
             path = target / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)

@@ -48,7 +48,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for o in status["outbox"]:
             print(
                 f"{o['state']:<10} {o['attempts']:>3}  {o['destination']:<16} "
-                f"{o['sop_instance_uid']}" + (f"  ({o['last_error']})" if o.get("last_error") else "")
+                f"{o['sop_instance_uid']}"
+                + (f"  ({o['last_error']})" if o.get("last_error") else "")
             )
     return 0
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scp_node.config import Config
-from scp_node.sender import Sender
-from scp_node.worker import AnalysisWorker
 from storage.index import Index
 from storage.instance_store import InstanceStore
+
+if TYPE_CHECKING:  # the worker imports TensorFlow: receivers must not pay for it
+    from scp_node.sender import Sender
+    from scp_node.worker import AnalysisWorker
 
 log = logging.getLogger("lungnode.scheduler")
 
@@ -84,8 +87,13 @@ def build_scheduler(
     ]
     if worker is not None:
         ticks.append(("analysis", _guarded("analysis", run_worker, worker), every))
-        ticks.append(("retention", _guarded("retention", retain, index, store, config),
-                      RETENTION_INTERVAL_SECONDS))
+        ticks.append(
+            (
+                "retention",
+                _guarded("retention", retain, index, store, config),
+                RETENTION_INTERVAL_SECONDS,
+            )
+        )
     if sender is not None:
         ticks.append(("delivery", _guarded("delivery", deliver, sender), every))
     for name, func, seconds in ticks:
@@ -96,6 +104,6 @@ def build_scheduler(
             id=name,
             max_instances=1,
             misfire_grace_time=None,
-            next_run_time=datetime.now(timezone.utc),
+            next_run_time=datetime.now(UTC),
         )
     return scheduler

@@ -20,7 +20,6 @@ from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.receiver import Receiver
 from scp_node.scheduler import build_scheduler
 from scp_node.sender import Sender
-from scp_node.worker import AnalysisWorker
 from storage.database import Database
 from storage.index import Index
 from storage.instance_store import InstanceStore
@@ -38,8 +37,11 @@ def serve(config: Config, role: str = "all") -> int:
     index = Index(database)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
-    worker = AnalysisWorker(config, store, index, worker_id) if role in ("all", "worker") else None
-    if worker is not None:
+    worker = None
+    if role in ("all", "worker"):
+        from scp_node.worker import AnalysisWorker  # imports TensorFlow: only where it runs
+
+        worker = AnalysisWorker(config, store, index, worker_id)
         _ = worker.classifier  # load the model now: a missing or bad model stops start-up
     sender = Sender(config, index) if role in ("all", "worker") else None
     receiver = Receiver(config, store, index) if role in ("all", "receiver") else None

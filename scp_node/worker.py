@@ -8,8 +8,11 @@ version yields exactly one result set.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -29,9 +32,7 @@ log = logging.getLogger("lungnode.worker")
 class AnalysisWorker:
     """Runs one analysis job at a time; `run_once` is called by the scheduler's worker tick."""
 
-    def __init__(
-        self, config: Config, store: InstanceStore, index: Index, worker_id: str
-    ) -> None:
+    def __init__(self, config: Config, store: InstanceStore, index: Index, worker_id: str) -> None:
         self._config = config
         self._store = store
         self._index = index
@@ -67,7 +68,8 @@ class AnalysisWorker:
             job.attempts,
         )
         try:
-            self._process(job)
+            with self._lease_kept(job):
+                self._process(job)
         except Exception as exc:  # a bad study must never stop the worker
             retry = job.attempts < self._config.pipeline.max_job_attempts
             reason = f"analysis failed: {type(exc).__name__}: {exc}"
@@ -81,6 +83,26 @@ class AnalysisWorker:
             log.debug("%s", traceback.format_exc())
             self._index.fail_job(job, reason, retry=retry, now=time.time())
         return True
+
+    @contextmanager
+    def _lease_kept(self, job: Job) -> Iterator[None]:
+        """Renew the job's lease every third of its length while the analysis runs."""
+        lease = self._config.pipeline.job_lease_seconds
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease / 3):
+                if not self._index.renew_lease(job, lease, time.time()):
+                    log.warning("lease lost study=%s version=%d", job.study_uid, job.version)
+                    return
+
+        renewer = threading.Thread(target=renew, name=f"lease-{job.job_id}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def _process(self, job: Job) -> None:
         study = self._index.study_files(job.study_uid)

@@ -116,8 +116,9 @@ class NodeProcess:
         assert proc.returncode == 0, proc.stderr
         return dict(json.loads(proc.stdout))
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float,
-                 what: str) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
         """Poll `status --json` until `predicate` holds; fail with the node's log otherwise."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}

@@ -109,8 +109,14 @@ class Orthanc:
 
     # --- REST ------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                content_type: str = "application/json", timeout: float = 120.0) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = 120.0,
+    ) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method=method)
         if body is not None:
             req.add_header("Content-Type", content_type)

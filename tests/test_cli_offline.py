@@ -10,9 +10,9 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
+from dicom_validators import run_dciodvfy
 
 from classifier.tcia_dataset import scan_dataset
-from dicom_validators import run_dciodvfy
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,19 @@ def _lungnode(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_synth_then_predict_writes_sr_seg_pictures_and_summary(tmp_path: Path) -> None:
     data = tmp_path / "phantoms"
-    _lungnode("synth", "--out", str(data), "--patients", "1", "--seed", "5",
-              "--ct-size", "96", "--ct-slices", "32")
+    _lungnode(
+        "synth",
+        "--out",
+        str(data),
+        "--patients",
+        "1",
+        "--seed",
+        "5",
+        "--ct-size",
+        "96",
+        "--ct-slices",
+        "32",
+    )
     scan = scan_dataset(data)
     (patient,) = scan.patients
     assert patient.annotated, "synth wrote no annotation boxes"
@@ -60,7 +71,9 @@ def test_predict_on_a_folder_without_dicom_fails_with_a_clear_message(tmp_path: 
     (tmp_path / "notes.txt").write_text("nothing to see")
     proc = subprocess.run(
         [sys.executable, "-m", "scp_node", "predict", str(tmp_path), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert "no DICOM images found" in proc.stderr

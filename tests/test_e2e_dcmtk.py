@@ -13,11 +13,11 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
-
-from classifier.phantom import generate_study
 from dcmtk import StorescpServer, run_echoscu, run_storescu
 from dicom_validators import run_dciodvfy, run_dsrdump
 from node_process import NodeProcess
+
+from classifier.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,8 +45,9 @@ def _results(storescp: StorescpServer) -> dict[str, list[pydicom.Dataset]]:
     return found
 
 
-def _wait_results(storescp: StorescpServer, node: NodeProcess, kinds: set[str],
-                  timeout: float = 180) -> dict[str, list[pydicom.Dataset]]:
+def _wait_results(
+    storescp: StorescpServer, node: NodeProcess, kinds: set[str], timeout: float = 180
+) -> dict[str, list[pydicom.Dataset]]:
     deadline = time.monotonic() + timeout
     found: dict[str, list[pydicom.Dataset]] = {}
     while time.monotonic() < deadline:
@@ -67,8 +68,9 @@ def _node(tmp_path: Path, storescp_port: int, **kwargs: object) -> NodeProcess:
 
 
 def _send(files: list[Path], node: NodeProcess, calling_ae: str = "STORESCU") -> None:
-    proc = run_storescu(files, node.port, calling_ae=calling_ae, called_ae=node.ae_title,
-                        timeout=300)
+    proc = run_storescu(
+        files, node.port, calling_ae=calling_ae, called_ae=node.ae_title, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -102,8 +104,9 @@ def test_real_lung_pet_ct_dx_series(tmp_path: Path) -> None:
     with StorescpServer(tmp_path / "archive") as archive, _node(tmp_path, archive.port) as node:
         _send(files, node)
         found = _wait_results(archive, node, {"SR"}, timeout=300)
-        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120,
-                      "DELIVERED")
+        node.wait_for(
+            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120, "DELIVERED"
+        )
     (sr,) = found["SR"]
     assert run_dciodvfy(Path(sr.filename)) == []
     series_of = {}
@@ -134,8 +137,11 @@ def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
             assert [s["state"] for s in status["studies"]] == ["RECEIVING"]
         node.env["LUNGNODE__PIPELINE__STUDY_QUIET_SECONDS"] = "1"
         with node:
-            node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 180,
-                          "DELIVERED after restart")
+            node.wait_for(
+                lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"],
+                180,
+                "DELIVERED after restart",
+            )
             time.sleep(3)  # any duplicate delivery would arrive now
         found = _results(archive)
     assert len(found["SR"]) == 1
@@ -155,8 +161,11 @@ def test_destination_down_then_up(tmp_path: Path) -> None:
         assert all(o["state"] == "PENDING" for o in status["outbox"])
         assert [s["state"] for s in status["studies"]] == ["REPORTED"]
         with archive:
-            node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120,
-                          "DELIVERED once the destination is up")
+            node.wait_for(
+                lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"],
+                120,
+                "DELIVERED once the destination is up",
+            )
             found = _results(archive)
     assert len(found["SR"]) == 1
 

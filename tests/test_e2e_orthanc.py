@@ -12,11 +12,11 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
-
-from classifier.phantom import generate_study
 from dicom_validators import run_dciodvfy
 from node_process import NodeProcess
 from orthanc import Orthanc
+
+from classifier.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

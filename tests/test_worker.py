@@ -1,0 +1,107 @@
+"""The analysis worker on a real store, index and the bundled model (no network)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from classifier.phantom import generate_study
+from scp_node.config import DEFAULT_CONFIG, Config, load_config
+from scp_node.worker import AnalysisWorker
+from storage.database import Database
+from storage.index import Index, InstanceRecord
+from storage.instance_store import InstanceStore
+
+
+@pytest.fixture()
+def node(tmp_path: Path) -> tuple[Config, InstanceStore, Index]:
+    config = load_config(
+        DEFAULT_CONFIG,
+        environ={
+            "LUNGNODE__STORAGE__ROOT": str(tmp_path / "store"),
+            "LUNGNODE__DESTINATIONS__PACS": "PACS@127.0.0.1:9",
+            "LUNGNODE__PIPELINE__JOB_LEASE_SECONDS": "1",
+        },
+    )
+    store = InstanceStore(config.storage.root, 0)
+    index = Index(Database.connect(config.storage.database_url))
+    return config, store, index
+
+
+def _receive(
+    store: InstanceStore, index: Index, datasets: list[pydicom.Dataset], calling_aet: str = "PACS"
+) -> None:
+    for ds in datasets:
+        temp = store.temp_path()
+        ds.save_as(temp, enforce_file_format=True)
+        path, _ = store.commit(temp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        index.record_instance(
+            InstanceRecord(
+                ds.StudyInstanceUID,
+                ds.SeriesInstanceUID,
+                ds.SOPInstanceUID,
+                ds.SOPClassUID,
+                ds.Modality,
+                path,
+                calling_aet,
+                time.time(),
+            )
+        )
+
+
+def test_worker_reports_a_ready_study_and_routes_to_the_sender(node) -> None:
+    config, store, index = node
+    study = generate_study(seed=3, histology="E", ct_size=96, ct_slices=32, pet=True)
+    _receive(store, index, study.ct + study.pet)
+    worker = AnalysisWorker(config, store, index, "test-worker")
+    assert worker.run_once() is False  # nothing READY yet
+    assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds)
+    assert worker.run_once() is True
+    status = index.status()
+    (row,) = status["studies"]
+    assert row["state"] == "REPORTED"
+    outbox = status["outbox"]
+    assert {o["destination"] for o in outbox} == {"pacs"}  # `sender` resolved by AE title
+    kinds = sorted(
+        pydicom.dcmread(p, stop_before_pixels=True).Modality
+        for p in store.root.joinpath(study.study_instance_uid).rglob("*.dcm")
+        if pydicom.dcmread(p, stop_before_pixels=True).Modality in ("SR", "SEG")
+    )
+    assert kinds == ["SEG", "SR"]
+    assert len(outbox) == 2
+
+
+def test_new_instances_after_the_report_give_a_second_version_naming_the_first(node) -> None:
+    config, store, index = node
+    study = generate_study(seed=4, histology="A", ct_size=64, ct_slices=24, pet=False)
+    worker = AnalysisWorker(config, store, index, "test-worker")
+    _receive(store, index, study.ct[:-1])
+    index.mark_ready(time.time() + 60, 0)
+    assert worker.run_once()
+    _receive(store, index, study.ct[-1:])
+    index.mark_ready(time.time() + 120, 0)
+    assert worker.run_once()
+    reports = [pydicom.dcmread(p) for p in store.root.rglob("*.dcm")]
+    reports = [ds for ds in reports if ds.Modality == "SR"]
+    assert len(reports) == 2
+    first, second = sorted(reports, key=lambda ds: int(ds.InstanceNumber))
+    predecessor = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+
+
+def test_lease_is_renewed_while_an_analysis_runs(node) -> None:
+    config, store, index = node
+    study = generate_study(seed=5, histology="G", ct_size=64, ct_slices=12, pet=False)
+    _receive(store, index, study.ct)
+    index.mark_ready(time.time() + 60, 0)
+    job = index.claim_job("slow-worker", config.pipeline.job_lease_seconds, time.time())
+    assert job is not None
+    worker = AnalysisWorker(config, store, index, "slow-worker")
+    with worker._lease_kept(job):
+        time.sleep(2.5)  # 2.5 leases: without renewal another worker would take the job
+        assert index.claim_job("other-worker", 1, time.time()) is None
+    time.sleep(1.2)
+    assert index.claim_job("other-worker", 1, time.time()) is not None
