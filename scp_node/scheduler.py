@@ -79,7 +79,7 @@ def build_scheduler(
     worker: AnalysisWorker | None,
     sender: Sender | None,
 ) -> BackgroundScheduler:
-    """A scheduler with the ticks of this process's role (receivers run only the completion tick)."""
+    """A scheduler with the ticks of this role (receivers run only the completion tick)."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True})
     every = config.pipeline.tick_seconds
     ticks: list[tuple[str, Callable[[], None], float]] = [

@@ -1,4 +1,4 @@
-"""Analysis worker: claims a READY study's job, runs the classifier, stores SR/SEG, fills the outbox.
+"""Analysis worker: claims a READY study, runs the classifier, stores SR/SEG, fills the outbox.
 
 The model is loaded once per worker process. A job whose worker dies keeps its lease until it
 expires and is then claimed again; `Index.complete_job` refuses a stale worker, so each study
