@@ -33,6 +33,7 @@ class PatchPredictions:
     labels: np.ndarray  # (n,) str: the patient's histology class
     lesion_prob: np.ndarray  # (n,)
     histology_prob: np.ndarray  # (n, 4) in HISTOLOGY_CLASSES order
+    kinds: np.ndarray | None = None  # (n,) str: training.PATCH_KINDS, when known
 
 
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +104,33 @@ def patient_level(pred: PatchPredictions) -> dict[str, Any]:
     probs_arr = np.asarray(probs, dtype=np.float64).reshape(-1, len(HISTOLOGY_CLASSES))
     predicted = [HISTOLOGY_CLASSES[i] for i in probs_arr.argmax(axis=1)] if ids else []
     return {"patient_ids": ids, "truth": truth, "predicted": predicted, "probabilities": probs_arr}
+
+
+def by_kind(pred: PatchPredictions) -> dict[str, Any] | None:
+    """Lesion probability per patch kind, the AUC of lesion patches against the detector's
+    false candidates alone, and how many of those candidates would be reported (p >= 0.5)."""
+    if pred.kinds is None:
+        return None
+    kinds = np.asarray(pred.kinds, dtype=str)
+    rows = {}
+    for kind in sorted(set(kinds.tolist())):
+        p = pred.lesion_prob[kinds == kind]
+        rows[kind] = {
+            "patches": int(p.size),
+            "mean_probability": float(p.mean()),
+            "fraction_at_0.5": float(np.mean(p >= 0.5)),
+        }
+    hard = (kinds == "lesion") | (kinds == "candidate")
+    candidates = kinds == "candidate"
+    reported = int(np.count_nonzero(pred.lesion_prob[candidates] >= 0.5))
+    n_patients = len(set(pred.patient_ids.tolist()))
+    return {
+        "kinds": rows,
+        "auc_lesion_vs_candidate": roc_auc(pred.is_lesion[hard], pred.lesion_prob[hard]),
+        "candidates": int(np.count_nonzero(candidates)),
+        "candidate_reported": reported,
+        "candidate_reported_per_patient": reported / n_patients if n_patients else None,
+    }
 
 
 def _bootstrap(
@@ -180,12 +208,14 @@ def compute_metrics(pred: PatchPredictions, seed: int = 0) -> dict[str, Any]:
             ],
         },
         "lesion_detection": {
-            "unit": "patch (lesion box centre vs random lung location away from boxes)",
+            "unit": "patch (lesion box centre vs detector candidates away from boxes and random"
+            " lung locations)",
             "auc": roc_auc(pred.is_lesion, pred.lesion_prob),
             "auc_ci95": _bootstrap(len(unique_patients), auc_of, seed + 2),
             "accuracy_at_0.5": float(np.mean((pred.lesion_prob >= 0.5) == pred.is_lesion))
             if len(pred.is_lesion)
             else None,
+            "by_kind": by_kind(pred),
         },
         "bootstrap": {
             "rounds": BOOTSTRAP_ROUNDS,
@@ -370,7 +400,12 @@ def evaluate(
     )
     lesion, histology = classifier.predict(patch_set.patches)
     pred = PatchPredictions(
-        patch_set.patient_ids, patch_set.is_lesion, patch_set.labels, lesion, histology
+        patch_set.patient_ids,
+        patch_set.is_lesion,
+        patch_set.labels,
+        lesion,
+        histology,
+        patch_set.kinds,
     )
     extra = {
         "model": {

@@ -2,8 +2,10 @@
 
 Patients are split (never slices) into train/validation/test, stratified by class and
 deterministic in the seed. Positive patches sit at the centre of each annotated box, labelled
-with the patient's histology; negative patches sit at random lung locations away from every
-box. The histology loss is class-weighted (inverse frequency) and masked on negative patches.
+with the patient's histology. Negative patches are of two kinds: hard negatives, every
+candidate the product's own lesion detector (classifier.lesions.find_candidates) proposes away
+from the annotated boxes, so the CNN learns to reject exactly what it will be shown; and random
+locations in the project's lung mask (classifier.lung_mask) away from every box. The histology loss is class-weighted (inverse frequency) and masked on negative patches.
 Beside the model it writes MODEL_CARD.md, TensorBoard logs and the evaluation report.
 """
 
@@ -34,6 +36,8 @@ from classifier.patches import (
 from classifier.types import HISTOLOGY_CLASSES
 
 if TYPE_CHECKING:  # run-time imports of the DICOM side happen inside the functions
+    from classifier.lesions import Candidate
+    from classifier.lung_mask import LungMask
     from classifier.tcia_dataset import DatasetScan, PatientRecord
     from classifier.volume import Volume
 
@@ -42,6 +46,15 @@ log = logging.getLogger(__name__)
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train, validation, test
 NEGATIVES_PER_POSITIVE = 2
 NEGATIVE_MARGIN_MM = 15.0
+# A detector candidate is a hard negative only if its mask stays this far from every box.
+BOX_MARGIN_MM = 3.0
+HARD_NEGATIVE_SLICES = 3  # patches per hard-negative candidate (key slice + others it spans)
+# "candidate": a hard negative's patch where analyze() takes it (key slice, box centre);
+# "candidate_slice": the same candidate on another slice it spans.
+PATCH_KINDS: tuple[str, ...] = ("lesion", "candidate", "candidate_slice", "random")
+# Lesion-loss weight of detector-candidate patches: there are few of them, and they are the
+# mistakes that become false reports.
+HARD_NEGATIVE_WEIGHT = 2.0
 PHANTOM_MANUFACTURER = "lungnode phantom"
 
 
@@ -53,12 +66,21 @@ class PatchSet:
     is_lesion: np.ndarray  # (n,) bool
     labels: np.ndarray  # (n,) str: the patient's histology class
     patient_ids: np.ndarray  # (n,) str
+    kinds: np.ndarray  # (n,) str, one of PATCH_KINDS
 
     def subset(self, rows: np.ndarray) -> PatchSet:
         """The rows selected by an index or boolean array."""
         return PatchSet(
-            self.patches[rows], self.is_lesion[rows], self.labels[rows], self.patient_ids[rows]
+            self.patches[rows],
+            self.is_lesion[rows],
+            self.labels[rows],
+            self.patient_ids[rows],
+            self.kinds[rows],
         )
+
+    def count(self, kind: str) -> int:
+        """Number of patches of one kind (one of PATCH_KINDS)."""
+        return int(np.count_nonzero(self.kinds == kind))
 
 
 @dataclass
@@ -69,6 +91,7 @@ class BuildStats:
     annotated_slices_not_in_ct: int = 0
     pet_not_usable: int = 0
     patients_without_patches: int = 0
+    hard_negative_candidates: int = 0  # detector candidates used as negatives
 
 
 def scan(data_dir: Path, annotations_dir: Path | None) -> DatasetScan:
@@ -106,9 +129,10 @@ def split_patients(labels: dict[str, str], seed: int) -> dict[str, list[str]]:
 
 def _load_series(record: PatientRecord, series_uid: str) -> tuple[Volume, Volume | None]:
     """The CT volume of one annotated series and the SUV of the patient's PET series (the one in
-    the same study folder first), resampled onto the CT grid; None when there is no usable PET."""
+    the same study folder first) on the CT grid, as analyze() puts it there (registered first
+    when the Frames of Reference differ); None when there is no usable PET."""
     from classifier.dicom_io import read_series
-    from classifier.resample import resample_to
+    from classifier.resample import register_rigid, resample_to
     from classifier.suv import load_pet_suv_volume
     from classifier.volume import load_ct_volume
 
@@ -120,41 +144,79 @@ def _load_series(record: PatientRecord, series_uid: str) -> tuple[Volume, Volume
     for uid in pets:
         try:
             pet = load_pet_suv_volume(read_series(record.series[uid]))
-            return ct, resample_to(pet, ct, fill=0.0)
+            if pet.frame_of_reference_uid == ct.frame_of_reference_uid:
+                return ct, resample_to(pet, ct, fill=0.0)
+            registration = register_rigid(pet, ct)
+            if registration.transform is not None:
+                return ct, resample_to(pet, ct, fill=0.0, transform=registration.transform)
+            log.info(
+                "patient %s: PET %s not registered (%s)",
+                record.patient_id,
+                uid,
+                registration.reason,
+            )
         except Exception as exc:  # noqa: BLE001 - an unusable PET leaves a CT-only patient
             log.info("patient %s: PET series %s not usable (%s)", record.patient_id, uid, exc)
     return ct, None
 
 
-def _lung_candidates(ct: Volume) -> np.ndarray:
-    """Indices (k, 3) of voxels in or at the border of the lungs: air inside the body, dilated
-    so that vessels and the pleura are candidates too."""
-    air = ct.array < -400
-    labelled, _ = ndimage.label(air)
-    edge = np.unique(
-        np.concatenate(
-            [
-                labelled[:, 0, :].ravel(),
-                labelled[:, -1, :].ravel(),
-                labelled[:, :, 0].ravel(),
-                labelled[:, :, -1].ravel(),
-            ]
-        )
-    )
-    lungs = air & ~np.isin(labelled, edge)
-    lungs = ndimage.binary_dilation(lungs, iterations=2)
-    return np.argwhere(lungs)
+def _lung_points(lungs: LungMask, shape: tuple[int, int, int]) -> np.ndarray:
+    """Indices (k, 3) of CT voxels in the lungs of the project's lung mask, dilated in-plane by
+    two pixels so that vessels and the pleura are candidates too."""
+    from classifier.lung_mask import IN_PLANE, upsample
+
+    full = upsample(lungs.lungs, lungs.factor, shape)
+    return np.argwhere(ndimage.binary_dilation(full, structure=IN_PLANE, iterations=2))
+
+
+def _box_map(
+    shape: tuple[int, int, int], boxes: Sequence[tuple[int, int, int, int, int]], margin: int
+) -> np.ndarray:
+    """Boolean CT-grid map of the annotated boxes (slice, row0, col0, row1, col1), each grown
+    in-plane by `margin` pixels."""
+    out = np.zeros(shape, dtype=bool)
+    for z, r0, c0, r1, c1 in boxes:
+        out[z, max(0, r0 - margin) : r1 + margin + 1, max(0, c0 - margin) : c1 + margin + 1] = True
+    return out
+
+
+def _hard_negative_centres(
+    candidate: Candidate, boxes: np.ndarray
+) -> list[tuple[int, int, int]] | None:
+    """Patch centres for a detector candidate that is not an annotated lesion: its key-slice
+    centre (where analyze() takes the patch) and the in-plane centre of its mask on up to
+    HARD_NEGATIVE_SLICES - 1 other slices; None when the candidate touches an annotated box.
+    """
+    z0, r0, c0 = candidate.mask_origin
+    dz, dr, dc = candidate.mask.shape
+    if boxes[candidate.center_index] or np.any(
+        boxes[z0 : z0 + dz, r0 : r0 + dr, c0 : c0 + dc] & candidate.mask
+    ):
+        return None
+    centres = [candidate.center_index]
+    others = [
+        z for z in range(dz) if z0 + z != candidate.key_slice_index and candidate.mask[z].any()
+    ]
+    step = max(1, len(others) // max(1, HARD_NEGATIVE_SLICES - 1))
+    for z in others[::step][: HARD_NEGATIVE_SLICES - 1]:
+        rows, cols = np.nonzero(candidate.mask[z])
+        centres.append((z0 + z, r0 + int(round(rows.mean())), c0 + int(round(cols.mean()))))
+    return centres
 
 
 def _patient_patches(
     record: PatientRecord, rng: np.random.Generator, stats: BuildStats
-) -> tuple[list[np.ndarray], list[bool]]:
-    """Positive and negative patches of one patient, over every annotated CT series."""
+) -> tuple[list[np.ndarray], list[str]]:
+    """Patches of one patient over every annotated CT series, with their kind (PATCH_KINDS):
+    box centres, detector candidates away from every box, random lung locations."""
+    from classifier.lesions import find_candidates
+    from classifier.lung_mask import lung_mask
+
     by_series: dict[str, list[Any]] = {}
     for item in record.annotated:
         by_series.setdefault(item.series_instance_uid, []).append(item)
     patches: list[np.ndarray] = []
-    flags: list[bool] = []
+    kinds: list[str] = []
     for series_uid, items in sorted(by_series.items()):
         try:
             ct, suv = _load_series(record, series_uid)
@@ -164,7 +226,7 @@ def _patient_patches(
         if suv is None:
             stats.pet_not_usable += 1
         index_of = {ref.sop_instance_uid: i for i, ref in enumerate(ct.slices)}
-        centres, radii = [], []
+        centres, radii, boxes = [], [], []
         for item in items:
             z = index_of.get(item.sop_instance_uid)
             if z is None:
@@ -174,24 +236,37 @@ def _patient_patches(
                 r = int(np.clip(round((ymin + ymax) / 2), 0, ct.array.shape[1] - 1))
                 c = int(np.clip(round((xmin + xmax) / 2), 0, ct.array.shape[2] - 1))
                 centres.append((z, r, c))
+                boxes.append((z, int(ymin), int(xmin), int(ymax), int(xmax)))
                 radii.append(
                     0.5
                     * float(np.hypot((xmax - xmin) * ct.spacing[2], (ymax - ymin) * ct.spacing[1]))
                 )
         for centre in centres:
             patches.append(extract_patch(ct, centre, suv))
-            flags.append(True)
+            kinds.append("lesion")
         if not centres:
             continue
-        candidates = _lung_candidates(ct)
+        lungs = lung_mask(ct)
+        # Hard negatives: what the detector proposes in this series away from every box.
+        margin = int(np.ceil(BOX_MARGIN_MM / min(ct.spacing[1], ct.spacing[2])))
+        box_map = _box_map(ct.shape, boxes, margin)
+        for candidate in find_candidates(ct, suv, lungs=lungs):
+            hard = _hard_negative_centres(candidate, box_map)
+            if hard is None:
+                continue
+            stats.hard_negative_candidates += 1
+            for i, centre in enumerate(hard):
+                patches.append(extract_patch(ct, centre, suv))
+                kinds.append("candidate" if i == 0 else "candidate_slice")
+        points = _lung_points(lungs, ct.shape)
         spacing = np.asarray(ct.spacing, dtype=np.float64)
         centres_mm = np.asarray(centres, dtype=np.float64) * spacing
         keep_out = np.asarray(radii) + NEGATIVE_MARGIN_MM
         wanted = NEGATIVES_PER_POSITIVE * len(centres)
-        dense = ct.array[tuple(candidates.T)] > -300
+        dense = ct.array[tuple(points.T)] > -300
         chosen: list[tuple[int, int, int]] = []
-        # Half the negatives on dense tissue (vessels, pleura, mediastinal border): the hard ones.
-        for pool, quota in ((candidates[dense], wanted // 2), (candidates, wanted)):
+        # Half the random negatives on dense tissue (vessels, pleura, mediastinal border).
+        for pool, quota in ((points[dense], wanted // 2), (points, wanted)):
             for k in rng.permutation(len(pool))[: 20 * wanted]:
                 if len(chosen) >= quota:
                     break
@@ -200,8 +275,8 @@ def _patient_patches(
                     chosen.append((int(point[0]), int(point[1]), int(point[2])))
         for centre in chosen:
             patches.append(extract_patch(ct, centre, suv))
-            flags.append(False)
-    return patches, flags
+            kinds.append("random")
+    return patches, kinds
 
 
 def build_patch_set(
@@ -216,7 +291,7 @@ def build_patch_set(
     stats = stats if stats is not None else BuildStats()
     records = {p.patient_id: p for p in dataset.patients}
     all_patches: list[np.ndarray] = []
-    is_lesion: list[bool] = []
+    kinds: list[str] = []
     labels: list[str] = []
     owners: list[str] = []
     for pid in sorted(patient_ids):
@@ -224,22 +299,27 @@ def build_patch_set(
         rng = np.random.default_rng(
             [seed, zlib.crc32(pid.encode())]
         )  # same patches in any grouping
-        patches, flags = _patient_patches(record, rng, stats)
+        patches, patch_kinds = _patient_patches(record, rng, stats)
         if not patches:
             stats.patients_without_patches += 1
         all_patches += patches
-        is_lesion += flags
+        kinds += patch_kinds
         labels += [record.label] * len(patches)
         owners += [pid] * len(patches)
+        n = Counter(patch_kinds)
         progress(
-            f"patches: patient {pid} ({record.label}): {sum(flags)} lesion, {len(flags) - sum(flags)} background"
+            f"patches: patient {pid} ({record.label}): {n['lesion']} lesion, "
+            f"{n['candidate'] + n['candidate_slice']} detector candidate "
+            f"({n['candidate']} candidates), {n['random']} random lung"
         )
     stack = np.stack(all_patches) if all_patches else np.zeros((0, *PATCH_SHAPE), dtype=np.float32)
+    kind_arr = np.asarray(kinds, dtype=str).reshape(-1)
     return PatchSet(
         stack.astype(np.float32),
-        np.asarray(is_lesion, dtype=bool),
+        kind_arr == "lesion",
         np.asarray(labels, dtype=str),
         np.asarray(owners, dtype=str),
+        kind_arr,
     )
 
 
@@ -281,13 +361,16 @@ def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _targets(
     ps: PatchSet, weights: dict[str, float]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Keras targets and per-output sample weights (histology masked on background patches)."""
+    """Keras targets and per-output sample weights (histology masked on background patches,
+    detector-candidate patches weighted HARD_NEGATIVE_WEIGHT in the lesion loss)."""
     index = {c: i for i, c in enumerate(HISTOLOGY_CLASSES)}
     onehot = np.zeros((len(ps.labels), len(HISTOLOGY_CLASSES)), dtype=np.float32)
     onehot[np.arange(len(ps.labels)), [index[c] for c in ps.labels]] = 1.0
     hist_w = np.asarray([weights[c] for c in ps.labels], dtype=np.float32) * ps.is_lesion
     y = {"lesion": ps.is_lesion.astype(np.float32)[:, None], "histology": onehot}
-    sw = {"lesion": np.ones(len(ps.labels), dtype=np.float32), "histology": hist_w}
+    hard = (ps.kinds == "candidate") | (ps.kinds == "candidate_slice")
+    lesion_w = np.where(hard, HARD_NEGATIVE_WEIGHT, 1.0).astype(np.float32)
+    sw = {"lesion": lesion_w, "histology": hist_w}
     return y, sw
 
 
@@ -443,7 +526,7 @@ def train(
     lesion, histo = LesionClassifier.load(out).predict(test.patches)
     report_dir = out.parent / f"{out.stem}-report"
     metrics = write_report(
-        PatchPredictions(test.patient_ids, test.is_lesion, test.labels, lesion, histo),
+        PatchPredictions(test.patient_ids, test.is_lesion, test.labels, lesion, histo, test.kinds),
         report_dir,
         title=f"{out.stem} {version} ({scope_name} split)",
         history=hist,
@@ -486,6 +569,27 @@ def _ci(value: Any) -> str:
     return "n/a" if not value else f"{value[0]:.3f}-{value[1]:.3f}"
 
 
+def _kind_lines(by_kind: dict[str, Any] | None) -> list[str]:
+    """Model-card lines for the per-kind detection numbers of evaluation.compute_metrics."""
+    if not by_kind:
+        return []
+    lines = []
+    if by_kind.get("auc_lesion_vs_candidate") is not None:
+        lines.append(
+            "- Lesion vs detector candidates only (key-slice patches, as analyze() scores them):"
+            f" AUC {_fmt(by_kind['auc_lesion_vs_candidate'])};"
+            f" candidates scored >= 0.5 (would be reported as lesions):"
+            f" {by_kind['candidate_reported']} of {by_kind['candidates']}"
+            f" ({_fmt(by_kind['candidate_reported_per_patient'], 2)} per patient)"
+        )
+    for kind, row in by_kind.get("kinds", {}).items():
+        lines.append(
+            f"  - {kind}: {row['patches']} patches, mean lesion probability {_fmt(row['mean_probability'])},"
+            f" fraction >= 0.5 {_fmt(row['fraction_at_0.5'])}"
+        )
+    return lines
+
+
 def _write_model_card(
     out: Path,
     report_dir: Path,
@@ -515,7 +619,8 @@ def _write_model_card(
         rows.append(
             f"| {name} | {len(split[name])} | "
             + " | ".join(str(patients[c]) for c in HISTOLOGY_CLASSES)
-            + f" | {int(ps.is_lesion.sum())} | {int((~ps.is_lesion).sum())} |"
+            + f" | {ps.count('lesion')} | {ps.count('candidate')} / "
+            + f"{ps.count('candidate') + ps.count('candidate_slice')} | {ps.count('random')} |"
         )
     lines = [
         f"# Model card: {out.stem} {version}",
@@ -554,15 +659,23 @@ def _write_model_card(
             f"{stats.patients_without_patches} patients without patches; {stats.pet_not_usable} annotated series without usable PET (CT-only patches)"
         ),
         "- Positive patches: centre of each annotated box on its slice, label = the patient's histology.",
-        f"  Negative patches: {NEGATIVES_PER_POSITIVE} per positive at random lung locations (half on dense",
-        f"  tissue: vessels, pleura) at least box radius + {NEGATIVE_MARGIN_MM:.0f} mm from every box centre.",
+        "- Hard-negative patches (detector candidates): the product's lesion detector",
+        "  (`classifier.lesions.find_candidates`, on the CT and the SUV resampled onto it as `analyze()`",
+        "  does) is run on every annotated series; every candidate whose key-slice centre is in no box and",
+        f"  whose mask does not touch any annotated box (grown {BOX_MARGIN_MM:.0f} mm in-plane) is a negative:",
+        f"  its patch where `analyze()` takes it, plus up to {HARD_NEGATIVE_SLICES - 1} more at its centre on other slices it spans",
+        f"  ({stats.hard_negative_candidates} candidates in all splits; lesion-loss weight"
+        f" {HARD_NEGATIVE_WEIGHT:g}, as there are few of them).",
+        f"- Random negative patches: {NEGATIVES_PER_POSITIVE} per positive at random locations of the",
+        "  project's lung mask (`classifier.lung_mask.lung_mask`, dilated 2 px; half on dense tissue:",
+        f"  vessels, pleura) at least box radius + {NEGATIVE_MARGIN_MM:.0f} mm from every box centre.",
         "",
         "## Split (by patient, stratified by class, seed " + str(seed) + ")",
         "",
         "| split | patients | "
         + " | ".join(HISTOLOGY_CLASSES)
-        + " | lesion patches | background patches |",
-        "|---|---|" + "---|" * len(HISTOLOGY_CLASSES) + "---|---|",
+        + " | lesion patches | detector candidates / their patches | random lung patches |",
+        "|---|---|" + "---|" * len(HISTOLOGY_CLASSES) + "---|---|---|",
         *rows,
         "",
         *(f"- {name}: {', '.join(ids) if ids else '(none)'}" for name, ids in split.items()),
@@ -593,6 +706,7 @@ def _write_model_card(
             f" majority-class accuracy {_fmt(h['majority_class_accuracy'])}"
         ),
         f"- Lesion detection, per patch: AUC {_fmt(d['auc'])} (95% CI {_ci(d['auc_ci95'])}), accuracy at 0.5 {_fmt(d['accuracy_at_0.5'])}",
+        *_kind_lines(d.get("by_kind")),
         f"- Bootstrap: {metrics['bootstrap']['rounds']} resamples of patients, percentile interval.",
         (
             f"- Report: [{rel}/metrics.json]({rel}/metrics.json), [confusion matrix]({rel}/confusion_matrix.png),"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,47 @@ def test_corrupt_files_name_the_file(tmp_path: Path) -> None:
         zf.writestr("config.json", "{ this is not json")
     with pytest.raises(ValueError, match="broken.keras could not be loaded"):
         LesionClassifier.load(broken)
+
+
+@pytest.mark.slow
+def test_bundled_model_reports_each_phantom_lesion_and_few_false_positives(
+    tmp_path: Path,
+) -> None:
+    """The whole product path (detector + bundled CNN) on phantoms the model never saw: every
+    true lesion reported (centroid within its radius + 10 mm), at most one false report each."""
+    from classifier.analyze import analyze
+    from classifier.phantom import write_tcia_layout
+    from classifier.study_folder import scan_folder
+    from scp_node.config import DEFAULT_CONFIG, load_config
+
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip(f"bundled model {BUNDLED_MODEL} is missing; train it (see MODEL_CARD.md)")
+    config = replace(load_config(DEFAULT_CONFIG).classifier, model=BUNDLED_MODEL)
+    truth = {s.study_instance_uid: s for s in write_tcia_layout(tmp_path, 3, 20261127)}
+    studies, _notes = scan_folder(tmp_path)
+    assert sorted(s.study_instance_uid for s in studies) == sorted(truth)
+    model = LesionClassifier.load(BUNDLED_MODEL)
+    for files in studies:
+        phantom = truth[files.study_instance_uid]
+        result = analyze(files, config, model)
+        assert result.analysed, result.skipped
+        reported = [np.asarray(lesion.centroid_mm) for lesion in result.lesions]
+        shown = [
+            (
+                lesion.tracking_id,
+                [round(v) for v in lesion.centroid_mm],
+                round(lesion.lesion_probability, 3),
+            )
+            for lesion in result.lesions
+        ]
+        matched: set[int] = set()
+        for lesion in phantom.lesions:
+            near = [
+                i
+                for i, c in enumerate(reported)
+                if np.linalg.norm(c - lesion.center_mm) <= lesion.radius_mm + 10.0
+            ]
+            assert near, f"{phantom.patient_id}: lesion at {lesion.center_mm} missed; {shown}"
+            matched.update(near)
+        false_positives = len(reported) - len(matched)
+        assert false_positives <= 1, f"{phantom.patient_id}: {false_positives} false; {shown}"

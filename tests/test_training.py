@@ -4,14 +4,28 @@ and the bundled model on fresh phantoms."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from classifier.evaluation import evaluate
+from classifier.evaluation import PatchPredictions, by_kind, evaluate
 from classifier.inference import BUNDLED_MODEL, read_model_metadata
-from classifier.training import augment, class_weights, split_patients, train
+from classifier.lesions import Candidate
+from classifier.training import (
+    HARD_NEGATIVE_SLICES,
+    HARD_NEGATIVE_WEIGHT,
+    PATCH_KINDS,
+    PatchSet,
+    _box_map,
+    _hard_negative_centres,
+    _targets,
+    augment,
+    class_weights,
+    split_patients,
+    train,
+)
 
 
 def test_split_is_by_patient_stratified_and_deterministic() -> None:
@@ -102,3 +116,89 @@ def test_bundled_model_detects_lesions_on_fresh_phantoms(tmp_path: Path) -> None
     print(
         f"bundled model on 4 fresh phantoms: histology accuracy {metrics['histology']['accuracy']}"
     )
+
+
+def _candidate(origin: tuple[int, int, int], mask: np.ndarray) -> Candidate:
+    areas = mask.sum(axis=(1, 2))
+    key = int(np.argmax(areas))
+    rows, cols = np.nonzero(mask[key])
+    box = (
+        origin[1] + int(rows.min()),
+        origin[2] + int(cols.min()),
+        origin[1] + int(rows.max()),
+        origin[2] + int(cols.max()),
+    )
+    return Candidate(
+        mask=mask,
+        mask_origin=origin,
+        key_slice_index=origin[0] + key,
+        box_rc=box,
+        slice_range=(origin[0], origin[0] + mask.shape[0] - 1),
+        centroid_mm=(0.0, 0.0, 0.0),
+        side="left",
+        long_axis_mm=10.0,
+        short_axis_mm=8.0,
+        volume_ml=1.0,
+    )
+
+
+def test_detector_candidates_away_from_boxes_become_hard_negatives() -> None:
+    boxes = _box_map((10, 64, 64), [(4, 20, 20, 30, 30)], margin=2)
+    assert boxes[4, 18, 18] and boxes[4, 32, 32] and not boxes[4, 33, 33] and not boxes[3].any()
+    blob = np.ones((3, 4, 4), dtype=bool)
+    blob[0] = False
+    blob[0, 1, 1] = True  # thinner on its first slice: the key slice is one of the others
+    far = _candidate((3, 40, 40), blob)
+    centres = _hard_negative_centres(far, boxes)
+    assert centres is not None
+    assert centres[0] == far.center_index  # the patch analyze() will score
+    assert 1 < len(centres) <= HARD_NEGATIVE_SLICES
+    assert len(set(centres)) == len(centres)
+    assert all(3 <= z < 6 and 40 <= r < 44 and 40 <= c < 44 for z, r, c in centres)
+    # The lesion itself, one touching its box's margin, or one centred in a box: not negatives.
+    assert _hard_negative_centres(_candidate((4, 22, 22), blob[1:2]), boxes) is None
+    assert _hard_negative_centres(_candidate((4, 31, 31), blob[1:2]), boxes) is None
+    ring = np.ones((1, 15, 15), dtype=bool)
+    ring[0, 2:-2, 2:-2] = False
+    around = _candidate((4, 18, 18), ring)
+    assert boxes[around.center_index]
+    assert _hard_negative_centres(around, boxes) is None
+    # The same shapes on a slice without a box are negatives.
+    assert _hard_negative_centres(_candidate((8, 22, 22), blob[1:2]), boxes) is not None
+
+
+def test_patch_set_reports_each_kind_and_weights_hard_negatives() -> None:
+    kinds = np.asarray(["lesion", "candidate", "candidate_slice", "random", "lesion"])
+    ps = PatchSet(
+        np.zeros((5, 64, 64, 8), dtype=np.float32),
+        kinds == "lesion",
+        np.asarray(["A", "A", "A", "A", "G"]),
+        np.asarray(["p1"] * 4 + ["p2"]),
+        kinds,
+    )
+    assert [ps.count(k) for k in PATCH_KINDS] == [2, 1, 1, 1]
+    assert ps.subset(np.asarray([0, 1])).count("candidate") == 1
+    y, sw = _targets(ps, class_weights(["A", "G"]))
+    assert y["lesion"].ravel().tolist() == [1, 0, 0, 0, 1]
+    assert sw["lesion"].tolist() == [1, HARD_NEGATIVE_WEIGHT, HARD_NEGATIVE_WEIGHT, 1, 1]
+    assert sw["histology"].tolist() == [1, 0, 0, 0, 1]
+
+
+def test_metrics_count_detector_candidates_that_would_be_reported() -> None:
+    kinds = np.asarray(["lesion", "lesion", "candidate", "candidate", "random", "candidate_slice"])
+    pred = PatchPredictions(
+        np.asarray(["p1", "p1", "p1", "p2", "p2", "p2"]),
+        kinds == "lesion",
+        np.asarray(["A"] * 6),
+        np.asarray([0.9, 0.4, 0.6, 0.1, 0.2, 0.7]),
+        np.full((6, 4), 0.25),
+        kinds,
+    )
+    got = by_kind(pred)
+    assert got is not None
+    assert got["candidates"] == 2 and got["candidate_reported"] == 1
+    assert got["candidate_reported_per_patient"] == pytest.approx(0.5)
+    # lesion 0.9 beats both candidates, lesion 0.4 beats one of the two: AUC 3/4.
+    assert got["auc_lesion_vs_candidate"] == pytest.approx(0.75)
+    assert got["kinds"]["candidate_slice"]["fraction_at_0.5"] == 1.0
+    assert by_kind(replace(pred, kinds=None)) is None
