@@ -1,0 +1,143 @@
+"""Helpers shared by the fault-injection tests: the node in a chosen role, storescu output
+parsing, stored-file comparison and counting what a destination received."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+
+from dcmtk import dcmtk_env, require_tool
+from node_process import NodeProcess
+
+# Group 0002 elements whose explicit-VR length field is 4 bytes (after 2 reserved bytes).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+class RoleNode(NodeProcess):
+    """NodeProcess that runs `serve --role <role>`; `role` may be changed between starts."""
+
+    def __init__(self, workdir: Path, *, role: str = "all", **kwargs: object) -> None:
+        super().__init__(workdir, **kwargs)  # type: ignore[arg-type]
+        self.role = role
+        self.pid: int | None = None
+
+    def start(self, timeout: float = 120.0) -> RoleNode:
+        import socket
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "scp_node", "serve", "-c", str(self.config_path),
+             "--role", self.role],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+        )
+        self.pid = self._proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the node exited at start:\n{self.log()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the node did not listen on {self.port} in {timeout} s:\n{self.log()}")
+
+    def wait_log(self, text: str, timeout: float, *, after: int = 0) -> int:
+        """Wait until `text` appears in the node log past offset `after`; returns its offset."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.log().find(text, after)
+            if found >= 0:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the node log after {timeout} s:\n{self.log()[-4000:]}")
+
+    @property
+    def store(self) -> Path:
+        return self.workdir / "store"
+
+    def indexed_sop_uids(self) -> set[str]:
+        """SOP Instance UIDs in the node's SQLite index, read-only."""
+        db = sqlite3.connect(f"file:{self.store / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
+        try:
+            return {row[0] for row in db.execute("SELECT sop_uid FROM instances")}
+        finally:
+            db.close()
+
+
+def save_datasets(datasets: Sequence[pydicom.Dataset], folder: Path) -> list[Path]:
+    """Write each dataset as <SOPInstanceUID>.dcm in `folder`; the paths in the same order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def start_storescu(files: Sequence[Path], port: int, called_ae: str = "LUNGNODE",
+                   calling_ae: str = "STORESCU") -> subprocess.Popen[str]:
+    """storescu -v sending `files` over one association, running in the background."""
+    cmd = [require_tool("storescu"), "-v", "-aet", calling_ae, "-aec", called_ae,
+           "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.Popen(cmd, env=dcmtk_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def acknowledged(storescu_output: str) -> list[Path]:
+    """The files storescu saw answered with Success, in order, from its -v output: each
+    "Sending file: X" followed by "Received Store Response (Success)"."""
+    done: list[Path] = []
+    current: Path | None = None
+    for line in storescu_output.splitlines():
+        if "Sending file: " in line:
+            current = Path(line.split("Sending file: ", 1)[1].strip())
+        elif "Received Store Response (Success)" in line and current is not None:
+            done.append(current)
+            current = None
+    return done
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes of a DICOM file after its File Meta Information (the encoded dataset)."""
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        raise ValueError(f"{path} has no DICM prefix; not a DICOM Part 10 file")
+    pos = 132
+    while pos + 6 <= len(data):
+        group = struct.unpack_from("<H", data, pos)[0]
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12 + length
+        else:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8 + length
+    return data[pos:]
+
+
+def modality_counts(folder: Path) -> dict[str, list[pydicom.Dataset]]:
+    """Files received in `folder` (e.g. by storescp), grouped by Modality."""
+    found: dict[str, list[pydicom.Dataset]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # a partial file from an aborted transfer
+            continue
+        ds.filename = str(path)
+        found.setdefault(str(ds.Modality), []).append(ds)
+    return found

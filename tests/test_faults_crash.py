@@ -1,0 +1,206 @@
+"""kill -9 of the running node during ingest, analysis and delivery: nothing acknowledged is
+lost, every acknowledged instance is byte-identical in the store and indexed, and the
+destination ends up with one SR per study version (by SOP Instance UID)."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from classifier.phantom import generate_study
+from dcmtk import StorescpServer, run_storescu
+from faults_support import (
+    RoleNode,
+    acknowledged,
+    dataset_bytes,
+    modality_counts,
+    save_datasets,
+    start_storescu,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KILL_ROUNDS = 10
+SEED = 20261127
+
+
+def _node(tmp_path: Path, archive: StorescpServer, role: str, **kwargs: object) -> RoleNode:
+    return RoleNode(
+        tmp_path / "node",
+        role=role,
+        destinations={"archive": f"STORESCP@127.0.0.1:{archive.port}"},
+        send_results_to="archive",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _check_acknowledged(node: RoleNode, acked: dict[str, Path], study_uid: str,
+                        series_uid: str) -> None:
+    """Every acknowledged instance is in the store byte-identical (dataset part) and indexed."""
+    indexed = node.indexed_sop_uids()
+    missing_index = sorted(set(acked) - indexed)
+    assert not missing_index, f"{len(missing_index)} acknowledged instances not indexed"
+    for sop_uid, sent in acked.items():
+        stored = node.store / study_uid / series_uid / f"{sop_uid}.dcm"
+        assert stored.is_file(), f"acknowledged instance {sop_uid} is not in the store"
+        assert dataset_bytes(stored) == dataset_bytes(sent), f"{stored} differs from {sent}"
+
+
+def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    study = generate_study(seed=7, histology="A", ct_size=64, ct_slices=200, pet=False)
+    files = save_datasets(study.ct, tmp_path / "ct")
+    sop_of = {path: path.stem for path in files}
+    study_uid, series_uid = study.study_instance_uid, str(study.ct[0].SeriesInstanceUID)
+    rng = random.Random(SEED)
+    acked: dict[str, Path] = {}
+    interrupted = 0
+    with StorescpServer(tmp_path / "archive", options=["+uf"]) as archive:
+        node = _node(tmp_path, archive, "receiver", quiet_seconds=600)
+        for _ in range(KILL_ROUNDS):
+            node.start()
+            _check_acknowledged(node, acked, study_uid, series_uid)
+            storescu = start_storescu(files, node.port, node.ae_title)
+            time.sleep(rng.uniform(0.3, 3.0))
+            node.kill()
+            output, _ = storescu.communicate(timeout=60)
+            this_round = acknowledged(output)
+            interrupted += storescu.returncode != 0 and len(this_round) < len(files)
+            acked.update((sop_of[p], p) for p in this_round)
+        node.start()
+        _check_acknowledged(node, acked, study_uid, series_uid)
+        proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        status = node.status()
+        assert [(s["state"], s["instances"]) for s in status["studies"]] == [
+            ("RECEIVING", len(files))
+        ]
+        _check_acknowledged(node, {sop_of[p]: p for p in files}, study_uid, series_uid)
+        node.stop()
+
+        leftovers = [p for p in (node.store / ".incoming").iterdir() if p.is_file()]
+        print(f"\nkill -9 rounds: {KILL_ROUNDS}, interrupted mid-transfer: {interrupted}, "
+              f"acknowledged before the final send: {len(acked)}, lost: 0, "
+              f"temp files left in .incoming: {len(leftovers)}")
+        assert interrupted >= KILL_ROUNDS // 2, "the kills did not hit the transfers"
+        # The retention tick purges temp files older than an hour when a worker starts; age
+        # the leftovers past that so the next start's purge is observable now.
+        two_hours_ago = time.time() - 7200
+        for path in leftovers:
+            os.utime(path, (two_hours_ago, two_hours_ago))
+
+        node.role = "all"
+        node.env["LUNGNODE__PIPELINE__STUDY_QUIET_SECONDS"] = "1"
+        node.start()
+        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 240,
+                      "DELIVERED after the kill rounds")
+        time.sleep(2)  # a duplicate delivery would arrive now
+        node.stop()
+        assert not [p for p in (node.store / ".incoming").iterdir() if p.is_file()]
+        if leftovers:
+            assert "orphaned temp files" in node.log()
+        found = modality_counts(archive.folder)
+    assert len(found["SR"]) == 1
+
+
+def _lease_db(node: RoleNode) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{node.store / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
+
+
+def test_kill_9_during_analysis_reanalyses_and_reports_once(tmp_path: Path) -> None:
+    study = generate_study(seed=8, histology="G", ct_size=64, ct_slices=24, pet=False)
+    files = save_datasets(study.ct, tmp_path / "ct")
+    with StorescpServer(tmp_path / "archive", options=["+uf"]) as archive:
+        node = _node(tmp_path, archive, "all", quiet_seconds=1,
+                     extra={"LUNGNODE__PIPELINE__JOB_LEASE_SECONDS": "6"})
+        node.start()
+        proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        node.wait_log("analysis started", 60)
+        node.kill()
+        states = [s["state"] for s in node.status()["studies"]]
+        assert states == ["ANALYZING"], f"the kill missed the analysis: {states}"
+        assert modality_counts(archive.folder) == {}
+        mark = len(node.log())
+        node.start()
+        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 180,
+                      "DELIVERED after a kill during analysis")
+        time.sleep(2)
+        node.stop()
+        assert "attempt=2" in node.log()[mark:], "the job was not claimed again"
+        found = modality_counts(archive.folder)
+    assert len(found["SR"]) == 1
+
+
+def _kill_while_sr_awaits_response(tmp_path: Path, **node_extra: str) -> tuple[RoleNode, StorescpServer, float]:
+    """Send a study, and kill -9 the node once storescp has written the SR but (sleeping
+    before its response) not yet answered: the node never learns the SR arrived."""
+    study = generate_study(seed=9, histology="B", ct_size=64, ct_slices=24, pet=False)
+    files = save_datasets(study.ct, tmp_path / "ct")
+    archive = StorescpServer(tmp_path / "archive", options=["+uf", "--sleep-after", "4"])
+    archive.__enter__()
+    node = _node(tmp_path, archive, "all", quiet_seconds=1, extra=node_extra)
+    node.start()
+    proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    deadline = time.monotonic() + 180
+    while "SR" not in modality_counts(archive.folder):
+        assert time.monotonic() < deadline, f"no SR reached storescp\n{node.log()[-3000:]}"
+        time.sleep(0.1)
+    node.kill()
+    killed_at = time.time()
+    outbox = {o["sop_instance_uid"]: o["state"] for o in node.status()["outbox"]}
+    assert outbox and set(outbox.values()) == {"PENDING"}, outbox
+    return node, archive, killed_at
+
+
+def test_kill_9_during_sending_redelivers_the_same_sr(tmp_path: Path) -> None:
+    node, archive, _ = _kill_while_sr_awaits_response(tmp_path)
+    try:
+        # The outbox rows stay leased for OUTBOX_LEASE_SECONDS (300 s) after the crash (see the
+        # xfail below); expire the lease in the index as if that time had passed.
+        db = sqlite3.connect(node.store / "index.sqlite", timeout=30)
+        with db:
+            db.execute("UPDATE outbox SET lease_until = 0 WHERE state = 'PENDING'")
+        db.close()
+        archive.stop()
+        archive.options = ["+uf"]
+        archive.__enter__()
+        node.start()
+        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120,
+                      "DELIVERED after a kill during sending")
+        time.sleep(2)
+        node.stop()
+    finally:
+        archive.stop()
+    found = modality_counts(archive.folder)
+    # At-least-once delivery: the SR the PACS stored before the crash is sent again, with the
+    # same SOP Instance UID, so a PACS that keys on the UID keeps one.
+    print(f"\nSR transfers to the destination: {len(found['SR'])}, distinct SOP Instance UIDs: "
+          f"{len({ds.SOPInstanceUID for ds in found['SR']})}")
+    assert len(found["SR"]) == 2
+    assert len({ds.SOPInstanceUID for ds in found["SR"]}) == 1
+    assert len({ds.SeriesInstanceUID for ds in found["SR"]}) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="storage.index.OUTBOX_LEASE_SECONDS is a fixed 300 s: after a crash mid-delivery the "
+    "restarted node leaves the result undelivered for 5 minutes whatever [sender] timeout_seconds "
+    "says; the lease should follow the sender timeout (e.g. 2 x timeout_seconds per batch)",
+)
+def test_outbox_lease_after_crash_follows_sender_timeout(tmp_path: Path) -> None:
+    node, archive, killed_at = _kill_while_sr_awaits_response(
+        tmp_path, LUNGNODE__SENDER__TIMEOUT_SECONDS="5"
+    )
+    archive.stop()
+    db = _lease_db(node)
+    try:
+        leases = [r[0] for r in db.execute("SELECT lease_until FROM outbox WHERE state='PENDING'")]
+    finally:
+        db.close()
+    assert leases and max(leases) - killed_at <= 4 * 5, leases
