@@ -84,36 +84,86 @@ def upsample(mask: np.ndarray, factor: int, shape: tuple[int, int, int]) -> np.n
     return out
 
 
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a mask's true voxels as slices, None when it is empty."""
+    found = ndimage.find_objects(mask.view(np.uint8))
+    return found[0] if found and found[0] is not None else None
+
+
+def _edt_in_plane(mask: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
+    """Per-slice Euclidean distance (mm) of each true pixel to the nearest false one; slices
+    without a false pixel get +inf (only the slices that hold a true pixel are computed).
+    """
+    out = np.zeros(mask.shape, dtype=np.float64)
+    for s in np.flatnonzero(mask.any(axis=(1, 2))):
+        if mask[s].all():
+            out[s] = np.inf
+        else:
+            out[s] = ndimage.distance_transform_edt(mask[s], sampling=spacing_rc)
+    return out
+
+
+def close_in_plane_radii(
+    mask: np.ndarray, radii_mm: tuple[float, ...], spacing_rc: tuple[float, float]
+) -> list[np.ndarray]:
+    """Per-slice binary closings of one mask with disks of several radii, by 2-D distance
+    transforms inside the mask's bounding box (one dilation transform shared by all radii).
+    """
+    box = _box(mask)
+    if box is None:
+        return [mask.copy() for _ in radii_mm]
+    pad = int(np.ceil(max(radii_mm) / min(spacing_rc))) + 1
+    crop = mask[box]
+    padded = np.pad(crop, ((0, 0), (pad, pad), (pad, pad)))
+    # Distances to the mask; points outside the box are farther than any radius from it.
+    to_mask = _edt_in_plane(~padded, spacing_rc)
+    out = []
+    for radius in radii_mm:
+        dilated = to_mask <= radius
+        closed = _edt_in_plane(dilated, spacing_rc) > radius
+        full = mask.copy()
+        full[box] |= closed[:, pad:-pad, pad:-pad]
+        # The closing may reach beyond the box (not beyond the image): place what fits.
+        _place_outside_box(full, closed, box, pad)
+        out.append(full)
+    return out
+
+
+def _place_outside_box(
+    full: np.ndarray, closed: np.ndarray, box: tuple[slice, ...], pad: int
+) -> None:
+    """OR the padded crop `closed` (box grown by `pad` in-plane) into `full`, clipped to it."""
+    r0, c0 = box[1].start - pad, box[2].start - pad
+    rows = slice(max(0, r0), min(full.shape[1], box[1].stop + pad))
+    cols = slice(max(0, c0), min(full.shape[2], box[2].stop + pad))
+    full[box[0], rows, cols] |= closed[
+        :, rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0
+    ]
+
+
 def close_in_plane(
     mask: np.ndarray, radius_mm: float, spacing_rc: tuple[float, float]
 ) -> np.ndarray:
     """Per-slice binary closing with a disk, by distance transforms (fast for big disks)."""
-    sampling = (1e6, spacing_rc[0], spacing_rc[1])
-    if not mask.any():
-        return mask.copy()
-    pad = int(np.ceil(radius_mm / min(spacing_rc))) + 1
-    padded = np.pad(mask, ((0, 0), (pad, pad), (pad, pad)))
-    dilated = ndimage.distance_transform_edt(~padded, sampling=sampling) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=sampling) > radius_mm
-    return closed[:, pad:-pad, pad:-pad] | mask
+    return close_in_plane_radii(mask, (radius_mm,), spacing_rc)[0]
 
 
 def fill_in_plane(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice (a hole is background not connected to the slice border)."""
-    background = ~mask
-    labels, _ = ndimage.label(background, structure=IN_PLANE)
+    box = _box(mask)
+    if box is None:
+        return mask.copy()
+    # Outside the mask's box all is background reaching the border: work in the box plus a
+    # one-pixel background ring, which stands for the image border.
+    padded = np.pad(mask[box], ((0, 0), (1, 1), (1, 1)))
+    labels, _ = ndimage.label(~padded, structure=IN_PLANE)
     border = np.unique(
-        np.concatenate(
-            [
-                labels[:, 0, :].ravel(),
-                labels[:, -1, :].ravel(),
-                labels[:, :, 0].ravel(),
-                labels[:, :, -1].ravel(),
-            ]
-        )
+        np.concatenate([labels[:, 0, :].ravel(), labels[:, :, 0].ravel()])
     )
-    outside = np.isin(labels, border[border > 0])
-    return ~outside
+    filled = ~np.isin(labels[:, 1:-1, 1:-1], border[border > 0])
+    out = mask.copy()
+    out[box] = filled
+    return out
 
 
 def hull_in_plane(mask: np.ndarray) -> np.ndarray:
@@ -272,8 +322,10 @@ def lung_mask(ct: Volume) -> LungMask:
     for label in (RIGHT, LEFT):
         lung = result == label
         if lung.any():
-            region |= fill_in_plane(close_in_plane(lung, _CLOSING_MM, spacing[1:]))
-            wide = fill_in_plane(close_in_plane(lung, _MEDIAL_CLOSING_MM, spacing[1:]))
-            region |= wide & medial_cols[label - 1]
+            closed, wide = close_in_plane_radii(
+                lung, (_CLOSING_MM, _MEDIAL_CLOSING_MM), spacing[1:]
+            )
+            region |= fill_in_plane(closed)
+            region |= fill_in_plane(wide) & medial_cols[label - 1]
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(labels=result, region=region, factor=factor, spacing=spacing, medial=medial)

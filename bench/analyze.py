@@ -1,0 +1,134 @@
+"""Benchmark of `analyze` + `encode` on a generated PET/CT study (300-slice CT, PET).
+
+Prints the time of each stage (reading and decoding, volumes and SUV, resampling, lung mask and
+candidates, CNN, encoding), the CNN's share of the whole, and the peak RSS of the process.
+Targets on a 2-core machine: whole < 10 s, CNN < 20 % of it, peak RSS < 2 GB.
+
+    .venv/bin/python bench/analyze.py [--ct-slices 300] [--ct-size 512] [--repeats 2]
+                                      [--study-dir DIR]  (reuse or keep the generated study)
+
+The study is generated and written in a child process, so the generator's arrays do not count
+in the analysis' peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from classifier.analyze import analyze  # noqa: E402
+from classifier.encode import encode  # noqa: E402
+from classifier.inference import LesionClassifier  # noqa: E402
+from classifier.phantom import generate_study  # noqa: E402
+from classifier.study_folder import scan_folder  # noqa: E402
+from scp_node.config import DEFAULT_CONFIG, load_config  # noqa: E402
+
+STAGES = ("read", "volumes", "resample", "candidates", "cnn", "encode")
+
+
+def _write_study(folder: Path, ct_size: int, ct_slices: int, pet_slices: int) -> None:
+    study = generate_study(
+        seed=2024,
+        histology="G",
+        ct_size=ct_size,
+        ct_slices=ct_slices,
+        slice_thickness_mm=1.0 * 300 / ct_slices,
+        pet=True,
+        pet_size=192,
+        pet_slices=pet_slices,
+        n_lesions=2,
+    )
+    for ds in study.ct + study.pet:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+
+
+def _ensure_study(folder: Path, ct_size: int, ct_slices: int, pet_slices: int) -> None:
+    """Generate the study into `folder` in a child process unless it already holds one."""
+    if any(folder.glob("*.dcm")):
+        print(f"reusing the study in {folder}")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_write_study, args=(folder, ct_size, ct_slices, pet_slices)
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"generating the study in {folder} failed (exit code {child.exitcode})")
+    print(f"generated study in {time.perf_counter() - started:.1f} s "
+          f"(CT {ct_slices} x {ct_size}^2, PET {pet_slices} slices)")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ct-slices", type=int, default=300)
+    parser.add_argument("--pet-slices", type=int, default=250)
+    parser.add_argument("--ct-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--study-dir",
+        type=Path,
+        help="folder for the generated study: reused when it holds .dcm files, kept afterwards",
+    )
+    args = parser.parse_args()
+
+    config = load_config(DEFAULT_CONFIG, environ={})
+    model = LesionClassifier.load(config.classifier.model)
+    with tempfile.TemporaryDirectory(prefix="lungnode-bench-") as tmp:
+        folder = args.study_dir or Path(tmp)
+        _ensure_study(folder, args.ct_size, args.ct_slices, args.pet_slices)
+        (study,), _ = scan_folder(folder)
+        rss_before = peak_rss_mb()
+        runs = []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            result = analyze(study, config.classifier, model)
+            t_encode = time.perf_counter()
+            import pydicom
+
+            paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
+            sources = [pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
+                       for r in result.evidence]
+            encode(result, sources)
+            timings = dict(result.timings_s)
+            timings["encode"] = time.perf_counter() - t_encode
+            timings["total"] = time.perf_counter() - started
+            runs.append(timings)
+            print(f"run {repeat + 1}: " + "  ".join(f"{k} {timings.get(k, 0):.2f}s"
+                                                     for k in (*STAGES, "total"))
+                  + f"  lesions {len(result.lesions)}")
+    best = min(runs, key=lambda t: t["total"])
+    figures = {
+        "total_s": round(best["total"], 2),
+        "cnn_share": round(best.get("cnn", 0.0) / best["total"], 3),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+        "peak_rss_before_analysis_mb": round(rss_before, 0),
+        "stages_s": {k: round(best.get(k, 0.0), 3) for k in STAGES},
+    }
+    print(json.dumps(figures, indent=2))
+    print(
+        f"whole {figures['total_s']:.2f} s (target < 10 s), CNN {figures['cnn_share'] * 100:.1f}% "
+        f"(target < 20%), peak RSS {figures['peak_rss_mb']:.0f} MB (target < 2048 MB)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
