@@ -65,8 +65,10 @@ def _ensure_study(folder: Path, ct_size: int, ct_slices: int, pet_slices: int) -
     child.join()
     if child.exitcode != 0:
         raise SystemExit(f"generating the study in {folder} failed (exit code {child.exitcode})")
-    print(f"generated study in {time.perf_counter() - started:.1f} s "
-          f"(CT {ct_slices} x {ct_size}^2, PET {pet_slices} slices)")
+    print(
+        f"generated study in {time.perf_counter() - started:.1f} s "
+        f"(CT {ct_slices} x {ct_size}^2, PET {pet_slices} slices)"
+    )
 
 
 def peak_rss_mb() -> float:
@@ -102,16 +104,20 @@ def main() -> int:
             import pydicom
 
             paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
-            sources = [pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
-                       for r in result.evidence]
+            sources = [
+                pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
+                for r in result.evidence
+            ]
             encode(result, sources)
             timings = dict(result.timings_s)
             timings["encode"] = time.perf_counter() - t_encode
             timings["total"] = time.perf_counter() - started
             runs.append(timings)
-            print(f"run {repeat + 1}: " + "  ".join(f"{k} {timings.get(k, 0):.2f}s"
-                                                     for k in (*STAGES, "total"))
-                  + f"  lesions {len(result.lesions)}")
+            print(
+                f"run {repeat + 1}: "
+                + "  ".join(f"{k} {timings.get(k, 0):.2f}s" for k in (*STAGES, "total"))
+                + f"  lesions {len(result.lesions)}"
+            )
     best = min(runs, key=lambda t: t["total"])
     figures = {
         "total_s": round(best["total"], 2),

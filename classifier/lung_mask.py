@@ -157,9 +157,7 @@ def fill_in_plane(mask: np.ndarray) -> np.ndarray:
     # one-pixel background ring, which stands for the image border.
     padded = np.pad(mask[box], ((0, 0), (1, 1), (1, 1)))
     labels, _ = ndimage.label(~padded, structure=IN_PLANE)
-    border = np.unique(
-        np.concatenate([labels[:, 0, :].ravel(), labels[:, :, 0].ravel()])
-    )
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, :, 0].ravel()]))
     filled = ~np.isin(labels[:, 1:-1, 1:-1], border[border > 0])
     out = mask.copy()
     out[box] = filled
