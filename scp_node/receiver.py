@@ -2,7 +2,9 @@
 
 pynetdicom streams each C-STORE dataset to a file in the store's `.incoming` folder (see
 dicom_settings); the handler reads only a few header elements from it, renames it into the
-store, records it in the index, and only then answers 0x0000. Pixels are never decoded here.
+store (fsynced), records it in the index, and only then answers 0x0000. Pixels are never
+decoded here. On SQLite the index row is committed lazily and recovered from the store's files
+at start (see index_recovery), so the durable file is the one fsync that bounds each C-STORE.
 """
 
 from __future__ import annotations
@@ -14,10 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
@@ -25,6 +24,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.config import Config
 from scp_node.dicom_settings import configure_pynetdicom, route_incoming
+from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
+from scp_node.instance_header import HeaderError, InstanceHeader, read_header
 from scp_node.sop_classes import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -42,16 +43,6 @@ PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-
-# The only header elements the handler reads; everything else stays on disk unread.
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "NumberOfSlices",  # (0054,0081): expected count of a PET series
-]
 
 
 class _NodeAE(ApplicationEntity):
@@ -95,6 +86,7 @@ class Receiver:
         self._config = config
         self._store = store
         self._index = index
+        self._indexing = LazyIndexing(store, index)
         self._on_stored = on_stored
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -136,10 +128,12 @@ class Receiver:
         return self._config.node.port
 
     def start(self) -> None:
-        """Listen on [node] host:port without blocking; raises OSError when the port is taken."""
+        """Re-index store files whose index rows a power cut lost, then listen on [node]
+        host:port without blocking; raises OSError when the port is taken."""
         with self._lock:
             if self._server is not None:
                 return
+            reindex_store(self._store, self._index)
             handlers = [
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
@@ -170,6 +164,10 @@ class Receiver:
         for assoc in server.active_associations:
             log.warning("aborting association calling_ae=%s at shutdown", assoc.requestor.ae_title)
             assoc.abort()
+        try:
+            self._indexing.make_durable()
+        except Exception as exc:  # e.g. the database is gone: the next start re-indexes instead
+            log.warning("index rows not synced at shutdown (re-indexed at next start): %s", exc)
         log.info("stopped listening ae_title=%s", self._config.node.ae_title)
 
     # --- event handlers -----------------------------------------------------------------
@@ -254,10 +252,10 @@ class Receiver:
         header = _read_header(streamed)
         request = event.request
         try:
-            sop_class_uid = require_uid("SOP Class UID", header.get("SOPClassUID"))
-            sop_uid = require_uid("SOP Instance UID", header.get("SOPInstanceUID"))
-            study_uid = require_uid("Study Instance UID", header.get("StudyInstanceUID"))
-            series_uid = require_uid("Series Instance UID", header.get("SeriesInstanceUID"))
+            sop_class_uid = require_uid("SOP Class UID", header.sop_class_uid)
+            sop_uid = require_uid("SOP Instance UID", header.sop_instance_uid)
+            study_uid = require_uid("Study Instance UID", header.study_instance_uid)
+            series_uid = require_uid("Series Instance UID", header.series_instance_uid)
         except InvalidUIDError as exc:
             raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
         if sop_class_uid != str(request.AffectedSOPClassUID).strip():
@@ -272,32 +270,31 @@ class Receiver:
                 f"dataset SOP Instance UID {sop_uid} is not the request's "
                 f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
             )
-        modality = str(header.get("Modality") or "").strip()
-        expected = _expected_in_series(modality, header.get("NumberOfSlices"))
-
         temp = self._temp_in_store(streamed)
-        try:
-            final, new = self._store.commit(temp, study_uid, series_uid, sop_uid)
-        except InvalidUIDError as exc:
-            raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _Rejected(OUT_OF_RESOURCES, f"disk full while storing: {exc}") from None
-            raise
-        finally:
-            if temp != streamed:
-                temp.unlink(missing_ok=True)
-        record = InstanceRecord(
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_uid=sop_uid,
-            sop_class_uid=sop_class_uid,
-            modality=modality,
-            path=final,
-            calling_aet=calling_aet,
-            received_at=time.time(),
-        )
-        self._index.record_instance(record, expected_in_series=expected)
+        with self._indexing.committing():
+            try:
+                remember_calling_aet(temp, calling_aet)
+                final, new = self._store.commit(temp, study_uid, series_uid, sop_uid)
+            except InvalidUIDError as exc:
+                raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _Rejected(OUT_OF_RESOURCES, f"disk full while storing: {exc}") from None
+                raise
+            finally:
+                if temp != streamed:
+                    temp.unlink(missing_ok=True)
+            record = InstanceRecord(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                sop_class_uid=sop_class_uid,
+                modality=header.modality,
+                path=final,
+                calling_aet=calling_aet,
+                received_at=time.time(),
+            )
+            self._indexing.record(record, header.expected_in_series())
         return record, new
 
     def _temp_in_store(self, streamed: Path) -> Path:
@@ -337,21 +334,9 @@ class Receiver:
         log.warning("association aborted calling_ae=%s", event.assoc.requestor.ae_title)
 
 
-def _read_header(path: Path) -> dict[str, Any]:
+def _read_header(path: Path) -> InstanceHeader:
     """The few header values the node indexes, read without touching Pixel Data."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        return {tag: ds.get(tag) for tag in _HEADER_TAGS}
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        return read_header(path)
+    except HeaderError as exc:
         raise _Rejected(CANNOT_UNDERSTAND, f"dataset does not parse: {exc}") from None
-
-
-def _expected_in_series(modality: str, number_of_slices: object) -> int | None:
-    """PET Number of Slices (0054,0081) as the expected instance count of the series, if sane."""
-    if modality != "PT" or number_of_slices is None:
-        return None
-    try:
-        value = int(number_of_slices)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 else None

@@ -2,7 +2,10 @@
 
 SQL is written with '?' placeholders; for PostgreSQL they become '%s'. SQLite runs in WAL mode
 with synchronous=FULL (a committed index row survives a power cut, like the files it points
-to) and one connection guarded by a lock, so receiver threads can share it.
+to) and one connection guarded by a lock, so receiver threads can share it. Inside
+`Database.lazy_commits()` SQLite commits with synchronous=NORMAL instead (no fsync; a power cut
+may lose them until the next durable commit or `make_durable()`): only for rows that a caller
+can rebuild from durable data, as the receiver rebuilds instance rows from the store's files.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class Database:
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection | None = None
         self._closed = False
+        self._sqlite_synchronous = "FULL"
+        self._lazy = threading.local()
 
     @classmethod
     def connect(cls, url: str) -> Database:
@@ -112,6 +117,50 @@ class Database:
             "sqlite:///PATH or postgresql://user@host/db"
         )
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None (PostgreSQL, or an in-memory database)."""
+        location = self.url[len(SQLITE_PREFIX) :] if self.dialect == "sqlite" else ""
+        return Path(location) if location and location != ":memory:" else None
+
+    @property
+    def commits_can_be_lazy(self) -> bool:
+        """True when `lazy_commits()` really defers durability (a SQLite file); PostgreSQL
+        commits are always durable, so callers need no recovery for them."""
+        return self.sqlite_path is not None
+
+    @contextmanager
+    def lazy_commits(self) -> Iterator[None]:
+        """Within this block, this thread's SQLite commits skip the fsync (synchronous=NORMAL in
+        WAL mode: atomic and consistent, durable at the next durable commit or checkpoint).
+
+        Only for rows the caller can rebuild after a power cut; every other commit stays FULL.
+        """
+        previous = getattr(self._lazy, "on", False)
+        self._lazy.on = True
+        try:
+            yield
+        finally:
+            self._lazy.on = previous
+
+    def make_durable(self) -> None:
+        """Make every commit so far durable (SQLite: a full WAL checkpoint, which syncs the WAL
+        and waits for readers); a no-op on PostgreSQL, whose commits are durable already."""
+        with self._lock:
+            if self.dialect != "sqlite":
+                return
+            conn = self._sqlite
+            if conn is None:
+                raise DatabaseError(f"database {self.url} is closed")
+            self._set_synchronous(conn, "FULL")
+            conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+
+    def _set_synchronous(self, conn: sqlite3.Connection, mode: str) -> None:
+        """PRAGMA synchronous for the next transactions (only outside a transaction)."""
+        if mode != self._sqlite_synchronous:
+            conn.execute(f"PRAGMA synchronous = {mode}")
+            self._sqlite_synchronous = mode
+
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Cursor]:
         """One transaction, committed on success and rolled back on any exception. On SQLite a
@@ -121,6 +170,8 @@ class Database:
                 conn = self._sqlite
                 if conn is None:
                     raise DatabaseError(f"database {self.url} is closed")
+                lazy = write and getattr(self._lazy, "on", False)
+                self._set_synchronous(conn, "NORMAL" if lazy else "FULL")
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 cur = conn.cursor()
                 try:
