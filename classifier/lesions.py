@@ -17,7 +17,17 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from classifier.lung_mask import IN_PLANE, LEFT, RIGHT, LungMask, lung_mask, subsample, upsample
+from classifier.lung_mask import (
+    IN_PLANE,
+    LEFT,
+    RIGHT,
+    LungMask,
+    bounding_box,
+    edt_in_plane,
+    lung_mask,
+    subsample,
+    upsample_index,
+)
 from classifier.volume import Volume
 from scp_node.config import MtvThreshold
 
@@ -171,10 +181,14 @@ def _pet_measures(
 ) -> dict[str, float | None]:
     """SUVmax/SUVmean in the lesion; MTV (SUV >= threshold) and TLG in the dilated lesion."""
     margin = [int(np.ceil(_MTV_MARGIN_MM / s)) for s in ct.spacing]
-    lo = [max(0, o - m) for o, m in zip(origin, margin)]
-    hi = [min(n, o + s + m) for o, s, m, n in zip(origin, mask.shape, margin, ct.shape)]
-    local = np.zeros([h - low for low, h in zip(lo, hi)], dtype=bool)
-    inner = tuple(slice(o - low, o - low + s) for o, low, s in zip(origin, lo, mask.shape))
+    lo = [max(0, o - m) for o, m in zip(origin, margin, strict=True)]
+    hi = [
+        min(n, o + s + m) for o, s, m, n in zip(origin, mask.shape, margin, ct.shape, strict=True)
+    ]
+    local = np.zeros([h - low for low, h in zip(lo, hi, strict=True)], dtype=bool)
+    inner = tuple(
+        slice(o - low, o - low + s) for o, low, s in zip(origin, lo, mask.shape, strict=True)
+    )
     local[inner] = mask
     values = suv.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     inside = values[local]
@@ -190,19 +204,62 @@ def _pet_measures(
     return {"suv_max": suv_max, "suv_mean": float(inside.mean()), "mtv_ml": mtv_ml, "tlg": tlg}
 
 
+@dataclass(frozen=True)
+class _Blob:
+    """A connected mask on the working grid, kept as its bounding box (absolute working-grid
+    slices) and the mask inside it, so no candidate costs a full-size array.
+    """
+
+    box: tuple[slice, slice, slice]
+    mask: np.ndarray
+
+    def overlaps(self, other: _Blob) -> bool:
+        starts = [max(a.start, b.start) for a, b in zip(self.box, other.box, strict=True)]
+        stops = [min(a.stop, b.stop) for a, b in zip(self.box, other.box, strict=True)]
+        if any(lo >= hi for lo, hi in zip(starts, stops, strict=True)):
+            return False
+        mine = tuple(
+            slice(lo - a.start, hi - a.start)
+            for lo, hi, a in zip(starts, stops, self.box, strict=True)
+        )
+        theirs = tuple(
+            slice(lo - b.start, hi - b.start)
+            for lo, hi, b in zip(starts, stops, other.box, strict=True)
+        )
+        return bool(np.any(self.mask[mine] & other.mask[theirs]))
+
+
+def _shift(box: tuple[slice, ...], origin: tuple[int, ...]) -> tuple[slice, slice, slice]:
+    return tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, origin, strict=True))  # type: ignore[return-value]
+
+
 def _refine(
-    ct: Volume, working: np.ndarray, factor: int, threshold: float
+    ct: Volume, blob: _Blob, factor: int, working_shape: tuple[int, int, int], threshold: float
 ) -> tuple[np.ndarray, tuple[int, int, int]] | None:
     """A working-grid component as a full-resolution mask of soft tissue, cropped to its box."""
-    found = ndimage.find_objects(working.astype(np.uint8))
-    if not found or found[0] is None:
-        return None
-    sl = found[0]
+    sl = blob.box
     s0, s1 = sl[0].start, sl[0].stop
     r0, r1 = max(0, sl[1].start - 1) * factor, min(ct.shape[1], (sl[1].stop + 1) * factor)
     c0, c1 = max(0, sl[2].start - 1) * factor, min(ct.shape[2], (sl[2].stop + 1) * factor)
-    region = ndimage.binary_dilation(working, structure=_disk(1.0))
-    region_full = upsample(region, factor, (working.shape[0],) + ct.shape[1:])[s0:s1, r0:r1, c0:c1]
+    # The component on a working-grid window three pixels wider than its box (the full-grid
+    # box maps inside it), dilated there as on the whole grid.
+    wr0, wc0 = max(0, sl[1].start - 3), max(0, sl[2].start - 3)
+    wr1 = min(working_shape[1], sl[1].stop + 3)
+    wc1 = min(working_shape[2], sl[2].stop + 3)
+    core_small = np.zeros((s1 - s0, wr1 - wr0, wc1 - wc0), dtype=bool)
+    core_small[
+        :,
+        sl[1].start - wr0 : sl[1].stop - wr0,
+        sl[2].start - wc0 : sl[2].stop - wc0,
+    ] = blob.mask
+    region_small = ndimage.binary_dilation(core_small, structure=_disk(1.0))
+    rows, rows_ok = upsample_index(ct.shape[1], working_shape[1], factor)
+    cols, cols_ok = upsample_index(ct.shape[2], working_shape[2], factor)
+    rows, rows_ok = rows[r0:r1] - wr0, rows_ok[r0:r1]
+    cols, cols_ok = cols[c0:c1] - wc0, cols_ok[c0:c1]
+    valid = rows_ok[np.newaxis, :, np.newaxis] & cols_ok[np.newaxis, np.newaxis, :]
+    pick = (slice(None), rows[:, np.newaxis], cols[np.newaxis, :])
+    region_full = region_small[pick] & valid
     tissue = (ct.array[s0:s1, r0:r1, c0:c1] > threshold) & region_full
     radius = 1.5 / min(ct.spacing[1], ct.spacing[2])
     if radius >= 1:
@@ -210,51 +267,80 @@ def _refine(
     labels, count = ndimage.label(tissue)
     if count == 0:
         return None
-    core = upsample(working, factor, (working.shape[0],) + ct.shape[1:])[s0:s1, r0:r1, c0:c1]
+    core = core_small[pick] & valid
     overlap = ndimage.sum_labels(core, labels, index=np.arange(1, count + 1))
     best = int(np.argmax(overlap)) + 1
     mask = labels == best
-    nz = ndimage.find_objects(mask.astype(np.uint8))[0]
+    nz = ndimage.find_objects(mask.view(np.uint8))[0]
     crop = mask[nz]
     return crop, (s0 + nz[0].start, r0 + nz[1].start, c0 + nz[2].start)
 
 
-def _mediastinal_band(small: np.ndarray, lungs: LungMask) -> np.ndarray:
+def _mediastinal_band(
+    small: np.ndarray, region: np.ndarray, medial: np.ndarray, spacing: tuple[float, ...]
+) -> np.ndarray:
     """Non-fat soft tissue of the mediastinum next to the lungs (working grid), where a hilar
     or paratracheal mass found at the lung's medial edge may continue.
     """
-    spacing = lungs.spacing
-    sampling = (1e6, spacing[1], spacing[2])
-    near = ndimage.distance_transform_edt(~lungs.region, sampling=sampling) <= MEDIASTINAL_BAND_MM
+    near = edt_in_plane(~region, (spacing[1], spacing[2])) <= MEDIASTINAL_BAND_MM
     tissue = (small > MEDIASTINAL_SOFT_HU[0]) & (small < MEDIASTINAL_SOFT_HU[1])
-    band = near & ~lungs.region & tissue & lungs.medial
+    band = near & ~region & tissue & medial
     return ndimage.binary_opening(band, structure=_disk(_OPEN_MM / min(spacing[1:])))
 
 
-def _grow(component: np.ndarray, band: np.ndarray, steps: int) -> np.ndarray:
+def _grow(blob: _Blob, band: np.ndarray, steps: int) -> _Blob:
     """A component grown in-plane at most `steps` pixels through the band it touches.
 
     Not grown when the growth would be most of the result: a speck at the lung edge next to
     the aorta or heart is not a mass, and a lesion is not the mediastinum it abuts.
+    `band` and the blob's box share one grid.
     """
     if steps <= 0 or not band.any():
-        return component
-    box = ndimage.find_objects(component.astype(np.uint8))[0]
-    shape = component.shape
+        return blob
+    box = blob.box
+    shape = band.shape
     sl = (
         box[0],
         slice(max(0, box[1].start - steps), min(shape[1], box[1].stop + steps)),
         slice(max(0, box[2].start - steps), min(shape[2], box[2].stop + steps)),
     )
-    local = component[sl]
+    local = np.zeros([s.stop - s.start for s in sl], dtype=bool)
+    inner = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, sl, strict=True))
+    local[inner] = blob.mask
     grown = ndimage.binary_dilation(
         local, structure=IN_PLANE, iterations=steps, mask=local | band[sl]
     )
     if np.count_nonzero(local) < MIN_SEED_FRACTION * np.count_nonzero(grown):
-        return component
-    out = component.copy()
-    out[sl] = grown
-    return out
+        return blob
+    tight = bounding_box(grown)
+    assert tight is not None  # the seed is in it
+    return _Blob(_shift(tight, tuple(s.start for s in sl)), grown[tight])
+
+
+def _thick_enough(
+    soft: np.ndarray, blob: _Blob, spacing_rc: tuple[float, float], diameter_mm: float
+) -> bool:
+    """Whether some pixel of the component lies at least diameter/2 (in-plane) from any pixel
+    outside `soft`: its maximal inscribed disk is at least `diameter_mm` wide. An erosion of
+    the component's neighbourhood by the open disk of that radius, in the distance
+    transform's arithmetic (pixels outside the grid do not count).
+    """
+    radius = diameter_mm / 2.0
+    m_r, m_c = (int(np.ceil(radius / s)) for s in spacing_rc)
+    dr = np.arange(-m_r, m_r + 1, dtype=np.float64)[:, np.newaxis] * spacing_rc[0]
+    dc = np.arange(-m_c, m_c + 1, dtype=np.float64)[np.newaxis, :] * spacing_rc[1]
+    disk = np.sqrt(dr * dr + dc * dc) < radius
+    box = blob.box
+    window = (
+        box[0],
+        slice(max(0, box[1].start - m_r), min(soft.shape[1], box[1].stop + m_r)),
+        slice(max(0, box[2].start - m_c), min(soft.shape[2], box[2].stop + m_c)),
+    )
+    core = ndimage.binary_erosion(soft[window], structure=disk[np.newaxis], border_value=1)
+    inner = tuple(
+        slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, window, strict=True)
+    )
+    return bool(np.any(core[inner] & blob.mask))
 
 
 def find_candidates(
@@ -272,40 +358,56 @@ def find_candidates(
     mtv = mtv or MtvThreshold(2.5, relative=False)
     lungs = lungs or lung_mask(ct)
     factor = lungs.factor
-    small = subsample(ct.array, factor)
     spacing = lungs.spacing
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    if not lungs.region.any():
+    region_box = bounding_box(lungs.region)
+    if region_box is None:
         return []
+    # Everything below happens within the lung region's box grown by the mediastinal band and
+    # a margin: nothing outside it can join a candidate.
+    margin = int(np.ceil(MEDIASTINAL_BAND_MM / min(spacing[1:]))) + 4
+    working_shape = lungs.labels.shape
+    crop = (
+        region_box[0],
+        slice(
+            max(0, region_box[1].start - margin), min(working_shape[1], region_box[1].stop + margin)
+        ),
+        slice(
+            max(0, region_box[2].start - margin), min(working_shape[2], region_box[2].stop + margin)
+        ),
+    )
+    origin = tuple(s.start for s in crop)
+    small = subsample(ct.array, factor)[crop]
+    region = lungs.region[crop]
+    labels_lung = lungs.labels[crop]
 
-    soft = (small > SOFT_TISSUE_HU) & lungs.region
+    soft = (small > SOFT_TISSUE_HU) & region
     soft = ndimage.binary_opening(soft, structure=_disk(_OPEN_MM / min(spacing[1:])))
-    band = _mediastinal_band(small, lungs)
+    band = _mediastinal_band(small, region, lungs.medial[crop], spacing)
     grow_steps = round(MEDIASTINAL_GROWTH_MM / min(spacing[1:]))
     labels, count = ndimage.label(soft)
-    ct_components: list[np.ndarray] = []
+    ct_components: list[_Blob] = []
     if count:
-        thickness = ndimage.distance_transform_edt(soft, sampling=(1e6, spacing[1], spacing[2]))
         index = np.arange(1, count + 1)
-        max_thick = ndimage.maximum(thickness, labels, index) * 2.0
         sizes = ndimage.sum_labels(soft, labels, index) * voxel_ml
         region_ml = np.count_nonzero(lungs.region) * voxel_ml
-        keep = np.nonzero(
-            (max_thick >= MIN_DIAMETER_MM) & (sizes >= MIN_VOLUME_ML) & (sizes <= 0.5 * region_ml)
-        )[0]
-        keep = keep[np.argsort(sizes[keep])[::-1]][:MAX_CANDIDATES]
         objects = ndimage.find_objects(labels)
+        blobs = {}
+        thick = np.zeros(count, dtype=bool)
+        for i in np.flatnonzero((sizes >= MIN_VOLUME_ML) & (sizes <= 0.5 * region_ml)):
+            blobs[i] = _Blob(objects[i], labels[objects[i]] == i + 1)
+            thick[i] = _thick_enough(soft, blobs[i], spacing[1:], MIN_DIAMETER_MM)
+        keep = np.nonzero(thick)[0]
+        keep = keep[np.argsort(sizes[keep])[::-1]][:MAX_CANDIDATES]
         for i in keep:
-            component = np.zeros_like(soft)
-            component[objects[i]] = labels[objects[i]] == i + 1
-            ct_components.append(_grow(component, band, grow_steps))
+            ct_components.append(_grow(blobs[i], band, grow_steps))
 
-    pet_components: list[np.ndarray] = []
+    pet_components: list[_Blob] = []
     if suv is not None:
-        suv_small = subsample(suv.array, factor)
-        lung_values = suv_small[lungs.lungs]
+        suv_small = subsample(suv.array, factor)[crop]
+        lung_values = suv_small[labels_lung > 0]
         background = float(np.median(lung_values)) if lung_values.size else 0.0
-        hot = (suv_small > max(PET_MIN_SUV, 2.0 * background)) & lungs.region
+        hot = (suv_small > max(PET_MIN_SUV, 2.0 * background)) & region
         hot_labels, hot_count = ndimage.label(hot)
         if hot_count:
             sizes = ndimage.sum_labels(hot, hot_labels, np.arange(1, hot_count + 1)) * voxel_ml
@@ -313,38 +415,45 @@ def find_candidates(
             for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES]:
                 if sizes[i] < MIN_VOLUME_ML:
                     break
-                component = np.zeros_like(hot)
-                component[objects[i]] = hot_labels[objects[i]] == i + 1
-                pet_components.append(component)
+                pet_components.append(_Blob(objects[i], hot_labels[objects[i]] == i + 1))
 
-    near_lung = ndimage.grey_dilation(lungs.labels, size=(1, 7, 7))
+    near_lung = ndimage.grey_dilation(labels_lung, size=(1, 7, 7))
 
-    def side_of(mask: np.ndarray, origin: tuple[int, int, int]) -> str:
-        # The lung the lesion touches most (lungs dilated ~6 working pixels in-plane).
-        idx = np.argwhere(mask) + np.array(origin)
-        idx[:, 1:] = np.minimum(idx[:, 1:] // factor, np.array(near_lung.shape[1:]) - 1)
-        return _side(near_lung[idx[:, 0], idx[:, 1], idx[:, 2]], np.ones(len(idx), dtype=bool))
+    def side_of(mask: np.ndarray, at: tuple[int, int, int]) -> str:
+        # The lung the lesion touches most (lungs dilated ~6 working pixels in-plane); the
+        # crop holds every lung pixel with a margin, so what lies outside it touches none.
+        idx = np.argwhere(mask) + np.array(at)
+        idx[:, 1:] = np.minimum(idx[:, 1:] // factor, np.array(working_shape[1:]) - 1)
+        idx -= np.array(origin)
+        inside = np.all((idx >= 0) & (idx < np.array(near_lung.shape)), axis=1)
+        values = np.zeros(len(idx), dtype=near_lung.dtype)
+        values[inside] = near_lung[idx[inside, 0], idx[inside, 1], idx[inside, 2]]
+        return _side(values, np.ones(len(idx), dtype=bool))
+
+    def refine(blob: _Blob, threshold: float) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+        absolute = _Blob(_shift(blob.box, origin), blob.mask)
+        return _refine(ct, absolute, factor, working_shape, threshold)
 
     candidates: list[Candidate] = []
     used_pet = [False] * len(pet_components)
     for component in ct_components:
-        refined = _refine(ct, component, factor, SOFT_TISSUE_HU)
+        refined = refine(component, SOFT_TISSUE_HU)
         if refined is None:
             continue
         by = "CT"
-        for j, hot in enumerate(pet_components):
-            if not used_pet[j] and np.any(hot & component):
+        for j, hot_blob in enumerate(pet_components):
+            if not used_pet[j] and hot_blob.overlaps(component):
                 used_pet[j] = True
                 by = "CT+PET"
-        mask, origin = refined
-        candidates.append(_measure(ct, suv, mask, origin, side_of(mask, origin), by, mtv))
-    for j, hot in enumerate(pet_components):
-        if used_pet[j] or any(np.any(hot & c) for c in ct_components):
+        mask, at = refined
+        candidates.append(_measure(ct, suv, mask, at, side_of(mask, at), by, mtv))
+    for j, hot_blob in enumerate(pet_components):
+        if used_pet[j] or any(hot_blob.overlaps(c) for c in ct_components):
             continue
-        refined = _refine(ct, hot, factor, -np.inf)
+        refined = refine(hot_blob, -np.inf)
         if refined is None:
             continue
-        mask, origin = refined
-        candidates.append(_measure(ct, suv, mask, origin, side_of(mask, origin), "PET", mtv))
+        mask, at = refined
+        candidates.append(_measure(ct, suv, mask, at, side_of(mask, at), "PET", mtv))
     candidates.sort(key=lambda c: c.volume_ml, reverse=True)
     return candidates

@@ -69,28 +69,34 @@ def subsample(array: np.ndarray, factor: int) -> np.ndarray:
     return array[:, start::factor, start::factor]
 
 
+def upsample_index(n_full: int, n_small: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each full-grid row (or column), the working-grid index `upsample` takes it from,
+    and whether it has one (rows past the last block stay empty).
+    """
+    start = factor // 2
+    offset = np.maximum(np.arange(n_full) - start, 0)
+    return np.minimum(offset // factor, max(n_small - 1, 0)), offset < n_small * factor
+
+
 def upsample(mask: np.ndarray, factor: int, shape: tuple[int, int, int]) -> np.ndarray:
     """A working-grid mask back on the full grid (nearest block)."""
     if factor == 1:
         return mask[:, : shape[1], : shape[2]]
-    big = np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
-    start = factor // 2
-    out = np.zeros(shape, dtype=mask.dtype)
-    rows, cols = min(shape[1], big.shape[1] + start), min(shape[2], big.shape[2] + start)
-    out[:, start:rows, start:cols] = big[:, : rows - start, : cols - start]
-    if start:
-        out[:, :start, :] = out[:, start : start + 1, :]
-        out[:, :, :start] = out[:, :, start : start + 1]
+    rows, rows_ok = upsample_index(shape[1], mask.shape[1], factor)
+    cols, cols_ok = upsample_index(shape[2], mask.shape[2], factor)
+    out = mask[:, rows[:, np.newaxis], cols[np.newaxis, :]]
+    out[:, ~rows_ok, :] = 0
+    out[:, :, ~cols_ok] = 0
     return out
 
 
-def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The bounding box of a mask's true voxels as slices, None when it is empty."""
     found = ndimage.find_objects(mask.view(np.uint8))
     return found[0] if found and found[0] is not None else None
 
 
-def _edt_in_plane(mask: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
+def edt_in_plane(mask: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
     """Per-slice Euclidean distance (mm) of each true pixel to the nearest false one; slices
     without a false pixel get +inf (only the slices that hold a true pixel are computed).
     """
@@ -109,18 +115,18 @@ def close_in_plane_radii(
     """Per-slice binary closings of one mask with disks of several radii, by 2-D distance
     transforms inside the mask's bounding box (one dilation transform shared by all radii).
     """
-    box = _box(mask)
+    box = bounding_box(mask)
     if box is None:
         return [mask.copy() for _ in radii_mm]
     pad = int(np.ceil(max(radii_mm) / min(spacing_rc))) + 1
     crop = mask[box]
     padded = np.pad(crop, ((0, 0), (pad, pad), (pad, pad)))
     # Distances to the mask; points outside the box are farther than any radius from it.
-    to_mask = _edt_in_plane(~padded, spacing_rc)
+    to_mask = edt_in_plane(~padded, spacing_rc)
     out = []
     for radius in radii_mm:
         dilated = to_mask <= radius
-        closed = _edt_in_plane(dilated, spacing_rc) > radius
+        closed = edt_in_plane(dilated, spacing_rc) > radius
         full = mask.copy()
         full[box] |= closed[:, pad:-pad, pad:-pad]
         # The closing may reach beyond the box (not beyond the image): place what fits.
@@ -150,7 +156,7 @@ def close_in_plane(
 
 def fill_in_plane(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice (a hole is background not connected to the slice border)."""
-    box = _box(mask)
+    box = bounding_box(mask)
     if box is None:
         return mask.copy()
     # Outside the mask's box all is background reaching the border: work in the box plus a
