@@ -173,13 +173,17 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def node(workdir: Path, profile: Path | None) -> Iterator[tuple[int, str]]:
+def node(
+    workdir: Path, profile: Path | None, timings: Path | None = None
+) -> Iterator[tuple[int, str]]:
     """The node's receive path (bench/node_receiver.py) with a fresh store and SQLite index."""
     port = free_port()
     cmd = [sys.executable, str(PROJECT_ROOT / "bench" / "node_receiver.py")]
     cmd += ["--root", str(workdir / "node"), "--port", str(port), "--calling-aet", CALLING_AET]
     if profile is not None:
         cmd += ["--profile", str(profile)]
+    if timings is not None:
+        cmd += ["--timings", str(timings)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     seconds: dict[str, list[float]] = {p: [] for p in peers}
+    breakdowns: list[dict[str, float]] = []
     for round_no in range(1, args.rounds + 1):
         for peer in peers:
             with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-", dir=args.cache) as tmp:
@@ -238,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                 elif peer == "orthanc":
                     server = orthanc(work)
                 else:
-                    server = node(work, args.profile if last else None)
+                    server = node(work, args.profile if last else None, work / "timings.json")
                 with server as (port, called_ae):
                     elapsed = send(files, port, called_ae)
+                if peer == "node":
+                    breakdowns.append(json.loads((work / "timings.json").read_text()))
             seconds[peer].append(elapsed)
             print(
                 f"round {round_no} {peer:9s} {elapsed:6.2f} s  {total_mb / elapsed:7.1f} MB/s",
@@ -254,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(seconds[peer])
         rate[peer] = total_mb / median
         print(f"{peer:10s} {median:9.2f} {rate[peer]:8.1f} {len(files) / median:8.1f}")
+    if breakdowns:
+        parts = ("handler", "header", "commit", "index", "between_handlers")
+        median = {p: statistics.median(b[p] for b in breakdowns) for p in parts}
+        print(
+            "node ms per instance (median of rounds): C-STORE handler {handler:.1f} = header "
+            "{header:.1f} + store commit {commit:.1f} + index {index:.1f} + rest; between "
+            "handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
+        )
     if "node" in rate:
         for other in ("storescp", "orthanc"):
             if other in rate:

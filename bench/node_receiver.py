@@ -1,21 +1,27 @@
 """The node's receive path alone (Receiver + InstanceStore + SQLite Index) as a process, for
 bench/ingest.py: no scheduler, worker or sender, so the benchmark measures C-STORE ingest only.
 
-Usage: python bench/node_receiver.py --root DIR --port N [--profile FILE]
-It prints "ready" once listening and stops cleanly on SIGTERM/SIGINT (writing the profile).
+Usage: python bench/node_receiver.py --root DIR --port N [--profile FILE] [--timings FILE]
+It prints "ready" once listening and stops cleanly on SIGTERM/SIGINT (writing the profile, and
+the per-instance time of the C-STORE handler and its parts as JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import logging
 import pstats
 import signal
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+import scp_node.receiver as receiver_module
 from scp_node.config import load_config
 from scp_node.receiver import Receiver
 from storage.database import Database
@@ -33,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-title", default="LUNGNODE")
     parser.add_argument("--calling-aet", default="BENCH", help="calling AE title to allow")
     parser.add_argument("--profile", type=Path, help="write a cProfile of all threads here")
+    parser.add_argument("--timings", type=Path, help="write per-instance handler timings here")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     database = Database.connect(config.storage.database_url)
     index = Index(database)
     receiver = Receiver(config, store, index)
+    timings = HandlerTimings(receiver) if args.timings else None
 
     profiles: list[cProfile.Profile] = []
     if args.profile:
@@ -72,7 +80,55 @@ def main(argv: list[str] | None = None) -> int:
         for profile in profiles[1:]:
             stats.add(profile)
         stats.dump_stats(args.profile)
+    if timings is not None and args.timings is not None:
+        args.timings.write_text(json.dumps(timings.summary()))
     return 0
+
+
+class HandlerTimings:
+    """Wall-clock time per C-STORE of the handler and of its parts (header read, store commit,
+    index record), and of everything between two handler calls (network, pynetdicom, peer)."""
+
+    PARTS = ("handler", "header", "commit", "index")
+
+    def __init__(self, receiver: Receiver) -> None:
+        self._lock = threading.Lock()
+        self._totals = dict.fromkeys(self.PARTS, 0.0)
+        self._count = 0
+        self._first_start: float | None = None
+        self._last_end = 0.0
+        receiver._on_c_store = self._timed(receiver._on_c_store, "handler")  # type: ignore[method-assign]
+        receiver_module._read_header = self._timed(receiver_module._read_header, "header")
+        store = receiver._store
+        store.commit = self._timed(store.commit, "commit")  # type: ignore[method-assign]
+        indexing = receiver._indexing
+        indexing.record = self._timed(indexing.record, "index")  # type: ignore[method-assign]
+
+    def _timed(self, function: Callable[..., Any], part: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                ended = time.perf_counter()
+                with self._lock:
+                    self._totals[part] += ended - started
+                    if part == "handler":
+                        self._count += 1
+                        if self._first_start is None:
+                            self._first_start = started
+                        self._last_end = ended
+
+        return timed
+
+    def summary(self) -> dict[str, float]:
+        """Mean milliseconds per instance of each part, and of the time outside the handler."""
+        n = max(self._count, 1)
+        result = {part: self._totals[part] * 1000 / n for part in self.PARTS}
+        span = self._last_end - (self._first_start or self._last_end)
+        result["between_handlers"] = max(span - self._totals["handler"], 0.0) * 1000 / n
+        result["instances"] = float(self._count)
+        return result
 
 
 def _profile_this_thread(profiles: list[cProfile.Profile]) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,16 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE
+from pynetdicom.association import Association
 
+from scp_node import dicom_settings
 from scp_node.config import Config, load_config
+from scp_node.dicom_settings import configure_pynetdicom
+from scp_node.index_recovery import LazyIndexing, read_mark, remember_calling_aet
 from scp_node.receiver import Receiver
 from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from storage.database import Database
-from storage.index import Index
+from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -391,3 +400,132 @@ def test_index_failure_answers_processing_failure_and_resend_recovers(tmp_path: 
         assert len(running.files()) == 1
     finally:
         running.close()
+
+
+# --- lazy index rows and their recovery ---------------------------------------------------
+
+
+def test_store_file_missing_from_the_index_is_indexed_at_start(tmp_path: Path) -> None:
+    """A power cut may lose lazily committed index rows, never the fsynced file: at start the
+    receiver indexes any store file the index lacks, with the sender's AE title."""
+    store = InstanceStore(tmp_path / "store", 0)
+    study, series = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.77.1"
+    source = make_ct(tmp_path / "lost.dcm", study_uid=study, series_uid=series)
+    sop_uid = str(dcmread(source).SOPInstanceUID)
+    temp = store.temp_path()
+    shutil.copyfile(source, temp)
+    remember_calling_aet(temp, "SCANNER")
+    store.commit(temp, study, series, sop_uid)  # durable in the store, never indexed
+    # the node's own result objects (SR/SEG classes it never receives) are not re-indexed
+    sr = Dataset()
+    sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.34", generate_uid()
+    sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.Modality = study, generate_uid(), "SR"
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    store.write_dataset(sr)
+
+    running = RunningNode(tmp_path)
+    try:
+        files = running.index.study_files(study)
+        assert [p.name for p in files.paths] == [f"{sop_uid}.dcm"]
+        assert running.index.status()["studies"][0]["instances"] == 1
+        row = running.database.run(
+            lambda cur: cur.execute("SELECT source_aet FROM studies").fetchone(), write=False
+        )
+        assert row == ("SCANNER",)
+    finally:
+        running.close()
+    # the mark beside the database now excludes the file: the next start scans nothing old
+    mark = read_mark(tmp_path / "index.sqlite.durable-through")
+    assert mark is not None and mark > time.time() - 60
+
+
+def test_instance_rows_are_lazy_between_durable_commits(tmp_path: Path) -> None:
+    """Rows inside lazy_commits use synchronous=NORMAL; every other commit stays FULL, and a
+    durable row moves the mark to no later than the start of any commit still in flight."""
+    database = Database.connect(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    index = Index(database)
+    store = InstanceStore(tmp_path / "store", 0)
+    indexing = LazyIndexing(store, index)
+    modes: list[int] = []
+
+    def record(n: int) -> None:
+        rec = InstanceRecord(
+            study_uid="1.2.3",
+            series_uid="1.2.3.4",
+            sop_uid=f"1.2.3.4.{n}",
+            sop_class_uid=CT_IMAGE_STORAGE,
+            modality="CT",
+            path=tmp_path / f"{n}.dcm",
+            calling_aet="PACS",
+            received_at=time.time(),
+        )
+        with indexing.committing():
+            indexing.record(rec, None)
+        assert database._sqlite is not None
+        modes.append(database._sqlite.execute("PRAGMA synchronous").fetchone()[0])
+
+    try:
+        before = time.time()
+        record(1)  # the first row is durable: it starts the clock
+        first_mark = read_mark(indexing.mark_path)
+        record(2)  # within DURABLE_EVERY_SECONDS: lazy
+        assert modes == [2, 1]  # FULL, then NORMAL
+        assert first_mark is not None and before <= first_mark <= time.time()
+        with database.transaction() as cur:  # any other commit is FULL again
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2
+        with indexing.committing():  # an instance in flight holds the mark back
+            held = time.time()
+            indexing.make_durable()
+        assert read_mark(indexing.mark_path) == pytest.approx(held, abs=0.05)
+        indexing.make_durable()
+        assert read_mark(indexing.mark_path) >= held  # type: ignore[operator]
+    finally:
+        database.close()
+
+
+# --- pynetdicom's polling threads wake on work --------------------------------------------
+
+
+def test_polling_threads_wake_on_work_and_never_sleep_longer_than_asked() -> None:
+    configure_pynetdicom()
+    import pynetdicom.association as association_module
+    import pynetdicom.dul as dul_module
+
+    clock = dicom_settings._WAKE_ON_WORK_CLOCK
+    assert dul_module.time is clock and association_module.time is clock
+    assert clock.monotonic() > 0  # everything but sleep is the time module's
+
+    started = time.perf_counter()
+    clock.sleep(0.02)  # an ordinary thread: a plain sleep
+    assert time.perf_counter() - started >= 0.02
+
+    assoc = Association(AE(), "acceptor")
+    # association thread: a DIMSE message queued for it ends the wait at once
+    threading.Timer(0.05, assoc.dimse.msg_queue.put, args=((1, "message"),)).start()
+    started = time.perf_counter()
+    clock._association_wait(assoc, 5.0)
+    assert 0.04 <= time.perf_counter() - started < 2.0
+    assert assoc.dimse.msg_queue.get_nowait() == (1, "message")
+
+    # DUL thread: bytes from the peer, or the association's doorbell, end the wait at once
+    ours, peer = socket.socketpair()
+    try:
+        assoc.dul.socket = types.SimpleNamespace(socket=ours)  # type: ignore[assignment]
+        threading.Timer(0.05, peer.send, args=(b"x",)).start()
+        started = time.perf_counter()
+        clock._dul_wait(assoc.dul, 5.0)
+        assert 0.04 <= time.perf_counter() - started < 2.0
+        ours.recv(1)
+        assoc.dul.to_provider_queue.put("response")  # queued by the association thread ...
+        clock._association_wait(assoc, 0.001)  # ... whose next poll rings the DUL's doorbell
+        assoc.dul.to_provider_queue.get_nowait()
+        started = time.perf_counter()
+        clock._dul_wait(assoc.dul, 5.0)
+        assert time.perf_counter() - started < 2.0
+        started = time.perf_counter()
+        clock._dul_wait(assoc.dul, 0.05)  # no work: the full (short) wait, never longer
+        assert 0.04 <= time.perf_counter() - started < 2.0
+    finally:
+        ours.close()
+        peer.close()
