@@ -63,17 +63,22 @@ def resample_to(
     to_moving = np.linalg.inv(moving.index_matrix())
     matrix = to_moving @ rotation @ reference.index_matrix()
     offset = to_moving @ (rotation @ reference.origin + shift - moving.origin)
-    array = ndimage.affine_transform(
-        moving.array.astype(np.float32, copy=False),
-        matrix,
-        offset=offset,
-        output_shape=reference.shape,
-        output=np.float32,
-        order=order,
-        mode="constant",
-        cval=fill,
-        prefilter=order > 1,
-    )
+    if order == 1 and _is_axis_aligned(matrix, reference.shape):
+        array = _linear_axis_aligned(
+            moving.array, np.diag(matrix).copy(), offset, reference.shape, fill
+        )
+    else:
+        array = ndimage.affine_transform(
+            moving.array.astype(np.float32, copy=False),
+            matrix,
+            offset=offset,
+            output_shape=reference.shape,
+            output=np.float32,
+            order=order,
+            mode="constant",
+            cval=fill,
+            prefilter=order > 1,
+        )
     return Volume(
         array=array,
         origin=reference.origin.copy(),
@@ -84,6 +89,84 @@ def resample_to(
         modality=moving.modality,
         slices=moving.slices,
     )
+
+
+def _is_axis_aligned(matrix: np.ndarray, shape: tuple[int, int, int]) -> bool:
+    """Whether index axis k of the reference maps onto index axis k of the moving image only
+    (shared orientation, no rotation): off-diagonal terms move no point by 1e-6 voxel.
+    """
+    off = matrix - np.diag(np.diag(matrix))
+    return bool(np.abs(off).sum(axis=1).max() * max(shape) < 1e-6) and bool(
+        np.all(np.diag(matrix) != 0)
+    )
+
+
+def _axis_weights(
+    scale: float, offset: float, n_out: int, n_in: int
+) -> tuple[slice, np.ndarray, np.ndarray, np.ndarray]:
+    """For one axis of an axis-aligned linear resampling: the output range that lies inside
+    the input ([0, n_in - 1], as scipy's mode "constant"), and there the lower and upper input
+    index and the upper weight of each output index.
+    """
+    x = offset + scale * np.arange(n_out, dtype=np.float64)
+    inside = np.flatnonzero((x >= 0) & (x <= n_in - 1))
+    if inside.size == 0:
+        empty = np.zeros(0, dtype=np.intp)
+        return slice(0, 0), empty, empty, np.zeros(0)
+    span = slice(int(inside[0]), int(inside[-1]) + 1)
+    x = x[span]
+    lower = np.floor(x).astype(np.intp)
+    return span, lower, np.minimum(lower + 1, n_in - 1), x - lower
+
+
+def _linear_axis_aligned(
+    array: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    shape: tuple[int, int, int],
+    fill: float,
+) -> np.ndarray:
+    """Trilinear resampling when each output axis maps onto the same input axis
+    (x_k = scale_k * i_k + offset_k): separable, one axis at a time, in slabs of output
+    slices through reused float64 buffers, float32 out. Gives ndimage.affine_transform's
+    (order=1, mode="constant") values, several times faster on a 512 x 512 CT grid.
+    """
+    spans, lowers, uppers, weights = zip(
+        *(_axis_weights(scale[k], offset[k], shape[k], array.shape[k]) for k in range(3)),
+        strict=True,
+    )
+    out = np.full(shape, fill, dtype=np.float32)
+    if any(span.stop <= span.start for span in spans):
+        return out
+    slab = 8
+    n_slices, n_rows, n_cols = (span.stop - span.start for span in spans)
+    planes = np.empty((2, slab) + array.shape[1:])
+    columns = np.empty((2, slab, array.shape[1], n_cols))
+    rows = np.empty((2, slab, n_rows, n_cols))
+    w_cols, w_rows = weights[2], weights[1][:, np.newaxis]
+    for start in range(0, n_slices, slab):
+        n = min(slab, n_slices - start)
+        part = slice(start, start + n)
+        w = weights[0][part][:, np.newaxis, np.newaxis]
+        z, tmp = planes[0, :n], planes[1, :n]
+        np.multiply(array[lowers[0][part]], 1.0 - w, out=z)
+        np.multiply(array[uppers[0][part]], w, out=tmp)
+        z += tmp
+        c, tmp = columns[0, :n], columns[1, :n]
+        np.take(z, lowers[2], axis=2, out=c)
+        c *= 1.0 - w_cols
+        np.take(z, uppers[2], axis=2, out=tmp)
+        tmp *= w_cols
+        c += tmp
+        r, tmp = rows[0, :n], rows[1, :n]
+        np.take(c, lowers[1], axis=1, out=r)
+        r *= 1.0 - w_rows
+        np.take(c, uppers[1], axis=1, out=tmp)
+        tmp *= w_rows
+        r += tmp
+        first = spans[0].start + start
+        out[first : first + n, spans[1], spans[2]] = r
+    return out
 
 
 def to_sitk(volume: Volume, max_spacing_mm: float = 0.0) -> sitk.Image:
