@@ -65,7 +65,8 @@ class RoleNode(NodeProcess):
 
     @property
     def store(self) -> Path:
-        return self.workdir / "store"
+        """The instance store root the node is configured with."""
+        return Path(self.env["LUNGNODE__STORAGE__ROOT"])
 
     def indexed_sop_uids(self) -> set[str]:
         """SOP Instance UIDs in the node's SQLite index, read-only."""
