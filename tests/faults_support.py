@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
-
 from dcmtk import dcmtk_env, require_tool
 from node_process import NodeProcess
 
@@ -34,8 +33,16 @@ class RoleNode(NodeProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "scp_node", "serve", "-c", str(self.config_path),
-             "--role", self.role],
+            [
+                sys.executable,
+                "-m",
+                "scp_node",
+                "serve",
+                "-c",
+                str(self.config_path),
+                "--role",
+                self.role,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -61,7 +68,9 @@ class RoleNode(NodeProcess):
             if found >= 0:
                 return found
             time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the node log after {timeout} s:\n{self.log()[-4000:]}")
+        raise AssertionError(
+            f"{text!r} not in the node log after {timeout} s:\n{self.log()[-4000:]}"
+        )
 
     @property
     def store(self) -> Path:
@@ -88,13 +97,24 @@ def save_datasets(datasets: Sequence[pydicom.Dataset], folder: Path) -> list[Pat
     return paths
 
 
-def start_storescu(files: Sequence[Path], port: int, called_ae: str = "LUNGNODE",
-                   calling_ae: str = "STORESCU") -> subprocess.Popen[str]:
+def start_storescu(
+    files: Sequence[Path], port: int, called_ae: str = "LUNGNODE", calling_ae: str = "STORESCU"
+) -> subprocess.Popen[str]:
     """storescu -v sending `files` over one association, running in the background."""
-    cmd = [require_tool("storescu"), "-v", "-aet", calling_ae, "-aec", called_ae,
-           "127.0.0.1", str(port), *map(str, files)]
-    return subprocess.Popen(cmd, env=dcmtk_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        require_tool("storescu"),
+        "-v",
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+    return subprocess.Popen(
+        cmd, env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def acknowledged(storescu_output: str) -> list[Path]:

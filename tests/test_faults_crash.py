@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from classifier.phantom import generate_study
 from dcmtk import StorescpServer, run_storescu
 from faults_support import (
     RoleNode,
@@ -22,6 +20,8 @@ from faults_support import (
     save_datasets,
     start_storescu,
 )
+
+from classifier.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,8 +39,9 @@ def _node(tmp_path: Path, archive: StorescpServer, role: str, **kwargs: object) 
     )
 
 
-def _check_acknowledged(node: RoleNode, acked: dict[str, Path], study_uid: str,
-                        series_uid: str) -> None:
+def _check_acknowledged(
+    node: RoleNode, acked: dict[str, Path], study_uid: str, series_uid: str
+) -> None:
     """Every acknowledged instance is in the store byte-identical (dataset part) and indexed."""
     indexed = node.indexed_sop_uids()
     missing_index = sorted(set(acked) - indexed)
@@ -83,9 +84,11 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
         node.stop()
 
         leftovers = [p for p in (node.store / ".incoming").iterdir() if p.is_file()]
-        print(f"\nkill -9 rounds: {KILL_ROUNDS}, interrupted mid-transfer: {interrupted}, "
-              f"acknowledged before the final send: {len(acked)}, lost: 0, "
-              f"temp files left in .incoming: {len(leftovers)}")
+        print(
+            f"\nkill -9 rounds: {KILL_ROUNDS}, interrupted mid-transfer: {interrupted}, "
+            f"acknowledged before the final send: {len(acked)}, lost: 0, "
+            f"temp files left in .incoming: {len(leftovers)}"
+        )
         assert interrupted >= KILL_ROUNDS // 2, "the kills did not hit the transfers"
         # The retention tick purges temp files older than an hour when a worker starts; age
         # the leftovers past that so the next start's purge is observable now.
@@ -96,8 +99,11 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
         node.role = "all"
         node.env["LUNGNODE__PIPELINE__STUDY_QUIET_SECONDS"] = "1"
         node.start()
-        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 240,
-                      "DELIVERED after the kill rounds")
+        node.wait_for(
+            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"],
+            240,
+            "DELIVERED after the kill rounds",
+        )
         time.sleep(2)  # a duplicate delivery would arrive now
         node.stop()
         assert not [p for p in (node.store / ".incoming").iterdir() if p.is_file()]
@@ -115,8 +121,13 @@ def test_kill_9_during_analysis_reanalyses_and_reports_once(tmp_path: Path) -> N
     study = generate_study(seed=8, histology="G", ct_size=64, ct_slices=24, pet=False)
     files = save_datasets(study.ct, tmp_path / "ct")
     with StorescpServer(tmp_path / "archive", options=["+uf"]) as archive:
-        node = _node(tmp_path, archive, "all", quiet_seconds=1,
-                     extra={"LUNGNODE__PIPELINE__JOB_LEASE_SECONDS": "6"})
+        node = _node(
+            tmp_path,
+            archive,
+            "all",
+            quiet_seconds=1,
+            extra={"LUNGNODE__PIPELINE__JOB_LEASE_SECONDS": "6"},
+        )
         node.start()
         proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -127,8 +138,11 @@ def test_kill_9_during_analysis_reanalyses_and_reports_once(tmp_path: Path) -> N
         assert modality_counts(archive.folder) == {}
         mark = len(node.log())
         node.start()
-        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 180,
-                      "DELIVERED after a kill during analysis")
+        node.wait_for(
+            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"],
+            180,
+            "DELIVERED after a kill during analysis",
+        )
         time.sleep(2)
         node.stop()
         assert "attempt=2" in node.log()[mark:], "the job was not claimed again"
@@ -136,7 +150,9 @@ def test_kill_9_during_analysis_reanalyses_and_reports_once(tmp_path: Path) -> N
     assert len(found["SR"]) == 1
 
 
-def _kill_while_sr_awaits_response(tmp_path: Path, **node_extra: str) -> tuple[RoleNode, StorescpServer, float]:
+def _kill_while_sr_awaits_response(
+    tmp_path: Path, **node_extra: str
+) -> tuple[RoleNode, StorescpServer, float]:
     """Send a study, and kill -9 the node once storescp has written the SR but (sleeping
     before its response) not yet answered: the node never learns the SR arrived."""
     study = generate_study(seed=9, histology="B", ct_size=64, ct_slices=24, pet=False)
@@ -171,8 +187,11 @@ def test_kill_9_during_sending_redelivers_the_same_sr(tmp_path: Path) -> None:
         archive.options = ["+uf"]
         archive.__enter__()
         node.start()
-        node.wait_for(lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120,
-                      "DELIVERED after a kill during sending")
+        node.wait_for(
+            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"],
+            120,
+            "DELIVERED after a kill during sending",
+        )
         time.sleep(2)
         node.stop()
     finally:
@@ -180,8 +199,10 @@ def test_kill_9_during_sending_redelivers_the_same_sr(tmp_path: Path) -> None:
     found = modality_counts(archive.folder)
     # At-least-once delivery: the SR the PACS stored before the crash is sent again, with the
     # same SOP Instance UID, so a PACS that keys on the UID keeps one.
-    print(f"\nSR transfers to the destination: {len(found['SR'])}, distinct SOP Instance UIDs: "
-          f"{len({ds.SOPInstanceUID for ds in found['SR']})}")
+    print(
+        f"\nSR transfers to the destination: {len(found['SR'])}, distinct SOP Instance UIDs: "
+        f"{len({ds.SOPInstanceUID for ds in found['SR']})}"
+    )
     assert len(found["SR"]) == 2
     assert len({ds.SOPInstanceUID for ds in found["SR"]}) == 1
     assert len({ds.SeriesInstanceUID for ds in found["SR"]}) == 1

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from classifier.phantom import generate_study
 from dcmtk import StorescpServer, run_storescu
 from faults_support import RoleNode, modality_counts, save_datasets
+
+from classifier.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,7 +59,8 @@ def _send_study(tmp_path: Path, node: RoleNode, seed: int) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _min_attempts(n: int):  # -> Callable[[dict], bool]
+def _min_attempts(n: int) -> Callable[[dict], bool]:
+    """A status predicate: every outbox row has had at least `n` attempts."""
     return lambda s: bool(s["outbox"]) and min(o["attempts"] for o in s["outbox"]) >= n
 
 
@@ -86,7 +88,8 @@ def test_destination_down_aborting_refusing_then_dead_letter_and_resend(tmp_path
         with StorescpServer(tmp_path / "refuse", options=["--refuse"], port=port):
             status = node.wait_for(
                 lambda s: bool(s["outbox"]) and {o["state"] for o in s["outbox"]} == {"DEAD"},
-                60, "dead letters after max_attempts",
+                60,
+                "dead letters after max_attempts",
             )
         for row in status["outbox"]:
             assert row["attempts"] == MAX_ATTEMPTS
@@ -106,8 +109,10 @@ def test_destination_down_aborting_refusing_then_dead_letter_and_resend(tmp_path
     assert len(found["SR"]) == 1
     # storescp --abort-after writes the object before aborting: an unacknowledged copy
     aborted_after = modality_counts(tmp_path / "abort-after")
-    print(f"\nSR copies written by storescp --abort-after before its abort: "
-          f"{len(aborted_after.get('SR', []))}")
+    print(
+        f"\nSR copies written by storescp --abort-after before its abort: "
+        f"{len(aborted_after.get('SR', []))}"
+    )
     delays = [float(d) for d in re.findall(r"next_in_s=([0-9.]+)", node.log())]
     assert delays and max(delays) <= MAX_BACKOFF
     first = [float(d) for d in re.findall(r"attempt=1/\d+ next_in_s=([0-9.]+)", node.log())]
@@ -126,7 +131,8 @@ def test_destination_without_sr_or_seg_context_is_a_dead_letter_at_once(tmp_path
             _send_study(tmp_path, node, seed=62)
             status = node.wait_for(
                 lambda s: bool(s["outbox"]) and {o["state"] for o in s["outbox"]} == {"DEAD"},
-                180, "permanent failure",
+                180,
+                "permanent failure",
             )
     for row in status["outbox"]:
         assert row["attempts"] == 1

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from classifier.phantom import generate_study
 from dcmtk import run_echoscu, run_storescu
 from faults_support import RoleNode, acknowledged, dataset_bytes, save_datasets
+
+from classifier.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,13 +28,21 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8); min_free_mb is covered by "
-                    "tests/test_receiver.py")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs",
-                           str(mount_point)], capture_output=True, text=True, check=False)
+        pytest.skip(
+            "mounting a tmpfs needs root and mount(8); min_free_mb is covered by "
+            "tests/test_receiver.py"
+        )
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
-        pytest.skip(f"this container cannot mount a tmpfs ({proc.stderr.strip()}); "
-                    "min_free_mb is covered by tests/test_receiver.py")
+        pytest.skip(
+            f"this container cannot mount a tmpfs ({proc.stderr.strip()}); "
+            "min_free_mb is covered by tests/test_receiver.py"
+        )
     try:
         yield mount_point
     finally:
@@ -65,8 +73,7 @@ def _incoming(node_store: Path) -> list[Path]:
     return [p for p in (node_store / ".incoming").iterdir() if p.is_file()]
 
 
-def test_below_min_free_mb_answers_a700_and_resumes_when_freed(tmp_path: Path,
-                                                               tmpfs: Path) -> None:
+def test_below_min_free_mb_answers_a700_and_resumes_when_freed(tmp_path: Path, tmpfs: Path) -> None:
     study = generate_study(seed=71, histology="A", ct_size=64, ct_slices=12, pet=False)
     files = save_datasets(study.ct, tmp_path / "ct")
     node = _node(tmp_path, tmpfs, min_free_mb=4)
@@ -96,12 +103,15 @@ def test_disk_full_while_receiving_leaves_nothing_partial(tmp_path: Path, tmpfs:
     with node:
         # the index (SQLite WAL) must be able to grow a little; ~10 instances fit in the rest
         ballast = _ballast(tmpfs, leave_free=int(0.25 * MiB))
-        proc = run_storescu(files, node.port, called_ae=node.ae_title, extra_args=["-v"],
-                            timeout=120)
+        proc = run_storescu(
+            files, node.port, called_ae=node.ae_title, extra_args=["-v"], timeout=120
+        )
         output = proc.stdout + proc.stderr
         acked = {p.stem for p in acknowledged(output)}
-        print(f"\ndisk full: {len(acked)} of {len(files)} acknowledged before the disk filled; "
-              f"storescu rc={proc.returncode}")
+        print(
+            f"\ndisk full: {len(acked)} of {len(files)} acknowledged before the disk filled; "
+            f"storescu rc={proc.returncode}"
+        )
         assert len(acked) < len(files), "the disk never filled"
         stored = {p.stem: p for p in _store_files(node.store)}
         assert acked <= set(stored)
@@ -111,8 +121,9 @@ def test_disk_full_while_receiving_leaves_nothing_partial(tmp_path: Path, tmpfs:
         assert len(_incoming(node.store)) <= 1
         assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
         ballast.unlink()
-        proc = run_storescu(files, node.port, called_ae=node.ae_title, extra_args=["-v"],
-                            timeout=120)
+        proc = run_storescu(
+            files, node.port, called_ae=node.ae_title, extra_args=["-v"], timeout=120
+        )
         assert len(acknowledged(proc.stdout + proc.stderr)) == len(files), proc.stdout[-3000:]
         assert [s["instances"] for s in node.status()["studies"]] == [len(files)]
     assert len(_store_files(node.store)) == len(files)
@@ -125,15 +136,17 @@ def test_disk_full_while_receiving_leaves_nothing_partial(tmp_path: Path, tmpfs:
     "association is aborted instead of answered 0xA700, and the partial temp file stays in "
     ".incoming until a worker's retention purge (>= 1 h later)",
 )
-def test_enospc_while_streaming_answers_a700_and_removes_the_temp_file(tmp_path: Path,
-                                                                       tmpfs: Path) -> None:
+def test_enospc_while_streaming_answers_a700_and_removes_the_temp_file(
+    tmp_path: Path, tmpfs: Path
+) -> None:
     study = generate_study(seed=73, histology="A", ct_size=64, ct_slices=40, pet=False)
     files = save_datasets(study.ct, tmp_path / "ct")
     node = _node(tmp_path, tmpfs, min_free_mb=0)
     with node:
         _ballast(tmpfs, leave_free=int(0.25 * MiB))
-        proc = run_storescu(files, node.port, called_ae=node.ae_title, extra_args=["-v"],
-                            timeout=120)
+        proc = run_storescu(
+            files, node.port, called_ae=node.ae_title, extra_args=["-v"], timeout=120
+        )
         output = proc.stdout + proc.stderr
         assert "Peer Aborted Association" not in output
         assert "Received Store Response (Refused: OutOfResources)" in output
