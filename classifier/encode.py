@@ -10,6 +10,7 @@ import copy
 from collections.abc import Sequence
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from classifier import codes
@@ -18,6 +19,7 @@ from classifier.sr_encoder import build_sr, summary_text
 from classifier.types import StudyResult
 
 UTF8 = "ISO_IR 192"
+_IMMUTABLE = (str, int, float, bytes, type(None))
 
 
 def header_only(dataset: Dataset) -> Dataset:
@@ -31,6 +33,29 @@ def header_only(dataset: Dataset) -> Dataset:
     # Decode now with the source's character set, so the copied text is plain str and can be
     # written in whatever character set the result objects use.
     header.decode()
+    return header
+
+
+def reference_header(dataset: Dataset) -> Dataset:
+    """A copy of a dataset's header without pixel data whose elements are converted only when
+    read (with the source's character set, as `header_only` does at once).
+
+    For the instances a result only refers to (UIDs, plane geometry): elements still in raw
+    form are immutable and shared with the source, so a 300-slice CT costs milliseconds.
+    """
+    elements = {}
+    for tag, elem in dataset._dict.items():
+        if tag.group >= 0x7FE0:
+            continue
+        if isinstance(elem, RawDataElement):
+            elements[tag] = elem
+        elif isinstance(elem.value, _IMMUTABLE):
+            elements[tag] = copy.copy(elem)
+        else:
+            elements[tag] = copy.deepcopy(elem)
+    header = Dataset(elements)
+    if hasattr(dataset, "file_meta"):
+        header.file_meta = copy.deepcopy(dataset.file_meta)
     return header
 
 
@@ -96,7 +121,10 @@ def encode(
     source's patient and study, and file_meta for dcmwrite(..., enforce_file_format=True).
     """
     codes.check_model(result.model)
-    ordered = [header_only(ds) for ds in _check_sources(result, sources)]
+    # Only the first instance's text goes into the results (patient and study modules); the
+    # others are referenced by UID and geometry.
+    first, *others = _check_sources(result, sources)
+    ordered = [header_only(first), *(reference_header(ds) for ds in others)]
     our_texts = [summary_text(result), *result.skipped, result.model.name, result.model.version]
     charset = UTF8 if _needs_utf8(ordered[:1], our_texts) else None
     if charset is None and "SpecificCharacterSet" in ordered[0]:

@@ -17,8 +17,10 @@ from classifier import codes
 from classifier.types import Lesion, StudyResult
 
 
-def lesion_volume(lesion: Lesion, shape: tuple[int, int, int]) -> np.ndarray:
-    """The lesion's mask placed into a bool volume of `shape` ([slice, row, column])."""
+def _placed_mask(
+    lesion: Lesion, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[int, int, int], tuple[int, int, int]]:
+    """The lesion's bool mask with its origin and end in a volume of `shape`, checked."""
     mask = np.asarray(lesion.mask).astype(bool)
     if mask.ndim != 3:
         raise ValueError(
@@ -34,9 +36,34 @@ def lesion_volume(lesion: Lesion, shape: tuple[int, int, int]) -> np.ndarray:
             f"lesion {lesion.tracking_id}: mask of shape {mask.shape} at origin {origin} "
             f"does not fit in the CT volume of shape {shape}"
         )
+    return mask, origin, end  # type: ignore[return-value]
+
+
+def lesion_volume(lesion: Lesion, shape: tuple[int, int, int]) -> np.ndarray:
+    """The lesion's mask placed into a bool volume of `shape` ([slice, row, column])."""
+    mask, origin, end = _placed_mask(lesion, shape)
     volume = np.zeros(shape, dtype=bool)
     volume[origin[0] : end[0], origin[1] : end[1], origin[2] : end[2]] = mask
     return volume
+
+
+def lesion_frames(
+    lesions: Sequence[Lesion], shape: tuple[int, int, int]
+) -> tuple[list[int], np.ndarray]:
+    """The CT slices that hold a voxel of any lesion, and there the stacked segments
+    (slices, rows, columns, lesions) as uint8: what the SEG stores, without the empty slices
+    of a full-size array.
+    """
+    placed = [_placed_mask(lesion, shape) for lesion in lesions]
+    filled = [origin[0] + np.flatnonzero(mask.any(axis=(1, 2))) for mask, origin, _ in placed]
+    slices = sorted({int(s) for f in filled for s in f})
+    index = {s: i for i, s in enumerate(slices)}
+    pixels = np.zeros((len(slices), shape[1], shape[2], len(lesions)), dtype=np.uint8)
+    for k, ((mask, origin, end), on) in enumerate(zip(placed, filled, strict=True)):
+        for s in on:
+            plane = pixels[index[int(s)], origin[1] : end[1], origin[2] : end[2], k]
+            plane[mask[s - origin[0]]] = 1
+    return slices, pixels
 
 
 def segment_description(
@@ -87,9 +114,16 @@ def build_seg(
         raise ValueError(
             f"CT slices are {rows}x{cols} but StudyResult.ct_shape is {result.ct_shape}"
         )
-    pixels = np.stack(
-        [lesion_volume(lesion, result.ct_shape) for lesion in result.lesions], axis=-1
-    ).astype(np.uint8)
+    # Only the slices with a lesion go to highdicom, placed by their source's position: it
+    # matches them to those sources, as it would the non-empty planes of a full-size array.
+    slices, pixels = lesion_frames(result.lesions, result.ct_shape)
+    positions = [
+        hd.PlanePositionSequence(
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            image_position=[float(v) for v in ct_sources[s].ImagePositionPatient],
+        )
+        for s in slices
+    ]
     descriptions = [
         segment_description(lesion, number, result)
         for number, lesion in enumerate(result.lesions, start=1)
@@ -116,6 +150,7 @@ def build_seg(
         series_description=codes.series_description("lesion segmentation", model),
         contributing_equipment=[codes.algorithm_equipment(model)],
         coding_schemes=codes.coding_schemes(),
+        plane_positions=positions,
         omit_empty_frames=True,
         **kwargs,
     )
