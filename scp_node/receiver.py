@@ -22,6 +22,7 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from scp_node.audit import AssociationAuditor, AuditLog
 from scp_node.config import Config
 from scp_node.dicom_settings import configure_pynetdicom, route_incoming
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
@@ -88,6 +89,8 @@ class Receiver:
         self._index = index
         self._indexing = LazyIndexing(store, index)
         self._on_stored = on_stored
+        audit_path = config.security.audit_log or config.storage.root / "audit.log"
+        self._audit = AssociationAuditor(AuditLog(audit_path, config.node.ae_title))
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self._ae = self._build_ae()
@@ -214,15 +217,18 @@ class Receiver:
                 sop_uid_for_log,
                 rejected,
             )
+            self._audit.instance(event, rejected.status, reason=str(rejected))
             return rejected.status
-        except Exception:
+        except Exception as exc:
             log.exception(
                 "C-STORE failed status=0x%04X calling_ae=%s sop_instance_uid=%r",
                 PROCESSING_FAILURE,
                 calling_aet,
                 sop_uid_for_log,
             )
+            self._audit.instance(event, PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
             return PROCESSING_FAILURE
+        self._audit.instance(event, SUCCESS, study_uid=record.study_uid, new=new)
         log.info(
             "C-STORE stored status=0x0000 calling_ae=%s sop_instance_uid=%s study_uid=%s "
             "modality=%s new=%s ms=%.1f",
@@ -307,31 +313,40 @@ class Receiver:
 
     def _on_accepted(self, event: Event) -> None:
         requestor = event.assoc.requestor
+        refused = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
         log.info(
-            "association accepted calling_ae=%s called_ae=%s peer=%s:%s",
+            "association accepted calling_ae=%s called_ae=%s peer=%s:%s%s",
             requestor.ae_title,
             event.assoc.acceptor.ae_title,
             requestor.address,
             requestor.port,
+            f" refused_sop_classes={','.join(refused)} (not accepted by this node)"
+            if refused
+            else "",
         )
+        self._audit.accepted(event)
 
     def _on_rejected(self, event: Event) -> None:
         requestor = event.assoc.requestor
         primitive = event.assoc.requestor.primitive
         called = getattr(primitive, "called_ae_title", "")
+        reason = self._audit.rejected(event)
         log.warning(
-            "association rejected calling_ae=%s called_ae=%s peer=%s:%s",
+            "association rejected calling_ae=%s called_ae=%s peer=%s:%s reason=%s",
             requestor.ae_title,
             called,
             requestor.address,
             requestor.port,
+            reason,
         )
 
     def _on_released(self, event: Event) -> None:
         log.info("association released calling_ae=%s", event.assoc.requestor.ae_title)
+        self._audit.ended(event, "released")
 
     def _on_aborted(self, event: Event) -> None:
         log.warning("association aborted calling_ae=%s", event.assoc.requestor.ae_title)
+        self._audit.ended(event, "aborted")
 
 
 def _read_header(path: Path) -> InstanceHeader:

@@ -1,0 +1,298 @@
+"""Audit trail of the SCP: one JSON line per association and per instance transfer.
+
+In the spirit of IHE ATNA (PS3.15 A.5 audit messages), with its vocabulary: EventID
+"Begin Transferring DICOM Instances" (DCM 110102) when an association is accepted,
+"DICOM Instances Transferred" (DCM 110104) for each C-STORE and when an association ends
+(released or aborted, with counts), and "Security Alert" (DCM 110113, type "Node
+Authentication") when an association is rejected. EventOutcomeIndicator: 0 success, 4 minor
+failure (the peer's request was refused: bad data, unknown AE), 8 serious failure (the transfer
+failed: aborted association, out of resources, processing failure), 12 major failure (unused).
+
+Who (calling and called AE title), from where (peer IP:port), when (UTC) and the outcome are
+recorded; instances by Study/SOP Class/SOP Instance UID only. ATNA's participant object also
+carries the Patient ID; this log deliberately holds no Patient Name, Patient ID or Birth Date,
+so operators can read it without access to patient data (UIDs link to the index when needed).
+Lines go to [security] audit_log, apart from the stdout log, flushed one by one (no fsync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+
+log = logging.getLogger("lungnode.audit")
+
+# (code, codeSystemName, displayName) of the DICOM Controlled Terminology (PS3.16).
+BEGIN_TRANSFERRING = ("110102", "DCM", "Begin Transferring DICOM Instances")
+INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
+SECURITY_ALERT = ("110113", "DCM", "Security Alert")
+NODE_AUTHENTICATION = ("110126", "DCM", "Node Authentication")
+
+SUCCESS = 0
+MINOR_FAILURE = 4
+SERIOUS_FAILURE = 8
+MAJOR_FAILURE = 12
+
+# A-ASSOCIATE-RJ (result source, diagnostic) -> reason (PS3.8 9.3.4).
+_REJECT_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded (too many associations)",
+}
+_MAX_TEXT = 128  # peer-supplied values (UIDs, AE titles) are clipped to this many characters
+
+
+def _coded(code: tuple[str, str, str]) -> dict[str, str]:
+    return {"code": code[0], "codeSystemName": code[1], "displayName": code[2]}
+
+
+def _clip(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip(" \x00")
+    return text[:_MAX_TEXT] if text else None
+
+
+def outcome_of_status(status: int) -> int:
+    """EventOutcomeIndicator of a C-STORE status: 0 Success, 8 for the node's own failures
+    (0xA7xx out of resources, 0x0110 processing failure), 4 for a refused request."""
+    if status == 0x0000 or (status & 0xF000) == 0xB000:  # Success or Warning
+        return SUCCESS
+    if (status & 0xFF00) == 0xA700 or status == 0x0110:
+        return SERIOUS_FAILURE
+    return MINOR_FAILURE
+
+
+@dataclass(frozen=True)
+class Party:
+    """The two AEs of one association and where the requestor connected from."""
+
+    association_id: str
+    calling_ae: str
+    called_ae: str
+    peer: str
+
+
+class AuditLog:
+    """Appends audit events as JSON lines to one file; safe to call from any thread."""
+
+    def __init__(self, path: Path, source_id: str) -> None:
+        """Open (append) `path`, creating its folder; `source_id` is the node's AE title
+        (ATNA AuditSourceID). Raises OSError naming the file when it cannot be opened."""
+        self.path = Path(path)
+        self.source_id = source_id
+        self._lock = threading.Lock()
+        self._failed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot open the audit log {self.path}: {exc.strerror}; "
+                "fix [security] audit_log or the folder's permissions",
+            ) from exc
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Append one event with its EventDateTime and AuditSourceID; a failed write is logged
+        (once per failure streak) and never raised, so auditing cannot stop a transfer."""
+        now = time.time()
+        record = {
+            "EventDateTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now * 1000) % 1000:03d}Z",
+            **event,
+            "AuditSourceID": self.source_id,
+        }
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
+        with self._lock:
+            try:
+                self._file.write(line)
+                self._file.flush()
+                self._failed = False
+            except (OSError, ValueError) as exc:  # ValueError: written after close()
+                if not self._failed:
+                    log.error("audit log %s not written: %s", self.path, exc)
+                self._failed = True
+
+    def close(self) -> None:
+        """Flush and close the file; later writes are logged as failures."""
+        with self._lock:
+            self._file.close()
+
+    # --- events ----------------------------------------------------------------------------
+
+    def association_accepted(self, party: Party, rejected_contexts: list[str]) -> None:
+        """Begin Transferring DICOM Instances: the association was accepted."""
+        event = self._base("association-accepted", BEGIN_TRANSFERRING, "E", SUCCESS, party)
+        if rejected_contexts:
+            event["RejectedAbstractSyntaxes"] = rejected_contexts
+        self.write(event)
+
+    def association_rejected(self, party: Party, reason: str) -> None:
+        """Security Alert (Node Authentication): the association was rejected and why."""
+        event = self._base("association-rejected", SECURITY_ALERT, "E", MINOR_FAILURE, party)
+        event["EventTypeCode"] = _coded(NODE_AUTHENTICATION)
+        event["EventOutcomeDescription"] = reason
+        self.write(event)
+
+    def association_ended(self, party: Party, how: str, stored: int, refused: int) -> None:
+        """DICOM Instances Transferred, summarised for the association; `how` is released or
+        aborted (an abort is a serious failure of whatever was in flight)."""
+        if how not in ("released", "aborted"):
+            raise ValueError(f"association end {how!r}: expected released or aborted")
+        if how == "aborted":
+            outcome = SERIOUS_FAILURE
+        else:
+            outcome = SUCCESS if refused == 0 else MINOR_FAILURE
+        event = self._base(f"association-{how}", INSTANCES_TRANSFERRED, "C", outcome, party)
+        event["InstancesStored"] = stored
+        event["InstancesRefused"] = refused
+        self.write(event)
+
+    def instance_transferred(
+        self,
+        party: Party,
+        *,
+        status: int,
+        study_uid: str | None,
+        sop_class_uid: object,
+        sop_instance_uid: object,
+        new: bool = True,
+        reason: str | None = None,
+    ) -> None:
+        """DICOM Instances Transferred for one C-STORE and the status it was answered with."""
+        outcome = outcome_of_status(status)
+        kind = "instance-stored" if outcome == SUCCESS else "instance-refused"
+        # C: a new instance was created; U: the same SOP Instance was received again.
+        action = "C" if new or outcome != SUCCESS else "U"
+        event = self._base(kind, INSTANCES_TRANSFERRED, action, outcome, party)
+        event.update(
+            {
+                "StudyInstanceUID": _clip(study_uid),
+                "SOPClassUID": _clip(sop_class_uid),
+                "SOPInstanceUID": _clip(sop_instance_uid),
+                "Status": f"0x{status:04X}",
+            }
+        )
+        if reason:
+            event["EventOutcomeDescription"] = reason[:1024]
+        self.write(event)
+
+    @staticmethod
+    def _base(
+        name: str, event_id: tuple[str, str, str], action: str, outcome: int, party: Party
+    ) -> dict[str, Any]:
+        return {
+            "Event": name,
+            "EventID": _coded(event_id),
+            "EventActionCode": action,
+            "EventOutcomeIndicator": outcome,
+            "AssociationID": party.association_id,
+            "CallingAETitle": party.calling_ae,
+            "CalledAETitle": party.called_ae,
+            "Peer": party.peer,
+        }
+
+
+@dataclass
+class _Tally:
+    party: Party
+    stored: int = 0
+    refused: int = 0
+
+
+class AssociationAuditor:
+    """Turns pynetdicom's association and C-STORE events into AuditLog events, keeping one id
+    and the stored/refused counts per association."""
+
+    def __init__(self, audit_log: AuditLog) -> None:
+        self.audit_log = audit_log
+        self._tallies: weakref.WeakKeyDictionary[Association, _Tally] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def _tally(self, assoc: Association) -> _Tally:
+        with self._lock:
+            tally = self._tallies.get(assoc)
+            if tally is None:
+                requestor = assoc.requestor
+                primitive = requestor.primitive
+                called = getattr(primitive, "called_ae_title", None) or assoc.acceptor.ae_title
+                tally = _Tally(
+                    Party(
+                        association_id=uuid.uuid4().hex[:16],
+                        calling_ae=_clip(requestor.ae_title) or "",
+                        called_ae=_clip(called) or "",
+                        peer=f"{requestor.address}:{requestor.port}",
+                    )
+                )
+                self._tallies[assoc] = tally
+            return tally
+
+    def accepted(self, event: Event) -> None:
+        """EVT_ACCEPTED: record the association and the abstract syntaxes refused in it."""
+        rejected = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+        self.audit_log.association_accepted(self._tally(event.assoc).party, rejected)
+
+    def rejected(self, event: Event) -> str:
+        """EVT_REJECTED: record the Security Alert; returns the reason for the stdout log."""
+        reason = rejection_reason(event.assoc)
+        self.audit_log.association_rejected(self._tally(event.assoc).party, reason)
+        return reason
+
+    def ended(self, event: Event, how: str) -> None:
+        """EVT_RELEASED / EVT_ABORTED: record the end of the association with its counts."""
+        tally = self._tally(event.assoc)
+        self.audit_log.association_ended(tally.party, how, tally.stored, tally.refused)
+
+    def instance(
+        self,
+        event: Event,
+        status: int,
+        *,
+        study_uid: str | None = None,
+        new: bool = True,
+        reason: str | None = None,
+    ) -> None:
+        """One C-STORE answered with `status` (UIDs of the request, study when known)."""
+        tally = self._tally(event.assoc)
+        with self._lock:
+            if outcome_of_status(status) == SUCCESS:
+                tally.stored += 1
+            else:
+                tally.refused += 1
+        request = event.request
+        self.audit_log.instance_transferred(
+            tally.party,
+            status=status,
+            study_uid=study_uid,
+            sop_class_uid=request.AffectedSOPClassUID,
+            sop_instance_uid=request.AffectedSOPInstanceUID,
+            new=new,
+            reason=reason,
+        )
+
+
+def rejection_reason(assoc: Association) -> str:
+    """Why the acceptor rejected `assoc`, from the A-ASSOCIATE-RJ it sent."""
+    primitive = assoc.acceptor.primitive
+    source = getattr(primitive, "result_source", None)
+    diagnostic = getattr(primitive, "diagnostic", None)
+    result = getattr(primitive, "result", None)
+    kind = {1: "rejected-permanent", 2: "rejected-transient"}.get(result, "rejected")  # type: ignore[arg-type]
+    text = _REJECT_REASONS.get((source, diagnostic), "unknown reason")  # type: ignore[arg-type]
+    return f"{kind}: {text} (source {source}, diagnostic {diagnostic})"
