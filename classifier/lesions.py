@@ -23,7 +23,7 @@ from classifier.lung_mask import (
     RIGHT,
     LungMask,
     bounding_box,
-    edt_in_plane,
+    dilate_in_plane,
     lung_mask,
     subsample,
     upsample_index,
@@ -282,7 +282,7 @@ def _mediastinal_band(
     """Non-fat soft tissue of the mediastinum next to the lungs (working grid), where a hilar
     or paratracheal mass found at the lung's medial edge may continue.
     """
-    near = edt_in_plane(~region, (spacing[1], spacing[2])) <= MEDIASTINAL_BAND_MM
+    near = dilate_in_plane(region, MEDIASTINAL_BAND_MM, (spacing[1], spacing[2]))
     tissue = (small > MEDIASTINAL_SOFT_HU[0]) & (small < MEDIASTINAL_SOFT_HU[1])
     band = near & ~region & tissue & medial
     return ndimage.binary_opening(band, structure=_disk(_OPEN_MM / min(spacing[1:])))

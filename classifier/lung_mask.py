@@ -92,20 +92,55 @@ def upsample(mask: np.ndarray, factor: int, shape: tuple[int, int, int]) -> np.n
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The bounding box of a mask's true voxels as slices, None when it is empty."""
-    found = ndimage.find_objects(mask.view(np.uint8))
-    return found[0] if found and found[0] is not None else None
+    spans = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        on = np.flatnonzero(mask.any(axis=others))
+        if on.size == 0:
+            return None
+        spans.append(slice(int(on[0]), int(on[-1]) + 1))
+    return tuple(spans)
 
 
-def edt_in_plane(mask: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
-    """Per-slice Euclidean distance (mm) of each true pixel to the nearest false one; slices
-    without a false pixel get +inf (only the slices that hold a true pixel are computed).
+def _plane_box(plane: np.ndarray) -> tuple[int, int, int, int]:
+    """(row start, row stop, column start, column stop) of a non-empty 2-D mask."""
+    rows = np.flatnonzero(plane.any(axis=1))
+    cols = np.flatnonzero(plane.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _window(
+    box: tuple[int, int, int, int], pad: int, shape: tuple[int, ...]
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """For a 2-D box grown by `pad` on every side: the part of it inside an image of `shape`,
+    and where that part lies in the grown box's own coordinates.
     """
-    out = np.zeros(mask.shape, dtype=np.float64)
+    r0, r1, c0, c1 = box
+    image = (
+        slice(max(0, r0 - pad), min(shape[0], r1 + pad)),
+        slice(max(0, c0 - pad), min(shape[1], c1 + pad)),
+    )
+    local = (
+        slice(image[0].start - (r0 - pad), image[0].stop - (r0 - pad)),
+        slice(image[1].start - (c0 - pad), image[1].stop - (c0 - pad)),
+    )
+    return image, local
+
+
+def dilate_in_plane(
+    mask: np.ndarray, radius_mm: float, spacing_rc: tuple[float, float]
+) -> np.ndarray:
+    """Per slice, the pixels within radius_mm of the mask (a dilation with a disk), by a 2-D
+    distance transform inside each slice's box of the mask grown by the radius.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    pad = int(np.ceil(radius_mm / min(spacing_rc))) + 1
     for s in np.flatnonzero(mask.any(axis=(1, 2))):
-        if mask[s].all():
-            out[s] = np.inf
-        else:
-            out[s] = ndimage.distance_transform_edt(mask[s], sampling=spacing_rc)
+        box = _plane_box(mask[s])
+        padded = np.pad(mask[s, box[0] : box[1], box[2] : box[3]], pad)
+        near = ndimage.distance_transform_edt(~padded, sampling=spacing_rc) <= radius_mm
+        image, local = _window(box, pad, mask.shape[1:])
+        out[s][image] = near[local]
     return out
 
 
@@ -113,38 +148,25 @@ def close_in_plane_radii(
     mask: np.ndarray, radii_mm: tuple[float, ...], spacing_rc: tuple[float, float]
 ) -> list[np.ndarray]:
     """Per-slice binary closings of one mask with disks of several radii, by 2-D distance
-    transforms inside the mask's bounding box (one dilation transform shared by all radii).
+    transforms inside each slice's box of the mask grown by the radius (one dilation
+    transform per slice shared by all radii). Outside the grown box all is farther than the
+    radius from the mask, so the result is that of the whole plane.
     """
-    box = bounding_box(mask)
-    if box is None:
-        return [mask.copy() for _ in radii_mm]
-    pad = int(np.ceil(max(radii_mm) / min(spacing_rc))) + 1
-    crop = mask[box]
-    padded = np.pad(crop, ((0, 0), (pad, pad), (pad, pad)))
-    # Distances to the mask; points outside the box are farther than any radius from it.
-    to_mask = edt_in_plane(~padded, spacing_rc)
-    out = []
-    for radius in radii_mm:
-        dilated = to_mask <= radius
-        closed = edt_in_plane(dilated, spacing_rc) > radius
-        full = mask.copy()
-        full[box] |= closed[:, pad:-pad, pad:-pad]
-        # The closing may reach beyond the box (not beyond the image): place what fits.
-        _place_outside_box(full, closed, box, pad)
-        out.append(full)
+    out = [mask.copy() for _ in radii_mm]
+    pads = [int(np.ceil(radius / min(spacing_rc))) + 1 for radius in radii_mm]
+    pad = max(pads)
+    for s in np.flatnonzero(mask.any(axis=(1, 2))):
+        box = _plane_box(mask[s])
+        padded = np.pad(mask[s, box[0] : box[1], box[2] : box[3]], pad)
+        to_mask = ndimage.distance_transform_edt(~padded, sampling=spacing_rc)
+        for closed_volume, radius, own in zip(out, radii_mm, pads, strict=True):
+            # A smaller radius needs only its own margin of the shared transform.
+            trim = pad - own
+            inner = to_mask[trim : to_mask.shape[0] - trim, trim : to_mask.shape[1] - trim]
+            closed = ndimage.distance_transform_edt(inner <= radius, sampling=spacing_rc)
+            image, local = _window(box, own, mask.shape[1:])
+            closed_volume[s][image] |= closed[local] > radius
     return out
-
-
-def _place_outside_box(
-    full: np.ndarray, closed: np.ndarray, box: tuple[slice, ...], pad: int
-) -> None:
-    """OR the padded crop `closed` (box grown by `pad` in-plane) into `full`, clipped to it."""
-    r0, c0 = box[1].start - pad, box[2].start - pad
-    rows = slice(max(0, r0), min(full.shape[1], box[1].stop + pad))
-    cols = slice(max(0, c0), min(full.shape[2], box[2].stop + pad))
-    full[box[0], rows, cols] |= closed[
-        :, rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0
-    ]
 
 
 def close_in_plane(
@@ -273,13 +295,17 @@ def lung_mask(ct: Volume) -> LungMask:
             ]
         )
     )
-    inside = air & ~np.isin(per_slice, border[border > 0])
+    touches_border = np.zeros(int(per_slice.max()) + 1, dtype=bool)
+    touches_border[border[border > 0]] = True
+    inside = air & ~touches_border[per_slice]
     inside = ndimage.binary_opening(inside, structure=IN_PLANE)
 
     labels, count = ndimage.label(inside)
     result = np.zeros(small.shape, dtype=np.uint8)
     if count:
-        sizes = ndimage.sum_labels(inside, labels, index=np.arange(1, count + 1)) * voxel_ml
+        # Voxel counts per component (as sum_labels gives them, float64), by one bincount.
+        counts = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        sizes = counts.astype(np.float64) * voxel_ml
         order = [i for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= _MIN_LUNG_ML]
         keep = [i for i in order if sizes[i] >= 0.1 * sizes[order[0]]] if order else []
         if len(keep) == 2:
