@@ -33,6 +33,7 @@ from scp_node.sop_classes import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
+from scp_node.tls import server_context, start_server
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
 from storage.uids import InvalidUIDError, require_uid
@@ -94,6 +95,7 @@ class Receiver:
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self._ae = self._build_ae()
+        self._ssl_context = server_context(config.security)  # None without TLS
 
     def _build_ae(self) -> ApplicationEntity:
         node = self._config.node
@@ -146,9 +148,15 @@ class Receiver:
                 (evt.EVT_ABORTED, self._on_aborted),
             ]
             address = (self._config.node.host, self._config.node.port)
-            self._server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            self._server = start_server(
+                self._ae, address, handlers, self._ssl_context, self._config.node.acse_timeout
+            )
         log.info(
-            "listening ae_title=%s address=%s:%d", self._config.node.ae_title, address[0], self.port
+            "listening ae_title=%s address=%s:%d tls=%s",
+            self._config.node.ae_title,
+            address[0],
+            self.port,
+            "yes" if self._ssl_context else "no",
         )
 
     def stop(self, grace_seconds: float = 10.0) -> None:

@@ -15,6 +15,11 @@ backoff and jitter) or permanent (dead letter, `lungnode resend` retries it):
   accepted no presentation context for the object's SOP class; the result file is missing or
   unreadable; the destination is not in [destinations]; and any transient failure once
   [sender] max_attempts attempts are used up.
+
+Destinations marked `tls` in [destinations] are reached over DICOM TLS (see scp_node.tls:
+their certificate must chain to [security] tls_ca_certificates; ours is the client
+certificate). A failed TLS handshake is transient, like a refused connection: a person fixes
+the certificates and the next attempt goes through.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pynetdicom.association import Association
 from scp_node.config import Config, Destination, SenderConfig
 from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
+from scp_node.tls import client_context
 from storage.index import Index, OutboxItem
 
 log = logging.getLogger("lungnode.sender")
@@ -72,6 +78,12 @@ class Sender:
         self._config = config
         self._index = index
         self._rng = rng or random.Random()
+        # Built once, so a bad [security] TLS file fails here (at start) with a ConfigError.
+        self._tls_context = (
+            client_context(config.security)
+            if any(d.tls for d in config.destinations.values())
+            else None
+        )
 
     def deliver_due(self, now: float) -> int:
         """Send every due outbox row and record its outcome; returns the number of rows handled."""
@@ -115,12 +127,16 @@ class Sender:
             return results
 
         ae = self._build_ae([ds for _, ds in loaded])
+        tls_args = None
+        if destination.tls and self._tls_context is not None:
+            tls_args = (self._tls_context, destination.host)  # host: SNI only, not checked
         try:
             assoc = ae.associate(
                 destination.host,
                 destination.port,
                 ae_title=destination.ae_title,
                 max_pdu=0,
+                tls_args=tls_args,
             )
         except (OSError, RuntimeError, ValueError) as exc:
             error = f"cannot associate with {destination}: {exc}"
@@ -253,6 +269,13 @@ def _association_failure(assoc: Association, destination: Destination) -> str:
             f"(calling AE {assoc.requestor.ae_title}, called AE {destination.ae_title})"
         )
     # pynetdicom reports a refused TCP connection as an abort, so the two read alike here.
+    if destination.tls:
+        return (
+            f"cannot connect to {destination}: connection refused, unreachable, timed out, "
+            "the TLS handshake failed (is its certificate signed by [security] "
+            "tls_ca_certificates, and does it trust our tls_certificate?), or the association "
+            "request was aborted"
+        )
     return (
         f"cannot connect to {destination}: connection refused, unreachable, timed out, "
         "or the association request was aborted"

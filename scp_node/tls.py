@@ -1,0 +1,246 @@
+"""DICOM TLS for the node: SSL contexts from [security], and an SCP server whose TLS handshakes
+run in the connection's own thread under a deadline.
+
+Trust model: a peer is trusted when its certificate chains to `[security] tls_ca_certificates`
+(TLS 1.2 or later). Host names are not checked, on either side: DICOM peers are configured by
+address and AE title, and hospital certificates seldom name the address a peer is reached at
+(DCMTK and Orthanc do not check them either); pinning the CA file is the control.
+
+pynetdicom 3.0.4 wraps each accepted socket with the handshake inside the server's accept loop
+(`AssociationServer.get_request`), so one client that connects and never finishes the
+handshake stops every other association. `HandshakeInThreadServer` wraps with
+`do_handshake_on_connect=False` and performs the handshake in the per-connection thread that
+`ThreadingMixIn` starts anyway, bounded by `[node] acse_timeout` as a whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.events import EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
+
+from scp_node.config import ConfigError, SecurityConfig
+
+log = logging.getLogger("lungnode.tls")
+
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
+    """The SCP's SSL context, or None when [security] configures no TLS certificate.
+
+    Raises ConfigError when the files do not load, or when client certificates are required
+    and no CA file says which ones to trust.
+    """
+    if not security.tls_enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = MINIMUM_VERSION
+    _load_own_certificate(context, security)
+    if security.tls_ca_certificates is not None:
+        _load_trusted(context, security)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if security.tls_require_client_certificate else ssl.CERT_OPTIONAL
+        )
+    elif security.tls_require_client_certificate:
+        raise ConfigError(
+            "config key [security] tls_ca_certificates = '': expected the CA certificates "
+            "that sign trusted clients' certificates, because tls_require_client_certificate "
+            "= yes (or set it to no to accept TLS clients without a certificate)"
+        )
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def client_context(security: SecurityConfig) -> ssl.SSLContext:
+    """The SCU's SSL context for destinations marked tls: verifies the destination's
+    certificate against tls_ca_certificates (no host name check) and presents our
+    certificate, when one is configured, as client certificate."""
+    if security.tls_ca_certificates is None:
+        raise ConfigError(
+            "config key [security] tls_ca_certificates = '': expected the CA certificates "
+            "that sign the TLS destinations' certificates"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = MINIMUM_VERSION
+    context.check_hostname = False  # see the module docstring: the CA file is the pin
+    context.verify_mode = ssl.CERT_REQUIRED
+    _load_trusted(context, security)
+    if security.tls_enabled:
+        _load_own_certificate(context, security)
+    return context
+
+
+def _load_own_certificate(context: ssl.SSLContext, security: SecurityConfig) -> None:
+    try:
+        context.load_cert_chain(str(security.tls_certificate), str(security.tls_private_key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"config keys [security] tls_certificate = '{security.tls_certificate}' and "
+            f"tls_private_key = '{security.tls_private_key}': expected a PEM certificate and "
+            f"its unencrypted PEM private key ({exc})"
+        ) from None
+
+
+def _load_trusted(context: ssl.SSLContext, security: SecurityConfig) -> None:
+    try:
+        context.load_verify_locations(cafile=str(security.tls_ca_certificates))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"config key [security] tls_ca_certificates = '{security.tls_ca_certificates}': "
+            f"expected one or more PEM CA certificates ({exc})"
+        ) from None
+
+
+class HandshakeInThreadServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the TLS handshake moved out of the accept loop.
+
+    `get_request` only accepts and wraps; `process_request_thread` (already one thread per
+    connection) completes the handshake within `handshake_timeout` seconds in total, closes
+    the connection when it fails or times out, and otherwise hands the socket to pynetdicom
+    exactly as its own `get_request` would have (blocking, handshake done).
+    """
+
+    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+        self.handshake_timeout = handshake_timeout
+        self._handshaking: set[ssl.SSLSocket] = set()
+        self._handshaking_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection and wrap it for TLS without handshaking yet."""
+        assert self.socket is not None and self.ssl_context is not None
+        client_socket, address = self.socket.accept()
+        wrapped = self.ssl_context.wrap_socket(
+            client_socket, server_side=True, do_handshake_on_connect=False
+        )
+        return wrapped, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Handshake under the deadline, then let pynetdicom start the association."""
+        if not self._handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, peer: Any) -> bool:
+        """True when the handshake completed within handshake_timeout; logs why not."""
+        with self._handshaking_lock:
+            self._handshaking.add(sock)
+        deadline = time.monotonic() + self.handshake_timeout
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            sock.setblocking(False)
+            while True:
+                try:
+                    sock.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    readers, writers = [sock], []
+                except ssl.SSLWantWriteError:
+                    readers, writers = [], [sock]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "TLS handshake timed out peer=%s after_s=%.1f ([node] acse_timeout); "
+                        "connection closed",
+                        address,
+                        self.handshake_timeout,
+                    )
+                    return False
+                select.select(readers, writers, [], remaining)
+            sock.setblocking(True)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.warning("TLS handshake failed peer=%s reason=%s; connection closed", address, exc)
+            return False
+        finally:
+            with self._handshaking_lock:
+                self._handshaking.discard(sock)
+        subject = _subject(sock.getpeercert())
+        log.info(
+            "TLS handshake done peer=%s version=%s cipher=%s client_certificate=%s",
+            address,
+            sock.version(),
+            (sock.cipher() or ("?",))[0],
+            subject or "none",
+        )
+        return True
+
+    def server_close(self) -> None:
+        """Close the listening socket, end handshakes still waiting, then join the threads."""
+        with self._handshaking_lock:
+            pending = list(self._handshaking)
+        for sock in pending:
+            try:
+                # the plain socket's shutdown wakes its thread's select(); SSLSocket.shutdown
+                # would also drop the SSL object under that thread's feet
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().server_close()
+
+
+def _subject(certificate: dict[str, Any] | None) -> str:
+    """The certificate's subject as 'O=...,CN=...' (empty without a certificate)."""
+    if not certificate:
+        return ""
+    parts = [
+        f"{_SHORT_NAMES.get(key, key)}={value}"
+        for rdn in certificate.get("subject", ())
+        for key, value in rdn
+    ]
+    return ",".join(parts)
+
+
+_SHORT_NAMES = {
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "commonName": "CN",
+}
+
+
+def start_server(
+    ae: ApplicationEntity,
+    address: tuple[str, int],
+    evt_handlers: list[EventHandlerType],
+    context: ssl.SSLContext | None,
+    handshake_timeout: float,
+) -> ThreadedAssociationServer:
+    """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None, else
+    DICOM TLS only, with handshakes in the connection threads (`HandshakeInThreadServer`).
+
+    Mirrors `ApplicationEntity.start_server(block=False)`, including the registration in
+    `ae._servers` that pynetdicom's `shutdown()` removes again.
+    """
+    if context is None:
+        server = ae.start_server(address, block=False, evt_handlers=evt_handlers)
+        assert server is not None
+        return server
+    server = ae.make_server(
+        address,
+        ssl_context=context,
+        evt_handlers=evt_handlers,
+        server_class=HandshakeInThreadServer,
+        handshake_timeout=handshake_timeout,
+    )
+    timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+    thread = threading.Thread(
+        target=make_target(server.serve_forever), name=f"AcceptorServer@{timestamp}", daemon=True
+    )
+    thread.start()
+    ae._servers.append(server)
+    return server

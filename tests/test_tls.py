@@ -1,0 +1,387 @@
+"""DICOM TLS on the node's SCP and SCU, against real DCMTK (echoscu, storescu, storescp) and
+Orthanc with DicomTlsEnabled, on loopback with throw-away certificates (tls_certificates.py).
+
+SCP cases (the ones Orthanc's own DICOM TLS tests cover): no client certificate, a trusted
+client, an untrusted client (another CA), a client pinning the wrong server CA, plain TCP;
+and a client that never finishes its handshake must not hold up anybody else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dcmtk import StorescpServer, free_port, run_echoscu, run_storescu
+from orthanc import Orthanc
+from pydicom import dcmread
+from pynetdicom import AE
+from test_receiver import RunningNode, make_ct
+from test_sender import NOW, Outbox, sender_config
+from tls_certificates import Certificates, make_certificates
+
+from scp_node.config import ConfigError
+from scp_node.sender import Sender
+from scp_node.tls import client_context, server_context
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
+
+
+def tls_overrides(certs: Certificates, **more: str) -> dict[str, str]:
+    """Config overrides (RunningNode / sender_config style) giving the node its TLS files."""
+    return {
+        "security__tls_certificate": str(certs.node_cert),
+        "security__tls_private_key": str(certs.node_key),
+        "security__tls_ca_certificates": str(certs.ca),
+        **more,
+    }
+
+
+def dcmtk_tls(key: Path, cert: Path, ca: Path) -> list[str]:
+    """DCMTK options for an authenticated TLS connection trusting the CA file `ca`."""
+    return ["+tls", str(key), str(cert), "-pw", "+cf", str(ca)]
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, certs: Certificates) -> Iterator[RunningNode]:
+    running = RunningNode(tmp_path, **tls_overrides(certs))
+    yield running
+    running.close()
+
+
+def _pynetdicom_echo(port: int, context: ssl.SSLContext) -> bool:
+    """True when a pynetdicom C-ECHO over TLS with `context` succeeds."""
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title="LUNGNODE", tls_args=(context, "127.0.0.1"))
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return "Status" in status and int(status.Status) == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _client(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+# --- SCP: who gets in ------------------------------------------------------------------
+
+
+def test_trusted_client_echoes_and_stores_over_tls(
+    tls_node: RunningNode, certs: Certificates, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lungnode.tls")
+    tls = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.ca)
+    echo = run_echoscu(tls_node.port, calling_ae="ECHOSCU", called_ae="LUNGNODE", extra_args=tls)
+    assert echo.returncode == 0, echo.stderr + echo.stdout
+    sent = make_ct(tmp_path / "ct.dcm")
+    store = run_storescu([sent], tls_node.port, called_ae="LUNGNODE", extra_args=tls)
+    assert store.returncode == 0, store.stderr + store.stdout
+    assert tls_node.stored == [dcmread(sent).SOPInstanceUID]
+    # pynetdicom as TLS client, with the node's own SCU context (its certificate is trusted)
+    assert _pynetdicom_echo(tls_node.port, client_context(tls_node.config.security))
+    done = [r.getMessage() for r in caplog.records if "TLS handshake done" in r.getMessage()]
+    assert len(done) == 3, done
+    assert "client_certificate=O=lungnode tests,CN=peer" in done[0], done
+    assert "client_certificate=O=lungnode tests,CN=node" in done[2], done
+    assert all("version=TLSv1.2" in line or "version=TLSv1.3" in line for line in done), done
+
+
+def test_client_without_certificate_is_refused(tls_node: RunningNode, certs: Certificates) -> None:
+    assert not _pynetdicom_echo(tls_node.port, _client(certs.ca))
+    assert _pynetdicom_echo(tls_node.port, _client(certs.ca, certs.peer_cert, certs.peer_key))
+
+
+def test_client_certificate_from_another_ca_is_refused(
+    tls_node: RunningNode, certs: Certificates, tmp_path: Path
+) -> None:
+    tls = dcmtk_tls(certs.rogue_key, certs.rogue_cert, certs.ca)
+    sent = make_ct(tmp_path / "ct.dcm")
+    store = run_storescu([sent], tls_node.port, called_ae="LUNGNODE", extra_args=tls, timeout=30)
+    assert store.returncode != 0, store.stdout
+    assert tls_node.stored == []
+    assert [p for p in tls_node.files() if p.suffix == ".dcm"] == []
+    assert not _pynetdicom_echo(tls_node.port, _client(certs.ca, certs.rogue_cert, certs.rogue_key))
+
+
+def test_client_pinning_another_server_ca_fails(tls_node: RunningNode, certs: Certificates) -> None:
+    tls = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.rogue_ca)
+    echo = run_echoscu(tls_node.port, calling_ae="ECHOSCU", called_ae="LUNGNODE", extra_args=tls)
+    assert echo.returncode != 0, echo.stdout
+    assert not _pynetdicom_echo(
+        tls_node.port, _client(certs.rogue_ca, certs.peer_cert, certs.peer_key)
+    )
+
+
+def test_plain_tcp_is_refused_on_the_tls_port(tls_node: RunningNode) -> None:
+    echo = run_echoscu(tls_node.port, calling_ae="ECHOSCU", called_ae="LUNGNODE", timeout=30)
+    assert echo.returncode != 0, echo.stdout
+
+
+def test_client_certificate_optional_when_not_required(tmp_path: Path, certs: Certificates) -> None:
+    running = RunningNode(
+        tmp_path, **tls_overrides(certs, security__tls_require_client_certificate="no")
+    )
+    try:
+        assert _pynetdicom_echo(running.port, _client(certs.ca))
+        # a certificate that is presented is still verified
+        assert not _pynetdicom_echo(
+            running.port, _client(certs.ca, certs.rogue_cert, certs.rogue_key)
+        )
+    finally:
+        running.close()
+
+
+def test_tls_1_2_client_is_served(tls_node: RunningNode, certs: Certificates) -> None:
+    context = _client(certs.ca, certs.peer_cert, certs.peer_key)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert _pynetdicom_echo(tls_node.port, context)
+
+
+# --- SCP: a stalled handshake blocks nobody ------------------------------------------------
+
+
+def _closed_by_peer(sock: socket.socket, within: float) -> bool:
+    """True when the peer closes `sock` (EOF or reset) within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_stalled_handshake_does_not_block_other_associations(
+    tmp_path: Path, certs: Certificates
+) -> None:
+    acse_timeout = 3.0
+    running = RunningNode(tmp_path, **tls_overrides(certs, node__acse_timeout=str(acse_timeout)))
+    tls = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.ca)
+    silent = socket.create_connection(("127.0.0.1", running.port))
+    partial = socket.create_connection(("127.0.0.1", running.port))
+    try:
+        opened = time.monotonic()
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01")  # a ClientHello cut short
+        echo = run_echoscu(
+            running.port, calling_ae="ECHOSCU", called_ae="LUNGNODE", extra_args=tls, timeout=10
+        )
+        assert echo.returncode == 0, echo.stderr + echo.stdout
+        assert time.monotonic() - opened < acse_timeout - 0.5  # not after the stalled ones
+        for sock in (silent, partial):
+            assert _closed_by_peer(sock, within=acse_timeout + 5)
+        assert time.monotonic() - opened >= acse_timeout - 0.5  # closed by the deadline
+        # shutting down does not wait for a handshake still pending (acse_timeout is 3 s)
+        pending = socket.create_connection(("127.0.0.1", running.port))
+        time.sleep(0.2)
+        started = time.monotonic()
+        running.close()
+        assert time.monotonic() - started < 2.0
+        assert _closed_by_peer(pending, within=2)
+        pending.close()
+    finally:
+        silent.close()
+        partial.close()
+        running.close()
+
+
+# --- configuration errors ------------------------------------------------------------------
+
+
+def test_tls_configuration_errors_name_the_key(tmp_path: Path, certs: Certificates) -> None:
+    port = free_port()
+    no_ca = sender_config(
+        tmp_path, port, **tls_overrides(certs, security__tls_ca_certificates="")
+    ).security
+    with pytest.raises(ConfigError, match=r"\[security\] tls_ca_certificates"):
+        server_context(no_ca)
+    wrong_key = sender_config(
+        tmp_path, port, **tls_overrides(certs, security__tls_private_key=str(certs.peer_key))
+    ).security
+    with pytest.raises(ConfigError, match=r"tls_private_key"):
+        server_context(wrong_key)
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    bad_ca = sender_config(
+        tmp_path, port, **tls_overrides(certs, security__tls_ca_certificates=str(not_pem))
+    ).security
+    with pytest.raises(ConfigError, match=r"tls_ca_certificates = .*ca\.txt"):
+        client_context(bad_ca)
+
+
+# --- SCU: results to TLS destinations ------------------------------------------------------
+
+
+def _tls_outbox(tmp: Path, certs: Certificates, port: int, ae: str = "STORESCP") -> Outbox:
+    overrides = tls_overrides(certs, destinations__pacs=f"{ae}@127.0.0.1:{port} tls")
+    return Outbox(tmp, sender_config(tmp, port, **overrides))
+
+
+def test_result_reaches_storescp_over_tls(tmp_path: Path, certs: Certificates) -> None:
+    port = free_port()
+    box = _tls_outbox(tmp_path, certs, port)
+    try:
+        ds = box.add_result()
+        tls = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.ca)  # requires our certificate
+        with StorescpServer(tmp_path / "received", port=port, options=tls) as scp:
+            assert Sender(box.config, box.index).deliver_due(NOW) == 1
+            received = scp.received()
+        assert box.row()["state"] == "SENT", box.row()
+        assert len(received) == 1 and ds.SOPInstanceUID in received[0].name
+    finally:
+        box.database.close()
+
+
+def test_destination_with_untrusted_certificate_is_retried(
+    tmp_path: Path, certs: Certificates
+) -> None:
+    port = free_port()
+    box = _tls_outbox(tmp_path, certs, port)
+    try:
+        box.add_result()
+        tls = dcmtk_tls(certs.rogue_key, certs.rogue_cert, certs.ca)
+        with StorescpServer(tmp_path / "received", port=port, options=tls) as scp:
+            Sender(box.config, box.index).deliver_due(NOW)
+            assert scp.received() == []
+        row = box.row()
+        assert row["state"] == "PENDING" and row["attempts"] == 1, row
+        assert "TLS handshake failed" in str(row["last_error"]), row
+    finally:
+        box.database.close()
+
+
+# --- Orthanc with DicomTlsEnabled ----------------------------------------------------------
+
+
+class TlsOrthanc(Orthanc):
+    """Orthanc whose DICOM port speaks TLS only and which reaches `tls_modalities` over TLS."""
+
+    def __init__(
+        self, workdir: Path, certs: Certificates, tls_modalities: dict[str, tuple[str, int]]
+    ) -> None:
+        super().__init__(workdir)
+        self.certs = certs
+        self.tls_modalities = tls_modalities
+
+    def _write_config(self) -> Path:
+        path = super()._write_config()
+        config = json.loads(path.read_text())
+        config.update(
+            {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(self.certs.peer_cert),
+                "DicomTlsPrivateKey": str(self.certs.peer_key),
+                "DicomTlsTrustedCertificates": str(self.certs.ca),
+                "DicomTlsRemoteCertificateRequired": True,
+            }
+        )
+        config["DicomModalities"].update(
+            {
+                name: {"AET": ae, "Host": "127.0.0.1", "Port": port, "UseDicomTls": True}
+                for name, (ae, port) in self.tls_modalities.items()
+            }
+        )
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+
+@dataclass
+class OrthancAndNode:
+    orthanc: TlsOrthanc
+    node: RunningNode
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def orthanc_and_node(
+    tmp_path_factory: pytest.TempPathFactory, certs: Certificates
+) -> Iterator[OrthancAndNode]:
+    workdir = tmp_path_factory.mktemp("orthanc-tls")
+    node = RunningNode(
+        workdir / "node",
+        **tls_overrides(certs, security__allowed_calling_aets="ORTHANC"),
+    )
+    orthanc = TlsOrthanc(workdir / "orthanc", certs, {"lungnode": ("LUNGNODE", node.port)})
+    try:
+        orthanc.start()
+    except RuntimeError as exc:
+        node.close()
+        pytest.skip(f"Orthanc did not start: {exc}")
+    try:
+        yield OrthancAndNode(orthanc, node, workdir)
+    finally:
+        orthanc.stop()
+        node.close()
+
+
+def test_orthanc_pushes_a_study_to_the_node_over_tls(orthanc_and_node: OrthancAndNode) -> None:
+    orthanc, node = orthanc_and_node.orthanc, orthanc_and_node.node
+    study_uid = "1.2.826.0.1.3680043.8.498.31"
+    sent = [make_ct(orthanc_and_node.workdir / f"ct{i}.dcm", study_uid=study_uid) for i in range(2)]
+    for path in sent:
+        orthanc.upload(path)
+    orthanc.store_study_to("lungnode", study_uid)
+    assert sorted(node.stored) == sorted(str(dcmread(p).SOPInstanceUID) for p in sent)
+
+
+def test_node_sends_its_result_to_orthanc_over_tls(
+    orthanc_and_node: OrthancAndNode, certs: Certificates
+) -> None:
+    orthanc = orthanc_and_node.orthanc
+    box = _tls_outbox(
+        orthanc_and_node.workdir / "sender", certs, orthanc.dicom_port, ae=orthanc.aet
+    )
+    try:
+        ds = box.add_result()
+        assert Sender(box.config, box.index).deliver_due(NOW) == 1
+        assert box.row()["state"] == "SENT", box.row()
+    finally:
+        box.database.close()
+    found = orthanc.request("POST", "/tools/lookup", str(ds.SOPInstanceUID).encode(), "text/plain")
+    assert [item["Type"] for item in found] == ["Instance"], found
+
+
+def test_orthanc_refuses_a_node_certificate_it_does_not_trust(
+    orthanc_and_node: OrthancAndNode, certs: Certificates
+) -> None:
+    """The node presenting a certificate from another CA is refused by Orthanc (transient)."""
+    orthanc = orthanc_and_node.orthanc
+    workdir = orthanc_and_node.workdir / "rogue-sender"
+    overrides = tls_overrides(
+        certs,
+        security__tls_certificate=str(certs.rogue_cert),
+        security__tls_private_key=str(certs.rogue_key),
+        destinations__pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port} tls",
+    )
+    workdir.mkdir()
+    box = Outbox(workdir, sender_config(workdir, orthanc.dicom_port, **overrides))
+    try:
+        box.add_result()
+        Sender(box.config, box.index).deliver_due(NOW)
+        row = box.row()
+        assert row["state"] == "PENDING" and row["attempts"] == 1, row
+    finally:
+        box.database.close()
