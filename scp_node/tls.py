@@ -21,6 +21,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -110,10 +111,18 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
     connection) completes the handshake within `handshake_timeout` seconds in total, closes
     the connection when it fails or times out, and otherwise hands the socket to pynetdicom
     exactly as its own `get_request` would have (blocking, handshake done).
+    `on_handshake_failed(peer, reason)` is told of every connection closed that way.
     """
 
-    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        handshake_timeout: float,
+        on_handshake_failed: Callable[[str, str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.handshake_timeout = handshake_timeout
+        self.on_handshake_failed = on_handshake_failed
         self._handshaking: set[ssl.SSLSocket] = set()
         self._handshaking_lock = threading.Lock()
         super().__init__(*args, **kwargs)
@@ -129,17 +138,23 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Handshake under the deadline, then let pynetdicom start the association."""
-        if not self._handshake(request, client_address):
+        reason = self._handshake(request, client_address)
+        if reason:
+            if self.on_handshake_failed is not None:  # told before the peer sees the close
+                try:
+                    self.on_handshake_failed(_address(client_address), reason)
+                except Exception:
+                    log.exception("on_handshake_failed callback failed")
             self.shutdown_request(request)
             return
         super().process_request_thread(request, client_address)
 
-    def _handshake(self, sock: ssl.SSLSocket, peer: Any) -> bool:
-        """True when the handshake completed within handshake_timeout; logs why not."""
+    def _handshake(self, sock: ssl.SSLSocket, peer: Any) -> str:
+        """Complete the handshake within handshake_timeout: '' on success, else why not."""
         with self._handshaking_lock:
             self._handshaking.add(sock)
         deadline = time.monotonic() + self.handshake_timeout
-        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        address = _address(peer)
         try:
             sock.setblocking(False)
             while True:
@@ -152,18 +167,17 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
                     readers, writers = [], [sock]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    log.warning(
-                        "TLS handshake timed out peer=%s after_s=%.1f ([node] acse_timeout); "
-                        "connection closed",
-                        address,
-                        self.handshake_timeout,
+                    reason = (
+                        f"TLS handshake not finished within {self.handshake_timeout:g} s "
+                        "([node] acse_timeout)"
                     )
-                    return False
+                    log.warning("%s peer=%s; connection closed", reason, address)
+                    return reason
                 select.select(readers, writers, [], remaining)
             sock.setblocking(True)
         except (ssl.SSLError, OSError, ValueError) as exc:
             log.warning("TLS handshake failed peer=%s reason=%s; connection closed", address, exc)
-            return False
+            return f"TLS handshake failed: {exc}"
         finally:
             with self._handshaking_lock:
                 self._handshaking.discard(sock)
@@ -175,7 +189,7 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
             (sock.cipher() or ("?",))[0],
             subject or "none",
         )
-        return True
+        return ""
 
     def server_close(self) -> None:
         """Close the listening socket, end handshakes still waiting, then join the threads."""
@@ -189,6 +203,11 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
             except OSError:
                 pass
         super().server_close()
+
+
+def _address(peer: Any) -> str:
+    """'host:port' of a client address tuple."""
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def _subject(certificate: dict[str, Any] | None) -> str:
@@ -219,9 +238,11 @@ def start_server(
     evt_handlers: list[EventHandlerType],
     context: ssl.SSLContext | None,
     handshake_timeout: float,
+    on_handshake_failed: Callable[[str, str], None] | None = None,
 ) -> ThreadedAssociationServer:
     """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None, else
-    DICOM TLS only, with handshakes in the connection threads (`HandshakeInThreadServer`).
+    DICOM TLS only, with handshakes in the connection threads (`HandshakeInThreadServer`);
+    `on_handshake_failed(peer, reason)` hears of each TLS connection closed before DICOM.
 
     Mirrors `ApplicationEntity.start_server(block=False)`, including the registration in
     `ae._servers` that pynetdicom's `shutdown()` removes again.
@@ -236,6 +257,7 @@ def start_server(
         evt_handlers=evt_handlers,
         server_class=HandshakeInThreadServer,
         handshake_timeout=handshake_timeout,
+        on_handshake_failed=on_handshake_failed,
     )
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(

@@ -85,6 +85,19 @@ def _client(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.
     return context
 
 
+def _tls_alerts(node: RunningNode) -> list[dict[str, object]]:
+    """The audit log's Security Alerts for TLS connections closed before DICOM."""
+    path = node.config.security.audit_log
+    assert path is not None
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [
+        e
+        for e in lines
+        if e.get("Event") == "association-rejected"
+        and str(e.get("EventOutcomeDescription", "")).startswith("TLS handshake")
+    ]
+
+
 # --- SCP: who gets in ------------------------------------------------------------------
 
 
@@ -123,6 +136,9 @@ def test_client_certificate_from_another_ca_is_refused(
     assert tls_node.stored == []
     assert [p for p in tls_node.files() if p.suffix == ".dcm"] == []
     assert not _pynetdicom_echo(tls_node.port, _client(certs.ca, certs.rogue_cert, certs.rogue_key))
+    alerts = _tls_alerts(tls_node)
+    assert len(alerts) == 2, alerts
+    assert all("certificate verify failed" in a["EventOutcomeDescription"] for a in alerts), alerts
 
 
 def test_client_pinning_another_server_ca_fails(tls_node: RunningNode, certs: Certificates) -> None:
@@ -194,6 +210,8 @@ def test_stalled_handshake_does_not_block_other_associations(
         for sock in (silent, partial):
             assert _closed_by_peer(sock, within=acse_timeout + 5)
         assert time.monotonic() - opened >= acse_timeout - 0.5  # closed by the deadline
+        alerts = _tls_alerts(running)
+        assert len(alerts) == 2 and all("within 3 s" in str(a) for a in alerts), alerts
         # shutting down does not wait for a handshake still pending (acse_timeout is 3 s)
         pending = socket.create_connection(("127.0.0.1", running.port))
         time.sleep(0.2)
