@@ -16,6 +16,11 @@ from classifier.volume import Volume
 _MAX_ROTATION_DEG = 15.0
 _MAX_TRANSLATION_MM = 100.0
 _REGISTRATION_GRID_MM = 4.0
+# Mattes MI is negative and larger in magnitude when better; a relative slack keeps an already
+# aligned pair (headers right) from being refused for noise in the last digit.
+_METRIC_TOLERANCE = 0.01
+# Real PET/CT pairs score 0.75-0.96 (phantoms); noise against CT scores about 0.003.
+_MIN_MUTUAL_INFORMATION = 0.1
 
 
 @dataclass(frozen=True)
@@ -208,11 +213,14 @@ def register_rigid(moving: Volume, fixed: Volume, *, iterations: int = 60) -> Re
     method.SetShrinkFactorsPerLevel([2, 1])
     method.SetSmoothingSigmasPerLevel([2.0, 1.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=False)
     try:
+        # Both metric values at full resolution, before: the headers as sent (identity).
+        method.SetInitialTransform(sitk.Euler3DTransform(), inPlace=False)
         before = float(method.MetricEvaluate(fixed_image, moving_image))
+        method.SetInitialTransform(initial, inPlace=False)
         final = method.Execute(fixed_image, moving_image)
-        after = float(method.GetMetricValue())
+        method.SetInitialTransform(final, inPlace=False)
+        after = float(method.MetricEvaluate(fixed_image, moving_image))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         return RegistrationResult(
@@ -226,8 +234,14 @@ def register_rigid(moving: Volume, fixed: Volume, *, iterations: int = 60) -> Re
     # Net motion at the CT centre, independent of where the rotation centre lies.
     centre = fixed.index_to_patient((np.array(fixed.shape) - 1) / 2.0)
     motion = float(np.linalg.norm(matrix @ centre + translation - centre))
-    if not after < before:
+    if not after <= before + _METRIC_TOLERANCE * abs(before):
         reason = f"registration did not improve mutual information ({before:.3f} -> {after:.3f})"
+        return RegistrationResult(None, before, after, reason)
+    if abs(after) < _MIN_MUTUAL_INFORMATION:
+        reason = (
+            f"PET and CT share too little information to register ({after:.3f}); "
+            "is the PET series empty or from another body region?"
+        )
         return RegistrationResult(None, before, after, reason)
     if transform.rotation_deg > _MAX_ROTATION_DEG or motion > _MAX_TRANSLATION_MM:
         reason = (

@@ -38,6 +38,8 @@ class SeriesCandidate:
         return str(self.first.get("FrameOfReferenceUID", "") or "")
 
     def describe(self) -> str:
+        if not self.headers:
+            return f"series {self.series.series_instance_uid}"
         text = str(self.first.get("SeriesDescription", "") or "").strip()
         number = self.first.get("SeriesNumber", "")
         label = f"series {number} " if number not in (None, "") else "series "

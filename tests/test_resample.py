@@ -182,13 +182,6 @@ def _moved_pet(pet: list[Dataset], shift_mm: tuple[float, float, float]) -> Volu
     return load_pet_suv_volume(moved)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug in classifier/resample.py register_rigid(): metric_before comes from "
-    "MetricEvaluate (full resolution, no smoothing) but metric_after from GetMetricValue "
-    "(last pyramid level, smoothed), so every phantom registration reads as 'did not improve'",
-)
 def test_register_rigid_recovers_a_known_shift(phantom: tuple[Volume, list[Dataset]]) -> None:
     ct, pet_datasets = phantom
     pet = _moved_pet(pet_datasets, (10.0, 0.0, 6.0))
@@ -216,12 +209,6 @@ def test_register_rigid_refuses_a_pet_without_signal(
     assert np.isnan(result.metric_before) and np.isnan(result.metric_after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug in classifier/resample.py register_rigid(): no floor on mutual information, so "
-    "a PET of pure noise (MI about 0.003) is accepted with a random shift of tens of mm",
-)
 def test_register_rigid_refuses_a_pet_of_pure_noise(
     phantom: tuple[Volume, list[Dataset]],
 ) -> None:

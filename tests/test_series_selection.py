@@ -167,12 +167,6 @@ def test_other_modalities_are_named(config: ClassifierConfig) -> None:
     assert selection.rejected == ("series 9 1.2.3.5: Modality SR is not analysed",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="bug in classifier/series_selection.py: select_series() handles a candidate without "
-    "headers by calling c.describe(), which reads self.headers[0] and raises IndexError",
-)
 def test_series_without_headers_is_named(config: ClassifierConfig) -> None:
     empty = SeriesCandidate(SeriesFiles("1.2.3.6", "CT", ()), ())
     selection = select_series([empty], config)
