@@ -134,6 +134,8 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
         wrapped = self.ssl_context.wrap_socket(
             client_socket, server_side=True, do_handshake_on_connect=False
         )
+        with self._handshaking_lock:  # registered before its thread runs: see server_close
+            self._handshaking.add(wrapped)
         return wrapped, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -151,8 +153,6 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
 
     def _handshake(self, sock: ssl.SSLSocket, peer: Any) -> str:
         """Complete the handshake within handshake_timeout: '' on success, else why not."""
-        with self._handshaking_lock:
-            self._handshaking.add(sock)
         deadline = time.monotonic() + self.handshake_timeout
         address = _address(peer)
         try:
