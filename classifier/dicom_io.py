@@ -7,12 +7,17 @@ installed pylibjpeg and pyjpegls plugins; a file that cannot be read or decoded 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+# pydicom logs every failed decoder attempt at ERROR with a traceback; read_dataset reports the
+# failure itself in one DicomReadError, so the node's log keeps one line per bad file.
+logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
 
 class DicomReadError(ValueError):
@@ -23,8 +28,8 @@ def read_header(path: Path) -> Dataset:
     """Read one file's header without pixel data (fast; for series selection)."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DicomReadError(f"file {path}: not readable as DICOM ({exc})") from None
+    except (InvalidDicomError, OSError, EOFError, ValueError, RecursionError) as exc:
+        raise DicomReadError(f"file {path}: not readable as DICOM ({_short(exc)})") from None
 
 
 def read_headers(paths: Sequence[Path]) -> list[Dataset]:
@@ -36,13 +41,15 @@ def read_dataset(path: Path) -> Dataset:
     """Read one file completely and decode its pixel data now, so later access cannot fail."""
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DicomReadError(f"file {path}: not readable as DICOM ({exc})") from None
+    except (InvalidDicomError, OSError, EOFError, ValueError, RecursionError) as exc:
+        raise DicomReadError(f"file {path}: not readable as DICOM ({_short(exc)})") from None
     if "PixelData" not in ds:
         raise DicomReadError(f"file {path}: has no Pixel Data (7FE0,0010); it is not an image")
     try:
         ds.pixel_array  # noqa: B018 - decodes and caches the pixels on the dataset
-    except Exception as exc:  # decoders raise many unrelated types
+    except BaseException as exc:  # decoders raise many unrelated types, Rust panics included
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
         raise DicomReadError(
@@ -50,6 +57,13 @@ def read_dataset(path: Path) -> Dataset:
             "send it uncompressed or install the matching pylibjpeg/pyjpegls decoder"
         ) from None
     return ds
+
+
+def _short(exc: BaseException) -> str:
+    # RecursionError: a dataset nested deeper than Python's stack (a hostile or broken file).
+    if isinstance(exc, RecursionError):
+        return "sequences nested too deeply to parse"
+    return str(exc)
 
 
 def read_series(paths: Sequence[Path]) -> list[Dataset]:
