@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scp_node.audit import AssociationAuditor, AuditLog
+from scp_node.audit import AssociationAuditor, AuditLog, Party
 from scp_node.config import Config
 from scp_node.dicom_settings import configure_pynetdicom, route_incoming
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
@@ -33,6 +34,7 @@ from scp_node.sop_classes import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
+from scp_node.tls import server_context, start_server
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
 from storage.uids import InvalidUIDError, require_uid
@@ -94,6 +96,7 @@ class Receiver:
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self._ae = self._build_ae()
+        self._ssl_context = server_context(config.security)  # None without TLS
 
     def _build_ae(self) -> ApplicationEntity:
         node = self._config.node
@@ -146,9 +149,20 @@ class Receiver:
                 (evt.EVT_ABORTED, self._on_aborted),
             ]
             address = (self._config.node.host, self._config.node.port)
-            self._server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            self._server = start_server(
+                self._ae,
+                address,
+                handlers,
+                self._ssl_context,
+                self._config.node.acse_timeout,
+                on_handshake_failed=self._on_tls_refused,
+            )
         log.info(
-            "listening ae_title=%s address=%s:%d", self._config.node.ae_title, address[0], self.port
+            "listening ae_title=%s address=%s:%d tls=%s",
+            self._config.node.ae_title,
+            address[0],
+            self.port,
+            "yes" if self._ssl_context else "no",
         )
 
     def stop(self, grace_seconds: float = 10.0) -> None:
@@ -172,6 +186,11 @@ class Receiver:
         except Exception as exc:  # e.g. the database is gone: the next start re-indexes instead
             log.warning("index rows not synced at shutdown (re-indexed at next start): %s", exc)
         log.info("stopped listening ae_title=%s", self._config.node.ae_title)
+
+    def _on_tls_refused(self, peer: str, reason: str) -> None:
+        """Audit a TLS connection closed before any association (Security Alert)."""
+        party = Party(uuid.uuid4().hex[:16], calling_ae="", called_ae="", peer=peer)
+        self._audit.audit_log.association_rejected(party, reason)
 
     # --- event handlers -----------------------------------------------------------------
 
