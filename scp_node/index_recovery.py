@@ -142,16 +142,16 @@ def reindex_store(store: InstanceStore, index: Index) -> int:
     how many rows were added. Run before the receiver accepts associations."""
     if not index.db.commits_can_be_lazy:
         return 0
-    path = mark_path(index)
-    mark = read_mark(path)
+    mark_file = mark_path(index)
+    mark = read_mark(mark_file)
     since = None if mark is None else mark - CLOCK_MARGIN_SECONDS
     started = time.time()
     added = scanned = 0
-    for path, ctime in _store_files(store.root):
+    for instance_path, ctime in _store_files(store.root):
         if since is not None and ctime < since:
             continue
         scanned += 1
-        record, expected = _record_for(store, path, ctime)
+        record, expected = _record_for(store, instance_path, ctime)
         if record is not None and index.record_instance(record, expected_in_series=expected):
             added += 1
             log.warning(
@@ -161,7 +161,7 @@ def reindex_store(store: InstanceStore, index: Index) -> int:
                 record.study_uid,
             )
     index.db.make_durable()
-    write_mark(path, started)
+    write_mark(mark_file, started)
     log.info("index recovery scanned=%d reindexed=%d since=%s", scanned, added, since)
     return added
 

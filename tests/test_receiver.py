@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +27,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE
-from pynetdicom.association import Association
 
-from scp_node import dicom_settings
 from scp_node.config import Config, load_config
-from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.index_recovery import LazyIndexing, read_mark, remember_calling_aet
 from scp_node.receiver import Receiver
 from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
@@ -435,6 +429,9 @@ def test_store_file_missing_from_the_index_is_indexed_at_start(tmp_path: Path) -
         assert row == ("SCANNER",)
     finally:
         running.close()
+    # recovery only reads the store: both files are intact, byte for byte
+    assert store.path_for(study, series, sop_uid).read_bytes() == source.read_bytes()
+    assert dcmread(store.path_for(study, sr.SeriesInstanceUID, sr.SOPInstanceUID)).Modality == "SR"
     # the mark beside the database now excludes the file: the next start scans nothing old
     mark = read_mark(tmp_path / "index.sqlite.durable-through")
     assert mark is not None and mark > time.time() - 60
@@ -482,50 +479,3 @@ def test_instance_rows_are_lazy_between_durable_commits(tmp_path: Path) -> None:
         assert read_mark(indexing.mark_path) >= held  # type: ignore[operator]
     finally:
         database.close()
-
-
-# --- pynetdicom's polling threads wake on work --------------------------------------------
-
-
-def test_polling_threads_wake_on_work_and_never_sleep_longer_than_asked() -> None:
-    configure_pynetdicom()
-    import pynetdicom.association as association_module
-    import pynetdicom.dul as dul_module
-
-    clock = dicom_settings._WAKE_ON_WORK_CLOCK
-    assert dul_module.time is clock and association_module.time is clock
-    assert clock.monotonic() > 0  # everything but sleep is the time module's
-
-    started = time.perf_counter()
-    clock.sleep(0.02)  # an ordinary thread: a plain sleep
-    assert time.perf_counter() - started >= 0.02
-
-    assoc = Association(AE(), "acceptor")
-    # association thread: a DIMSE message queued for it ends the wait at once
-    threading.Timer(0.05, assoc.dimse.msg_queue.put, args=((1, "message"),)).start()
-    started = time.perf_counter()
-    clock._association_wait(assoc, 5.0)
-    assert 0.04 <= time.perf_counter() - started < 2.0
-    assert assoc.dimse.msg_queue.get_nowait() == (1, "message")
-
-    # DUL thread: bytes from the peer, or the association's doorbell, end the wait at once
-    ours, peer = socket.socketpair()
-    try:
-        assoc.dul.socket = types.SimpleNamespace(socket=ours)  # type: ignore[assignment]
-        threading.Timer(0.05, peer.send, args=(b"x",)).start()
-        started = time.perf_counter()
-        clock._dul_wait(assoc.dul, 5.0)
-        assert 0.04 <= time.perf_counter() - started < 2.0
-        ours.recv(1)
-        assoc.dul.to_provider_queue.put("response")  # queued by the association thread ...
-        clock._association_wait(assoc, 0.001)  # ... whose next poll rings the DUL's doorbell
-        assoc.dul.to_provider_queue.get_nowait()
-        started = time.perf_counter()
-        clock._dul_wait(assoc.dul, 5.0)
-        assert time.perf_counter() - started < 2.0
-        started = time.perf_counter()
-        clock._dul_wait(assoc.dul, 0.05)  # no work: the full (short) wait, never longer
-        assert 0.04 <= time.perf_counter() - started < 2.0
-    finally:
-        ours.close()
-        peer.close()
