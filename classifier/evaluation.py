@@ -279,6 +279,18 @@ def _plot_roc(pred: PatchPredictions, metrics: Mapping[str, Any], path: Path) ->
     if auc is not None:
         fpr, tpr = roc_curve(pred.is_lesion, pred.lesion_prob)
         ax.step(fpr, tpr, where="post", color="C3", label=f"lesion vs background: AUC {auc:.3f}")
+    hard = (metrics["lesion_detection"].get("by_kind") or {}).get("auc_lesion_vs_candidate")
+    if hard is not None and pred.kinds is not None:
+        rows = (pred.kinds == "lesion") | (pred.kinds == "candidate")
+        fpr, tpr = roc_curve(pred.is_lesion[rows], pred.lesion_prob[rows])
+        ax.step(
+            fpr,
+            tpr,
+            where="post",
+            color="C4",
+            ls=":",
+            label=f"vs detector candidates: AUC {hard:.3f}",
+        )
     ax.set_title("Lesion detection, per patch", fontsize=10)
     for ax in axes:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")

@@ -2,10 +2,12 @@
 
 Patients are split (never slices) into train/validation/test, stratified by class and
 deterministic in the seed. Positive patches sit at the centre of each annotated box, labelled
-with the patient's histology. Negative patches are of two kinds: hard negatives, every
+with the patient's histology. Negative patches are of three kinds: hard negatives, every
 candidate the product's own lesion detector (classifier.lesions.find_candidates) proposes away
-from the annotated boxes, so the CNN learns to reject exactly what it will be shown; and random
-locations in the project's lung mask (classifier.lung_mask) away from every box. The histology loss is class-weighted (inverse frequency) and masked on negative patches.
+from the annotated boxes, so the CNN learns to reject exactly what it will be shown; near
+negatives in the lung just outside each lesion; and random locations in the project's lung
+mask (classifier.lung_mask) away from every box. The histology loss is class-weighted (inverse
+frequency) and masked on negative patches.
 Beside the model it writes MODEL_CARD.md, TensorBoard logs and the evaluation report.
 """
 
@@ -46,12 +48,16 @@ log = logging.getLogger(__name__)
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train, validation, test
 NEGATIVES_PER_POSITIVE = 2
 NEGATIVE_MARGIN_MM = 15.0
+# Near negatives: lung points just outside a lesion, so the CNN answers for the patch centre and
+# not for a lesion elsewhere in its field (a vessel beside a tumour is not a tumour).
+NEAR_NEGATIVE_RING_MM: tuple[float, float] = (8.0, 20.0)  # beyond the box's half long side
+NEAR_NEGATIVES_PER_POSITIVE = 1
 # A detector candidate is a hard negative only if its mask stays this far from every box.
 BOX_MARGIN_MM = 3.0
 HARD_NEGATIVE_SLICES = 3  # patches per hard-negative candidate (key slice + others it spans)
 # "candidate": a hard negative's patch where analyze() takes it (key slice, box centre);
 # "candidate_slice": the same candidate on another slice it spans.
-PATCH_KINDS: tuple[str, ...] = ("lesion", "candidate", "candidate_slice", "random")
+PATCH_KINDS: tuple[str, ...] = ("lesion", "candidate", "candidate_slice", "near", "random")
 # Lesion-loss weight of detector-candidate patches: there are few of them, and they are the
 # mistakes that become false reports.
 HARD_NEGATIVE_WEIGHT = 2.0
@@ -226,7 +232,7 @@ def _patient_patches(
         if suv is None:
             stats.pet_not_usable += 1
         index_of = {ref.sop_instance_uid: i for i, ref in enumerate(ct.slices)}
-        centres, radii, boxes = [], [], []
+        centres, radii, half_sides, boxes = [], [], [], []
         for item in items:
             z = index_of.get(item.sop_instance_uid)
             if z is None:
@@ -240,6 +246,9 @@ def _patient_patches(
                 radii.append(
                     0.5
                     * float(np.hypot((xmax - xmin) * ct.spacing[2], (ymax - ymin) * ct.spacing[1]))
+                )
+                half_sides.append(
+                    0.5 * max((xmax - xmin) * ct.spacing[2], (ymax - ymin) * ct.spacing[1])
                 )
         for centre in centres:
             patches.append(extract_patch(ct, centre, suv))
@@ -276,7 +285,41 @@ def _patient_patches(
         for centre in chosen:
             patches.append(extract_patch(ct, centre, suv))
             kinds.append("random")
+        for centre in _near_points(
+            points, dense, spacing, centres_mm, np.asarray(half_sides), len(centres), rng
+        ):
+            patches.append(extract_patch(ct, centre, suv))
+            kinds.append("near")
     return patches, kinds
+
+
+def _near_points(
+    points: np.ndarray,
+    dense: np.ndarray,
+    spacing: np.ndarray,
+    centres_mm: np.ndarray,
+    half_sides: np.ndarray,
+    n_positive: int,
+    rng: np.random.Generator,
+) -> list[tuple[int, int, int]]:
+    """Lung points in the ring NEAR_NEGATIVE_RING_MM beyond some box's half long side and
+    outside every box's inner ring, dense tissue (vessels, pleura) first."""
+    wanted = NEAR_NEGATIVES_PER_POSITIVE * n_positive
+    chosen: list[tuple[int, int, int]] = []
+    for pool in (points[dense], points[~dense]):
+        if len(chosen) >= wanted or not len(pool):
+            continue
+        sample = pool[rng.permutation(len(pool))[:20000]]
+        dist = (
+            np.linalg.norm(sample[:, None, :] * spacing - centres_mm[None, :, :], axis=2)
+            - half_sides[None, :]
+        )
+        ok = np.all(dist > NEAR_NEGATIVE_RING_MM[0], axis=1) & np.any(
+            dist <= NEAR_NEGATIVE_RING_MM[1], axis=1
+        )
+        for point in sample[ok][: wanted - len(chosen)]:
+            chosen.append((int(point[0]), int(point[1]), int(point[2])))
+    return chosen
 
 
 def build_patch_set(
@@ -310,7 +353,7 @@ def build_patch_set(
         progress(
             f"patches: patient {pid} ({record.label}): {n['lesion']} lesion, "
             f"{n['candidate'] + n['candidate_slice']} detector candidate "
-            f"({n['candidate']} candidates), {n['random']} random lung"
+            f"({n['candidate']} candidates), {n['near']} near, {n['random']} random lung"
         )
     stack = np.stack(all_patches) if all_patches else np.zeros((0, *PATCH_SHAPE), dtype=np.float32)
     kind_arr = np.asarray(kinds, dtype=str).reshape(-1)
@@ -620,7 +663,8 @@ def _write_model_card(
             f"| {name} | {len(split[name])} | "
             + " | ".join(str(patients[c]) for c in HISTOLOGY_CLASSES)
             + f" | {ps.count('lesion')} | {ps.count('candidate')} / "
-            + f"{ps.count('candidate') + ps.count('candidate_slice')} | {ps.count('random')} |"
+            + f"{ps.count('candidate') + ps.count('candidate_slice')} | {ps.count('near')}"
+            + f" | {ps.count('random')} |"
         )
     lines = [
         f"# Model card: {out.stem} {version}",
@@ -666,6 +710,9 @@ def _write_model_card(
         f"  its patch where `analyze()` takes it, plus up to {HARD_NEGATIVE_SLICES - 1} more at its centre on other slices it spans",
         f"  ({stats.hard_negative_candidates} candidates in all splits; lesion-loss weight"
         f" {HARD_NEGATIVE_WEIGHT:g}, as there are few of them).",
+        f"- Near negative patches: {NEAR_NEGATIVES_PER_POSITIVE} per positive at lung points (vessels and"
+        f" pleura first) {NEAR_NEGATIVE_RING_MM[0]:.0f}-{NEAR_NEGATIVE_RING_MM[1]:.0f} mm beyond a box's"
+        " half long side, so a vessel beside a tumour is not called a tumour.",
         f"- Random negative patches: {NEGATIVES_PER_POSITIVE} per positive at random locations of the",
         "  project's lung mask (`classifier.lung_mask.lung_mask`, dilated 2 px; half on dense tissue:",
         f"  vessels, pleura) at least box radius + {NEGATIVE_MARGIN_MM:.0f} mm from every box centre.",
@@ -674,8 +721,9 @@ def _write_model_card(
         "",
         "| split | patients | "
         + " | ".join(HISTOLOGY_CLASSES)
-        + " | lesion patches | detector candidates / their patches | random lung patches |",
-        "|---|---|" + "---|" * len(HISTOLOGY_CLASSES) + "---|---|---|",
+        + " | lesion patches | detector candidates / their patches | near patches"
+        + " | random lung patches |",
+        "|---|---|" + "---|" * len(HISTOLOGY_CLASSES) + "---|---|---|---|",
         *rows,
         "",
         *(f"- {name}: {', '.join(ids) if ids else '(none)'}" for name, ids in split.items()),
