@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 # pydicom logs every failed decoder attempt at ERROR with a traceback; read_dataset reports the
 # failure itself in one DicomReadError, so the node's log keeps one line per bad file.
@@ -28,7 +27,7 @@ def read_header(path: Path) -> Dataset:
     """Read one file's header without pixel data (fast; for series selection)."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, RecursionError) as exc:
+    except Exception as exc:  # pydicom on broken bytes raises many types (struct.error, ...)
         raise DicomReadError(f"file {path}: not readable as DICOM ({_short(exc)})") from None
 
 
@@ -41,7 +40,7 @@ def read_dataset(path: Path) -> Dataset:
     """Read one file completely and decode its pixel data now, so later access cannot fail."""
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, RecursionError) as exc:
+    except Exception as exc:  # pydicom on broken bytes raises many types (struct.error, ...)
         raise DicomReadError(f"file {path}: not readable as DICOM ({_short(exc)})") from None
     if "PixelData" not in ds:
         raise DicomReadError(f"file {path}: has no Pixel Data (7FE0,0010); it is not an image")

@@ -378,3 +378,7 @@ def _read_header(path: Path) -> InstanceHeader:
         raise _Rejected(
             CANNOT_UNDERSTAND, "dataset does not parse: sequences nested too deeply"
         ) from None
+    except Exception as exc:  # pydicom on hostile bytes: struct.error, NotImplementedError (VR)...
+        raise _Rejected(
+            CANNOT_UNDERSTAND, f"dataset does not parse: {type(exc).__name__}: {exc}"
+        ) from None
