@@ -46,6 +46,7 @@ log = logging.getLogger("lungnode.sender")
 _SENT_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 _TRANSIENT_STATUSES = frozenset({0x0110, 0x0213})
 _MAX_CONTEXTS = 128  # presentation contexts one A-ASSOCIATE-RQ may carry
+OUTBOX_LEASE_TIMEOUTS = 3  # how long an outbox row stays claimed, in [sender] timeout_seconds
 
 
 def backoff_delay(attempt: int, cfg: SenderConfig, rng: random.Random) -> float:
@@ -87,7 +88,11 @@ class Sender:
 
     def deliver_due(self, now: float) -> int:
         """Send every due outbox row and record its outcome; returns the number of rows handled."""
-        items = self._index.due_outbox(now)
+        # A row stays claimed for a few sender timeouts: long enough for this tick's
+        # association, short enough that a crashed node resends soon after it restarts.
+        items = self._index.due_outbox(
+            now, lease_seconds=OUTBOX_LEASE_TIMEOUTS * self._config.sender.timeout_seconds
+        )
         by_destination: dict[str, list[OutboxItem]] = defaultdict(list)
         for item in items:
             by_destination[item.destination].append(item)

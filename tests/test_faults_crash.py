@@ -175,14 +175,11 @@ def _kill_while_sr_awaits_response(
 
 
 def test_kill_9_during_sending_redelivers_the_same_sr(tmp_path: Path) -> None:
-    node, archive, _ = _kill_while_sr_awaits_response(tmp_path)
+    # The outbox rows stay claimed for 3 sender timeouts (15 s here) after the crash.
+    node, archive, _ = _kill_while_sr_awaits_response(
+        tmp_path, LUNGNODE__SENDER__TIMEOUT_SECONDS="5"
+    )
     try:
-        # The outbox rows stay leased for OUTBOX_LEASE_SECONDS (300 s) after the crash (see the
-        # xfail below); expire the lease in the index as if that time had passed.
-        db = sqlite3.connect(node.store / "index.sqlite", timeout=30)
-        with db:
-            db.execute("UPDATE outbox SET lease_until = 0 WHERE state = 'PENDING'")
-        db.close()
         archive.stop()
         archive.options = ["+uf"]
         archive.__enter__()
@@ -208,12 +205,6 @@ def test_kill_9_during_sending_redelivers_the_same_sr(tmp_path: Path) -> None:
     assert len({ds.SeriesInstanceUID for ds in found["SR"]}) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage.index.OUTBOX_LEASE_SECONDS is a fixed 300 s: after a crash mid-delivery the "
-    "restarted node leaves the result undelivered for 5 minutes whatever [sender] timeout_seconds "
-    "says; the lease should follow the sender timeout (e.g. 2 x timeout_seconds per batch)",
-)
 def test_outbox_lease_after_crash_follows_sender_timeout(tmp_path: Path) -> None:
     node, archive, killed_at = _kill_while_sr_awaits_response(
         tmp_path, LUNGNODE__SENDER__TIMEOUT_SECONDS="5"
