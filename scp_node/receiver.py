@@ -185,6 +185,7 @@ class Receiver:
             self._indexing.make_durable()
         except Exception as exc:  # e.g. the database is gone: the next start re-indexes instead
             log.warning("index rows not synced at shutdown (re-indexed at next start): %s", exc)
+        self._audit.audit_log.close()
         log.info("stopped listening ae_title=%s", self._config.node.ae_title)
 
     def _on_tls_refused(self, peer: str, reason: str) -> None:

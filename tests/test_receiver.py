@@ -128,9 +128,11 @@ class RunningNode:
         return self.config.node.ae_title
 
     def files(self) -> list[Path]:
-        """Every file under the store root except the index database."""
+        """Every file under the store root except the index database and the audit log."""
         return sorted(
-            p for p in self.store.root.rglob("*") if p.is_file() and "index.sqlite" not in p.name
+            p
+            for p in self.store.root.rglob("*")
+            if p.is_file() and "index.sqlite" not in p.name and p.name != "audit.log"
         )
 
     def close(self) -> None:
