@@ -104,7 +104,24 @@ def _load_trusted(context: ssl.SSLContext, security: SecurityConfig) -> None:
         ) from None
 
 
-class HandshakeInThreadServer(ThreadedAssociationServer):
+class ReadTimeoutServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server whose accepted sockets time out reads after the AE's
+    network timeout.
+
+    pynetdicom leaves accepted sockets blocking without a timeout (`accept()` does not copy
+    the listening socket's), so a peer that stops halfway through a PDU would hold its
+    association, and a slot of `max_associations`, for ever; with the timeout the read fails
+    and pynetdicom closes the connection (Evt17).
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        client_socket.settimeout(self.ae.network_timeout)
+        return client_socket, address
+
+
+class HandshakeInThreadServer(ReadTimeoutServer):
     """pynetdicom's threaded server with the TLS handshake moved out of the accept loop.
 
     `get_request` only accepts and wraps; `process_request_thread` (already one thread per
@@ -174,7 +191,7 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
                     log.warning("%s peer=%s; connection closed", reason, address)
                     return reason
                 select.select(readers, writers, [], remaining)
-            sock.setblocking(True)
+            sock.settimeout(self.ae.network_timeout)  # reads time out, as ReadTimeoutServer's
         except (ssl.SSLError, OSError, ValueError) as exc:
             log.warning("TLS handshake failed peer=%s reason=%s; connection closed", address, exc)
             return f"TLS handshake failed: {exc}"
@@ -240,25 +257,25 @@ def start_server(
     handshake_timeout: float,
     on_handshake_failed: Callable[[str, str], None] | None = None,
 ) -> ThreadedAssociationServer:
-    """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None, else
-    DICOM TLS only, with handshakes in the connection threads (`HandshakeInThreadServer`);
+    """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None
+    (`ReadTimeoutServer`), else DICOM TLS only, with handshakes in the connection threads
+    (`HandshakeInThreadServer`); both time out reads stuck mid-PDU;
     `on_handshake_failed(peer, reason)` hears of each TLS connection closed before DICOM.
 
     Mirrors `ApplicationEntity.start_server(block=False)`, including the registration in
     `ae._servers` that pynetdicom's `shutdown()` removes again.
     """
     if context is None:
-        server = ae.start_server(address, block=False, evt_handlers=evt_handlers)
-        assert server is not None
-        return server
-    server = ae.make_server(
-        address,
-        ssl_context=context,
-        evt_handlers=evt_handlers,
-        server_class=HandshakeInThreadServer,
-        handshake_timeout=handshake_timeout,
-        on_handshake_failed=on_handshake_failed,
-    )
+        server = ae.make_server(address, evt_handlers=evt_handlers, server_class=ReadTimeoutServer)
+    else:
+        server = ae.make_server(
+            address,
+            ssl_context=context,
+            evt_handlers=evt_handlers,
+            server_class=HandshakeInThreadServer,
+            handshake_timeout=handshake_timeout,
+            on_handshake_failed=on_handshake_failed,
+        )
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(
         target=make_target(server.serve_forever), name=f"AcceptorServer@{timestamp}", daemon=True

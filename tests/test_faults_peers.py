@@ -86,7 +86,7 @@ def test_hostile_peers_time_out_and_do_not_slow_a_good_peer(tmp_path: Path) -> N
         with_hostile = _timed_send(files, node)
         silent_closed = _closed_within(silent, 30)
         silent.close()
-        half.close()  # the node itself never closes it: see the strict xfail below
+        half.close()  # test_peer_stuck_mid_pdu_is_disconnected checks the node closes it
         time.sleep(1)  # let the node see the EOF and free that association slot
         print(
             f"\nstorescu {len(files)} instances: alone {alone:.2f} s, beside a silent and a "
@@ -120,14 +120,6 @@ def test_hostile_peers_time_out_and_do_not_slow_a_good_peer(tmp_path: Path) -> N
     assert "Traceback" not in node.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a peer that stops halfway through a PDU is never timed out: pynetdicom's accepted "
-    "sockets are blocking without a timeout (socket.accept() drops the listening socket's "
-    "timeout), so DULServiceProvider._read_pdu_data blocks in recv(pdu_length) for ever, "
-    "holding an association slot; the node should set [node] network_timeout on each accepted "
-    "socket",
-)
 def test_peer_stuck_mid_pdu_is_disconnected(tmp_path: Path) -> None:
     with _node(tmp_path) as node:
         with socket.create_connection(("127.0.0.1", node.port)) as half:
