@@ -8,6 +8,8 @@ a rename on one file system, never a copy).
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 import threading
 import weakref
@@ -51,7 +53,7 @@ def route_incoming(ae: ApplicationEntity, folder: Path) -> None:
         _incoming_dirs[ae] = Path(folder)
 
 
-def _incoming_temp_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+def _incoming_temp_file(*args: Any, **kwargs: Any) -> StreamedFile:
     """Drop-in for pynetdicom's NamedTemporaryFile: created in the receiving AE's incoming folder.
 
     pynetdicom creates the file while decoding the first P-DATA of a C-STORE-RQ, in the DUL
@@ -63,4 +65,54 @@ def _incoming_temp_file(*args: Any, **kwargs: Any) -> IO[bytes]:
         if folder is not None:
             kwargs["dir"] = folder
             kwargs.setdefault("prefix", "cstore-")
-    return tempfile.NamedTemporaryFile(*args, **kwargs)
+    return StreamedFile(tempfile.NamedTemporaryFile(*args, **kwargs))
+
+
+class StreamedFile:
+    """The file pynetdicom streams one C-STORE dataset into, with a full disk turned into a flag.
+
+    pynetdicom writes each P-DATA fragment from its DUL thread; an ENOSPC/EDQUOT there would
+    kill that thread and abort the association. Instead the file is emptied (giving its space
+    back), later fragments are dropped, and `disk_full` holds the error, so the C-STORE handler
+    answers 0xA700 (Out of Resources) and pynetdicom removes the file as usual.
+    """
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.file = self  # pynetdicom calls `.file.flush()` after each fragment
+        self.disk_full: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.disk_full is None:
+            try:
+                return self._inner.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.disk_full is None:
+            try:
+                self._inner.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        except OSError:
+            if self.disk_full is None:
+                raise
+
+    def _fail(self, exc: OSError) -> None:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        self.disk_full = exc
+        os.ftruncate(self._inner.fileno(), 0)
+
+
+def disk_full_while_streaming(request: Any) -> OSError | None:
+    """The error that stopped streaming this C-STORE request's dataset to disk, if any."""
+    streamed = getattr(request, "_dataset_file", None)
+    return getattr(streamed, "disk_full", None)

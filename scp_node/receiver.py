@@ -25,7 +25,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.audit import AssociationAuditor, AuditLog, Party
 from scp_node.config import Config
-from scp_node.dicom_settings import configure_pynetdicom, route_incoming
+from scp_node.dicom_settings import (
+    configure_pynetdicom,
+    disk_full_while_streaming,
+    route_incoming,
+)
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
 from scp_node.instance_header import HeaderError, InstanceHeader, read_header
 from scp_node.sop_classes import (
@@ -212,7 +216,8 @@ class Receiver:
         0x0000 Success: the file is renamed into the store (fsynced) and recorded in the index;
                also for an instance already stored (idempotent on SOP Instance UID).
         0xA700 Out of Resources: free space on the store is below [storage] min_free_mb, or the
-               disk filled while committing; nothing is left in the store.
+               disk filled while the dataset was received or committed; nothing is left in the
+               store or its incoming folder.
         0xA900 Data Set Does Not Match SOP Class: the dataset's SOP Class UID is not the
                request's Affected SOP Class UID.
         0xC210 Cannot Understand: the dataset does not parse, or its Study/Series/SOP Instance UID
@@ -268,6 +273,9 @@ class Receiver:
 
     def _store_instance(self, event: Event, calling_aet: str) -> tuple[InstanceRecord, bool]:
         """Commit the streamed file into the store and index it; raises _Rejected with a status."""
+        full = disk_full_while_streaming(event.request)
+        if full is not None:
+            raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
         if not self._store.has_free_space():
             raise _Rejected(
                 OUT_OF_RESOURCES,
