@@ -87,7 +87,7 @@ def to_lesion(
         mtv_ml=candidate.mtv_ml,
         tlg=candidate.tlg,
         lesion_probability=float(probability),
-        histology={k: float(v) for k, v in zip(HISTOLOGY_CLASSES, histology)},
+        histology={k: float(v) for k, v in zip(HISTOLOGY_CLASSES, histology, strict=True)},
         detected_by=candidate.detected_by,
     )
 
@@ -159,7 +159,7 @@ def analyze_study(
             )
             assert patches.shape[1:] == PATCH_SHAPE
             probability, histology = clock.run("cnn", lambda: classifier.predict(patches))
-            for candidate, p, h in zip(found, probability, histology):
+            for candidate, p, h in zip(found, probability, histology, strict=True):
                 if float(p) >= config.lesion_probability_threshold:
                     lesions.append(to_lesion(candidate, len(lesions) + 1, ct, float(p), h))
         result = StudyResult(

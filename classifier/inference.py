@@ -133,7 +133,8 @@ class LesionClassifier:
         patches = np.asarray(patches, dtype=np.float32)
         if patches.ndim != 4 or tuple(patches.shape[1:]) != PATCH_SHAPE:
             raise ValueError(
-                f"patches must have shape (n, {', '.join(map(str, PATCH_SHAPE))}), got {patches.shape}"
+                f"patches must have shape (n, {', '.join(map(str, PATCH_SHAPE))}), "
+                f"got {patches.shape}"
             )
         if not np.all(np.isfinite(patches)):
             raise ValueError("patches contain NaN or infinite values; check the CT/SUV volumes")

@@ -47,7 +47,7 @@ def _validate(ct: Volume, center_index: Sequence[int], suv: Volume | None) -> tu
     if len(center_index) != 3:
         raise ValueError(f"center_index must be (slice, row, col), got {tuple(center_index)}")
     center = tuple(round(float(c)) for c in center_index)
-    if any(c < 0 or c >= n for c, n in zip(center, array.shape)):
+    if any(c < 0 or c >= n for c, n in zip(center, array.shape, strict=True)):
         raise ValueError(
             f"center_index {center} lies outside the CT volume of shape {array.shape}; "
             "pass an index inside the volume"
@@ -56,7 +56,8 @@ def _validate(ct: Volume, center_index: Sequence[int], suv: Volume | None) -> tu
         raise ValueError(f"CT spacing must be positive (slice,row,col) mm, got {tuple(ct.spacing)}")
     if suv is not None and np.asarray(suv.array).shape != array.shape:
         raise ValueError(
-            f"SUV volume shape {np.asarray(suv.array).shape} differs from the CT shape {array.shape}; "
+            f"SUV volume shape {np.asarray(suv.array).shape} differs from the CT shape "
+            f"{array.shape}; "
             "resample the PET onto the CT grid first (classifier.volume.resample_to)"
         )
     return center  # type: ignore[return-value]
@@ -69,7 +70,8 @@ def _sample_planes(
     slice_offsets_mm: Sequence[float],
     fill: float,
 ) -> np.ndarray:
-    """Sample len(slice_offsets_mm) planes of PATCH_SHAPE[:2] pixels covering FIELD_MM around centre.
+    """Sample len(slice_offsets_mm) planes of PATCH_SHAPE[:2] pixels covering FIELD_MM around
+    the centre.
 
     In-plane, the source is low-pass filtered first when it is finer than the patch grid, so
     sub-millimetre CT does not alias; along the slice axis the offsets are interpolated linearly

@@ -742,7 +742,8 @@ def _study_folder(ds: Dataset) -> str:
 
 
 def _series_folder(ds: Dataset) -> str:
-    return f"{int(ds.SeriesNumber)}.000000-{_nbia_name(ds.SeriesDescription)}-{ds.SeriesInstanceUID[-5:]}"
+    name = _nbia_name(ds.SeriesDescription)
+    return f"{int(ds.SeriesNumber)}.000000-{name}-{ds.SeriesInstanceUID[-5:]}"
 
 
 def annotation_xml(box_list: list[AnnotationBox], rows: int, columns: int) -> str:

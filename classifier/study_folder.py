@@ -10,13 +10,21 @@ from pydicom.errors import InvalidDicomError
 
 from classifier.types import InstanceFile, SeriesFiles, StudyFiles
 
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality"]
+_HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+]
 
 
 def scan_folder(folder: Path) -> tuple[list[StudyFiles], list[str]]:
     """Read the headers of every file below `folder`; returns the studies and skipped-file notes."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"DICOM folder {folder}: not a directory; pass a folder of .dcm files")
+        raise FileNotFoundError(
+            f"DICOM folder {folder}: not a directory; pass a folder of .dcm files"
+        )
     series: dict[tuple[str, str], dict[str, InstanceFile]] = defaultdict(dict)
     modality: dict[tuple[str, str], str] = {}
     notes: list[str] = []

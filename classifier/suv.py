@@ -115,7 +115,8 @@ def suv_factor(datasets: Sequence[Dataset]) -> SUVFactor:
     info = first.get("RadiopharmaceuticalInformationSequence")
     if not info:
         raise SUVError(
-            "PET Radiopharmaceutical Information Sequence (0054,0016) is missing; SUV needs the dose"
+            "PET Radiopharmaceutical Information Sequence (0054,0016) is missing; "
+            "SUV needs the dose"
         )
     drug = info[0]
     dose = _positive(drug, "RadionuclideTotalDose", "Radionuclide Total Dose", 1e11)

@@ -8,7 +8,8 @@ the source of truth: a power cut can lose recent instance rows, never files, and
 `reindex_store` re-indexes at start every store file changed since the durability mark, a time
 before which every committed file is known to be durably indexed. The mark is a small text file
 beside the SQLite database (`<database>.durable-through`), rewritten (not fsynced: an older mark
-only means a longer scan) after each durable commit. PostgreSQL commits are always durable: nothing here does anything there.
+only means a longer scan) after each durable commit. PostgreSQL commits are always durable:
+nothing here does anything there.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class _Rejected(Exception):
 
 
 class Receiver:
-    """C-ECHO and C-STORE SCP. Each handler documents every status it may return, pynetdicom-style."""
+    """C-ECHO and C-STORE SCP; each handler documents every status it may return."""
 
     def __init__(
         self,
@@ -170,7 +170,8 @@ class Receiver:
         )
 
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stop accepting associations, let in-flight ones finish for `grace_seconds`, abort the rest.
+        """Stop accepting associations, let in-flight ones finish for `grace_seconds`, abort the
+        rest.
 
         An aborted C-STORE was never answered with Success, so nothing acknowledged is lost.
         """
@@ -332,7 +333,7 @@ class Receiver:
         return record, new
 
     def _temp_in_store(self, streamed: Path) -> Path:
-        """The streamed file when it already lies in the store's incoming folder, else a copy there."""
+        """The streamed file when it lies in the store's incoming folder, else a copy there."""
         if streamed.parent == self._store.incoming:  # routed there by dicom_settings
             return streamed
         temp = Path(self._store.temp_path())

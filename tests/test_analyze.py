@@ -72,15 +72,16 @@ def test_analyze_finds_the_phantom_lesion_with_pet(
     assert result.lesions, "no lesion reported"
     truth = study.lesions[0]
     best = min(
-        result.lesions, key=lambda l: np.linalg.norm(np.subtract(l.centroid_mm, truth.center_mm))
+        result.lesions,
+        key=lambda lesion: np.linalg.norm(np.subtract(lesion.centroid_mm, truth.center_mm)),
     )
     assert np.linalg.norm(np.subtract(best.centroid_mm, truth.center_mm)) < truth.radius_mm
     assert best.suv_max is not None and best.suv_max > 2.5
     assert best.detected_by in {"CT+PET", "CT"}
-    assert [l.tracking_id for l in result.lesions] == [
+    assert [lesion.tracking_id for lesion in result.lesions] == [
         f"Lesion {i + 1}" for i in range(len(result.lesions))
     ]
-    assert len({l.tracking_uid for l in result.lesions}) == len(result.lesions)
+    assert len({lesion.tracking_uid for lesion in result.lesions}) == len(result.lesions)
     assert abs(sum(best.histology.values()) - 1.0) < 1e-4
 
 

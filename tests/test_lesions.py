@@ -7,8 +7,8 @@ import pytest
 
 from classifier.lesions import feret_axes, find_candidates
 from classifier.phantom import generate_study
-from classifier.suv import load_pet_suv_volume
 from classifier.resample import resample_to
+from classifier.suv import load_pet_suv_volume
 from classifier.volume import load_ct_volume
 
 

@@ -177,7 +177,7 @@ def _moved_pet(pet: list[Dataset], shift_mm: tuple[float, float, float]) -> Volu
     moved = copy.deepcopy(pet)
     for ds in moved:
         position = [float(v) for v in ds.ImagePositionPatient]
-        ds.ImagePositionPatient = [f"{p + s:.4f}" for p, s in zip(position, shift_mm)]
+        ds.ImagePositionPatient = [f"{p + s:.4f}" for p, s in zip(position, shift_mm, strict=True)]
         ds.FrameOfReferenceUID = OTHER_FRAME
     return load_pet_suv_volume(moved)
 

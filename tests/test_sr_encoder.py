@@ -1,4 +1,4 @@
-"""The SR encoder: phantom and real studies -> TID 1500 SR that validators accept and that reads back.
+"""The SR encoder: phantom and real studies -> TID 1500 SRs that validators accept and read back.
 
 StudyResults are built by hand from phantom ground truth (lesion masks, boxes) so these tests
 do not depend on the analysis; each case is validated with dciodvfy, the PixelMed SR validator
