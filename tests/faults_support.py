@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,45 +19,7 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR
 
 
 class RoleNode(NodeProcess):
-    """NodeProcess that runs `serve --role <role>`; `role` may be changed between starts."""
-
-    def __init__(self, workdir: Path, *, role: str = "all", **kwargs: object) -> None:
-        super().__init__(workdir, **kwargs)  # type: ignore[arg-type]
-        self.role = role
-        self.pid: int | None = None
-
-    def start(self, timeout: float = 120.0) -> RoleNode:
-        import socket
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scp_node",
-                "serve",
-                "-c",
-                str(self.config_path),
-                "--role",
-                self.role,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.workdir,
-        )
-        self.pid = self._proc.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the node exited at start:\n{self.log()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"the node did not listen on {self.port} in {timeout} s:\n{self.log()}")
+    """NodeProcess with the helpers the fault tests need (log waits, store and index peeks)."""
 
     def wait_log(self, text: str, timeout: float, *, after: int = 0) -> int:
         """Wait until `text` appears in the node log past offset `after`; returns its offset."""
@@ -84,17 +45,6 @@ class RoleNode(NodeProcess):
             return {row[0] for row in db.execute("SELECT sop_uid FROM instances")}
         finally:
             db.close()
-
-
-def save_datasets(datasets: Sequence[pydicom.Dataset], folder: Path) -> list[Path]:
-    """Write each dataset as <SOPInstanceUID>.dcm in `folder`; the paths in the same order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def start_storescu(

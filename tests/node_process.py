@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from dcmtk import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,11 @@ class NodeProcess:
         quiet_seconds: float = 2.0,
         port: int | None = None,
         extra: dict[str, str] | None = None,
+        role: str = "all",
     ) -> None:
         self.workdir = workdir
+        self.role = role  # `serve --role`; may be changed between starts
+        self.pid: int | None = None
         self.port = port or free_port()
         self.ae_title = "LUNGNODE"
         self.config_path = PROJECT_ROOT / "config.ini"
@@ -59,12 +63,22 @@ class NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "scp_node", "serve", "-c", str(self.config_path)],
+            [
+                sys.executable,
+                "-m",
+                "scp_node",
+                "serve",
+                "-c",
+                str(self.config_path),
+                "--role",
+                self.role,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
             cwd=self.workdir,
         )
+        self.pid = self._proc.pid
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -73,7 +87,7 @@ class NodeProcess:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
             except OSError:
-                time.sleep(0.3)
+                time.sleep(0.1)
         raise RuntimeError(f"the node did not listen on {self.port} in {timeout} s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
@@ -131,3 +145,14 @@ class NodeProcess:
             f"timed out after {timeout} s waiting for {what}\nstatus: "
             f"{json.dumps(status, indent=1)}\nnode log:\n{self.log()[-4000:]}"
         )
+
+
+def save_datasets(datasets: Sequence[pydicom.Dataset], folder: Path) -> list[Path]:
+    """Write each dataset as <SOPInstanceUID>.dcm in `folder`; the paths in the same order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

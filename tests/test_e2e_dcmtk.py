@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from dcmtk import StorescpServer, run_echoscu, run_storescu
 from dicom_validators import run_dciodvfy, run_dsrdump
-from node_process import NodeProcess
+from node_process import NodeProcess, save_datasets
 
 from classifier.phantom import generate_study
 
@@ -23,16 +23,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_STUDY = SHARED_DATA / "lung-pet-ct-dx" / "Lung-PET-CT-Dx" / "Lung_Dx-A0002"
-
-
-def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def _results(storescp: StorescpServer) -> dict[str, list[pydicom.Dataset]]:
@@ -76,7 +66,7 @@ def _send(files: list[Path], node: NodeProcess, calling_ae: str = "STORESCU") ->
 
 def test_storescu_to_node_to_storescp_pet_ct(tmp_path: Path) -> None:
     study = generate_study(seed=21, histology="G", ct_size=96, ct_slices=32, pet=True)
-    files = _save(study.ct, tmp_path / "ct") + _save(study.pet, tmp_path / "pet")
+    files = save_datasets(study.ct, tmp_path / "ct") + save_datasets(study.pet, tmp_path / "pet")
     with StorescpServer(tmp_path / "archive") as archive, _node(tmp_path, archive.port) as node:
         assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
         _send(files, node)
@@ -128,7 +118,7 @@ def test_real_lung_pet_ct_dx_series(tmp_path: Path) -> None:
 
 def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
     study = generate_study(seed=31, histology="A", ct_size=64, ct_slices=24, pet=False)
-    files = _save(study.ct, tmp_path / "ct")
+    files = save_datasets(study.ct, tmp_path / "ct")
     with StorescpServer(tmp_path / "archive") as archive:
         node = _node(tmp_path, archive.port, quiet_seconds=600)
         with node:
@@ -149,7 +139,7 @@ def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
 
 def test_destination_down_then_up(tmp_path: Path) -> None:
     study = generate_study(seed=41, histology="B", ct_size=64, ct_slices=24, pet=False)
-    files = _save(study.ct, tmp_path / "ct")
+    files = save_datasets(study.ct, tmp_path / "ct")
     archive = StorescpServer(tmp_path / "archive")  # not started yet: the destination is down
     with _node(tmp_path, archive.port) as node:
         _send(files, node)
@@ -172,7 +162,7 @@ def test_destination_down_then_up(tmp_path: Path) -> None:
 
 def test_calling_ae_not_on_allow_list_is_rejected(tmp_path: Path) -> None:
     study = generate_study(seed=51, histology="A", ct_size=64, ct_slices=8, pet=False)
-    files = _save(study.ct, tmp_path / "ct")
+    files = save_datasets(study.ct, tmp_path / "ct")
     with _node(tmp_path, 9) as node:
         proc = run_storescu(files, node.port, calling_ae="INTRUDER", called_ae=node.ae_title)
         assert proc.returncode != 0

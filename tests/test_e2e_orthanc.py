@@ -13,7 +13,7 @@ import highdicom as hd
 import pydicom
 import pytest
 from dicom_validators import run_dciodvfy
-from node_process import NodeProcess
+from node_process import NodeProcess, save_datasets
 from orthanc import Orthanc
 
 from classifier.phantom import generate_study
@@ -22,16 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def _save(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def _result_series(pacs: Orthanc, study_uid: str) -> dict[str, dict]:
@@ -44,7 +34,7 @@ def _result_series(pacs: Orthanc, study_uid: str) -> dict[str, dict]:
 
 def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
     study = generate_study(seed=11, histology="B", ct_size=96, ct_slices=32, pet=True)
-    files = _save(study.ct, tmp_path / "ct") + _save(study.pet, tmp_path / "pet")
+    files = save_datasets(study.ct, tmp_path / "ct") + save_datasets(study.pet, tmp_path / "pet")
 
     pacs = Orthanc(tmp_path / "orthanc")
     node = NodeProcess(

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 from dcmtk import StorescpServer, run_storescu
-from faults_support import (
-    RoleNode,
-    acknowledged,
-    dataset_bytes,
-    modality_counts,
-    save_datasets,
-    start_storescu,
-)
+from faults_support import RoleNode, acknowledged, dataset_bytes, modality_counts, start_storescu
+from node_process import save_datasets
 
 from classifier.phantom import generate_study
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from dcmtk import StorescpServer, run_storescu
-from faults_support import RoleNode, modality_counts, save_datasets
+from faults_support import RoleNode, modality_counts
+from node_process import save_datasets
 
 from classifier.phantom import generate_study
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from dcmtk import run_echoscu, run_storescu
-from faults_support import RoleNode, acknowledged, dataset_bytes, save_datasets
+from faults_support import RoleNode, acknowledged, dataset_bytes
+from node_process import save_datasets
 
 from classifier.phantom import generate_study
 

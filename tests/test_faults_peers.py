@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from dcmtk import run_storescu
-from faults_support import RoleNode, acknowledged, save_datasets
+from faults_support import RoleNode, acknowledged
+from node_process import save_datasets
 from pynetdicom import AE
 
 from classifier.phantom import generate_study
