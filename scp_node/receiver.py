@@ -349,10 +349,10 @@ class Receiver:
             event.assoc.acceptor.ae_title,
             requestor.address,
             requestor.port,
-            f" refused_sop_classes={','.join(refused)} (not accepted by this node)"
-            if refused
-            else "",
+            f" refused_sop_classes={len(refused)} (not accepted by this node)" if refused else "",
         )
+        if refused:  # the audit log lists them too
+            log.debug("refused SOP classes: %s", ",".join(refused))
         self._audit.accepted(event)
 
     def _on_rejected(self, event: Event) -> None:
