@@ -6,12 +6,15 @@ Reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from classifier.volume import Volume
+
+if TYPE_CHECKING:  # imported where registration runs: most studies share a Frame of Reference
+    import SimpleITK as sitk
 
 _MAX_ROTATION_DEG = 15.0
 _MAX_TRANSLATION_MM = 100.0
@@ -176,6 +179,7 @@ def _linear_axis_aligned(
 
 def to_sitk(volume: Volume, max_spacing_mm: float = 0.0) -> sitk.Image:
     """A SimpleITK image of the volume, optionally subsampled in-plane to about max_spacing_mm."""
+    import SimpleITK as sitk
     step_r = max(1, int(max_spacing_mm // volume.spacing[1])) if max_spacing_mm else 1
     step_c = max(1, int(max_spacing_mm // volume.spacing[2])) if max_spacing_mm else 1
     array = volume.array[:, ::step_r, ::step_c]
@@ -193,6 +197,8 @@ def register_rigid(moving: Volume, fixed: Volume, *, iterations: int = 60) -> Re
     information, two resolutions; the result is refused when the metric did not improve or
     the motion is implausible for one patient on one table.
     """
+    import SimpleITK as sitk
+
     fixed_image = to_sitk(fixed, _REGISTRATION_GRID_MM)
     moving_image = to_sitk(moving, _REGISTRATION_GRID_MM)
     initial = sitk.CenteredTransformInitializer(
