@@ -68,7 +68,7 @@ def confusion_matrix(truth: Sequence[str], predicted: Sequence[str]) -> np.ndarr
     """Counts [true class, predicted class] in HISTOLOGY_CLASSES order."""
     index = {c: i for i, c in enumerate(HISTOLOGY_CLASSES)}
     cm = np.zeros((len(HISTOLOGY_CLASSES),) * 2, dtype=np.int64)
-    for t, p in zip(truth, predicted):
+    for t, p in zip(truth, predicted, strict=True):
         cm[index[t], index[p]] += 1
     return cm
 
@@ -120,7 +120,7 @@ def by_kind(pred: PatchPredictions) -> dict[str, Any] | None:
             "mean_probability": float(p.mean()),
             "fraction_at_0.5": float(np.mean(p >= 0.5)),
         }
-    hard = (kinds == "lesion") | (kinds == "candidate")
+    hard = pred.is_lesion | (kinds == "candidate")
     candidates = kinds == "candidate"
     reported = int(np.count_nonzero(pred.lesion_prob[candidates] >= 0.5))
     n_patients = len(set(pred.patient_ids.tolist()))
@@ -200,10 +200,14 @@ def compute_metrics(pred: PatchPredictions, seed: int = 0) -> dict[str, Any]:
                     "patient_id": pid,
                     "truth": t,
                     "predicted": p,
-                    "probabilities": dict(zip(HISTOLOGY_CLASSES, map(float, pr))),
+                    "probabilities": dict(zip(HISTOLOGY_CLASSES, map(float, pr), strict=True)),
                 }
                 for pid, t, p, pr in zip(
-                    patients["patient_ids"], truth, predicted, patients["probabilities"]
+                    patients["patient_ids"],
+                    truth,
+                    predicted,
+                    patients["probabilities"],
+                    strict=True,
                 )
             ],
         },
@@ -281,7 +285,7 @@ def _plot_roc(pred: PatchPredictions, metrics: Mapping[str, Any], path: Path) ->
         ax.step(fpr, tpr, where="post", color="C3", label=f"lesion vs background: AUC {auc:.3f}")
     hard = (metrics["lesion_detection"].get("by_kind") or {}).get("auc_lesion_vs_candidate")
     if hard is not None and pred.kinds is not None:
-        rows = (pred.kinds == "lesion") | (pred.kinds == "candidate")
+        rows = pred.is_lesion | (pred.kinds == "candidate")
         fpr, tpr = roc_curve(pred.is_lesion[rows], pred.lesion_prob[rows])
         ax.step(
             fpr,

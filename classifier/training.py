@@ -55,11 +55,21 @@ NEAR_NEGATIVES_PER_POSITIVE = 1
 # A detector candidate is a hard negative only if its mask stays this far from every box.
 BOX_MARGIN_MM = 3.0
 HARD_NEGATIVE_SLICES = 3  # patches per hard-negative candidate (key slice + others it spans)
-# "candidate": a hard negative's patch where analyze() takes it (key slice, box centre);
+# "lesion": an annotated box's centre; "lesion_candidate": a detector candidate on a box, where
+# analyze() takes its patch (key slice, candidate box centre): both are lesion patches.
+# "candidate": a hard negative's patch where analyze() takes it;
 # "candidate_slice": the same candidate on another slice it spans.
-PATCH_KINDS: tuple[str, ...] = ("lesion", "candidate", "candidate_slice", "near", "random")
-# Lesion-loss weight of detector-candidate patches: there are few of them, and they are the
-# mistakes that become false reports.
+PATCH_KINDS: tuple[str, ...] = (
+    "lesion",
+    "lesion_candidate",
+    "candidate",
+    "candidate_slice",
+    "near",
+    "random",
+)
+LESION_KINDS: tuple[str, ...] = ("lesion", "lesion_candidate")
+# Lesion-loss weight of detector-candidate patches (on or away from a box): there are few of
+# them, and they are exactly what analyze() scores.
 HARD_NEGATIVE_WEIGHT = 2.0
 PHANTOM_MANUFACTURER = "lungnode phantom"
 
@@ -210,6 +220,13 @@ def _hard_negative_centres(
     return centres
 
 
+def _touches(candidate: Candidate, boxes: np.ndarray) -> bool:
+    """Whether a candidate's mask has a voxel inside an annotated box."""
+    z0, r0, c0 = candidate.mask_origin
+    dz, dr, dc = candidate.mask.shape
+    return bool(np.any(boxes[z0 : z0 + dz, r0 : r0 + dr, c0 : c0 + dc] & candidate.mask))
+
+
 def _patient_patches(
     record: PatientRecord, rng: np.random.Generator, stats: BuildStats
 ) -> tuple[list[np.ndarray], list[str]]:
@@ -256,12 +273,17 @@ def _patient_patches(
         if not centres:
             continue
         lungs = lung_mask(ct)
-        # Hard negatives: what the detector proposes in this series away from every box.
+        # Hard negatives: what the detector proposes in this series away from every box;
+        # hard positives: a candidate on a box, scored where analyze() scores it.
         margin = int(np.ceil(BOX_MARGIN_MM / min(ct.spacing[1], ct.spacing[2])))
         box_map = _box_map(ct.shape, boxes, margin)
+        box_core = _box_map(ct.shape, boxes, 0)
         for candidate in find_candidates(ct, suv, lungs=lungs):
             hard = _hard_negative_centres(candidate, box_map)
             if hard is None:
+                if _touches(candidate, box_core):
+                    patches.append(extract_patch(ct, candidate.center_index, suv))
+                    kinds.append("lesion_candidate")
                 continue
             stats.hard_negative_candidates += 1
             for i, centre in enumerate(hard):
@@ -351,7 +373,8 @@ def build_patch_set(
         owners += [pid] * len(patches)
         n = Counter(patch_kinds)
         progress(
-            f"patches: patient {pid} ({record.label}): {n['lesion']} lesion, "
+            f"patches: patient {pid} ({record.label}): {n['lesion']} lesion "
+            f"(+{n['lesion_candidate']} detected), "
             f"{n['candidate'] + n['candidate_slice']} detector candidate "
             f"({n['candidate']} candidates), {n['near']} near, {n['random']} random lung"
         )
@@ -359,7 +382,7 @@ def build_patch_set(
     kind_arr = np.asarray(kinds, dtype=str).reshape(-1)
     return PatchSet(
         stack.astype(np.float32),
-        kind_arr == "lesion",
+        np.isin(kind_arr, LESION_KINDS),
         np.asarray(labels, dtype=str),
         np.asarray(owners, dtype=str),
         kind_arr,
@@ -404,15 +427,19 @@ def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _targets(
     ps: PatchSet, weights: dict[str, float]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Keras targets and per-output sample weights (histology masked on background patches,
-    detector-candidate patches weighted HARD_NEGATIVE_WEIGHT in the lesion loss)."""
+    """Keras targets and per-output sample weights: histology masked on background patches;
+    lesion loss with detector-candidate patches (positive or negative) weighted
+    HARD_NEGATIVE_WEIGHT, then lesion patches scaled so both classes weigh the same in all."""
     index = {c: i for i, c in enumerate(HISTOLOGY_CLASSES)}
     onehot = np.zeros((len(ps.labels), len(HISTOLOGY_CLASSES)), dtype=np.float32)
     onehot[np.arange(len(ps.labels)), [index[c] for c in ps.labels]] = 1.0
     hist_w = np.asarray([weights[c] for c in ps.labels], dtype=np.float32) * ps.is_lesion
     y = {"lesion": ps.is_lesion.astype(np.float32)[:, None], "histology": onehot}
-    hard = (ps.kinds == "candidate") | (ps.kinds == "candidate_slice")
+    hard = np.isin(ps.kinds, ("lesion_candidate", "candidate", "candidate_slice"))
     lesion_w = np.where(hard, HARD_NEGATIVE_WEIGHT, 1.0).astype(np.float32)
+    positive, negative = lesion_w[ps.is_lesion].sum(), lesion_w[~ps.is_lesion].sum()
+    if positive > 0 and negative > 0:
+        lesion_w[ps.is_lesion] *= negative / positive
     sw = {"lesion": lesion_w, "histology": hist_w}
     return y, sw
 
@@ -459,7 +486,10 @@ def _data_description(dataset: DatasetScan) -> str:
     )
     n = len(dataset.patients)
     if phantom:
-        return f"synthetic phantoms generated by lungnode synth ({n} patients, data fingerprint {dataset.fingerprint()})"
+        return (
+            f"synthetic phantoms generated by lungnode synth ({n} patients, "
+            f"data fingerprint {dataset.fingerprint()})"
+        )
     return f"Lung-PET-CT-Dx layout ({n} patients, data fingerprint {dataset.fingerprint()})"
 
 
@@ -627,7 +657,8 @@ def _kind_lines(by_kind: dict[str, Any] | None) -> list[str]:
         )
     for kind, row in by_kind.get("kinds", {}).items():
         lines.append(
-            f"  - {kind}: {row['patches']} patches, mean lesion probability {_fmt(row['mean_probability'])},"
+            f"  - {kind}: {row['patches']} patches, mean lesion probability "
+            f"{_fmt(row['mean_probability'])},"
             f" fraction >= 0.5 {_fmt(row['fraction_at_0.5'])}"
         )
     return lines
@@ -662,20 +693,23 @@ def _write_model_card(
         rows.append(
             f"| {name} | {len(split[name])} | "
             + " | ".join(str(patients[c]) for c in HISTOLOGY_CLASSES)
-            + f" | {ps.count('lesion')} | {ps.count('candidate')} / "
+            + f" | {ps.count('lesion')} + {ps.count('lesion_candidate')}"
+            + f" | {ps.count('candidate')} / "
             + f"{ps.count('candidate') + ps.count('candidate_slice')} | {ps.count('near')}"
             + f" | {ps.count('random')} |"
         )
     lines = [
         f"# Model card: {out.stem} {version}",
         "",
-        "**NOT FOR CLINICAL USE.** A research/demo model of the lungnode DICOM node. It has not been",
+        "**NOT FOR CLINICAL USE.** A research/demo model of the lungnode DICOM node. It has not "
+        "been",
         "validated on patients and must not inform any diagnosis or treatment.",
         "",
         "## Intended use",
         "",
         "Demonstrate the lungnode pipeline end to end: for each lung lesion candidate, a lesion",
-        "probability and histologic-type probabilities (A adenocarcinoma, B small cell, E large cell,",
+        "probability and histologic-type probabilities (A adenocarcinoma, B small cell, E large "
+        "cell,",
         "G squamous cell carcinoma), carried into a TID 1500 SR. "
         + (
             "Trained on synthetic phantoms only, so its numbers say nothing about real CT."
@@ -686,42 +720,68 @@ def _write_model_card(
         "## Model",
         "",
         f"- File: `{out.name}` (Keras 3), SHA-256 `{sha}`",
-        "- Provenance inside the file (zip comment, JSON): name, version, trained_on, clinical_use=false, split, history",
-        f"- Input: 2.5-D patch {PATCH_SHAPE} (96 mm x 96 mm at 1.5 mm; CT slices at -5/0/+5 mm in lung",
-        "  W1500/L-600 and mediastinal W400/L40 windows, SUV/10 on the centre slice, PET-present flag)",
-        "- Architecture: 3 blocks of 2x(conv 3x3, batch norm, ReLU) + max-pool (16/32/48 filters), conv 64,",
-        "  global average pooling, dropout 0.3, dense 64; outputs `lesion` (sigmoid) and `histology`",
-        f"  (softmax over A/B/E/G); {params} parameters; layers from keras.layers only (TensorFlow/JAX/PyTorch)",
+        "- Provenance inside the file (zip comment, JSON): name, version, trained_on, "
+        "clinical_use=false, split, history",
+        f"- Input: 2.5-D patch {PATCH_SHAPE} (96 mm x 96 mm at 1.5 mm; CT slices at -5/0/+5 mm in "
+        "lung",
+        "  W1500/L-600 and mediastinal W400/L40 windows, SUV/10 on the centre slice, PET-present "
+        "flag)",
+        "- Architecture: 3 blocks of 2x(conv 3x3, batch norm, ReLU) + max-pool (16/32/48 "
+        "filters), conv 64,",
+        "  global average pooling, dropout 0.3, dense 64; outputs `lesion` (sigmoid) and "
+        "`histology`",
+        f"  (softmax over A/B/E/G); {params} parameters; layers from keras.layers only "
+        "(TensorFlow/JAX/PyTorch)",
         "",
         "## Training data",
         "",
         f"- {trained_on}",
         f"- Data fingerprint (DatasetScan.fingerprint()): `{dataset.fingerprint()}`",
         (
-            f"- Skipped while building patches: {stats.series_not_loadable} annotated series not loadable as CT, "
+            f"- Skipped while building patches: {stats.series_not_loadable} annotated series not "
+            "loadable as CT, "
             f"{stats.annotated_slices_not_in_ct} annotated slices not in their CT volume, "
-            f"{stats.patients_without_patches} patients without patches; {stats.pet_not_usable} annotated series without usable PET (CT-only patches)"
+            f"{stats.patients_without_patches} patients without patches; {stats.pet_not_usable} "
+            "annotated series without usable PET (CT-only patches)"
         ),
-        "- Positive patches: centre of each annotated box on its slice, label = the patient's histology.",
+        "- Positive patches: centre of each annotated box on its slice, label = the patient's "
+        "histology;",
+        "  and each detector candidate whose mask touches a box, at the point where `analyze()` "
+        "takes",
+        "  its patch (key slice, candidate box centre), which is off the lesion's centre when the",
+        "  candidate also covers adjacent mediastinum.",
         "- Hard-negative patches (detector candidates): the product's lesion detector",
-        "  (`classifier.lesions.find_candidates`, on the CT and the SUV resampled onto it as `analyze()`",
-        "  does) is run on every annotated series; every candidate whose key-slice centre is in no box and",
-        f"  whose mask does not touch any annotated box (grown {BOX_MARGIN_MM:.0f} mm in-plane) is a negative:",
-        f"  its patch where `analyze()` takes it, plus up to {HARD_NEGATIVE_SLICES - 1} more at its centre on other slices it spans",
-        f"  ({stats.hard_negative_candidates} candidates in all splits; lesion-loss weight"
-        f" {HARD_NEGATIVE_WEIGHT:g}, as there are few of them).",
-        f"- Near negative patches: {NEAR_NEGATIVES_PER_POSITIVE} per positive at lung points (vessels and"
-        f" pleura first) {NEAR_NEGATIVE_RING_MM[0]:.0f}-{NEAR_NEGATIVE_RING_MM[1]:.0f} mm beyond a box's"
+        "  (`classifier.lesions.find_candidates`, on the CT and the SUV resampled onto it as "
+        "`analyze()`",
+        "  does) is run on every annotated series; every candidate whose key-slice centre is in "
+        "no box and",
+        f"  whose mask does not touch any annotated box (grown {BOX_MARGIN_MM:.0f} mm in-plane) "
+        "is a negative:",
+        f"  its patch where `analyze()` takes it, plus up to {HARD_NEGATIVE_SLICES - 1} more at "
+        "its centre on other slices it spans",
+        f"  ({stats.hard_negative_candidates} candidates in all splits). Detector-candidate "
+        "patches,"
+        f" positive or negative, have lesion-loss weight {HARD_NEGATIVE_WEIGHT:g}: there are few"
+        " of them and they are what `analyze()` scores. Lesion patches are then scaled so that"
+        " lesion and background weigh the same in the lesion loss.",
+        f"- Near negative patches: {NEAR_NEGATIVES_PER_POSITIVE} per positive at lung points "
+        "(vessels and"
+        f" pleura first) {NEAR_NEGATIVE_RING_MM[0]:.0f}-{NEAR_NEGATIVE_RING_MM[1]:.0f} mm beyond "
+        "a box's"
         " half long side, so a vessel beside a tumour is not called a tumour.",
-        f"- Random negative patches: {NEGATIVES_PER_POSITIVE} per positive at random locations of the",
-        "  project's lung mask (`classifier.lung_mask.lung_mask`, dilated 2 px; half on dense tissue:",
-        f"  vessels, pleura) at least box radius + {NEGATIVE_MARGIN_MM:.0f} mm from every box centre.",
+        f"- Random negative patches: {NEGATIVES_PER_POSITIVE} per positive at random locations of "
+        "the",
+        "  project's lung mask (`classifier.lung_mask.lung_mask`, dilated 2 px; half on dense "
+        "tissue:",
+        f"  vessels, pleura) at least box radius + {NEGATIVE_MARGIN_MM:.0f} mm from every box "
+        "centre.",
         "",
         "## Split (by patient, stratified by class, seed " + str(seed) + ")",
         "",
         "| split | patients | "
         + " | ".join(HISTOLOGY_CLASSES)
-        + " | lesion patches | detector candidates / their patches | near patches"
+        + " | lesion patches (box centres + detected) | detector candidates / their patches"
+        + " | near patches"
         + " | random lung patches |",
         "|---|---|" + "---|" * len(HISTOLOGY_CLASSES) + "---|---|---|---|",
         *rows,
@@ -730,11 +790,13 @@ def _write_model_card(
         "",
         "## Class imbalance",
         "",
-        "Histology loss weighted per patch by inverse class frequency among the training lesion patches,",
+        "Histology loss weighted per patch by inverse class frequency among the training lesion "
+        "patches,",
         "w_c = n / (k * n_c) over the k classes present: "
         + ", ".join(f"{c} {w:.2f}" for c, w in weights.items())
         + ". The histology loss is masked (weight 0) on background patches.",
-        "Augmentation: flips, quarter turns, shifts up to 3 px, CT contrast/brightness jitter, SUV scale",
+        "Augmentation: flips, quarter turns, shifts up to 3 px, CT contrast/brightness jitter, "
+        "SUV scale",
         "jitter, PET dropout (25 %, so CT-only studies are in distribution).",
         "",
         "## Reproduce",
@@ -743,21 +805,27 @@ def _write_model_card(
         command,
         "```",
         "",
-        f"Epochs {epochs}, batch size {batch_size}, Adam 1e-3, seed {seed}; trained in {elapsed_s:.0f} s on CPU. TensorBoard logs: `{out.stem}.logs/` (not committed).",
+        f"Epochs {epochs}, batch size {batch_size}, Adam 1e-3, seed {seed}; trained in "
+        f"{elapsed_s:.0f} s on CPU. TensorBoard logs: `{out.stem}.logs/` (not committed).",
         "",
         "## Metrics (" + metrics.get("scope", "test split") + f", {metrics['patients']} patients)",
         "",
         (
-            f"- Histology, per patient (mean of lesion-patch probabilities): accuracy {_fmt(h['accuracy'])},"
-            f" balanced accuracy {_fmt(h['balanced_accuracy'])} (95% CI {_ci(h['balanced_accuracy_ci95'])}),"
+            "- Histology, per patient (mean of lesion-patch probabilities): accuracy "
+            f"{_fmt(h['accuracy'])},"
+            f" balanced accuracy {_fmt(h['balanced_accuracy'])} (95% CI "
+            f"{_ci(h['balanced_accuracy_ci95'])}),"
             f" macro-F1 {_fmt(h['macro_f1'])} (95% CI {_ci(h['macro_f1_ci95'])});"
             f" majority-class accuracy {_fmt(h['majority_class_accuracy'])}"
         ),
-        f"- Lesion detection, per patch: AUC {_fmt(d['auc'])} (95% CI {_ci(d['auc_ci95'])}), accuracy at 0.5 {_fmt(d['accuracy_at_0.5'])}",
+        f"- Lesion detection, per patch: AUC {_fmt(d['auc'])} (95% CI {_ci(d['auc_ci95'])}), "
+        f"accuracy at 0.5 {_fmt(d['accuracy_at_0.5'])}",
         *_kind_lines(d.get("by_kind")),
-        f"- Bootstrap: {metrics['bootstrap']['rounds']} resamples of patients, percentile interval.",
+        f"- Bootstrap: {metrics['bootstrap']['rounds']} resamples of patients, percentile "
+        "interval.",
         (
-            f"- Report: [{rel}/metrics.json]({rel}/metrics.json), [confusion matrix]({rel}/confusion_matrix.png),"
+            f"- Report: [{rel}/metrics.json]({rel}/metrics.json), [confusion "
+            f"matrix]({rel}/confusion_matrix.png),"
             f" [ROC curves]({rel}/roc_histology.png), [training curves]({rel}/training_curves.png)"
         ),
         "",

@@ -173,19 +173,22 @@ def test_detector_candidates_away_from_boxes_become_hard_negatives() -> None:
 
 
 def test_patch_set_reports_each_kind_and_weights_hard_negatives() -> None:
-    kinds = np.asarray(["lesion", "candidate", "candidate_slice", "random", "lesion"])
+    kinds = np.asarray(["lesion", "candidate", "candidate_slice", "random", "lesion_candidate"])
     ps = PatchSet(
         np.zeros((5, 64, 64, 8), dtype=np.float32),
-        kinds == "lesion",
+        np.isin(kinds, ["lesion", "lesion_candidate"]),
         np.asarray(["A", "A", "A", "A", "G"]),
         np.asarray(["p1"] * 4 + ["p2"]),
         kinds,
     )
-    assert [ps.count(k) for k in PATCH_KINDS] == [2, 1, 1, 0, 1]
+    assert [ps.count(k) for k in PATCH_KINDS] == [1, 1, 1, 1, 0, 1]
     assert ps.subset(np.asarray([0, 1])).count("candidate") == 1
     y, sw = _targets(ps, class_weights(["A", "G"]))
     assert y["lesion"].ravel().tolist() == [1, 0, 0, 0, 1]
-    assert sw["lesion"].tolist() == [1, HARD_NEGATIVE_WEIGHT, HARD_NEGATIVE_WEIGHT, 1, 1]
+    hard = HARD_NEGATIVE_WEIGHT
+    # Background 2 + 2 + 1 = 5 against lesion 1 + 2 = 3: lesion patches scaled by 5/3.
+    assert sw["lesion"] == pytest.approx([5 / 3, hard, hard, 1, 2 * 5 / 3])
+    assert sw["lesion"][ps.is_lesion].sum() == pytest.approx(sw["lesion"][~ps.is_lesion].sum())
     assert sw["histology"].tolist() == [1, 0, 0, 0, 1]
 
 
