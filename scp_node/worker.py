@@ -127,7 +127,10 @@ class AnalysisWorker:
         destinations, problems = destinations_for(self._config, job.source_aet)
         for problem in problems:
             log.warning("routing study=%s: %s", job.study_uid, problem)
-        if not self._index.complete_job(job, results, destinations, time.time()):
+        notes = problems if result.analysed else [*result.skipped, *problems]
+        if not self._index.complete_job(
+            job, results, destinations, time.time(), reason="; ".join(notes) or None
+        ):
             log.warning(
                 "analysis result discarded study=%s version=%d: the job lease was lost or new "
                 "instances arrived; a new version will be analysed",

@@ -440,11 +440,18 @@ class Index:
         )
 
     def complete_job(
-        self, job: Job, results: list[ResultObject], destinations: list[str], now: float
+        self,
+        job: Job,
+        results: list[ResultObject],
+        destinations: list[str],
+        now: float,
+        *,
+        reason: str | None = None,
     ) -> bool:
         """Record the result objects and one outbox row per (result, destination); the study
-        becomes REPORTED (DELIVERED when there is nothing to send). False, writing nothing,
-        when the claim was lost or the study received new instances meanwhile."""
+        becomes REPORTED (DELIVERED when there is nothing to send), with `reason` as a note for
+        `status` (e.g. why nothing is sent). False, writing nothing, when the claim was lost or
+        the study received new instances meanwhile."""
         for r in results:
             require_uid("result SOP Instance UID", r.sop_uid)
             require_uid("result Series Instance UID", r.series_uid)
@@ -480,8 +487,8 @@ class Index:
             )
             state = StudyState.REPORTED if results and destinations else StudyState.DELIVERED
             cur.execute(
-                "UPDATE studies SET state = ?, reason = NULL, updated_at = ? WHERE study_uid = ?",
-                (str(state), now, job.study_uid),
+                "UPDATE studies SET state = ?, reason = ?, updated_at = ? WHERE study_uid = ?",
+                (str(state), reason, now, job.study_uid),
             )
             return True
 

@@ -105,3 +105,15 @@ def test_lease_is_renewed_while_an_analysis_runs(node) -> None:
         assert index.claim_job("other-worker", 1, time.time()) is None
     time.sleep(1.2)
     assert index.claim_job("other-worker", 1, time.time()) is not None
+
+
+def test_study_from_an_unknown_sender_is_reported_with_a_reason_a_person_can_act_on(node) -> None:
+    config, store, index = node
+    study = generate_study(seed=6, histology="B", ct_size=64, ct_slices=16, pet=False)
+    _receive(store, index, study.ct, calling_aet="MODALITY1")
+    index.mark_ready(time.time() + 60, 0)
+    assert AnalysisWorker(config, store, index, "test-worker").run_once()
+    (row,) = index.status()["studies"]
+    assert row["state"] == "DELIVERED"  # nothing to send
+    assert "'MODALITY1' is not in [destinations]" in row["reason"]
+    assert index.status()["outbox"] == []
