@@ -66,11 +66,12 @@ def _title(lesion: Lesion) -> str:
     ]
     if lesion.suv_max is not None:
         facts.append(f"SUVmax {lesion.suv_max:.1f}")
+    second = [f"lesion probability {lesion.lesion_probability:.2f}"]
     if lesion.histology:
         kind = lesion.most_probable_type
         name = HISTOLOGY_NAMES.get(kind, kind)
-        facts.append(f"{name} ({kind}) p={lesion.histology[kind]:.2f}")
-    return ", ".join(facts) + f"\n{NOT_CLINICAL}"
+        second.append(f"most probable type {name} ({kind}) {lesion.histology[kind]:.2f}")
+    return ", ".join(facts) + "\n" + ", ".join(second) + f"\n{NOT_CLINICAL}"
 
 
 def render_lesion_png(ct: Volume, suv: Volume | None, lesion: Lesion, path: Path) -> None:
