@@ -50,6 +50,7 @@ PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+MAX_REFUSED_NAMED = 8
 
 
 class _NodeAE(ApplicationEntity):
@@ -76,6 +77,19 @@ class _Rejected(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+def _refused_summary(refused: list[str]) -> str:
+    """The SOP classes refused at negotiation, for the association log line: named when few
+    (a modality sending one unsupported class), counted when a peer proposes everything it
+    knows (storescu offers some sixty); the audit log always lists them all."""
+    if not refused:
+        return ""
+    if len(refused) <= MAX_REFUSED_NAMED:
+        return f" refused_sop_classes={','.join(refused)} (not accepted by this node)"
+    return (
+        f" refused_sop_classes={len(refused)} (not accepted by this node; listed in the audit log)"
+    )
 
 
 class Receiver:
@@ -349,10 +363,8 @@ class Receiver:
             event.assoc.acceptor.ae_title,
             requestor.address,
             requestor.port,
-            f" refused_sop_classes={len(refused)} (not accepted by this node)" if refused else "",
+            _refused_summary(refused),
         )
-        if refused:  # the audit log lists them too
-            log.debug("refused SOP classes: %s", ",".join(refused))
         self._audit.accepted(event)
 
     def _on_rejected(self, event: Event) -> None:

@@ -164,7 +164,11 @@ def test_refused_association_is_retried(outbox: Outbox, tmp_path: Path, dest_por
     with StorescpServer(tmp_path / "received", port=dest_port, options=["--refuse"]) as scp:
         Sender(outbox.config, outbox.index).deliver_due(NOW)
         assert scp.received() == []
-    _assert_retried_once(outbox, "association rejected")
+    # storescp --refuse may close the socket before reading our A-ASSOCIATE-RQ; the kernel then
+    # resets the connection and its A-ASSOCIATE-RJ can be lost: both are retried the same way
+    row = outbox.row()
+    assert row["state"] == "PENDING" and row["attempts"] == 1, row
+    assert "association rejected" in row["last_error"] or "cannot connect" in row["last_error"]
 
 
 def test_abort_during_transfer_is_retried(outbox: Outbox, tmp_path: Path, dest_port: int) -> None:
