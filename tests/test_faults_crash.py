@@ -14,6 +14,7 @@ import pytest
 from dcmtk import StorescpServer, run_storescu
 from faults_support import RoleNode, acknowledged, dataset_bytes, modality_counts, start_storescu
 from node_process import save_datasets
+from orthanc import Orthanc
 
 from classifier.phantom import generate_study
 
@@ -197,6 +198,16 @@ def test_kill_9_during_sending_redelivers_the_same_sr(tmp_path: Path) -> None:
     assert len(found["SR"]) == 2
     assert len({ds.SOPInstanceUID for ds in found["SR"]}) == 1
     assert len({ds.SeriesInstanceUID for ds in found["SR"]}) == 1
+    # A PACS (here Orthanc) given both transfers holds exactly one SR for this study version.
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        for ds in found["SR"]:
+            pacs.upload(Path(ds.filename))
+        srs = [
+            s
+            for s in pacs.series_of_study(found["SR"][0].StudyInstanceUID)
+            if s["MainDicomTags"].get("Modality") == "SR"
+        ]
+        assert len(srs) == 1 and len(srs[0]["Instances"]) == 1, srs
 
 
 def test_outbox_lease_after_crash_follows_sender_timeout(tmp_path: Path) -> None:
