@@ -25,7 +25,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from classifier.analyze import analyze  # noqa: E402
+from classifier.analyze import analyze_study  # noqa: E402
 from classifier.encode import encode  # noqa: E402
 from classifier.inference import LesionClassifier  # noqa: E402
 from classifier.phantom import generate_study  # noqa: E402
@@ -99,16 +99,10 @@ def main() -> int:
         runs = []
         for repeat in range(args.repeats):
             started = time.perf_counter()
-            result = analyze(study, config.classifier, model)
+            analysis = analyze_study(study, config.classifier, model)
+            result = analysis.result
             t_encode = time.perf_counter()
-            import pydicom
-
-            paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
-            sources = [
-                pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
-                for r in result.evidence
-            ]
-            encode(result, sources)
+            encode(result, analysis.sources)
             timings = dict(result.timings_s)
             timings["encode"] = time.perf_counter() - t_encode
             timings["total"] = time.perf_counter() - started

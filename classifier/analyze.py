@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from classifier.dicom_io import DicomReadError, read_headers, read_series
@@ -92,19 +94,39 @@ def to_lesion(
     )
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What `analyze_study` found and what it built on the way: the result, the volumes (for
+    pictures) and the headers of the source instances (for `encode`, so nobody reads them
+    again): those of `result.evidence` in its order or, for a study that could not be
+    analysed, of every instance that could be read."""
+
+    result: StudyResult
+    ct: Volume | None
+    suv: Volume | None
+    sources: list[Dataset]
+
+
 def analyze(
     study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
 ) -> StudyResult:
     """Analyse one study; an unusable study gives a result with ct_series_uid None and reasons."""
-    return analyze_study(study, config, classifier)[0]
+    return analyze_study(study, config, classifier).result
 
 
 def analyze_study(
     study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
-) -> tuple[StudyResult, Volume | None, Volume | None]:
-    """Analyse one study and also hand back the volumes built for it, for pictures:
-    (result, CT volume in HU or None, SUV volume resampled on the CT grid or None).
-    """
+) -> Analysis:
+    """Analyse one study; see `Analysis` for what comes back besides the result."""
+    candidates: list[SeriesCandidate] = []
+
+    def done(result: StudyResult, ct: Volume | None, suv: Volume | None) -> Analysis:
+        headers = [h for c in candidates for h in c.headers]
+        if result.evidence:
+            by_uid = {str(h.SOPInstanceUID): h for h in headers}
+            headers = [by_uid[r.sop_instance_uid] for r in result.evidence]
+        return Analysis(result, ct, suv, headers)
+
     clock = _Clock()
     ct: Volume | None = None
     suv: Volume | None = None
@@ -116,7 +138,9 @@ def analyze_study(
         skipped.extend(selection.rejected)
         if not selection.ct:
             skipped.append("no CT series qualifies for analysis")
-            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
+            return done(
+                StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
+            )
 
         for choice in selection.ct:
             try:
@@ -126,7 +150,9 @@ def analyze_study(
                 skipped.append(f"CT {choice.describe()}: {exc}")
         if ct is None:
             skipped.append("no CT series could be read as a volume")
-            return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
+            return done(
+                StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
+            )
 
         pet: Volume | None = None
         for choice in selection.pet:
@@ -173,8 +199,8 @@ def analyze_study(
             skipped=tuple(skipped),
             timings_s=clock.timings,
         )
-        return result, ct, suv
+        return done(result, ct, suv)
     except (VolumeError, DicomReadError, ValueError, MemoryError) as exc:
         log.exception("analysis of study %s failed", study.study_instance_uid)
         skipped.append(f"analysis failed: {exc}")
-        return StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), ct, suv
+        return done(StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), ct, suv)

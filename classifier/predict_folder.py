@@ -11,8 +11,6 @@ import json
 import logging
 from pathlib import Path
 
-import pydicom
-
 from classifier.analyze import analyze_study
 from classifier.encode import encode
 from classifier.inference import LesionClassifier
@@ -75,15 +73,11 @@ def predict_folder(
     model = LesionClassifier.load(config.model)
     written: list[Path] = []
     for study in studies:
-        result, ct, suv = analyze_study(study, config, model)
+        analysis = analyze_study(study, config, model)
+        result, ct, suv = analysis.result, analysis.ct, analysis.suv
         target = out / study.study_instance_uid
         target.mkdir(parents=True, exist_ok=True)
-        paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
-        sources = [
-            pydicom.dcmread(paths[r.sop_instance_uid], stop_before_pixels=True)
-            for r in result.evidence
-        ]
-        for ds in encode(result, sources):
+        for ds in encode(result, analysis.sources):
             path = target / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             written.append(path)

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pydicom
 
-from classifier.analyze import analyze
+from classifier.analyze import analyze_study
 from classifier.encode import encode
 from classifier.inference import LesionClassifier
-from classifier.types import StudyFiles
 from scp_node.config import Config
 from scp_node.routing import destinations_for
 from storage.index import Index, Job, ResultObject
@@ -106,12 +105,14 @@ class AnalysisWorker:
 
     def _process(self, job: Job) -> None:
         study = self._index.study_files(job.study_uid)
-        result = analyze(study, self._config.classifier, self.classifier)
+        analysis = analyze_study(study, self._config.classifier, self.classifier)
+        result = analysis.result
         for reason in result.skipped:
             log.info("analysis note study=%s: %s", job.study_uid, reason)
-        sources = _read_headers(study, [r.sop_instance_uid for r in result.evidence])
         predecessor = _read_predecessor(job.previous_sr_path)
-        objects = encode(result, sources, predecessor=predecessor, instance_number=job.version)
+        objects = encode(
+            result, analysis.sources, predecessor=predecessor, instance_number=job.version
+        )
         results = []
         for ds in objects:
             path = self._store.write_dataset(ds)
@@ -147,12 +148,6 @@ class AnalysisWorker:
             ",".join(destinations) or "none",
             " ".join(f"{k}={v:.2f}s" for k, v in result.timings_s.items()),
         )
-
-
-def _read_headers(study: StudyFiles, sop_uids: list[str]) -> list[pydicom.Dataset]:
-    """Headers (no pixel data) of the analysed instances, in the order of `sop_uids`."""
-    paths = {i.sop_instance_uid: i.path for s in study.series for i in s.instances}
-    return [pydicom.dcmread(paths[uid], stop_before_pixels=True) for uid in sop_uids]
 
 
 def _read_predecessor(path: Path | None) -> pydicom.Dataset | None:

@@ -58,8 +58,14 @@ def test_analyze_finds_the_phantom_lesion_with_pet(
     phantom_files: tuple[StudyFiles, object],
 ) -> None:
     files, study = phantom_files
-    result, ct, suv = analyze_study(files, _config(), _tiny_classifier(lesion_bias=5.0))
+    analysis = analyze_study(files, _config(), _tiny_classifier(lesion_bias=5.0))
+    result, ct, suv = analysis.result, analysis.ct, analysis.suv
     assert result.analysed, result.skipped
+    # The headers read for series selection come back for encode(), in evidence order.
+    assert [str(h.SOPInstanceUID) for h in analysis.sources] == [
+        r.sop_instance_uid for r in result.evidence
+    ]
+    assert all("PixelData" not in h for h in analysis.sources)
     # The volumes handed back for pictures: CT in HU, SUV resampled onto the CT grid.
     assert ct is not None and suv is not None
     assert ct.shape == result.ct_shape == suv.shape
@@ -101,8 +107,9 @@ def test_unusable_study_returns_reasons(tmp_path: Path) -> None:
     files = StudyFiles(
         "1.2.3", (SeriesFiles("1.2.3.4", "CT", (InstanceFile(bad, "1.2.3.4.5", "1.2"),)),)
     )
-    result, ct, suv = analyze_study(files, _config(), _tiny_classifier(0.0))
-    assert ct is None and suv is None
+    analysis = analyze_study(files, _config(), _tiny_classifier(0.0))
+    result, ct, suv = analysis.result, analysis.ct, analysis.suv
+    assert ct is None and suv is None and analysis.sources == []
     assert result == analyze(files, _config(), _tiny_classifier(0.0))
     assert not result.analysed
     assert any("not readable" in r for r in result.skipped)

@@ -117,3 +117,26 @@ def test_study_from_an_unknown_sender_is_reported_with_a_reason_a_person_can_act
     assert row["state"] == "DELIVERED"  # nothing to send
     assert "'MODALITY1' is not in [destinations]" in row["reason"]
     assert index.status()["outbox"] == []
+
+
+def test_study_that_cannot_be_analysed_gets_an_sr_saying_why(node) -> None:
+    config, store, index = node
+    study = generate_study(seed=7, histology="A", ct_size=64, ct_slices=16, pet=True)
+    _receive(store, index, study.pet)  # no CT at all
+    index.mark_ready(time.time() + 60, 0)
+    assert AnalysisWorker(config, store, index, "test-worker").run_once()
+    (row,) = index.status()["studies"]
+    assert row["state"] == "REPORTED", row
+    assert "no CT series qualifies for analysis" in row["reason"]
+    (sr,) = [
+        ds for ds in (pydicom.dcmread(p) for p in store.root.rglob("*.dcm")) if ds.Modality == "SR"
+    ]
+    texts = " ".join(str(e.value) for e in sr.iterall() if e.keyword == "TextValue")
+    assert "no CT series qualifies for analysis" in texts
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert evidence == {ds.SOPInstanceUID for ds in study.pet}
