@@ -100,9 +100,10 @@ def main() -> int:
         for repeat in range(args.repeats):
             started = time.perf_counter()
             analysis = analyze_study(study, config.classifier, model)
-            result = analysis.result
+            result, sources = analysis.result, analysis.sources
+            del analysis  # as the worker does: the volumes go before encoding
             t_encode = time.perf_counter()
-            encode(result, analysis.sources)
+            encode(result, sources)
             timings = dict(result.timings_s)
             timings["encode"] = time.perf_counter() - t_encode
             timings["total"] = time.perf_counter() - started

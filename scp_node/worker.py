@@ -106,13 +106,12 @@ class AnalysisWorker:
     def _process(self, job: Job) -> None:
         study = self._index.study_files(job.study_uid)
         analysis = analyze_study(study, self._config.classifier, self.classifier)
-        result = analysis.result
+        result, sources = analysis.result, analysis.sources
+        del analysis  # frees the CT and SUV volumes before encoding
         for reason in result.skipped:
             log.info("analysis note study=%s: %s", job.study_uid, reason)
         predecessor = _read_predecessor(job.previous_sr_path)
-        objects = encode(
-            result, analysis.sources, predecessor=predecessor, instance_number=job.version
-        )
+        objects = encode(result, sources, predecessor=predecessor, instance_number=job.version)
         results = []
         for ds in objects:
             path = self._store.write_dataset(ds)
