@@ -116,6 +116,15 @@ def test_hostile_peers_time_out_and_do_not_slow_a_good_peer(tmp_path: Path) -> N
         while any(a.is_established for a in held) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(a.is_established for a in held), "idle associations were never timed out"
+        # the peers see the abort a moment before the node's association threads end and give
+        # their slots back: wait (bounded) until the node accepts an association again
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = _scu().associate("127.0.0.1", node.port, ae_title=node.ae_title)
+            if probe.is_established:
+                probe.release()
+                break
+            time.sleep(0.2)
         after = _timed_send(files, node)
         print(f"storescu after the idle associations timed out: {after:.2f} s")
     assert "Traceback" not in node.log()
