@@ -27,7 +27,7 @@ from scp_node.instance_header import HeaderError, read_header
 from scp_node.sop_classes import STORAGE_SOP_CLASSES
 from storage.index import Index, InstanceRecord
 from storage.instance_store import SUFFIX, InstanceStore
-from storage.uids import InvalidUIDError, require_uid
+from storage.uids import InvalidUIDError
 
 log = logging.getLogger("lungnode.index_recovery")
 
@@ -201,26 +201,13 @@ def _record_for(
     not a received instance (the node's own SR/SEG, or a file at the wrong path)."""
     try:
         header = read_header(path)
-        sop_class_uid = require_uid("SOP Class UID", header.sop_class_uid)
-        sop_uid = require_uid("SOP Instance UID", header.sop_instance_uid)
-        study_uid = require_uid("Study Instance UID", header.study_instance_uid)
-        series_uid = require_uid("Series Instance UID", header.series_instance_uid)
+        record = header.record(path, _calling_aet_of(path), ctime)
     except (HeaderError, InvalidUIDError) as exc:
         log.warning("index recovery skipped %s: %s", path, exc)
         return None, None
-    if sop_class_uid not in _RECEIVABLE:
+    if record.sop_class_uid not in _RECEIVABLE:
         return None, None  # the node's own result objects are never received instances
-    if store.path_for(study_uid, series_uid, sop_uid) != path:
+    if store.path_for(record.study_uid, record.series_uid, record.sop_uid) != path:
         log.warning("index recovery skipped %s: its UIDs name another store path", path)
         return None, None
-    record = InstanceRecord(
-        study_uid=study_uid,
-        series_uid=series_uid,
-        sop_uid=sop_uid,
-        sop_class_uid=sop_class_uid,
-        modality=header.modality,
-        path=path,
-        calling_aet=_calling_aet_of(path),
-        received_at=ctime,
-    )
     return record, header.expected_in_series()

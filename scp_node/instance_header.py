@@ -12,6 +12,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from storage.index import InstanceRecord
+from storage.uids import require_uid
+
 # The only elements read; everything else, Pixel Data above all, stays on disk unread.
 HEADER_TAGS = [
     "SOPClassUID",
@@ -37,6 +40,24 @@ class InstanceHeader:
     series_instance_uid: object
     modality: str
     number_of_slices: object
+
+    def record(self, path: Path, calling_aet: str, received_at: float) -> InstanceRecord:
+        """The index row for this instance stored at `path`; raises InvalidUIDError naming the
+        first of SOP Class, SOP Instance, Study and Series Instance UID that is not a UID."""
+        sop_class_uid = require_uid("SOP Class UID", self.sop_class_uid)
+        sop_uid = require_uid("SOP Instance UID", self.sop_instance_uid)
+        study_uid = require_uid("Study Instance UID", self.study_instance_uid)
+        series_uid = require_uid("Series Instance UID", self.series_instance_uid)
+        return InstanceRecord(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class_uid,
+            modality=self.modality,
+            path=path,
+            calling_aet=calling_aet,
+            received_at=received_at,
+        )
 
     def expected_in_series(self) -> int | None:
         """PET Number of Slices (0054,0081) as the series' expected instance count, if sane."""

@@ -9,6 +9,7 @@ at start (see index_recovery), so the durable file is the one fsync that bounds 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import shutil
@@ -41,7 +42,7 @@ from scp_node.sop_classes import (
 from scp_node.tls import server_context, start_server
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
-from storage.uids import InvalidUIDError, require_uid
+from storage.uids import InvalidUIDError
 
 log = logging.getLogger("lungnode.receiver")
 
@@ -301,12 +302,10 @@ class Receiver:
         header = _read_header(streamed)
         request = event.request
         try:
-            sop_class_uid = require_uid("SOP Class UID", header.sop_class_uid)
-            sop_uid = require_uid("SOP Instance UID", header.sop_instance_uid)
-            study_uid = require_uid("Study Instance UID", header.study_instance_uid)
-            series_uid = require_uid("Series Instance UID", header.series_instance_uid)
+            record = header.record(streamed, calling_aet, time.time())
         except InvalidUIDError as exc:
             raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+        sop_class_uid, sop_uid = record.sop_class_uid, record.sop_uid
         if sop_class_uid != str(request.AffectedSOPClassUID).strip():
             raise _Rejected(
                 DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -323,7 +322,7 @@ class Receiver:
         with self._indexing.committing():
             try:
                 remember_calling_aet(temp, calling_aet)
-                final, new = self._store.commit(temp, study_uid, series_uid, sop_uid)
+                final, new = self._store.commit(temp, record.study_uid, record.series_uid, sop_uid)
             except InvalidUIDError as exc:
                 raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
             except OSError as exc:
@@ -333,16 +332,7 @@ class Receiver:
             finally:
                 if temp != streamed:
                     temp.unlink(missing_ok=True)
-            record = InstanceRecord(
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_uid=sop_uid,
-                sop_class_uid=sop_class_uid,
-                modality=header.modality,
-                path=final,
-                calling_aet=calling_aet,
-                received_at=time.time(),
-            )
+            record = dataclasses.replace(record, path=final, received_at=time.time())
             self._indexing.record(record, header.expected_in_series())
         return record, new
 
