@@ -33,7 +33,12 @@ class NodeProcess:
         port: int | None = None,
         extra: dict[str, str] | None = None,
         role: str = "all",
+        archive_port: int | None = None,
     ) -> None:
+        """`archive_port`: send every result to a DCMTK storescp (AE STORESCP) on that port."""
+        if archive_port is not None:
+            destinations = {"archive": f"STORESCP@127.0.0.1:{archive_port}", **(destinations or {})}
+            send_results_to = "archive"
         self.workdir = workdir
         self.role = role  # `serve --role`; may be changed between starts
         self.pid: int | None = None

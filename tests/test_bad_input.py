@@ -105,8 +105,7 @@ def test_bad_input_is_refused_or_analysed_around(tmp_path: Path, chunked_send: N
         StorescpServer(tmp_path / "archive") as archive,
         NodeProcess(
             tmp_path / "node",
-            destinations={"archive": f"STORESCP@127.0.0.1:{archive.port}"},
-            send_results_to="archive",
+            archive_port=archive.port,
             quiet_seconds=3,
         ) as node,
     ):

@@ -51,8 +51,7 @@ def _wait_results(
 def _node(tmp_path: Path, storescp_port: int, **kwargs: object) -> NodeProcess:
     return NodeProcess(
         tmp_path / "node",
-        destinations={"archive": f"STORESCP@127.0.0.1:{storescp_port}"},
-        send_results_to="archive",
+        archive_port=storescp_port,
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -28,8 +28,7 @@ def _node(tmp_path: Path, archive: StorescpServer, role: str, **kwargs: object) 
     return RoleNode(
         tmp_path / "node",
         role=role,
-        destinations={"archive": f"STORESCP@127.0.0.1:{archive.port}"},
-        send_results_to="archive",
+        archive_port=archive.port,
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -41,8 +41,7 @@ PresentationContexts = CTOnly
 def _node(tmp_path: Path, port: int, max_attempts: int = MAX_ATTEMPTS) -> RoleNode:
     return RoleNode(
         tmp_path / "node",
-        destinations={"archive": f"STORESCP@127.0.0.1:{port}"},
-        send_results_to="archive",
+        archive_port=port,
         quiet_seconds=1,
         extra={
             "LUNGNODE__SENDER__INITIAL_BACKOFF_SECONDS": str(INITIAL_BACKOFF),

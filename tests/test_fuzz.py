@@ -64,12 +64,11 @@ def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_sen
         StorescpServer(tmp_path / "archive") as archive,
         NodeProcess(
             tmp_path / "node",
-            destinations={"archive": f"STORESCP@127.0.0.1:{archive.port}"},
-            send_results_to="archive",
+            archive_port=archive.port,
             quiet_seconds=2,
         ) as node,
     ):
-        pid = node._proc.pid  # type: ignore[union-attr]
+        pid = node.pid
         rss["start"] = rss_mb(pid)
         ae = AE(ae_title="STORESCU")
         ae.add_requested_context(CT)
