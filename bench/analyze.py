@@ -26,10 +26,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from classifier.analyze import analyze_study  # noqa: E402
-from classifier.encode import encode  # noqa: E402
-from classifier.inference import LesionClassifier  # noqa: E402
-from classifier.phantom import generate_study  # noqa: E402
-from classifier.study_folder import scan_folder  # noqa: E402
+from classifier.datasets.phantom import generate_study  # noqa: E402
+from classifier.datasets.study_folder import scan_folder  # noqa: E402
+from classifier.model.inference import LesionClassifier  # noqa: E402
+from classifier.results.encode import encode  # noqa: E402
 from scp_node.config import DEFAULT_CONFIG, load_config  # noqa: E402
 
 STAGES = ("read", "volumes", "resample", "candidates", "cnn", "encode")

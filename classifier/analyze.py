@@ -16,18 +16,19 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from classifier.dicom_io import DicomReadError, read_headers, read_series
-from classifier.lesions import Candidate, find_candidates
-from classifier.patches import PATCH_SHAPE, extract_patch
-from classifier.resample import register_rigid, resample_to
-from classifier.series_selection import SeriesCandidate, select_series
-from classifier.suv import load_pet_suv_volume
-from classifier.types import HISTOLOGY_CLASSES, Lesion, StudyFiles, StudyResult
-from classifier.volume import Volume, VolumeError, load_ct_volume
-from scp_node.config import ClassifierConfig
+from classifier.imaging.dicom_io import DicomReadError, read_headers, read_series
+from classifier.imaging.lesions import Candidate, find_candidates
+from classifier.imaging.resample import register_rigid, resample_to
+from classifier.imaging.series_selection import SeriesCandidate, select_series
+from classifier.imaging.suv import load_pet_suv_volume
+from classifier.imaging.volume import Volume, VolumeError, load_ct_volume
+from classifier.model.patches import PATCH_SHAPE, extract_patch
+from classifier.settings import AnalysisSettings
+from classifier.types import HISTOLOGY_CLASSES, Lesion, StudyResult
+from storage.study_files import StudyFiles
 
 if TYPE_CHECKING:
-    from classifier.inference import LesionClassifier
+    from classifier.model.inference import LesionClassifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,14 +109,14 @@ class Analysis:
 
 
 def analyze(
-    study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
+    study: StudyFiles, config: AnalysisSettings, classifier: LesionClassifier
 ) -> StudyResult:
     """Analyse one study; an unusable study gives a result with ct_series_uid None and reasons."""
     return analyze_study(study, config, classifier).result
 
 
 def analyze_study(
-    study: StudyFiles, config: ClassifierConfig, classifier: LesionClassifier
+    study: StudyFiles, config: AnalysisSettings, classifier: LesionClassifier
 ) -> Analysis:
     """Analyse one study; see `Analysis` for what comes back besides the result."""
     candidates: list[SeriesCandidate] = []

@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 
 from classifier.analyze import analyze_study
-from classifier.encode import encode
-from classifier.inference import LesionClassifier
-from classifier.overlay import render_lesion_png
-from classifier.study_folder import scan_folder
+from classifier.datasets.study_folder import scan_folder
+from classifier.model.inference import LesionClassifier
+from classifier.results.encode import encode
+from classifier.results.overlay import render_lesion_png
+from classifier.settings import AnalysisSettings
 from classifier.types import StudyResult
-from scp_node.config import ClassifierConfig
 
 log = logging.getLogger("lungnode.predict")
 
@@ -62,7 +62,7 @@ def result_summary(result: StudyResult) -> dict[str, object]:
 
 
 def predict_folder(
-    folder: Path, out: Path, *, config: ClassifierConfig, png: bool = False
+    folder: Path, out: Path, *, config: AnalysisSettings, png: bool = False
 ) -> list[Path]:
     """Analyse every study below `folder`; returns the files written."""
     studies, notes = scan_folder(folder)

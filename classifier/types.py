@@ -7,7 +7,6 @@ Coordinates: volumes are indexed [slice, row, column]; patient coordinates are D
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -18,36 +17,6 @@ HISTOLOGY_NAMES: dict[str, str] = {
     "E": "large cell carcinoma",
     "G": "squamous cell carcinoma",
 }
-
-
-@dataclass(frozen=True)
-class InstanceFile:
-    """One stored instance with the header facts the node already indexed."""
-
-    path: Path
-    sop_instance_uid: str
-    sop_class_uid: str
-
-
-@dataclass(frozen=True)
-class SeriesFiles:
-    """The stored instances of one series."""
-
-    series_instance_uid: str
-    modality: str
-    instances: tuple[InstanceFile, ...]
-
-
-@dataclass(frozen=True)
-class StudyFiles:
-    """The instance files of one study, grouped by series: the input of `analyze`."""
-
-    study_instance_uid: str
-    series: tuple[SeriesFiles, ...]
-
-    @property
-    def paths(self) -> list[Path]:
-        return [i.path for s in self.series for i in s.instances]
 
 
 @dataclass(frozen=True)

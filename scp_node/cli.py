@@ -61,7 +61,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from classifier.phantom import write_tcia_layout
+    from classifier.datasets.phantom import write_tcia_layout
 
     studies = write_tcia_layout(
         Path(args.out), args.patients, args.seed, ct_size=args.ct_size, ct_slices=args.ct_slices
@@ -71,7 +71,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from classifier.training import train
+    from classifier.model.training import train
 
     command = "lungnode " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = train(
@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifier.evaluation import evaluate
+    from classifier.model.evaluation import evaluate
 
     metrics = evaluate(
         Path(args.model),

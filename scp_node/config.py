@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from classifier.model.bundled import BUNDLED_MODEL
+from classifier.settings import AnalysisSettings, MtvThreshold
+
 ENV_PREFIX = "LUNGNODE__"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL = PROJECT_ROOT / "classifier" / "weights" / "lungnode-demo.keras"
 DEFAULT_CONFIG = PROJECT_ROOT / "config.ini"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
@@ -85,30 +87,6 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
-class MtvThreshold:
-    """SUV threshold of the metabolic tumour volume: absolute, or a fraction of SUVmax."""
-
-    value: float
-    relative: bool
-
-    def threshold_for(self, suv_max: float) -> float:
-        return self.value * suv_max if self.relative else self.value
-
-    def describe(self) -> str:
-        return f"{self.value * 100:g}% of SUVmax" if self.relative else f"SUVbw >= {self.value:g}"
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    model: Path
-    lesion_probability_threshold: float
-    mtv_threshold: MtvThreshold
-    ct_slice_thickness_range_mm: tuple[float, float]
-    ct_min_slices: int
-    pet_min_slices: int
-
-
-@dataclass(frozen=True)
 class SenderConfig:
     max_attempts: int
     initial_backoff_seconds: float
@@ -123,7 +101,7 @@ class Config:
     security: SecurityConfig
     storage: StorageConfig
     pipeline: PipelineConfig
-    classifier: ClassifierConfig
+    classifier: AnalysisSettings
     sender: SenderConfig
     destinations: Mapping[str, Destination]
     send_results_to: tuple[str, ...]
@@ -443,7 +421,7 @@ def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
             retention_days=v["storage"]["retention_days"],
         ),
         pipeline=PipelineConfig(**v["pipeline"]),
-        classifier=ClassifierConfig(**{**v["classifier"], "model": model}),
+        classifier=AnalysisSettings(**{**v["classifier"], "model": model}),
         sender=sender,
         destinations=destinations,
         send_results_to=send_to,

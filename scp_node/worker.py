@@ -18,8 +18,8 @@ from pathlib import Path
 import pydicom
 
 from classifier.analyze import analyze_study
-from classifier.encode import encode
-from classifier.inference import LesionClassifier
+from classifier.model.inference import LesionClassifier
+from classifier.results.encode import encode
 from scp_node.config import Config
 from scp_node.routing import destinations_for
 from storage.index import Index, Job, ResultObject

@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from classifier.types import InstanceFile, SeriesFiles, StudyFiles
 from storage.database import Cursor, Database, DatabaseError
+from storage.study_files import InstanceFile, SeriesFiles, StudyFiles
 from storage.uids import require_uid
 
 SCHEMA_VERSION = 1

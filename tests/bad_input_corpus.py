@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
-from classifier.phantom import PhantomStudy, generate_study
+from classifier.datasets.phantom import PhantomStudy, generate_study
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CYRILLIC_NAME = "Иванов^Пётр"  # ISO_IR 144, on every slice of the valid CT

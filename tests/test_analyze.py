@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from classifier.analyze import STAGES, analyze, analyze_study
-from classifier.inference import LesionClassifier
-from classifier.patches import PATCH_SHAPE
-from classifier.phantom import generate_study, write_study
-from classifier.study_folder import scan_folder
-from classifier.types import ModelInfo, StudyFiles
-from scp_node.config import ClassifierConfig, MtvThreshold
+from classifier.datasets.phantom import generate_study, write_study
+from classifier.datasets.study_folder import scan_folder
+from classifier.model.inference import LesionClassifier
+from classifier.model.patches import PATCH_SHAPE
+from classifier.settings import AnalysisSettings
+from classifier.types import ModelInfo
+from storage.study_files import StudyFiles
 
 
 def _tiny_classifier(lesion_bias: float) -> LesionClassifier:
@@ -33,15 +34,8 @@ def _tiny_classifier(lesion_bias: float) -> LesionClassifier:
     return LesionClassifier(model, ModelInfo("tiny", "0", "0" * 64, "nothing"))
 
 
-def _config(threshold: float = 0.5) -> ClassifierConfig:
-    return ClassifierConfig(
-        model=Path("unused.keras"),
-        lesion_probability_threshold=threshold,
-        mtv_threshold=MtvThreshold(2.5, relative=False),
-        ct_slice_thickness_range_mm=(0.5, 10.0),
-        ct_min_slices=8,
-        pet_min_slices=8,
-    )
+def _config(threshold: float = 0.5) -> AnalysisSettings:
+    return AnalysisSettings(lesion_probability_threshold=threshold)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +96,7 @@ def test_threshold_drops_low_probability_candidates(
 def test_unusable_study_returns_reasons(tmp_path: Path) -> None:
     bad = tmp_path / "x.dcm"
     bad.write_bytes(b"not dicom")
-    from classifier.types import InstanceFile, SeriesFiles
+    from storage.study_files import InstanceFile, SeriesFiles
 
     files = StudyFiles(
         "1.2.3", (SeriesFiles("1.2.3.4", "CT", (InstanceFile(bad, "1.2.3.4.5", "1.2"),)),)

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.inference import BUNDLED_MODEL, LesionClassifier
-from classifier.patches import PATCH_SHAPE
+from classifier.model.inference import BUNDLED_MODEL, LesionClassifier
+from classifier.model.patches import PATCH_SHAPE
 
 _SCRIPT = """
 import json, sys
 import numpy as np
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
-from classifier.inference import LesionClassifier
+from classifier.model.inference import LesionClassifier
 x = np.random.default_rng(42).random((5, *{shape}), dtype=np.float32)
 lesion, histology = LesionClassifier.load(sys.argv[1]).predict(x)
 print(json.dumps({{"lesion": lesion.tolist(), "histology": histology.tolist()}}))

@@ -32,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from classifier.dicom_io import DicomReadError, read_dataset, read_header
+from classifier.imaging.dicom_io import DicomReadError, read_dataset, read_header
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from dicom_validators import run_dciodvfy
 
-from classifier.tcia_dataset import scan_dataset
+from classifier.datasets.tcia_dataset import scan_dataset
 
 pytestmark = pytest.mark.slow
 

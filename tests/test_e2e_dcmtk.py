@@ -17,7 +17,7 @@ from dcmtk import StorescpServer, run_echoscu, run_storescu
 from dicom_validators import run_dciodvfy, run_dsrdump
 from node_process import NodeProcess, save_datasets
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from dicom_validators import run_dciodvfy
 from node_process import NodeProcess, save_datasets
 from orthanc import Orthanc
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

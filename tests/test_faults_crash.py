@@ -16,7 +16,7 @@ from faults_support import RoleNode, acknowledged, dataset_bytes, modality_count
 from node_process import save_datasets
 from orthanc import Orthanc
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from dcmtk import StorescpServer, run_storescu
 from faults_support import RoleNode, modality_counts
 from node_process import save_datasets
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from dcmtk import run_echoscu, run_storescu
 from faults_support import RoleNode, acknowledged, dataset_bytes
 from node_process import save_datasets
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

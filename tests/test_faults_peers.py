@@ -15,7 +15,7 @@ from faults_support import RoleNode, acknowledged
 from node_process import save_datasets
 from pynetdicom import AE
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

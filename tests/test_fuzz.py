@@ -21,7 +21,7 @@ from node_process import NodeProcess
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.inference import BUNDLED_MODEL, LesionClassifier
-from classifier.patches import PATCH_SHAPE
+from classifier.model.inference import BUNDLED_MODEL, LesionClassifier
+from classifier.model.patches import PATCH_SHAPE
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_bundled_model_reports_each_phantom_lesion_and_few_false_positives(
     """The whole product path (detector + bundled CNN) on phantoms the model never saw: every
     true lesion reported (centroid within its radius + 10 mm), at most one false report each."""
     from classifier.analyze import analyze
-    from classifier.phantom import write_tcia_layout
-    from classifier.study_folder import scan_folder
+    from classifier.datasets.phantom import write_tcia_layout
+    from classifier.datasets.study_folder import scan_folder
     from scp_node.config import DEFAULT_CONFIG, load_config
 
     if not BUNDLED_MODEL.is_file():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifier.lesions import feret_axes, find_candidates
-from classifier.phantom import generate_study
-from classifier.resample import resample_to
-from classifier.suv import load_pet_suv_volume
-from classifier.volume import load_ct_volume
+from classifier.datasets.phantom import generate_study
+from classifier.imaging.lesions import feret_axes, find_candidates
+from classifier.imaging.resample import resample_to
+from classifier.imaging.suv import load_pet_suv_volume
+from classifier.imaging.volume import load_ct_volume
 
 
 def test_feret_of_a_rectangle() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.network import HISTOLOGY_OUTPUT, LESION_OUTPUT, build_model
-from classifier.patches import PATCH_SHAPE
+from classifier.model.network import HISTOLOGY_OUTPUT, LESION_OUTPUT, build_model
+from classifier.model.patches import PATCH_SHAPE
 from classifier.types import HISTOLOGY_CLASSES
 
 

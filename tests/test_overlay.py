@@ -10,13 +10,13 @@ import pytest
 from matplotlib.image import imread
 
 from classifier.analyze import to_lesion
-from classifier.lesions import find_candidates
-from classifier.overlay import render_annotated_slice_png, render_lesion_png
-from classifier.phantom import generate_study
-from classifier.resample import resample_to
-from classifier.suv import load_pet_suv_volume
+from classifier.datasets.phantom import generate_study
+from classifier.imaging.lesions import find_candidates
+from classifier.imaging.resample import resample_to
+from classifier.imaging.suv import load_pet_suv_volume
+from classifier.imaging.volume import Volume, load_ct_volume
+from classifier.results.overlay import render_annotated_slice_png, render_lesion_png
 from classifier.types import Lesion
-from classifier.volume import Volume, load_ct_volume
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

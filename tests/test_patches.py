@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from classifier.patches import (
+from classifier.model.patches import (
     CH_LUNG,
     CH_MEDIASTINAL,
     CH_PET_FLAG,
@@ -21,10 +21,10 @@ from classifier.patches import (
 @pytest.fixture(scope="module")
 def phantom() -> tuple:
     """A small phantom CT with its SUV on the CT grid and the lesion centre index."""
-    from classifier.phantom import generate_study
-    from classifier.resample import resample_to
-    from classifier.suv import load_pet_suv_volume
-    from classifier.volume import load_ct_volume
+    from classifier.datasets.phantom import generate_study
+    from classifier.imaging.resample import resample_to
+    from classifier.imaging.suv import load_pet_suv_volume
+    from classifier.imaging.volume import load_ct_volume
 
     study = generate_study(11, "B", ct_size=96, ct_slices=24)  # B: solid
     ct = load_ct_volume(study.ct)
@@ -57,7 +57,7 @@ def test_lesion_centre_is_bright_in_the_mediastinal_window(phantom: tuple) -> No
 
 def test_field_is_physical_not_voxels() -> None:
     """A 20-mm sphere looks the same on a 0.7-mm and a 2.8-mm grid."""
-    from classifier.volume import Volume
+    from classifier.imaging.volume import Volume
 
     def sphere_volume(pixel: float) -> tuple[Volume, tuple[int, int, int]]:
         n = int(round(160 / pixel))

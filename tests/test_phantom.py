@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from classifier.phantom import PhantomStudy, generate_study, study_digest, write_study
+from classifier.datasets.phantom import PhantomStudy, generate_study, study_digest, write_study
 
 SMALL = {"ct_size": 64, "ct_slices": 16, "pet_size": 32}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.dicom_io import read_series
-from classifier.lesions import find_candidates
-from classifier.overlay import render_annotated_slice_png
-from classifier.volume import load_ct_volume
+from classifier.imaging.dicom_io import read_series
+from classifier.imaging.lesions import find_candidates
+from classifier.imaging.volume import load_ct_volume
+from classifier.results.overlay import render_annotated_slice_png
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
 

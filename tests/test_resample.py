@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from classifier.phantom import generate_study
-from classifier.resample import RigidTransform, register_rigid, resample_to
-from classifier.suv import load_pet_suv_volume
-from classifier.volume import Volume, load_ct_volume
+from classifier.datasets.phantom import generate_study
+from classifier.imaging.resample import RigidTransform, register_rigid, resample_to
+from classifier.imaging.suv import load_pet_suv_volume
+from classifier.imaging.volume import Volume, load_ct_volume
 
 FRAME = "1.2.826.0.1.3680043.8.498.2001"
 OTHER_FRAME = "1.2.826.0.1.3680043.8.498.2002"

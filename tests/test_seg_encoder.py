@@ -14,9 +14,9 @@ import pytest
 from dicom_validators import dciodvfy_report
 from test_sr_encoder import KNOWN_DCIODVFY_WARNINGS, MODEL, Case, encoded_cases, real_case
 
-from classifier import codes
-from classifier.encode import encode
-from classifier.seg_encoder import lesion_volume
+from classifier.results import codes
+from classifier.results.encode import encode
+from classifier.results.seg_encoder import lesion_volume
 
 
 @pytest.fixture

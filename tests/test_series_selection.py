@@ -10,19 +10,20 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from classifier.analyze import analyze
-from classifier.phantom import generate_study, write_study
-from classifier.series_selection import SeriesCandidate, select_series, slice_thickness
-from classifier.study_folder import scan_folder
-from classifier.types import ModelInfo, SeriesFiles
-from scp_node.config import DEFAULT_CONFIG, ClassifierConfig, load_config
+from classifier.datasets.phantom import generate_study, write_study
+from classifier.datasets.study_folder import scan_folder
+from classifier.imaging.series_selection import SeriesCandidate, select_series, slice_thickness
+from classifier.settings import AnalysisSettings
+from classifier.types import ModelInfo
+from storage.study_files import SeriesFiles
 
 FRAME_A = "1.2.826.0.1.3680043.8.498.1001"
 FRAME_B = "1.2.826.0.1.3680043.8.498.1002"
 
 
 @pytest.fixture(scope="module")
-def config() -> ClassifierConfig:
-    config = load_config(DEFAULT_CONFIG, environ={}).classifier
+def config() -> AnalysisSettings:
+    config = AnalysisSettings()
     # The rejection tests below are written against the shipped defaults.
     assert config.ct_slice_thickness_range_mm == (0.5, 10.0)
     assert (config.ct_min_slices, config.pet_min_slices) == (8, 8)
@@ -65,7 +66,7 @@ def _uids(candidates: tuple[SeriesCandidate, ...]) -> list[str]:
     return [c.series.series_instance_uid for c in candidates]
 
 
-def test_thinnest_qualifying_ct_is_preferred(config: ClassifierConfig) -> None:
+def test_thinnest_qualifying_ct_is_preferred(config: AnalysisSettings) -> None:
     thick = _candidate("1.2.3.1", "CT", slices=60, thickness="5")
     thin = _candidate("1.2.3.2", "CT", slices=200, thickness="1.25")
     thin_fewer = _candidate("1.2.3.3", "CT", slices=150, thickness="1.25")
@@ -77,7 +78,7 @@ def test_thinnest_qualifying_ct_is_preferred(config: ClassifierConfig) -> None:
 
 
 def test_enhanced_ct_thickness_and_frames_come_from_the_functional_groups(
-    config: ClassifierConfig,
+    config: AnalysisSettings,
 ) -> None:
     enhanced = Dataset()
     enhanced.Modality = "CT"
@@ -139,7 +140,7 @@ def test_enhanced_ct_thickness_and_frames_come_from_the_functional_groups(
     ],
 )
 def test_ct_rejected_with_the_rule_named(
-    config: ClassifierConfig, kwargs: dict, expected: list[str]
+    config: AnalysisSettings, kwargs: dict, expected: list[str]
 ) -> None:
     good = _candidate("1.2.3.1", "CT", thickness="3")
     bad = _candidate("1.2.3.7", "CT", number=4, description="bad one", **kwargs)
@@ -152,7 +153,7 @@ def test_ct_rejected_with_the_rule_named(
         assert text in reason, reason
 
 
-def test_every_failed_ct_rule_is_reported(config: ClassifierConfig) -> None:
+def test_every_failed_ct_rule_is_reported(config: AnalysisSettings) -> None:
     bad = _candidate("1.2.3.7", "CT", slices=3, thickness="15", image_type=("DERIVED", "PRIMARY"))
     (reason,) = select_series([bad], config).rejected
     assert "Image Type is DERIVED\\PRIMARY" in reason
@@ -160,14 +161,14 @@ def test_every_failed_ct_rule_is_reported(config: ClassifierConfig) -> None:
     assert "3 slice(s), fewer than ct_min_slices = 8" in reason
 
 
-def test_other_modalities_are_named(config: ClassifierConfig) -> None:
+def test_other_modalities_are_named(config: AnalysisSettings) -> None:
     report = _candidate("1.2.3.5", "SR", slices=1, number=9)
     selection = select_series([report], config)
     assert selection.ct == () and selection.pet == ()
     assert selection.rejected == ("series 9 1.2.3.5: Modality SR is not analysed",)
 
 
-def test_series_without_headers_is_named(config: ClassifierConfig) -> None:
+def test_series_without_headers_is_named(config: AnalysisSettings) -> None:
     empty = SeriesCandidate(SeriesFiles("1.2.3.6", "CT", ()), ())
     selection = select_series([empty], config)
     assert selection.ct == () and selection.pet == ()
@@ -175,7 +176,7 @@ def test_series_without_headers_is_named(config: ClassifierConfig) -> None:
 
 
 def test_pet_sharing_the_chosen_ct_frame_of_reference_is_preferred(
-    config: ClassifierConfig,
+    config: AnalysisSettings,
 ) -> None:
     # The thin CT (chosen) is in frame B; the PET in frame A has more slices but is second.
     ct_thick = _candidate("1.2.4.1", "CT", thickness="5", frame=FRAME_A)
@@ -196,7 +197,7 @@ def test_pet_sharing_the_chosen_ct_frame_of_reference_is_preferred(
     [("CNTS", "Units is CNTS"), ("GML", "Units is GML"), (None, "Units is missing")],
 )
 def test_pet_without_bqml_units_is_rejected(
-    config: ClassifierConfig, units: str | None, shown: str
+    config: AnalysisSettings, units: str | None, shown: str
 ) -> None:
     ct = _candidate("1.2.5.1", "CT")
     pet = _candidate("1.2.5.2", "PT", units=units, number=3)
@@ -207,13 +208,13 @@ def test_pet_without_bqml_units_is_rejected(
     assert f"{shown}, not BQML" in reason
 
 
-def test_pet_with_too_few_slices_is_rejected(config: ClassifierConfig) -> None:
+def test_pet_with_too_few_slices_is_rejected(config: AnalysisSettings) -> None:
     pet = _candidate("1.2.5.3", "PT", slices=7)
     (reason,) = select_series([pet], config).rejected
     assert "7 slice(s), fewer than pet_min_slices = 8" in reason
 
 
-def test_phantom_headers_qualify(config: ClassifierConfig) -> None:
+def test_phantom_headers_qualify(config: AnalysisSettings) -> None:
     study = generate_study(2, "B", ct_size=32, ct_slices=10, pet_size=16, pet_slices=8)
     ct = SeriesCandidate(SeriesFiles(study.ct[0].SeriesInstanceUID, "CT", ()), tuple(study.ct))
     pet = SeriesCandidate(SeriesFiles(study.pet[0].SeriesInstanceUID, "PT", ()), tuple(study.pet))
@@ -232,7 +233,7 @@ class _MustNotPredict:
 
 
 def test_study_with_only_pet_gives_no_ct_and_a_reason(
-    config: ClassifierConfig, tmp_path: Path
+    config: AnalysisSettings, tmp_path: Path
 ) -> None:
     study = generate_study(4, "G", ct_size=32, ct_slices=10, pet_size=16, pet_slices=8)
     pet_only = dataclasses.replace(study, ct=[], boxes=[])

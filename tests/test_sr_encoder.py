@@ -26,9 +26,9 @@ from dicom_validators import (
 )
 from pydicom.sr.codedict import codes as dicom_codes
 
-from classifier import codes
-from classifier.encode import encode
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
+from classifier.results import codes
+from classifier.results.encode import encode
 from classifier.types import HISTOLOGY_CLASSES, ImageReference, Lesion, ModelInfo, StudyResult
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from classifier.suv import SUVError, suv_factor
+from classifier.imaging.suv import SUVError, suv_factor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pet"
 

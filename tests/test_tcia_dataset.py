@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from classifier.phantom import write_tcia_layout
-from classifier.tcia_dataset import (
+from classifier.datasets.phantom import write_tcia_layout
+from classifier.datasets.tcia_dataset import (
     AnnotationError,
     find_collection_dir,
     read_voc_xml,

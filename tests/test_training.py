@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.evaluation import PatchPredictions, by_kind, evaluate
-from classifier.inference import BUNDLED_MODEL, read_model_metadata
-from classifier.lesions import Candidate
-from classifier.training import (
+from classifier.imaging.lesions import Candidate
+from classifier.model.evaluation import PatchPredictions, by_kind, evaluate
+from classifier.model.inference import BUNDLED_MODEL, read_model_metadata
+from classifier.model.training import (
     HARD_NEGATIVE_SLICES,
     HARD_NEGATIVE_WEIGHT,
     PATCH_KINDS,
@@ -61,7 +61,7 @@ def test_augment_keeps_shape_and_range() -> None:
 
 @pytest.mark.slow
 def test_tiny_training_writes_model_card_report_and_evaluate_reproduces_it(tmp_path: Path) -> None:
-    from classifier.phantom import write_tcia_layout
+    from classifier.datasets.phantom import write_tcia_layout
 
     data = tmp_path / "data"
     write_tcia_layout(data, 4, 5, ct_size=64, ct_slices=16, class_weights={"A": 1.0})
@@ -104,7 +104,7 @@ def test_tiny_training_writes_model_card_report_and_evaluate_reproduces_it(tmp_p
 
 @pytest.mark.slow
 def test_bundled_model_detects_lesions_on_fresh_phantoms(tmp_path: Path) -> None:
-    from classifier.phantom import write_tcia_layout
+    from classifier.datasets.phantom import write_tcia_layout
 
     if not BUNDLED_MODEL.is_file():
         pytest.skip(f"bundled model {BUNDLED_MODEL} is missing")

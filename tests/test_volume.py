@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from classifier.phantom import generate_study
-from classifier.volume import ENHANCED_CT_STORAGE, VolumeError, load_ct_volume
+from classifier.datasets.phantom import generate_study
+from classifier.imaging.volume import ENHANCED_CT_STORAGE, VolumeError, load_ct_volume
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from classifier.phantom import generate_study
+from classifier.datasets.phantom import generate_study
 from scp_node.config import DEFAULT_CONFIG, Config, load_config
 from scp_node.worker import AnalysisWorker
 from storage.database import Database

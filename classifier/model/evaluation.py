@@ -387,8 +387,8 @@ def evaluate(
     trained on (same data fingerprint); otherwise every patient of the folder.
     """
     # Imported here: training imports this module to write its report.
-    from classifier.inference import LesionClassifier, read_model_metadata
-    from classifier.training import build_patch_set, scan
+    from classifier.model.inference import LesionClassifier, read_model_metadata
+    from classifier.model.training import build_patch_set, scan
 
     model_path = Path(model_path)
     classifier = LesionClassifier.load(model_path)

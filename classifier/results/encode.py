@@ -13,9 +13,9 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from classifier import codes
-from classifier.seg_encoder import build_seg
-from classifier.sr_encoder import build_sr, summary_text
+from classifier.results import codes
+from classifier.results.seg_encoder import build_seg
+from classifier.results.sr_encoder import build_sr, summary_text
 from classifier.types import StudyResult
 
 UTF8 = "ISO_IR 192"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from classifier.patches import PATCH_SHAPE
+from classifier.model.patches import PATCH_SHAPE
 from classifier.types import HISTOLOGY_CLASSES, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _output_order(model: Any) -> tuple[str | int, str | int]:
         return "lesion", "histology"
     raise ValueError(
         f"model {model.name} has outputs {names}; expected two named outputs 'lesion' and "
-        "'histology' (see classifier.network.build_model)"
+        "'histology' (see classifier.model.network.build_model)"
     )
 
 

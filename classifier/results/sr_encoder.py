@@ -17,7 +17,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
-from classifier import codes
+from classifier.results import codes
 from classifier.types import Lesion, ModelInfo, StudyResult
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from classifier.volume import Volume
+from classifier.imaging.volume import Volume
 
 if TYPE_CHECKING:  # imported where registration runs: most studies share a Frame of Reference
     import SimpleITK as sitk
@@ -180,6 +180,7 @@ def _linear_axis_aligned(
 def to_sitk(volume: Volume, max_spacing_mm: float = 0.0) -> sitk.Image:
     """A SimpleITK image of the volume, optionally subsampled in-plane to about max_spacing_mm."""
     import SimpleITK as sitk
+
     step_r = max(1, int(max_spacing_mm // volume.spacing[1])) if max_spacing_mm else 1
     step_c = max(1, int(max_spacing_mm // volume.spacing[2])) if max_spacing_mm else 1
     array = volume.array[:, ::step_r, ::step_c]

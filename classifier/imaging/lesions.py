@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from classifier.lung_mask import (
+from classifier.imaging.lung_mask import (
     IN_PLANE,
     LEFT,
     RIGHT,
@@ -28,8 +28,8 @@ from classifier.lung_mask import (
     subsample,
     upsample_index,
 )
-from classifier.volume import Volume
-from scp_node.config import MtvThreshold
+from classifier.imaging.volume import Volume
+from classifier.settings import MtvThreshold
 
 SOFT_TISSUE_HU = -300.0
 MIN_DIAMETER_MM = 6.0
@@ -355,7 +355,7 @@ def find_candidates(
     vessels, at least MIN_DIAMETER_MM thick. PET: SUV > max(2.5, 2 x median lung SUV) in the
     same region. Overlapping CT and PET candidates become one, detected_by "CT+PET".
     """
-    mtv = mtv or MtvThreshold(2.5, relative=False)
+    mtv = mtv or MtvThreshold()
     lungs = lungs or lung_mask(ct)
     factor = lungs.factor
     spacing = lungs.spacing

@@ -1,4 +1,4 @@
-"""Which series of a study to analyse, by declarative rules from `ClassifierConfig`.
+"""Which series of a study to analyse, by declarative rules from `AnalysisSettings`.
 
 Each rule is a name and a check on the series' headers that returns a reason when the series
 fails it. CT: Modality CT, Image Type ORIGINAL\\PRIMARY (AXIAL when given), slice thickness in
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from classifier.types import SeriesFiles
-from classifier.volume import frames_of
-from scp_node.config import ClassifierConfig
+from classifier.imaging.volume import frames_of
+from classifier.settings import AnalysisSettings
+from storage.study_files import SeriesFiles
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Selection:
     rejected: tuple[str, ...]
 
 
-Rule = Callable[[SeriesCandidate, ClassifierConfig], str | None]
+Rule = Callable[[SeriesCandidate, AnalysisSettings], str | None]
 
 
 def _shared(candidate: SeriesCandidate, keyword: str) -> Dataset | None:
@@ -82,14 +82,14 @@ def slice_thickness(candidate: SeriesCandidate) -> float | None:
 
 
 def _modality(expected: str) -> Rule:
-    def rule(c: SeriesCandidate, config: ClassifierConfig) -> str | None:
+    def rule(c: SeriesCandidate, config: AnalysisSettings) -> str | None:
         found = str(c.first.get("Modality", "") or c.series.modality)
         return None if found == expected else f"Modality is {found or 'missing'}, not {expected}"
 
     return rule
 
 
-def _original_primary(c: SeriesCandidate, config: ClassifierConfig) -> str | None:
+def _original_primary(c: SeriesCandidate, config: AnalysisSettings) -> str | None:
     image_type = [str(v).upper() for v in (c.first.get("ImageType") or [])]
     if image_type[:2] != ["ORIGINAL", "PRIMARY"]:
         shown = "\\".join(image_type) or "missing"
@@ -99,7 +99,7 @@ def _original_primary(c: SeriesCandidate, config: ClassifierConfig) -> str | Non
     return None
 
 
-def _thickness(c: SeriesCandidate, config: ClassifierConfig) -> str | None:
+def _thickness(c: SeriesCandidate, config: AnalysisSettings) -> str | None:
     low, high = config.ct_slice_thickness_range_mm
     value = slice_thickness(c)
     if value is None:
@@ -110,7 +110,7 @@ def _thickness(c: SeriesCandidate, config: ClassifierConfig) -> str | None:
 
 
 def _min_slices(key: str) -> Rule:
-    def rule(c: SeriesCandidate, config: ClassifierConfig) -> str | None:
+    def rule(c: SeriesCandidate, config: AnalysisSettings) -> str | None:
         minimum = getattr(config, key)
         count = c.slice_count
         return None if count >= minimum else f"{count} slice(s), fewer than {key} = {minimum}"
@@ -118,7 +118,7 @@ def _min_slices(key: str) -> Rule:
     return rule
 
 
-def _units_bqml(c: SeriesCandidate, config: ClassifierConfig) -> str | None:
+def _units_bqml(c: SeriesCandidate, config: AnalysisSettings) -> str | None:
     units = str(c.first.get("Units", "") or "").upper()
     return None if units == "BQML" else f"Units is {units or 'missing'}, not BQML (no SUV possible)"
 
@@ -137,12 +137,12 @@ PET_RULES: tuple[tuple[str, Rule], ...] = (
 
 
 def _failures(
-    c: SeriesCandidate, rules: Sequence[tuple[str, Rule]], config: ClassifierConfig
+    c: SeriesCandidate, rules: Sequence[tuple[str, Rule]], config: AnalysisSettings
 ) -> list[str]:
     return [reason for _, rule in rules if (reason := rule(c, config)) is not None]
 
 
-def select_series(candidates: Sequence[SeriesCandidate], config: ClassifierConfig) -> Selection:
+def select_series(candidates: Sequence[SeriesCandidate], config: AnalysisSettings) -> Selection:
     """Apply the CT and PET rules; CT thinnest first (then most slices), PET same Frame of
     Reference as the preferred CT first (then most slices)."""
     ct: list[SeriesCandidate] = []

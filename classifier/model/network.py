@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-from classifier.patches import PATCH_SHAPE
+from classifier.model.patches import PATCH_SHAPE
 from classifier.types import HISTOLOGY_CLASSES
 
 MODEL_NAME = "lungnode_demo"

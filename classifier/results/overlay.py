@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from classifier.imaging.volume import Volume
 from classifier.types import HISTOLOGY_NAMES, Lesion
-from classifier.volume import Volume
 
 LUNG_WINDOW = (1500.0, -600.0)  # (width, level) in HU
 NOT_CLINICAL = "NOT FOR CLINICAL USE"
@@ -83,7 +83,7 @@ def render_lesion_png(ct: Volume, suv: Volume | None, lesion: Lesion, path: Path
     if suv is not None and suv.shape != ct.shape:
         raise ValueError(
             f"SUV volume shape {suv.shape} differs from CT shape {ct.shape}; "
-            "resample the SUV onto the CT grid first (classifier.resample.resample_to)"
+            "resample the SUV onto the CT grid first (classifier.imaging.resample.resample_to)"
         )
     figure, axes = _figure(ct)
     aspect = ct.spacing[1] / ct.spacing[2]

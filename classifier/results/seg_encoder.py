@@ -13,7 +13,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
-from classifier import codes
+from classifier.results import codes
 from classifier.types import Lesion, StudyResult
 
 

@@ -3,11 +3,11 @@
 Patients are split (never slices) into train/validation/test, stratified by class and
 deterministic in the seed. Positive patches sit at the centre of each annotated box, labelled
 with the patient's histology. Negative patches are of three kinds: hard negatives, every
-candidate the product's own lesion detector (classifier.lesions.find_candidates) proposes away
-from the annotated boxes, so the CNN learns to reject exactly what it will be shown; near
-negatives in the lung just outside each lesion; and random locations in the project's lung
-mask (classifier.lung_mask) away from every box. The histology loss is class-weighted (inverse
-frequency) and masked on negative patches.
+candidate the product's own lesion detector (classifier.imaging.lesions.find_candidates)
+proposes away from the annotated boxes, so the CNN learns to reject exactly what it will be
+shown; near negatives in the lung just outside each lesion; and random locations in the
+project's lung mask (classifier.imaging.lung_mask) away from every box. The histology loss is
+class-weighted (inverse frequency) and masked on negative patches.
 Beside the model it writes MODEL_CARD.md, TensorBoard logs and the evaluation report.
 """
 
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
-from classifier.evaluation import PatchPredictions, write_report
-from classifier.patches import (
+from classifier.model.evaluation import PatchPredictions, write_report
+from classifier.model.patches import (
     CH_LUNG,
     CH_MEDIASTINAL,
     CH_PET_FLAG,
@@ -38,10 +38,10 @@ from classifier.patches import (
 from classifier.types import HISTOLOGY_CLASSES
 
 if TYPE_CHECKING:  # run-time imports of the DICOM side happen inside the functions
-    from classifier.lesions import Candidate
-    from classifier.lung_mask import LungMask
-    from classifier.tcia_dataset import DatasetScan, PatientRecord
-    from classifier.volume import Volume
+    from classifier.datasets.tcia_dataset import DatasetScan, PatientRecord
+    from classifier.imaging.lesions import Candidate
+    from classifier.imaging.lung_mask import LungMask
+    from classifier.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class BuildStats:
 def scan(data_dir: Path, annotations_dir: Path | None) -> DatasetScan:
     """Scan a TCIA download (manifest folder or its parent) and its annotation XML; without an
     annotation folder, an `Annotation` folder beside the download is used."""
-    from classifier.tcia_dataset import scan_dataset
+    from classifier.datasets.tcia_dataset import scan_dataset
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -147,10 +147,10 @@ def _load_series(record: PatientRecord, series_uid: str) -> tuple[Volume, Volume
     """The CT volume of one annotated series and the SUV of the patient's PET series (the one in
     the same study folder first) on the CT grid, as analyze() puts it there (registered first
     when the Frames of Reference differ); None when there is no usable PET."""
-    from classifier.dicom_io import read_series
-    from classifier.resample import register_rigid, resample_to
-    from classifier.suv import load_pet_suv_volume
-    from classifier.volume import load_ct_volume
+    from classifier.imaging.dicom_io import read_series
+    from classifier.imaging.resample import register_rigid, resample_to
+    from classifier.imaging.suv import load_pet_suv_volume
+    from classifier.imaging.volume import load_ct_volume
 
     ct_paths = record.series[series_uid]
     ct = load_ct_volume(read_series(ct_paths))
@@ -179,7 +179,7 @@ def _load_series(record: PatientRecord, series_uid: str) -> tuple[Volume, Volume
 def _lung_points(lungs: LungMask, shape: tuple[int, int, int]) -> np.ndarray:
     """Indices (k, 3) of CT voxels in the lungs of the project's lung mask, dilated in-plane by
     two pixels so that vessels and the pleura are candidates too."""
-    from classifier.lung_mask import IN_PLANE, upsample
+    from classifier.imaging.lung_mask import IN_PLANE, upsample
 
     full = upsample(lungs.lungs, lungs.factor, shape)
     return np.argwhere(ndimage.binary_dilation(full, structure=IN_PLANE, iterations=2))
@@ -232,8 +232,8 @@ def _patient_patches(
 ) -> tuple[list[np.ndarray], list[str]]:
     """Patches of one patient over every annotated CT series, with their kind (PATCH_KINDS):
     box centres, detector candidates away from every box, random lung locations."""
-    from classifier.lesions import find_candidates
-    from classifier.lung_mask import lung_mask
+    from classifier.imaging.lesions import find_candidates
+    from classifier.imaging.lung_mask import lung_mask
 
     by_series: dict[str, list[Any]] = {}
     for item in record.annotated:
@@ -477,7 +477,7 @@ def _make_sequence(ps: PatchSet, weights: dict[str, float], batch_size: int, see
 
 def _data_description(dataset: DatasetScan) -> str:
     """'synthetic phantoms generated by lungnode synth ...' or the real collection's name."""
-    from classifier.dicom_io import read_header
+    from classifier.imaging.dicom_io import read_header
 
     first = next((a.path for p in dataset.patients for a in p.annotated), None)
     phantom = (
@@ -508,8 +508,8 @@ def train(
     the evaluation report (on the test split) beside `out`; return `out`."""
     import keras
 
-    from classifier.inference import sha256_of, write_model_metadata
-    from classifier.network import build_model
+    from classifier.model.inference import sha256_of, write_model_metadata
+    from classifier.model.network import build_model
 
     out = Path(out)
     if out.suffix != ".keras":
@@ -594,7 +594,7 @@ def train(
 
     scope_name = next((k for k in ("test", "validation", "train") if len(sets[k].labels)), "test")
     test = sets[scope_name]
-    from classifier.inference import LesionClassifier
+    from classifier.model.inference import LesionClassifier
 
     lesion, histo = LesionClassifier.load(out).predict(test.patches)
     report_dir = out.parent / f"{out.stem}-report"
@@ -751,8 +751,8 @@ def _write_model_card(
         "  its patch (key slice, candidate box centre), which is off the lesion's centre when the",
         "  candidate also covers adjacent mediastinum.",
         "- Hard-negative patches (detector candidates): the product's lesion detector",
-        "  (`classifier.lesions.find_candidates`, on the CT and the SUV resampled onto it as "
-        "`analyze()`",
+        "  (`classifier.imaging.lesions.find_candidates`, on the CT and the SUV resampled onto it "
+        "as `analyze()`",
         "  does) is run on every annotated series; every candidate whose key-slice centre is in "
         "no box and",
         f"  whose mask does not touch any annotated box (grown {BOX_MARGIN_MM:.0f} mm in-plane) "
@@ -771,8 +771,8 @@ def _write_model_card(
         " half long side, so a vessel beside a tumour is not called a tumour.",
         f"- Random negative patches: {NEGATIVES_PER_POSITIVE} per positive at random locations of "
         "the",
-        "  project's lung mask (`classifier.lung_mask.lung_mask`, dilated 2 px; half on dense "
-        "tissue:",
+        "  project's lung mask (`classifier.imaging.lung_mask.lung_mask`, dilated 2 px; half on "
+        "dense tissue:",
         f"  vessels, pleura) at least box radius + {NEGATIVE_MARGIN_MM:.0f} mm from every box "
         "centre.",
         "",

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 if TYPE_CHECKING:
-    from classifier.volume import Volume
+    from classifier.imaging.volume import Volume
 
 PATCH_SHAPE: tuple[int, int, int] = (64, 64, 8)
 FIELD_MM: float = 96.0
@@ -58,7 +58,7 @@ def _validate(ct: Volume, center_index: Sequence[int], suv: Volume | None) -> tu
         raise ValueError(
             f"SUV volume shape {np.asarray(suv.array).shape} differs from the CT shape "
             f"{array.shape}; "
-            "resample the PET onto the CT grid first (classifier.volume.resample_to)"
+            "resample the PET onto the CT grid first (classifier.imaging.volume.resample_to)"
         )
     return center  # type: ignore[return-value]
 

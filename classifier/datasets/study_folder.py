@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from classifier.types import InstanceFile, SeriesFiles, StudyFiles
+from storage.study_files import InstanceFile, SeriesFiles, StudyFiles
 
 _HEADER_TAGS = [
     "StudyInstanceUID",

@@ -16,7 +16,7 @@ from matplotlib.path import Path as PolygonPath
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from classifier.volume import Volume
+from classifier.imaging.volume import Volume
 
 AIR_HU = -400.0
 RIGHT, LEFT = 1, 2

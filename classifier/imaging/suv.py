@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from classifier.volume import Volume, VolumeError, load_volume
+from classifier.imaging.volume import Volume, VolumeError, load_volume
 
 
 class SUVError(VolumeError):

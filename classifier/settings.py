@@ -1,0 +1,38 @@
+"""The science's own settings, as plain frozen values with the defaults the node documents.
+
+The node builds an `AnalysisSettings` from its configuration; a notebook or the CLI builds one
+directly. Nothing here knows about configuration files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from classifier.model.bundled import BUNDLED_MODEL
+
+
+@dataclass(frozen=True)
+class MtvThreshold:
+    """SUV threshold of the metabolic tumour volume: absolute, or a fraction of SUVmax."""
+
+    value: float = 2.5
+    relative: bool = False
+
+    def threshold_for(self, suv_max: float) -> float:
+        return self.value * suv_max if self.relative else self.value
+
+    def describe(self) -> str:
+        return f"{self.value * 100:g}% of SUVmax" if self.relative else f"SUVbw >= {self.value:g}"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What `analyze_study` needs besides the study: the model file and the analysis rules."""
+
+    model: Path = BUNDLED_MODEL
+    lesion_probability_threshold: float = 0.5
+    mtv_threshold: MtvThreshold = field(default_factory=MtvThreshold)
+    ct_slice_thickness_range_mm: tuple[float, float] = (0.5, 10.0)
+    ct_min_slices: int = 8
+    pet_min_slices: int = 8
