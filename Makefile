@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.ini
 DEBIAN_TEST_PACKAGES := orthanc dcmtk dicom3tools pixelmed-apps postgresql
 
-.PHONY: run test venv dev-deps debian-deps lint bench
+.PHONY: run test test-fast venv dev-deps debian-deps lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ debian-deps:
 test: venv debian-deps
 	$(PY) -m pytest -q -ra tests
 
+test-fast: venv debian-deps
+	$(PY) -m pytest -q -ra -m "not slow" tests
+
 lint: venv
 	$(VENV)/bin/ruff check scp_node classifier storage tests bench
+	$(VENV)/bin/ruff format --check scp_node classifier storage tests bench
+	$(VENV)/bin/mypy
 
 bench: venv debian-deps
 	$(PY) bench/ingest.py
