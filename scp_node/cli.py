@@ -9,14 +9,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from scp_node.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from scp_node.config import Config, ConfigError, load_config
 from scp_node.logs import configure_logging
 
 log = logging.getLogger("lungnode")
 
 
-def _load(path: str) -> Config:
-    return load_config(Path(path))
+def _load(path: str | None) -> Config:
+    """The node's configuration: `-c` file (or none: the built-in defaults), then LUNGNODE__
+    environment variables."""
+    return load_config(Path(path) if path else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from classifier.predict_folder import predict_folder
 
-    config = _load(args.config or str(DEFAULT_CONFIG))
+    config = _load(args.config)
     written = predict_folder(
         Path(args.folder), Path(args.out), config=config.classifier, png=args.png
     )
@@ -120,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
-        p.add_argument("-c", "--config", required=required, help="config.ini of the node")
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="config.ini of the node (only the keys that differ from the built-in "
+            "defaults; relative paths in it are taken from its folder). Without -c: the "
+            "built-in defaults and LUNGNODE__<SECTION>__<KEY> environment variables, with "
+            "relative paths (e.g. [storage] root = data) taken from the current directory",
+        )
 
     p = sub.add_parser("serve", help="run the node (receiver, scheduler, worker, sender)")
     with_config(p)
@@ -166,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--out", default="lungnode-results")
     p.add_argument("--png", action="store_true", help="also render a picture per lesion")
-    with_config(p, required=False)
+    with_config(p)
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -1,8 +1,14 @@
-"""Configuration: `config.ini` read once into frozen dataclasses.
+"""Configuration: built-in defaults, optionally a `config.ini`, read once into frozen dataclasses.
 
-Every key has a parser; unknown sections or keys and bad values raise `ConfigError` with one
-line naming the key, the value and what was expected. `LUNGNODE__<SECTION>__<KEY>` environment
-variables override keys of the file.
+Every key's default lives here, on the field of its dataclass (the `[classifier]` keys on
+`classifier.settings.AnalysisSettings`, the science's own settings); `config.ini` documents every
+key with that default written in it, and a file only needs the keys that differ (an empty file
+is the built-in defaults). `LUNGNODE__<SECTION>__<KEY>` environment variables override both.
+Unknown sections or keys and bad values raise `ConfigError` with one line naming the key, the
+value and what was expected.
+
+Relative paths are taken from the config file's folder, or from the current directory when no
+file is given (`load_config(None)`, `lungnode ... ` without `-c`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from classifier.settings import AnalysisSettings, MtvThreshold
 
 ENV_PREFIX = "LUNGNODE__"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "config.ini"
+DEFAULT_CONFIG = PROJECT_ROOT / "config.ini"  # the documented example, in a source checkout
+SENDER = "sender"  # the word of [routing] send_results_to for "the AE that sent the study"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 
@@ -30,7 +37,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that receives results."""
+    """A DICOM peer that receives results; `name` as written in [destinations]."""
 
     name: str
     ae_title: str
@@ -44,20 +51,24 @@ class Destination:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    ae_title: str
-    host: str
-    port: int
-    max_associations: int
-    acse_timeout: float
-    dimse_timeout: float
-    network_timeout: float
+    ae_title: str = "LUNGNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    allowed_calling_aets: tuple[str, ...]
-    allow_any_calling_aet: bool
-    require_called_aet: bool
+    """[security]; `allowed_calling_aets` without the word *, which sets allow_any_calling_aet.
+
+    `audit_log` None means audit.log in [storage] root (load_config fills it in)."""
+
+    allowed_calling_aets: tuple[str, ...] = ("ORTHANC", "STORESCU")
+    allow_any_calling_aet: bool = False
+    require_called_aet: bool = True
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     tls_ca_certificates: Path | None = None
@@ -72,40 +83,55 @@ class SecurityConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    root: Path
-    database_url: str
-    min_free_mb: int
-    retention_days: int
+    """[storage]; an empty `database_url` means sqlite:///<root>/index.sqlite (load_config
+    fills it in, and makes `root` absolute)."""
+
+    root: Path = Path("data")
+    database_url: str = ""
+    min_free_mb: int = 512
+    retention_days: int = 30
+    database_pool_size: int = 4  # PostgreSQL connections per process
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    study_quiet_seconds: float
-    tick_seconds: float
-    job_lease_seconds: float
-    max_job_attempts: int
+    study_quiet_seconds: float = 10.0
+    tick_seconds: float = 1.0
+    job_lease_seconds: float = 600.0
+    max_job_attempts: int = 3
 
 
 @dataclass(frozen=True)
 class SenderConfig:
-    max_attempts: int
-    initial_backoff_seconds: float
-    max_backoff_seconds: float
-    timeout_seconds: float
-    calling_ae_title: str
+    """[sender]; an empty `calling_ae_title` means [node] ae_title (load_config fills it in)."""
+
+    max_attempts: int = 8
+    initial_backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 300.0
+    timeout_seconds: float = 30.0
+    calling_ae_title: str = ""
 
 
 @dataclass(frozen=True)
 class Config:
-    node: NodeConfig
-    security: SecurityConfig
-    storage: StorageConfig
-    pipeline: PipelineConfig
-    classifier: AnalysisSettings
-    sender: SenderConfig
-    destinations: Mapping[str, Destination]
-    send_results_to: tuple[str, ...]
+    """The whole configuration. `Config()` holds the built-in defaults as config.ini documents
+    them (relative paths unresolved); `load_config` returns them resolved."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    classifier: AnalysisSettings = field(default_factory=AnalysisSettings)
+    sender: SenderConfig = field(default_factory=SenderConfig)
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    send_results_to: tuple[str, ...] = (SENDER,)
     source: Path | None = field(default=None, compare=False)
+
+    def destination(self, name: str) -> Destination | None:
+        """The destination called `name`, compared case-insensitively (as [destinations] and
+        [routing] send_results_to compare names)."""
+        wanted = name.casefold()
+        return next((d for d in self.destinations.values() if d.name.casefold() == wanted), None)
 
 
 # --- value parsers: each takes (key, raw) and raises ConfigError naming both ---------------
@@ -221,7 +247,8 @@ def _destination(key: str, raw: str) -> tuple[str, str, int, bool]:
     return ae, match.group(2), port, bool(match.group(4))
 
 
-# section -> key -> parser
+# section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
+# documents each key with its default, and tests/test_config.py keeps the three in step.
 _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
     "node": {
         "ae_title": _ae_title,
@@ -246,6 +273,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "database_url": _text,
         "min_free_mb": _int(0, 10**9),
         "retention_days": _int(0, 100000),
+        "database_pool_size": _int(1, 100),
     },
     "pipeline": {
         "study_quiet_seconds": _float(0, 86400),
@@ -273,20 +301,47 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
 }
 
 
-def _read_ini(path: Path) -> configparser.ConfigParser:
+def schema_keys() -> dict[str, tuple[str, ...]]:
+    """Every section and its keys, in config.ini order ([destinations] has free keys)."""
+    return {section: tuple(keys) for section, keys in _SCHEMA.items()}
+
+
+def _read_ini(path: Path) -> dict[str, dict[str, str]]:
+    """The file's sections and keys: key names lower-cased, except in [destinations], whose
+    names keep their spelling (they are compared case-insensitively)."""
     parser = configparser.ConfigParser(
         interpolation=None, inline_comment_prefixes=None, comment_prefixes=(";", "#")
     )
-    parser.optionxform = str.lower  # type: ignore[assignment, method-assign]
+    parser.optionxform = str  # type: ignore[assignment, method-assign]  # keep names as written
     try:
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path}: not found; pass an existing file with -c") from None
+        raise ConfigError(
+            f"config file {path}: not found; pass an existing file with -c "
+            "(or leave -c out for the built-in defaults)"
+        ) from None
     except (configparser.Error, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path}: not a valid INI file ({first})") from None
-    return parser
+    raw: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        keys: dict[str, str] = {}
+        for key, value in parser.items(section):
+            name = key if section == "destinations" else key.lower()
+            if _find(keys, name) is not None:
+                raise ConfigError(
+                    f"config key [{section}] {key}: given twice (names are case-insensitive)"
+                )
+            keys[name] = value
+        raw[section] = keys
+    return raw
+
+
+def _find(keys: Mapping[str, str], name: str) -> str | None:
+    """The key of `keys` equal to `name` but for case, if any."""
+    wanted = name.casefold()
+    return next((k for k in keys if k.casefold() == wanted), None)
 
 
 def _apply_environment(raw: dict[str, dict[str, str]], environ: Mapping[str, str]) -> None:
@@ -296,14 +351,25 @@ def _apply_environment(raw: dict[str, dict[str, str]], environ: Mapping[str, str
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
-        raw.setdefault(parts[0], {})[parts[1]] = value
+        section, key = parts
+        keys = raw.setdefault(section, {})
+        keys[_find(keys, key) or key] = value  # a destination keeps the file's spelling
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, and validate a configuration file."""
-    path = Path(path).resolve()
-    parser = _read_ini(path)
-    raw: dict[str, dict[str, str]] = {s: dict(parser.items(s)) for s in parser.sections()}
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The built-in defaults, overridden by the file at `path` (when given), then by
+    LUNGNODE__<SECTION>__<KEY> variables of `environ` (default: os.environ); validated.
+
+    Relative paths are taken from the file's folder, or from the current directory without
+    a file.
+    """
+    if path is None:
+        raw: dict[str, dict[str, str]] = {}
+        source, base = None, Path.cwd().resolve()
+    else:
+        source = Path(path).resolve()
+        raw = _read_ini(source)
+        base = source.parent
     _apply_environment(raw, os.environ if environ is None else environ)
 
     values: dict[str, dict[str, Any]] = {}
@@ -326,65 +392,79 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
                 )
             parsed[key] = schema[key](full, value)
         values[section] = parsed
-
-    for section, schema in _SCHEMA.items():
-        missing = [k for k in schema if k not in values.get(section, {})]
-        if missing:
-            raise ConfigError(
-                f"config key [{section}] {missing[0]}: missing; every key of config.ini is required"
-            )
-    return _build(values, path)
+    return _build(values, base, source)
 
 
 def _existing_file(key: str, raw: str, base: Path) -> Path | None:
-    """An optional file path (relative to the config file's folder) that must exist when set."""
+    """An optional file path (relative to `base`) that must exist when set."""
     if not raw:
         return None
     path = Path(raw)
     path = path if path.is_absolute() else (base / path).resolve()
     if not path.is_file():
-        raise _fail(key, raw, "an existing PEM file (path relative to the config file's folder)")
+        raise _fail(
+            key,
+            raw,
+            "an existing PEM file (a relative path is taken from the config file's folder, "
+            "or from the current directory without -c)",
+        )
     return path
 
 
-def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
-    base = path.parent
-    storage_root = Path(v["storage"]["root"] or "data")
-    if not storage_root.is_absolute():
-        storage_root = (base / storage_root).resolve()
-    database_url = v["storage"]["database_url"] or f"sqlite:///{storage_root / 'index.sqlite'}"
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Config:
+    """The Config of the parsed keys `v` (section -> key -> value), defaults for the rest."""
+    defaults = Config()
+
+    given = v.get("storage", {})
+    storage_root = _absolute(Path(given.get("root") or defaults.storage.root), base)
+    database_url = given.get("database_url") or f"sqlite:///{storage_root / 'index.sqlite'}"
     if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise _fail(
             "[storage] database_url", database_url, "sqlite:///PATH or postgresql://user@host/db"
         )
-    model = Path(v["classifier"]["model"]) if v["classifier"]["model"] else BUNDLED_MODEL
-    if not model.is_absolute():
-        model = (base / model).resolve()
+    storage = StorageConfig(
+        **{**_fields(defaults.storage), **given, "root": storage_root, "database_url": database_url}
+    )
+
+    given = v.get("classifier", {})
+    model = _absolute(Path(given["model"]), base) if given.get("model") else BUNDLED_MODEL
+    classifier = AnalysisSettings(**{**_fields(defaults.classifier), **given, "model": model})
 
     destinations = {
         name: Destination(name, ae, host, port, tls)
         for name, (ae, host, port, tls) in v.get("destinations", {}).items()
     }
-    send_to = v["routing"]["send_results_to"]
-    for name in send_to:
-        if name != "sender" and name not in destinations:
+    by_name = Config(destinations=destinations)
+    send_to_given = v.get("routing", {}).get("send_results_to", defaults.send_results_to)
+    send_to: list[str] = []
+    for name in send_to_given:
+        found = None if name == SENDER else by_name.destination(name)
+        if found is not None:
+            name = found.name  # as written in [destinations]
+        elif name != SENDER:
             raise _fail(
                 "[routing] send_results_to",
-                ",".join(send_to),
+                ",".join(send_to_given),
                 f"names from [destinations] ({', '.join(destinations) or 'none defined'}) "
-                "or the word sender",
+                f"or the word {SENDER}",
             )
+        send_to.append(name)
 
-    node = NodeConfig(**v["node"])
-    allowed = v["security"]["allowed_calling_aets"]
+    node = NodeConfig(**{**_fields(defaults.node), **v.get("node", {})})
+
+    given = v.get("security", {})
     tls = {
-        k: _existing_file(f"[security] {k}", v["security"][k], base)
+        k: _existing_file(f"[security] {k}", given.get(k, ""), base)
         for k in ("tls_certificate", "tls_private_key", "tls_ca_certificates")
     }
     if (tls["tls_certificate"] is None) != (tls["tls_private_key"] is None):
         raise _fail(
             "[security] tls_private_key",
-            v["security"]["tls_private_key"],
+            given.get("tls_private_key", ""),
             "a key together with tls_certificate (both set for TLS, both empty without)",
         )
     if any(d.tls for d in destinations.values()) and tls["tls_ca_certificates"] is None:
@@ -393,18 +473,22 @@ def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
             "",
             "the CA certificates that sign the TLS destinations' certificates",
         )
-    audit_log = Path(v["security"]["audit_log"] or "audit.log")
+    allowed = given.get("allowed_calling_aets", defaults.security.allowed_calling_aets)
+    audit_log = Path(given.get("audit_log") or "audit.log")
     security = SecurityConfig(
         allowed_calling_aets=tuple(a for a in allowed if a != "*"),
         allow_any_calling_aet="*" in allowed,
-        require_called_aet=v["security"]["require_called_aet"],
-        tls_require_client_certificate=v["security"]["tls_require_client_certificate"],
+        require_called_aet=given.get("require_called_aet", defaults.security.require_called_aet),
+        tls_require_client_certificate=given.get(
+            "tls_require_client_certificate", defaults.security.tls_require_client_certificate
+        ),
         audit_log=audit_log if audit_log.is_absolute() else storage_root / audit_log,
         **tls,
     )
-    sender = SenderConfig(
-        **{**v["sender"], "calling_ae_title": v["sender"]["calling_ae_title"] or node.ae_title}
-    )
+
+    sender = SenderConfig(**{**_fields(defaults.sender), **v.get("sender", {})})
+    if not sender.calling_ae_title:
+        sender = SenderConfig(**{**_fields(sender), "calling_ae_title": node.ae_title})
     if sender.initial_backoff_seconds > sender.max_backoff_seconds:
         raise _fail(
             "[sender] initial_backoff_seconds",
@@ -414,16 +498,16 @@ def _build(v: dict[str, dict[str, Any]], path: Path) -> Config:
     return Config(
         node=node,
         security=security,
-        storage=StorageConfig(
-            root=storage_root,
-            database_url=database_url,
-            min_free_mb=v["storage"]["min_free_mb"],
-            retention_days=v["storage"]["retention_days"],
-        ),
-        pipeline=PipelineConfig(**v["pipeline"]),
-        classifier=AnalysisSettings(**{**v["classifier"], "model": model}),
+        storage=storage,
+        pipeline=PipelineConfig(**{**_fields(defaults.pipeline), **v.get("pipeline", {})}),
+        classifier=classifier,
         sender=sender,
         destinations=destinations,
-        send_results_to=send_to,
-        source=path,
+        send_results_to=tuple(send_to),
+        source=source,
     )
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    """A dataclass instance's fields, shallow (unlike dataclasses.asdict, which copies deep)."""
+    return {name: getattr(instance, name) for name in instance.__dataclass_fields__}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scp_node.config import Config
+from scp_node.config import SENDER, Config
 
-SENDER = "sender"
+__all__ = ["SENDER", "destinations_for"]
 
 
 def destinations_for(config: Config, source_aet: str | None) -> tuple[list[str], list[str]]:

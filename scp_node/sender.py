@@ -97,7 +97,7 @@ class Sender:
         for item in items:
             by_destination[item.destination].append(item)
         for name, batch in by_destination.items():
-            destination = self._config.destinations.get(name)
+            destination = self._config.destination(name)  # case-insensitive
             if destination is None:
                 known = ", ".join(self._config.destinations) or "none"
                 for item in batch:

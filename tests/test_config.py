@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import configparser
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from scp_node.config import BUNDLED_MODEL, DEFAULT_CONFIG, ConfigError, load_config
+from classifier.settings import AnalysisSettings
+from scp_node.config import (
+    BUNDLED_MODEL,
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    load_config,
+    schema_keys,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path: Path, edits: dict[str, str] | None = None, extra: str = "") -> Path:
@@ -99,6 +113,12 @@ def test_tls_keys_and_tls_destination(tmp_path: Path) -> None:
         ({}, {"LUNGNODE__NODE__COLOUR": "blue"}, "[node] colour: unknown"),
         ({}, {"LUNGNODE__NODE__PORT": "x"}, "[node] port = 'x'"),
         ({"[pipeline]": "[pipelines]"}, {}, "[pipelines]: unknown"),
+        (
+            {"database_pool_size = 4": "database_pool_size = 0"},
+            {},
+            "[storage] database_pool_size = '0': expected a whole number from 1 to 100",
+        ),
+        ({}, {"LUNGNODE__STORAGE__DATABASE_POOL_SIZE": "101"}, "from 1 to 100"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(
@@ -121,9 +141,6 @@ def test_missing_file_and_bad_ini(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     path = _write(tmp_path, {"port = 11112": "port = eleven"})
     proc = subprocess.run(
         [sys.executable, "-m", "scp_node", "status", "-c", str(path)],
@@ -135,3 +152,111 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "lungnode: config key [node] port = 'eleven': expected a whole number from 1 to 65535"
     ]
+
+
+# --- built-in defaults: config.ini documents them, a file names only what differs ------------
+
+
+def test_shipped_config_ini_is_exactly_the_built_in_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(DEFAULT_CONFIG.parent)  # without a file, relative paths start here
+    from_file = load_config(DEFAULT_CONFIG, environ={})
+    built_in = load_config(None, environ={})
+    assert from_file == built_in
+    assert built_in.source is None and from_file.source == DEFAULT_CONFIG
+    # and the values that need no resolving are the dataclasses' own defaults
+    defaults = Config()
+    assert built_in.node == defaults.node
+    assert built_in.pipeline == defaults.pipeline
+    assert built_in.classifier == defaults.classifier == AnalysisSettings()
+    assert built_in.storage.database_pool_size == 4
+    assert built_in.sender.calling_ae_title == built_in.node.ae_title
+
+
+def test_every_key_of_the_schema_is_documented_in_config_ini() -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(DEFAULT_CONFIG, encoding="utf-8")
+    documented = {section: tuple(parser[section]) for section in parser.sections()}
+    assert documented == schema_keys(), "config.ini and scp_node.config._SCHEMA differ"
+    # each key has its comment right above it (tls_private_key shares tls_certificate's)
+    lines = DEFAULT_CONFIG.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if "=" not in line or line.startswith((";", "#")) or line.startswith("tls_private_key"):
+            continue
+        assert lines[number - 1].startswith(";"), f"config.ini: {line!r} has no comment above it"
+
+
+@pytest.mark.parametrize("text", ["", "[node]\nport = 11113\n"])
+def test_a_file_names_only_what_differs(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "node.ini"
+    path.write_text(text)
+    config = load_config(path, environ={})
+    assert config.node.port == (11113 if text else 11112)
+    assert config.node.ae_title == "LUNGNODE"
+    assert config.storage.root == tmp_path.resolve() / "data"
+    assert config.storage.database_url == f"sqlite:///{tmp_path.resolve() / 'data/index.sqlite'}"
+    assert config.security.allowed_calling_aets == ("ORTHANC", "STORESCU")
+    assert config.security.audit_log == tmp_path.resolve() / "data" / "audit.log"
+    assert config.classifier == AnalysisSettings()
+    assert config.send_results_to == ("sender",)
+    assert config.sender.calling_ae_title == "LUNGNODE"
+
+
+def test_without_a_file_relative_paths_start_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, environ={"LUNGNODE__STORAGE__ROOT": "store"})
+    assert config.storage.root == tmp_path.resolve() / "store"
+    assert config.source is None
+    with pytest.raises(ConfigError, match=r"\[node\] port = 'x'"):
+        load_config(None, environ={"LUNGNODE__NODE__PORT": "x"})
+
+
+def test_destination_names_are_case_insensitive_and_kept_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "node.ini"
+    for routed in ("pacs", "PACS", "Pacs"):
+        path.write_text(
+            "[destinations]\nPACS = ORTHANC@127.0.0.1:4242\n"
+            f"[routing]\nsend_results_to = {routed}, sender\n"
+        )
+        config = load_config(path, environ={})
+        assert list(config.destinations) == ["PACS"]
+        assert config.send_results_to == ("PACS", "sender")
+        assert config.destination("pacs") is config.destinations["PACS"]
+        assert str(config.destination("PACS")) == "PACS (ORTHANC@127.0.0.1:4242)"
+    # an environment variable overrides the same destination, whatever the case
+    config = load_config(path, environ={"LUNGNODE__DESTINATIONS__PACS": "OTHER@10.0.0.1:104"})
+    assert list(config.destinations) == ["PACS"]
+    assert config.destinations["PACS"].ae_title == "OTHER"
+    path.write_text("[destinations]\nPACS = A@127.0.0.1:104\npacs = B@127.0.0.1:104\n")
+    with pytest.raises(ConfigError, match=r"\[destinations\] pacs: given twice"):
+        load_config(path, environ={})
+
+
+def _lungnode_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUNGNODE__")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "scp_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_cli_without_c_uses_the_built_in_defaults_from_any_directory(tmp_path: Path) -> None:
+    proc = _lungnode_in(tmp_path, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "data" / "index.sqlite").is_file()
+    proc = _lungnode_in(tmp_path, "status", "--help")
+    assert "built-in defaults" in proc.stdout and "current directory" in proc.stdout
+    # -c still works as before, relative to the file's folder
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "node.ini").write_text("[storage]\nroot = store\n")
+    proc = _lungnode_in(tmp_path, "status", "-c", "etc/node.ini")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "etc" / "store" / "index.sqlite").is_file()
