@@ -30,6 +30,8 @@ from typing import Any
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from scp_node import dimse_status
+
 log = logging.getLogger("lungnode.audit")
 
 # (code, codeSystemName, displayName) of the DICOM Controlled Terminology (PS3.16).
@@ -38,10 +40,12 @@ INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 NODE_AUTHENTICATION = ("110126", "DCM", "Node Authentication")
 
-SUCCESS = 0
-MINOR_FAILURE = 4
-SERIOUS_FAILURE = 8
-MAJOR_FAILURE = 12
+# EventOutcomeIndicator (IHE ATNA, RFC 3881 / DICOM PS3.15 A.5): the outcome of an audited
+# event, not a DIMSE status (those are in scp_node.dimse_status).
+OUTCOME_SUCCESS = 0
+OUTCOME_MINOR_FAILURE = 4
+OUTCOME_SERIOUS_FAILURE = 8
+OUTCOME_MAJOR_FAILURE = 12  # unused: the node never audits one
 
 # A-ASSOCIATE-RJ (result source, diagnostic) -> reason (PS3.8 9.3.4).
 _REJECT_REASONS = {
@@ -69,13 +73,14 @@ def _clip(value: object) -> str | None:
 
 
 def outcome_of_status(status: int) -> int:
-    """EventOutcomeIndicator of a C-STORE status: 0 Success, 8 for the node's own failures
-    (0xA7xx out of resources, 0x0110 processing failure), 4 for a refused request."""
-    if status == 0x0000 or (status & 0xF000) == 0xB000:  # Success or Warning
-        return SUCCESS
-    if (status & 0xFF00) == 0xA700 or status == 0x0110:
-        return SERIOUS_FAILURE
-    return MINOR_FAILURE
+    """EventOutcomeIndicator of a C-STORE status: 0 success (Success or a Warning), 8 serious
+    failure for the node's own failures (0xA7xx out of resources, 0x0110 processing failure),
+    4 minor failure for a refused request."""
+    if status == dimse_status.SUCCESS or dimse_status.is_warning(status):
+        return OUTCOME_SUCCESS
+    if dimse_status.is_out_of_resources(status) or status == dimse_status.PROCESSING_FAILURE:
+        return OUTCOME_SERIOUS_FAILURE
+    return OUTCOME_MINOR_FAILURE
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,16 @@ class AuditLog:
 
     def association_accepted(self, party: Party, rejected_contexts: list[str]) -> None:
         """Begin Transferring DICOM Instances: the association was accepted."""
-        event = self._base("association-accepted", BEGIN_TRANSFERRING, "E", SUCCESS, party)
+        event = self._base("association-accepted", BEGIN_TRANSFERRING, "E", OUTCOME_SUCCESS, party)
         if rejected_contexts:
             event["RejectedAbstractSyntaxes"] = rejected_contexts
         self.write(event)
 
     def association_rejected(self, party: Party, reason: str) -> None:
         """Security Alert (Node Authentication): the association was rejected and why."""
-        event = self._base("association-rejected", SECURITY_ALERT, "E", MINOR_FAILURE, party)
+        event = self._base(
+            "association-rejected", SECURITY_ALERT, "E", OUTCOME_MINOR_FAILURE, party
+        )
         event["EventTypeCode"] = _coded(NODE_AUTHENTICATION)
         event["EventOutcomeDescription"] = reason
         self.write(event)
@@ -156,9 +163,9 @@ class AuditLog:
         if how not in ("released", "aborted"):
             raise ValueError(f"association end {how!r}: expected released or aborted")
         if how == "aborted":
-            outcome = SERIOUS_FAILURE
+            outcome = OUTCOME_SERIOUS_FAILURE
         else:
-            outcome = SUCCESS if refused == 0 else MINOR_FAILURE
+            outcome = OUTCOME_SUCCESS if refused == 0 else OUTCOME_MINOR_FAILURE
         event = self._base(f"association-{how}", INSTANCES_TRANSFERRED, "C", outcome, party)
         event["InstancesStored"] = stored
         event["InstancesRefused"] = refused
@@ -177,9 +184,9 @@ class AuditLog:
     ) -> None:
         """DICOM Instances Transferred for one C-STORE and the status it was answered with."""
         outcome = outcome_of_status(status)
-        kind = "instance-stored" if outcome == SUCCESS else "instance-refused"
+        kind = "instance-stored" if outcome == OUTCOME_SUCCESS else "instance-refused"
         # C: a new instance was created; U: the same SOP Instance was received again.
-        action = "C" if new or outcome != SUCCESS else "U"
+        action = "C" if new or outcome != OUTCOME_SUCCESS else "U"
         event = self._base(kind, INSTANCES_TRANSFERRED, action, outcome, party)
         event.update(
             {
@@ -271,7 +278,7 @@ class AssociationAuditor:
         """One C-STORE answered with `status` (UIDs of the request, study when known)."""
         tally = self._tally(event.assoc)
         with self._lock:
-            if outcome_of_status(status) == SUCCESS:
+            if outcome_of_status(status) == OUTCOME_SUCCESS:
                 tally.stored += 1
             else:
                 tally.refused += 1

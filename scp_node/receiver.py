@@ -31,6 +31,13 @@ from scp_node.dicom_settings import (
     disk_full_while_streaming,
     route_incoming,
 )
+from scp_node.dimse_status import (
+    CANNOT_UNDERSTAND,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+)
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
 from scp_node.instance_header import HeaderError, InstanceHeader, read_header
 from scp_node.sop_classes import (
@@ -46,11 +53,6 @@ from storage.uids import InvalidUIDError
 
 log = logging.getLogger("lungnode.receiver")
 
-SUCCESS = 0x0000
-PROCESSING_FAILURE = 0x0110
-OUT_OF_RESOURCES = 0xA700
-DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC210
 MAX_REFUSED_NAMED = 8
 
 

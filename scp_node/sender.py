@@ -37,14 +37,30 @@ from pynetdicom.association import Association
 
 from scp_node.config import Config, Destination, SenderConfig
 from scp_node.dicom_settings import configure_pynetdicom
+from scp_node.dimse_status import (
+    COERCION_OF_DATA_ELEMENTS,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
+    ELEMENT_DISCARDED,
+    PROCESSING_FAILURE,
+    RESOURCE_LIMITATION,
+    SUCCESS,
+    is_out_of_resources,
+)
 from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from scp_node.tls import client_context
 from storage.index import Index, OutboxItem
 
 log = logging.getLogger("lungnode.sender")
 
-_SENT_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
-_TRANSIENT_STATUSES = frozenset({0x0110, 0x0213})
+_SENT_STATUSES = frozenset(
+    {
+        SUCCESS,
+        COERCION_OF_DATA_ELEMENTS,
+        ELEMENT_DISCARDED,
+        DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
+    }
+)
+_TRANSIENT_STATUSES = frozenset({PROCESSING_FAILURE, RESOURCE_LIMITATION})
 _MAX_CONTEXTS = 128  # presentation contexts one A-ASSOCIATE-RQ may carry
 OUTBOX_LEASE_TIMEOUTS = 3  # how long an outbox row stays claimed, in [sender] timeout_seconds
 
@@ -59,7 +75,7 @@ def backoff_delay(attempt: int, cfg: SenderConfig, rng: random.Random) -> float:
 
 def is_transient_status(status: int) -> bool:
     """True for C-STORE failure statuses worth retrying later (resources, processing failure)."""
-    return (status & 0xFF00) == 0xA700 or status in _TRANSIENT_STATUSES
+    return is_out_of_resources(status) or status in _TRANSIENT_STATUSES
 
 
 @dataclass(frozen=True)
@@ -211,7 +227,7 @@ class Sender:
             )
         code = int(status.Status)
         if code in _SENT_STATUSES:
-            if code != 0x0000:
+            if code != SUCCESS:
                 log.warning(
                     "C-STORE warning 0x%04X from %s sop_instance_uid=%s", code, destination, sop_uid
                 )

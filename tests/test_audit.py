@@ -14,9 +14,9 @@ from pydicom import dcmread
 from test_receiver import RunningNode, make_ct
 
 from scp_node.audit import (
-    MINOR_FAILURE,
-    SERIOUS_FAILURE,
-    SUCCESS,
+    OUTCOME_MINOR_FAILURE,
+    OUTCOME_SERIOUS_FAILURE,
+    OUTCOME_SUCCESS,
     AuditLog,
     Party,
     outcome_of_status,
@@ -62,7 +62,7 @@ def test_allowed_association_and_stored_instance(node: RunningNode, tmp_path: Pa
         "codeSystemName": "DCM",
         "displayName": "Begin Transferring DICOM Instances",
     }
-    assert accepted["EventOutcomeIndicator"] == SUCCESS
+    assert accepted["EventOutcomeIndicator"] == OUTCOME_SUCCESS
     assert accepted["CallingAETitle"] == "STORESCU"
     assert accepted["CalledAETitle"] == "LUNGNODE"
     host, port = accepted["Peer"].rsplit(":", 1)
@@ -72,7 +72,7 @@ def test_allowed_association_and_stored_instance(node: RunningNode, tmp_path: Pa
     stored = _one(events, "instance-stored")
     assert stored["EventID"]["displayName"] == "DICOM Instances Transferred"
     assert stored["EventActionCode"] == "C"
-    assert stored["EventOutcomeIndicator"] == SUCCESS
+    assert stored["EventOutcomeIndicator"] == OUTCOME_SUCCESS
     assert stored["Status"] == "0x0000"
     assert stored["StudyInstanceUID"] == ds.StudyInstanceUID
     assert stored["SOPClassUID"] == ds.SOPClassUID
@@ -84,7 +84,7 @@ def test_allowed_association_and_stored_instance(node: RunningNode, tmp_path: Pa
     assert released["EventID"]["displayName"] == "DICOM Instances Transferred"
     assert released["AssociationID"] == accepted["AssociationID"]
     assert (released["InstancesStored"], released["InstancesRefused"]) == (1, 0)
-    assert released["EventOutcomeIndicator"] == SUCCESS
+    assert released["EventOutcomeIndicator"] == OUTCOME_SUCCESS
     assert [e["Event"] for e in events] == [
         "association-accepted",
         "instance-stored",
@@ -104,7 +104,7 @@ def test_rejected_association_is_a_security_alert(node: RunningNode) -> None:
         "displayName": "Security Alert",
     }
     assert rejected["EventTypeCode"]["displayName"] == "Node Authentication"
-    assert rejected["EventOutcomeIndicator"] == MINOR_FAILURE
+    assert rejected["EventOutcomeIndicator"] == OUTCOME_MINOR_FAILURE
     assert rejected["CallingAETitle"] == "INTRUDER"
     assert rejected["CalledAETitle"] == "LUNGNODE"
     assert rejected["Peer"].startswith("127.0.0.1:")
@@ -122,14 +122,14 @@ def test_refused_instance_and_resend_are_audited(node: RunningNode, tmp_path: Pa
     events = _events(node)
     refused = _one(events, "instance-refused")
     assert refused["Status"] == "0xC210"
-    assert refused["EventOutcomeIndicator"] == MINOR_FAILURE
+    assert refused["EventOutcomeIndicator"] == OUTCOME_MINOR_FAILURE
     assert "Study Instance UID" in refused["EventOutcomeDescription"]
     assert refused["StudyInstanceUID"] is None  # never a value that is not a UID
     stored = [e for e in events if e["Event"] == "instance-stored"]
     assert [e["EventActionCode"] for e in stored] == ["C", "U"]  # U: the same instance again
     ends = [e for e in events if e["Event"] == "association-released"]
     assert [(e["InstancesStored"], e["InstancesRefused"]) for e in ends] == [(1, 1), (1, 0)]
-    assert [e["EventOutcomeIndicator"] for e in ends] == [MINOR_FAILURE, SUCCESS]
+    assert [e["EventOutcomeIndicator"] for e in ends] == [OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS]
 
 
 def test_no_patient_identifiers_in_the_audit_log(node: RunningNode, tmp_path: Path) -> None:
@@ -191,12 +191,12 @@ def test_unopenable_audit_log_names_the_file_and_the_fix(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("status", "outcome"),
     [
-        (0x0000, SUCCESS),
-        (0xB000, SUCCESS),
-        (0xC210, MINOR_FAILURE),
-        (0xA900, MINOR_FAILURE),
-        (0xA700, SERIOUS_FAILURE),
-        (0x0110, SERIOUS_FAILURE),
+        (0x0000, OUTCOME_SUCCESS),
+        (0xB000, OUTCOME_SUCCESS),
+        (0xC210, OUTCOME_MINOR_FAILURE),
+        (0xA900, OUTCOME_MINOR_FAILURE),
+        (0xA700, OUTCOME_SERIOUS_FAILURE),
+        (0x0110, OUTCOME_SERIOUS_FAILURE),
     ],
 )
 def test_outcome_of_status(status: int, outcome: int) -> None:
@@ -211,4 +211,4 @@ def test_association_end_must_be_released_or_aborted(tmp_path: Path) -> None:
     audit.close()
     (event,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
     assert event["Event"] == "association-aborted"
-    assert event["EventOutcomeIndicator"] == SERIOUS_FAILURE
+    assert event["EventOutcomeIndicator"] == OUTCOME_SERIOUS_FAILURE

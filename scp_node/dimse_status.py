@@ -1,0 +1,36 @@
+"""DIMSE status codes the node answers (C-ECHO and C-STORE SCP) and classifies (C-STORE SCU).
+
+pynetdicom names Success itself (`pynetdicom.status.Status.SUCCESS`); the meaning of every other
+code lives in its tables (`GENERAL_STATUS`, PS3.7 Annex C; `STORAGE_SERVICE_CLASS_STATUS`,
+PS3.4 Annex B.2.3), and tests/test_dimse_status.py checks each constant below against them.
+These are the only spellings of the codes in the node.
+"""
+
+from __future__ import annotations
+
+from pynetdicom.status import Status
+
+SUCCESS = int(Status.SUCCESS)  # 0x0000
+
+# Failures (PS3.7 Annex C, general)
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # answered by pynetdicom at negotiation, never by a handler
+RESOURCE_LIMITATION = 0x0213
+
+# Failures and warnings of the Storage Service Class (PS3.4 Annex B.2.3)
+OUT_OF_RESOURCES = 0xA700  # the range 0xA7xx
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # the range 0xA9xx
+CANNOT_UNDERSTAND = 0xC210  # one of the range 0xCxxx
+COERCION_OF_DATA_ELEMENTS = 0xB000  # warning
+ELEMENT_DISCARDED = 0xB006  # warning
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007  # warning
+
+
+def is_out_of_resources(status: int) -> bool:
+    """True for 0xA700-0xA7FF, Refused: Out of Resources."""
+    return (status & 0xFF00) == OUT_OF_RESOURCES
+
+
+def is_warning(status: int) -> bool:
+    """True for 0xBxxx, the warnings: the peer stored the object (perhaps changed)."""
+    return (status & 0xF000) == 0xB000
