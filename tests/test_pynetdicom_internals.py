@@ -1,0 +1,192 @@
+"""The private pynetdicom internals the node patches or reads are still there, in the same shape.
+
+pyproject pins pynetdicom to the 3.0 series; before widening the pin, run this file against the
+new release. Each failure names the internal and the node module that depends on it:
+
+- `pynetdicom._config` flags (scp_node.dicom_settings; tests use STORE_SEND_CHUNKED_DATASET)
+- `pynetdicom.dimse_messages.NamedTemporaryFile`, looked up when a C-STORE-RQ dataset starts
+  streaming, in the association's DUL thread (`DULServiceProvider.assoc.ae`), replaced by
+  scp_node.dicom_settings to stream into the store's incoming folder
+- `C_STORE._dataset_file`, the streamed file object on the request (dicom_settings
+  `disk_full_while_streaming`), and the `.file.flush()` pynetdicom calls on it
+- `ApplicationEntity._servers`, where scp_node.tls.start_server registers its server so
+  that `server.shutdown()` and `ae.shutdown()` work
+- `ApplicationEntity.require_calling_aet` as a property that ACSE reads through the AE
+  (scp_node.receiver._NodeAE overrides it so that an empty allow-list admits nobody)
+- `AssociationServer.get_request` as the place where TLS sockets are wrapped, and
+  `make_server(server_class=..., **kwargs)` (scp_node.tls servers)
+- the A-ASSOCIATE primitive's attributes read for logs and audit (receiver, sender, audit)
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
+
+from scp_node.dicom_settings import StreamedFile, configure_pynetdicom, route_incoming
+from scp_node.receiver import _NodeAE
+from scp_node.tls import start_server
+
+CONFIG_FLAGS = (
+    "LOG_REQUEST_IDENTIFIERS",
+    "LOG_RESPONSE_IDENTIFIERS",
+    "STORE_RECV_CHUNKED_DATASET",
+    "UNRESTRICTED_STORAGE_SERVICE",
+    "ENFORCE_UID_CONFORMANCE",
+    "STORE_SEND_CHUNKED_DATASET",  # tests/test_bad_input.py, tests/test_fuzz.py
+)
+
+
+def _names(function: Any) -> set[str]:
+    """Global and attribute names a function's code looks up."""
+    return set(function.__code__.co_names)
+
+
+@pytest.mark.parametrize("flag", CONFIG_FLAGS)
+def test_config_flag_exists(flag: str) -> None:
+    assert isinstance(getattr(_config, flag, None), bool), (
+        f"pynetdicom._config.{flag} is gone or no longer a bool (scp_node.dicom_settings sets it)"
+    )
+
+
+def test_streamed_dataset_file_is_created_through_dimse_messages_named_temporary_file() -> None:
+    assert hasattr(dimse_messages, "NamedTemporaryFile"), (
+        "pynetdicom.dimse_messages.NamedTemporaryFile is gone (scp_node.dicom_settings replaces it)"
+    )
+    decode = _names(DIMSEMessage.decode_msg)
+    assert "NamedTemporaryFile" in decode, (
+        "DIMSEMessage.decode_msg no longer calls dimse_messages.NamedTemporaryFile"
+    )
+    assert {"_data_set_file", "file", "flush"} <= decode, (
+        "DIMSEMessage.decode_msg no longer writes through _data_set_file.file.flush() "
+        "(scp_node.dicom_settings.StreamedFile provides .file)"
+    )
+    assert "_dataset_file" in _names(DIMSEMessage.message_to_primitive), (
+        "DIMSEMessage.message_to_primitive no longer sets the primitive's _dataset_file"
+    )
+    assert hasattr(C_STORE(), "_dataset_file"), "C_STORE._dataset_file is gone"
+    assert issubclass(DULServiceProvider, threading.Thread) and hasattr(
+        DULServiceProvider, "assoc"
+    ), "DULServiceProvider is no longer the association's thread with .assoc"
+
+
+def test_servers_registry_and_server_shutdown() -> None:
+    assert isinstance(AE()._servers, list), "ApplicationEntity._servers is no longer a list"
+    assert "_servers" in _names(ThreadedAssociationServer.shutdown), (
+        "AssociationServer.shutdown no longer removes itself from ae._servers "
+        "(scp_node.tls.start_server registers there)"
+    )
+    assert "_servers" in _names(ApplicationEntity.shutdown), (
+        "ApplicationEntity.shutdown no longer stops the servers in ae._servers"
+    )
+
+
+def test_require_calling_aet_is_a_property_read_through_the_ae() -> None:
+    prop = ApplicationEntity.__dict__.get("require_calling_aet")
+    assert isinstance(prop, property) and prop.fget and prop.fset, (
+        "ApplicationEntity.require_calling_aet is no longer a property with a setter "
+        "(scp_node.receiver._NodeAE overrides it)"
+    )
+
+
+def test_tls_wrapping_happens_in_get_request_and_make_server_passes_kwargs() -> None:
+    assert "wrap_socket" in _names(AssociationServer.get_request), (
+        "AssociationServer.get_request no longer wraps TLS sockets "
+        "(scp_node.tls.HandshakeInThreadServer replaces it to move the handshake)"
+    )
+    import inspect
+
+    parameters = inspect.signature(ApplicationEntity.make_server).parameters
+    assert "server_class" in parameters and "kwargs" in parameters, (
+        "ApplicationEntity.make_server no longer takes server_class and **kwargs"
+    )
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    ["result", "result_source", "diagnostic", "result_str", "source_str", "reason_str"]
+    + ["called_ae_title"],
+)
+def test_a_associate_attributes(attribute: str) -> None:
+    assert hasattr(A_ASSOCIATE, attribute), f"A_ASSOCIATE.{attribute} is gone"
+
+
+def _ct() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def test_c_store_streams_into_the_routed_folder_and_servers_shut_down(tmp_path: Path) -> None:
+    """The hooks working together, over a real association on loopback."""
+    configure_pynetdicom()
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    scp = AE(ae_title="SCP")
+    scp.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
+    route_incoming(scp, incoming)
+    seen: dict[str, Any] = {}
+
+    def on_store(event: Any) -> int:
+        seen["path"] = Path(event.dataset_path)
+        seen["file"] = getattr(event.request, "_dataset_file", None)
+        return 0x0000
+
+    server = start_server(scp, ("127.0.0.1", 0), [(evt.EVT_C_STORE, on_store)], None, 5.0)
+    try:
+        assert server in scp._servers
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP")
+        assert assoc.is_established
+        status = assoc.send_c_store(_ct())
+        assoc.release()
+        assert status.Status == 0x0000
+    finally:
+        server.shutdown()  # raises ValueError when the server is not in scp._servers
+    assert scp._servers == []
+    assert seen["path"].parent == incoming, (
+        "the streamed C-STORE file was not created through dimse_messages.NamedTemporaryFile "
+        "in the DUL thread of the association (DULServiceProvider.assoc.ae)"
+    )
+    assert isinstance(seen["file"], StreamedFile), (
+        "C_STORE._dataset_file is not the file object dimse_messages.NamedTemporaryFile returned"
+    )
+
+
+def test_node_ae_with_empty_allow_list_rejects_every_caller() -> None:
+    scp = _NodeAE(ae_title="SCP")
+    scp.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
+    scp.require_calling_aet = []
+    scp.admits_nobody = True
+    assert scp.require_calling_aet == [""]
+    server = start_server(scp, ("127.0.0.1", 0), [], None, 5.0)
+    try:
+        scu = AE(ae_title="ANYONE")
+        scu.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP")
+        assert assoc.is_rejected, (
+            "ACSE no longer reads ae.require_calling_aet through the AE "
+            "(scp_node.receiver._NodeAE's property is bypassed)"
+        )
+    finally:
+        server.shutdown()
