@@ -25,9 +25,10 @@ import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from scp_node import dimse_status
@@ -47,8 +48,9 @@ OUTCOME_MINOR_FAILURE = 4
 OUTCOME_SERIOUS_FAILURE = 8
 OUTCOME_MAJOR_FAILURE = 12  # unused: the node never audits one
 
-# A-ASSOCIATE-RJ (result source, diagnostic) -> reason (PS3.8 9.3.4).
-_REJECT_REASONS = {
+# A-ASSOCIATE-RJ (result source, diagnostic) -> reason (PS3.8 9.3.4). Keyed by object: the
+# values come from getattr on the primitive and may be None.
+_REJECT_REASONS: dict[tuple[object, object], str] = {
     (1, 1): "no reason given",
     (1, 2): "application context name not supported",
     (1, 3): "calling AE title not recognised",
@@ -282,7 +284,7 @@ class AssociationAuditor:
                 tally.stored += 1
             else:
                 tally.refused += 1
-        request = event.request
+        request = cast(C_STORE, event.request)  # called for EVT_C_STORE only
         self.audit_log.instance_transferred(
             tally.party,
             status=status,
@@ -300,6 +302,7 @@ def rejection_reason(assoc: Association) -> str:
     source = getattr(primitive, "result_source", None)
     diagnostic = getattr(primitive, "diagnostic", None)
     result = getattr(primitive, "result", None)
-    kind = {1: "rejected-permanent", 2: "rejected-transient"}.get(result, "rejected")  # type: ignore[arg-type]
-    text = _REJECT_REASONS.get((source, diagnostic), "unknown reason")  # type: ignore[arg-type]
+    kinds: dict[object, str] = {1: "rejected-permanent", 2: "rejected-transient"}
+    kind = kinds.get(result, "rejected")
+    text = _REJECT_REASONS.get((source, diagnostic), "unknown reason")
     return f"{kind}: {text} (source {source}, diagnostic {diagnostic})"

@@ -228,8 +228,10 @@ def _mtv(key: str, raw: str) -> MtvThreshold:
 def _range_mm(key: str, raw: str) -> tuple[float, float]:
     match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", raw)
     try:
-        lo, hi = float(match.group(1)), float(match.group(2))  # type: ignore[union-attr]
-    except (AttributeError, ValueError):
+        if match is None:
+            raise ValueError
+        lo, hi = float(match.group(1)), float(match.group(2))
+    except ValueError:
         raise _fail(key, raw, "a range in millimetres such as 0.5-10") from None
     if not 0 <= lo <= hi:
         raise _fail(key, raw, "a range in millimetres with low <= high, such as 0.5-10")
@@ -312,7 +314,9 @@ def _read_ini(path: Path) -> dict[str, dict[str, str]]:
     parser = configparser.ConfigParser(
         interpolation=None, inline_comment_prefixes=None, comment_prefixes=(";", "#")
     )
-    parser.optionxform = str  # type: ignore[assignment, method-assign]  # keep names as written
+    # keep names as written; typeshed declares optionxform a method, and assigning a function
+    # to it is configparser's documented way of changing it
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
     try:
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle)

@@ -42,6 +42,8 @@ def configure_pynetdicom() -> None:
         # Invalid UIDs from peers are tolerated by pynetdicom and refused by the handler
         # (0xC210) with a clear log line, instead of an aborted association.
         _config.ENFORCE_UID_CONFORMANCE = False
+        # pynetdicom's module global, replaced on purpose (tests/test_pynetdicom_internals.py);
+        # mypy sees tempfile's overloaded function, ours returns the StreamedFile wrapper
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
         _configured = True
 

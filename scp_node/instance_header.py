@@ -64,6 +64,7 @@ class InstanceHeader:
         if self.modality != "PT" or self.number_of_slices is None:
             return None
         try:
+            # whatever pydicom parsed (object); int() refuses a bad one with the errors below
             value = int(self.number_of_slices)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             return None

@@ -18,10 +18,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
-from pynetdicom.events import Event
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.audit import AssociationAuditor, AuditLog, Party
@@ -65,12 +67,14 @@ class _NodeAE(ApplicationEntity):
 
     admits_nobody = False
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
-        return [""] if self.admits_nobody else ApplicationEntity.require_calling_aet.fget(self)  # type: ignore[attr-defined]
+        return [""] if self.admits_nobody else super().require_calling_aet
 
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
+        # super() cannot set a property; mypy types the class attribute as the getter's value
+        # (list[str]), not as the property object that has fset
         ApplicationEntity.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
 
 
@@ -161,7 +165,7 @@ class Receiver:
             if self._server is not None:
                 return
             reindex_store(self._store, self._index)
-            handlers = [
+            handlers: list[EventHandlerType] = [
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
                 (evt.EVT_ACCEPTED, self._on_accepted),
@@ -247,7 +251,7 @@ class Receiver:
                outside sop_classes.STORAGE_SOP_CLASSES; this handler never sees them.
         """
         started = time.perf_counter()
-        request = event.request
+        request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
         calling_aet = event.assoc.requestor.ae_title
         sop_uid_for_log = str(request.AffectedSOPInstanceUID or "")[:64]
         try:
@@ -302,7 +306,7 @@ class Receiver:
             )
         streamed = Path(event.dataset_path)
         header = _read_header(streamed)
-        request = event.request
+        request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
         try:
             record = header.record(streamed, calling_aet, time.time())
         except InvalidUIDError as exc:
