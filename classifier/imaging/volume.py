@@ -364,15 +364,3 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
     """A CT series as a volume in Hounsfield units; raises VolumeError with the reason."""
     return load_volume(datasets, {"CT"})
 
-
-def __getattr__(name: str) -> Any:
-    # Re-exports for callers that import everything from classifier.imaging.volume (lazy: no cycle).
-    if name == "load_pet_suv_volume":
-        from classifier.imaging.suv import load_pet_suv_volume
-
-        return load_pet_suv_volume
-    if name == "resample_to":
-        from classifier.imaging.resample import resample_to
-
-        return resample_to
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
