@@ -101,7 +101,8 @@ def _jax_accelerators(weights: Sequence[Any]) -> tuple[str, ...]:
 
 
 def _torch_accelerators(weights: Sequence[Any]) -> tuple[str, ...]:
-    import torch
+    # Imported by name: torch is there only where Keras runs on the torch backend.
+    torch = importlib.import_module("torch")
 
     devices = {w.value.device for w in weights}
     out = []

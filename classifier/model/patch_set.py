@@ -332,7 +332,8 @@ def build_patch_set(
             stats.patients_without_patches += 1
         all_patches += patches
         kinds += patch_kinds
-        labels += [record.label] * len(patches)
+        # A patient without a diagnosis has label None, which the str array makes "None".
+        labels += [str(record.label)] * len(patches)
         owners += [pid] * len(patches)
         n = Counter(patch_kinds)
         progress(

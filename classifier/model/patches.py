@@ -60,7 +60,7 @@ def _validate(ct: Volume, center_index: Sequence[int], suv: Volume | None) -> tu
             f"{array.shape}; "
             "resample the PET onto the CT grid first (classifier.imaging.resample.resample_to)"
         )
-    return center  # type: ignore[return-value]
+    return center[0], center[1], center[2]  # len(center_index) == 3 checked above
 
 
 def _sample_planes(

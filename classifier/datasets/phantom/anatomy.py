@@ -76,7 +76,7 @@ class LesionShape:
     spikes: tuple[tuple[tuple[float, float, float], float], ...]  # direction, length
 
 
-def _lungs(x: np.ndarray, y: np.ndarray, z: np.ndarray, z_mid: float, z_half: float) -> dict:
+def _lungs(z: np.ndarray, z_mid: float, z_half: float) -> dict:
     """Lung ellipses per side at each z: centre x, centre y, semi-axes (scaled to the dome)."""
     t = np.clip((z - z_mid) / (z_half * 1.35), -0.95, 0.95)
     scale = np.sqrt(1.0 - t**2)
@@ -96,7 +96,7 @@ def tissue_labels(grid: Grid, z_mid: float, z_half: float, vessels: list) -> np.
     base[((x / 150.0) ** 2 + ((y - 5.0) / 105.0) ** 2) <= 1.0] = SOFT
     base[(y >= 128.0) & (y <= 134.0) & (np.abs(x) <= 170.0)] = TABLE
     labels = np.repeat(base[None], len(grid.z), axis=0)
-    lungs = _lungs(None, None, grid.z, z_mid, z_half)
+    lungs = _lungs(grid.z, z_mid, z_half)
     # Heart in the lower half of the chest, pushing into the left lung.
     heart_scale = np.sqrt(np.clip((z_mid + 0.2 * z_half - grid.z) / (0.8 * z_half), 0.0, 1.0))
     for k in range(len(grid.z)):
@@ -180,7 +180,7 @@ def plan_lesion(
     z_hi = min(float(ct_z[-1]) - 0.5 * radius, z_mid + 0.35 * z_half)
     cz = rng.uniform(min(z_lo, z_hi), max(z_lo, z_hi)) if z_hi > z_lo else z_mid
     side = "right" if rng.random() < 0.55 else "left"
-    cx, cy, ax, ay = _lungs(None, None, np.array([cz]), z_mid, z_half)[side]
+    cx, cy, ax, ay = _lungs(np.array([cz]), z_mid, z_half)[side]
     ax, ay = float(ax[0]), float(ay[0])
     medial = 0.0 if side == "right" else np.pi  # angle pointing to the mediastinum
     if histology in ("A", "E"):  # peripheral: anterior, lateral or posterior pleura
@@ -218,7 +218,12 @@ def plan_lesion(
         inner_frac = rng.uniform(0.3, 0.5)
     off = np.array(_unit(rng)) * rng.uniform(0.0, 0.15) * radius
     return LesionShape(
-        lesion, float(inner_frac), tuple(float(o) for o in off), float(halo_hu), lobes, spikes
+        lesion,
+        float(inner_frac),
+        (float(off[0]), float(off[1]), float(off[2])),
+        float(halo_hu),
+        lobes,
+        spikes,
     )
 
 

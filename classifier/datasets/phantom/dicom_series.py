@@ -73,9 +73,9 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_instance)
+    meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta

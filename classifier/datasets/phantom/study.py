@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 import numpy as np
 import pydicom
@@ -34,6 +35,20 @@ from classifier.datasets.phantom.dicom_series import (
     phantom_uid,
 )
 from classifier.types import HISTOLOGY_CLASSES, HISTOLOGY_NAMES
+
+
+class StudyOptions(TypedDict, total=False):
+    """The keyword arguments of generate_study that a caller may pass on (write_tcia_layout)."""
+
+    ct_size: int
+    ct_slices: int
+    slice_thickness_mm: float
+    pet: bool
+    pet_size: int
+    pet_slices: int | None
+    n_lesions: int
+    lesion: bool
+    transfer_syntax: str
 
 
 @dataclass(frozen=True)

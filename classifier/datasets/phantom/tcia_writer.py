@@ -7,6 +7,7 @@ import csv
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Unpack
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -14,7 +15,12 @@ import pydicom
 import pydicom.uid
 from pydicom.dataset import Dataset
 
-from classifier.datasets.phantom.study import AnnotationBox, PhantomStudy, generate_study
+from classifier.datasets.phantom.study import (
+    AnnotationBox,
+    PhantomStudy,
+    StudyOptions,
+    generate_study,
+)
 from classifier.types import HISTOLOGY_CLASSES
 
 COLLECTION = "Lung-PET-CT-Dx"
@@ -159,7 +165,7 @@ def write_tcia_layout(
     seed: int,
     *,
     class_weights: dict[str, float] | None = None,
-    **generate_kwargs: object,
+    **generate_kwargs: Unpack[StudyOptions],
 ) -> list[PhantomStudy]:
     """Write `patients` phantom patients as a TCIA Lung-PET-CT-Dx download with metadata.csv.
 
