@@ -3,6 +3,10 @@ training device as it was (accelerators when there were any, else the CPU)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from classifier.model.model_card import (
 )
 from classifier.model.patch_set import BuildStats
 
+ROOT = Path(__file__).resolve().parent.parent
 CPU = TrainingDevice("3.15.1", "tensorflow", "2.21.0", (), 16)
 GPU = TrainingDevice("3.15.1", "tensorflow", "2.21.0", ("GPU:0 (NVIDIA H200)",), 16)
 
@@ -154,3 +159,27 @@ def test_training_device_reads_where_the_weights_live() -> None:
         assert device.backend_version == tf.__version__
         assert bool(device.accelerators) == bool(gpus)
         assert all(a.startswith("GPU:") for a in device.accelerators)
+
+
+@pytest.mark.slow
+def test_training_device_on_the_jax_backend() -> None:
+    pytest.importorskip("jax")
+    code = (
+        "import json, keras\n"
+        "from classifier.model.model_card import training_device\n"
+        "layer = keras.layers.Dense(2)\n"
+        "layer.build((None, 3))\n"
+        "print(json.dumps(training_device(layer.weights).as_metadata()))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    meta = json.loads(run.stdout.strip().splitlines()[-1])
+    import jax
+
+    assert meta["backend"] == "jax" and meta["backend_version"] == jax.__version__
+    accelerators = [d for d in jax.devices() if d.platform != "cpu"]
+    assert len(meta["accelerators"]) == (1 if accelerators else 0)
+    assert meta["description"].endswith(f"on JAX {jax.__version__}")
