@@ -132,16 +132,16 @@ def analyze_study(
     ct: Volume | None = None
     suv: Volume | None = None
     skipped: list[str] = []
-    base = {"study_instance_uid": study.study_instance_uid, "model": classifier.info}
+    result_of = partial(
+        StudyResult, study_instance_uid=study.study_instance_uid, model=classifier.info
+    )
     try:
         candidates = clock.run("read", lambda: _candidates_of(study, skipped))
         selection = select_series(candidates, config)
         skipped.extend(selection.rejected)
         if not selection.ct:
             skipped.append("no CT series qualifies for analysis")
-            return done(
-                StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
-            )
+            return done(result_of(skipped=tuple(skipped), timings_s=clock.timings), None, None)
 
         for choice in selection.ct:
             try:
@@ -151,9 +151,7 @@ def analyze_study(
                 skipped.append(f"CT {choice.describe()}: {exc}")
         if ct is None:
             skipped.append("no CT series could be read as a volume")
-            return done(
-                StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), None, None
-            )
+            return done(result_of(skipped=tuple(skipped), timings_s=clock.timings), None, None)
 
         pet: Volume | None = None
         for choice in selection.pet:
@@ -189,8 +187,7 @@ def analyze_study(
             for candidate, p, h in zip(found, probability, histology, strict=True):
                 if float(p) >= config.lesion_probability_threshold:
                     lesions.append(to_lesion(candidate, len(lesions) + 1, ct, float(p), h))
-        result = StudyResult(
-            **base,
+        result = result_of(
             ct_series_uid=ct.series_instance_uid,
             pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,
             ct_slices=ct.slices,
@@ -204,4 +201,4 @@ def analyze_study(
     except (VolumeError, DicomReadError, ValueError, MemoryError) as exc:
         log.exception("analysis of study %s failed", study.study_instance_uid)
         skipped.append(f"analysis failed: {exc}")
-        return done(StudyResult(**base, skipped=tuple(skipped), timings_s=clock.timings), ct, suv)
+        return done(result_of(skipped=tuple(skipped), timings_s=clock.timings), ct, suv)

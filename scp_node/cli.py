@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifier.model.evaluation import evaluate
+    from classifier.model.evaluate_folder import evaluate
 
     metrics = evaluate(
         Path(args.model),

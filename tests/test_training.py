@@ -7,19 +7,23 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from classifier.imaging.lesions import Candidate
-from classifier.model.evaluation import PatchPredictions, by_kind, evaluate
-from classifier.model.inference import BUNDLED_MODEL, read_model_metadata
-from classifier.model.training import (
+from classifier.model.evaluate_folder import evaluate
+from classifier.model.evaluation import PatchPredictions, by_kind
+from classifier.model.inference import BUNDLED_MODEL, read_model_metadata, sha256_of
+from classifier.model.patch_set import (
     HARD_NEGATIVE_SLICES,
-    HARD_NEGATIVE_WEIGHT,
     PATCH_KINDS,
     PatchSet,
     _box_map,
     _hard_negative_centres,
+)
+from classifier.model.training import (
+    HARD_NEGATIVE_WEIGHT,
     _targets,
     augment,
     class_weights,
@@ -95,6 +99,24 @@ def test_tiny_training_writes_model_card_report_and_evaluate_reproduces_it(tmp_p
     assert "NOT FOR CLINICAL USE" in card and "pytest tiny" in card
     meta = read_model_metadata(out)
     assert set(meta["split"]["train"]).isdisjoint(meta["split"]["test"])
+    # The card's facts are the run's: the file it describes, its split, the device it used.
+    assert f"SHA-256 `{sha256_of(out)}`" in card
+    assert "$" not in card  # every template placeholder filled
+    assert "seed 2; trained in " in card and "Epochs 1, batch size 16, Adam 1e-3" in card
+    for name, ids in meta["split"].items():
+        assert f"- {name}: {', '.join(ids) if ids else '(none)'}" in card
+    device = meta["device"]
+    assert device["backend"] == keras.backend.backend()
+    assert device["keras"] == keras.__version__
+    assert f"s on {device['description']}. TensorBoard logs" in card
+    assert device["description"].startswith(
+        ", ".join(device["accelerators"]) or f"CPU ({device['cpu_cores']} cores)"
+    )
+    if device["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        assert bool(device["accelerators"]) == bool(tf.config.list_logical_devices("GPU"))
+    assert any(line == f"trained on {device['description']}" for line in lines)
     written = json.loads((report / "metrics.json").read_text())
     again = evaluate(out, data, None, tmp_path / "again")
     assert again["histology"] == written["histology"]

@@ -160,19 +160,23 @@ def _measure(
     }
     if suv is not None:
         values.update(_pet_measures(ct, suv, mask, origin, mtv))
+    x_mm, y_mm, z_mm = ct.index_to_patient(centroid_idx)
     return Candidate(
         mask=mask,
         mask_origin=origin,
         key_slice_index=key,
         box_rc=box,
         slice_range=(origin[0] + int(filled[0]), origin[0] + int(filled[-1])),
-        centroid_mm=tuple(float(v) for v in ct.index_to_patient(centroid_idx)),  # type: ignore[arg-type]
+        centroid_mm=(float(x_mm), float(y_mm), float(z_mm)),
         side=side,
         long_axis_mm=round(long_axis, 2),
         short_axis_mm=round(short_axis, 2),
         volume_ml=float(np.count_nonzero(mask)) * ct.voxel_volume_ml,
         detected_by=detected_by,
-        **values,  # type: ignore[arg-type]
+        suv_max=values["suv_max"],
+        suv_mean=values["suv_mean"],
+        mtv_ml=values["mtv_ml"],
+        tlg=values["tlg"],
     )
 
 
@@ -230,7 +234,8 @@ class _Blob:
 
 
 def _shift(box: tuple[slice, ...], origin: tuple[int, ...]) -> tuple[slice, slice, slice]:
-    return tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, origin, strict=True))  # type: ignore[return-value]
+    # A box and an origin are 3-D (slice, row, column); zip(strict=True) checks it.
+    return tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, origin, strict=True))  # type: ignore[return-value]  # length 3 is not expressible in a tuple comprehension
 
 
 def _refine(

@@ -331,7 +331,7 @@ def lung_mask(ct: Volume) -> LungMask:
                 result[component & ~left_cols[np.newaxis, np.newaxis, :]] = 1
         # Label 1/2 so far mean "first/second"; assign right/left by patient x of the centroids.
         if result.any():
-            xs = []
+            xs: list[float | None] = []
             for label in (1, 2):
                 idx = np.argwhere(result == label)
                 if idx.size == 0:

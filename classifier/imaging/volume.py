@@ -55,6 +55,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        # A Volume is 3-D by construction (load_volume stacks >= 2 slices); the length 3 of
+        # the tuple is not expressible in a tuple comprehension.
         return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
 
     @property
@@ -363,16 +365,3 @@ def load_volume(datasets: Sequence[Dataset], modalities: set[str]) -> Volume:
 def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
     """A CT series as a volume in Hounsfield units; raises VolumeError with the reason."""
     return load_volume(datasets, {"CT"})
-
-
-def __getattr__(name: str) -> Any:
-    # Re-exports for callers that import everything from classifier.imaging.volume (lazy: no cycle).
-    if name == "load_pet_suv_volume":
-        from classifier.imaging.suv import load_pet_suv_volume
-
-        return load_pet_suv_volume
-    if name == "resample_to":
-        from classifier.imaging.resample import resample_to
-
-        return resample_to
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

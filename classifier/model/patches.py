@@ -58,9 +58,9 @@ def _validate(ct: Volume, center_index: Sequence[int], suv: Volume | None) -> tu
         raise ValueError(
             f"SUV volume shape {np.asarray(suv.array).shape} differs from the CT shape "
             f"{array.shape}; "
-            "resample the PET onto the CT grid first (classifier.imaging.volume.resample_to)"
+            "resample the PET onto the CT grid first (classifier.imaging.resample.resample_to)"
         )
-    return center  # type: ignore[return-value]
+    return center[0], center[1], center[2]  # len(center_index) == 3 checked above
 
 
 def _sample_planes(

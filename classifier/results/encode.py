@@ -10,8 +10,9 @@ import copy
 from collections.abc import Sequence
 
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from classifier.results import codes
 from classifier.results.seg_encoder import build_seg
@@ -43,7 +44,7 @@ def reference_header(dataset: Dataset) -> Dataset:
     For the instances a result only refers to (UIDs, plane geometry): elements still in raw
     form are immutable and shared with the source, so a 300-slice CT costs milliseconds.
     """
-    elements = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     for tag, elem in dataset._dict.items():
         if tag.group >= 0x7FE0:
             continue

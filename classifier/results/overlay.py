@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -38,7 +39,7 @@ def _check_slice(ct: Volume, slice_index: int) -> None:
         )
 
 
-def _figure(ct: Volume) -> tuple[Figure, object]:
+def _figure(ct: Volume) -> tuple[Figure, Axes]:
     rows, cols = ct.shape[1:]
     # Pixel aspect from the spacing, so anisotropic pixels are not distorted.
     aspect = ct.spacing[1] / ct.spacing[2]

@@ -8,6 +8,7 @@ the lesion's, so the SR's measurement groups and the SEG's segments pair up.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -36,6 +37,8 @@ def _placed_mask(
             f"lesion {lesion.tracking_id}: mask of shape {mask.shape} at origin {origin} "
             f"does not fit in the CT volume of shape {shape}"
         )
+    # mask.ndim == 3 is checked above and zip(strict=True) makes origin and end 3 long too;
+    # a tuple comprehension cannot say so.
     return mask, origin, end  # type: ignore[return-value]
 
 
@@ -128,7 +131,7 @@ def build_seg(
         segment_description(lesion, number, result)
         for number, lesion in enumerate(result.lesions, start=1)
     ]
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if specific_character_set is not None:
         kwargs["specific_character_set"] = specific_character_set
     model = result.model

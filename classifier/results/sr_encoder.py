@@ -11,6 +11,7 @@ A study with no lesion, or one that could not be analysed, says so in the TID 15
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -237,7 +238,7 @@ def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    items = []
+    items: list[hd.sr.ContentItem] = []
     if not result.analysed:
         items.append(
             hd.sr.CodeContentItem(
@@ -375,7 +376,7 @@ def build_sr(
             f"{predecessor.StudyInstanceUID}, not {result.study_instance_uid}; pass the previous "
             "SR of the same study or None"
         )
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if specific_character_set is not None:
         kwargs["specific_character_set"] = specific_character_set
     sr = hd.sr.Comprehensive3DSR(
