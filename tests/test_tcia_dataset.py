@@ -175,7 +175,11 @@ def test_real_annotation_quirks_in_a_copy(tmp_path: Path) -> None:
     xmls[1].write_text(xmls[1].read_text().replace("<name>A</name>", "<name>Q</name>"))
     progress: list[str] = []
     scan = scan_dataset(data, annotations, progress=progress.append)
-    assert progress == ["1/1 Lung_Dx-A0002"]
+    # Every patient folder of the fixture is scanned and named once, in order; only A0002 has boxes.
+    names = sorted(d.name for d in (data / "Lung-PET-CT-Dx").iterdir() if d.is_dir())
+    assert "Lung_Dx-A0002" in names
+    assert progress == [f"{i}/{len(names)} {name}" for i, name in enumerate(names, 1)]
+    assert all(not scan.patient(n).annotated for n in names if n != "Lung_Dx-A0002")
     assert scan.counts["xml_unparseable"] == 1
     assert scan.counts["boxes_unknown_label"] == 1
     assert len(scan.patient("Lung_Dx-A0002").annotated) == 16
