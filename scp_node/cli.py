@@ -26,10 +26,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _open_index(config: Config):  # -> storage.index.Index
-    from storage.database import Database
-    from storage.index import Index
+    from storage.index import open_index
 
-    return Index(Database.connect(config.storage.database_url))
+    return open_index(config.storage.database_url)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

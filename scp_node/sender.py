@@ -39,7 +39,8 @@ from scp_node.config import Config, Destination, SenderConfig
 from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from scp_node.tls import client_context
-from storage.index import Index, OutboxItem
+from storage.index import Index
+from storage.records import OutboxItem
 
 log = logging.getLogger("lungnode.sender")
 
