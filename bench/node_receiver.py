@@ -24,8 +24,7 @@ from typing import Any
 import scp_node.receiver as receiver_module
 from scp_node.config import load_config
 from scp_node.receiver import Receiver
-from storage.database import Database
-from storage.index import Index
+from storage.index import open_index
 from storage.instance_store import InstanceStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     config = load_config(PROJECT_ROOT / "config.ini", environ=environ)
     store = InstanceStore(config.storage.root, config.storage.min_free_mb)
-    database = Database.connect(config.storage.database_url)
-    index = Index(database)
+    index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     receiver = Receiver(config, store, index)
     timings = HandlerTimings(receiver) if args.timings else None
 
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     stop.wait()
     receiver.stop(grace_seconds=5)
-    database.close()
+    index.close()
     if profiles and args.profile is not None:
         stats = pstats.Stats(profiles[0])
         for profile in profiles[1:]:

@@ -28,10 +28,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _open_index(config: Config):  # -> storage.index.Index
-    from storage.database import Database
-    from storage.index import Index
+    from storage.index import open_index
 
-    return Index(Database.connect(config.storage.database_url))
+    return open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

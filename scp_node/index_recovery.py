@@ -25,8 +25,9 @@ from pathlib import Path
 
 from scp_node.instance_header import HeaderError, read_header
 from scp_node.sop_classes import STORAGE_SOP_CLASSES
-from storage.index import Index, InstanceRecord
+from storage.index import Index
 from storage.instance_store import SUFFIX, InstanceStore
+from storage.records import InstanceRecord
 from storage.uids import InvalidUIDError
 
 log = logging.getLogger("lungnode.index_recovery")

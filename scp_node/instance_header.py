@@ -12,7 +12,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from storage.index import InstanceRecord
+from storage.records import InstanceRecord
 from storage.uids import require_uid
 
 # The only elements read; everything else, Pixel Data above all, stays on disk unread.

@@ -49,8 +49,9 @@ from scp_node.sop_classes import (
     VERIFICATION_SOP_CLASS,
 )
 from scp_node.tls import server_context, start_server
-from storage.index import Index, InstanceRecord
+from storage.index import Index
 from storage.instance_store import InstanceStore
+from storage.records import InstanceRecord
 from storage.uids import InvalidUIDError
 
 log = logging.getLogger("lungnode.receiver")

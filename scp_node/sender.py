@@ -48,7 +48,8 @@ from scp_node.dimse_status import (
 )
 from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from scp_node.tls import client_context
-from storage.index import Index, OutboxItem
+from storage.index import Index
+from storage.records import OutboxItem
 
 log = logging.getLogger("lungnode.sender")
 

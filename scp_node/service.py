@@ -20,8 +20,7 @@ from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.receiver import Receiver
 from scp_node.scheduler import build_scheduler
 from scp_node.sender import Sender
-from storage.database import Database
-from storage.index import Index
+from storage.index import open_index
 from storage.instance_store import InstanceStore
 
 log = logging.getLogger("lungnode.service")
@@ -33,8 +32,7 @@ def serve(config: Config, role: str = "all") -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
     configure_pynetdicom()
     store = InstanceStore(config.storage.root, config.storage.min_free_mb)
-    database = Database.connect(config.storage.database_url)
-    index = Index(database)
+    index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     worker = None
@@ -66,7 +64,7 @@ def serve(config: Config, role: str = "all") -> int:
         config.node.host,
         config.node.port,
         config.storage.root,
-        database.dialect,
+        index.db.dialect,
     )
     try:
         while not stop.wait(1.0):
@@ -75,6 +73,6 @@ def serve(config: Config, role: str = "all") -> int:
         if receiver is not None:
             receiver.stop()
         scheduler.shutdown(wait=True)
-        database.close()
+        index.close()
         log.info("lungnode stopped")
     return 0

@@ -22,8 +22,10 @@ from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode
 from scp_node.config import Config
 from scp_node.routing import destinations_for
-from storage.index import Index, Job, ResultObject
+from storage.index import Index
 from storage.instance_store import InstanceStore
+from storage.records import Job, ResultObject
+from storage.states import ResultKind
 
 log = logging.getLogger("lungnode.worker")
 
@@ -121,7 +123,7 @@ class AnalysisWorker:
                     series_uid=ds.SeriesInstanceUID,
                     sop_class_uid=ds.SOPClassUID,
                     path=path,
-                    kind="SR" if ds.Modality == "SR" else "SEG",
+                    kind=ResultKind.SR if ds.Modality == "SR" else ResultKind.SEG,
                 )
             )
         destinations, problems = destinations_for(self._config, job.source_aet)

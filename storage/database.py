@@ -1,8 +1,15 @@
-"""One thin layer over sqlite3 and psycopg 3 so the index runs the same SQL on both.
+"""Connections and transactions: one SQLite file in WAL mode, or a pool of PostgreSQL connections.
 
-SQL is written with '?' placeholders; for PostgreSQL they become '%s'. SQLite runs in WAL mode
-with synchronous=FULL (a committed index row survives a power cut, like the files it points
-to) and one connection guarded by a lock, so receiver threads can share it. Inside
+The index's SQL lives in `sql/` as named queries (see `storage.queries`), already in the
+driver's paramstyle; `Cursor.run(query, **params)` runs one. `Cursor.execute(sql, params)` runs
+ad-hoc SQL as the driver takes it (sqlite3: `?` or `:name`; psycopg: `%s` or `%(name)s`).
+
+SQLite runs in WAL mode with synchronous=FULL (a committed index row survives a power cut, like
+the files it points to) and one connection guarded by a lock, so receiver threads can share it
+(SQLite has one writer at a time anyway). PostgreSQL uses a `psycopg_pool.ConnectionPool` of up
+to `pool_size` connections, so association threads, the worker, its lease renewer and the sender
+do not queue behind one connection; each connection is checked when taken from the pool, so one
+the server dropped (restart, failover) is replaced instead of failing a transaction. Inside
 `Database.lazy_commits()` SQLite commits with synchronous=NORMAL instead (no fsync; a power cut
 may lose them until the next durable commit or `make_durable()`): only for rows that a caller
 can rebuild from durable data, as the receiver rebuilds instance rows from the store's files.
@@ -14,19 +21,24 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
+import psycopg_pool
+
+from storage.queries import Query, QueryError
 
 T = TypeVar("T")
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_SECONDS = 10
+DEFAULT_POOL_SIZE = 4
 RETRIES = 5
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
@@ -41,15 +53,32 @@ def redact(url: str) -> str:
 
 
 class Cursor:
-    """A cursor that takes '?' placeholders on both dialects; execute() returns itself."""
+    """A cursor of one transaction; `run` and `execute` return it, for `.fetchone()` etc."""
 
-    def __init__(self, raw: Any, translate: bool) -> None:
+    def __init__(self, raw: Any) -> None:
         self._raw = raw
-        self._translate = translate
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        """Run one statement with '?' placeholders."""
-        self._raw.execute(_to_pyformat(sql) if self._translate else sql, tuple(params))
+    def run(self, query: Query, /, **params: Any) -> Cursor:
+        """Run a named query's statements in order with `params` (extra names are ignored);
+        fetch from the last one. A query with no statement for this dialect does nothing."""
+        missing = query.params - params.keys()
+        if missing:
+            raise QueryError(f"query {query.name} needs parameters {sorted(missing)}")
+        for statement in query.statements:
+            self._raw.execute(statement, params)
+        return self
+
+    def run_many(self, query: Query, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run a one-statement named query once per parameter mapping."""
+        (statement,) = query.statements
+        self._raw.executemany(statement, list(rows))
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Cursor:
+        """Run one ad-hoc statement in the driver's own paramstyle."""
+        if params is None:
+            self._raw.execute(sql)
+        else:
+            self._raw.execute(sql, params)
         return self
 
     def fetchone(self) -> tuple[Any, ...] | None:
@@ -60,56 +89,56 @@ class Cursor:
         """The remaining rows as tuples."""
         return list(self._raw.fetchall())
 
+    def scalar(self) -> Any:
+        """The first column of the next row (None when there is no row)."""
+        row = self._raw.fetchone()
+        return None if row is None else row[0]
+
     @property
     def rowcount(self) -> int:
         """Rows changed by the last INSERT/UPDATE/DELETE."""
         return self._raw.rowcount
 
 
-_PYFORMAT_CACHE: dict[str, str] = {}
-
-
-def _to_pyformat(sql: str) -> str:
-    """'?' -> '%s' (and literal '%' -> '%%'); our SQL has no '?' inside string literals."""
-    converted = _PYFORMAT_CACHE.get(sql)
-    if converted is None:
-        converted = sql.replace("%", "%%").replace("?", "%s")
-        _PYFORMAT_CACHE[sql] = converted
-    return converted
-
-
 class Database:
-    """A connection to the index database (SQLite file or PostgreSQL server), thread-safe."""
+    """The index database (SQLite file or PostgreSQL server), thread-safe."""
 
     dialect: str
 
-    def __init__(self, url: str, dialect: str) -> None:
+    def __init__(self, url: str, dialect: str, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         """Use Database.connect(url)."""
         self.url = url
         self.dialect = dialect
+        self.pool_size = pool_size
         self._lock = threading.RLock()
         self._sqlite: sqlite3.Connection | None = None
-        self._pg: psycopg.Connection | None = None
+        self._pool: psycopg_pool.ConnectionPool | None = None
         self._closed = False
         self._sqlite_synchronous = "FULL"
         self._lazy = threading.local()
 
     @classmethod
-    def connect(cls, url: str) -> Database:
+    def connect(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Database:
         """Open `sqlite:///PATH` (SQLAlchemy style: four slashes for an absolute path) or
-        `postgresql://user@host:port/db`; errors name the URL and what to change."""
+        `postgresql://user@host:port/db` with a pool of up to `pool_size` connections (ignored
+        for SQLite); errors name the URL and what to change."""
         if not isinstance(url, str) or not url.strip():
             raise DatabaseError(
                 f"database URL {url!r} is empty; set [storage] database_url to sqlite:///PATH "
                 "or postgresql://user@host/db"
             )
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise DatabaseError(
+                f"database pool size {pool_size!r} is not a positive number of connections; "
+                "set [storage] database_pool_size to 1 or more"
+            )
         url = url.strip()
         if url.startswith(SQLITE_PREFIX):
-            db = cls(url, "sqlite")
+            db = cls(url, "sqlite", pool_size)
             db._open_sqlite()
             return db
         if url.startswith(POSTGRES_PREFIXES):
-            db = cls(url, "postgresql")
+            db = cls(url, "postgresql", pool_size)
             db._open_postgres()
             return db
         raise DatabaseError(
@@ -165,8 +194,8 @@ class Database:
     def transaction(self, write: bool = True) -> Iterator[Cursor]:
         """One transaction, committed on success and rolled back on any exception. On SQLite a
         writing transaction is BEGIN IMMEDIATE, so it never fails to upgrade its lock later."""
-        with self._lock:
-            if self.dialect == "sqlite":
+        if self.dialect == "sqlite":
+            with self._lock:
                 conn = self._sqlite
                 if conn is None:
                     raise DatabaseError(f"database {self.url} is closed")
@@ -175,7 +204,7 @@ class Database:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 cur = conn.cursor()
                 try:
-                    yield Cursor(cur, translate=False)
+                    yield Cursor(cur)
                 except BaseException:
                     conn.rollback()
                     raise
@@ -183,10 +212,12 @@ class Database:
                     conn.commit()
                 finally:
                     cur.close()
-            else:
-                conn = self._postgres()
-                with conn.transaction(), conn.cursor() as cur:
-                    yield Cursor(cur, translate=True)
+        else:
+            pool = self._pool
+            if pool is None or self._closed:
+                raise DatabaseError(f"database {redact(self.url)} is closed")
+            with pool.connection() as pg, pg.transaction(), pg.cursor() as pg_cursor:
+                yield Cursor(pg_cursor)
 
     def run(self, work: Callable[[Cursor], T], write: bool = True) -> T:
         """Run `work` in one transaction, running it again when PostgreSQL aborted it for a
@@ -202,15 +233,15 @@ class Database:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the connection; later transactions raise DatabaseError."""
+        """Close the connection (or the pool); later transactions raise DatabaseError."""
         with self._lock:
+            self._closed = True
             if self._sqlite is not None:
                 self._sqlite.close()
                 self._sqlite = None
-            if self._pg is not None:
-                self._pg.close()
-                self._pg = None
-            self._closed = True
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     def _open_sqlite(self) -> None:
         location = self.url[len(SQLITE_PREFIX) :]
@@ -252,22 +283,31 @@ class Database:
         self._sqlite = conn
 
     def _open_postgres(self) -> None:
+        # One plain connection first: its error says why (refused, auth, no database), where
+        # the pool would only time out.
         try:
-            self._pg = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
         except psycopg.Error as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL at {redact(self.url)}: {exc}".rstrip()
                 + "; check that the server runs and [storage] database_url (user, host, port, "
                 "database) is right"
             ) from exc
-
-    def _postgres(self) -> psycopg.Connection:
-        """The PostgreSQL connection, reopened once if the server dropped it (restart, failover)."""
-        if self._closed:
-            raise DatabaseError(f"database {redact(self.url)} is closed")
-        if self._pg is None or self._pg.closed or self._pg.broken:
-            if self._pg is not None:
-                self._pg.close()
-            self._open_postgres()
-        assert self._pg is not None
-        return self._pg
+        pool = psycopg_pool.ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            check=psycopg_pool.ConnectionPool.check_connection,
+            name="lungnode-index",
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except psycopg_pool.PoolTimeout as exc:
+            pool.close()
+            raise DatabaseError(
+                f"cannot open a pool of connections to PostgreSQL at {redact(self.url)}: {exc}; "
+                "check that the server accepts connections"
+            ) from exc
+        self._pool = pool

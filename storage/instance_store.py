@@ -67,7 +67,7 @@ class InstanceStore:
         """A new unique path in root/.incoming to stream one C-STORE into (not created)."""
         return self.incoming / f"{uuid.uuid4().hex}.part"
 
-    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    def path_for(self, study_uid: object, series_uid: object, sop_uid: object) -> Path:
         """Where an instance lives; raises InvalidUIDError for anything that is not a UID."""
         study = require_uid("Study Instance UID", study_uid)
         series = require_uid("Series Instance UID", series_uid)

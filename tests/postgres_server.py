@@ -1,15 +1,22 @@
-"""A throw-away PostgreSQL 15 (Debian binaries) on a free loopback port, for the index tests.
+"""A throw-away PostgreSQL (Debian binaries) on a free loopback port, for the index tests.
 
-`postgres_url` is a module-scoped pytest fixture: initdb into a temp folder, pg_ctl start with
-its socket in that folder, createdb, yield the URL, stop and delete. As root the server runs as
-the `postgres` user (PostgreSQL refuses to run as root). Tests get a fresh, empty schema each from
-`fresh_database(url)`. Skips with the reason when the binaries or the user are missing.
+`postgres_url` is a module-scoped pytest fixture: initdb into a private folder, pg_ctl start
+with its socket in that folder, createdb, yield the URL, stop and delete. As root the server runs
+as the `postgres` user (PostgreSQL refuses to run as root), so its folder must be one that user
+can enter wherever the checkout and $TMPDIR are (a clone inside a 0700 `mktemp -d` folder, a
+private TMPDIR): the first of $TMPDIR, /tmp, /var/tmp, /dev/shm where the server user can
+really enter and write is used, and its commands run with that folder as their working
+directory. Tests get a fresh, empty schema each from `fresh_database(url)`.
+
+The tests skip only when PostgreSQL is not installed (no initdb); when it is installed and the
+server cannot be started, they fail with the reason.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -21,8 +28,19 @@ from pathlib import Path
 import psycopg
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_ROOT = Path("/usr/lib/postgresql")
 SERVER_USER = "postgres"
+FOLDER_CANDIDATES = (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm")
+
+
+def _pg_bin() -> Path | None:
+    """The bin folder of the newest PostgreSQL installed the Debian way, or None."""
+    found = [
+        path.parent
+        for path in PG_ROOT.glob("*/bin/initdb")
+        if re.fullmatch(r"\d+", path.parent.parent.name)
+    ]
+    return max(found, key=lambda b: int(b.parent.name), default=None)
 
 
 def _free_port() -> int:
@@ -31,11 +49,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run_as(user: pwd.struct_passwd | None, args: list[str]) -> subprocess.CompletedProcess:
+def _run_as(
+    user: pwd.struct_passwd | None, args: list[str], cwd: Path | str
+) -> subprocess.CompletedProcess:
     kwargs = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid}
     env = {**os.environ, "LC_ALL": "C"}
     return subprocess.run(
-        args, check=False, capture_output=True, text=True, env=env, timeout=60, **kwargs
+        args, check=False, capture_output=True, text=True, env=env, timeout=60, cwd=cwd, **kwargs
     )
 
 
@@ -46,50 +66,78 @@ def _server_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
-        pytest.skip(f"running as root and there is no {SERVER_USER!r} user to run PostgreSQL as")
+        pytest.fail(
+            f"PostgreSQL is installed but there is no {SERVER_USER!r} user to run it as (the "
+            "tests run as root, and PostgreSQL refuses to run as root); reinstall postgresql"
+        )
+
+
+def _server_folder(user: pwd.struct_passwd | None) -> Path:
+    """A new empty folder owned by the server user, which that user can enter and write."""
+    tried: list[str] = []
+    for base in dict.fromkeys(FOLDER_CANDIDATES):
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="lungnode-pg-", dir=base))
+        except OSError as exc:
+            tried.append(f"{base}: {exc}")
+            continue
+        if user is not None:
+            os.chown(folder, user.pw_uid, user.pw_gid)
+        probe = _run_as(user, ["sh", "-c", 'cd "$0" && touch probe && rm probe', str(folder)], "/")
+        if probe.returncode == 0:
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        tried.append(f"{base}: {probe.stderr.strip() or 'cannot enter or write'}")
+    pytest.fail(
+        "no folder for the test PostgreSQL that "
+        f"{user.pw_name if user else 'this user'} can enter and write: " + "; ".join(tried)
+    )
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    """URL of an empty database on a private PostgreSQL 15 server (one per test module)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 binaries not found in {PG_BIN} (apt install postgresql-15)")
+    """URL of an empty database on a private PostgreSQL server (one per test module)."""
+    pg_bin = _pg_bin()
+    if pg_bin is None:
+        pytest.skip(
+            f"PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb; apt install postgresql)"
+        )
     user = _server_user()
-    workdir = Path(tempfile.mkdtemp(prefix="lungnode-pg-"))
+    workdir = _server_folder(user)
     data, log = workdir / "data", workdir / "server.log"
-    if user is not None:
-        os.chown(workdir, user.pw_uid, user.pw_gid)
     port = _free_port()
     started = False
     try:
         init = _run_as(
-            user, [str(PG_BIN / "initdb"), "-D", str(data), "-U", "lungnode", "--auth=trust", "-E",
-                   "UTF8", "--no-sync"]
+            user, [str(pg_bin / "initdb"), "-D", str(data), "-U", "lungnode", "--auth=trust", "-E",
+                   "UTF8", "--no-sync"], workdir,
         )  # fmt: skip
         if init.returncode != 0:
-            pytest.skip(f"initdb failed, cannot run the PostgreSQL tests: {init.stderr.strip()}")
+            pytest.fail(f"initdb in {data} failed: {init.stderr.strip()}")
         options = (
             f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=40"
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
         )
         start = _run_as(
-            user, [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
-                   "-t", "60", "start"]
+            user, [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
+                   "-t", "60", "start"], workdir,
         )  # fmt: skip
         if start.returncode != 0:
             log_text = log.read_text() if log.exists() else ""
-            pytest.skip(f"pg_ctl start failed: {start.stderr.strip()} {log_text[-500:]}")
+            pytest.fail(f"pg_ctl start failed: {start.stderr.strip()} {log_text[-500:]}")
         started = True
         created = _run_as(
-            user, [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "lungnode",
-                   "lungnode"]
+            user, [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "lungnode",
+                   "lungnode"], workdir,
         )  # fmt: skip
         if created.returncode != 0:
             pytest.fail(f"createdb failed: {created.stderr.strip()}")
         yield f"postgresql://lungnode@127.0.0.1:{port}/lungnode"
     finally:
         if started:
-            _run_as(user, [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+            _run_as(
+                user, [str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], workdir
+            )
         shutil.rmtree(workdir, ignore_errors=True)
 
 

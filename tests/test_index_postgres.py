@@ -10,12 +10,11 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from postgres_server import fresh_database, postgres_url  # noqa: F401  (fixture)
 
-from storage.database import Database
-from storage.index import Index, InstanceRecord, ResultObject
+from storage.database import Cursor, Database, DatabaseError
+from storage.index import Index, InstanceRecord, ResultObject, open_index
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -159,11 +158,54 @@ def test_new_instance_racing_completion_yields_one_consistent_outcome(nodes: lis
     assert len(nodes[2].status()["outbox"]) == (1 if outcome["completed"] else 0)
 
 
-def test_connection_is_reopened_after_the_server_drops_it(nodes: list[Index]) -> None:
-    index = nodes[0]
-    index.record_instance(record("1.2.6", 1))
-    backend = index.db.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0])
-    nodes[1].db.run(lambda cur: cur.execute("SELECT pg_terminate_backend(?)", (backend,)))
-    with pytest.raises(psycopg.OperationalError):  # the statement in flight fails once
-        index.status()
-    assert index.record_instance(record("1.2.6", 2)) is True
+def test_pool_replaces_connections_the_server_dropped(postgres_url: str) -> None:  # noqa: F811
+    """A server restart or failover drops every connection: the pool checks each connection
+    as it lends it and opens a new one, so no transaction of the node fails."""
+    url = fresh_database(postgres_url)
+    index = open_index(url, pool_size=2)
+    other = open_index(url, pool_size=1)
+    try:
+        index.record_instance(record("1.2.6", 1))
+        backends = {
+            index.db.run(lambda cur: cur.execute("SELECT pg_backend_pid()").scalar())
+            for _ in range(4)
+        }
+        for pid in backends:
+            other.db.run(
+                lambda cur, pid=pid: cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            )
+        (row,) = index.status()["studies"]
+        assert row["instances"] == 1
+        assert index.record_instance(record("1.2.6", 2)) is True
+        after = index.db.run(lambda cur: cur.execute("SELECT pg_backend_pid()").scalar())
+        assert after not in backends, "a new connection, not the terminated one"
+    finally:
+        index.close()
+        other.close()
+
+
+def test_pool_lets_threads_work_at_once(postgres_url: str) -> None:  # noqa: F811
+    """pool_size connections: that many transactions run at the same time (a single shared
+    connection would serialise them; each of these waits for all the others)."""
+    url = fresh_database(postgres_url)
+    index = open_index(url, pool_size=3)
+    barrier = threading.Barrier(3, timeout=20)
+    pids: list[int] = []
+
+    def hold() -> None:
+        def work(cur: Cursor) -> None:
+            pids.append(cur.execute("SELECT pg_backend_pid()").scalar())
+            barrier.wait()  # inside the transaction: all three are open together
+
+        index.db.run(work, write=False)
+
+    try:
+        race([hold, hold, hold])
+        assert len(set(pids)) == 3
+    finally:
+        index.close()
+
+
+def test_pool_size_must_be_positive(postgres_url: str) -> None:  # noqa: F811
+    with pytest.raises(DatabaseError, match="database_pool_size"):
+        open_index(postgres_url, pool_size=0)

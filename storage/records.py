@@ -1,0 +1,68 @@
+"""The values the index takes and gives: received instances, claimed jobs, results, outbox rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.states import ResultKind
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received instance as the receiver indexes it, after the store committed its file."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    modality: str
+    path: Path
+    calling_aet: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed analysis job for one version of one study.
+
+    `owner` and `attempts` identify this claim: a worker whose lease was taken over holds an
+    older `attempts` and is refused. `previous_sr_*` name the SR of the latest earlier version
+    (for Predecessor Documents), or None.
+    """
+
+    job_id: str
+    study_uid: str
+    version: int
+    attempts: int
+    source_aet: str
+    previous_sr_path: Path | None
+    previous_sr_sop_uid: str | None
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """A result object the node wrote to the store (its SR or SEG) for one study version."""
+
+    sop_uid: str
+    series_uid: str
+    sop_class_uid: str
+    path: Path
+    kind: str  # a ResultKind value: "SR" or "SEG"
+
+    def __post_init__(self) -> None:
+        if self.kind not in tuple(ResultKind):
+            raise ValueError(f"ResultObject kind {self.kind!r} is not 'SR' or 'SEG'")
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One result object to C-STORE to one destination, claimed by a sender for a short lease."""
+
+    outbox_id: str
+    study_uid: str
+    sop_uid: str
+    path: Path
+    destination: str
+    attempts: int

@@ -1,0 +1,27 @@
+-- Status and retention (storage/status.py, storage/retention.py).
+
+-- name: studies
+SELECT s.study_uid, s.state, s.instances,
+       (SELECT COUNT(*) FROM series e WHERE e.study_uid = s.study_uid),
+       s.updated_at, s.reason, s.version
+FROM studies s
+ORDER BY s.updated_at DESC, s.study_uid
+
+-- name: outbox
+SELECT study_uid, sop_uid, destination, state, attempts, last_error, next_attempt_at
+FROM outbox
+ORDER BY created_at, outbox_id
+
+-- name: expired_studies
+SELECT study_uid FROM studies
+WHERE state = :delivered AND updated_at < :older_than
+ORDER BY updated_at
+
+-- name: forget_study
+-- Every row of one study; the caller removes its files from the store.
+DELETE FROM outbox WHERE study_uid = :study_uid;
+DELETE FROM results WHERE study_uid = :study_uid;
+DELETE FROM jobs WHERE study_uid = :study_uid;
+DELETE FROM instances WHERE study_uid = :study_uid;
+DELETE FROM series WHERE study_uid = :study_uid;
+DELETE FROM studies WHERE study_uid = :study_uid;

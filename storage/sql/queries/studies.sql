@@ -1,0 +1,64 @@
+-- Receiving instances and the study state machine (storage/studies.py).
+
+-- name: is_result
+-- The node's own result objects sent back to it are never inputs.
+SELECT 1 FROM results WHERE sop_uid = :sop_uid
+
+-- name: insert_instance
+INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, modality, path,
+                       calling_aet, received_at)
+VALUES (:sop_uid, :study_uid, :series_uid, :sop_class_uid, :modality, :path,
+        :calling_aet, :received_at)
+ON CONFLICT (sop_uid) DO NOTHING
+
+-- name: count_instance_in_study
+-- A new study is RECEIVING version 1; a study that left RECEIVING goes back with version+1.
+INSERT INTO studies (study_uid, state, version, source_aet, instances, first_received_at,
+                     last_received_at, updated_at, reason)
+VALUES (:study_uid, :receiving, 1, :source_aet, 1, :received_at, :received_at, :received_at,
+        NULL)
+ON CONFLICT (study_uid) DO UPDATE SET
+    instances = studies.instances + 1,
+    last_received_at = CASE WHEN excluded.last_received_at > studies.last_received_at
+                            THEN excluded.last_received_at ELSE studies.last_received_at END,
+    updated_at = excluded.updated_at,
+    version = CASE WHEN studies.state = :receiving THEN studies.version
+                   ELSE studies.version + 1 END,
+    reason = CASE WHEN studies.state = :receiving THEN studies.reason ELSE NULL END,
+    state = :receiving
+RETURNING version
+
+-- name: count_instance_in_series
+INSERT INTO series (series_uid, study_uid, modality, expected_instances, instances,
+                    last_version)
+VALUES (:series_uid, :study_uid, :modality, :expected_instances, 1, :version)
+ON CONFLICT (series_uid) DO UPDATE SET
+    instances = series.instances + 1,
+    expected_instances = COALESCE(excluded.expected_instances, series.expected_instances),
+    last_version = excluded.last_version
+
+-- name: ready_candidates
+-- Quiet since :quiet_since, or every series with an expected count complete and at least one
+-- such series received instances in the current version.
+SELECT s.study_uid, s.version FROM studies s
+WHERE s.state = :receiving AND (
+    s.last_received_at <= :quiet_since OR (
+        EXISTS (SELECT 1 FROM series e WHERE e.study_uid = s.study_uid
+                AND e.expected_instances IS NOT NULL AND e.last_version = s.version)
+        AND NOT EXISTS (SELECT 1 FROM series e WHERE e.study_uid = s.study_uid
+                        AND e.expected_instances IS NOT NULL
+                        AND e.instances < e.expected_instances)))
+ORDER BY s.last_received_at
+
+-- name: make_ready
+UPDATE studies SET state = :ready, updated_at = :now
+WHERE study_uid = :study_uid AND version = :version AND state = :receiving
+
+-- name: study_exists
+SELECT 1 FROM studies WHERE study_uid = :study_uid
+
+-- name: study_instances
+SELECT e.series_uid, e.modality, i.path, i.sop_uid, i.sop_class_uid
+FROM instances i JOIN series e ON e.series_uid = i.series_uid
+WHERE i.study_uid = :study_uid
+ORDER BY e.series_uid, i.received_at, i.sop_uid

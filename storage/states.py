@@ -1,0 +1,52 @@
+"""The state machines of the index: one enum each, stored as their text values.
+
+Study: RECEIVING -> READY -> ANALYZING -> REPORTED -> DELIVERED, and FAILED (with a reason). An
+instance arriving for a study that has left RECEIVING sends it back to RECEIVING with version+1.
+
+Job (one per study version): QUEUED -> RUNNING -> DONE, RUNNING -> QUEUED (retry, or its lease
+expired and another worker claims it), RUNNING -> FAILED, and STALE once a newer version of its
+study exists.
+
+Outbox row (one per result object and destination): PENDING -> SENT, PENDING -> DEAD (a dead
+letter) -> PENDING again by `lungnode resend`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class StudyState(StrEnum):
+    """Where a study is in the pipeline."""
+
+    RECEIVING = "RECEIVING"
+    READY = "READY"
+    ANALYZING = "ANALYZING"
+    REPORTED = "REPORTED"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
+class JobState(StrEnum):
+    """Where one analysis job (one study version) is in the work queue."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    STALE = "STALE"  # superseded by a newer version of its study
+
+
+class OutboxState(StrEnum):
+    """Where one (result object, destination) row is in delivery."""
+
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DEAD = "DEAD"
+
+
+class ResultKind(StrEnum):
+    """Which result object the node wrote for a study version."""
+
+    SR = "SR"
+    SEG = "SEG"

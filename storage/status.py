@@ -1,0 +1,55 @@
+"""Every study and outbox row, for `lungnode status` and the health page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.database import Cursor, Database
+from storage.queries import load
+
+Rows = list[tuple[Any, ...]]
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC ('2024-05-01T12:00:00Z')."""
+    if epoch is None:
+        return None
+    text = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+    return text.replace("+00:00", "Z")
+
+
+def status(db: Database) -> dict[str, list[dict[str, Any]]]:
+    """{"studies": [...], "outbox": [...]}, newest study first, outbox rows oldest first."""
+    q = load("operations", db.dialect)
+
+    def work(cur: Cursor) -> tuple[Rows, Rows]:
+        return cur.run(q.studies).fetchall(), cur.run(q.outbox).fetchall()
+
+    studies, outbox = db.run(work, write=False)
+    return {
+        "studies": [
+            {
+                "study_uid": r[0],
+                "state": r[1],
+                "instances": r[2],
+                "series": r[3],
+                "updated_at": iso(r[4]),
+                "reason": r[5],
+                "version": r[6],
+            }
+            for r in studies
+        ],
+        "outbox": [
+            {
+                "study_uid": r[0],
+                "sop_instance_uid": r[1],
+                "destination": r[2],
+                "state": r[3],
+                "attempts": r[4],
+                "last_error": r[5],
+                "next_attempt_at": iso(r[6]),
+            }
+            for r in outbox
+        ],
+    }
