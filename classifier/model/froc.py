@@ -222,7 +222,11 @@ class FrocCurve:
                 f"{k:g}": round(v, 4) for k, v in self.cpm_points.items()
             },
             "curve": [
-                {"threshold": float(t), "fps_per_scan": float(f), "sensitivity": float(s)}
+                {
+                    "threshold": float(t) if np.isfinite(t) else None,
+                    "fps_per_scan": float(f),
+                    "sensitivity": float(s),
+                }
                 for t, f, s in zip(
                     self.thresholds, self.fps_per_scan, self.sensitivity, strict=True
                 )
