@@ -432,6 +432,8 @@ def _report_md(summary: dict[str, Any]) -> str:
         f"(sha256 {summary['model']['sha256'][:12]}), trained on: {summary['model']['trained_on']}",
         f"Data: {summary['data']}; annotations: {', '.join(summary['annotations'])}",
         f"Hit rule: {summary['hit_rule']}",
+        "Leave one patient out: a figure is only valid for a scan the model was not trained on; "
+        "check the training data above against the studies below.",
         "",
         f"Per study at the reporting threshold {summary['reporting_threshold']:g}:",
         "",
