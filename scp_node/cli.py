@@ -1,4 +1,5 @@
-"""The `lungnode` command line: serve, status, resend, synth, train, evaluate, predict."""
+"""The `lungnode` command line: serve, status, resend, synth, train, evaluate,
+evaluate-detector, predict."""
 
 from __future__ import annotations
 
@@ -101,6 +102,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_detector(args: argparse.Namespace) -> int:
+    from classifier.model.detector_eval import REPORT_MD, evaluate_detector
+
+    evaluate_detector(
+        Path(args.data),
+        [Path(a) for a in args.annotations or []],
+        Path(args.out),
+        progress=lambda line: log.info("evaluate-detector %s", line),
+    )
+    print((Path(args.out) / REPORT_MD).read_text())
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from classifier.predict_folder import predict_folder
 
@@ -170,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations")
     p.add_argument("--report", required=True, help="folder for the report")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "evaluate-detector",
+        help="run the analysis on every patient of a TCIA-layout folder; FROC, CPM, pictures",
+    )
+    p.add_argument("--data", required=True, help="TCIA download (manifest folder or its parent)")
+    p.add_argument(
+        "--annotations",
+        action="append",
+        help="annotation folder (A0002/<SOP UID>.xml ...); repeat for several; "
+        "default: the Annotation folder beside the download",
+    )
+    p.add_argument("--out", required=True, help="folder for the report and pictures")
+    p.set_defaults(func=cmd_evaluate_detector)
 
     p = sub.add_parser("predict", help="analyse a folder of DICOM files offline, write SR/SEG")
     p.add_argument("folder")

@@ -1,0 +1,68 @@
+"""The project's own approximate boxes of E0002 and E0003 (tests/data/annotations-approximate):
+they parse as the collection's PASCAL-VOC files and land on slices of the series they were drawn
+on, at the slice index (along the slice normal) recorded in boxes.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from classifier.datasets.tcia_dataset import read_voc_xml, scan_dataset
+
+HERE = Path(__file__).resolve().parent
+APPROXIMATE = HERE / "data" / "annotations-approximate"
+DATA = HERE.parents[1] / "shared" / "data" / "lung-pet-ct-dx"
+
+
+def _rows() -> list[dict[str, str]]:
+    with open(APPROXIMATE / "boxes.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_xml_files_parse_and_match_the_table() -> None:
+    rows = _rows()
+    xmls = sorted(APPROXIMATE.glob("*/*.xml"))
+    assert {p.parent.name for p in xmls} == {"E0002", "E0003"}
+    assert len(xmls) == len({r["sop_instance_uid"] for r in rows}) == 27
+    by_sop = {r["sop_instance_uid"]: r for r in rows}
+    for xml in xmls:
+        boxes = read_voc_xml(xml)
+        assert len(boxes) == 1, xml
+        label, x0, y0, x1, y1 = boxes[0]
+        row = by_sop[xml.stem]
+        assert label == "E" and row["patient"] == xml.parent.name
+        assert (x0, y0, x1, y1) == tuple(int(row[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+        assert 0 <= x0 < x1 < 512 and 0 <= y0 < y1 < 512
+        assert "lungnode approximate annotation, not TCIA" in xml.read_text()
+
+
+def test_boxes_land_on_slices_of_the_right_series() -> None:
+    if not (DATA / "Lung-PET-CT-Dx").is_dir():
+        pytest.skip(f"real patient fixture {DATA} is absent (see /work/shared/data/README.md)")
+    scan = scan_dataset(DATA, APPROXIMATE)
+    assert scan.counts["boxes_matched"] == 27
+    assert scan.counts["boxes_unmatched"] == scan.counts["xml_unparseable"] == 0
+    rows = {r["sop_instance_uid"]: r for r in _rows()}
+    order: dict[str, list[str]] = {}  # series -> SOP UIDs by z (axial: the slice normal)
+    for patient_id in ("Lung_Dx-E0002", "Lung_Dx-E0003"):
+        record = scan.patient(patient_id)
+        assert record.annotated, patient_id
+        for item in record.annotated:
+            row = rows[item.sop_instance_uid]
+            assert item.series_instance_uid == row["series_instance_uid"]
+            assert record.series_modality[item.series_instance_uid] == "CT"
+            assert item.path.parent.name == row["series_folder"]
+            uid = item.series_instance_uid
+            if uid not in order:
+                headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in record.series[uid]]
+                headers.sort(key=lambda h: float(h.ImagePositionPatient[2]))
+                order[uid] = [str(h.SOPInstanceUID) for h in headers]
+            index = order[uid].index(item.sop_instance_uid)
+            assert index == int(row["slice_index"]), (patient_id, index, row["slice_index"])
+    e2 = scan.patient("Lung_Dx-E0002").annotated
+    assert sorted(np.unique([a.series_instance_uid for a in e2], return_counts=True)[1]) == [3, 4]
+    assert len(scan.patient("Lung_Dx-E0003").annotated) == 20

@@ -1,0 +1,49 @@
+"""`lungnode evaluate-detector` on the three real Lung-PET-CT-Dx patients (A0002 with TCIA's
+boxes, E0002 and E0003 with the project's approximate boxes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from classifier.model.detector_eval import FROC_PNG, REPORT_MD, SUMMARY_JSON
+from scp_node.cli import main
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data" / "lung-pet-ct-dx"
+APPROXIMATE = HERE / "data" / "annotations-approximate"
+
+
+@pytest.mark.slow
+def test_evaluate_detector_on_real_patients(tmp_path: Path, capsys) -> None:
+    if not (DATA / "Lung-PET-CT-Dx").is_dir():
+        pytest.skip(f"real patient fixture {DATA} is absent (see /work/shared/data/README.md)")
+    out = tmp_path / "eval"
+    argv = ["evaluate-detector", "--data", str(DATA), "--out", str(out)]
+    argv += ["--annotations", str(DATA / "Annotation"), "--annotations", str(APPROXIMATE)]
+    assert main(argv) == 0
+    assert "CPM" in capsys.readouterr().out
+    summary = json.loads(
+        (out / SUMMARY_JSON).read_text(),
+        parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"),
+    )
+    assert "phantom" in summary["model"]["trained_on"]  # no real patient in training
+    rows = {row["scan_id"]: row for row in summary["studies"]}
+    assert set(rows) == {"Lung_Dx-A0002", "Lung_Dx-E0002", "Lung_Dx-E0003"}
+    for row in rows.values():
+        assert row["tumours"] == 1, row["scan_id"]
+        # One tumour per study: each finding is its hit, an extra fragment, or an FP.
+        extra = row["extra_fragments"]
+        assert row["findings"] == row["true_positives"] + extra + row["false_positives"]
+        assert row["candidates_scored"] >= row["findings"]
+        tumour = row["per_tumour"][0]
+        assert tumour["annotated"]["box_z_mm"] > 0
+        assert tumour["fragments"] == len(tumour["hits"])
+    froc = summary["froc"]
+    assert froc["n_scans"] == 3 and froc["n_lesions"] == 3
+    assert 0.0 <= froc["cpm"] <= 1.0
+    assert set(froc["sensitivity_at_fp_per_scan"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "8"}
+    for name in (REPORT_MD, FROC_PNG, *(f"{s}-findings.png" for s in rows)):
+        assert (out / name).stat().st_size > 0, name
