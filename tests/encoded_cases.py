@@ -245,8 +245,9 @@ def build_encoded_cases(folder: Path, real_ct: Path) -> dict[str, Case]:
     out["nolesion"] = write_case("nolesion", result, sources, folder)
     result, sources = phantom_result(14, "E", pet=False, n_lesions=1, analysed=False)
     out["notanalysed"] = write_case("notanalysed", result, sources, folder)
-    real = real_ct_result(real_ct) if real_ct.exists() else None
-    if real is not None:
+    if real_ct.exists():
+        real = real_ct_result(real_ct)
+        assert real is not None, f"{real_ct} is present but holds no annotated CT series"
         out["real"] = write_case("real", *real, folder)
     return out
 

@@ -56,7 +56,7 @@ class NodeProcess:
         # The test process's own LUNGNODE__ variables do not reach the node: only these do.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         self.env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.configure(
+        settings: dict[str, object] = dict(
             node__port=self.port,
             storage__root=workdir / "store",
             storage__min_free_mb=1,
@@ -67,8 +67,8 @@ class NodeProcess:
             sender__initial_backoff_seconds=1,
             sender__max_backoff_seconds=2,
             **{f"destinations__{name}": value for name, value in (destinations or {}).items()},
-            **(overrides or {}),
         )
+        self.configure(**{**settings, **(overrides or {})})
         self._proc: subprocess.Popen[bytes] | None = None
 
     def configure(self, **overrides: object) -> None:

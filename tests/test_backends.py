@@ -27,6 +27,7 @@ print(json.dumps({{"lesion": lesion.tolist(), "histology": histology.tolist()}})
 """
 
 
+@pytest.mark.slow
 def test_jax_matches_tensorflow() -> None:
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed: pip install 'jax[cpu]' to run the backend check")

@@ -190,6 +190,7 @@ def _closed_by_peer(sock: socket.socket, within: float) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_stalled_handshake_does_not_block_other_associations(
     tmp_path: Path, certs: Certificates
 ) -> None:
@@ -359,6 +360,7 @@ def orthanc_and_node(
         node.close()
 
 
+@pytest.mark.slow
 def test_orthanc_pushes_a_study_to_the_node_over_tls(orthanc_and_node: OrthancAndNode) -> None:
     orthanc, node = orthanc_and_node.orthanc, orthanc_and_node.node
     study_uid = "1.2.826.0.1.3680043.8.498.31"
@@ -369,6 +371,7 @@ def test_orthanc_pushes_a_study_to_the_node_over_tls(orthanc_and_node: OrthancAn
     assert sorted(node.stored) == sorted(str(dcmread(p).SOPInstanceUID) for p in sent)
 
 
+@pytest.mark.slow
 def test_node_sends_its_result_to_orthanc_over_tls(
     orthanc_and_node: OrthancAndNode, certs: Certificates
 ) -> None:
@@ -386,6 +389,7 @@ def test_node_sends_its_result_to_orthanc_over_tls(
     assert [item["Type"] for item in found] == ["Instance"], found
 
 
+@pytest.mark.slow
 def test_orthanc_refuses_a_node_certificate_it_does_not_trust(
     orthanc_and_node: OrthancAndNode, certs: Certificates
 ) -> None:

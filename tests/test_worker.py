@@ -70,6 +70,7 @@ def test_worker_reports_a_ready_study_and_routes_to_the_sender(
     assert len(outbox) == 2
 
 
+@pytest.mark.slow
 def test_new_instances_after_the_report_give_a_second_version_naming_the_first(
     node, phantom_ct: PhantomFiles
 ) -> None:
@@ -90,6 +91,7 @@ def test_new_instances_after_the_report_give_a_second_version_naming_the_first(
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
+@pytest.mark.slow
 def test_lease_is_renewed_while_an_analysis_runs(node) -> None:
     config, store, index = node
     study = generate_study(seed=5, histology="G", ct_size=64, ct_slices=12, pet=False)
