@@ -1,22 +1,22 @@
 """Helpers to run the real DCMTK tools (storescu, echoscu, storescp) on loopback in tests.
 
 Debian's DCMTK leaves Nagle's algorithm on; every tool here runs with TCP_NODELAY=1 in its
-environment, else each instance stalls about 40 ms. Ports are chosen free at run time.
+environment, else each instance stalls about 40 ms. Ports are chosen free at run time
+(ports.free_port).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import pytest
+from ports import free_port, wait_for_port
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -30,25 +30,6 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} not found on PATH; install the Debian package dcmtk")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    """Block until something accepts TCP connections on host:port, or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
 
 
 def run_storescu(

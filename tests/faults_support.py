@@ -33,11 +33,6 @@ class RoleNode(NodeProcess):
             f"{text!r} not in the node log after {timeout} s:\n{self.log()[-4000:]}"
         )
 
-    @property
-    def store(self) -> Path:
-        """The instance store root the node is configured with."""
-        return Path(self.env["LUNGNODE__STORAGE__ROOT"])
-
     def indexed_sop_uids(self) -> set[str]:
         """SOP Instance UIDs in the node's SQLite index, read-only."""
         db = sqlite3.connect(f"file:{self.store / 'index.sqlite'}?mode=ro", uri=True, timeout=30)

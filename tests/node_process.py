@@ -10,11 +10,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from dcmtk import free_port
+from configs import config_environ
+from ports import free_port
+
+from classifier.datasets.phantom import PhantomStudy
+from scp_node.config import ENV_PREFIX
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +36,13 @@ class NodeProcess:
         allowed_calling_aets: str = "ORTHANC,STORESCU",
         quiet_seconds: float = 2.0,
         port: int | None = None,
-        extra: dict[str, str] | None = None,
+        overrides: dict[str, object] | None = None,
         role: str = "all",
         archive_port: int | None = None,
     ) -> None:
-        """`archive_port`: send every result to a DCMTK storescp (AE STORESCP) on that port."""
+        """`archive_port`: send every result to a DCMTK storescp (AE STORESCP) on that port.
+        `overrides`: more config keys as `section__key` (tests/configs.py), e.g.
+        `{"sender__max_attempts": 3}`; they win over the arguments above."""
         if archive_port is not None:
             destinations = {"archive": f"STORESCP@127.0.0.1:{archive_port}", **(destinations or {})}
             send_results_to = "archive"
@@ -46,23 +53,32 @@ class NodeProcess:
         self.ae_title = "LUNGNODE"
         self.config_path = PROJECT_ROOT / "config.ini"
         self.log_path = workdir / "node.log"
-        self.env = {
-            **os.environ,
-            "LUNGNODE__NODE__PORT": str(self.port),
-            "LUNGNODE__STORAGE__ROOT": str(workdir / "store"),
-            "LUNGNODE__STORAGE__MIN_FREE_MB": "1",
-            "LUNGNODE__PIPELINE__STUDY_QUIET_SECONDS": str(quiet_seconds),
-            "LUNGNODE__PIPELINE__TICK_SECONDS": "0.5",
-            "LUNGNODE__SECURITY__ALLOWED_CALLING_AETS": allowed_calling_aets,
-            "LUNGNODE__ROUTING__SEND_RESULTS_TO": send_results_to,
-            "LUNGNODE__SENDER__INITIAL_BACKOFF_SECONDS": "1",
-            "LUNGNODE__SENDER__MAX_BACKOFF_SECONDS": "2",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        for name, value in (destinations or {}).items():
-            self.env[f"LUNGNODE__DESTINATIONS__{name.upper()}"] = value
-        self.env.update(extra or {})
+        # The test process's own LUNGNODE__ variables do not reach the node: only these do.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        self.env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        settings: dict[str, object] = dict(
+            node__port=self.port,
+            storage__root=workdir / "store",
+            storage__min_free_mb=1,
+            pipeline__study_quiet_seconds=quiet_seconds,
+            pipeline__tick_seconds=0.5,
+            security__allowed_calling_aets=allowed_calling_aets,
+            routing__send_results_to=send_results_to,
+            sender__initial_backoff_seconds=1,
+            sender__max_backoff_seconds=2,
+            **{f"destinations__{name}": value for name, value in (destinations or {}).items()},
+        )
+        self.configure(**{**settings, **(overrides or {})})
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def configure(self, **overrides: object) -> None:
+        """Set config keys (`section__key=value`) for the next start, through the environment."""
+        self.env.update(config_environ(**overrides))
+
+    @property
+    def store(self) -> Path:
+        """The instance store root the node is configured with."""
+        return Path(self.env["LUNGNODE__STORAGE__ROOT"])
 
     def start(self, timeout: float = 120.0) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -161,3 +177,15 @@ def save_datasets(datasets: Sequence[pydicom.Dataset], folder: Path) -> list[Pat
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+@dataclass(frozen=True)
+class PhantomFiles:
+    """A phantom study and its instances written as files (CT first, then PET)."""
+
+    study: PhantomStudy
+    files: list[Path]
+
+    @property
+    def datasets(self) -> list[pydicom.Dataset]:
+        return [*self.study.ct, *self.study.pet]

@@ -16,9 +16,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from dcmtk import free_port
+import pytest
+from ports import free_port
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+
+
+def require_orthanc() -> str:
+    """The Orthanc binary, or skip the calling test naming the Debian package. Once it is
+    installed, a failure to start it is an error of the test, never a skip."""
+    if shutil.which(ORTHANC_BINARY) is None:
+        pytest.skip(f"{ORTHANC_BINARY} not found: install the Debian package orthanc")
+    return ORTHANC_BINARY
 
 
 class Orthanc:
@@ -31,8 +40,7 @@ class Orthanc:
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
     ) -> None:
-        if shutil.which(ORTHANC_BINARY) is None:
-            raise RuntimeError(f"{ORTHANC_BINARY} not found: install the Debian package orthanc")
+        require_orthanc()
         self.workdir = workdir
         self.aet = aet
         self.dicom_port = free_port()

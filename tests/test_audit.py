@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dcmtk import run_echoscu, run_storescu
+from in_process import RunningNode, make_ct
 from pydicom import dcmread
-from test_receiver import RunningNode, make_ct
 
 from scp_node.audit import (
     OUTCOME_MINOR_FAILURE,
@@ -25,15 +24,8 @@ from scp_node.audit import (
 PARTY = Party("a1", "STORESCU", "LUNGNODE", "127.0.0.1:40000")
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[RunningNode]:
-    running = RunningNode(tmp_path)
-    yield running
-    running.close()
-
-
-def _events(node: RunningNode) -> list[dict[str, Any]]:
-    path = node.config.security.audit_log
+def _events(receiver_node: RunningNode) -> list[dict[str, Any]]:
+    path = receiver_node.config.security.audit_log
     assert path is not None and path.is_file(), f"no audit log at {path}"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -44,17 +36,19 @@ def _one(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return found[0]
 
 
-def test_audit_log_is_in_the_store_root_by_default(node: RunningNode) -> None:
-    assert node.config.security.audit_log == node.store.root / "audit.log"
+def test_audit_log_is_in_the_store_root_by_default(receiver_node: RunningNode) -> None:
+    assert receiver_node.config.security.audit_log == receiver_node.store.root / "audit.log"
 
 
-def test_allowed_association_and_stored_instance(node: RunningNode, tmp_path: Path) -> None:
+def test_allowed_association_and_stored_instance(
+    receiver_node: RunningNode, tmp_path: Path
+) -> None:
     sent = make_ct(tmp_path / "ct.dcm")
     ds = dcmread(sent)
-    result = run_storescu([sent], node.port, called_ae=node.ae_title)
+    result = run_storescu([sent], receiver_node.port, called_ae=receiver_node.ae_title)
     assert result.returncode == 0, result.stderr + result.stdout
-    node.close()  # every event of the association is written once the receiver stopped
-    events = _events(node)
+    receiver_node.close()  # every event of the association is written once the receiver stopped
+    events = _events(receiver_node)
 
     accepted = _one(events, "association-accepted")
     assert accepted["EventID"] == {
@@ -92,11 +86,13 @@ def test_allowed_association_and_stored_instance(node: RunningNode, tmp_path: Pa
     ]
 
 
-def test_rejected_association_is_a_security_alert(node: RunningNode) -> None:
-    result = run_echoscu(node.port, calling_ae="INTRUDER", called_ae=node.ae_title)
+def test_rejected_association_is_a_security_alert(receiver_node: RunningNode) -> None:
+    result = run_echoscu(
+        receiver_node.port, calling_ae="INTRUDER", called_ae=receiver_node.ae_title
+    )
     assert result.returncode != 0
-    node.close()
-    events = _events(node)
+    receiver_node.close()
+    events = _events(receiver_node)
     rejected = _one(events, "association-rejected")
     assert rejected["EventID"] == {
         "code": "110113",
@@ -113,13 +109,15 @@ def test_rejected_association_is_a_security_alert(node: RunningNode) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_refused_instance_and_resend_are_audited(node: RunningNode, tmp_path: Path) -> None:
+def test_refused_instance_and_resend_are_audited(
+    receiver_node: RunningNode, tmp_path: Path
+) -> None:
     good = make_ct(tmp_path / "good.dcm")
     bad = make_ct(tmp_path / "bad.dcm", study_uid="1.2.3/../../escape")
     for files in ([good, bad], [good]):
-        run_storescu(files, node.port, called_ae=node.ae_title)
-    node.close()
-    events = _events(node)
+        run_storescu(files, receiver_node.port, called_ae=receiver_node.ae_title)
+    receiver_node.close()
+    events = _events(receiver_node)
     refused = _one(events, "instance-refused")
     assert refused["Status"] == "0xC210"
     assert refused["EventOutcomeIndicator"] == OUTCOME_MINOR_FAILURE
@@ -132,16 +130,20 @@ def test_refused_instance_and_resend_are_audited(node: RunningNode, tmp_path: Pa
     assert [e["EventOutcomeIndicator"] for e in ends] == [OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS]
 
 
-def test_no_patient_identifiers_in_the_audit_log(node: RunningNode, tmp_path: Path) -> None:
+def test_no_patient_identifiers_in_the_audit_log(
+    receiver_node: RunningNode, tmp_path: Path
+) -> None:
     sent = make_ct(tmp_path / "ct.dcm")
     ds = dcmread(sent)
     ds.PatientName = "Audit^Recognisable"
     ds.PatientID = "AUD-PID-77"
     ds.PatientBirthDate = "19230405"
     ds.save_as(sent, enforce_file_format=True)
-    assert run_storescu([sent], node.port, called_ae=node.ae_title).returncode == 0
-    node.close()
-    text = node.config.security.audit_log.read_text()  # type: ignore[union-attr]
+    assert (
+        run_storescu([sent], receiver_node.port, called_ae=receiver_node.ae_title).returncode == 0
+    )
+    receiver_node.close()
+    text = receiver_node.config.security.audit_log.read_text()  # type: ignore[union-attr]
     assert ds.SOPInstanceUID in text
     for phi in ("Recognisable", "AUD-PID-77", "19230405", "Patient"):
         assert phi not in text

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from configs import make_config
 
-from scp_node.config import DEFAULT_CONFIG, load_config
 from scp_node.receiver import Receiver
 from storage.database import Database
 from storage.index import Index
@@ -27,7 +27,7 @@ def _section(title: str) -> str:
 def accepted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """SOP class UID -> transfer syntax UIDs, as the real Receiver's AE supports them."""
     root = tmp_path_factory.mktemp("store")
-    config = load_config(DEFAULT_CONFIG, environ={"LUNGNODE__STORAGE__ROOT": str(root)})
+    config = make_config(root)
     index = Index(Database.connect(f"sqlite:///{root / 'index.sqlite'}"))
     receiver = Receiver(config, InstanceStore(root, 0), index)
     return {

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pydicom
 import pytest
+from conftest import PhantomFiles
 from dcmtk import StorescpServer, run_echoscu, run_storescu
 from dicom_validators import run_dciodvfy, run_dsrdump
-from node_process import NodeProcess, save_datasets
-
-from classifier.datasets.phantom import generate_study
+from node_process import NodeProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REAL_STUDY = SHARED_DATA / "lung-pet-ct-dx" / "Lung-PET-CT-Dx" / "Lung_Dx-A0002"
+REAL_STUDY = Path("lung-pet-ct-dx") / "Lung-PET-CT-Dx" / "Lung_Dx-A0002"  # in shared_data
 
 
 def _results(storescp: StorescpServer) -> dict[str, list[pydicom.Dataset]]:
@@ -48,12 +48,8 @@ def _wait_results(
     raise AssertionError(f"results {kinds} not received; got {set(found)}\n{node.log()[-4000:]}")
 
 
-def _node(tmp_path: Path, storescp_port: int, **kwargs: object) -> NodeProcess:
-    return NodeProcess(
-        tmp_path / "node",
-        archive_port=storescp_port,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def _node(node_process: Callable[..., NodeProcess], storescp_port: int, **kw: Any) -> NodeProcess:
+    return node_process(archive_port=storescp_port, **kw)
 
 
 def _send(files: list[Path], node: NodeProcess, calling_ae: str = "STORESCU") -> None:
@@ -63,10 +59,11 @@ def _send(files: list[Path], node: NodeProcess, calling_ae: str = "STORESCU") ->
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_storescu_to_node_to_storescp_pet_ct(tmp_path: Path) -> None:
-    study = generate_study(seed=21, histology="G", ct_size=96, ct_slices=32, pet=True)
-    files = save_datasets(study.ct, tmp_path / "ct") + save_datasets(study.pet, tmp_path / "pet")
-    with StorescpServer(tmp_path / "archive") as archive, _node(tmp_path, archive.port) as node:
+def test_storescu_to_node_to_storescp_pet_ct(
+    tmp_path: Path, node_process: Callable[..., NodeProcess], phantom_pet_ct: PhantomFiles
+) -> None:
+    study, files = phantom_pet_ct.study, phantom_pet_ct.files
+    with StorescpServer(tmp_path / "archive") as archive, _node(node_process, archive.port) as node:
         assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
         _send(files, node)
         found = _wait_results(archive, node, {"SR", "SEG"})
@@ -85,12 +82,14 @@ def test_storescu_to_node_to_storescp_pet_ct(tmp_path: Path) -> None:
     assert row["instances"] == len(files) and row["series"] == 2
 
 
-def test_real_lung_pet_ct_dx_series(tmp_path: Path) -> None:
-    if not REAL_STUDY.is_dir():
-        pytest.skip(f"real TCIA fixture not found at {REAL_STUDY}; shared/data is absent")
-    files = sorted(REAL_STUDY.rglob("*.dcm"))
+def test_real_lung_pet_ct_dx_series(
+    tmp_path: Path, node_process: Callable[..., NodeProcess], shared_data: Path
+) -> None:
+    real_study = shared_data / REAL_STUDY
+    assert real_study.is_dir(), f"shared data is present but {real_study} is not"
+    files = sorted(real_study.rglob("*.dcm"))
     assert len(files) == 60
-    with StorescpServer(tmp_path / "archive") as archive, _node(tmp_path, archive.port) as node:
+    with StorescpServer(tmp_path / "archive") as archive, _node(node_process, archive.port) as node:
         _send(files, node)
         found = _wait_results(archive, node, {"SR"}, timeout=300)
         node.wait_for(
@@ -115,16 +114,17 @@ def test_real_lung_pet_ct_dx_series(tmp_path: Path) -> None:
     assert {ds.SOPInstanceUID for ds in found.get("SEG", [])} == evidence - analysed
 
 
-def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
-    study = generate_study(seed=31, histology="A", ct_size=64, ct_slices=24, pet=False)
-    files = save_datasets(study.ct, tmp_path / "ct")
+def test_restart_while_receiving_completes_once(
+    tmp_path: Path, node_process: Callable[..., NodeProcess], phantom_ct: PhantomFiles
+) -> None:
+    files = phantom_ct.files
     with StorescpServer(tmp_path / "archive") as archive:
-        node = _node(tmp_path, archive.port, quiet_seconds=600)
+        node = _node(node_process, archive.port, quiet_seconds=600)
         with node:
             _send(files, node)
             status = node.status()
             assert [s["state"] for s in status["studies"]] == ["RECEIVING"]
-        node.env["LUNGNODE__PIPELINE__STUDY_QUIET_SECONDS"] = "1"
+        node.configure(pipeline__study_quiet_seconds=1)
         with node:
             node.wait_for(
                 lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"],
@@ -136,11 +136,12 @@ def test_restart_while_receiving_completes_once(tmp_path: Path) -> None:
     assert len(found["SR"]) == 1
 
 
-def test_destination_down_then_up(tmp_path: Path) -> None:
-    study = generate_study(seed=41, histology="B", ct_size=64, ct_slices=24, pet=False)
-    files = save_datasets(study.ct, tmp_path / "ct")
+def test_destination_down_then_up(
+    tmp_path: Path, node_process: Callable[..., NodeProcess], phantom_ct: PhantomFiles
+) -> None:
+    files = phantom_ct.files
     archive = StorescpServer(tmp_path / "archive")  # not started yet: the destination is down
-    with _node(tmp_path, archive.port) as node:
+    with _node(node_process, archive.port) as node:
         _send(files, node)
         status = node.wait_for(
             lambda s: any(o["attempts"] >= 1 and o["last_error"] for o in s["outbox"]),
@@ -159,10 +160,11 @@ def test_destination_down_then_up(tmp_path: Path) -> None:
     assert len(found["SR"]) == 1
 
 
-def test_calling_ae_not_on_allow_list_is_rejected(tmp_path: Path) -> None:
-    study = generate_study(seed=51, histology="A", ct_size=64, ct_slices=8, pet=False)
-    files = save_datasets(study.ct, tmp_path / "ct")
-    with _node(tmp_path, 9) as node:
+def test_calling_ae_not_on_allow_list_is_rejected(
+    node_process: Callable[..., NodeProcess], phantom_ct: PhantomFiles
+) -> None:
+    files = phantom_ct.files
+    with _node(node_process, 9) as node:
         proc = run_storescu(files, node.port, calling_ae="INTRUDER", called_ae=node.ae_title)
         assert proc.returncode != 0
         assert "rejected" in (proc.stdout + proc.stderr).lower()
@@ -171,8 +173,8 @@ def test_calling_ae_not_on_allow_list_is_rejected(tmp_path: Path) -> None:
         assert "INTRUDER" in node.log()
 
 
-def test_sigterm_stops_the_node_cleanly(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "node")
+def test_sigterm_stops_the_node_cleanly(node_process: Callable[..., NodeProcess]) -> None:
+    node = node_process()
     node.start()
     assert node.stop() == 0
     assert "lungnode stopped" in node.log()

@@ -7,16 +7,15 @@ subprocess with the shipped config.ini. Nothing is mocked.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
 import pytest
 from dicom_validators import run_dciodvfy
-from node_process import NodeProcess, save_datasets
+from node_process import NodeProcess, PhantomFiles
 from orthanc import Orthanc
-
-from classifier.datasets.phantom import generate_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,14 +31,13 @@ def _result_series(pacs: Orthanc, study_uid: str) -> dict[str, dict]:
     }
 
 
-def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
-    study = generate_study(seed=11, histology="B", ct_size=96, ct_slices=32, pet=True)
-    files = save_datasets(study.ct, tmp_path / "ct") + save_datasets(study.pet, tmp_path / "pet")
+def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(
+    tmp_path: Path, node_process: Callable[..., NodeProcess], phantom_pet_ct: PhantomFiles
+) -> None:
+    study, files = phantom_pet_ct.study, phantom_pet_ct.files
 
     pacs = Orthanc(tmp_path / "orthanc")
-    node = NodeProcess(
-        tmp_path / "node", destinations={"pacs": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"}
-    )
+    node = node_process(destinations={"pacs": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"})
     pacs.modalities = {"lungnode": (node.ae_title, "127.0.0.1", node.port)}
     with pacs, node:
         for path in files:

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from dcmtk import StorescpServer, run_storescu
 from faults_support import RoleNode, modality_counts
-from node_process import save_datasets
-
-from classifier.datasets.phantom import generate_study
+from node_process import PhantomFiles
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,19 +41,17 @@ def _node(tmp_path: Path, port: int, max_attempts: int = MAX_ATTEMPTS) -> RoleNo
         tmp_path / "node",
         archive_port=port,
         quiet_seconds=1,
-        extra={
-            "LUNGNODE__SENDER__INITIAL_BACKOFF_SECONDS": str(INITIAL_BACKOFF),
-            "LUNGNODE__SENDER__MAX_BACKOFF_SECONDS": str(MAX_BACKOFF),
-            "LUNGNODE__SENDER__MAX_ATTEMPTS": str(max_attempts),
-            "LUNGNODE__SENDER__TIMEOUT_SECONDS": "5",
+        overrides={
+            "sender__initial_backoff_seconds": INITIAL_BACKOFF,
+            "sender__max_backoff_seconds": MAX_BACKOFF,
+            "sender__max_attempts": max_attempts,
+            "sender__timeout_seconds": 5,
         },
     )
 
 
-def _send_study(tmp_path: Path, node: RoleNode, seed: int) -> None:
-    study = generate_study(seed=seed, histology="A", ct_size=64, ct_slices=24, pet=False)
-    files = save_datasets(study.ct, tmp_path / "ct")
-    proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
+def _send_study(study: PhantomFiles, node: RoleNode) -> None:
+    proc = run_storescu(study.files, node.port, called_ae=node.ae_title, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -68,12 +64,14 @@ def _delivered(s: dict) -> bool:
     return [x["state"] for x in s["studies"]] == ["DELIVERED"]
 
 
-def test_destination_down_aborting_refusing_then_dead_letter_and_resend(tmp_path: Path) -> None:
+def test_destination_down_aborting_refusing_then_dead_letter_and_resend(
+    tmp_path: Path, phantom_ct: PhantomFiles
+) -> None:
     port_holder = StorescpServer(tmp_path / "unused")
     port = port_holder.port
     node = _node(tmp_path, port)
     with node:
-        _send_study(tmp_path, node, seed=61)
+        _send_study(phantom_ct, node)
         # 1. down: nothing listens on the destination port
         status = node.wait_for(_min_attempts(2), 180, "two failed attempts, destination down")
         assert {o["state"] for o in status["outbox"]} == {"PENDING"}
@@ -122,13 +120,15 @@ def test_destination_down_aborting_refusing_then_dead_letter_and_resend(tmp_path
     assert len(set(first + second)) > 1, "no jitter in the retry delays"
 
 
-def test_destination_without_sr_or_seg_context_is_a_dead_letter_at_once(tmp_path: Path) -> None:
+def test_destination_without_sr_or_seg_context_is_a_dead_letter_at_once(
+    tmp_path: Path, phantom_ct: PhantomFiles
+) -> None:
     cfg = tmp_path / "ct-only.cfg"
     cfg.write_text(CT_ONLY_CFG)
     with StorescpServer(tmp_path / "ct-only", options=["-xf", str(cfg), "CTOnly"]) as peer:
         node = _node(tmp_path, peer.port)
         with node:
-            _send_study(tmp_path, node, seed=62)
+            _send_study(phantom_ct, node)
             status = node.wait_for(
                 lambda s: bool(s["outbox"]) and {o["state"] for o in s["outbox"]} == {"DEAD"},
                 180,

@@ -60,10 +60,12 @@ def _ballast(folder: Path, leave_free: int) -> Path:
 
 
 def _node(tmp_path: Path, disk: Path, min_free_mb: int) -> RoleNode:
-    node = RoleNode(tmp_path / "node", role="receiver", quiet_seconds=600)
-    node.env["LUNGNODE__STORAGE__ROOT"] = str(disk / "store")
-    node.env["LUNGNODE__STORAGE__MIN_FREE_MB"] = str(min_free_mb)
-    return node
+    return RoleNode(
+        tmp_path / "node",
+        role="receiver",
+        quiet_seconds=600,
+        overrides={"storage__root": disk / "store", "storage__min_free_mb": min_free_mb},
+    )
 
 
 def _store_files(node_store: Path) -> list[Path]:

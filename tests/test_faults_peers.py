@@ -65,11 +65,11 @@ def _node(tmp_path: Path) -> RoleNode:
         tmp_path / "node",
         role="receiver",
         quiet_seconds=600,
-        extra={
-            "LUNGNODE__NODE__ACSE_TIMEOUT": str(TIMEOUT_S),
-            "LUNGNODE__NODE__DIMSE_TIMEOUT": str(TIMEOUT_S),
-            "LUNGNODE__NODE__NETWORK_TIMEOUT": str(TIMEOUT_S),
-            "LUNGNODE__NODE__MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS),
+        overrides={
+            "node__acse_timeout": TIMEOUT_S,
+            "node__dimse_timeout": TIMEOUT_S,
+            "node__network_timeout": TIMEOUT_S,
+            "node__max_associations": MAX_ASSOCIATIONS,
         },
     )
 

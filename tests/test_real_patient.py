@@ -13,13 +13,10 @@ from classifier.imaging.lesions import find_candidates
 from classifier.imaging.volume import load_ct_volume
 from classifier.results.overlay import render_annotated_slice_png
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
 
-
-def _boxes() -> dict[str, tuple[int, int, int, int]]:
-    folder = DATA / "Annotation" / "A0002"
-    if not folder.is_dir():
-        pytest.skip(f"real patient fixture {folder} is absent (see /work/shared/data/README.md)")
+def _boxes(data: Path) -> dict[str, tuple[int, int, int, int]]:
+    folder = data / "Annotation" / "A0002"
+    assert folder.is_dir(), f"shared data is present but {folder} is not"
     out = {}
     for xml in folder.glob("*.xml"):
         box = ET.parse(xml).find("object/bndbox")
@@ -29,13 +26,14 @@ def _boxes() -> dict[str, tuple[int, int, int, int]]:
 
 
 @pytest.mark.slow
-def test_candidates_overlap_annotations(tmp_path: Path) -> None:
+def test_candidates_overlap_annotations(tmp_path: Path, shared_data: Path) -> None:
     """>= 15 of 18 annotated slices hold a candidate lying at least half inside the box (a
     candidate merely grazing the box does not count), with few other candidates per series.
     Pictures of every annotated slice are written to the test's tmp folder for a person.
     """
-    boxes = _boxes()
-    series = sorted((DATA / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").glob("*/*/"))
+    data = shared_data / "lung-pet-ct-dx"
+    boxes = _boxes(data)
+    series = sorted((data / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").glob("*/*/"))
     assert len(series) == 2
     hits, annotated, others, missed = 0, 0, [], []
     for folder in series:

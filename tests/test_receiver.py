@@ -7,13 +7,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from dcmtk import dcmtk_env, free_port, require_tool, run_echoscu, run_storescu
+from dcmtk import dcmtk_env, require_tool, run_echoscu, run_storescu
+from in_process import CT_IMAGE_STORAGE, RunningNode, make_ct
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
@@ -28,61 +28,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from scp_node.config import Config, load_config
 from scp_node.index_recovery import LazyIndexing, read_mark, remember_calling_aet
-from scp_node.receiver import Receiver
 from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from storage.database import Database
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
-
-REPO = Path(__file__).resolve().parents[1]
-CT_IMAGE_STORAGE = STORAGE_SOP_CLASSES["CT Image Storage"]
-
-
-def make_ct(
-    path: Path,
-    *,
-    sop_uid: str | None = None,
-    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
-    series_uid: str = "1.2.826.0.1.3680043.8.498.1.1",
-    syntax: str = ExplicitVRLittleEndian,
-    size: int = 64,
-) -> Path:
-    """Write a small, valid CT Image Storage file with 16-bit pixels in `syntax` (uncompressed)."""
-    sop_uid = sop_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientName = "Test^Receiver"
-    ds.PatientID = "RCV-1"
-    ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.InstanceNumber = 1
-    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.SliceThickness = 1.0
-    ds.RescaleIntercept = -1024
-    ds.RescaleSlope = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = size
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    pixels = (np.arange(size * size, dtype=np.uint16).reshape(size, size) * 7) % 4096
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
-    return path
 
 
 def dcmtk_convert(tool: str, args: list[str], src: Path, dst: Path) -> Path:
@@ -92,67 +42,12 @@ def dcmtk_convert(tool: str, args: list[str], src: Path, dst: Path) -> Path:
     return dst
 
 
-def node_config(tmp: Path, port: int, **overrides: str) -> Config:
-    """The repository's config.ini with the store in `tmp`, the given port and overrides."""
-    environ = {
-        "LUNGNODE__NODE__PORT": str(port),
-        "LUNGNODE__STORAGE__ROOT": str(tmp / "store"),
-        "LUNGNODE__STORAGE__MIN_FREE_MB": "0",
-        "LUNGNODE__SECURITY__ALLOWED_CALLING_AETS": "STORESCU,ECHOSCU",
-        "LUNGNODE__SECURITY__REQUIRE_CALLED_AET": "yes",
-        **{f"LUNGNODE__{k.upper()}": v for k, v in overrides.items()},
-    }
-    return load_config(REPO / "config.ini", environ=environ)
-
-
-class RunningNode:
-    """A started Receiver with its store and SQLite index, for one test."""
-
-    def __init__(self, tmp: Path, **overrides: str) -> None:
-        self.config = node_config(tmp, free_port(), **overrides)
-        self.store = InstanceStore(self.config.storage.root, self.config.storage.min_free_mb)
-        self.database = Database.connect(f"sqlite:///{tmp / 'index.sqlite'}")
-        self.index = Index(self.database)
-        self.stored: list[str] = []
-        self.receiver = Receiver(
-            self.config, self.store, self.index, on_stored=lambda r: self.stored.append(r.sop_uid)
-        )
-        self.receiver.start()
-
-    @property
-    def port(self) -> int:
-        return self.receiver.port
-
-    @property
-    def ae_title(self) -> str:
-        return self.config.node.ae_title
-
-    def files(self) -> list[Path]:
-        """Every file under the store root except the index database and the audit log."""
-        return sorted(
-            p
-            for p in self.store.root.rglob("*")
-            if p.is_file() and "index.sqlite" not in p.name and p.name != "audit.log"
-        )
-
-    def close(self) -> None:
-        self.receiver.stop(grace_seconds=2)
-        self.database.close()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[RunningNode]:
-    running = RunningNode(tmp_path)
-    yield running
-    running.close()
-
-
 def test_logs_name_instances_by_uid_never_the_patient(
-    node: RunningNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    receiver_node: RunningNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sent = make_ct(tmp_path / "ct.dcm")
-    result = run_storescu([sent], node.port, called_ae=node.ae_title)
+    result = run_storescu([sent], receiver_node.port, called_ae=receiver_node.ae_title)
     assert result.returncode == 0, result.stderr + result.stdout
     info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     ours = [line for line in info if "sop_instance_uid=" in line or "association" in line]
@@ -163,7 +58,7 @@ def test_logs_name_instances_by_uid_never_the_patient(
 
 
 def test_dataset_streams_into_the_store_incoming_folder(
-    node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pynetdicom's temp file is created in <store>/.incoming, so committing is a rename."""
     folders: list[Path | None] = []
@@ -174,14 +69,16 @@ def test_dataset_streams_into_the_store_incoming_folder(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", spy)
-    result = run_storescu([make_ct(tmp_path / "ct.dcm")], node.port, called_ae=node.ae_title)
+    result = run_storescu(
+        [make_ct(tmp_path / "ct.dcm")], receiver_node.port, called_ae=receiver_node.ae_title
+    )
     assert result.returncode == 0, result.stderr + result.stdout
-    assert folders == [node.store.incoming]
-    assert len(node.files()) == 1
+    assert folders == [receiver_node.store.incoming]
+    assert len(receiver_node.files()) == 1
 
 
-def test_c_echo_with_echoscu(node: RunningNode) -> None:
-    result = run_echoscu(node.port, calling_ae="ECHOSCU", called_ae=node.ae_title)
+def test_c_echo_with_echoscu(receiver_node: RunningNode) -> None:
+    result = run_echoscu(receiver_node.port, calling_ae="ECHOSCU", called_ae=receiver_node.ae_title)
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -231,36 +128,43 @@ _STORESCU_PROPOSE = {
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED_SYNTAX))
-def test_c_store_is_stored_as_received(node: RunningNode, tmp_path: Path, kind: str) -> None:
+def test_c_store_is_stored_as_received(
+    receiver_node: RunningNode, tmp_path: Path, kind: str
+) -> None:
     sent_path = _compressed(kind, tmp_path)
     sent = dcmread(sent_path)
     assert sent.file_meta.TransferSyntaxUID == EXPECTED_SYNTAX[kind]
     result = run_storescu(
-        [sent_path], node.port, called_ae=node.ae_title, extra_args=_STORESCU_PROPOSE[kind]
+        [sent_path],
+        receiver_node.port,
+        called_ae=receiver_node.ae_title,
+        extra_args=_STORESCU_PROPOSE[kind],
     )
     assert result.returncode == 0, result.stderr + result.stdout
 
-    stored_path = node.store.path_for(
+    stored_path = receiver_node.store.path_for(
         sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID
     )
-    assert node.files() == [stored_path]
+    assert receiver_node.files() == [stored_path]
     stored = dcmread(stored_path)
     assert stored.file_meta.TransferSyntaxUID == EXPECTED_SYNTAX[kind]
     assert stored.PixelData == sent.PixelData  # compressed fragments byte for byte
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "Rows", "BitsStored", "PatientID"):
         assert stored[keyword].value == sent[keyword].value
     assert np.array_equal(stored.pixel_array, sent.pixel_array)
-    assert node.stored == [sent.SOPInstanceUID]
-    assert list(node.store.incoming.iterdir()) == []
+    assert receiver_node.stored == [sent.SOPInstanceUID]
+    assert list(receiver_node.store.incoming.iterdir()) == []
 
 
-def test_second_send_of_same_instance_is_stored_once(node: RunningNode, tmp_path: Path) -> None:
+def test_second_send_of_same_instance_is_stored_once(
+    receiver_node: RunningNode, tmp_path: Path
+) -> None:
     sent = make_ct(tmp_path / "ct.dcm")
     for _ in range(2):
-        result = run_storescu([sent], node.port, called_ae=node.ae_title)
+        result = run_storescu([sent], receiver_node.port, called_ae=receiver_node.ae_title)
         assert result.returncode == 0, result.stderr + result.stdout
-    assert len(node.files()) == 1
-    study = node.index.study_files("1.2.826.0.1.3680043.8.498.1")
+    assert len(receiver_node.files()) == 1
+    study = receiver_node.index.study_files("1.2.826.0.1.3680043.8.498.1")
     assert len(study.paths) == 1
 
 
@@ -273,23 +177,27 @@ def _reject_reason(port: int, calling: str, called: str) -> tuple[int, int, int]
     return rsp.result, rsp.result_source, rsp.diagnostic
 
 
-def test_calling_ae_not_on_allow_list_is_rejected(node: RunningNode, tmp_path: Path) -> None:
+def test_calling_ae_not_on_allow_list_is_rejected(
+    receiver_node: RunningNode, tmp_path: Path
+) -> None:
     sent = make_ct(tmp_path / "ct.dcm")
-    result = run_storescu([sent], node.port, calling_ae="INTRUDER", called_ae=node.ae_title)
+    result = run_storescu(
+        [sent], receiver_node.port, calling_ae="INTRUDER", called_ae=receiver_node.ae_title
+    )
     assert result.returncode != 0
     assert "Rejected" in result.stderr + result.stdout
-    assert node.files() == []
+    assert receiver_node.files() == []
     # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised
-    assert _reject_reason(node.port, "INTRUDER", node.ae_title) == (1, 1, 3)
+    assert _reject_reason(receiver_node.port, "INTRUDER", receiver_node.ae_title) == (1, 1, 3)
 
 
-def test_wrong_called_ae_is_rejected(node: RunningNode, tmp_path: Path) -> None:
+def test_wrong_called_ae_is_rejected(receiver_node: RunningNode, tmp_path: Path) -> None:
     sent = make_ct(tmp_path / "ct.dcm")
-    result = run_storescu([sent], node.port, called_ae="NOT-THE-NODE")
+    result = run_storescu([sent], receiver_node.port, called_ae="NOT-THE-NODE")
     assert result.returncode != 0
-    assert node.files() == []
+    assert receiver_node.files() == []
     # called AE title not recognised
-    assert _reject_reason(node.port, "STORESCU", "NOT-THE-NODE") == (1, 1, 7)
+    assert _reject_reason(receiver_node.port, "STORESCU", "NOT-THE-NODE") == (1, 1, 7)
 
 
 def test_empty_allow_list_admits_nobody(tmp_path: Path) -> None:
@@ -317,15 +225,17 @@ def test_destination_ae_titles_may_send(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 @pytest.mark.parametrize("element", ["sop_uid", "study_uid", "series_uid"])
 def test_uid_with_path_traversal_is_refused(
-    node: RunningNode, tmp_path: Path, element: str
+    receiver_node: RunningNode, tmp_path: Path, element: str
 ) -> None:
     bad = make_ct(tmp_path / "bad.dcm", **{element: "1.2.3/../../../escape"})
-    result = run_storescu([bad], node.port, called_ae=node.ae_title, extra_args=["-v"])
+    result = run_storescu(
+        [bad], receiver_node.port, called_ae=receiver_node.ae_title, extra_args=["-v"]
+    )
     output = result.stderr + result.stdout
     assert "Error: CannotUnderstand" in output, output  # storescu names 0xC210 so
-    assert node.files() == []
-    assert node.stored == []
-    assert list(node.store.incoming.iterdir()) == []
+    assert receiver_node.files() == []
+    assert receiver_node.stored == []
+    assert list(receiver_node.store.incoming.iterdir()) == []
     # nothing was created next to the store either
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("index.sqlite")) == [
         "bad.dcm",
@@ -348,24 +258,25 @@ def test_out_of_space_answers_a700_and_echo_still_works(tmp_path: Path) -> None:
         running.close()
 
 
-def test_unsupported_sop_class_is_not_accepted(node: RunningNode, tmp_path: Path) -> None:
+def test_unsupported_sop_class_is_not_accepted(receiver_node: RunningNode, tmp_path: Path) -> None:
     sent = make_ct(tmp_path / "mr.dcm")
     ds = dcmread(sent)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
     ds.save_as(sent, enforce_file_format=True)
-    result = run_storescu([sent], node.port, called_ae=node.ae_title)
+    result = run_storescu([sent], receiver_node.port, called_ae=receiver_node.ae_title)
     assert result.returncode != 0
-    assert node.files() == []
+    assert receiver_node.files() == []
 
 
-def test_accepted_contexts_match_the_tables(node: RunningNode) -> None:
+def test_accepted_contexts_match_the_tables(receiver_node: RunningNode) -> None:
     supported = {
-        cx.abstract_syntax: set(cx.transfer_syntax) for cx in node.receiver.ae.supported_contexts
+        cx.abstract_syntax: set(cx.transfer_syntax)
+        for cx in receiver_node.receiver.ae.supported_contexts
     }
     for uid in STORAGE_SOP_CLASSES.values():
         assert supported[uid] == set(TRANSFER_SYNTAXES.values())
     assert set(supported) == set(STORAGE_SOP_CLASSES.values()) | {"1.2.840.10008.1.1"}
-    assert node.receiver.ae.maximum_pdu_size == 0
+    assert receiver_node.receiver.ae.maximum_pdu_size == 0
 
 
 def test_stopped_receiver_refuses_connections(tmp_path: Path) -> None:

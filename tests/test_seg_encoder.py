@@ -1,7 +1,7 @@
 """The SEG encoder: one binary segment per lesion on the CT grid, valid and read back intact.
 
-Uses the encoded cases of test_sr_encoder (phantom with PET and two lesions, CT-only, real CT
-when the TCIA fixture is present) and checks the SEG with dciodvfy and highdicom's segread.
+Uses the encoded cases of tests/encoded_cases.py (phantom with PET and two lesions, CT-only,
+real CT when the TCIA fixture is present) and checks the SEG with dciodvfy and highdicom's segread.
 """
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ import highdicom as hd
 import numpy as np
 import pytest
 from dicom_validators import dciodvfy_report
-from test_sr_encoder import KNOWN_DCIODVFY_WARNINGS, MODEL, Case, encoded_cases, real_case
+from encoded_cases import KNOWN_DCIODVFY_WARNINGS, MODEL, Case, real_case
 
 from classifier.results import codes
 from classifier.results.encode import encode
 from classifier.results.seg_encoder import lesion_volume
 
 
-@pytest.fixture
-def cases() -> dict[str, Case]:
-    return encoded_cases()
-
-
-def seg_cases(cases: dict[str, Case]) -> list[Case]:
-    return [cases["pet"], cases["ct"], *([cases["real"]] if "real" in cases else [])]
+def seg_cases(encoded_cases: dict[str, Case]) -> list[Case]:
+    return [
+        encoded_cases["pet"],
+        encoded_cases["ct"],
+        *([encoded_cases["real"]] if "real" in encoded_cases else []),
+    ]
 
 
 def expected_volume(case: Case) -> np.ndarray:
@@ -34,8 +33,8 @@ def expected_volume(case: Case) -> np.ndarray:
     return np.stack([lesion_volume(lesion, shape) for lesion in case.result.lesions], axis=-1)
 
 
-def test_seg_masks_round_trip(cases: dict[str, Case]) -> None:
-    for case in seg_cases(cases):
+def test_seg_masks_round_trip(encoded_cases: dict[str, Case]) -> None:
+    for case in seg_cases(encoded_cases):
         seg = hd.seg.segread(case.paths[1])
         expected = expected_volume(case)
         ct_uids = [r.sop_instance_uid for r in case.result.ct_slices]
@@ -49,15 +48,15 @@ def test_seg_masks_round_trip(cases: dict[str, Case]) -> None:
         assert np.array_equal(pixels.astype(bool), expected), case.name
 
 
-def test_seg_stores_only_non_empty_frames(cases: dict[str, Case]) -> None:
-    for case in seg_cases(cases):
+def test_seg_stores_only_non_empty_frames(encoded_cases: dict[str, Case]) -> None:
+    for case in seg_cases(encoded_cases):
         seg = hd.seg.segread(case.paths[1])
         expected = expected_volume(case)
         assert seg.NumberOfFrames == int(expected.any(axis=(1, 2)).sum()), case.name
 
 
-def test_segments_carry_lesion_identity_and_algorithm(cases: dict[str, Case]) -> None:
-    for case in seg_cases(cases):
+def test_segments_carry_lesion_identity_and_algorithm(encoded_cases: dict[str, Case]) -> None:
+    for case in seg_cases(encoded_cases):
         seg = hd.seg.segread(case.paths[1])
         sr = hd.sr.srread(case.paths[0])
         assert seg.SegmentationType == "BINARY"
@@ -94,16 +93,16 @@ def test_segments_carry_lesion_identity_and_algorithm(cases: dict[str, Case]) ->
             assert group.referenced_segment.referenced_segment_numbers == [number]
 
 
-def test_seg_passes_dciodvfy(cases: dict[str, Case]) -> None:
-    for case in seg_cases(cases):
+def test_seg_passes_dciodvfy(encoded_cases: dict[str, Case]) -> None:
+    for case in seg_cases(encoded_cases):
         errors, warnings = dciodvfy_report(case.paths[1])
         assert errors == [], (case.name, errors)
         unexpected = [w for w in warnings if not any(k in w for k in KNOWN_DCIODVFY_WARNINGS)]
         assert unexpected == [], (case.name, unexpected)
 
 
-def test_real_ct_seg_is_the_annotation_box(cases: dict[str, Case]) -> None:
-    case = real_case(cases)
+def test_real_ct_seg_is_the_annotation_box(encoded_cases: dict[str, Case]) -> None:
+    case = real_case(encoded_cases)
     lesion = case.result.lesions[0]
     seg = hd.seg.segread(case.paths[1])
     assert seg.NumberOfFrames == 1
@@ -115,8 +114,8 @@ def test_real_ct_seg_is_the_annotation_box(cases: dict[str, Case]) -> None:
     assert pixels[r0 : r1 + 1, c0 : c1 + 1].all()
 
 
-def test_masks_that_do_not_fit_are_refused(cases: dict[str, Case]) -> None:
-    case = cases["ct"]
+def test_masks_that_do_not_fit_are_refused(encoded_cases: dict[str, Case]) -> None:
+    case = encoded_cases["ct"]
     lesion = case.result.lesions[0]
     shape = case.result.ct_shape
     outside = replace(lesion, mask_origin=(shape[0] - 1, 0, 0))

@@ -4,100 +4,23 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dcmtk import StorescpServer, free_port
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from dcmtk import StorescpServer
+from in_process import BASIC_TEXT_SR, NOW, STUDY_UID, Outbox, sender_config
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from scp_node.config import Config, SenderConfig, load_config
+from scp_node.config import SenderConfig
 from scp_node.sender import Sender, backoff_delay, is_transient_status
-from storage.database import Database
-from storage.index import Index, InstanceRecord, ResultObject
-from storage.instance_store import InstanceStore
 
-REPO = Path(__file__).resolve().parents[1]
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.8.498.999.1"  # no peer knows this storage class
-STUDY_UID = "1.2.826.0.1.3680043.8.498.2"
-NOW = 1_700_000_000.0
-
-
-def sender_config(tmp: Path, dest_port: int, **overrides: str) -> Config:
-    environ = {
-        "LUNGNODE__STORAGE__ROOT": str(tmp / "store"),
-        "LUNGNODE__DESTINATIONS__PACS": f"STORESCP@127.0.0.1:{dest_port}",
-        "LUNGNODE__SENDER__INITIAL_BACKOFF_SECONDS": "100",
-        "LUNGNODE__SENDER__MAX_BACKOFF_SECONDS": "1000",
-        "LUNGNODE__SENDER__TIMEOUT_SECONDS": "5",
-        "LUNGNODE__SENDER__MAX_ATTEMPTS": "3",
-        **{f"LUNGNODE__{k.upper()}": v for k, v in overrides.items()},
-    }
-    return load_config(REPO / "config.ini", environ=environ)
-
-
-def result_dataset(sop_class: str) -> Dataset:
-    """A small result object of `sop_class` in the study (what the worker would write)."""
-    sop_uid = generate_uid()
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY_UID, generate_uid()
-    ds.Modality = "SR"
-    ds.PatientName, ds.PatientID = "Test^Sender", "SND-1"
-    ds.ValueType = "CONTAINER"
-    return ds
-
-
-class Outbox:
-    """An index with one analysed study whose result object waits in the outbox."""
-
-    def __init__(self, tmp: Path, config: Config) -> None:
-        self.config = config
-        self.store = InstanceStore(config.storage.root, 0)
-        self.database = Database.connect(f"sqlite:///{tmp / 'index.sqlite'}")
-        self.index = Index(self.database)
-
-    def add_result(self, sop_class: str = BASIC_TEXT_SR, destination: str = "pacs") -> Dataset:
-        ds = result_dataset(sop_class)
-        path = self.store.write_dataset(ds)
-        self.index.record_instance(
-            InstanceRecord(
-                study_uid=STUDY_UID,
-                series_uid="1.2.826.0.1.3680043.8.498.2.1",
-                sop_uid=generate_uid(),
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                modality="CT",
-                path=self.store.root / "input.dcm",
-                calling_aet="STORESCU",
-                received_at=NOW - 100,
-            )
-        )
-        assert self.index.mark_ready(NOW - 50, 10) == [STUDY_UID]
-        job = self.index.claim_job("test-worker", 60, NOW - 40)
-        assert job is not None
-        result = ResultObject(ds.SOPInstanceUID, ds.SeriesInstanceUID, sop_class, path, "SR")
-        assert self.index.complete_job(job, [result], [destination], NOW - 30)
-        return ds
-
-    def row(self) -> dict[str, object]:
-        (row,) = self.index.status()["outbox"]
-        return row
-
-    def study_state(self) -> str:
-        (study,) = self.index.status()["studies"]
-        return str(study["state"])
 
 
 @pytest.fixture
-def dest_port() -> int:
+def dest_port(free_port: Callable[[], int]) -> int:
     return free_port()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +11,24 @@ import pytest
 
 from classifier.imaging.suv import SUVError, suv_factor
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pet"
+PetSlice = Callable[[str], pydicom.Dataset]
 
 
-def _slice(name: str) -> pydicom.Dataset:
-    path = DATA / name
-    if not path.is_file():
-        pytest.skip(f"real PET fixture {path} is absent (see /work/shared/data/README.md)")
-    return pydicom.dcmread(path)
+@pytest.fixture
+def pet_slice(shared_data: Path) -> PetSlice:
+    """Reads one of the real PET slices in shared_data/pet (the test skips without shared data;
+    a slice missing from present shared data fails)."""
+
+    def read(name: str) -> pydicom.Dataset:
+        path = shared_data / "pet" / name
+        assert path.is_file(), f"shared data is present but the PET slice {path} is not"
+        return pydicom.dcmread(path)
+
+    return read
 
 
-def test_suv_slice_1_start_decay_from_series_time() -> None:
-    ds = _slice("acrin-flt-breast-1.dcm")
+def test_suv_slice_1_start_decay_from_series_time(pet_slice: PetSlice) -> None:
+    ds = pet_slice("acrin-flt-breast-1.dcm")
     # Series 15:23:16.921, injection 14:17:00.000 -> 1 h 6 min 16.921 s = 3976.921 s.
     decay_s = 3600 + 6 * 60 + 16.921
     decayed_dose = 178340011.59668 * 2 ** (-decay_s / 6586.2)
@@ -36,8 +43,8 @@ def test_suv_slice_1_start_decay_from_series_time() -> None:
     assert 0.0 < float(suv.max()) < 100.0  # plausible SUVbw range
 
 
-def test_suv_slice_2_series_time_before_acquisition() -> None:
-    ds = _slice("acrin-flt-breast-2.dcm")
+def test_suv_slice_2_series_time_before_acquisition(pet_slice: PetSlice) -> None:
+    ds = pet_slice("acrin-flt-breast-2.dcm")
     # Series 11:19:59.109 is before acquisition 11:35:59.109, so the series time is used:
     # 0.109 s after the injection at 11:19:59.000.
     decayed_dose = 173529998.7793 * 2 ** (-0.109 / 6586.2)
@@ -45,8 +52,8 @@ def test_suv_slice_2_series_time_before_acquisition() -> None:
     assert suv_factor([ds]).factor == pytest.approx(factor, rel=1e-9)
 
 
-def test_admin_has_no_decay_and_missing_weight_is_named() -> None:
-    ds = _slice("acrin-flt-breast-1.dcm")
+def test_admin_has_no_decay_and_missing_weight_is_named(pet_slice: PetSlice) -> None:
+    ds = pet_slice("acrin-flt-breast-1.dcm")
     ds.DecayCorrection = "ADMIN"
     assert suv_factor([ds]).factor == pytest.approx(69.7344 * 1000 / 178340011.59668, rel=1e-9)
     del ds.PatientWeight
@@ -54,8 +61,8 @@ def test_admin_has_no_decay_and_missing_weight_is_named() -> None:
         suv_factor([ds])
 
 
-def test_bad_units_and_injection_after_scan() -> None:
-    ds = _slice("acrin-flt-breast-1.dcm")
+def test_bad_units_and_injection_after_scan(pet_slice: PetSlice) -> None:
+    ds = pet_slice("acrin-flt-breast-1.dcm")
     ds.Units = "CNTS"
     with pytest.raises(SUVError, match="Units"):
         suv_factor([ds])

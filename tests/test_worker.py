@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pydicom
 import pytest
+from node_process import PhantomFiles
 
 from classifier.datasets.phantom import generate_study
-from scp_node.config import DEFAULT_CONFIG, Config, load_config
+from scp_node.config import Config
 from scp_node.worker import AnalysisWorker
 from storage.database import Database
 from storage.index import Index, InstanceRecord
@@ -17,15 +18,8 @@ from storage.instance_store import InstanceStore
 
 
 @pytest.fixture()
-def node(tmp_path: Path) -> tuple[Config, InstanceStore, Index]:
-    config = load_config(
-        DEFAULT_CONFIG,
-        environ={
-            "LUNGNODE__STORAGE__ROOT": str(tmp_path / "store"),
-            "LUNGNODE__DESTINATIONS__PACS": "PACS@127.0.0.1:9",
-            "LUNGNODE__PIPELINE__JOB_LEASE_SECONDS": "1",
-        },
-    )
+def node(make_config: Callable[..., Config]) -> tuple[Config, InstanceStore, Index]:
+    config = make_config(destinations__pacs="PACS@127.0.0.1:9", pipeline__job_lease_seconds=1)
     store = InstanceStore(config.storage.root, 0)
     index = Index(Database.connect(config.storage.database_url))
     return config, store, index
@@ -52,9 +46,11 @@ def _receive(
         )
 
 
-def test_worker_reports_a_ready_study_and_routes_to_the_sender(node) -> None:
+def test_worker_reports_a_ready_study_and_routes_to_the_sender(
+    node, phantom_pet_ct: PhantomFiles
+) -> None:
     config, store, index = node
-    study = generate_study(seed=3, histology="E", ct_size=96, ct_slices=32, pet=True)
+    study = phantom_pet_ct.study
     _receive(store, index, study.ct + study.pet)
     worker = AnalysisWorker(config, store, index, "test-worker")
     assert worker.run_once() is False  # nothing READY yet
@@ -74,9 +70,12 @@ def test_worker_reports_a_ready_study_and_routes_to_the_sender(node) -> None:
     assert len(outbox) == 2
 
 
-def test_new_instances_after_the_report_give_a_second_version_naming_the_first(node) -> None:
+@pytest.mark.slow
+def test_new_instances_after_the_report_give_a_second_version_naming_the_first(
+    node, phantom_ct: PhantomFiles
+) -> None:
     config, store, index = node
-    study = generate_study(seed=4, histology="A", ct_size=64, ct_slices=24, pet=False)
+    study = phantom_ct.study
     worker = AnalysisWorker(config, store, index, "test-worker")
     _receive(store, index, study.ct[:-1])
     index.mark_ready(time.time() + 60, 0)
@@ -92,6 +91,7 @@ def test_new_instances_after_the_report_give_a_second_version_naming_the_first(n
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
+@pytest.mark.slow
 def test_lease_is_renewed_while_an_analysis_runs(node) -> None:
     config, store, index = node
     study = generate_study(seed=5, histology="G", ct_size=64, ct_slices=12, pet=False)

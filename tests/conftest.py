@@ -1,0 +1,112 @@
+"""Fixtures shared by the test modules. Plain helpers (DCMTK, Orthanc, the node as a
+subprocess, the in-process receiver and outbox, config overrides) live in their own modules
+beside this one; the fixtures here give tests one way to get each of them.
+
+- `free_port`: the function giving a free loopback TCP port (tests/ports.py).
+- `make_config`: a `Config` from config.ini with the store in the test's tmp_path and
+  `section__key=value` overrides (tests/configs.py); never reads the shell's LUNGNODE__ vars.
+- `receiver_node`: a started in-process `Receiver` with store and index (tests/in_process.py).
+- `node_process`: a factory of `lungnode serve` subprocesses (tests/node_process.py), each one
+  stopped at the end of the test.
+- `phantom_ct`, `phantom_pet_ct`: one phantom study each, generated and written once per
+  session, for tests that need "a small study" rather than a particular one. Read-only.
+- `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
+- `encoded_cases`: the SR/SEG test cases, encoded once per session (tests/encoded_cases.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from configs import make_config as _make_config
+from encoded_cases import Case, build_encoded_cases
+from in_process import RunningNode
+from node_process import NodeProcess, PhantomFiles, save_datasets
+from ports import free_port as _free_port
+
+from classifier.datasets.phantom import generate_study
+from scp_node.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+# Real data (a Lung-PET-CT-Dx subset, PET with SUV tags) lives outside the repository; a
+# checkout elsewhere (e.g. a git worktree) points at it with LUNGNODE_TEST_SHARED_DATA.
+SHARED_DATA = Path(os.environ.get("LUNGNODE_TEST_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Call it for a TCP port on 127.0.0.1 that is free right now (as many as needed)."""
+    return _free_port
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """`make_config(section__key=value, ...)`: config.ini, store in tmp_path/store, overrides."""
+
+    def factory(**overrides: object) -> Config:
+        return _make_config(tmp_path / "store", **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def receiver_node(tmp_path: Path) -> Iterator[RunningNode]:
+    """A started in-process Receiver on a free port (in_process.RECEIVER_CONFIG)."""
+    running = RunningNode(tmp_path)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`node_process(**kwargs)`: a NodeProcess (or `cls=` a subclass such as RoleNode) in
+    tmp_path/node (`workdir=` to choose), not started; every one is stopped after the test."""
+    made: list[NodeProcess] = []
+
+    def factory(cls: type[NodeProcess] = NodeProcess, workdir: Path | None = None, **kwargs: Any):
+        node = cls(workdir or tmp_path / "node", **kwargs)
+        made.append(node)
+        return node
+
+    yield factory
+    for node in made:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def phantom_ct(tmp_path_factory: pytest.TempPathFactory) -> PhantomFiles:
+    """A small CT-only phantom study: 24 slices of 64x64, one adenocarcinoma. Do not modify."""
+    study = generate_study(seed=31, histology="A", ct_size=64, ct_slices=24, pet=False)
+    return PhantomFiles(study, save_datasets(study.ct, tmp_path_factory.mktemp("phantom-ct")))
+
+
+@pytest.fixture(scope="session")
+def phantom_pet_ct(tmp_path_factory: pytest.TempPathFactory) -> PhantomFiles:
+    """A PET/CT phantom study: CT 32 slices of 96x96 plus PET, one squamous cell carcinoma
+    the bundled model reports (SR and SEG). Do not modify."""
+    study = generate_study(seed=21, histology="G", ct_size=96, ct_slices=32, pet=True)
+    folder = tmp_path_factory.mktemp("phantom-pet-ct")
+    files = save_datasets(study.ct, folder / "ct") + save_datasets(study.pet, folder / "pet")
+    return PhantomFiles(study, files)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(
+            f"real data folder {SHARED_DATA} is absent (shared/data next to the repository, "
+            "or set LUNGNODE_TEST_SHARED_DATA; see /work/shared/data/README.md)"
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def encoded_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
+    """The encoded SR/SEG cases (phantoms; the real CT too when shared data is present)."""
+    real_ct = SHARED_DATA / "lung-pet-ct-dx"
+    return build_encoded_cases(tmp_path_factory.mktemp("encoded"), real_ct)
