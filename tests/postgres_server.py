@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from ports import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 SERVER_USER = "postgres"
@@ -41,12 +41,6 @@ def _pg_bin() -> Path | None:
         if re.fullmatch(r"\d+", path.parent.parent.name)
     ]
     return max(found, key=lambda b: int(b.parent.name), default=None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as(
@@ -105,7 +99,7 @@ def postgres_url() -> Iterator[str]:
     user = _server_user()
     workdir = _server_folder(user)
     data, log = workdir / "data", workdir / "server.log"
-    port = _free_port()
+    port = free_port()
     started = False
     try:
         init = _run_as(

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres_server import fresh_database, postgres_url  # noqa: F401  (fixture)
+from ports import free_port
+from postgres_server import fresh_database
 
 from storage.database import Database, DatabaseError
 from storage.index import (
@@ -144,11 +145,7 @@ def test_bad_urls_name_the_url_and_the_fix(url: str, message: str) -> None:
 
 
 def test_unreachable_postgres_names_url_without_password() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"postgresql://node:secret@127.0.0.1:{port}/lungnode"
     with pytest.raises(DatabaseError, match="cannot connect to PostgreSQL") as info:
         Database.connect(url)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from postgres_server import fresh_database, postgres_url  # noqa: F401  (fixture)
+from postgres_server import fresh_database
 
 from storage.database import Cursor, Database, DatabaseError
 from storage.index import Index, InstanceRecord, ResultObject, open_index
@@ -29,7 +29,7 @@ def record(study: str, n: int, at: float = 100.0) -> InstanceRecord:
 
 
 @pytest.fixture
-def nodes(postgres_url: str) -> Iterator[list[Index]]:  # noqa: F811
+def nodes(postgres_url: str) -> Iterator[list[Index]]:
     """Three Index objects on three connections to one fresh database."""
     url = fresh_database(postgres_url)
     indexes = [Index(Database.connect(url)) for _ in range(3)]
@@ -158,7 +158,7 @@ def test_new_instance_racing_completion_yields_one_consistent_outcome(nodes: lis
     assert len(nodes[2].status()["outbox"]) == (1 if outcome["completed"] else 0)
 
 
-def test_pool_replaces_connections_the_server_dropped(postgres_url: str) -> None:  # noqa: F811
+def test_pool_replaces_connections_the_server_dropped(postgres_url: str) -> None:
     """A server restart or failover drops every connection: the pool checks each connection
     as it lends it and opens a new one, so no transaction of the node fails."""
     url = fresh_database(postgres_url)
@@ -184,7 +184,7 @@ def test_pool_replaces_connections_the_server_dropped(postgres_url: str) -> None
         other.close()
 
 
-def test_pool_lets_threads_work_at_once(postgres_url: str) -> None:  # noqa: F811
+def test_pool_lets_threads_work_at_once(postgres_url: str) -> None:
     """pool_size connections: that many transactions run at the same time (a single shared
     connection would serialise them; each of these waits for all the others)."""
     url = fresh_database(postgres_url)
@@ -206,6 +206,6 @@ def test_pool_lets_threads_work_at_once(postgres_url: str) -> None:  # noqa: F81
         index.close()
 
 
-def test_pool_size_must_be_positive(postgres_url: str) -> None:  # noqa: F811
+def test_pool_size_must_be_positive(postgres_url: str) -> None:
     with pytest.raises(DatabaseError, match="database_pool_size"):
         open_index(postgres_url, pool_size=0)

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from index_v1 import database as v1_database
 from index_v1 import index as v1_index
-from postgres_server import fresh_database, postgres_url  # noqa: F401  (fixture)
+from postgres_server import fresh_database
 
 from storage.database import Database, DatabaseError
 from storage.index import Index, InstanceRecord, ResultObject

@@ -128,8 +128,7 @@ def test_tiny_training_writes_model_card_report_and_evaluate_reproduces_it(tmp_p
 def test_bundled_model_detects_lesions_on_fresh_phantoms(tmp_path: Path) -> None:
     from classifier.datasets.phantom import write_tcia_layout
 
-    if not BUNDLED_MODEL.is_file():
-        pytest.skip(f"bundled model {BUNDLED_MODEL} is missing")
+    assert BUNDLED_MODEL.is_file(), f"bundled model {BUNDLED_MODEL} is missing from the checkout"
     data = tmp_path / "fresh"
     write_tcia_layout(data, 4, 20260917)  # a seed the demo model never saw; A, B, E, G
     metrics = evaluate(BUNDLED_MODEL, data, None, tmp_path / "report")
