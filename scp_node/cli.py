@@ -11,6 +11,7 @@ from pathlib import Path
 
 from scp_node.config import Config, ConfigError, load_config
 from scp_node.logs import configure_logging, escape_text
+from storage.private_files import prepare_sqlite_file, restrict_umask
 from storage.redaction import redact_secrets
 
 log = logging.getLogger("lungnode")
@@ -32,6 +33,7 @@ def _open_index(config: Config):  # -> storage.index.Index
     from storage.database import Database
     from storage.index import Index
 
+    prepare_sqlite_file(config.storage.database_url)  # 0600 before SQLite creates it
     return Index(Database.connect(config.storage.database_url))
 
 
@@ -186,9 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run the node or open its store and index: everything they create there (store
+# folders, instances, results, audit log, SQLite database and its -wal/-shm) is the node's alone.
+NODE_COMMANDS = ("serve", "status", "resend")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    if args.command in NODE_COMMANDS:
+        restrict_umask()
     try:
         return int(args.func(args))
     except (ConfigError, FileNotFoundError) as exc:

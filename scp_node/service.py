@@ -23,6 +23,7 @@ from scp_node.sender import Sender
 from storage.database import Database
 from storage.index import Index
 from storage.instance_store import InstanceStore
+from storage.private_files import prepare_sqlite_file
 
 log = logging.getLogger("lungnode.service")
 
@@ -33,6 +34,7 @@ def serve(config: Config, role: str = "all") -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
     configure_pynetdicom()
     store = InstanceStore(config.storage.root, config.storage.min_free_mb)
+    prepare_sqlite_file(config.storage.database_url)  # 0600 before SQLite creates it
     database = Database.connect(config.storage.database_url)
     index = Index(database)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
