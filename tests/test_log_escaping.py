@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 
@@ -194,3 +195,48 @@ def test_code_string_of_missing_and_multi_valued() -> None:
     from pydicom.multival import MultiValue
 
     assert not is_code_string(code_string(MultiValue(str, ["CT", "PT"])))
+
+
+def test_status_prints_peer_and_dataset_values_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reasons hold Series Descriptions, last errors hold peers' Error Comments."""
+    from scp_node import cli
+
+    class FakeIndex:
+        def status(self) -> dict[str, object]:
+            return {
+                "studies": [
+                    {
+                        "state": "REPORTED",
+                        "instances": 3,
+                        "series": 1,
+                        "updated_at": "2024-01-01T00:00:00",
+                        "study_uid": "1.2.3",
+                        "reason": "series 'AX\n2024-01-01 FORGED\x1b[2J' skipped",
+                    }
+                ],
+                "outbox": [
+                    {
+                        "state": "DEAD",
+                        "attempts": 8,
+                        "destination": "PACS",
+                        "sop_instance_uid": "1.2.4",
+                        "last_error": "0xC000 Error Comment: 'no\r\nFORGED\u2028" + "x" * 2000,
+                    }
+                ],
+            }
+
+    monkeypatch.setattr(cli, "_open_index", lambda config: FakeIndex())
+    previous = os.umask(0o022)
+    try:
+        assert cli.main(["status"]) == 0
+    finally:
+        os.umask(previous)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
+    lines = out.splitlines()
+    assert len(lines) == 5, lines  # header, study, blank, header, outbox row
+    assert "(series 'AX\\n2024-01-01 FORGED\\x1b[2J' skipped)" in lines[1]
+    assert "no\\r\\nFORGED\\u2028xxx" in lines[4] and "...[2034 chars])" in lines[4]
+    assert len(lines[4]) < 700
