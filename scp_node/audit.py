@@ -13,6 +13,9 @@ recorded; instances by Study/SOP Class/SOP Instance UID only. ATNA's participant
 carries the Patient ID; this log deliberately holds no Patient Name, Patient ID or Birth Date,
 so operators can read it without access to patient data (UIDs link to the index when needed).
 Lines go to [security] audit_log, apart from the stdout log, flushed one by one (no fsync).
+The file is 0600 (made so when it exists) and a folder created for it 0700, whatever the umask:
+it names peers, hosts and studies. JSON with ensure_ascii escapes every control character a
+peer may put in an AE title or UID, so one event is always one line.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from scp_node import dimse_status
+from storage.private_files import make_private_dir, private_opener
 
 log = logging.getLogger("lungnode.audit")
 
@@ -106,8 +110,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self._failed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            make_private_dir(self.path.parent, parents=True)
+            self._file = open(self.path, "a", encoding="utf-8", opener=private_opener)
         except OSError as exc:
             raise OSError(
                 exc.errno,

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from scp_node.config import Config, ConfigError, load_config
-from scp_node.logs import configure_logging
+from scp_node.logs import configure_logging, escape_text
+from storage.private_files import restrict_umask
+from storage.redaction import redact_secrets
 
 log = logging.getLogger("lungnode")
 
@@ -36,22 +38,26 @@ def _open_index(config: Config):  # -> storage.index.Index
 
 def cmd_status(args: argparse.Namespace) -> int:
     status = _open_index(_load(args.config)).status()
-    if args.json:
+    if args.json:  # json.dumps escapes every control character (ensure_ascii)
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
+    # Reasons and errors hold peers' Error Comments and datasets' Series Descriptions: every
+    # value is escaped (no control character reaches the terminal) and bounded.
+    e = escape_text
     print(f"{'STATE':<10} {'INST':>5} {'SER':>3}  {'UPDATED':<20} STUDY / REASON")
     for s in status["studies"]:
         print(
-            f"{s['state']:<10} {s['instances']:>5} {s['series']:>3}  {s['updated_at'][:19]:<20} "
-            f"{s['study_uid']}" + (f"  ({s['reason']})" if s.get("reason") else "")
+            f"{e(s['state'], 16):<10} {s['instances']:>5} {s['series']:>3}  "
+            f"{e(s['updated_at'], 19):<20} {e(s['study_uid'], 64)}"
+            + (f"  ({e(s['reason'])})" if s.get("reason") else "")
         )
     if status["outbox"]:
         print(f"\n{'OUTBOX':<10} {'TRY':>3}  {'DESTINATION':<16} SOP INSTANCE / LAST ERROR")
         for o in status["outbox"]:
             print(
-                f"{o['state']:<10} {o['attempts']:>3}  {o['destination']:<16} "
-                f"{o['sop_instance_uid']}"
-                + (f"  ({o['last_error']})" if o.get("last_error") else "")
+                f"{e(o['state'], 16):<10} {o['attempts']:>3}  {e(o['destination'], 64):<16} "
+                f"{e(o['sop_instance_uid'], 64)}"
+                + (f"  ({e(o['last_error'])})" if o.get("last_error") else "")
             )
     return 0
 
@@ -208,14 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run the node or open its store and index: everything they create there (store
+# folders, instances, results, audit log, SQLite database and its -wal/-shm) is the node's alone.
+NODE_COMMANDS = ("serve", "status", "resend")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    if args.command in NODE_COMMANDS:
+        restrict_umask()
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"lungnode: {exc}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"lungnode: {escape_text(redact_secrets(str(exc)), None)}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"lungnode: {exc}", file=sys.stderr)
+    except Exception as exc:
+        from storage.database import DatabaseError  # psycopg: imported only when needed
+
+        if not isinstance(exc, DatabaseError):
+            raise  # logged by configure_logging's hook: one escaped, redacted line
+        print(f"lungnode: {escape_text(redact_secrets(str(exc)), None)}", file=sys.stderr)
         return 2

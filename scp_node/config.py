@@ -23,6 +23,7 @@ from typing import Any
 
 from classifier.model.bundled import BUNDLED_MODEL
 from classifier.settings import AnalysisSettings, MtvThreshold
+from storage.redaction import redact_database_url
 
 ENV_PREFIX = "LUNGNODE__"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -428,7 +429,9 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
     database_url = given.get("database_url") or f"sqlite:///{storage_root / 'index.sqlite'}"
     if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise _fail(
-            "[storage] database_url", database_url, "sqlite:///PATH or postgresql://user@host/db"
+            "[storage] database_url",
+            redact_database_url(database_url),  # a mistyped URL may still hold the password
+            "sqlite:///PATH or postgresql://user@host/db",
         )
     storage = StorageConfig(
         **{**_fields(defaults.storage), **given, "root": storage_root, "database_url": database_url}

@@ -1,9 +1,9 @@
 """pynetdicom process-wide settings, set once and only here.
 
 `configure_pynetdicom()` sets the `_config` flags the node relies on (no identifiers in logs,
-C-STORE datasets streamed to disk), routes the file pynetdicom streams each received dataset
-into to the instance store's `.incoming` folder of the receiving AE (so storing an instance is
-a rename on one file system, never a copy).
+C-STORE datasets streamed to disk) and quiets pydicom's per-value warnings, and routes the file
+pynetdicom streams each received dataset into to the instance store's `.incoming` folder of the
+receiving AE (so storing an instance is a rename on one file system, never a copy).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Any
 
+from pydicom import config as pydicom_config
 from pynetdicom import _config, dimse_messages
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.dul import DULServiceProvider
@@ -42,6 +43,11 @@ def configure_pynetdicom() -> None:
         # Invalid UIDs from peers are tolerated by pynetdicom and refused by the handler
         # (0xC210) with a clear log line, instead of an aborted association.
         _config.ENFORCE_UID_CONFORMANCE = False
+        # pydicom warns (a log line and a Python warning each) about every value that breaks its
+        # VR, repeating the value: a peer's text, up to 64 KiB, in two more lines per element.
+        # The node checks every value it uses itself (UIDs, Modality as CS) and logs one
+        # escaped line (scp_node.instance_header, scp_node.logs); pydicom stays quiet.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         # pynetdicom's module global, replaced on purpose (tests/test_pynetdicom_internals.py);
         # mypy sees tempfile's overloaded function, ours returns the StreamedFile wrapper
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]

@@ -27,6 +27,7 @@ from scp_node.instance_header import HeaderError, read_header
 from scp_node.sop_classes import STORAGE_SOP_CLASSES
 from storage.index import Index
 from storage.instance_store import SUFFIX, InstanceStore
+from storage.private_files import private_opener
 from storage.records import InstanceRecord
 from storage.uids import InvalidUIDError
 
@@ -119,7 +120,8 @@ def read_mark(path: Path) -> float | None:
 def write_mark(path: Path, mark: float) -> None:
     """Replace the mark atomically (rename); no fsync, since losing it is safe."""
     temp = path.with_name(path.name + ".tmp")
-    temp.write_text(f"{mark:.6f}\n", encoding="ascii")
+    with open(temp, "w", encoding="ascii", opener=private_opener) as handle:  # 0600
+        handle.write(f"{mark:.6f}\n")
     os.replace(temp, path)
 
 

@@ -2,16 +2,25 @@
 
 Shared by the C-STORE handler (on the streamed file) and the start-up re-indexing of store files
 (index_recovery), so both derive exactly the same index row from the same file.
+
+Values are checked against their VR before they are indexed or logged: UIDs by
+`storage.uids.require_uid` (the instance is refused otherwise), Modality as a Code String
+(`code_string`: up to 16 of A-Z 0-9 space underscore). An invalid Modality does not refuse the
+instance (its file is stored as received; a series with another Modality than CT or PT is never
+analysed): it is indexed and logged in an escaped, bounded form (at most INVALID_CODE_CHARS
+characters), which can never pass for a valid code.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from scp_node.logs import escape_text
 from storage.records import InstanceRecord
 from storage.uids import require_uid
 
@@ -24,6 +33,25 @@ HEADER_TAGS = [
     "Modality",
     "NumberOfSlices",  # (0054,0081): expected count of a PET series
 ]
+
+
+CODE_STRING = re.compile(r"[A-Z0-9 _]{0,16}")  # VR CS, PS3.5 Table 6.2-1
+INVALID_CODE_CHARS = 32
+
+
+def is_code_string(value: str) -> bool:
+    """True when `value` is a valid Code String (VR CS): at most 16 of A-Z, 0-9, space, _."""
+    return CODE_STRING.fullmatch(value) is not None
+
+
+def code_string(value: object) -> str:
+    """A CS value as the node indexes and logs it: the value without padding when valid; else
+    escaped (no control character) and at most INVALID_CODE_CHARS characters (`is_code_string`
+    is False for that form: it is too long or holds a character outside the repertoire)."""
+    text = "" if value is None else str(value).strip(" \x00")
+    if is_code_string(text):
+        return text
+    return escape_text(text, INVALID_CODE_CHARS)
 
 
 class HeaderError(ValueError):
@@ -80,7 +108,7 @@ def read_header(path: Path) -> InstanceHeader:
             sop_instance_uid=ds.get("SOPInstanceUID"),
             study_instance_uid=ds.get("StudyInstanceUID"),
             series_instance_uid=ds.get("SeriesInstanceUID"),
-            modality=str(ds.get("Modality") or "").strip(),
+            modality=code_string(ds.get("Modality")),
             number_of_slices=ds.get("NumberOfSlices"),
         )
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:

@@ -41,7 +41,7 @@ from scp_node.dimse_status import (
     SUCCESS,
 )
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
-from scp_node.instance_header import HeaderError, InstanceHeader, read_header
+from scp_node.instance_header import HeaderError, InstanceHeader, is_code_string, read_header
 from scp_node.sop_classes import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -277,15 +277,18 @@ class Receiver:
             self._audit.instance(event, PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
             return PROCESSING_FAILURE
         self._audit.instance(event, SUCCESS, study_uid=record.study_uid, new=new)
-        log.info(
+        valid_modality = is_code_string(record.modality)  # else indexed escaped and bounded
+        log.log(
+            logging.INFO if valid_modality else logging.WARNING,
             "C-STORE stored status=0x0000 calling_ae=%s sop_instance_uid=%s study_uid=%s "
-            "modality=%s new=%s ms=%.1f",
+            "modality=%s new=%s ms=%.1f%s",
             calling_aet,
             record.sop_uid,
             record.study_uid,
             record.modality,
             new,
             (time.perf_counter() - started) * 1000.0,
+            "" if valid_modality else " (Modality is not a valid CS value: indexed escaped)",
         )
         if self._on_stored is not None:
             try:

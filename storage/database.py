@@ -17,7 +17,6 @@ can rebuild from durable data, as the receiver rebuilds instance rows from the s
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import time
@@ -30,7 +29,9 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 
+from storage.private_files import prepare_sqlite_file
 from storage.queries import Query, QueryError
+from storage.redaction import redact_database_url
 
 T = TypeVar("T")
 
@@ -45,11 +46,6 @@ _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
 
 class DatabaseError(RuntimeError):
     """The database cannot be opened or reached; the message names the URL and the fix."""
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by '***', for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 class Cursor:
@@ -142,7 +138,8 @@ class Database:
             db._open_postgres()
             return db
         raise DatabaseError(
-            f"database URL {redact(url)!r} has an unknown scheme; set [storage] database_url to "
+            f"database URL {redact_database_url(url)!r} has an unknown scheme; "
+            "set [storage] database_url to "
             "sqlite:///PATH or postgresql://user@host/db"
         )
 
@@ -180,7 +177,7 @@ class Database:
                 return
             conn = self._sqlite
             if conn is None:
-                raise DatabaseError(f"database {self.url} is closed")
+                raise DatabaseError(f"database {redact_database_url(self.url)} is closed")
             self._set_synchronous(conn, "FULL")
             conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
 
@@ -198,7 +195,7 @@ class Database:
             with self._lock:
                 conn = self._sqlite
                 if conn is None:
-                    raise DatabaseError(f"database {self.url} is closed")
+                    raise DatabaseError(f"database {redact_database_url(self.url)} is closed")
                 lazy = write and getattr(self._lazy, "on", False)
                 self._set_synchronous(conn, "NORMAL" if lazy else "FULL")
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -215,7 +212,7 @@ class Database:
         else:
             pool = self._pool
             if pool is None or self._closed:
-                raise DatabaseError(f"database {redact(self.url)} is closed")
+                raise DatabaseError(f"database {redact_database_url(self.url)} is closed")
             with pool.connection() as pg, pg.transaction(), pg.cursor() as pg_cursor:
                 yield Cursor(pg_cursor)
 
@@ -254,6 +251,7 @@ class Database:
             path = Path(location)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                prepare_sqlite_file(self.url)  # 0600 before SQLite creates it
             except OSError as exc:
                 raise DatabaseError(
                     f"cannot create the folder of database {self.url}: {exc}; fix [storage] "
@@ -289,7 +287,7 @@ class Database:
             psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
         except psycopg.Error as exc:
             raise DatabaseError(
-                f"cannot connect to PostgreSQL at {redact(self.url)}: {exc}".rstrip()
+                f"cannot connect to PostgreSQL at {redact_database_url(self.url)}: {exc}".rstrip()
                 + "; check that the server runs and [storage] database_url (user, host, port, "
                 "database) is right"
             ) from exc
@@ -307,7 +305,8 @@ class Database:
         except psycopg_pool.PoolTimeout as exc:
             pool.close()
             raise DatabaseError(
-                f"cannot open a pool of connections to PostgreSQL at {redact(self.url)}: {exc}; "
+                "cannot open a pool of connections to PostgreSQL at "
+                f"{redact_database_url(self.url)}: {exc}; "
                 "check that the server accepts connections"
             ) from exc
         self._pool = pool

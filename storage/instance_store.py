@@ -4,11 +4,15 @@ Files only, no database. A C-STORE is streamed into a temp file under <root>/.in
 file system, so the final rename is atomic), then `commit` fsyncs it, links it into place and
 fsyncs the folder: once `commit` returns, the instance survives a power cut. Every path
 component is a validated UID, so nothing outside `root` can ever be written.
+
+Everything here is the node's alone (see storage.private_files): the root and every folder in it
+0700, every instance, result and temp file 0600, whatever the process umask.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -20,9 +24,12 @@ from typing import TypeVar
 
 from pydicom import Dataset, dcmwrite
 
+from storage.private_files import make_private, make_private_dir, private_opener
 from storage.uids import require_uid
 
 T = TypeVar("T")
+
+log = logging.getLogger("lungnode.store")
 
 INCOMING = ".incoming"
 SUFFIX = ".dcm"
@@ -41,21 +48,32 @@ class InstanceStore:
     """Files of received instances and of the node's own result objects, keyed by UIDs."""
 
     def __init__(self, root: Path, min_free_mb: int) -> None:
-        """Create `root` and `root/.incoming` if missing; `min_free_mb` is the free-space floor
-        below which the receiver answers 0xA700."""
+        """Create `root` and `root/.incoming` if missing, both 0700 (also made 0700 when they
+        exist); `min_free_mb` is the free-space floor below which the receiver answers 0xA700."""
         if min_free_mb < 0:
             raise ValueError(f"min_free_mb {min_free_mb!r} is negative; use 0 or more MiB")
         self.root: Path = Path(root).resolve()
         self.incoming: Path = self.root / INCOMING
         self.min_free_mb = min_free_mb
         try:
-            self.incoming.mkdir(parents=True, exist_ok=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)  # outside the store: as is
+            make_private_dir(self.root)
+            make_private_dir(self.incoming)
         except OSError as exc:
             raise OSError(
                 exc.errno,
                 f"cannot create the instance store folder {self.incoming}: {exc.strerror}; "
                 "fix [storage] root or the folder's permissions",
             ) from exc
+        for folder in (self.root, self.incoming):  # made by an earlier version, or by hand
+            try:
+                make_private(folder, folder=True)
+            except PermissionError:  # another user's folder (a mount point): say so, go on
+                log.warning(
+                    "store folder %s is not this user's and stays mode %o; make it 0700",
+                    folder,
+                    folder.stat().st_mode & 0o777,
+                )
         self._durable_dirs: set[Path] = {self.root, self.incoming}
         self._dirs_lock = threading.Lock()
 
@@ -89,6 +107,7 @@ class InstanceStore:
         if final.exists():
             temp.unlink(missing_ok=True)
             return final, False
+        make_private(temp)  # pynetdicom's temp file is 0600 already; a copied one may not be
         _fsync_path(temp)
         stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
         if stored:
@@ -105,7 +124,7 @@ class InstanceStore:
         )
         temp = self.temp_path()
         try:
-            with open(temp, "wb") as f:
+            with open(temp, "xb", opener=private_opener) as f:
                 dcmwrite(f, ds, enforce_file_format=True)
                 f.flush()
                 os.fsync(f.fileno())
@@ -168,7 +187,7 @@ class InstanceStore:
                 continue
             if parent in self._durable_dirs:
                 continue
-            parent.mkdir(exist_ok=True)
+            make_private_dir(parent)
             _fsync_path(parent.parent)
             with self._dirs_lock:
                 self._durable_dirs.add(parent)

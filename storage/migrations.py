@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from storage.database import Cursor, Database, DatabaseError, redact
+from storage.database import Cursor, Database, DatabaseError
 from storage.queries import load, split_statements
+from storage.redaction import redact_database_url
 
 log = logging.getLogger("lungnode.storage")
 
@@ -96,7 +97,8 @@ def migrate(db: Database, available: tuple[Migration, ...] | None = None) -> int
         current = int(cur.run(q.current_version).scalar() or 0)
         if current > target:
             raise DatabaseError(
-                f"index schema version {current} in {redact(db.url)} is newer than this "
+                f"index schema version {current} in {redact_database_url(db.url)} "
+                "is newer than this "
                 f"lungnode understands ({target}); upgrade lungnode or point [storage] "
                 "database_url at another database"
             )
@@ -114,6 +116,6 @@ def migrate(db: Database, available: tuple[Migration, ...] | None = None) -> int
             "index schema upgraded from version %d to %d database=%s",
             before,
             after,
-            redact(db.url),
+            redact_database_url(db.url),
         )
     return after
