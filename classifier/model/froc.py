@@ -67,7 +67,8 @@ class GroundTruthLesion:
 
     @property
     def extent_mm(self) -> tuple[float, float, float]:
-        return tuple(float(h - lo) for lo, h in zip(self.lo_mm, self.hi_mm, strict=True))  # type: ignore[return-value]
+        lo, hi = self.lo_mm, self.hi_mm
+        return (float(hi[0] - lo[0]), float(hi[1] - lo[1]), float(hi[2] - lo[2]))
 
 
 @dataclass(frozen=True)
