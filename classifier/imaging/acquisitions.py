@@ -326,10 +326,7 @@ def monitoring_reason(headers: Sequence[Dataset]) -> str | None:
         if positions
         else f"{len(frames)} image(s)"
     )
-    explanation = (
-        "taken to time the contrast injection, not a diagnostic volume; "
-        "the diagnostic series of the study is analysed instead"
-    )
+    explanation = "taken to time the contrast injection, not a diagnostic volume of the chest"
     if marked is not None:
         shown = "\\".join(image_type)
         return f"bolus-tracking (monitoring) series: Image Type {shown}; {what}, {explanation}"
