@@ -21,6 +21,7 @@ from classifier.analyze import analyze_study
 from classifier.datasets.phantom import PhantomStudy, generate_study, write_study
 from classifier.datasets.study_folder import scan_folder
 from classifier.imaging.acquisitions import monitoring_reason, split_acquisitions
+from classifier.imaging.dicom_io import read_headers
 from classifier.imaging.series_selection import SeriesCandidate, select_series
 from classifier.imaging.volume import ENHANCED_CT_STORAGE, VolumeError, load_ct_volume
 from classifier.settings import AnalysisSettings
@@ -404,3 +405,36 @@ def test_multiphase_study_with_bolus_series_is_analysed_on_the_chosen_phase(
     # The bolus-tracking series is skipped with its reason; nothing else is.
     (reason,) = result.skipped
     assert "(Bolus tracking): bolus-tracking (monitoring) series" in reason
+
+
+# -- real data: the splitting must not change what was chosen before ------------------------
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
+_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6655.2359."
+# The CT order select_series gave before acquisitions were split (first = analysed).
+REAL_CT_ORDER = {
+    "Lung_Dx-A0002": [
+        _PREFIX + "207154000096236603057216610983",
+        _PREFIX + "241981550240354690198744362919",
+    ],
+    "Lung_Dx-E0002": [
+        _PREFIX + "249087154603190304734491897697",
+        _PREFIX + "281019097360243672501896101721",
+    ],
+    "Lung_Dx-E0003": [_PREFIX + "301617513160928382719735203497"],
+}
+
+
+@pytest.mark.parametrize("patient", sorted(REAL_CT_ORDER))
+def test_real_studies_select_the_same_series_unsplit(patient: str) -> None:
+    folder = REAL / "Lung-PET-CT-Dx" / patient
+    if not folder.is_dir():
+        pytest.skip(f"real patient fixture {folder} is absent (see /work/shared/data/README.md)")
+    (files,) = scan_folder(folder)[0]
+    candidates = [
+        SeriesCandidate(s, tuple(read_headers([i.path for i in s.instances]))) for s in files.series
+    ]
+    selection = select_series(candidates, AnalysisSettings())
+    assert selection.rejected == ()
+    assert [c.series.series_instance_uid for c in selection.ct] == REAL_CT_ORDER[patient]
+    assert all(c.acquisition is None and c.frames is None for c in selection.ct)
