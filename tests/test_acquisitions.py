@@ -196,6 +196,23 @@ def test_series_without_repeated_positions_is_not_split(study: PhantomStudy) -> 
     assert select_series([_candidate(one)], AnalysisSettings()).ct[0].acquisition is None
 
 
+def test_duplicated_or_tilted_slices_are_not_acquisitions(study: PhantomStudy) -> None:
+    # One slice placed on its neighbour's position is a fault, not a second acquisition: the
+    # series stays whole and the volume loader refuses it with its reason, as before.
+    dup = [copy.deepcopy(ds) for ds in _phase(study, 1)]
+    dup[3].ImagePositionPatient = list(dup[2].ImagePositionPatient)
+    assert [a.label for a in split_acquisitions(dup)] == [""]
+    assert monitoring_reason(dup) is None
+    with pytest.raises(VolumeError, match="share a position"):
+        load_ct_volume(dup)
+    # Coronal images among axial ones at the same positions: neither split nor bolus tracking.
+    mixed = [copy.deepcopy(ds) for ds in _phase(study, 1)[:10]]
+    for ds in mixed[::2]:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    assert [a.label for a in split_acquisitions(mixed)] == [""]
+    assert monitoring_reason(mixed) is None
+
+
 def _enhanced(phases: list[list[Dataset]], frame_numbers: bool) -> Dataset:
     """One Enhanced CT instance holding every phase as frames (phases interleaved)."""
     first = phases[0][0]

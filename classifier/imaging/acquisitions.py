@@ -16,14 +16,17 @@ where "works" means every image has a value, there are at least two values, and 
 repeats inside one value's images. Otherwise (no number, the same number on all images, or
 numbers that do not separate the repeats) the k-th image at each position, in order of
 acquisition time (Acquisition DateTime, Acquisition Date/Time, Content Date/Time; per frame
-Frame Acquisition DateTime), then Instance Number, then file order, belongs to acquisition k.
+Frame Acquisition DateTime), then Instance Number, then file order, belongs to acquisition k,
+provided every such repeat covers at least a quarter of the positions: a few repeated slices are
+duplicates, and the series is refused as before.
 
 A series whose positions never repeat is one acquisition whatever its numbers say (GE axial
 scans number every rotation), so ordinary series are never split.
 
 A bolus-tracking (monitoring) series is a few images at one or a few table positions taken
 again and again over time to see the contrast arrive; `monitoring_reason` recognises it by Image
-Type (BOLUS, MONITOR, SMARTPREP, SURESTART) or by repeated positions over a short z extent.
+Type (BOLUS, MONITOR, SMARTPREP, SURESTART) or by its geometry: every position imaged twice or
+more on average, at no more than 3 positions or over less than 30 mm.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ from pydicom.dataset import Dataset
 from classifier.imaging.suv import parse_da_tm, parse_dt
 
 _POSITION_DECIMALS = 2  # positions closer than 0.01 mm are the same position
+_ORIENTATION_TOLERANCE = 1e-3  # as the volume loader
+# Repeats without numbers are acquisitions only when each covers this share of the positions
+# (and _MIN_REPEAT_IMAGES images); a few repeated slices are duplicates, refused as such.
+_MIN_REPEAT_SHARE = 0.25
+_MIN_REPEAT_IMAGES = 3
 _MONITORING_MAX_POSITIONS = 3
 _MONITORING_MAX_EXTENT_MM = 30.0
 _MONITORING_IMAGE_TYPES = ("BOLUS", "MONITOR", "SMARTPREP", "SURESTART")
@@ -159,7 +167,8 @@ def frame_infos(headers: Sequence[Dataset]) -> list[FrameInfo]:
     """One `FrameInfo` per 2-D image of the series: per instance, per frame for Enhanced ones.
 
     Positions are measured along the normal of the first orientation found; images whose
-    position or orientation is unreadable get None (the volume loader names the fault).
+    position or orientation is unreadable, or whose orientation differs, get None (the volume
+    loader names the fault).
     """
     raw: list[tuple[int, int | None, np.ndarray | None, np.ndarray | None, Dataset]] = []
     frame_content: list[Dataset | None] = []
@@ -197,12 +206,18 @@ def frame_infos(headers: Sequence[Dataset]) -> list[FrameInfo]:
                 )
             )
             frame_content.append(None)
-    normal = next((n for r in raw if (n := _normal(r[3])) is not None), None)
+    reference = next((r[3] for r in raw if _normal(r[3]) is not None), None)
+    normal = _normal(reference)
     out = []
-    for (index, frame, place, _, image), content in zip(raw, frame_content, strict=True):
+    for (index, frame, place, plane, image), content in zip(raw, frame_content, strict=True):
+        same_plane = (
+            plane is not None
+            and reference is not None
+            and float(np.abs(plane - reference).max()) <= _ORIENTATION_TOLERANCE
+        )
         along = (
             round(float(place @ normal), _POSITION_DECIMALS)
-            if place is not None and normal is not None
+            if place is not None and normal is not None and same_plane
             else None
         )
         acquisition = _number_text(image.get("AcquisitionNumber"))
@@ -292,7 +307,10 @@ def _by_repeat(frames: Sequence[FrameInfo]) -> list[Acquisition]:
 def split_acquisitions(headers: Sequence[Dataset]) -> list[Acquisition]:
     """The acquisitions of a series, in time order (see the module doc for how).
 
-    One acquisition (label "") when no position repeats or positions are unknown.
+    One acquisition (label "") when no position repeats, positions are unknown or the images
+    lie in different planes, or when, without numbers to go by, some repeat holds fewer than a
+    quarter of the positions (duplicated slices, not an acquisition): the volume loader then
+    refuses the series with its reason.
     """
     frames = frame_infos(headers)
     if not frames or any(f.position is None for f in frames) or not _repeats(frames):
@@ -304,7 +322,11 @@ def split_acquisitions(headers: Sequence[Dataset]) -> list[Acquisition]:
         groups = _by_value(frames, value, name)
         if groups is not None:
             return groups
-    return _by_repeat(frames)
+    repeats = _by_repeat(frames)
+    distinct = len({f.position for f in frames})
+    if all(len(a.frames) >= max(_MIN_REPEAT_IMAGES, _MIN_REPEAT_SHARE * distinct) for a in repeats):
+        return repeats
+    return [Acquisition("", 0, tuple(frames))]
 
 
 def monitoring_reason(headers: Sequence[Dataset]) -> str | None:
@@ -334,7 +356,7 @@ def monitoring_reason(headers: Sequence[Dataset]) -> str | None:
         return None
     distinct = len(set(positions))
     extent = max(positions) - min(positions)
-    if len(positions) > distinct and (
+    if len(positions) >= 2 * distinct and (
         distinct <= _MONITORING_MAX_POSITIONS or extent < _MONITORING_MAX_EXTENT_MM
     ):
         return (
