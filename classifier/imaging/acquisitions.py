@@ -245,6 +245,14 @@ def frame_infos(headers: Sequence[Dataset]) -> list[FrameInfo]:
     return out
 
 
+def _readable_frames(headers: Sequence[Dataset]) -> list[FrameInfo] | None:
+    """`frame_infos`, or None for headers too broken to read (the loader names the fault)."""
+    try:
+        return frame_infos(headers)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+        return None
+
+
 def _repeats(frames: Sequence[FrameInfo]) -> bool:
     counts = Counter(f.position for f in frames)
     return any(n > 1 for n in counts.values())
@@ -312,7 +320,9 @@ def split_acquisitions(headers: Sequence[Dataset]) -> list[Acquisition]:
     quarter of the positions (duplicated slices, not an acquisition): the volume loader then
     refuses the series with its reason.
     """
-    frames = frame_infos(headers)
+    frames = _readable_frames(headers)
+    if frames is None:
+        frames = [FrameInfo(h, None, None, "", "", None, None) for h in range(len(headers))]
     if not frames or any(f.position is None for f in frames) or not _repeats(frames):
         return [Acquisition("", 0, tuple(frames))]
     for value, name in (
@@ -335,7 +345,7 @@ def monitoring_reason(headers: Sequence[Dataset]) -> str | None:
         return None
     image_type = [str(v).upper() for v in (headers[0].get("ImageType") or [])]
     marked = next((v for v in image_type if any(t in v for t in _MONITORING_IMAGE_TYPES)), None)
-    frames = frame_infos(headers)
+    frames = _readable_frames(headers) or []
     positions = [f.position for f in frames if f.position is not None]
     times = [f.time for f in frames if f.time is not None]
     span = (
@@ -346,7 +356,7 @@ def monitoring_reason(headers: Sequence[Dataset]) -> str | None:
     what = (
         f"{len(frames)} image(s) at {len(set(positions))} table position(s){span}"
         if positions
-        else f"{len(frames)} image(s)"
+        else f"{len(headers)} image(s)"
     )
     explanation = "taken to time the contrast injection, not a diagnostic volume of the chest"
     if marked is not None:
