@@ -62,7 +62,11 @@ def _candidates_of(study: StudyFiles, skipped: list[str]) -> list[SeriesCandidat
 
 
 def _load(candidate: SeriesCandidate, loader: Callable[..., Volume], clock: _Clock) -> Volume:
+    """The candidate's volume: its instances (one acquisition's, when the series holds several)
+    and, of a multi-frame instance, only its frames."""
     datasets = clock.run("read", lambda: read_series([i.path for i in candidate.series.instances]))
+    if candidate.frames is not None:
+        loader = partial(loader, frame_subset=candidate.frames)
     return clock.run("volumes", lambda: loader(datasets))
 
 

@@ -262,12 +262,24 @@ def frames_of(ds: Dataset) -> int:
         return 1
 
 
-def _frames(datasets: Sequence[Dataset], modalities: set[str]) -> list[_Frame]:
+def _frames(
+    datasets: Sequence[Dataset],
+    modalities: set[str],
+    subset: Sequence[Sequence[int] | None] | None = None,
+) -> list[_Frame]:
+    if subset is not None and len(subset) != len(datasets):
+        raise ValueError(f"{len(subset)} frame selections for {len(datasets)} images")
     frames: list[_Frame] = []
-    for ds in datasets:
+    for k, ds in enumerate(datasets):
         _check_image_kind(ds, modalities)
         if "PerFrameFunctionalGroupsSequence" in ds:
-            frames.extend(_enhanced_frames(ds))
+            found = _enhanced_frames(ds)
+            picked = subset[k] if subset is not None else None
+            if picked is not None:
+                if any(not 0 <= i < len(found) for i in picked):
+                    raise VolumeError(f"{_describe(ds)}: has no frame {max(picked) + 1}")
+                found = [found[i] for i in picked]
+            frames.extend(found)
         else:
             frames.extend(_single_frames(ds))
     return frames
@@ -283,16 +295,22 @@ def _common(datasets: Sequence[Dataset], keyword: str, label: str) -> str:
     return value
 
 
-def load_volume(datasets: Sequence[Dataset], modalities: set[str]) -> Volume:
+def load_volume(
+    datasets: Sequence[Dataset],
+    modalities: set[str],
+    frame_subset: Sequence[Sequence[int] | None] | None = None,
+) -> Volume:
     """Stack the images of one series into a volume of rescaled values (HU for CT, Bq/ml for PET).
 
+    `frame_subset`, one entry per dataset, keeps only those 0-based frames of a multi-frame image
+    (None: all), for one acquisition of an Enhanced series that holds several.
     Raises VolumeError with the reason when the series is not one regular stack of slices.
     """
     if not datasets:
         raise VolumeError("the series holds no images")
     series_uid = _common(datasets, "SeriesInstanceUID", "Series Instance UID")
     frame_of_reference = _common(datasets, "FrameOfReferenceUID", "Frame of Reference UID")
-    frames = _frames(datasets, modalities)
+    frames = _frames(datasets, modalities, frame_subset)
     if len(frames) < 2:
         raise VolumeError("the series has a single slice; a volume needs at least 2")
 
@@ -362,6 +380,9 @@ def load_volume(datasets: Sequence[Dataset], modalities: set[str]) -> Volume:
     )
 
 
-def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
-    """A CT series as a volume in Hounsfield units; raises VolumeError with the reason."""
-    return load_volume(datasets, {"CT"})
+def load_ct_volume(
+    datasets: Sequence[Dataset], frame_subset: Sequence[Sequence[int] | None] | None = None
+) -> Volume:
+    """A CT series (or one acquisition of it, see `load_volume`) as a volume in Hounsfield
+    units; raises VolumeError with the reason."""
+    return load_volume(datasets, {"CT"}, frame_subset)

@@ -138,24 +138,51 @@ def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
         ds.PixelData = pixels.tobytes()
 
 
+# Seconds from the start of the CT series to each contrast phase's acquisition (non-contrast,
+# portal-venous, delayed), as a multi-phase protocol runs them.
+PHASE_DELAYS_S = (0, 90, 300)
+PHASE_NAMES = ("non-contrast", "portal-venous", "delayed")
+
+
 def ct_datasets(
-    h: StudyHeader, seed_key: tuple, grid: Grid, hu: np.ndarray, thickness: float, ts: str
+    h: StudyHeader,
+    seed_key: tuple,
+    grid: Grid,
+    hu: np.ndarray,
+    thickness: float,
+    ts: str,
+    *,
+    phase: int = 0,
+    description: str = "CT chest phantom",
 ) -> list[Dataset]:
+    """The CT slices of one acquisition. `phase` > 0 makes a later contrast phase under the same
+    Series Instance UID, as GE multi-phase series are sent: the same positions, Acquisition
+    Number phase + 1, later Acquisition Time, Instance Numbers continuing after the earlier
+    phases'."""
     series_uid = phantom_uid(*seed_key, "ct-series")
     series_dt = h.study_dt + timedelta(minutes=2)
+    acquired = series_dt + timedelta(seconds=PHASE_DELAYS_S[phase])
     out = []
     for k, z in enumerate(grid.z):
-        sop_uid = phantom_uid(*seed_key, "ct", k)
+        sop_uid = (
+            phantom_uid(*seed_key, "ct", k)
+            if phase == 0
+            else phantom_uid(*seed_key, "ct", "phase", phase, k)
+        )
         ds = _common(h, pydicom.uid.CTImageStorage, sop_uid, series_uid)
         ds.file_meta = _file_meta(pydicom.uid.CTImageStorage, sop_uid, ts)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Modality = "CT"
-        ds.SeriesDescription = "CT chest phantom"
+        ds.SeriesDescription = description
         ds.SeriesNumber = 2
         ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = series_dt.strftime("%Y%m%d")
-        ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = series_dt.strftime("%H%M%S")
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
+        ds.SeriesTime = series_dt.strftime("%H%M%S")
+        ds.AcquisitionTime = ds.ContentTime = acquired.strftime("%H%M%S")
+        ds.AcquisitionNumber = phase + 1
+        ds.InstanceNumber = phase * len(grid.z) + k + 1
+        if phase > 0:
+            ds.ContrastBolusAgent = "Iohexol 350"
+            ds.ContrastBolusRoute = "IV"
         ds.KVP = 120
         ds.ConvolutionKernel = "STANDARD"
         ds.SliceThickness = _ds_str(thickness)
@@ -255,6 +282,54 @@ def pet_datasets(
         ds.PatientGantryRelationshipCodeSequence = Sequence(
             [_code("102540008", "SCT", "headfirst")]
         )
+        _encode(ds, stored, ts)
+        out.append(ds)
+    return out
+
+
+def bolus_tracking_datasets(
+    h: StudyHeader, seed_key: tuple, grid: Grid, z: float, hu: np.ndarray, ts: str
+) -> list[Dataset]:
+    """A bolus-tracking (monitoring) series: one low-dose image at the same table position
+    `z` every second, `len(hu)` of them, the aorta filling with contrast; each image its
+    own Acquisition Number, as scanners send them. Image Type is plain ORIGINAL\\PRIMARY\\AXIAL
+    on purpose: only the repeated position tells it apart from a volume."""
+    series_uid = phantom_uid(*seed_key, "bolus-series")
+    start = h.study_dt + timedelta(minutes=2, seconds=30)
+    out = []
+    for k in range(len(hu)):
+        sop_uid = phantom_uid(*seed_key, "bolus", k)
+        acquired = start + timedelta(seconds=k)
+        ds = _common(h, pydicom.uid.CTImageStorage, sop_uid, series_uid)
+        ds.file_meta = _file_meta(pydicom.uid.CTImageStorage, sop_uid, ts)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.Modality = "CT"
+        ds.SeriesDescription = "Bolus tracking"
+        ds.SeriesNumber = 1
+        ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = start.strftime("%Y%m%d")
+        ds.SeriesTime = start.strftime("%H%M%S")
+        ds.AcquisitionTime = ds.ContentTime = acquired.strftime("%H%M%S")
+        ds.AcquisitionNumber = k + 1
+        ds.InstanceNumber = k + 1
+        ds.KVP = 100
+        ds.ConvolutionKernel = "STANDARD"
+        ds.SliceThickness = "10"
+        ds.ImagePositionPatient = [
+            _ds_str(grid.origin_xy),
+            _ds_str(grid.origin_xy),
+            _ds_str(z),
+        ]
+        ds.SliceLocation = _ds_str(z)
+        ds.PixelSpacing = [_ds_str(grid.spacing), _ds_str(grid.spacing)]
+        ds.Rows = ds.Columns = grid.size
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = CT_RESCALE_INTERCEPT
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.PatientPosition = "HFS"
+        stored = (hu[k].astype(np.int32) - CT_RESCALE_INTERCEPT).astype(np.uint16)
         _encode(ds, stored, ts)
         out.append(ds)
     return out

@@ -14,7 +14,10 @@ import pydicom.uid
 from pydicom.dataset import Dataset
 
 from classifier.datasets.phantom.anatomy import (
+    AORTA,
+    CT_HU_MAX,
     FIELD_OF_VIEW_MM,
+    HEART,
     LUNG,
     VESSEL,
     Grid,
@@ -28,8 +31,10 @@ from classifier.datasets.phantom.anatomy import (
 )
 from classifier.datasets.phantom.dicom_series import (
     COMPRESSED,
+    PHASE_DELAYS_S,
     UNCOMPRESSED,
     StudyHeader,
+    bolus_tracking_datasets,
     ct_datasets,
     pet_datasets,
     phantom_uid,
@@ -49,6 +54,8 @@ class StudyOptions(TypedDict, total=False):
     n_lesions: int
     lesion: bool
     transfer_syntax: str
+    ct_phases: int
+    bolus_tracking_images: int
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,10 @@ class AnnotationBox:
 class PhantomStudy:
     """A generated PET/CT study with its ground truth.
 
-    `ct` and `pet` are ordered by increasing z; `lesion_mask` is on the CT grid
-    [slice, row, col]; `pet_suv` is the planned SUVbw on the PET grid (None without PET).
+    `ct` and `pet` are ordered by increasing z (`ct` acquisition after acquisition when it
+    holds several contrast phases under one series); `lesion_mask` is on the CT grid
+    [slice, row, col]; `pet_suv` is the planned SUVbw on the PET grid (None without PET);
+    `bolus_tracking` is a monitoring series (images at one position over time), often empty.
     """
 
     patient_id: str
@@ -80,6 +89,7 @@ class PhantomStudy:
     boxes: list[AnnotationBox] = field(repr=False)
     lesion_mask: np.ndarray = field(repr=False, compare=False)
     pet_suv: np.ndarray | None = field(default=None, repr=False, compare=False)
+    bolus_tracking: list[Dataset] = field(default_factory=list, repr=False)
 
 
 def _boxes(ct: list[Dataset], masks: list[np.ndarray], label: str) -> list[AnnotationBox]:
@@ -102,6 +112,21 @@ def _boxes(ct: list[Dataset], masks: list[np.ndarray], label: str) -> list[Annot
     return boxes
 
 
+# HU added by contrast to blood (vessels, heart, aorta) in each phase of a multi-phase CT.
+_PHASE_ENHANCEMENT_HU = (0.0, 140.0, 60.0)
+_BOLUS_PEAK_HU = 250.0
+
+
+def _enhanced(hu: np.ndarray, labels: np.ndarray, lesions: np.ndarray, hu_add: float) -> np.ndarray:
+    """`hu` with `hu_add` in the blood (vessels, heart chambers, aorta) outside the lesions."""
+    if hu_add == 0.0:
+        return hu
+    blood = np.isin(labels, (VESSEL, HEART, AORTA)) & ~lesions
+    out = hu.astype(np.int32)
+    out[blood] += int(round(hu_add))
+    return np.clip(out, None, CT_HU_MAX).astype(hu.dtype)
+
+
 def generate_study(
     seed: int,
     histology: str,
@@ -116,11 +141,19 @@ def generate_study(
     n_lesions: int = 1,
     lesion: bool = True,
     transfer_syntax: str = pydicom.uid.ExplicitVRLittleEndian,
+    ct_phases: int = 1,
+    bolus_tracking_images: int = 0,
 ) -> PhantomStudy:
     """Generate one chest CT (and PET) study, deterministic from `seed` and the arguments.
 
     PET slices cover the CT range: `pet_slices` of them when given, else as many as the PET
     slice thickness (the larger of the CT thickness and the PET pixel spacing) needs.
+
+    `ct_phases` (1-3) puts that many contrast phases (non-contrast, portal-venous, delayed) of
+    the same positions under the one CT Series Instance UID, told apart only by Acquisition
+    Number and Acquisition Time, as GE multi-phase studies send them; the annotation boxes are
+    on every phase. `bolus_tracking_images` (0, or 2-100) adds a bolus-tracking series of that
+    many images at one table position, one a second, while the aorta fills with contrast.
     """
     if histology not in HISTOLOGY_CLASSES:
         raise ValueError(f"histology {histology!r} is not one of {HISTOLOGY_CLASSES}")
@@ -137,13 +170,20 @@ def generate_study(
         raise ValueError(f"slice_thickness_mm={slice_thickness_mm!r}: expected 0.5 to 20 mm")
     if n_lesions < 0 or n_lesions > 4:
         raise ValueError(f"n_lesions={n_lesions!r}: expected 0 to 4")
+    if not isinstance(ct_phases, int) or not 1 <= ct_phases <= len(PHASE_DELAYS_S):
+        raise ValueError(f"ct_phases={ct_phases!r}: expected 1 to {len(PHASE_DELAYS_S)}")
+    if not isinstance(bolus_tracking_images, int) or bolus_tracking_images not in (
+        0,
+        *range(2, 101),
+    ):
+        raise ValueError(f"bolus_tracking_images={bolus_tracking_images!r}: expected 0 or 2-100")
     if transfer_syntax not in UNCOMPRESSED | COMPRESSED:
         raise ValueError(
             f"transfer_syntax {transfer_syntax!r} is not supported: use one of "
             f"{sorted(UNCOMPRESSED | COMPRESSED)}"
         )
     n_lesions = n_lesions if lesion else 0
-    seed_key = (
+    seed_key: tuple[object, ...] = (
         seed,
         histology,
         patient_number,
@@ -155,6 +195,8 @@ def generate_study(
         pet_slices,
         n_lesions,
     )
+    if ct_phases != 1:  # another CT series under the same UID must not share its UIDs
+        seed_key = (*seed_key, "phases", ct_phases)
     rng = np.random.default_rng([seed, HISTOLOGY_CLASSES.index(histology), patient_number])
 
     z = (np.arange(ct_slices) - (ct_slices - 1) / 2.0) * slice_thickness_mm
@@ -201,7 +243,36 @@ def generate_study(
         accession=f"PH{int(rng.integers(0, 10**8)):08d}",
         study_id=str(int(rng.integers(1, 10**6))),
     )
-    ct = ct_datasets(header, seed_key, ct_grid, hu, slice_thickness_mm, transfer_syntax)
+    ct: list[Dataset] = []
+    boxes: list[AnnotationBox] = []
+    for phase in range(ct_phases):
+        phase_ct = ct_datasets(
+            header,
+            seed_key,
+            ct_grid,
+            _enhanced(hu, labels, union, _PHASE_ENHANCEMENT_HU[phase]),
+            slice_thickness_mm,
+            transfer_syntax,
+            phase=phase,
+            description="CT chest phantom" if ct_phases == 1 else "CT chest multiphase phantom",
+        )
+        ct.extend(phase_ct)
+        boxes.extend(_boxes(phase_ct, masks, histology))
+    bolus: list[Dataset] = []
+    if bolus_tracking_images:
+        rise = np.linspace(0.0, _BOLUS_PEAK_HU, bolus_tracking_images)
+        level = ct_slices // 2  # the monitoring level, mid-chest where the aorta is
+        aorta = labels[level] == AORTA
+        frames = np.repeat(hu[level : level + 1], bolus_tracking_images, axis=0).astype(np.int32)
+        frames[:, aorta] += np.rint(rise).astype(np.int32)[:, None]
+        bolus = bolus_tracking_datasets(
+            header,
+            seed_key,
+            ct_grid,
+            float(z[level]),
+            np.clip(frames, None, CT_HU_MAX),
+            transfer_syntax,
+        )
 
     pet_ds: list[Dataset] = []
     pet_suv = None
@@ -226,9 +297,10 @@ def generate_study(
         ct=ct,
         pet=pet_ds,
         lesions=[s.lesion for s in shapes],
-        boxes=_boxes(ct, masks, histology),
+        boxes=boxes,
         lesion_mask=union,
         pet_suv=pet_suv,
+        bolus_tracking=bolus,
     )
 
 
@@ -240,7 +312,7 @@ def histology_name(letter: str) -> str:
 def study_digest(study: PhantomStudy) -> str:
     """SHA-256 over the UIDs and pixel data of a study: equal digests mean identical phantoms."""
     h = hashlib.sha256()
-    for ds in study.ct + study.pet:
+    for ds in study.ct + study.pet + study.bolus_tracking:
         h.update(ds.SOPInstanceUID.encode())
         h.update(bytes(ds.PixelData))
     return h.hexdigest()

@@ -78,12 +78,13 @@ def annotation_xml(box_list: list[AnnotationBox], rows: int, columns: int) -> st
 def write_study(study: PhantomStudy, out: Path) -> list[Path]:
     """Write one patient as the TCIA download lays it out, plus its Annotation/<id>/ XML files.
 
-    Returns the DICOM file paths written (CT first, then PET), in `study.ct`/`study.pet` order.
+    Returns the DICOM file paths written (CT first, then PET, then a bolus-tracking series), in
+    `study.ct`/`study.pet`/`study.bolus_tracking` order.
     """
     out = Path(out)
     patient_dir = out / COLLECTION / study.patient_id
     written = []
-    for series in (study.ct, study.pet):
+    for series in (study.ct, study.pet, study.bolus_tracking):
         if not series:
             continue
         series_dir = patient_dir / _study_folder(series[0]) / _series_folder(series[0])
@@ -128,7 +129,7 @@ METADATA_COLUMNS = (
 
 def _metadata_rows(study: PhantomStudy, out: Path, paths: list[Path]) -> list[dict[str, str]]:
     rows = []
-    for series in (study.ct, study.pet):
+    for series in (study.ct, study.pet, study.bolus_tracking):
         if not series:
             continue
         ds = series[0]
