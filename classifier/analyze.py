@@ -188,9 +188,23 @@ def analyze_study(
             )
             assert patches.shape[1:] == PATCH_SHAPE
             probability, histology = clock.run("cnn", lambda: classifier.predict(patches))
-            for candidate, p, h in zip(found, probability, histology, strict=True):
-                if float(p) >= config.lesion_probability_threshold:
-                    lesions.append(to_lesion(candidate, len(lesions) + 1, ct, float(p), h))
+            above = [
+                n
+                for n in np.argsort(-probability, kind="stable")
+                if float(probability[n]) >= config.lesion_probability_threshold
+            ]
+            limit = config.max_findings_per_study
+            if limit and len(above) > limit:
+                skipped.append(
+                    f"{len(above) - limit} further finding(s) with lesion probability >= "
+                    f"{config.lesion_probability_threshold:g} left out: at most {limit} are "
+                    "reported per study, the most probable first ([classifier] "
+                    "max_findings_per_study)"
+                )
+                above = above[:limit]
+            for n in above:
+                p = float(probability[n])
+                lesions.append(to_lesion(found[n], len(lesions) + 1, ct, p, histology[n]))
         result = result_of(
             ct_series_uid=ct.series_instance_uid,
             pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,

@@ -32,6 +32,9 @@ class AnalysisSettings:
 
     model: Path = BUNDLED_MODEL
     lesion_probability_threshold: float = 0.5
+    # Most findings reported per study, the most probable first (0: no limit); the result's
+    # `skipped` says how many at or above the threshold were left out by it.
+    max_findings_per_study: int = 5
     mtv_threshold: MtvThreshold = field(default_factory=MtvThreshold)
     ct_slice_thickness_range_mm: tuple[float, float] = (0.5, 10.0)
     ct_min_slices: int = 8

@@ -287,6 +287,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
     "classifier": {
         "model": _text,
         "lesion_probability_threshold": _float(0, 1),
+        "max_findings_per_study": _int(0, 1000),
         "mtv_threshold": _mtv,
         "ct_slice_thickness_range_mm": _range_mm,
         "ct_min_slices": _int(1, 100000),

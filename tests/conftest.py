@@ -11,6 +11,7 @@ beside this one; the fixtures here give tests one way to get each of them.
 - `phantom_ct`, `phantom_pet_ct`: one phantom study each, generated and written once per
   session, for tests that need "a small study" rather than a particular one. Read-only.
 - `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
+- `lung_pet_ct_dx`: its Lung-PET-CT-Dx patients in the TCIA layout.
 - `encoded_cases`: the SR/SEG test cases, encoded once per session (tests/encoded_cases.py).
 """
 
@@ -107,6 +108,15 @@ def shared_data() -> Path:
             "or set LUNGNODE_TEST_SHARED_DATA; see /work/shared/data/README.md)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lung_pet_ct_dx(shared_data: Path) -> Path:
+    """The Lung-PET-CT-Dx fixture (TCIA layout: A0002 with boxes, E0002, E0003); a real-data
+    folder without it is a broken checkout of shared/, so the test fails instead of skipping."""
+    folder = shared_data / "lung-pet-ct-dx"
+    assert (folder / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").is_dir(), f"{folder} is incomplete"
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -426,7 +426,6 @@ def test_multiphase_study_with_bolus_series_is_analysed_on_the_chosen_phase(
 
 # -- real data: the splitting must not change what was chosen before ------------------------
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
 _PREFIX = "1.3.6.1.4.1.14519.5.2.1.6655.2359."
 # The CT order select_series gave before acquisitions were split (first = analysed).
 REAL_CT_ORDER = {
@@ -443,10 +442,8 @@ REAL_CT_ORDER = {
 
 
 @pytest.mark.parametrize("patient", sorted(REAL_CT_ORDER))
-def test_real_studies_select_the_same_series_unsplit(patient: str) -> None:
-    folder = REAL / "Lung-PET-CT-Dx" / patient
-    if not folder.is_dir():
-        pytest.skip(f"real patient fixture {folder} is absent (see /work/shared/data/README.md)")
+def test_real_studies_select_the_same_series_unsplit(patient: str, lung_pet_ct_dx: Path) -> None:
+    folder = lung_pet_ct_dx / "Lung-PET-CT-Dx" / patient
     (files,) = scan_folder(folder)[0]
     candidates = [
         SeriesCandidate(s, tuple(read_headers([i.path for i in s.instances]))) for s in files.series

@@ -93,6 +93,39 @@ def test_threshold_drops_low_probability_candidates(
     assert result.analysed and result.lesions == ()
 
 
+class _FixedScores(LesionClassifier):
+    """Gives the candidates the lesion probabilities it is built with, in their order."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = np.array(scores, dtype=np.float32)
+        self.info = ModelInfo("fixed", "0", "0" * 64, "nothing")
+
+    def predict(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(patches)
+        return self.scores[:n], np.full((n, 4), 0.25, dtype=np.float32)
+
+
+def test_max_findings_per_study_keeps_the_most_probable_and_says_so(
+    phantom_files: tuple[StudyFiles, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import classifier.analyze as analyze_module
+
+    files, _ = phantom_files
+    real = analyze_module.find_candidates
+    # The phantom's candidate four times over, scored 0.6, 0.9, 0.3 and 0.7.
+    monkeypatch.setattr(analyze_module, "find_candidates", lambda *a, **k: real(*a, **k)[:1] * 4)
+    scores = _FixedScores([0.6, 0.9, 0.3, 0.7])
+    everything = analyze(files, AnalysisSettings(max_findings_per_study=0), scores)
+    assert [x.lesion_probability for x in everything.lesions] == pytest.approx([0.9, 0.7, 0.6])
+    assert not any("left out" in r for r in everything.skipped)
+    two = analyze(files, AnalysisSettings(max_findings_per_study=2), scores)
+    assert [x.lesion_probability for x in two.lesions] == pytest.approx([0.9, 0.7])
+    assert [x.tracking_id for x in two.lesions] == ["Lesion 1", "Lesion 2"]
+    notes = [r for r in two.skipped if "left out" in r]
+    assert len(notes) == 1 and notes[0].startswith("1 further finding(s)"), notes
+    assert "max_findings_per_study" in notes[0]
+
+
 def test_unusable_study_returns_reasons(tmp_path: Path) -> None:
     bad = tmp_path / "x.dcm"
     bad.write_bytes(b"not dicom")

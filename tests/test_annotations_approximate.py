@@ -9,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 
 from classifier.datasets.tcia_dataset import read_voc_xml, scan_dataset
 
 HERE = Path(__file__).resolve().parent
 APPROXIMATE = HERE / "data" / "annotations-approximate"
-DATA = HERE.parents[1] / "shared" / "data" / "lung-pet-ct-dx"
 
 
 def _rows() -> list[dict[str, str]]:
@@ -40,10 +38,8 @@ def test_xml_files_parse_and_match_the_table() -> None:
         assert "lungnode approximate annotation, not TCIA" in xml.read_text()
 
 
-def test_boxes_land_on_slices_of_the_right_series() -> None:
-    if not (DATA / "Lung-PET-CT-Dx").is_dir():
-        pytest.skip(f"real patient fixture {DATA} is absent (see /work/shared/data/README.md)")
-    scan = scan_dataset(DATA, APPROXIMATE)
+def test_boxes_land_on_slices_of_the_right_series(lung_pet_ct_dx: Path) -> None:
+    scan = scan_dataset(lung_pet_ct_dx, APPROXIMATE)
     assert scan.counts["boxes_matched"] == 27
     assert scan.counts["boxes_unmatched"] == scan.counts["xml_unparseable"] == 0
     rows = {r["sop_instance_uid"]: r for r in _rows()}

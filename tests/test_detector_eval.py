@@ -12,17 +12,17 @@ from classifier.model.detector_eval import FROC_PNG, REPORT_MD, SUMMARY_JSON
 from scp_node.cli import main
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[1] / "shared" / "data" / "lung-pet-ct-dx"
 APPROXIMATE = HERE / "data" / "annotations-approximate"
 
 
 @pytest.mark.slow
-def test_evaluate_detector_on_real_patients(tmp_path: Path, capsys) -> None:
-    if not (DATA / "Lung-PET-CT-Dx").is_dir():
-        pytest.skip(f"real patient fixture {DATA} is absent (see /work/shared/data/README.md)")
+def test_evaluate_detector_on_real_patients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lung_pet_ct_dx: Path
+) -> None:
+    data = lung_pet_ct_dx
     out = tmp_path / "eval"
-    argv = ["evaluate-detector", "--data", str(DATA), "--out", str(out)]
-    argv += ["--annotations", str(DATA / "Annotation"), "--annotations", str(APPROXIMATE)]
+    argv = ["evaluate-detector", "--data", str(data), "--out", str(out)]
+    argv += ["--annotations", str(data / "Annotation"), "--annotations", str(APPROXIMATE)]
     assert main(argv) == 0
     assert "CPM" in capsys.readouterr().out
     summary = json.loads(

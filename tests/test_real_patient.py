@@ -27,8 +27,11 @@ def _boxes(data: Path) -> dict[str, tuple[int, int, int, int]]:
 
 @pytest.mark.slow
 def test_candidates_overlap_annotations(tmp_path: Path, shared_data: Path) -> None:
-    """>= 15 of 18 annotated slices hold a candidate lying at least half inside the box (a
+    """>= 14 of 18 annotated slices hold a candidate lying at least half inside the box (a
     candidate merely grazing the box does not count), with few other candidates per series.
+    (It was 15 while the detector kept candidates 6 mm thick: the tumour's thin cranial tip on
+    slices 19-21 of the 8 mm B40f series was then found as separate fragments, reported as extra
+    findings; at the 8 mm minimum thickness the tumour is one finding without that tip.)
     Pictures of every annotated slice are written to the test's tmp folder for a person.
     """
     data = shared_data / "lung-pet-ct-dx"
@@ -76,4 +79,4 @@ def test_candidates_overlap_annotations(tmp_path: Path, shared_data: Path) -> No
     )
     assert annotated == 18
     assert max(others) <= 10, others
-    assert hits >= 15, missed
+    assert hits >= 14, missed

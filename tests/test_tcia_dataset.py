@@ -16,7 +16,6 @@ from classifier.datasets.tcia_dataset import (
     scan_dataset,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
 SMALL = {"ct_size": 64, "ct_slices": 12, "pet_size": 32}
 
 
@@ -27,12 +26,6 @@ def phantom_download(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, li
     manifest = root / "manifest-1608669999999"
     studies = write_tcia_layout(manifest, 4, seed=21, **SMALL)
     return root, studies
-
-
-def _real_fixture() -> Path:
-    if not (DATA / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").is_dir():
-        pytest.skip(f"real Lung-PET-CT-Dx fixture absent: expected {DATA}/Lung-PET-CT-Dx")
-    return DATA
 
 
 def test_scan_finds_every_phantom_box_and_series(phantom_download: tuple[Path, list]) -> None:
@@ -147,8 +140,8 @@ def test_read_voc_xml_names_the_bad_file(tmp_path: Path) -> None:
         read_voc_xml(wrong)
 
 
-def test_real_fixture_patient_a0002() -> None:
-    data = _real_fixture()
+def test_real_fixture_patient_a0002(lung_pet_ct_dx: Path) -> None:
+    data = lung_pet_ct_dx
     scan = scan_dataset(data)
     record = scan.patient("Lung_Dx-A0002")
     assert record.label == "A"
@@ -166,8 +159,8 @@ def test_real_fixture_patient_a0002() -> None:
     assert scan_dataset(data / "Lung-PET-CT-Dx").fingerprint() == scan.fingerprint()
 
 
-def test_real_annotation_quirks_in_a_copy(tmp_path: Path) -> None:
-    data = _real_fixture()
+def test_real_annotation_quirks_in_a_copy(tmp_path: Path, lung_pet_ct_dx: Path) -> None:
+    data = lung_pet_ct_dx
     annotations = tmp_path / "Annotation"
     shutil.copytree(data / "Annotation", annotations)
     xmls = sorted((annotations / "A0002").glob("*.xml"))

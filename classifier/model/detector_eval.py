@@ -10,8 +10,9 @@ finding with its probability.
 
 Every candidate is scored (the analysis runs with lesion probability threshold 0, which changes
 what is reported, not what is detected or how it is scored), so the FROC curve covers all
-operating points; the per-study counts are given at the settings' reporting threshold (0.5 by
-default), which is what the node would report.
+operating points; the per-study counts are as the node would report them: at the settings'
+reporting threshold (0.5 by default), at most `max_findings_per_study` findings, the most
+probable first.
 
 The reference of a study is the annotation of the CT series the analysis chose; when that
 series carries no boxes but another series of the study in the same frame of reference does,
@@ -229,11 +230,23 @@ def _boxes_intersect(a: GroundTruthLesion, b: GroundTruthLesion) -> bool:
     )
 
 
+def reported(study: StudyEvaluation, threshold: float, max_findings: int = 0) -> list[int]:
+    """Indices of the findings the node would report: at or above the threshold, at most
+    `max_findings` of them (0: all), the most probable first (as `analyze_study` does)."""
+    order = sorted(range(len(study.findings)), key=lambda n: -study.findings[n].score)
+    kept = [n for n in order if study.findings[n].score >= threshold]
+    return kept[:max_findings] if max_findings else kept
+
+
 def study_row(
-    study: StudyEvaluation, threshold: float, margin_mm: float = HIT_MARGIN_MM
+    study: StudyEvaluation,
+    threshold: float,
+    margin_mm: float = HIT_MARGIN_MM,
+    max_findings: int = 0,
 ) -> dict[str, Any]:
-    """Per-study figures at the reporting threshold (and the candidates scored below it)."""
-    kept = [n for n, f in enumerate(study.findings) if f.score >= threshold]
+    """Per-study figures as reported: at the reporting threshold, at most `max_findings` (0:
+    no limit), the most probable first."""
+    kept = reported(study, threshold, max_findings)
     findings = [study.findings[n] for n in kept]
     lesions = [study.lesions[n] for n in kept]
     matching = match_findings(findings, [r.lesion for r in study.references], margin_mm)
@@ -435,7 +448,9 @@ def _report_md(summary: dict[str, Any]) -> str:
         "Leave one patient out: a figure is only valid for a scan the model was not trained on; "
         "check the training data above against the studies below.",
         "",
-        f"Per study at the reporting threshold {summary['reporting_threshold']:g}:",
+        f"Per study as reported: at the reporting threshold {summary['reporting_threshold']:g}, "
+        f"at most {summary['settings']['max_findings_per_study'] or 'all'} findings per study "
+        "(the most probable first):",
         "",
         "| study | findings | tumours | TP | fragments on tumours | FP | "
         "finding long axis vs annotated (mm) | FPs overlapping a tumour, centre outside |",
@@ -485,7 +500,10 @@ def evaluate_detector(
     """Run the detector on every patient of `data`, write the report into `out`, return it."""
     settings = settings or AnalysisSettings()
     threshold = settings.lesion_probability_threshold
-    scoring = dataclasses.replace(settings, lesion_probability_threshold=0.0)
+    limit = settings.max_findings_per_study
+    scoring = dataclasses.replace(
+        settings, lesion_probability_threshold=0.0, max_findings_per_study=0
+    )
     annotated, folders, sources = _annotations_by_patient(Path(data), list(annotation_dirs))
     model = LesionClassifier.load(settings.model)
     studies: list[StudyEvaluation] = []
@@ -512,14 +530,15 @@ def evaluate_detector(
         },
         "settings": {
             "lesion_probability_threshold": threshold,
-            "note": "every candidate is scored (threshold 0) for the FROC; counts per study "
-            "are at the reporting threshold",
+            "max_findings_per_study": limit,
+            "note": "every candidate is scored (threshold 0, no limit) for the FROC; counts per "
+            "study are as reported: at the reporting threshold, at most max_findings_per_study",
         },
         "reporting_threshold": threshold,
         "hit_rule": f"a finding (its centroid) is on a tumour when it lies in the tumour's 3-D "
         f"reference box grown by {margin_mm:g} mm; several findings on one tumour count once "
         f"(the best), the others are fragments, neither TP nor FP (LUNA16)",
-        "studies": [study_row(s, threshold, margin_mm) for s in studies],
+        "studies": [study_row(s, threshold, margin_mm, limit) for s in studies],
         "froc": curve.as_dict(),
     }
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
