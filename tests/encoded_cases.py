@@ -196,9 +196,7 @@ def real_ct_result(real_ct: Path) -> tuple[StudyResult, list[pydicom.Dataset]] |
     target_uid = xml.stem
     series = None
     for folder in sorted({p.parent for p in (real_ct / "Lung-PET-CT-Dx").rglob("*.dcm")}):
-        headers = [
-            pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))
-        ]
+        headers = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
         if any(h.SOPInstanceUID == target_uid for h in headers):
             series = headers
             break
