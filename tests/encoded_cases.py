@@ -16,7 +16,14 @@ import pytest
 
 from classifier.datasets.phantom import generate_study
 from classifier.results.encode import encode
-from classifier.types import HISTOLOGY_CLASSES, ImageReference, Lesion, ModelInfo, StudyResult
+from classifier.types import (
+    HISTOLOGY_CLASSES,
+    ImageReference,
+    Lesion,
+    ModelInfo,
+    StudyResult,
+    lesion_tracking_uid,
+)
 
 MODEL = ModelInfo(
     name="lungnode-cnn-demo",
@@ -70,7 +77,9 @@ def lesion_from_mask(
     histology = {histology_class: 0.61, others[0]: 0.21, others[1]: 0.11, others[2]: 0.07}
     return Lesion(
         tracking_id=f"Lesion {number}",
-        tracking_uid=hd.UID(),
+        tracking_uid=lesion_tracking_uid(
+            str(ct[0].StudyInstanceUID), str(ct[0].SeriesInstanceUID), tuple(centroid)
+        ),
         key_slice_index=key,
         key_slice=ref(ct[key]),
         box_rc=(int(kr.min()), int(kc.min()), int(kr.max()), int(kc.max())),
@@ -180,8 +189,8 @@ def write_case(
 ) -> Case:
     objects = encode(result, sources, **kwargs)
     paths = []
-    for ds in objects:
-        path = folder / f"{name}-{ds.Modality}.dcm"
+    for number, ds in enumerate(objects):
+        path = folder / f"{name}-{number}-{ds.Modality}.dcm"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
     return Case(name, result, sources, objects, paths)
