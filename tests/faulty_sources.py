@@ -20,8 +20,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 PATIENT = "Lung_Dx-A0002"
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # retired

@@ -122,7 +122,7 @@ def _check_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Data
 
 # What a destination may receive ([routing] result_objects), in the order they are built.
 RESULT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc", "ko")
-_KIND_OF_CLASS = {
+_KIND_OF_CLASS: dict[str, str] = {
     pydicom.uid.Comprehensive3DSRStorage: "sr",
     pydicom.uid.SegmentationStorage: "seg",
     pydicom.uid.GrayscaleSoftcopyPresentationStateStorage: "gsps",
@@ -281,8 +281,9 @@ def encode(
     assert segmentation is not None
     if "seg" in kinds:
         out.append(segmentation)
+    # The KOS references the key slices and the other objects built for this result.
     gsps = None
-    if "gsps" in kinds or "ko" in kinds:
+    if "gsps" in kinds:
         gsps = build_gsps(
             result,
             ordered[:ct_count],
@@ -290,10 +291,9 @@ def encode(
             instance_number=instance_number,
             specific_character_set=charset,
         )
-        if "gsps" in kinds:
-            out.append(gsps)
+        out.append(gsps)
     key_images: list[Dataset] = []
-    if "sc" in kinds or "ko" in kinds:
+    if "sc" in kinds:
         key_slices = {}
         for lesion in result.lesions:
             index = lesion.key_slice_index
@@ -317,12 +317,13 @@ def encode(
                 specific_character_set=charset,
             )
         )
-        if "sc" in kinds:
-            out.extend(key_images)
+        out.extend(key_images)
     if "ko" in kinds:
         slices = [ordered[i] for i in dict.fromkeys(x.key_slice_index for x in result.lesions)]
         slices = [with_patient_study(slices[0], clean), *slices[1:]]
-        others_kinds = [sr, segmentation] + ([gsps] if gsps is not None else []) + key_images
+        others_kinds = [sr]
+        others_kinds += [segmentation] if "seg" in kinds else []
+        others_kinds += ([gsps] if gsps is not None else []) + key_images
         out.append(
             build_ko(
                 result,

@@ -177,5 +177,6 @@ def build_gsps(
         series_description=codes.series_description("lesion outlines", model),
         **kwargs,
     )
-    gsps.Laterality = ""  # General Series Type 2C; dciodvfy asks for it present
+    # The chest is not a paired body part, so General Series Laterality (2C) is absent.
+    gsps.BodyPartExamined = "CHEST"
     return gsps

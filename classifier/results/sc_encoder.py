@@ -221,7 +221,8 @@ def _key_image(
         software_versions=result.model.version,
         **kwargs,
     )
-    image.Laterality = ""  # General Series Type 2C; dciodvfy asks for it present
+    # The chest is not a paired body part, so General Series Laterality (2C) is absent.
+    image.BodyPartExamined = "CHEST"
     image.BurnedInAnnotation = "YES"
     image.RecognizableVisualFeatures = "NO"
     image.ContributingEquipmentSequence = [codes.algorithm_equipment(result.model)]
@@ -232,7 +233,8 @@ def _key_image(
         image.SourceImageSequence = [item]
         image.DerivationDescription = "Key slice with AI lesion outline and legend burned in"
     else:
-        image.PatientOrientation = ""
+        del image.PatientOrientation  # not an image of the patient
+        image.add_new(0x00200020, "CS", None)
     image.ImageComments = codes.NOT_CLINICAL if not result.model.clinical_use else "AI result"
     return image
 

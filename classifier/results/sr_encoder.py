@@ -25,6 +25,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
+from pydicom.sr.coding import Code
 
 from classifier.results import codes, geometry
 from classifier.types import Lesion, ModelInfo, StudyResult, stable_uid
@@ -314,7 +315,7 @@ def summary_text(result: StudyResult) -> str:
     )
 
 
-def cad_summary(result: StudyResult) -> hd.sr.Code:
+def cad_summary(result: StudyResult) -> Code:
     """CAD Processing and Findings Summary (CID 6047) of the whole run."""
     if not result.analysed:
         return codes.NONE_SUCCEEDED_WITHOUT_FINDINGS
