@@ -321,7 +321,7 @@ def encode(
     if "ko" in kinds:
         slices = [ordered[i] for i in dict.fromkeys(x.key_slice_index for x in result.lesions)]
         slices = [with_patient_study(slices[0], clean), *slices[1:]]
-        others_kinds = [sr]
+        others_kinds: list[Dataset] = [sr]
         others_kinds += [segmentation] if "seg" in kinds else []
         others_kinds += ([gsps] if gsps is not None else []) + key_images
         out.append(
