@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.uid import generate_uid
 
 from classifier.imaging.dicom_io import DicomReadError, read_headers, read_series
 from classifier.imaging.lesions import Candidate, find_candidates
@@ -24,7 +23,7 @@ from classifier.imaging.suv import load_pet_suv_volume
 from classifier.imaging.volume import Volume, VolumeError, load_ct_volume
 from classifier.model.patches import PATCH_SHAPE, extract_patch
 from classifier.settings import AnalysisSettings
-from classifier.types import HISTOLOGY_CLASSES, Lesion, StudyResult
+from classifier.types import HISTOLOGY_CLASSES, Lesion, StudyResult, lesion_tracking_uid
 from storage.study_files import StudyFiles
 
 if TYPE_CHECKING:
@@ -71,12 +70,18 @@ def _load(candidate: SeriesCandidate, loader: Callable[..., Volume], clock: _Clo
 
 
 def to_lesion(
-    candidate: Candidate, number: int, ct: Volume, probability: float, histology: np.ndarray
+    candidate: Candidate,
+    number: int,
+    ct: Volume,
+    probability: float,
+    histology: np.ndarray,
+    study_uid: str = "",
 ) -> Lesion:
-    """A measured candidate with its CNN output as a numbered, tracked Lesion."""
+    """A measured candidate with its CNN output as a numbered, tracked Lesion; its Tracking
+    UID follows from study, CT series and position (the same on re-analysis)."""
     return Lesion(
         tracking_id=f"Lesion {number}",
-        tracking_uid=generate_uid(),
+        tracking_uid=lesion_tracking_uid(study_uid, ct.series_instance_uid, candidate.centroid_mm),
         key_slice_index=candidate.key_slice_index,
         key_slice=ct.slices[candidate.key_slice_index],
         box_rc=candidate.box_rc,
@@ -204,7 +209,11 @@ def analyze_study(
                 above = above[:limit]
             for n in above:
                 p = float(probability[n])
-                lesions.append(to_lesion(found[n], len(lesions) + 1, ct, p, histology[n]))
+                lesions.append(
+                    to_lesion(
+                        found[n], len(lesions) + 1, ct, p, histology[n], study.study_instance_uid
+                    )
+                )
         result = result_of(
             ct_series_uid=ct.series_instance_uid,
             pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,

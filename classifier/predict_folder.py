@@ -77,7 +77,12 @@ def predict_folder(
         result, ct, suv = analysis.result, analysis.ct, analysis.suv
         target = out / study.study_instance_uid
         target.mkdir(parents=True, exist_ok=True)
-        for ds in encode(result, analysis.sources):
+        key_pixels = (
+            {x.key_slice_index: ct.array[x.key_slice_index] for x in result.lesions}
+            if ct is not None
+            else None
+        )
+        for ds in encode(result, analysis.sources, key_pixels=key_pixels):
             path = target / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             written.append(path)

@@ -6,6 +6,7 @@ Coordinates: volumes are indexed [slice, row, column]; patient coordinates are D
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,23 @@ HISTOLOGY_NAMES: dict[str, str] = {
     "E": "large cell carcinoma",
     "G": "squamous cell carcinoma",
 }
+
+
+def stable_uid(*parts: object) -> str:
+    """A UID (2.25 form) derived from `parts` alone: the same parts give the same UID on every
+    run and every machine (SHA-256 of the parts joined by "|", first 128 bits)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode("utf-8")).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def lesion_tracking_uid(
+    study_uid: str, series_uid: str, centroid_mm: tuple[float, float, float]
+) -> str:
+    """The Tracking UID of a lesion: derived from the study, the CT series it was found in and
+    its centroid rounded to whole millimetres, so re-analysing the same images (a new version of
+    the study, a resend, a restarted worker) gives the same lesion the same UID."""
+    x, y, z = (round(float(v)) for v in centroid_mm)
+    return stable_uid("lungnode-lesion", study_uid, series_uid, x, y, z)
 
 
 @dataclass(frozen=True)

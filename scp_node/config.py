@@ -29,6 +29,9 @@ ENV_PREFIX = "LUNGNODE__"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.ini"  # the documented example, in a source checkout
 SENDER = "sender"  # the word of [routing] send_results_to for "the AE that sent the study"
+# The result objects a destination may receive ([routing] result_objects), as classifier.results
+# builds them: structured report, segmentation, presentation state, key images, key objects.
+RESULT_OBJECTS: tuple[str, ...] = ("sr", "seg", "gsps", "sc", "ko")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 
@@ -45,6 +48,7 @@ class Destination:
     host: str
     port: int
     tls: bool = False
+    result_objects: tuple[str, ...] | None = None  # None: [routing] result_objects
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{' tls' if self.tls else ''})"
@@ -114,6 +118,13 @@ class SenderConfig:
 
 
 @dataclass(frozen=True)
+class ResultsConfig:
+    """[results]: what the result objects say."""
+
+    histology_min_probability: float = 0.5
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `Config()` holds the built-in defaults as config.ini documents
     them (relative paths unresolved); `load_config` returns them resolved."""
@@ -126,6 +137,8 @@ class Config:
     sender: SenderConfig = field(default_factory=SenderConfig)
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     send_results_to: tuple[str, ...] = (SENDER,)
+    result_objects: tuple[str, ...] = RESULT_OBJECTS
+    results: ResultsConfig = field(default_factory=lambda: ResultsConfig())
     source: Path | None = field(default=None, compare=False)
 
     def destination(self, name: str) -> Destination | None:
@@ -133,6 +146,14 @@ class Config:
         [routing] send_results_to compare names)."""
         wanted = name.casefold()
         return next((d for d in self.destinations.values() if d.name.casefold() == wanted), None)
+
+    def objects_for(self, name: str) -> tuple[str, ...]:
+        """The result objects destination `name` receives: its own result_objects= when its
+        [destinations] line has one, else [routing] result_objects."""
+        destination = self.destination(name)
+        if destination is not None and destination.result_objects is not None:
+            return destination.result_objects
+        return self.result_objects
 
 
 # --- value parsers: each takes (key, raw) and raises ConfigError naming both ---------------
@@ -239,15 +260,35 @@ def _range_mm(key: str, raw: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _destination(key: str, raw: str) -> tuple[str, str, int, bool]:
-    match = re.fullmatch(r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})(\s+tls)?\s*", raw)
+def _result_objects(key: str, raw: str) -> tuple[str, ...]:
+    names = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+    unknown = [n for n in names if n not in RESULT_OBJECTS]
+    if not names or unknown:
+        raise _fail(
+            key, raw, f"a comma-separated list from {', '.join(RESULT_OBJECTS)} (at least one)"
+        )
+    if "sr" not in names:
+        # The SR carries what every other object refers to; none makes sense without it.
+        raise _fail(key, raw, "a list that includes sr (the other objects refer to it)")
+    return tuple(n for n in RESULT_OBJECTS if n in names)
+
+
+def _destination(key: str, raw: str) -> tuple[str, str, int, bool, tuple[str, ...] | None]:
+    match = re.fullmatch(
+        r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})(\s+tls)?(?:\s+result_objects\s*=\s*([\w ,]+?))?\s*",
+        raw,
+    )
     if not match:
         raise _fail(
-            key, raw, "AETITLE@host:port, optionally followed by tls, e.g. ORTHANC@127.0.0.1:4242"
+            key,
+            raw,
+            "AETITLE@host:port, optionally followed by tls and by result_objects=LIST, "
+            "e.g. ORTHANC@127.0.0.1:4242 tls result_objects=sr,gsps,ko",
         )
     ae = _ae_title(key, match.group(1))
     port = _int(1, 65535)(key, match.group(3))
-    return ae, match.group(2), port, bool(match.group(4))
+    objects = None if match.group(5) is None else _result_objects(key, match.group(5))
+    return ae, match.group(2), port, bool(match.group(4)), objects
 
 
 # section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
@@ -293,7 +334,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "ct_min_slices": _int(1, 100000),
         "pet_min_slices": _int(1, 100000),
     },
-    "routing": {"send_results_to": _names},
+    "routing": {"send_results_to": _names, "result_objects": _result_objects},
+    "results": {"histology_min_probability": _float(0, 1)},
     "sender": {
         "max_attempts": _int(1, 1000),
         "initial_backoff_seconds": _float(0, 86400),
@@ -301,7 +343,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "timeout_seconds": _float(0.1, 3600),
         "calling_ae_title": _optional_ae_title,
     },
-    "destinations": {},  # free keys: NAME = AETITLE@host:port
+    "destinations": {},  # free keys: NAME = AETITLE@host:port [tls] [result_objects=LIST]
 }
 
 
@@ -443,8 +485,8 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
     classifier = AnalysisSettings(**{**_fields(defaults.classifier), **given, "model": model})
 
     destinations = {
-        name: Destination(name, ae, host, port, tls)
-        for name, (ae, host, port, tls) in v.get("destinations", {}).items()
+        name: Destination(name, ae, host, port, tls, objects)
+        for name, (ae, host, port, tls, objects) in v.get("destinations", {}).items()
     }
     by_name = Config(destinations=destinations)
     send_to_given = v.get("routing", {}).get("send_results_to", defaults.send_results_to)
@@ -512,6 +554,8 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
         sender=sender,
         destinations=destinations,
         send_results_to=tuple(send_to),
+        result_objects=v.get("routing", {}).get("result_objects", defaults.result_objects),
+        results=ResultsConfig(**{**_fields(defaults.results), **v.get("results", {})}),
         source=source,
     )
 

@@ -1,4 +1,5 @@
-"""Analysis worker: claims a READY study, runs the classifier, stores SR/SEG, fills the outbox.
+"""Analysis worker: claims a READY study, runs the classifier, stores the result objects (SR, SEG,
+GSPS, key images, KOS), fills the outbox with what each destination receives.
 
 The model is loaded once per worker process. A job whose worker dies keeps its lease until it
 expires and is then claimed again; `Index.complete_job` refuses a stale worker, so each study
@@ -19,7 +20,7 @@ import pydicom
 
 from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
-from classifier.results.encode import encode
+from classifier.results.encode import encode, kind_of
 from scp_node.config import Config
 from scp_node.routing import destinations_for
 from storage.index import Index
@@ -28,6 +29,14 @@ from storage.records import Job, ResultObject
 from storage.states import ResultKind
 
 log = logging.getLogger("lungnode.worker")
+# [routing] result_objects words -> the index's result kinds.
+RESULT_KIND = {
+    "sr": ResultKind.SR,
+    "seg": ResultKind.SEG,
+    "gsps": ResultKind.GSPS,
+    "sc": ResultKind.SC,
+    "ko": ResultKind.KO,
+}
 
 
 class AnalysisWorker:
@@ -109,11 +118,37 @@ class AnalysisWorker:
         study = self._index.study_files(job.study_uid)
         analysis = analyze_study(study, self._config.classifier, self.classifier)
         result, sources = analysis.result, analysis.sources
+        # The key images need the key slices' pixels; keep those, free the volumes.
+        key_pixels = (
+            {
+                lesion.key_slice_index: analysis.ct.array[lesion.key_slice_index].copy()
+                for lesion in result.lesions
+            }
+            if analysis.ct is not None
+            else None
+        )
         del analysis  # frees the CT and SUV volumes before encoding
         for reason in result.skipped:
             log.info("analysis note study=%s: %s", job.study_uid, reason)
+        destinations, problems = destinations_for(self._config, job.source_aet)
+        for problem in problems:
+            log.warning("routing study=%s: %s", job.study_uid, problem)
+        wanted = {name: self._config.objects_for(name) for name in destinations}
+        kinds = {"sr"}.union(*wanted.values())
         predecessor = _read_predecessor(job.previous_sr_path)
-        objects = encode(result, sources, predecessor=predecessor, instance_number=job.version)
+        repaired: list[str] = []
+        objects = encode(
+            result,
+            sources,
+            predecessor=predecessor,
+            instance_number=job.version,
+            kinds=kinds,
+            histology_min_probability=self._config.results.histology_min_probability,
+            key_pixels=key_pixels,
+            notes=repaired,
+        )
+        if repaired:
+            log.info("source attributes repaired study=%s: %s", job.study_uid, "; ".join(repaired))
         results = []
         for ds in objects:
             path = self._store.write_dataset(ds)
@@ -123,15 +158,13 @@ class AnalysisWorker:
                     series_uid=ds.SeriesInstanceUID,
                     sop_class_uid=ds.SOPClassUID,
                     path=path,
-                    kind=ResultKind.SR if ds.Modality == "SR" else ResultKind.SEG,
+                    kind=RESULT_KIND[kind_of(ds)],
                 )
             )
-        destinations, problems = destinations_for(self._config, job.source_aet)
-        for problem in problems:
-            log.warning("routing study=%s: %s", job.study_uid, problem)
         notes = problems if result.analysed else [*result.skipped, *problems]
+        routed = {name: [RESULT_KIND[k].value for k in objects] for name, objects in wanted.items()}
         if not self._index.complete_job(
-            job, results, destinations, time.time(), reason="; ".join(notes) or None
+            job, results, routed, time.time(), reason="; ".join(notes) or None
         ):
             log.warning(
                 "analysis result discarded study=%s version=%d: the job lease was lost or new "

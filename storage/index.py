@@ -17,6 +17,7 @@ in storage.states.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from storage import status as _status
@@ -104,7 +105,7 @@ class Index:
         self,
         job: Job,
         results: list[ResultObject],
-        destinations: list[str],
+        destinations: list[str] | Mapping[str, Collection[str]],
         now: float,
         *,
         reason: str | None = None,

@@ -9,6 +9,7 @@ study received new instances meanwhile, can neither renew, complete nor fail the
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from storage import outbox
@@ -132,7 +133,7 @@ class JobQueue:
         self,
         job: Job,
         results: list[ResultObject],
-        destinations: list[str],
+        destinations: list[str] | Mapping[str, Collection[str]],
         now: float,
         *,
         reason: str | None = None,
@@ -140,18 +141,27 @@ class JobQueue:
         """Record the result objects and one outbox row per (result, destination); the study
         becomes REPORTED (DELIVERED when there is nothing to send), with `reason` as a note for
         `status` (e.g. why nothing is sent). False, writing nothing, when the claim was lost or
-        the study received new instances meanwhile."""
+        the study received new instances meanwhile.
+
+        `destinations` is a list of names (each receives every result), or a mapping of name to
+        the result kinds (ResultKind values) it receives."""
         for r in results:
             require_uid("result SOP Instance UID", r.sop_uid)
             require_uid("result Series Instance UID", r.series_uid)
         if any(not d for d in destinations):
             raise ValueError(f"destinations {destinations!r} contain an empty name")
+        wanted: dict[str, frozenset[str] | None] = (
+            {d: frozenset(str(k) for k in kinds) for d, kinds in destinations.items()}
+            if isinstance(destinations, Mapping)
+            else dict.fromkeys(destinations)
+        )
         q = self._q
 
         def work(cur: Cursor) -> bool:
             owned, current = self._owned(cur, job)
             if not (owned and current):
                 return False
+            queued = 0
             for r in results:
                 cur.run(
                     q.record_result,
@@ -164,10 +174,12 @@ class JobQueue:
                     path=str(r.path),
                     now=now,
                 )
-                for destination in destinations:
-                    outbox.add(cur, self.db.dialect, job, r, destination, now)
+                for destination, kinds in wanted.items():
+                    if kinds is None or str(r.kind) in kinds:
+                        outbox.add(cur, self.db.dialect, job, r, destination, now)
+                        queued += 1
             cur.run(q.finish, job_id=job.job_id, now=now, done=JobState.DONE.value)
-            state = StudyState.REPORTED if results and destinations else StudyState.DELIVERED
+            state = StudyState.REPORTED if queued else StudyState.DELIVERED
             cur.run(
                 q.set_study_state,
                 study_uid=job.study_uid,

@@ -43,17 +43,21 @@ class Job:
 
 @dataclass(frozen=True)
 class ResultObject:
-    """A result object the node wrote to the store (its SR or SEG) for one study version."""
+    """A result object the node wrote to the store (SR, SEG, GSPS, SC or KO) for one study
+    version."""
 
     sop_uid: str
     series_uid: str
     sop_class_uid: str
     path: Path
-    kind: str  # a ResultKind value: "SR" or "SEG"
+    kind: str  # a ResultKind value: "SR", "SEG", "GSPS", "SC" or "KO"
 
     def __post_init__(self) -> None:
         if self.kind not in tuple(ResultKind):
-            raise ValueError(f"ResultObject kind {self.kind!r} is not 'SR' or 'SEG'")
+            raise ValueError(
+                f"ResultObject kind {self.kind!r} is not one of "
+                + ", ".join(repr(k.value) for k in ResultKind)
+            )
 
 
 @dataclass(frozen=True)

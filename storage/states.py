@@ -48,5 +48,8 @@ class OutboxState(StrEnum):
 class ResultKind(StrEnum):
     """Which result object the node wrote for a study version."""
 
-    SR = "SR"
-    SEG = "SEG"
+    SR = "SR"  # TID 1500 Comprehensive 3D SR
+    SEG = "SEG"  # Segmentation
+    GSPS = "GSPS"  # Grayscale Softcopy Presentation State
+    SC = "SC"  # Secondary Capture key images
+    KO = "KO"  # Key Object Selection Document

@@ -9,14 +9,20 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 
 from classifier.datasets.phantom import generate_study
 from classifier.results.encode import encode
-from classifier.types import HISTOLOGY_CLASSES, ImageReference, Lesion, ModelInfo, StudyResult
+from classifier.types import (
+    HISTOLOGY_CLASSES,
+    ImageReference,
+    Lesion,
+    ModelInfo,
+    StudyResult,
+    lesion_tracking_uid,
+)
 
 MODEL = ModelInfo(
     name="lungnode-cnn-demo",
@@ -30,10 +36,8 @@ MODEL = ModelInfo(
 # Warnings dciodvfy prints that are expected; docs/CONFORMANCE.md gives the reason for each.
 KNOWN_DCIODVFY_WARNINGS = (
     "Unrecognized defined term = <99LUNGNODE>",
-    (
-        "ContributingEquipmentSequence(0018,a001)[2]/DeviceUID(0018,1002)> - Attribute is not "
-        "present in standard DICOM IOD"
-    ),
+    # IHE AIR's Device UID of the algorithm (item 2 in SR and SEG, item 1 in GSPS, SC, KOS).
+    "/DeviceUID(0018,1002)> - Attribute is not present in standard DICOM IOD",
     # Copied from the source images: the phantom's TCIA-style patient names, and the real
     # TCIA series' empty Study ID.
     "Retired Person Name form",
@@ -70,7 +74,9 @@ def lesion_from_mask(
     histology = {histology_class: 0.61, others[0]: 0.21, others[1]: 0.11, others[2]: 0.07}
     return Lesion(
         tracking_id=f"Lesion {number}",
-        tracking_uid=hd.UID(),
+        tracking_uid=lesion_tracking_uid(
+            str(ct[0].StudyInstanceUID), str(ct[0].SeriesInstanceUID), tuple(centroid)
+        ),
         key_slice_index=key,
         key_slice=ref(ct[key]),
         box_rc=(int(kr.min()), int(kc.min()), int(kr.max()), int(kc.max())),
@@ -180,8 +186,8 @@ def write_case(
 ) -> Case:
     objects = encode(result, sources, **kwargs)
     paths = []
-    for ds in objects:
-        path = folder / f"{name}-{ds.Modality}.dcm"
+    for number, ds in enumerate(objects):
+        path = folder / f"{name}-{number}-{ds.Modality}.dcm"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
     return Case(name, result, sources, objects, paths)
@@ -196,9 +202,7 @@ def real_ct_result(real_ct: Path) -> tuple[StudyResult, list[pydicom.Dataset]] |
     target_uid = xml.stem
     series = None
     for folder in sorted({p.parent for p in (real_ct / "Lung-PET-CT-Dx").rglob("*.dcm")}):
-        headers = [
-            pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))
-        ]
+        headers = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
         if any(h.SOPInstanceUID == target_uid for h in headers):
             series = headers
             break

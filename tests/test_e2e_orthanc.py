@@ -1,4 +1,5 @@
-"""End to end against a real PACS: Orthanc pushes a PET/CT study to the node, the SR comes back.
+"""End to end against a real PACS: Orthanc pushes a PET/CT study to the node, and the SR, SEG,
+GSPS, key images and KOS come back into the same study.
 
 Orthanc (Debian package) runs on loopback ports with its own configuration; the node runs as a
 subprocess with the shipped config.ini. Nothing is mocked.
@@ -21,13 +22,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RESULT_MODALITIES = {"SR", "SEG", "PR", "OT", "KO"}
 
 
 def _result_series(pacs: Orthanc, study_uid: str) -> dict[str, dict]:
     return {
         s["MainDicomTags"].get("Modality", ""): s
         for s in pacs.series_of_study(study_uid)
-        if s["MainDicomTags"].get("Modality") in ("SR", "SEG")
+        if s["MainDicomTags"].get("Modality") in RESULT_MODALITIES
     }
 
 
@@ -46,10 +48,11 @@ def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(
 
         deadline = time.monotonic() + 180
         found: dict[str, dict] = {}
-        while time.monotonic() < deadline and set(found) != {"SR", "SEG"}:
+        while time.monotonic() < deadline and set(found) != RESULT_MODALITIES:
             found = _result_series(pacs, study.study_instance_uid)
             time.sleep(1)
-        assert set(found) == {"SR", "SEG"}, f"results not in Orthanc\n{node.log()[-4000:]}"
+        assert set(found) == RESULT_MODALITIES, f"results not in Orthanc\n{node.log()[-4000:]}"
+        stored = {m: pacs.instance_file(s["Instances"][0]) for m, s in found.items()}
 
         sr_instance = found["SR"]["Instances"][0]
         sr_path = tmp_path / "sr.dcm"
@@ -82,5 +85,11 @@ def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(
     assert row["state"] == "DELIVERED"
     assert row["instances"] == len(files)
     sent = [o for o in status["outbox"] if o["study_uid"] == study.study_instance_uid]
-    assert sorted(o["state"] for o in sent) == ["SENT", "SENT"]
+    assert {o["state"] for o in sent} == {"SENT"}
+    assert len(sent) == 4 + len(groups) + 1  # SR, SEG, GSPS, KOS, a key image each, summary
     assert {o["destination"] for o in sent} == {"pacs"}
+    # Every kind as Orthanc stored it passes dciodvfy.
+    for modality, data in stored.items():
+        path = tmp_path / f"stored-{modality}.dcm"
+        path.write_bytes(data)
+        assert run_dciodvfy(path) == [], modality

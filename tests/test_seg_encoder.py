@@ -75,11 +75,13 @@ def test_segments_carry_lesion_identity_and_algorithm(encoded_cases: dict[str, C
         assert algorithm[0].DeviceUID == codes.device_uid(MODEL)
         for number, lesion in enumerate(case.result.lesions, start=1):
             description = seg.get_segment_description(number)
-            assert description.segment_label == lesion.tracking_id
+            assert description.segment_label == f"{lesion.tracking_id} NOT FOR CLINICAL USE"
+            assert "NOT FOR CLINICAL USE" in description.SegmentDescription
+            assert len(description.RecommendedDisplayCIELabValue) == 3
             assert description.tracking_id == lesion.tracking_id
             assert description.tracking_uid == lesion.tracking_uid
             assert description.segmented_property_category == codes.FINDING_CATEGORY
-            assert description.segmented_property_type == codes.FINDING_TYPE
+            assert description.segmented_property_type == codes.finding_type(lesion.long_axis_mm)
             assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
             identification = description.algorithm_identification[0]
             assert identification.AlgorithmName == MODEL.name

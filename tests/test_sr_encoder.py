@@ -57,8 +57,8 @@ def test_sr_header_names_patient_study_algorithm_and_evidence(
         expected = {r.sop_instance_uid for r in case.result.evidence} or {
             ds.SOPInstanceUID for ds in case.sources
         }
-        if len(case.objects) == 2:
-            expected.add(case.objects[1].SOPInstanceUID)
+        if len(case.objects) > 1:
+            expected.add(case.objects[1].SOPInstanceUID)  # the SEG
         listed = {uids[2] for uids in sr.get_evidence(current_procedure_only=True)}
         assert listed == expected, name
         algorithm = [
@@ -135,22 +135,20 @@ def test_lesion_measurements_round_trip(encoded_cases: dict[str, Case]) -> None:
             group = groups[0]
             assert group.tracking_identifier == lesion.tracking_id
             assert group.tracking_uid == lesion.tracking_uid
-            assert group.finding_type == codes.FINDING_TYPE
+            assert group.finding_type == codes.finding_type(lesion.long_axis_mm)
             segment = group.referenced_segment
             assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
             assert segment.referenced_segment_numbers == [number]
             m = group.get_measurements()
-            assert _value(m, codes.LONG_AXIS) == pytest.approx(lesion.long_axis_mm)
-            assert _value(m, codes.SHORT_AXIS) == pytest.approx(lesion.short_axis_mm)
             assert _value(m, codes.VOLUME) == pytest.approx(lesion.volume_ml)
-            assert _value(m, codes.PROBABILITY_OF_LESION) == pytest.approx(
-                lesion.lesion_probability
+            assert _value(m, codes.CERTAINTY_OF_FINDING) == pytest.approx(
+                100 * lesion.lesion_probability
             )
             for cls, p in lesion.histology.items():
                 assert _value(m, codes.PROBABILITY_OF_HISTOLOGY[cls]) == pytest.approx(p)
             units = {m_.name.value: m_.unit.value for m_ in m}
-            assert units[codes.LONG_AXIS.value] == "mm"
             assert units[codes.VOLUME.value] == "ml"
+            assert units[codes.CERTAINTY_OF_FINDING.value] == "%"
             if lesion.suv_max is not None:
                 assert _value(m, codes.SUV_BW, codes.MAXIMUM) == pytest.approx(lesion.suv_max)
                 assert _value(m, codes.SUV_BW, codes.MEAN) == pytest.approx(lesion.suv_mean)
@@ -180,6 +178,10 @@ def test_lesion_measurements_round_trip(encoded_cases: dict[str, Case]) -> None:
             assert ring.min(axis=0).tolist() == [c0, r0]
             assert ring.max(axis=0).tolist() == [c1 + 1, r1 + 1]
             assert planar[0].tracking_identifier == lesion.tracking_id
+            diameters = planar[0].get_measurements()
+            assert _value(diameters, codes.LONG_AXIS) == pytest.approx(lesion.long_axis_mm)
+            assert _value(diameters, codes.SHORT_AXIS) == pytest.approx(lesion.short_axis_mm)
+            assert {d.unit.value for d in diameters} == {"mm"}
 
 
 def _text_items(sr: hd.sr.Comprehensive3DSR) -> list[str]:
@@ -189,19 +191,19 @@ def _text_items(sr: hd.sr.Comprehensive3DSR) -> list[str]:
     return [item.TextValue for item in items]
 
 
-def _findings(sr: hd.sr.Comprehensive3DSR) -> list[str]:
+def _findings(sr: hd.sr.Comprehensive3DSR) -> set[str]:
     items = hd.sr.utils.find_content_items(
-        sr, name=codes.FINDING, value_type=hd.sr.ValueTypeValues.CODE, recursive=True
+        sr, name=codes.CAD_SUMMARY, value_type=hd.sr.ValueTypeValues.CODE, recursive=True
     )
-    return [item.ConceptCodeSequence[0].CodeValue for item in items]
+    return {item.ConceptCodeSequence[0].CodeValue for item in items}
 
 
 def test_no_lesion_report_says_so(encoded_cases: dict[str, Case]) -> None:
     case = encoded_cases["nolesion"]
-    assert len(case.objects) == 1
+    assert len(case.objects) == 1  # nothing to outline: no SEG, GSPS, key images or KOS
     sr = read_sr(case)
     assert sr.content.get_volumetric_roi_measurement_groups() == []
-    assert _findings(sr) == [codes.NO_ABNORMALITY_DETECTED.value]
+    assert _findings(sr) == {codes.ALL_SUCCEEDED_WITHOUT_FINDINGS.value}
     assert any("No lung lesion was found" in text for text in _text_items(sr))
 
 
@@ -209,7 +211,7 @@ def test_not_analysed_report_gives_the_reason(encoded_cases: dict[str, Case]) ->
     case = encoded_cases["notanalysed"]
     assert len(case.objects) == 1
     sr = read_sr(case)
-    assert _findings(sr) == [codes.NOT_ANALYSED.value]
+    assert _findings(sr) == {codes.NONE_SUCCEEDED_WITHOUT_FINDINGS.value}
     texts = _text_items(sr)
     assert case.result.skipped[0] in texts
     assert any("could not be analysed" in text for text in texts)
@@ -314,3 +316,139 @@ def test_sr_passes_pixelmed_validator(encoded_cases: dict[str, Case]) -> None:
         assert errors == [], (name, errors)
     # The multi-lesion report is validated without exception.
     assert reports[str(encoded_cases["pet"].paths[0])][0] == []
+
+
+def _all_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    out = []
+    for item in dataset.get("ContentSequence", []):
+        out.append(item)
+        out.extend(_all_items(item))
+    return out
+
+
+def _code(item: pydicom.Dataset) -> str:
+    return item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
+
+
+def test_every_report_has_image_library_and_imaging_measurements(
+    encoded_cases: dict[str, Case],
+) -> None:
+    for name, case in encoded_cases.items():
+        sr = pydicom.dcmread(case.paths[0])
+        top = {_code(item): item for item in sr.ContentSequence}
+        library = top.get("111028")  # Image Library
+        assert library is not None and library.ContentSequence, name
+        measurements = top.get("126010")  # Imaging Measurements
+        assert measurements is not None and measurements.ContentSequence, name
+        entries = [i for i in _all_items(library) if i.ValueType == "IMAGE"]
+        library_uids = {e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries}
+        for lesion in case.result.lesions:
+            assert lesion.key_slice.sop_instance_uid in library_uids, name
+
+
+def test_every_container_is_separate(encoded_cases: dict[str, Case]) -> None:
+    for name, case in encoded_cases.items():
+        sr = pydicom.dcmread(case.paths[0])
+        containers = [sr, *(i for i in _all_items(sr) if i.ValueType == "CONTAINER")]
+        assert {c.ContinuityOfContent for c in containers} == {"SEPARATE"}, name
+
+
+def test_standard_codes_replace_private_ones(encoded_cases: dict[str, Case]) -> None:
+    for name, case in encoded_cases.items():
+        sr = pydicom.dcmread(case.paths[0])
+        used = {_code(i) for i in _all_items(sr)}
+        values = {
+            i.ConceptCodeSequence[0].CodeValue for i in _all_items(sr) if i.ValueType == "CODE"
+        }
+        assert "LN-P-LESION" not in used and "LN-NOT-ANALYSED" not in values, name
+        assert "281900007" not in values, name
+        assert "111017" in used, name
+        if case.result.lesions:
+            assert "111012" in used and "111242" in values, name
+
+
+def test_finding_type_follows_size(encoded_cases: dict[str, Case], tmp_path: Path) -> None:
+    case = encoded_cases["ct"]
+    small, big = (replace(case.result.lesions[0], long_axis_mm=v) for v in (7.0, 45.0))
+    assert codes.finding_type(30.0) == codes.NODULE
+    for lesion, expected in ((small, codes.NODULE), (big, codes.MASS)):
+        result = replace(case.result, lesions=(lesion,))
+        sr = read_sr(write_case(f"size{expected.value}", result, case.sources, tmp_path))
+        group = sr.content.get_volumetric_roi_measurement_groups()[0]
+        assert group.finding_type == expected
+
+
+def test_histology_only_above_minimum_and_with_certainty(
+    encoded_cases: dict[str, Case], tmp_path: Path
+) -> None:
+    case = encoded_cases["ct"]
+    lesion = case.result.lesions[0]
+    cls = lesion.most_probable_type
+    sr = pydicom.dcmread(case.paths[0])
+    (evaluation,) = [i for i in _all_items(sr) if _code(i) == codes.ASSOCIATED_MORPHOLOGY.value]
+    assert evaluation.ConceptCodeSequence[0].CodeValue == codes.HISTOLOGY_CODES[cls].value
+    (certainty,) = evaluation.ContentSequence
+    assert certainty.RelationshipType == "HAS PROPERTIES"
+    assert _code(certainty) == codes.CERTAINTY_OF_FINDING.value
+    assert float(certainty.MeasuredValueSequence[0].NumericValue) == pytest.approx(
+        100 * lesion.histology[cls]
+    )
+    written = write_case(
+        "histo-high", case.result, case.sources, tmp_path, histology_min_probability=0.9
+    )
+    (group,) = read_sr(written).content.get_volumetric_roi_measurement_groups()
+    assert group.get_qualitative_evaluations(name=codes.ASSOCIATED_MORPHOLOGY) == []
+
+
+def test_planar_group_has_purpose_diameters_method_and_points(
+    encoded_cases: dict[str, Case],
+) -> None:
+    case = encoded_cases["pet"]
+    sr = read_sr(case)
+    for lesion in case.result.lesions:
+        (planar,) = sr.content.get_planar_roi_measurement_groups(tracking_uid=lesion.tracking_uid)
+        items = list(planar[0].ContentSequence)
+        purpose = [i for i in items if _code(i) == "130400"]
+        assert [p.ConceptCodeSequence[0].CodeValue for p in purpose] == ["75958009"]
+        nums = {_code(i): i for i in items if i.ValueType == "NUM"}
+        for code in (codes.LONG_AXIS.value, codes.SHORT_AXIS.value):
+            children = nums[code].ContentSequence
+            method = [c for c in children if _code(c) == "370129005"]
+            assert len(method) == 1
+            (points,) = [c for c in children if c.ValueType == "SCOORD"]
+            assert points.GraphicType == "POLYLINE" and len(points.GraphicData) == 4
+            image = points.ContentSequence[0].ReferencedSOPSequence[0]
+            assert image.ReferencedSOPInstanceUID == lesion.key_slice.sop_instance_uid
+        (volumetric,) = sr.content.get_volumetric_roi_measurement_groups(
+            tracking_uid=lesion.tracking_uid
+        )
+        assert not [m for m in volumetric.get_measurements() if m.name == codes.LONG_AXIS]
+
+
+def test_segment_reference_names_the_source_series_once(encoded_cases: dict[str, Case]) -> None:
+    case = encoded_cases["pet"]
+    sr = pydicom.dcmread(case.paths[0])
+    items = _all_items(sr)
+    assert not [i for i in items if _code(i) == "121233"]  # Source image for segmentation
+    series = [i for i in items if _code(i) == "121232"]
+    assert len(series) == len(case.result.lesions)
+    assert {i.UID for i in series} == {case.result.ct_series_uid}
+
+
+def test_tracking_uids_are_stable_across_reanalysis(encoded_cases: dict[str, Case]) -> None:
+    from classifier.types import lesion_tracking_uid
+
+    case = encoded_cases["pet"]
+    lesion = case.result.lesions[0]
+    again = lesion_tracking_uid(
+        case.result.study_instance_uid, str(case.result.ct_series_uid), lesion.centroid_mm
+    )
+    assert again == lesion.tracking_uid
+    moved = tuple(v + 3.0 for v in lesion.centroid_mm)
+    assert (
+        lesion_tracking_uid(case.result.study_instance_uid, str(case.result.ct_series_uid), moved)
+        != lesion.tracking_uid
+    )
+    first = read_sr(encoded_cases["pet"]).content.get_volumetric_roi_measurement_groups()
+    second = read_sr(encoded_cases["pet-v2"]).content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_uid for g in first] == [g.tracking_uid for g in second]

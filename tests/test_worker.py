@@ -61,13 +61,45 @@ def test_worker_reports_a_ready_study_and_routes_to_the_sender(
     assert row["state"] == "REPORTED"
     outbox = status["outbox"]
     assert {o["destination"] for o in outbox} == {"pacs"}  # `sender` resolved by AE title
-    kinds = sorted(
-        pydicom.dcmread(p, stop_before_pixels=True).Modality
+    written = [
+        pydicom.dcmread(p, stop_before_pixels=True)
         for p in store.root.joinpath(study.study_instance_uid).rglob("*.dcm")
-        if pydicom.dcmread(p, stop_before_pixels=True).Modality in ("SR", "SEG")
+    ]
+    results = {ds.SOPInstanceUID: ds.Modality for ds in written if ds.Modality != "CT"}
+    results = {uid: m for uid, m in results.items() if m != "PT"}
+    # SR, SEG, GSPS, one key image per lesion plus the summary, KOS: all to the one peer.
+    assert sorted(set(results.values())) == ["KO", "OT", "PR", "SEG", "SR"]
+    assert {o["sop_instance_uid"] for o in outbox} == set(results)
+
+
+def test_a_destination_line_overrides_result_objects(
+    make_config: Callable[..., Config], phantom_pet_ct: PhantomFiles
+) -> None:
+    config = make_config(
+        destinations__pacs="PACS@127.0.0.1:9",
+        destinations__viewer="VIEWER@127.0.0.1:9 result_objects=sr,gsps,ko",
+        routing__send_results_to="pacs, viewer",
+        routing__result_objects="sr, seg",
     )
-    assert kinds == ["SEG", "SR"]
-    assert len(outbox) == 2
+    assert config.objects_for("viewer") == ("sr", "gsps", "ko")
+    assert config.objects_for("PACS") == ("sr", "seg")
+    store = InstanceStore(config.storage.root, 0)
+    index = Index(Database.connect(config.storage.database_url))
+    study = phantom_pet_ct.study
+    _receive(store, index, study.ct + study.pet)
+    index.mark_ready(time.time() + 60, 0)
+    assert AnalysisWorker(config, store, index, "test-worker").run_once()
+    modality = {
+        ds.SOPInstanceUID: ds.Modality
+        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in store.root.rglob("*.dcm"))
+    }
+    sent: dict[str, list[str]] = {}
+    for row in index.status()["outbox"]:
+        sent.setdefault(row["destination"], []).append(modality[row["sop_instance_uid"]])
+    assert sorted(sent["pacs"]) == ["SEG", "SR"]
+    assert sorted(sent["viewer"]) == ["KO", "PR", "SR"]
+    # Nothing is built that no destination receives.
+    assert "OT" not in modality.values()
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from pydicom.sr.coding import Code
 from classifier.types import HISTOLOGY_CLASSES, ModelInfo
 
 MANUFACTURER = "lungnode"
+NOT_CLINICAL = "NOT FOR CLINICAL USE"
 PRIVATE_SCHEME = "99LUNGNODE"
 IHE_SCHEME = "99IHE"
 
@@ -32,7 +33,11 @@ PROCEDURE_PET_CT = Code("443271005", "SCT", "PET/CT FDG imaging of whole body")
 
 # What a lesion is: the Finding of its SR groups and the Segmented Property of its segment.
 FINDING_CATEGORY = Code("49755003", "SCT", "Morphologically Abnormal Structure")
-FINDING_TYPE = Code("4147007", "SCT", "Mass")
+# Finding type by size: a lung nodule is up to 3 cm across, a mass larger (Fleischner glossary).
+NODULE = Code("27925004", "SCT", "Nodule")
+MASS = Code("4147007", "SCT", "Mass")
+NODULE_MAX_MM = 30.0
+
 
 # Finding Site: the lung of the lesion's side, or its lobe (CID 6170) with laterality (CID 244).
 LUNG = Code("39607008", "SCT", "Lung")
@@ -76,27 +81,46 @@ HISTOLOGY_CODES: dict[str, Code] = {
     "G": Code("28899001", "SCT", "Squamous cell carcinoma"),
 }
 
-# CNN outputs have no standard concept name: private codes, values in [0, 1] with unit "1".
-PROBABILITY_OF_LESION = Code("LN-P-LESION", PRIVATE_SCHEME, "Probability of lung lesion")
+# The CNN's lesion probability is the certainty of the finding (CID 6048 names it), in percent.
+CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
+UNIT_PERCENT = Code("%", "UCUM", "percent")
+# The per-class histology probabilities have no standard concept name: private codes, values in
+# [0, 1] with unit "1".
 PROBABILITY_OF_HISTOLOGY: dict[str, Code] = {
     cls: Code(f"LN-P-HIST-{cls}", PRIVATE_SCHEME, f"Probability of {code.meaning.lower()}")
     for cls, code in HISTOLOGY_CODES.items()
 }
 assert set(PROBABILITY_OF_HISTOLOGY) == set(HISTOLOGY_CLASSES)
 
-# Whole-study statements (TID 1500 "Qualitative Evaluations" container).
+# Whole-study statements (TID 1500 "Qualitative Evaluations" container): CID 6047 says what the
+# CAD did, without claiming the whole study is normal (only lung lesions were sought).
 FINDING = Code("121071", "DCM", "Finding")
-NO_ABNORMALITY_DETECTED = Code("281900007", "SCT", "No abnormality detected")
-NOT_ANALYSED = Code("LN-NOT-ANALYSED", PRIVATE_SCHEME, "Study could not be analysed")
+CAD_SUMMARY = Code("111017", "DCM", "CAD Processing and Findings Summary")
+ALL_SUCCEEDED_WITH_FINDINGS = Code("111242", "DCM", "All algorithms succeeded; with findings")
+ALL_SUCCEEDED_WITHOUT_FINDINGS = Code("111241", "DCM", "All algorithms succeeded; without findings")
+NONE_SUCCEEDED_WITHOUT_FINDINGS = Code("111245", "DCM", "No algorithms succeeded; without findings")
+STUDY_SUMMARY = "Study summary"  # Tracking Identifier of the TID 1501 group without a lesion
 REASON_SKIPPED = Code("LN-SKIPPED", PRIVATE_SCHEME, "Reason part of the study was not analysed")
 COMMENT = Code("121106", "DCM", "Comment")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 # Where the key-slice box and the centroid are: TID 1410 / SCOORD3D concept names.
 CENTER = Code("111010", "DCM", "Center")
+BOUNDED_BY = Code("75958009", "SCT", "Bounded by")  # CID 219, Geometric purpose of region
+# How the 2-D diameters were measured on the key slice (no standard code names the key-slice
+# maximum Feret diameter and its longest perpendicular chord; RECIST takes the largest slice).
+METHOD_LONG_AXIS = Code("LN-FERET-KEY", PRIVATE_SCHEME, "Maximum Feret diameter on the key slice")
+METHOD_SHORT_AXIS = Code(
+    "LN-PERP-KEY", PRIVATE_SCHEME, "Longest chord perpendicular to the long axis, key slice"
+)
 
 # SEG: the algorithm family (CID 7162).
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
+
+
+def finding_type(long_axis_mm: float) -> Code:
+    """Nodule up to NODULE_MAX_MM long axis, Mass above."""
+    return NODULE if long_axis_mm <= NODULE_MAX_MM else MASS
 
 
 def coding_schemes() -> list[CodingSchemeIdentificationItem]:

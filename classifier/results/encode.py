@@ -1,22 +1,35 @@
-"""The result-encoding entry point: StudyResult + source headers -> [SR] or [SR, SEG].
+"""The result-encoding entry point: StudyResult + source headers -> the result objects.
 
 The node's worker and `lungnode predict` call `encode`; it checks that the sources match the
-result, builds the SEG first (the SR's segment references need its UIDs), then the SR.
+result, repairs what the objects copy from the source (sanitize.py), builds the SEG first (the
+SR's segment references need its UIDs), then the SR, the GSPS, the key images (SC) and the Key
+Object Selection that references the key slices and all of them.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
+import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 
-from classifier.results import codes
+from classifier.results import codes, sr_encoder
+from classifier.results.pr_encoder import build_gsps
+from classifier.results.sanitize import REQUIRED_TYPE_2, clean_source, copied_root_keywords
+from classifier.results.sc_encoder import build_key_images
 from classifier.results.seg_encoder import build_seg
-from classifier.results.sr_encoder import build_sr, summary_text
+from classifier.results.sr_encoder import (
+    DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    build_sr,
+    summary_text,
+)
 from classifier.types import StudyResult
 
 UTF8 = "ISO_IR 192"
@@ -107,6 +120,94 @@ def _check_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Data
     return [by_uid[ref.sop_instance_uid] for ref in result.evidence]
 
 
+# What a destination may receive ([routing] result_objects), in the order they are built.
+RESULT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc", "ko")
+_KIND_OF_CLASS: dict[str, str] = {
+    pydicom.uid.Comprehensive3DSRStorage: "sr",
+    pydicom.uid.SegmentationStorage: "seg",
+    pydicom.uid.GrayscaleSoftcopyPresentationStateStorage: "gsps",
+    pydicom.uid.SecondaryCaptureImageStorage: "sc",
+    pydicom.uid.KeyObjectSelectionDocumentStorage: "ko",
+}
+# Series Number of each kind, added to encode()'s series_number.
+_SERIES_OFFSET = {"sr": 0, "seg": 1, "gsps": 2, "sc": 3, "ko": 4}
+KEY_OBJECT_TITLE = Code("113000", "DCM", "Of Interest")
+
+
+def kind_of(dataset: Dataset) -> str:
+    """The result kind ("sr", "seg", "gsps", "sc" or "ko") of an object encode() built."""
+    kind = _KIND_OF_CLASS.get(str(dataset.SOPClassUID))
+    if kind is None:
+        raise ValueError(f"SOP class {dataset.SOPClassUID} is not one of the result objects")
+    return kind
+
+
+def with_patient_study(dataset: Dataset, clean: Dataset) -> Dataset:
+    """A shallow copy of `dataset` whose Patient and Study attributes (and character set) are
+    those of the cleaned header `clean`, for objects that copy them from whichever image they
+    reference first."""
+    out = Dataset()
+    keywords = copied_root_keywords() | set(REQUIRED_TYPE_2) | {"SpecificCharacterSet"}
+    for elem in dataset:
+        if elem.keyword not in keywords:
+            out.add(elem)
+    for elem in clean:
+        if elem.keyword in keywords:
+            out.add(elem)
+    if hasattr(dataset, "file_meta"):
+        out.file_meta = dataset.file_meta
+    return out
+
+
+def _hu(dataset: Dataset) -> np.ndarray:
+    pixels = dataset.pixel_array.astype(np.float32)
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    return pixels * slope + intercept
+
+
+def build_ko(
+    result: StudyResult,
+    referenced: Sequence[Dataset],
+    *,
+    series_number: int,
+    instance_number: int,
+    specific_character_set: str | None,
+) -> hd.ko.KeyObjectSelectionDocument:
+    """Key Object Selection of the findings' key slices and the other result objects;
+    referenced[0] gives the patient and study modules."""
+    model = result.model
+    description = (
+        f"AI lung lesion result by {model.name} {model.version}: key slices of "
+        f"{len(result.lesions)} finding(s) and the result objects"
+    )
+    if not model.clinical_use:
+        description += f". {codes.NOT_CLINICAL}"
+    content = hd.ko.KeyObjectSelection(
+        document_title=KEY_OBJECT_TITLE,
+        referenced_objects=list(referenced),
+        observer_device_context=sr_encoder.device_observer(model),
+        description=description,
+    )
+    kwargs: dict[str, Any] = {}
+    if specific_character_set is not None:
+        kwargs["specific_character_set"] = specific_character_set
+    return hd.ko.KeyObjectSelectionDocument(
+        evidence=list(referenced),
+        content=content,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=codes.MANUFACTURER,
+        contributing_equipment=[codes.algorithm_equipment(model)],
+        series_description=codes.series_description("key objects", model),
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        **kwargs,
+    )
+
+
 def encode(
     result: StudyResult,
     sources: Sequence[Dataset],
@@ -114,31 +215,52 @@ def encode(
     predecessor: Dataset | None = None,
     series_number: int = 900,
     instance_number: int = 1,
+    kinds: Collection[str] = RESULT_KINDS,
+    histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    key_pixels: Mapping[int, np.ndarray] | None = None,
+    notes: list[str] | None = None,
 ) -> list[Dataset]:
-    """Encode a result as [SR] (no lesion, or not analysed) or [SR, SEG], ready to save.
+    """Encode a result as its result objects, ready to save: the SR always; with lesions also
+    the SEG, the GSPS, the key images (SC) and the KOS, as far as `kinds` asks for them.
 
     `sources` are the headers (pixel data optional) of every instance in result.evidence, CT
-    first. The SR gets series `series_number`, the SEG `series_number + 1`; both carry the
-    source's patient and study, and file_meta for dcmwrite(..., enforce_file_format=True).
+    first. Series numbers: SR `series_number`, SEG +1, GSPS +2, SC +3, KOS +4; all carry the
+    source's patient and study, repaired where the source's values would make them invalid
+    (classifier.results.sanitize; what was repaired is appended to `notes`), and file_meta for
+    dcmwrite(..., enforce_file_format=True). The key images need the key slices' pixels:
+    `key_pixels` (CT slice index -> HU image) or pixel data in `sources`.
     """
+    unknown = set(kinds) - set(RESULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown result kinds {sorted(unknown)}; expected {RESULT_KINDS}")
     codes.check_model(result.model)
     # Only the first instance's text goes into the results (patient and study modules); the
     # others are referenced by UID and geometry.
-    first, *others = _check_sources(result, sources)
-    ordered = [header_only(first), *(reference_header(ds) for ds in others)]
+    checked = _check_sources(result, sources)
+    first, *others = checked
+    clean = header_only(first)
+    repaired = clean_source(clean)
+    if notes is not None:
+        notes.extend(repaired)
+    ordered = [clean, *(reference_header(ds) for ds in others)]
     our_texts = [summary_text(result), *result.skipped, result.model.name, result.model.version]
     charset = UTF8 if _needs_utf8(ordered[:1], our_texts) else None
     if charset is None and "SpecificCharacterSet" in ordered[0]:
         # Plain ASCII throughout: keep the source's declaration (a superset of ASCII).
         charset = ordered[0].SpecificCharacterSet
 
+    def number(kind: str) -> int:
+        return series_number + _SERIES_OFFSET[kind]
+
+    with_lesions = result.analysed and bool(result.lesions)
+    ct_count = len(result.ct_slices)
     segmentation = None
-    if result.analysed and result.lesions:
-        ct_count = len(result.ct_slices)
+    if with_lesions:
+        # The SR's segment references need the SEG, whether or not it is sent.
         segmentation = build_seg(
             result,
             ordered[:ct_count],
-            series_number=series_number + 1,
+            series_number=number("seg"),
             instance_number=instance_number,
             specific_character_set=charset,
         )
@@ -148,8 +270,67 @@ def encode(
         evidence,
         segmentation=segmentation,
         predecessor=predecessor,
-        series_number=series_number,
+        series_number=number("sr"),
         instance_number=instance_number,
         specific_character_set=charset,
+        histology_min_probability=histology_min_probability,
     )
-    return [sr] if segmentation is None else [sr, segmentation]
+    out: list[Dataset] = [sr]
+    if not with_lesions:
+        return out
+    assert segmentation is not None
+    if "seg" in kinds:
+        out.append(segmentation)
+    # The KOS references the key slices and the other objects built for this result.
+    gsps = None
+    if "gsps" in kinds:
+        gsps = build_gsps(
+            result,
+            ordered[:ct_count],
+            series_number=number("gsps"),
+            instance_number=instance_number,
+            specific_character_set=charset,
+        )
+        out.append(gsps)
+    key_images: list[Dataset] = []
+    if "sc" in kinds:
+        key_slices = {}
+        for lesion in result.lesions:
+            index = lesion.key_slice_index
+            if key_pixels is not None and index in key_pixels:
+                hu = np.asarray(key_pixels[index])
+            elif "PixelData" in checked[index]:
+                hu = _hu(checked[index])
+            else:
+                raise ValueError(
+                    f"key images need the pixels of {lesion.tracking_id}'s key slice "
+                    f"(CT slice {index}); pass key_pixels or sources with pixel data"
+                )
+            key_slices[lesion.key_slice.sop_instance_uid] = (ordered[index], hu)
+        key_images = list(
+            build_key_images(
+                result,
+                clean,
+                key_slices,
+                series_number=number("sc"),
+                instance_number=instance_number,
+                specific_character_set=charset,
+            )
+        )
+        out.extend(key_images)
+    if "ko" in kinds:
+        slices = [ordered[i] for i in dict.fromkeys(x.key_slice_index for x in result.lesions)]
+        slices = [with_patient_study(slices[0], clean), *slices[1:]]
+        others_kinds: list[Dataset] = [sr]
+        others_kinds += [segmentation] if "seg" in kinds else []
+        others_kinds += ([gsps] if gsps is not None else []) + key_images
+        out.append(
+            build_ko(
+                result,
+                [*slices, *others_kinds],
+                series_number=number("ko"),
+                instance_number=instance_number,
+                specific_character_set=charset,
+            )
+        )
+    return out

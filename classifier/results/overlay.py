@@ -1,5 +1,6 @@
 """PNG pictures of lesions for people: the key CT slice in lung window with the SUV, the box and
-the mask contour, and annotated-versus-detected boxes for checking the detector on real data.
+the mask contour, annotated-versus-detected boxes for checking the detector on real data, and a
+CT slice shown through a presentation state (render_presentation_state), as a viewer would.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global
 backend switch); every picture says NOT FOR CLINICAL USE.
@@ -11,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from highdicom.color import CIELabColor
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from pydicom import Dataset
 
 from classifier.imaging.volume import Volume
 from classifier.types import HISTOLOGY_NAMES, Lesion
@@ -150,3 +153,72 @@ def render_annotated_slice_png(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=_DPI)
+
+
+def render_presentation_state(image: Dataset, state: Dataset) -> np.ndarray:
+    """Apply a Grayscale Softcopy Presentation State to one referenced image as a viewer does,
+    and return the RGB picture (uint8): the stored pixels through the state's Modality LUT
+    (rescale) and its VOI window, then each graphic layer in Graphic Layer Order, drawn in its
+    recommended display colour: POLYLINE graphic objects in PIXEL units and text objects in
+    their bounding boxes. Only what lungnode's GSPS uses is supported (no LUT tables, no
+    rotation, no shutters, no DISPLAY units)."""
+    uid = str(image.SOPInstanceUID)
+    pixels = image.pixel_array.astype(np.float64)
+    slope = float(state.get("RescaleSlope", image.get("RescaleSlope", 1)) or 1)
+    intercept = float(state.get("RescaleIntercept", image.get("RescaleIntercept", 0)) or 0)
+    values = pixels * slope + intercept
+    (voi,) = state.SoftcopyVOILUTSequence
+    centre, width = float(voi.WindowCenter), float(voi.WindowWidth)
+    # PS3.3 C.11.2.1.2.1, the LINEAR function
+    grey = np.clip(((values - (centre - 0.5)) / (width - 1) + 0.5), 0.0, 1.0)
+    rows, cols = grey.shape
+    figure = Figure(figsize=(cols / _DPI, rows / _DPI), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes.set_axis_off()
+    axes.imshow(
+        grey, cmap="gray", vmin=0, vmax=1, extent=(0, cols, rows, 0), interpolation="nearest"
+    )
+    layers = {
+        str(layer.GraphicLayer): layer
+        for layer in sorted(state.GraphicLayerSequence, key=lambda x: int(x.GraphicLayerOrder))
+    }
+    order = list(layers)
+    annotations = [
+        a
+        for a in state.get("GraphicAnnotationSequence", [])
+        if any(str(r.ReferencedSOPInstanceUID) == uid for r in a.ReferencedImageSequence)
+    ]
+    annotations.sort(key=lambda a: order.index(str(a.GraphicLayer)))
+    for annotation in annotations:
+        layer = layers[str(annotation.GraphicLayer)]
+        colour: tuple[float, ...] = (1.0, 1.0, 0.0)
+        if "GraphicLayerRecommendedDisplayCIELabValue" in layer:
+            lab = CIELabColor.from_dicom_value(layer.GraphicLayerRecommendedDisplayCIELabValue)
+            colour = tuple(c / 255 for c in lab.to_rgb(clip=True))
+        for graphic in annotation.get("GraphicObjectSequence", []):
+            if graphic.GraphicType != "POLYLINE" or graphic.GraphicAnnotationUnits != "PIXEL":
+                continue
+            points = np.asarray(graphic.GraphicData, dtype=float).reshape(-1, 2)
+            axes.plot(points[:, 0], points[:, 1], color=colour, linewidth=1.0)
+        for text in annotation.get("TextObjectSequence", []):
+            left, top = (float(v) for v in text.BoundingBoxTopLeftHandCorner)
+            right, _ = (float(v) for v in text.BoundingBoxBottomRightHandCorner)
+            axes.text(
+                left,
+                top,
+                str(text.UnformattedTextValue),
+                color=colour,
+                fontsize=7,
+                va="top",
+                ha="left",
+                wrap=True,
+                clip_on=True,
+            ).set_in_layout(False)
+            del right
+    axes.set_xlim(0, cols)
+    axes.set_ylim(rows, 0)
+    canvas = figure.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, :3])

@@ -14,8 +14,8 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
-from classifier.results import codes
-from classifier.types import Lesion, StudyResult
+from classifier.results import codes, geometry
+from classifier.types import Lesion, ModelInfo, StudyResult
 
 
 def _placed_mask(
@@ -72,14 +72,16 @@ def lesion_frames(
 def segment_description(
     lesion: Lesion, number: int, result: StudyResult
 ) -> hd.seg.SegmentDescription:
-    """Segment Description macro of one lesion: finding codes, algorithm, tracking IDs."""
+    """Segment Description macro of one lesion: finding codes, algorithm, tracking IDs, its
+    recommended display colour, and the disclaimer in label and description (viewers show those
+    next to the segment)."""
     site, _ = codes.finding_site_codes(lesion.side, None)
     model = result.model
-    return hd.seg.SegmentDescription(
+    description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=lesion.tracking_id,
+        segment_label=segment_label(lesion, model),
         segmented_property_category=codes.FINDING_CATEGORY,
-        segmented_property_type=codes.FINDING_TYPE,
+        segmented_property_type=codes.finding_type(lesion.long_axis_mm),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=model.name,
@@ -91,7 +93,24 @@ def segment_description(
         tracking_uid=lesion.tracking_uid,
         tracking_id=lesion.tracking_id,
         anatomic_regions=[site],
+        display_color=hd.color.CIELabColor.from_rgb(*geometry.lesion_colour(number)),
     )
+    text = (
+        f"{lesion.tracking_id}: lung lesion found by {model.name} {model.version}, "
+        f"{lesion.long_axis_mm:.1f} mm long axis, certainty {100 * lesion.lesion_probability:.0f}%"
+    )
+    if not model.clinical_use:
+        text = f"{codes.NOT_CLINICAL} {text}"
+    description.SegmentDescription = text[:64]
+    return description
+
+
+def segment_label(lesion: Lesion, model: ModelInfo) -> str:
+    """Segment Label (LO): the lesion's Tracking ID, with NOT FOR CLINICAL USE when so."""
+    label = lesion.tracking_id
+    if not model.clinical_use:
+        label = f"{label} {codes.NOT_CLINICAL}"
+    return label[:64]
 
 
 def build_seg(
@@ -149,7 +168,10 @@ def build_seg(
         software_versions=model.version,
         device_serial_number=model.sha256[:16],
         content_label="LESIONS",
-        content_description="Lung lesions found by the AI algorithm",
+        content_description=(
+            "Lung lesions found by the AI algorithm"
+            + ("" if model.clinical_use else f", {codes.NOT_CLINICAL}")
+        ),
         series_description=codes.series_description("lesion segmentation", model),
         contributing_equipment=[codes.algorithm_equipment(model)],
         coding_schemes=codes.coding_schemes(),

@@ -1,11 +1,19 @@
 """StudyResult -> IHE AI Results (AIR) Comprehensive 3D SR with a TID 1500 Measurement Report.
 
 Each lesion gets two measurement groups with the same Tracking Identifier and Tracking UID:
-a TID 1411 volumetric group that references the lesion's segment in the SEG and carries every
-measurement, probability and the most probable histologic type, and a TID 1410 planar group
-with the lesion's box on its key CT slice (TID 1411 admits one kind of ROI reference only).
-A study with no lesion, or one that could not be analysed, says so in the TID 1500
-"Qualitative Evaluations" container, in words a technologist understands.
+a TID 1411 volumetric group that references the lesion's segment in the SEG (by its source
+series, 121232) and carries the volume, the PET uptake, the Certainty of Finding (111012) and the
+histology probabilities, with the most probable histologic type as Associated morphology only
+when its probability reaches a configured minimum, and then with its certainty attached; and a
+TID 1410 planar group with the lesion's box on its key CT slice (Geometric purpose of region =
+Bounded by) and the long and short axis measured on that slice, each with its method and the two
+points it was measured between. Finding type is Nodule up to 30 mm long axis, Mass above.
+
+Every report has an Image Library (TID 1600) and a non-empty Imaging Measurements container
+(a TID 1501 "Study summary" group when there is no lesion); the TID 1500 "Qualitative
+Evaluations" container says what the CAD did (CAD Processing and Findings Summary, CID 6047),
+why parts were skipped, and a summary in words a technologist understands. Every container is
+SEPARATE.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
+from pydicom.sr.coding import Code
 
-from classifier.results import codes
-from classifier.types import Lesion, ModelInfo, StudyResult
+from classifier.results import codes, geometry
+from classifier.types import Lesion, ModelInfo, StudyResult, stable_uid
+
+DEFAULT_HISTOLOGY_MIN_PROBABILITY = 0.5
 
 
 def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
@@ -32,19 +43,22 @@ def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     )
 
 
+def device_observer(model: ModelInfo) -> hd.sr.ObserverContext:
+    """TID 1004: the algorithm as the device observer."""
+    return hd.sr.ObserverContext(
+        observer_type=dicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=codes.device_uid(model),
+            name=model.name,
+            manufacturer_name=codes.MANUFACTURER,
+            model_name=model.name,
+        ),
+    )
+
+
 def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
     """TID 1001 with the algorithm as the device observer (TID 1004)."""
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=dicom_codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=codes.device_uid(model),
-                name=model.name,
-                manufacturer_name=codes.MANUFACTURER,
-                model_name=model.name,
-            ),
-        )
-    )
+    return hd.sr.ObservationContext(observer_device_context=device_observer(model))
 
 
 def procedures_reported(result: StudyResult) -> list:
@@ -68,12 +82,9 @@ def _num(name, value: float, unit, derivation=None) -> hd.sr.Measurement:
 
 
 def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
-    """Size, volume, PET uptake (when measured) and the CNN's probabilities of one lesion."""
-    items = [
-        _num(codes.LONG_AXIS, lesion.long_axis_mm, codes.UNIT_MM),
-        _num(codes.SHORT_AXIS, lesion.short_axis_mm, codes.UNIT_MM),
-        _num(codes.VOLUME, lesion.volume_ml, codes.UNIT_ML),
-    ]
+    """Volume, PET uptake (when measured), the certainty of the finding and the CNN's histology
+    probabilities of one lesion: what holds for the whole lesion (TID 1411 group)."""
+    items = [_num(codes.VOLUME, lesion.volume_ml, codes.UNIT_ML)]
     if lesion.suv_max is not None:
         items.append(_num(codes.SUV_BW, lesion.suv_max, codes.UNIT_SUV_BW, codes.MAXIMUM))
     if lesion.suv_mean is not None:
@@ -82,7 +93,13 @@ def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
         items.append(_num(codes.METABOLIC_VOLUME, lesion.mtv_ml, codes.UNIT_ML))
     if lesion.tlg is not None:
         items.append(_num(codes.TOTAL_LESION_GLYCOLYSIS, lesion.tlg, codes.UNIT_SUV_BW_GRAM))
-    items.append(_num(codes.PROBABILITY_OF_LESION, lesion.lesion_probability, codes.UNIT_NONE))
+    items.append(
+        _num(
+            codes.CERTAINTY_OF_FINDING,
+            round(100.0 * lesion.lesion_probability, 2),
+            codes.UNIT_PERCENT,
+        )
+    )
     for cls, probability in sorted(lesion.histology.items()):
         if cls not in codes.PROBABILITY_OF_HISTOLOGY:
             raise ValueError(
@@ -93,17 +110,66 @@ def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
     return items
 
 
-def box_corners_px(lesion: Lesion) -> np.ndarray:
-    """The lesion's key-slice box as a closed ring of (column, row) pixel-edge coordinates.
+box_corners_px = geometry.box_corners_px  # where it used to live
 
-    box_rc holds inclusive pixel indices; the ring runs along the outer pixel edges, so it
-    encloses exactly the boxed pixels (pixel (r, c) covers [c, c+1] x [r, r+1]).
-    """
-    r0, c0, r1, c1 = lesion.box_rc
-    if r1 < r0 or c1 < c0 or min(r0, c0) < 0:
-        raise ValueError(f"lesion {lesion.tracking_id}: box_rc {lesion.box_rc} is not a box")
-    x0, y0, x1, y1 = float(c0), float(r0), float(c1 + 1), float(r1 + 1)
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+
+def _source_image(lesion: Lesion) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=lesion.key_slice.sop_class_uid,
+        referenced_sop_instance_uid=lesion.key_slice.sop_instance_uid,
+    )
+
+
+def diameter_measurements(
+    lesion: Lesion, key_image: Dataset
+) -> tuple[list[hd.sr.Measurement], list[hd.sr.CoordinatesForMeasurement | None]]:
+    """Long and short axis (2-D, on the key slice) with their method, for the TID 1410 group,
+    and the two points each was measured between (SCOORD POLYLINE on the key slice, TID 300
+    "INFERRED FROM"; highdicom refuses them in a planar group, so `attach_coordinates` adds
+    them once the group is built)."""
+    spacing = [float(v) for v in key_image.PixelSpacing]
+    shape = (int(key_image.Rows), int(key_image.Columns))
+    ends = geometry.axis_endpoints_px(
+        geometry.key_slice_mask(lesion, shape), (spacing[0], spacing[1])
+    )
+    out = []
+    points: list[hd.sr.CoordinatesForMeasurement | None] = []
+    for name, value, method, index in (
+        (codes.LONG_AXIS, lesion.long_axis_mm, codes.METHOD_LONG_AXIS, 0),
+        (codes.SHORT_AXIS, lesion.short_axis_mm, codes.METHOD_SHORT_AXIS, 1),
+    ):
+        if not np.isfinite(value):
+            raise ValueError(f"measurement {name.meaning!r} is {value!r}; only finite numbers")
+        points.append(
+            None
+            if ends is None
+            else hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=ends[index],
+                source_image=_source_image(lesion),
+            )
+        )
+        out.append(
+            hd.sr.Measurement(name=name, value=float(value), unit=codes.UNIT_MM, method=method)
+        )
+    return out, points
+
+
+def attach_coordinates(
+    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+    measurements: Sequence[hd.sr.Measurement],
+    points: Sequence[hd.sr.CoordinatesForMeasurement | None],
+) -> None:
+    """Add each measurement's SCOORD to its NUM item inside the built group."""
+    names = [m[0].ConceptNameCodeSequence[0].CodeValue for m in measurements]
+    for item in group[0].ContentSequence:
+        if item.ValueType != "NUM":
+            continue
+        code = item.ConceptNameCodeSequence[0].CodeValue
+        if code in names and points[names.index(code)] is not None:
+            if "ContentSequence" not in item:
+                item.ContentSequence = hd.sr.ContentSequence()
+            item.ContentSequence.append(points[names.index(code)])
 
 
 def key_slice_region(lesion: Lesion, key_image: Dataset) -> hd.sr.ImageRegion:
@@ -122,37 +188,52 @@ def key_slice_region(lesion: Lesion, key_image: Dataset) -> hd.sr.ImageRegion:
         )
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=box_corners_px(lesion),
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=lesion.key_slice.sop_class_uid,
-            referenced_sop_instance_uid=lesion.key_slice.sop_instance_uid,
-        ),
+        graphic_data=geometry.box_corners_px(lesion),
+        source_image=_source_image(lesion),
     )
 
 
 def referenced_segment(
     lesion: Lesion, result: StudyResult, segmentation: Dataset, segment_number: int
 ) -> hd.sr.ReferencedSegment:
-    """The lesion's segment in the SEG, with the CT slices it lies on as source images.
+    """The lesion's segment in the SEG, with the analysed CT series as its source series.
 
     Built from the lesion rather than with ReferencedSegment.from_segmentation, which fails on
     a one-segment SEG (highdicom puts its Segment Identification in the shared groups).
     """
-    mask = np.asarray(lesion.mask).astype(bool)
-    first = int(lesion.mask_origin[0])
-    slices = [first + i for i in np.flatnonzero(mask.any(axis=(1, 2)))]
+    if result.ct_series_uid is None:
+        raise ValueError("a segment reference needs the analysed CT series")
     return hd.sr.ReferencedSegment(
         sop_class_uid=segmentation.SOPClassUID,
         sop_instance_uid=segmentation.SOPInstanceUID,
         segment_number=segment_number,
-        source_images=[
-            hd.sr.SourceImageForSegmentation(
-                referenced_sop_class_uid=result.ct_slices[i].sop_class_uid,
-                referenced_sop_instance_uid=result.ct_slices[i].sop_instance_uid,
-            )
-            for i in slices
-        ],
+        source_series=hd.sr.SourceSeriesForSegmentation(result.ct_series_uid),
     )
+
+
+def histology_evaluation(
+    lesion: Lesion, min_probability: float
+) -> hd.sr.QualitativeEvaluation | None:
+    """Associated morphology = the most probable histologic type, with the CNN's probability as
+    its Certainty of Finding (HAS PROPERTIES), when that probability reaches `min_probability`;
+    None otherwise (the per-class probabilities are in the group either way)."""
+    if not lesion.histology:
+        return None
+    cls = lesion.most_probable_type
+    probability = float(lesion.histology[cls])
+    if probability < min_probability:
+        return None
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=codes.ASSOCIATED_MORPHOLOGY, value=codes.HISTOLOGY_CODES[cls]
+    )
+    certainty = hd.sr.NumContentItem(
+        name=codes.CERTAINTY_OF_FINDING,
+        value=round(100.0 * probability, 2),
+        unit=codes.UNIT_PERCENT,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+    )
+    evaluation[0].ContentSequence = hd.sr.ContentSequence([certainty])
+    return evaluation
 
 
 def lesion_groups(
@@ -161,41 +242,43 @@ def lesion_groups(
     segmentation: Dataset,
     segment_number: int,
     key_image: Dataset,
+    *,
+    histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
 ) -> list[
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 ]:
-    """The TID 1411 (segment, measurements) and TID 1410 (key-slice box) groups of a lesion."""
+    """The TID 1411 (segment: volume, uptake, certainty, histology) and TID 1410 (key-slice
+    box: the 2-D diameters) groups of a lesion, with the same Tracking Identifier and UID."""
     model = result.model
-    tracking = hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id)
-    evaluations = []
-    if lesion.histology:
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                name=codes.ASSOCIATED_MORPHOLOGY,
-                value=codes.HISTOLOGY_CODES[lesion.most_probable_type],
-            )
-        )
+    finding_type = codes.finding_type(lesion.long_axis_mm)
+    evaluation = histology_evaluation(lesion, histology_min_probability)
     volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=lesion.tracking_uid, identifier=lesion.tracking_id
+        ),
         referenced_segment=referenced_segment(lesion, result, segmentation, segment_number),
         finding_category=codes.FINDING_CATEGORY,
-        finding_type=codes.FINDING_TYPE,
+        finding_type=finding_type,
         algorithm_id=algorithm_identification(model),
         finding_sites=_finding_sites(lesion),
         measurements=lesion_measurements(lesion),
-        qualitative_evaluations=evaluations or None,
+        qualitative_evaluations=[evaluation] if evaluation is not None else None,
     )
+    diameters, points = diameter_measurements(lesion, key_image)
     planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=lesion.tracking_uid, identifier=lesion.tracking_id
         ),
         referenced_region=key_slice_region(lesion, key_image),
         finding_category=codes.FINDING_CATEGORY,
-        finding_type=codes.FINDING_TYPE,
+        finding_type=finding_type,
         algorithm_id=algorithm_identification(model),
         finding_sites=_finding_sites(lesion),
+        measurements=diameters,
+        geometric_purpose=codes.BOUNDED_BY,
     )
+    attach_coordinates(planar, diameters, points)
     return [volumetric, planar]
 
 
@@ -232,29 +315,28 @@ def summary_text(result: StudyResult) -> str:
     )
 
 
+def cad_summary(result: StudyResult) -> Code:
+    """CAD Processing and Findings Summary (CID 6047) of the whole run."""
+    if not result.analysed:
+        return codes.NONE_SUCCEEDED_WITHOUT_FINDINGS
+    if not result.lesions:
+        return codes.ALL_SUCCEEDED_WITHOUT_FINDINGS
+    return codes.ALL_SUCCEEDED_WITH_FINDINGS
+
+
 def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": the no-lesion finding, reasons skipped, a summary."""
+    """TID 1500 "Qualitative Evaluations": the CAD summary, reasons skipped, a summary text."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    items: list[hd.sr.ContentItem] = []
-    if not result.analysed:
-        items.append(
-            hd.sr.CodeContentItem(
-                name=codes.FINDING,
-                value=codes.NOT_ANALYSED,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=codes.CAD_SUMMARY,
+            value=cad_summary(result),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
-    elif not result.lesions:
-        items.append(
-            hd.sr.CodeContentItem(
-                name=codes.FINDING,
-                value=codes.NO_ABNORMALITY_DETECTED,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
+    ]
     reasons = list(result.skipped)
     if not result.analysed and not reasons:
         reasons = ["No CT series of this study could be analysed (no reason was recorded)."]
@@ -283,21 +365,68 @@ def _short_text(text: str) -> str:
     return text if len(text) <= 10240 else text[:10237] + "..."
 
 
+def study_summary_group(result: StudyResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The TID 1501 group of a report without lesions: the CAD summary, so the Imaging
+    Measurements container is never empty (viewers read its content sequence unchecked)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=stable_uid("study-summary", result.study_instance_uid),
+            identifier=codes.STUDY_SUMMARY,
+        ),
+        algorithm_id=algorithm_identification(result.model),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.CAD_SUMMARY, value=cad_summary(result))
+        ],
+    )
+
+
+def library_images(result: StudyResult, images: Sequence[Dataset]) -> list[Dataset]:
+    """The images of the Image Library (TID 1600): every lesion's key slice; without lesions,
+    the first image of each analysed series, or the first image received."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in images}
+    wanted: list[str] = []
+    if result.lesions:
+        wanted = [lesion.key_slice.sop_instance_uid for lesion in result.lesions]
+    else:
+        wanted = [
+            refs[0].sop_instance_uid for refs in (result.ct_slices, result.pet_slices) if refs
+        ]
+    chosen = [by_uid[uid] for uid in dict.fromkeys(wanted) if uid in by_uid]
+    if not chosen:
+        chosen = [ds for ds in images if "Rows" in ds and "PixelSpacing" in ds][:1]
+    return chosen
+
+
+def separate_containers(dataset: Dataset) -> None:
+    """Every CONTAINER item SEPARATE: Weasis prints concept names only for those, and the items
+    are separate statements, not one running sentence."""
+    if dataset.get("ValueType") == "CONTAINER":
+        dataset.ContinuityOfContent = "SEPARATE"
+    for item in dataset.get("ContentSequence", []):
+        separate_containers(item)
+
+
 def measurement_report(
-    result: StudyResult, segmentation: Dataset | None, images: Sequence[Dataset] = ()
-) -> hd.sr.MeasurementReport | hd.sr.ContainerContentItem:
+    result: StudyResult,
+    segmentation: Dataset | None,
+    images: Sequence[Dataset] = (),
+    *,
+    histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree; lesion groups reference segments of `segmentation`.
 
     `images` are the source headers; each lesion's key slice must be among them.
     """
-    context = observation_context(result.model)
-    procedures = procedures_reported(result)
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
     if result.analysed and result.lesions:
         if segmentation is None:
             raise ValueError("lesions can only be reported with their SEG; pass segmentation")
         numbers = segment_numbers(segmentation)
         by_uid = {str(ds.SOPInstanceUID): ds for ds in images}
-        groups = []
         for lesion in result.lesions:
             if lesion.tracking_uid not in numbers:
                 raise ValueError(
@@ -311,38 +440,27 @@ def measurement_report(
                     f"{lesion.key_slice.sop_instance_uid} is not among the source images"
                 )
             number = numbers[lesion.tracking_uid]
-            groups.extend(lesion_groups(lesion, result, segmentation, number, key_image))
-        report = hd.sr.MeasurementReport(
-            observation_context=context,
-            procedure_reported=procedures,
-            imaging_measurements=groups,
-        )
-        report[0].ContentSequence.append(qualitative_evaluations(result))
-        return report
-    # highdicom's MeasurementReport insists on measurement groups; build the same root by hand.
-    root = hd.sr.ContainerContentItem(
-        name=dicom_codes.cid7021.ImagingMeasurementReport, template_id="1500"
-    )
-    content = hd.sr.ContentSequence()
-    content.extend(
-        hd.sr.LanguageOfContentItemAndDescendants(
-            hd.sr.CodedConcept(
-                value="en-US", scheme_designator="RFC5646", meaning="English (United States)"
+            groups.extend(
+                lesion_groups(
+                    lesion,
+                    result,
+                    segmentation,
+                    number,
+                    key_image,
+                    histology_min_probability=histology_min_probability,
+                )
             )
-        )
+    else:
+        groups.append(study_summary_group(result))
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(result.model),
+        procedure_reported=procedures_reported(result),
+        imaging_measurements=groups,
+        referenced_images=library_images(result, images) or None,
     )
-    content.extend(context)
-    for procedure in procedures:
-        content.append(
-            hd.sr.CodeContentItem(
-                name=dicom_codes.DCM.ProcedureReported,
-                value=procedure,
-                relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
-            )
-        )
-    content.append(qualitative_evaluations(result))
-    root.ContentSequence = content
-    return root
+    report[0].ContentSequence.append(qualitative_evaluations(result))
+    separate_containers(report[0])
+    return report
 
 
 def segment_numbers(segmentation: Dataset) -> dict[str, int]:
@@ -363,13 +481,16 @@ def build_sr(
     series_number: int,
     instance_number: int,
     specific_character_set: str | None,
+    histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR of a result; evidence[0] gives the patient and study modules.
 
     `evidence` lists every instance analysed (the SEG included when there is one); all of it
     goes to the Current Requested Procedure Evidence Sequence.
     """
-    content = measurement_report(result, segmentation, evidence)
+    content = measurement_report(
+        result, segmentation, evidence, histology_min_probability=histology_min_probability
+    )
     if predecessor is not None and predecessor.StudyInstanceUID != result.study_instance_uid:
         raise ValueError(
             f"predecessor SR {predecessor.SOPInstanceUID} belongs to study "
