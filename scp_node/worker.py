@@ -21,6 +21,7 @@ from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode
 from scp_node.config import Config
+from scp_node.metrics import METRICS
 from scp_node.routing import destinations_for
 from storage.index import Index
 from storage.instance_store import InstanceStore
@@ -54,6 +55,7 @@ class AnalysisWorker:
                 info.sha256[:16],
                 time.monotonic() - started,
             )
+            METRICS.model_loaded(info.name, info.version, info.sha256)
         return self._classifier
 
     def run_once(self) -> bool:
@@ -107,7 +109,11 @@ class AnalysisWorker:
 
     def _process(self, job: Job) -> None:
         study = self._index.study_files(job.study_uid)
+        info, started = self.classifier.info, time.time()
+        model = {"model": info.name, "model_version": info.version, "sha256": info.sha256}
+        self._index.events.add(job.study_uid, job.version, "analysis_started", **model)
         analysis = analyze_study(study, self._config.classifier, self.classifier)
+        analysed = time.time()
         result, sources = analysis.result, analysis.sources
         del analysis  # frees the CT and SUV volumes before encoding
         for reason in result.skipped:
@@ -126,6 +132,7 @@ class AnalysisWorker:
                     kind=ResultKind.SR if ds.Modality == "SR" else ResultKind.SEG,
                 )
             )
+        encoded = time.time()
         destinations, problems = destinations_for(self._config, job.source_aet)
         for problem in problems:
             log.warning("routing study=%s: %s", job.study_uid, problem)
@@ -140,6 +147,26 @@ class AnalysisWorker:
                 job.version,
             )
             return
+        ev = self._index.events
+        ev.add(
+            job.study_uid,
+            job.version,
+            "analysis_done",
+            at=analysed,
+            stage="analysis",
+            duration_s=analysed - started,
+            lesions=len(result.lesions),
+            **model,
+        )
+        ev.add(
+            job.study_uid,
+            job.version,
+            "encoded",
+            at=encoded,
+            stage="encoding",
+            duration_s=encoded - analysed,
+            objects=",".join(r.kind for r in results),
+        )
         log.info(
             "analysis done study=%s version=%d lesions=%d objects=%s destinations=%s %s",
             job.study_uid,

@@ -136,6 +136,11 @@ class Console:
         rows = self._read(self._q.result_path, sop_uid=sop_uid)
         return (rows[0][0], rows[0][1]) if rows else None
 
+    def instance_path(self, sop_uid: str) -> str | None:
+        """The stored file of a received instance, or None."""
+        rows = self._read(self._q.instance_path, sop_uid=require_uid("SOP Instance UID", sop_uid))
+        return rows[0][0] if rows else None
+
     def deliveries(self) -> dict[str, dict[str, Any]]:
         """Per destination: rows by state, last change, last error."""
         out: dict[str, dict[str, Any]] = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.database import Cursor, Database
 from storage.console import delivery_word
+from storage.database import Cursor, Database
 from storage.queries import load
 
 Rows = list[tuple[Any, ...]]

@@ -114,3 +114,6 @@ WHERE study_uid = :study_uid AND state IN (:reported, :delivered, :failed)
 
 -- name: ping
 SELECT 1
+
+-- name: instance_path
+SELECT path FROM instances WHERE sop_uid = :sop_uid
