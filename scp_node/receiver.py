@@ -22,6 +22,7 @@ from typing import cast
 
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
@@ -216,14 +217,18 @@ class Receiver:
             return
         server.shutdown()
         deadline = time.monotonic() + grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             # A connection that never sent an A-ASSOCIATE-RQ (a load balancer's probe) has
             # nothing in flight: closed now, so an idle node stops at once.
             for assoc in server.active_associations:
-                if not assoc.is_established and assoc.requestor.primitive is None:
-                    assoc.abort()
+                if assoc.requestor.primitive is None:
+                    _close_unassociated(assoc)
+            if not [a for a in server.active_associations if a.requestor.primitive is not None]:
+                break
             time.sleep(0.05)
         for assoc in server.active_associations:
+            if assoc.requestor.primitive is None:
+                continue
             log.warning("aborting association calling_ae=%s at shutdown", assoc.requestor.ae_title)
             assoc.abort()
         try:
@@ -411,6 +416,17 @@ class Receiver:
     def _on_aborted(self, event: Event) -> None:
         log.warning("association aborted calling_ae=%s", event.assoc.requestor.ae_title)
         self._audit.ended(event, "aborted")
+
+
+def _close_unassociated(assoc: Association) -> None:
+    """Close a connection that sent no A-ASSOCIATE-RQ (DUL state Sta2, where the state machine
+    takes no A-ABORT): closing the socket is event Evt17 (AA-5, back to Sta1), after which its
+    DUL thread, which would keep the process alive, can be stopped."""
+    dul = assoc.dul
+    if dul.socket is not None and dul.state_machine.current_state == "Sta2":
+        dul.socket.close()
+    if dul.state_machine.current_state == "Sta1":
+        dul.stop_dul()
 
 
 def _size(path: Path) -> int:
