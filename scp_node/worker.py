@@ -110,8 +110,12 @@ class AnalysisWorker:
     def _process(self, job: Job) -> None:
         study = self._index.study_files(job.study_uid)
         info, started = self.classifier.info, time.time()
-        model = {"model": info.name, "model_version": info.version, "sha256": info.sha256}
-        self._index.events.add(job.study_uid, job.version, "analysis_started", **model)
+        model: dict[str, object] = {
+            "model": info.name,
+            "model_version": info.version,
+            "sha256": info.sha256,
+        }
+        self._index.events.add(job.study_uid, job.version, "analysis_started", detail=model)
         analysis = analyze_study(study, self._config.classifier, self.classifier)
         analysed = time.time()
         result, sources = analysis.result, analysis.sources
@@ -156,7 +160,7 @@ class AnalysisWorker:
             stage="analysis",
             duration_s=analysed - started,
             lesions=len(result.lesions),
-            **model,
+            detail=model,
         )
         ev.add(
             job.study_uid,

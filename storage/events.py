@@ -66,8 +66,12 @@ class Events:
         stage: str | None = None,
         duration_s: float | None = None,
         actor: str | None = None,
-        **detail: Any,
+        detail: dict[str, object] | None = None,
+        **more: object,
     ) -> None:
+        """One event in its own transaction; `at` defaults to now; `detail` and `more` are
+        its detail."""
+        values = {**(detail or {}), **more}
         self.db.run(
             lambda cur: add(
                 cur,
@@ -79,7 +83,7 @@ class Events:
                 stage=stage,
                 duration_s=duration_s,
                 actor=actor,
-                **detail,
+                **values,
             )
         )
 

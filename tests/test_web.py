@@ -30,7 +30,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from scp_node.health import NodeState
-from scp_node.metrics import METRICS
 from scp_node.web.app import build_app
 from storage.index import Index, open_index
 from storage.records import InstanceRecord

@@ -118,7 +118,9 @@ def masked_config(config: Any) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for section in ("node", "security", "storage", "pipeline", "classifier", "sender", "web"):
         value = getattr(config, section)
-        fields = asdict(value) if is_dataclass(value) else dict(vars(value))
+        fields = (
+            asdict(value) if is_dataclass(value) and not isinstance(value, type) else vars(value)
+        )
         rows: dict[str, str] = {}
         for key, v in fields.items():
             text = ", ".join(map(str, v)) if isinstance(v, tuple | list) else str(v)
