@@ -50,9 +50,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     for s in status["studies"]:
         print(
-            f"{e(s['shown_state'], 24):<10} {s['instances']:>5} {s['series']:>3} "
-            f"{e(','.join(s['modalities']), 16):<6} {e(s['accession_number'], 16):<16} "
-            f"{e(s['study_date'], 8):<8} {e(s['sender'], 16):<16} "
+            f"{e(s.get('shown_state', s['state']), 24):<10} {s['instances']:>5} {s['series']:>3} "
+            f"{e(','.join(s.get('modalities', [])), 16):<6} "
+            f"{e(s.get('accession_number', ''), 16):<16} "
+            f"{e(s.get('study_date', ''), 8):<8} {e(s.get('sender', ''), 16):<16} "
             f"{e(s['updated_at'], 19):<20} {e(s['study_uid'], 64)}"
             + (f"  ({e(s['reason'])})" if s.get("reason") else "")
         )

@@ -255,8 +255,15 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
         for path in files:
             pacs.upload(path)
         pacs.store_study_to("lungnode", study.study_instance_uid)
+        # (the study may get a version 2 when its PET series completes before the CT does)
         node.wait_for(
-            lambda s: sum(o["state"] == "DEAD" for o in s["outbox"]) == 2, 240, "2 dead letters"
+            lambda s: (
+                [x["state"] for x in s["studies"]] == ["REPORTED"]
+                and s["outbox"]
+                and all(o["state"] == "DEAD" for o in s["outbox"])
+            ),
+            240,
+            "every result a dead letter",
         )
         assert _get(f"{base}/livez", token=None)[0] == 200
         assert _get(f"{base}/metrics", token=None)[0] == 401
@@ -275,13 +282,14 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
             s for s in families["lungnode_received_bytes"].samples if s.name.endswith("_total")
         ]
         assert received[0].value == pytest.approx(sum(p.stat().st_size for p in files), rel=0.05)
-        assert families["lungnode_dead_letters"].samples[0].value == 2
+        dead = len(node.status()["outbox"])
+        assert families["lungnode_dead_letters"].samples[0].value == dead >= 2
         stages = {
             s.labels["stage"]: s.value
             for s in families["lungnode_stage_duration_seconds"].samples
             if s.name.endswith("_count")
         }
-        assert stages["waiting_for_completion"] == 1 and stages["analysis"] == 1
+        assert stages["waiting_for_completion"] >= 1 and stages["analysis"] >= 1
         patient_name = str(study.ct[0].PatientName)
         assert patient_name and patient_name not in text
         assert str(study.ct[0].PatientID) not in text and study.study_instance_uid not in text
@@ -328,7 +336,8 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
 
             with StorescpServer(tmp_path / "archive", port=archive_port) as archive:
                 browser.get(f"{base}/deliveries")
-                assert len(browser.find_elements(By.CSS_SELECTOR, "#dead tbody a.resend")) == 2
+                links = browser.find_elements(By.CSS_SELECTOR, "#dead tbody a.resend")
+                assert len(links) == dead
                 browser.save_screenshot(str(DOCS / "console-deliveries.png"))
                 browser.find_element(By.CSS_SELECTOR, "#dead tbody a.resend").click()
                 browser.find_element(By.ID, "confirm").click()
@@ -338,7 +347,7 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
                 node.wait_for(
                     lambda s: any(x["state"] == "DELIVERED" for x in s["studies"]), 60, "DELIVERED"
                 )
-                assert len(archive.received()) == 2
+                assert len(archive.received()) >= 2
             browser.get(f"{base}/studies/{study.study_instance_uid}")
             assert browser.find_element(By.ID, "state").text == "DELIVERED"
             assert "resend" in browser.find_element(By.ID, "timeline").text
