@@ -44,6 +44,7 @@ BEGIN_TRANSFERRING = ("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 NODE_AUTHENTICATION = ("110126", "DCM", "Node Authentication")
+APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")  # console actions, retention
 
 # EventOutcomeIndicator (IHE ATNA, RFC 3881 / DICOM PS3.15 A.5): the outcome of an audited
 # event, not a DIMSE status (those are in scp_node.dimse_status).
@@ -146,6 +147,28 @@ class AuditLog:
             self._file.close()
 
     # --- events ----------------------------------------------------------------------------
+
+    def operator_action(
+        self, actor: str, client: str, action: str, outcome: int, **detail: Any
+    ) -> None:
+        """An administrator's action from the web console (resend, analyse again, pause...):
+        who (the name given at login, or "bearer token"), from which address, what, the result."""
+        self.write(
+            {
+                "EventID": _coded(APPLICATION_ACTIVITY),
+                "EventActionCode": "E",
+                "EventOutcomeIndicator": outcome,
+                "Action": action,
+                "ActiveParticipant": [
+                    {
+                        "UserID": _clip(actor),
+                        "UserIsRequestor": True,
+                        "NetworkAccessPointID": _clip(client),
+                    }
+                ],
+                "Detail": {k: _clip(v) if isinstance(v, str) else v for k, v in detail.items()},
+            }
+        )
 
     def association_accepted(self, party: Party, rejected_contexts: list[str]) -> None:
         """Begin Transferring DICOM Instances: the association was accepted."""

@@ -44,10 +44,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     # Reasons and errors hold peers' Error Comments and datasets' Series Descriptions: every
     # value is escaped (no control character reaches the terminal) and bounded.
     e = escape_text
-    print(f"{'STATE':<10} {'INST':>5} {'SER':>3}  {'UPDATED':<20} STUDY / REASON")
+    print(
+        f"{'STATE':<10} {'INST':>5} {'SER':>3} {'MOD':<6} {'ACCESSION':<16} {'DATE':<8} "
+        f"{'SENDER':<16} {'UPDATED':<20} STUDY / REASON"
+    )
     for s in status["studies"]:
         print(
-            f"{e(s['state'], 16):<10} {s['instances']:>5} {s['series']:>3}  "
+            f"{e(s.get('shown_state', s['state']), 24):<10} {s['instances']:>5} {s['series']:>3} "
+            f"{e(','.join(s.get('modalities', [])), 16):<6} "
+            f"{e(s.get('accession_number', ''), 16):<16} "
+            f"{e(s.get('study_date', ''), 8):<8} {e(s.get('sender', ''), 16):<16} "
             f"{e(s['updated_at'], 19):<20} {e(s['study_uid'], 64)}"
             + (f"  ({e(s['reason'])})" if s.get("reason") else "")
         )

@@ -125,6 +125,22 @@ class ResultsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """[web]: the console, /metrics, /livez and /readyz (scp_node.web). An empty `token` keeps
+    the web server off: every page but /livez needs the token, so there is none without one."""
+
+    host: str = "127.0.0.1"
+    port: int = 8104
+    token: str = ""
+    tls: bool = False  # HTTPS with [security] tls_certificate and tls_private_key
+    refresh_seconds: int = 10  # how often the Studies and Deliveries pages reload themselves
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `Config()` holds the built-in defaults as config.ini documents
     them (relative paths unresolved); `load_config` returns them resolved."""
@@ -139,6 +155,7 @@ class Config:
     send_results_to: tuple[str, ...] = (SENDER,)
     result_objects: tuple[str, ...] = RESULT_OBJECTS
     results: ResultsConfig = field(default_factory=lambda: ResultsConfig())
+    web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = field(default=None, compare=False)
 
     def destination(self, name: str) -> Destination | None:
@@ -344,6 +361,13 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "calling_ae_title": _optional_ae_title,
     },
     "destinations": {},  # free keys: NAME = AETITLE@host:port [tls] [result_objects=LIST]
+    "web": {
+        "host": _host,
+        "port": _int(1, 65535),
+        "token": _text,
+        "tls": _bool,
+        "refresh_seconds": _int(0, 3600),
+    },
 }
 
 
@@ -556,8 +580,22 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
         send_results_to=tuple(send_to),
         result_objects=v.get("routing", {}).get("result_objects", defaults.result_objects),
         results=ResultsConfig(**{**_fields(defaults.results), **v.get("results", {})}),
+        web=_web(v.get("web", {}), security),
         source=source,
     )
+
+
+def _web(given: dict[str, Any], security: SecurityConfig) -> WebConfig:
+    web = WebConfig(**{**_fields(WebConfig()), **given})
+    if web.token and len(web.token) < 16:
+        raise _fail("[web] token", "***", "at least 16 characters (e.g. openssl rand -hex 24)")
+    if web.tls and not security.tls_enabled:
+        raise _fail(
+            "[web] tls",
+            "yes",
+            "[security] tls_certificate and tls_private_key set (HTTPS uses them)",
+        )
+    return web
 
 
 def _fields(instance: Any) -> dict[str, Any]:

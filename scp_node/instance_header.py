@@ -32,6 +32,9 @@ HEADER_TAGS = [
     "SeriesInstanceUID",
     "Modality",
     "NumberOfSlices",  # (0054,0081): expected count of a PET series
+    "AccessionNumber",  # what the PACS shows: for finding the study on the console
+    "StudyDate",
+    "PatientID",
 ]
 
 
@@ -68,6 +71,9 @@ class InstanceHeader:
     series_instance_uid: object
     modality: str
     number_of_slices: object
+    accession_number: str = ""
+    study_date: str = ""
+    patient_id: str = ""
 
     def record(self, path: Path, calling_aet: str, received_at: float) -> InstanceRecord:
         """The index row for this instance stored at `path`; raises InvalidUIDError naming the
@@ -85,6 +91,9 @@ class InstanceHeader:
             path=path,
             calling_aet=calling_aet,
             received_at=received_at,
+            accession_number=self.accession_number,
+            study_date=self.study_date,
+            patient_id=self.patient_id,
         )
 
     def expected_in_series(self) -> int | None:
@@ -99,6 +108,11 @@ class InstanceHeader:
         return value if value > 0 else None
 
 
+def _short_text(value: object) -> str:
+    """An SH/DA/LO value as indexed for search and display: escaped, at most 64 characters."""
+    return escape_text("" if value is None else str(value).strip(" \x00"), 64)
+
+
 def read_header(path: Path) -> InstanceHeader:
     """Read the indexed elements of the DICOM file at `path`; raises HeaderError."""
     try:
@@ -110,6 +124,9 @@ def read_header(path: Path) -> InstanceHeader:
             series_instance_uid=ds.get("SeriesInstanceUID"),
             modality=code_string(ds.get("Modality")),
             number_of_slices=ds.get("NumberOfSlices"),
+            accession_number=_short_text(ds.get("AccessionNumber")),
+            study_date=_short_text(ds.get("StudyDate")),
+            patient_id=_short_text(ds.get("PatientID")),
         )
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
         raise HeaderError(f"{path.name} does not parse as DICOM: {exc}") from None

@@ -22,6 +22,7 @@ from typing import cast
 
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
@@ -42,6 +43,7 @@ from scp_node.dimse_status import (
 )
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
 from scp_node.instance_header import HeaderError, InstanceHeader, is_code_string, read_header
+from scp_node.metrics import METRICS
 from scp_node.sop_classes import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -110,6 +112,7 @@ class Receiver:
         index: Index,
         *,
         on_stored: Callable[[InstanceRecord], None] | None = None,
+        intake_paused: Callable[[], bool] | None = None,
     ) -> None:
         configure_pynetdicom()
         self._config = config
@@ -117,6 +120,7 @@ class Receiver:
         self._index = index
         self._indexing = LazyIndexing(store, index)
         self._on_stored = on_stored
+        self._intake_paused = intake_paused  # the console's switch: C-STORE answered 0xA700
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
         self._audit = AssociationAuditor(AuditLog(audit_path, config.node.ae_title))
         self._server: ThreadedAssociationServer | None = None
@@ -158,6 +162,16 @@ class Receiver:
         if self._server is not None:
             return int(self._server.server_address[1])
         return self._config.node.port
+
+    @property
+    def active_associations(self) -> int:
+        """Associations open on the SCP now (0 when not listening)."""
+        server = self._server
+        return len(server.active_associations) if server is not None else 0
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     def start(self) -> None:
         """Re-index store files whose index rows a power cut lost, then listen on [node]
@@ -203,9 +217,18 @@ class Receiver:
             return
         server.shutdown()
         deadline = time.monotonic() + grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            # A connection that never sent an A-ASSOCIATE-RQ (a load balancer's probe) has
+            # nothing in flight: closed now, so an idle node stops at once.
+            for assoc in server.active_associations:
+                if assoc.requestor.primitive is None:
+                    _close_unassociated(assoc)
+            if not [a for a in server.active_associations if a.requestor.primitive is not None]:
+                break
             time.sleep(0.05)
         for assoc in server.active_associations:
+            if assoc.requestor.primitive is None:
+                continue
             log.warning("aborting association calling_ae=%s at shutdown", assoc.requestor.ae_title)
             assoc.abort()
         try:
@@ -266,6 +289,7 @@ class Receiver:
                 rejected,
             )
             self._audit.instance(event, rejected.status, reason=str(rejected))
+            METRICS.cstore(calling_aet, rejected.status)
             return rejected.status
         except Exception as exc:
             log.exception(
@@ -275,8 +299,10 @@ class Receiver:
                 sop_uid_for_log,
             )
             self._audit.instance(event, PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
+            METRICS.cstore(calling_aet, PROCESSING_FAILURE)
             return PROCESSING_FAILURE
         self._audit.instance(event, SUCCESS, study_uid=record.study_uid, new=new)
+        METRICS.cstore(calling_aet, SUCCESS, _size(record.path))
         valid_modality = is_code_string(record.modality)  # else indexed escaped and bounded
         log.log(
             logging.INFO if valid_modality else logging.WARNING,
@@ -302,6 +328,8 @@ class Receiver:
         full = disk_full_while_streaming(event.request)
         if full is not None:
             raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
+        if self._intake_paused is not None and self._intake_paused():
+            raise _Rejected(OUT_OF_RESOURCES, "intake is paused from the console")
         if not self._store.has_free_space():
             raise _Rejected(
                 OUT_OF_RESOURCES,
@@ -388,6 +416,24 @@ class Receiver:
     def _on_aborted(self, event: Event) -> None:
         log.warning("association aborted calling_ae=%s", event.assoc.requestor.ae_title)
         self._audit.ended(event, "aborted")
+
+
+def _close_unassociated(assoc: Association) -> None:
+    """Close a connection that sent no A-ASSOCIATE-RQ (DUL state Sta2, where the state machine
+    takes no A-ABORT): closing the socket is event Evt17 (AA-5, back to Sta1), after which its
+    DUL thread, which would keep the process alive, can be stopped."""
+    dul = assoc.dul
+    if dul.socket is not None and dul.state_machine.current_state == "Sta2":
+        dul.socket.close()
+    if dul.state_machine.current_state == "Sta1":
+        dul.stop_dul()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _read_header(path: Path) -> InstanceHeader:

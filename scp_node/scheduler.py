@@ -34,9 +34,9 @@ def mark_ready(index: Index, config: Config) -> None:
         log.info("study ready study=%s", study_uid)
 
 
-def run_worker(worker: AnalysisWorker) -> None:
-    """Process every waiting job, one after another."""
-    while worker.run_once():
+def run_worker(worker: AnalysisWorker, paused: Callable[[], bool] | None = None) -> None:
+    """Process every waiting job, one after another (none while analysis is paused)."""
+    while not (paused is not None and paused()) and worker.run_once():
         pass
 
 
@@ -78,6 +78,7 @@ def build_scheduler(
     *,
     worker: AnalysisWorker | None,
     sender: Sender | None,
+    analysis_paused: Callable[[], bool] | None = None,
 ) -> BackgroundScheduler:
     """A scheduler with the ticks of this role (receivers run only the completion tick)."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True})
@@ -86,7 +87,7 @@ def build_scheduler(
         ("completion", _guarded("completion", mark_ready, index, config), every),
     ]
     if worker is not None:
-        ticks.append(("analysis", _guarded("analysis", run_worker, worker), every))
+        ticks.append(("analysis", _guarded("analysis", run_worker, worker, analysis_paused), every))
         ticks.append(
             (
                 "retention",

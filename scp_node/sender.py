@@ -46,6 +46,7 @@ from scp_node.dimse_status import (
     SUCCESS,
     is_out_of_resources,
 )
+from scp_node.metrics import METRICS
 from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from scp_node.tls import client_context
 from storage.index import Index
@@ -241,6 +242,17 @@ class Sender:
 
     def _record(self, item: OutboxItem, outcome: _Outcome, now: float) -> None:
         """Write the outcome of one row to the index: sent, retry with backoff, or dead."""
+        peer = self._config.destination(item.destination)
+        attempt_ = item.attempts + 1
+        METRICS.sent(
+            peer.ae_title if peer else "",
+            "sent"
+            if outcome.sent
+            else "retry"
+            if outcome.transient and attempt_ < self._config.sender.max_attempts
+            else "dead",
+            item.path,
+        )
         if outcome.sent:
             self._index.outbox_sent(item, now)
             log.info(

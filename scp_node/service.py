@@ -1,9 +1,15 @@
-"""`lungnode serve`: receiver, scheduler ticks, worker and sender in one process, by role.
+"""`lungnode serve`: receiver, scheduler ticks, worker, sender and the web console in one
+process, by role.
 
 Roles: `all` (the embedded default), `receiver` (C-STORE SCP and completion tick; run several
 behind a load balancer on a shared store and PostgreSQL), `worker` (analysis and delivery, e.g.
-on a GPU machine). SIGTERM and SIGINT stop the process cleanly: the receiver stops accepting and
-lets in-flight C-STOREs finish, running ticks complete, nothing acknowledged is lost.
+on a GPU machine). The web console, /metrics, /livez and /readyz run in every role when [web]
+token is set (scp_node.web).
+
+SIGTERM and SIGINT drain the process: /readyz answers 503 at once (a load balancer stops
+sending), the receiver stops accepting, closes at once the connections that never sent an
+A-ASSOCIATE (so an idle node stops within about a second), and lets in-flight C-STOREs finish;
+running ticks complete, nothing acknowledged is lost; the web server stops last.
 """
 
 from __future__ import annotations
@@ -12,20 +18,116 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from scp_node.config import Config
 from scp_node.dicom_settings import configure_pynetdicom
+from scp_node.health import NodeState
+from scp_node.metrics import METRICS, IndexCollector
 from scp_node.receiver import Receiver
 from scp_node.scheduler import build_scheduler
 from scp_node.sender import Sender
-from storage.index import open_index
+from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED
+from storage.index import Index, open_index
 from storage.instance_store import InstanceStore
 
 log = logging.getLogger("lungnode.service")
 
 ROLES = ("all", "receiver", "worker")
+SWITCH_CACHE_SECONDS = 1.0
+
+
+class Switches:
+    """The console's pause switches, read from the index at most once a second (every C-STORE
+    asks); an index that does not answer leaves the last known value."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._lock = threading.Lock()
+        self._flags: dict[str, Any] = {}
+        self._read_at = 0.0
+
+    def _on(self, name: str) -> bool:
+        with self._lock:
+            if time.monotonic() - self._read_at > SWITCH_CACHE_SECONDS:
+                try:
+                    self._flags = self._index.console.flags()
+                except Exception as exc:
+                    log.warning("pause switches not read: %s", exc)
+                self._read_at = time.monotonic()
+            return bool(self._flags.get(name, {}).get("on"))
+
+    def intake_paused(self) -> bool:
+        return self._on(INTAKE_PAUSED)
+
+    def analysis_paused(self) -> bool:
+        return self._on(ANALYSIS_PAUSED)
+
+
+def _gpus() -> list[str]:
+    """GPUs TensorFlow sees, where TensorFlow is already loaded (worker roles)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return []
+    try:
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    except Exception:
+        return []
+
+
+class WebServer:
+    """uvicorn in a thread, serving scp_node.web over HTTP or HTTPS on [web] host:port."""
+
+    def __init__(self, config: Config, node: NodeState) -> None:
+        import uvicorn
+
+        from scp_node.audit import AuditLog
+        from scp_node.web.app import build_app
+
+        audit_path = config.security.audit_log or config.storage.root / "audit.log"
+        self._audit = AuditLog(audit_path, config.node.ae_title)
+        web = config.web
+        tls = (
+            {
+                "ssl_certfile": str(config.security.tls_certificate),
+                "ssl_keyfile": str(config.security.tls_private_key),
+            }
+            if web.tls
+            else {}
+        )
+        uv_config = uvicorn.Config(
+            build_app(node, self._audit),
+            host=web.host,
+            port=web.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            **tls,  # type: ignore[arg-type]
+        )
+        self._server = uvicorn.Server(uv_config)
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
+        self.scheme = "https" if web.tls else "http"
+        self.address = f"{self.scheme}://{web.host}:{web.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self._server.started:
+            raise OSError(f"the web console could not listen on {self.address} (port taken?)")
+        log.info("web console listening on %s", self.address)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        self._audit.close()
 
 
 def serve(config: Config, role: str = "all") -> int:
@@ -34,6 +136,10 @@ def serve(config: Config, role: str = "all") -> int:
     store = InstanceStore(config.storage.root, config.storage.min_free_mb)
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    switches = Switches(index)
+    METRICS.configure(
+        {*config.security.allowed_calling_aets, *(d.ae_title for d in config.destinations.values())}
+    )
 
     worker = None
     if role in ("all", "worker"):
@@ -42,18 +148,47 @@ def serve(config: Config, role: str = "all") -> int:
         worker = AnalysisWorker(config, store, index, worker_id)
         _ = worker.classifier  # load the model now: a missing or bad model stops start-up
     sender = Sender(config, index) if role in ("all", "worker") else None
-    receiver = Receiver(config, store, index) if role in ("all", "receiver") else None
-    scheduler = build_scheduler(config, index, store, worker=worker, sender=sender)
+    receiver = (
+        Receiver(config, store, index, intake_paused=switches.intake_paused)
+        if role in ("all", "receiver")
+        else None
+    )
+    scheduler = build_scheduler(
+        config,
+        index,
+        store,
+        worker=worker,
+        sender=sender,
+        analysis_paused=switches.analysis_paused,
+    )
+    node = NodeState(config=config, index=index, role=role, started_at=time.time(), gpus=_gpus())
+    if receiver is not None:
+        node.associations = lambda: receiver.active_associations
+        node.scp_port = lambda: receiver.port if receiver.listening else None
+    if worker is not None:
+        node.model = _model_of(worker)
+    METRICS.watch(
+        store_root=config.storage.root,
+        min_free_mb=config.storage.min_free_mb,
+        associations=node.associations if receiver is not None else None,
+    )
+    METRICS.registry.register(IndexCollector(index))
+    web = WebServer(config, node) if config.web.enabled else None
+    if web is None:
+        log.info("web console off: set [web] token (LUNGNODE__WEB__TOKEN) to serve it")
 
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
+        node.draining.set()  # /readyz answers 503 from now on
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    if web is not None:
+        web.start()
     if receiver is not None:
         receiver.start()
     scheduler.start()
@@ -67,12 +202,23 @@ def serve(config: Config, role: str = "all") -> int:
         index.db.dialect,
     )
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.2):
             pass
     finally:
+        started = time.monotonic()
         if receiver is not None:
             receiver.stop()
         scheduler.shutdown(wait=True)
+        if web is not None:
+            web.stop()
         index.close()
-        log.info("lungnode stopped")
+        log.info("lungnode stopped in %.1f s", time.monotonic() - started)
     return 0
+
+
+def _model_of(worker: Any) -> Callable[[], Any]:
+    def model() -> Any:
+        loaded = getattr(worker, "_classifier", None)
+        return loaded.info if loaded is not None else None
+
+    return model

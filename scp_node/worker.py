@@ -22,6 +22,7 @@ from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode, kind_of
 from scp_node.config import Config
+from scp_node.metrics import METRICS
 from scp_node.routing import destinations_for
 from storage.index import Index
 from storage.instance_store import InstanceStore
@@ -63,6 +64,7 @@ class AnalysisWorker:
                 info.sha256[:16],
                 time.monotonic() - started,
             )
+            METRICS.model_loaded(info.name, info.version, info.sha256)
         return self._classifier
 
     def run_once(self) -> bool:
@@ -116,7 +118,15 @@ class AnalysisWorker:
 
     def _process(self, job: Job) -> None:
         study = self._index.study_files(job.study_uid)
+        info, started = self.classifier.info, time.time()
+        model: dict[str, object] = {
+            "model": info.name,
+            "model_version": info.version,
+            "sha256": info.sha256,
+        }
+        self._index.events.add(job.study_uid, job.version, "analysis_started", detail=model)
         analysis = analyze_study(study, self._config.classifier, self.classifier)
+        analysed = time.time()
         result, sources = analysis.result, analysis.sources
         # The key images need the key slices' pixels; keep those, free the volumes.
         key_pixels = (
@@ -161,6 +171,7 @@ class AnalysisWorker:
                     kind=RESULT_KIND[kind_of(ds)],
                 )
             )
+        encoded = time.time()
         notes = problems if result.analysed else [*result.skipped, *problems]
         routed = {name: [RESULT_KIND[k].value for k in objects] for name, objects in wanted.items()}
         if not self._index.complete_job(
@@ -173,6 +184,26 @@ class AnalysisWorker:
                 job.version,
             )
             return
+        ev = self._index.events
+        ev.add(
+            job.study_uid,
+            job.version,
+            "analysis_done",
+            at=analysed,
+            stage="analysis",
+            duration_s=analysed - started,
+            lesions=len(result.lesions),
+            detail=model,
+        )
+        ev.add(
+            job.study_uid,
+            job.version,
+            "encoded",
+            at=encoded,
+            stage="encoding",
+            duration_s=encoded - analysed,
+            objects=",".join(r.kind for r in results),
+        )
         log.info(
             "analysis done study=%s version=%d lesions=%d objects=%s destinations=%s %s",
             job.study_uid,

@@ -9,6 +9,8 @@ concern, and the Index only names them in one place for the node's components:
     delivery (storage.outbox)     due_outbox, outbox_sent, outbox_retry, outbox_dead, resend_dead
     operations                    status (storage.status), expired_studies, forget_study
                                   (storage.retention)
+    console (storage.console)     index.console: search, study, deliveries, counts, flags,
+                                  actions; index.events: the timeline (storage.events)
 
 All state of the pipeline lives here, so pending studies, queued jobs and unsent results
 survive a restart. Every timestamp is float epoch seconds given by the caller. The states are
@@ -21,7 +23,9 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from storage import status as _status
+from storage.console import Console
 from storage.database import DEFAULT_POOL_SIZE, Database
+from storage.events import Events
 from storage.jobs import JobQueue
 from storage.migrations import migrate
 from storage.outbox import OUTBOX_LEASE_SECONDS, Outbox
@@ -70,6 +74,8 @@ class Index:
         self.jobs = JobQueue(db)
         self.outbox = Outbox(db)
         self.retention = Retention(db)
+        self.console = Console(db)  # the web console's reads and actions, /metrics, /readyz
+        self.events = Events(db)  # the timeline of each study
 
     def close(self) -> None:
         """Close the database."""

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from storage import outbox
+from storage import events, outbox
 from storage.database import Cursor, Database
 from storage.queries import load
 from storage.records import Job, ResultObject
@@ -68,7 +68,23 @@ class JobQueue:
             ).fetchone()
             if row is None:
                 return None
-            job_id, study_uid, version, attempts, source_aet = row
+            job_id, study_uid, version, attempts, source_aet, state, created_at, owner = row
+            if state == JobState.RUNNING:  # its worker died or hung: the lease ran out
+                events.add(
+                    cur, self.db.dialect, study_uid, version, "lease_expired", now, owner=owner
+                )
+            events.add(
+                cur,
+                self.db.dialect,
+                study_uid,
+                version,
+                "claimed",
+                now,
+                stage="queued" if attempts == 0 else None,
+                duration_s=now - float(created_at) if attempts == 0 else None,
+                worker=worker_id,
+                attempt=attempts + 1,
+            )
             cur.run(
                 q.claim,
                 job_id=job_id,
@@ -180,6 +196,17 @@ class JobQueue:
                         queued += 1
             cur.run(q.finish, job_id=job.job_id, now=now, done=JobState.DONE.value)
             state = StudyState.REPORTED if queued else StudyState.DELIVERED
+            events.add(
+                cur,
+                self.db.dialect,
+                job.study_uid,
+                job.version,
+                "reported",
+                now,
+                results=[f"{r.kind} {r.sop_uid}" for r in results],
+                destinations=list(wanted),
+                note=reason,
+            )
             cur.run(
                 q.set_study_state,
                 study_uid=job.study_uid,
@@ -211,6 +238,16 @@ class JobQueue:
                 else (JobState.FAILED, StudyState.FAILED)
             )
             cur.run(q.release, job_id=job.job_id, state=job_state.value, error=reason, now=now)
+            events.add(
+                cur,
+                self.db.dialect,
+                job.study_uid,
+                job.version,
+                "retry_analysis" if retry else "failed",
+                now,
+                reason=reason,
+                attempt=job.attempts,
+            )
             cur.run(
                 q.set_study_state,
                 study_uid=job.study_uid,

@@ -7,9 +7,11 @@ DELIVERED.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
+from storage import events
 from storage.database import Cursor, Database
 from storage.queries import load
 from storage.records import Job, OutboxItem, ResultObject
@@ -78,7 +80,21 @@ class Outbox:
 
         def work(cur: Cursor) -> None:
             study = cur.run(q.lock_study, study_uid=item.study_uid).fetchone()
+            times = cur.run(q.row_times, outbox_id=item.outbox_id).fetchone()
             cur.run(q.sent, outbox_id=item.outbox_id, now=now, sent=sent)
+            events.add(
+                cur,
+                self.db.dialect,
+                item.study_uid,
+                times[1] if times else None,
+                "sent",
+                now,
+                stage="delivery",
+                duration_s=now - float(times[0]) if times else None,
+                destination=item.destination,
+                sop_instance_uid=item.sop_uid,
+                attempt=item.attempts + 1,
+            )
             if study is None or study[1] != StudyState.REPORTED:
                 return
             version = study[0]
@@ -93,32 +109,71 @@ class Outbox:
                     now=now,
                     delivered=StudyState.DELIVERED.value,
                 )
+                events.add(
+                    cur,
+                    self.db.dialect,
+                    item.study_uid,
+                    version,
+                    "delivered",
+                    now,
+                    stage="turnaround",
+                    duration_s=now - float(times[2]) if times else None,
+                )
 
         self.db.run(work)
 
     def outbox_retry(self, item: OutboxItem, error: str, next_attempt_at: float) -> None:
         """A transient failure: attempts+1, remember the error, try again at `next_attempt_at`."""
-        self.db.run(
-            lambda cur: cur.run(
+
+        def work(cur: Cursor) -> None:
+            cur.run(
                 self._q.retry,
                 outbox_id=item.outbox_id,
                 error=error,
                 next_attempt_at=next_attempt_at,
                 pending=_PENDING,
             )
-        )
+            events.add(
+                cur,
+                self.db.dialect,
+                item.study_uid,
+                None,
+                "cstore_failed",
+                time.time(),
+                destination=item.destination,
+                sop_instance_uid=item.sop_uid,
+                attempt=item.attempts + 1,
+                error=error,
+                next_attempt_at=next_attempt_at,
+            )
+
+        self.db.run(work)
 
     def outbox_dead(self, item: OutboxItem, error: str) -> None:
         """A permanent failure or too many attempts: DEAD (a dead letter) until resend_dead."""
-        self.db.run(
-            lambda cur: cur.run(
+
+        def work(cur: Cursor) -> None:
+            cur.run(
                 self._q.dead,
                 outbox_id=item.outbox_id,
                 error=error,
                 dead=OutboxState.DEAD.value,
                 pending=_PENDING,
             )
-        )
+            events.add(
+                cur,
+                self.db.dialect,
+                item.study_uid,
+                None,
+                "dead",
+                time.time(),
+                destination=item.destination,
+                sop_instance_uid=item.sop_uid,
+                attempt=item.attempts + 1,
+                error=error,
+            )
+
+        self.db.run(work)
 
     def resend_dead(self, study_uid: str | None = None, *, now: float = 0.0) -> int:
         """Dead letters (of one study, or all) back to PENDING with attempts 0, due at `now`

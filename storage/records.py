@@ -20,6 +20,9 @@ class InstanceRecord:
     path: Path
     calling_aet: str
     received_at: float
+    accession_number: str = ""  # what the PACS shows, for the console's search
+    study_date: str = ""
+    patient_id: str = ""
 
 
 @dataclass(frozen=True)

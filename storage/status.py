@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.console import delivery_word
 from storage.database import Cursor, Database
 from storage.queries import load
 
@@ -37,6 +38,12 @@ def status(db: Database) -> dict[str, list[dict[str, Any]]]:
                 "updated_at": iso(r[4]),
                 "reason": r[5],
                 "version": r[6],
+                "accession_number": r[7] or "",
+                "study_date": r[8] or "",
+                "sender": r[9],
+                "modalities": sorted({m for m in (r[10] or "").split(",") if m}),
+                # DELIVERED with nothing to deliver reads "DONE (no destination)"
+                "shown_state": delivery_word(r[1], r[11]),
             }
             for r in studies
         ],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from storage import jobs
+from storage import events, jobs
 from storage.database import Cursor, Database
 from storage.queries import load
 from storage.records import InstanceRecord
@@ -54,6 +54,9 @@ class Studies:
             "received_at": float(rec.received_at),
             "expected_instances": expected_in_series,
             "receiving": StudyState.RECEIVING.value,
+            "accession_number": getattr(rec, "accession_number", ""),  # an older record type: none
+            "study_date": getattr(rec, "study_date", ""),  # an older record type: none
+            "patient_id": getattr(rec, "patient_id", ""),  # an older record type: none
         }
 
         def work(cur: Cursor) -> bool:
@@ -90,6 +93,17 @@ class Studies:
                 if made.rowcount != 1:
                     continue  # another node's tick, or a new instance, got there first
                 jobs.enqueue(cur, self.db.dialect, study_uid, version, now)
+                first = cur.run(q.first_received, study_uid=study_uid).scalar()
+                events.add(
+                    cur,
+                    self.db.dialect,
+                    study_uid,
+                    version,
+                    "ready",
+                    now,
+                    stage="waiting_for_completion",
+                    duration_s=now - float(first or now),
+                )
                 ready.append(study_uid)
             return ready
 

@@ -435,6 +435,14 @@ def test_outbox_retry_dead_and_resend(index: Index) -> None:
     assert study_row(index)["state"] == "DELIVERED"
 
 
+def test_study_without_destination_reads_no_destination_not_delivered(index: Index) -> None:
+    job = ready_job(index)
+    assert index.complete_job(job, results_for(1), [], now=150.0)
+    (study,) = index.status()["studies"]
+    assert study["state"] == "DELIVERED"  # the state machine's word: nothing left to do
+    assert study["shown_state"] == "DONE (no destination)"
+
+
 def test_due_outbox_respects_limit(index: Index) -> None:
     job = ready_job(index)
     index.complete_job(job, results_for(1), ["A", "B", "C"], now=140.0)
@@ -460,6 +468,11 @@ def test_status_shape(index: Index) -> None:
         "updated_at": "2023-11-14T22:15:00Z",
         "reason": None,
         "version": 1,
+        "accession_number": "",
+        "study_date": "",
+        "sender": "PACS",
+        "modalities": ["CT"],
+        "shown_state": "REPORTED",
     }
     (row,) = status["outbox"]
     assert row["sop_instance_uid"] == results_for(1)[0].sop_uid

@@ -12,7 +12,8 @@ ON CONFLICT (study_uid, version) DO NOTHING
 
 -- name: next_claimable
 -- The oldest queued job, or one whose lease expired, of a study still at that version.
-SELECT j.job_id, j.study_uid, j.version, j.attempts, s.source_aet
+SELECT j.job_id, j.study_uid, j.version, j.attempts, s.source_aet, j.state, j.created_at,
+       j.owner
 FROM jobs j JOIN studies s ON s.study_uid = j.study_uid AND s.version = j.version
 WHERE (j.state = :queued OR (j.state = :running AND j.lease_until < :now))
   AND s.state IN (:ready, :analyzing)

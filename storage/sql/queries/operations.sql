@@ -3,7 +3,10 @@
 -- name: studies
 SELECT s.study_uid, s.state, s.instances,
        (SELECT COUNT(*) FROM series e WHERE e.study_uid = s.study_uid),
-       s.updated_at, s.reason, s.version
+       s.updated_at, s.reason, s.version, s.accession_number, s.study_date, s.source_aet,
+       (SELECT GROUP_CONCAT(DISTINCT e.modality) FROM series e WHERE e.study_uid = s.study_uid),  -- sqlite only
+       (SELECT STRING_AGG(DISTINCT e.modality, ',') FROM series e WHERE e.study_uid = s.study_uid),  -- postgresql only
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.version = s.version)
 FROM studies s
 ORDER BY s.updated_at DESC, s.study_uid
 
@@ -19,6 +22,7 @@ ORDER BY updated_at
 
 -- name: forget_study
 -- Every row of one study; the caller removes its files from the store.
+DELETE FROM events WHERE study_uid = :study_uid;
 DELETE FROM outbox WHERE study_uid = :study_uid;
 DELETE FROM results WHERE study_uid = :study_uid;
 DELETE FROM jobs WHERE study_uid = :study_uid;

@@ -25,6 +25,11 @@ FOR UPDATE  -- postgresql only
 UPDATE outbox SET state = :sent, lease_until = NULL, last_error = NULL, updated_at = :now
 WHERE outbox_id = :outbox_id
 
+-- name: row_times
+SELECT o.created_at, o.version, s.first_received_at FROM outbox o
+JOIN studies s ON s.study_uid = o.study_uid
+WHERE o.outbox_id = :outbox_id
+
 -- name: unsent_of_version
 SELECT COUNT(*) FROM outbox
 WHERE study_uid = :study_uid AND version = :version AND state <> :sent

@@ -14,11 +14,15 @@ ON CONFLICT (sop_uid) DO NOTHING
 -- name: count_instance_in_study
 -- A new study is RECEIVING version 1; a study that left RECEIVING goes back with version+1.
 INSERT INTO studies (study_uid, state, version, source_aet, instances, first_received_at,
-                     last_received_at, updated_at, reason)
+                     last_received_at, updated_at, reason, accession_number, study_date,
+                     patient_id)
 VALUES (:study_uid, :receiving, 1, :source_aet, 1, :received_at, :received_at, :received_at,
-        NULL)
+        NULL, :accession_number, :study_date, :patient_id)
 ON CONFLICT (study_uid) DO UPDATE SET
     instances = studies.instances + 1,
+    accession_number = COALESCE(NULLIF(excluded.accession_number, ''), studies.accession_number),
+    study_date = COALESCE(NULLIF(excluded.study_date, ''), studies.study_date),
+    patient_id = COALESCE(NULLIF(excluded.patient_id, ''), studies.patient_id),
     last_received_at = CASE WHEN excluded.last_received_at > studies.last_received_at
                             THEN excluded.last_received_at ELSE studies.last_received_at END,
     updated_at = excluded.updated_at,
@@ -53,6 +57,9 @@ ORDER BY s.last_received_at
 -- name: make_ready
 UPDATE studies SET state = :ready, updated_at = :now
 WHERE study_uid = :study_uid AND version = :version AND state = :receiving
+
+-- name: first_received
+SELECT first_received_at FROM studies WHERE study_uid = :study_uid
 
 -- name: study_exists
 SELECT 1 FROM studies WHERE study_uid = :study_uid
