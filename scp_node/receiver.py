@@ -36,7 +36,9 @@ from scp_node.dicom_settings import (
 from scp_node.dimse_status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    INSTANCE_IN_OTHER_STUDY,
     OUT_OF_RESOURCES,
+    PATIENT_MISMATCH,
     PROCESSING_FAILURE,
     SUCCESS,
 )
@@ -49,7 +51,7 @@ from scp_node.sop_classes import (
     VERIFICATION_SOP_CLASS,
 )
 from scp_node.tls import server_context, start_server
-from storage.index import Index
+from storage.index import Index, StudyConflict
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord
 from storage.uids import InvalidUIDError
@@ -57,6 +59,10 @@ from storage.uids import InvalidUIDError
 log = logging.getLogger("lungnode.receiver")
 
 MAX_REFUSED_NAMED = 8
+_CONFLICT_STATUS = {
+    StudyConflict.PATIENT: PATIENT_MISMATCH,
+    StudyConflict.OTHER_STUDY: INSTANCE_IN_OTHER_STUDY,
+}
 
 
 class _NodeAE(ApplicationEntity):
@@ -246,6 +252,11 @@ class Receiver:
         0xC210 Cannot Understand: the dataset does not parse, or its Study/Series/SOP Instance UID
                is missing or not a valid UID (e.g. contains '/'), or its SOP Instance UID is not the
                request's Affected SOP Instance UID. No path is ever built from such a value.
+        0xC221 (Cannot Understand range) Patient Mismatch: one patient per study; the instance's
+               Patient ID differs from the study's (that of its first instance), or both have a
+               Patient's Birth Date and they differ. Not stored; audited.
+        0xC222 (Cannot Understand range) Instance In Another Study: the SOP Instance UID is
+               already stored under another Study Instance UID. Not stored; audited.
         0x0110 Processing Failure: any other error (e.g. the index database is unavailable); the
                peer may retry. The instance may be in the store but is not acknowledged.
         0x0122 SOP Class Not Supported is answered by pynetdicom at negotiation for SOP classes
@@ -328,6 +339,11 @@ class Receiver:
                 f"dataset SOP Instance UID {sop_uid} is not the request's "
                 f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
             )
+        conflict = self._index.instance_conflict(
+            record.study_uid, sop_uid, record.patient_digest, record.birth_date_digest
+        )
+        if conflict is not None:
+            raise _Rejected(_CONFLICT_STATUS[conflict.kind], str(conflict))
         temp = self._temp_in_store(streamed)
         with self._indexing.committing():
             try:
@@ -343,7 +359,12 @@ class Receiver:
                 if temp != streamed:
                     temp.unlink(missing_ok=True)
             record = dataclasses.replace(record, path=final, received_at=time.time())
-            self._indexing.record(record, header.expected_in_series())
+            try:
+                self._indexing.record(record, header.expected_in_series())
+            except StudyConflict as raced:  # with another instance: nothing was indexed
+                if new:
+                    self._store.remove_instance(final)
+                raise _Rejected(_CONFLICT_STATUS[raced.kind], str(raced)) from None
         return record, new
 
     def _temp_in_store(self, streamed: Path) -> Path:

@@ -273,13 +273,16 @@ def test_fresh_database_has_the_schema_of_an_upgraded_one(db_url: str, tmp_path:
 
 
 def steps(dialect: str, *sql: str) -> tuple[Migration, ...]:
-    """Migration 1 (the real one) followed by test migrations 2, 3, ... from `sql`."""
-    real = Migration(1, "initial", split_statements(migration_files()[0][2], dialect, "0001")[0])
+    """The real migrations followed by test migrations latest+1, latest+2, ... from `sql`."""
+    real = [
+        Migration(n, name, split_statements(text, dialect, f"{n:04d}")[0])
+        for n, name, text in migration_files()
+    ]
     extra = [
         Migration(n, f"test_{n}", split_statements(text, dialect, f"test {n}")[0])
-        for n, text in enumerate(sql, 2)
+        for n, text in enumerate(sql, latest_version() + 1)
     ]
-    return (real, *extra)
+    return (*real, *extra)
 
 
 def test_upgrade_runs_each_step_in_order_in_one_transaction(db_url: str) -> None:
@@ -293,14 +296,16 @@ def test_upgrade_runs_each_step_in_order_in_one_transaction(db_url: str) -> None
         broken = "INSERT INTO no_such_table VALUES (1);"
         with pytest.raises(Exception, match="no_such_table"):
             migrate(db, steps(db.dialect, add_table, copy_rows, broken))
-        assert schema_version(db) == 1, "a failed step rolls the whole upgrade back"
+        assert schema_version(db) == latest_version(), "a failed step rolls the upgrade back"
         with pytest.raises(Exception, match="notes"), db.transaction() as cur:
             cur.execute("SELECT * FROM notes")
-        assert migrate(db, steps(db.dialect, add_table, copy_rows)) == 3
+        assert migrate(db, steps(db.dialect, add_table, copy_rows)) == latest_version() + 2
         assert db.run(lambda cur: cur.execute("SELECT * FROM notes").fetchall()) == [
             ("1.2.3", "RECEIVING")
         ]
-        assert migrate(db, steps(db.dialect, add_table, copy_rows)) == 3, "nothing to do"
+        assert migrate(db, steps(db.dialect, add_table, copy_rows)) == latest_version() + 2, (
+            "nothing to do"
+        )
     finally:
         db.close()
 
