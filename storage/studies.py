@@ -93,6 +93,11 @@ class Studies:
                 "positive count; pass None when the series size is unknown"
             )
         q = self._q
+        # getattr: records of older callers (tests/index_v1's) carry no digests
+        digests: tuple[str | None, str | None] = (
+            getattr(rec, "patient_digest", None),
+            getattr(rec, "birth_date_digest", None),
+        )
         row = {
             "sop_uid": sop,
             "study_uid": study,
@@ -105,9 +110,8 @@ class Studies:
             "received_at": float(rec.received_at),
             "expected_instances": expected_in_series,
             "receiving": StudyState.RECEIVING.value,
-            # getattr: records of older callers (tests/index_v1's) carry no digests
-            "patient_digest": getattr(rec, "patient_digest", None),
-            "birth_date_digest": getattr(rec, "birth_date_digest", None),
+            "patient_digest": digests[0],
+            "birth_date_digest": digests[1],
         }
 
         def work(cur: Cursor) -> bool:
@@ -121,9 +125,7 @@ class Studies:
             counted = cur.run(q.count_instance_in_study, **row).fetchone()
             assert counted is not None  # INSERT ... RETURNING always returns the row
             version, patient, birth = counted
-            conflict = _patient_conflict(
-                study, (row["patient_digest"], row["birth_date_digest"]), (patient, birth)
-            )
+            conflict = _patient_conflict(study, digests, (patient, birth))
             if conflict is not None:
                 raise conflict  # rolls the instance and study rows back
             cur.run(q.count_instance_in_series, **row, version=version)
