@@ -1,7 +1,8 @@
 """pynetdicom process-wide settings, set once and only here.
 
 `configure_pynetdicom()` sets the `_config` flags the node relies on (no identifiers in logs,
-C-STORE datasets streamed to disk) and quiets pydicom's per-value warnings, and routes the file
+C-STORE datasets streamed to disk), quiets pydicom's per-value warnings, installs the guarded
+PDU reader of scp_node.connections, and routes the file
 pynetdicom streams each received dataset into to the instance store's `.incoming` folder of the
 receiving AE (so storing an instance is a rename on one file system, never a copy).
 """
@@ -20,6 +21,8 @@ from pydicom import config as pydicom_config
 from pynetdicom import _config, dimse_messages
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.dul import DULServiceProvider
+
+from scp_node import connections
 
 _lock = threading.Lock()
 _configured = False
@@ -51,6 +54,9 @@ def configure_pynetdicom() -> None:
         # pynetdicom's module global, replaced on purpose (tests/test_pynetdicom_internals.py);
         # mypy sees tempfile's overloaded function, ours returns the StreamedFile wrapper
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
+        # PDUs of the SCP's associations: size refused before reading, whole-PDU deadlines
+        # (scp_node.connections; tests/test_pynetdicom_internals.py guards the method)
+        connections.install()
         _configured = True
 
 

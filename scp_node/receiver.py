@@ -16,18 +16,21 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.audit import AssociationAuditor, AuditLog, Party
 from scp_node.config import Config
+from scp_node.connections import associated, negotiating_association
 from scp_node.dicom_settings import (
     configure_pynetdicom,
     disk_full_while_streaming,
@@ -44,13 +47,14 @@ from scp_node.dimse_status import (
 )
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
 from scp_node.instance_header import HeaderError, InstanceHeader, is_code_string, read_header
+from scp_node.logs import escape_text
 from scp_node.sop_classes import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
-from scp_node.tls import server_context, start_server
+from scp_node.tls import peer_certificate_subject, server_context, start_server
 from storage.index import Index, StudyConflict
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord
@@ -66,23 +70,103 @@ _CONFLICT_STATUS = {
 
 
 class _NodeAE(ApplicationEntity):
-    """An AE whose calling-AE allow-list may also mean "nobody".
+    """pynetdicom's AE with the node's admission rules, applied where pynetdicom's ACSE reads
+    them: in the acceptor association's own thread, while it negotiates
+    (`connections.negotiating_association`).
 
-    pynetdicom reads an empty `require_calling_aet` as "anybody"; the node's empty allow-list
-    means nobody, so that case answers `[""]`, which no peer can send (AE titles are non-empty).
+    - `require_calling_aet`: an empty allow-list means nobody (`[""]`, which no peer can send;
+      pynetdicom reads an empty list as anybody). With TLS and `ae_titles_of_subject` set, the
+      AE titles the peer's certificate may present ([security] tls_client_ae_titles), within
+      the allow-list.
+    - `active_associations` (as the limit check sees it): only associations that delivered an
+      A-ASSOCIATE-RQ and have not ended, so connections still negotiating, or rejected ones
+      waiting to close, hold no slot of `maximum_associations`.
+    - `maximum_associations` (as the limit check sees it): 0 when the calling AE already holds
+      `max_associations_per_ae` associations, so the request is rejected as local limit
+      exceeded.
+
+    Why an association was rejected by these rules is kept for the audit (`rejection_note`).
     """
 
     admits_nobody = False
+    max_associations_per_ae = 0  # 0: no per-AE limit
+    ae_titles_of_subject: Callable[[str], tuple[str, ...] | None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._notes: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._notes_lock = threading.Lock()
+
+    def rejection_note(self, assoc: Association) -> str:
+        """Why the node's rules rejected `assoc` ('' when they did not)."""
+        with self._notes_lock:
+            return self._notes.pop(assoc, "")
+
+    def _note(self, assoc: Association, note: str) -> None:
+        with self._notes_lock:
+            self._notes[assoc] = note
 
     @property
     def require_calling_aet(self) -> list[str]:
-        return [""] if self.admits_nobody else super().require_calling_aet
+        allowed = [""] if self.admits_nobody else super().require_calling_aet
+        assoc = negotiating_association(self)
+        if assoc is None or self.ae_titles_of_subject is None:
+            return allowed
+        subject = peer_certificate_subject(assoc)
+        if subject is None:  # no TLS
+            return allowed
+        mapped = self.ae_titles_of_subject(subject)
+        if mapped is None:  # no mapping configured
+            return allowed
+        permitted = [ae for ae in (allowed or mapped) if ae in mapped]
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
+        if calling not in permitted and (not allowed or calling in allowed):
+            self._note(
+                assoc,
+                f"certificate {escape_text(subject or 'without subject', 256)} may not present "
+                f"AE title {escape_text(calling, 16)} ([security] tls_client_ae_titles)",
+            )
+        return permitted or [""]
 
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
         # super() cannot set a property; mypy types the class attribute as the getter's value
         # (list[str]), not as the property object that has fset
         ApplicationEntity.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
+
+    @property
+    def active_associations(self) -> list[Association]:
+        every = super().active_associations
+        if negotiating_association(self) is None:
+            return every
+        return [a for a in every if not a.is_acceptor or associated(a)]
+
+    @property
+    def maximum_associations(self) -> int:
+        limit = super().maximum_associations
+        assoc = negotiating_association(self)
+        if assoc is None:
+            return limit
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
+        mine = [
+            a
+            for a in self.active_associations
+            if a.is_acceptor and str(a.requestor.ae_title).strip() == calling
+        ]
+        if self.max_associations_per_ae and len(mine) > self.max_associations_per_ae:
+            self._note(
+                assoc,
+                f"calling AE {escape_text(calling, 16)} already holds "
+                f"{len(mine) - 1} associations ([node] max_associations_per_ae)",
+            )
+            return 0
+        if len([a for a in self.active_associations if a.is_acceptor]) > limit:
+            self._note(assoc, f"{limit} associations in progress ([node] max_associations)")
+        return limit
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        ApplicationEntity.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
 
 
 class _Rejected(Exception):
@@ -130,7 +214,7 @@ class Receiver:
         self._ae = self._build_ae()
         self._ssl_context = server_context(config.security)  # None without TLS
 
-    def _build_ae(self) -> ApplicationEntity:
+    def _build_ae(self) -> _NodeAE:
         node = self._config.node
         security = self._config.security
         ae = _NodeAE(ae_title=node.ae_title)
@@ -138,15 +222,16 @@ class Receiver:
         ae.acse_timeout = node.acse_timeout
         ae.dimse_timeout = node.dimse_timeout
         ae.network_timeout = node.network_timeout
-        ae.maximum_pdu_size = 0  # unlimited: peers send PDUs as large as they like
+        ae.maximum_pdu_size = node.max_pdu_length  # announced; longer PDUs are refused
+        ae.max_associations_per_ae = node.max_associations_per_ae
         ae.require_called_aet = security.require_called_aet
         if not security.allow_any_calling_aet:
-            allowed = sorted(
-                set(security.allowed_calling_aets)
-                | {d.ae_title for d in self._config.destinations.values()}
-            )
+            # only the allow-list: a destination's AE title is not allowed to send unless listed
+            allowed = sorted(set(security.allowed_calling_aets))
             ae.require_calling_aet = allowed
             ae.admits_nobody = not allowed
+        if security.tls_enabled and security.tls_client_ae_titles:
+            ae.ae_titles_of_subject = security.ae_titles_of_subject
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))
@@ -154,7 +239,7 @@ class Receiver:
         return ae
 
     @property
-    def ae(self) -> ApplicationEntity:
+    def ae(self) -> _NodeAE:
         """The pynetdicom AE (for inspection in tests and the Conformance Statement check)."""
         return self._ae
 
@@ -188,6 +273,9 @@ class Receiver:
                 self._ssl_context,
                 self._config.node.acse_timeout,
                 on_handshake_failed=self._on_tls_refused,
+                max_pdu_length=self._config.node.max_pdu_length,
+                max_pending_per_address=self._config.node.max_pending_per_address,
+                on_drop=self._on_connection_dropped,
             )
         log.info(
             "listening ae_title=%s address=%s:%d tls=%s",
@@ -225,6 +313,12 @@ class Receiver:
         """Audit a TLS connection closed before any association (Security Alert)."""
         party = Party(uuid.uuid4().hex[:16], calling_ae="", called_ae="", peer=peer)
         self._audit.audit_log.association_rejected(party, reason)
+
+    def _on_connection_dropped(self, peer: str, calling_ae: str, reason: str) -> None:
+        """Audit a connection the node cut (Security Alert): a PDU too long, too slow or not
+        DICOM, or too many pending connections from one address."""
+        party = Party(uuid.uuid4().hex[:16], calling_ae=calling_ae, called_ae="", peer=peer)
+        self._audit.audit_log.connection_dropped(party, reason)
 
     # --- event handlers -----------------------------------------------------------------
 
@@ -392,7 +486,7 @@ class Receiver:
         requestor = event.assoc.requestor
         primitive = event.assoc.requestor.primitive
         called = getattr(primitive, "called_ae_title", "")
-        reason = self._audit.rejected(event)
+        reason = self._audit.rejected(event, self._ae.rejection_note(event.assoc))
         log.warning(
             "association rejected calling_ae=%s called_ae=%s peer=%s:%s reason=%s",
             requestor.ae_title,

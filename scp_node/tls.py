@@ -31,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from scp_node.config import ConfigError, SecurityConfig
+from scp_node.connections import GuardedServer
 
 log = logging.getLogger("lungnode.tls")
 
@@ -104,21 +105,10 @@ def _load_trusted(context: ssl.SSLContext, security: SecurityConfig) -> None:
         ) from None
 
 
-class ReadTimeoutServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server whose accepted sockets time out reads after the AE's
-    network timeout.
-
-    pynetdicom leaves accepted sockets blocking without a timeout (`accept()` does not copy
-    the listening socket's), so a peer that stops halfway through a PDU would hold its
-    association, and a slot of `max_associations`, for ever; with the timeout the read fails
-    and pynetdicom closes the connection (Evt17).
-    """
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client_socket, address = self.socket.accept()
-        client_socket.settimeout(self.ae.network_timeout)
-        return client_socket, address
+# The plain-TCP server: accepted sockets' reads time out after the AE's network timeout, and
+# the limits of scp_node.connections (PDU size and deadlines, pending connections per address,
+# listen backlog) apply.
+ReadTimeoutServer = GuardedServer
 
 
 class HandshakeInThreadServer(ReadTimeoutServer):
@@ -165,12 +155,14 @@ class HandshakeInThreadServer(ReadTimeoutServer):
                 except Exception:
                     log.exception("on_handshake_failed callback failed")
             self.shutdown_request(request)
+            self.release(request)
             return
         super().process_request_thread(request, client_address)
 
     def _handshake(self, sock: ssl.SSLSocket, peer: Any) -> str:
-        """Complete the handshake within handshake_timeout: '' on success, else why not."""
-        deadline = time.monotonic() + self.handshake_timeout
+        """Complete the handshake within handshake_timeout of the accept: '' on success, else
+        why not (the A-ASSOCIATE-RQ must then arrive within the same deadline)."""
+        deadline = (self.accepted_at(sock) or time.monotonic()) + self.handshake_timeout
         address = _address(peer)
         try:
             sock.setblocking(False)
@@ -227,6 +219,18 @@ def _address(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
+def peer_certificate_subject(assoc: Any) -> str | None:
+    """The subject of the certificate the peer of `assoc` presented ('O=...,CN=...'): '' for a
+    TLS peer without one, None without TLS."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        return _subject(sock.getpeercert())
+    except (ValueError, OSError):  # not connected any more
+        return ""
+
+
 def _subject(certificate: dict[str, Any] | None) -> str:
     """The certificate's subject as 'O=...,CN=...' (empty without a certificate)."""
     if not certificate:
@@ -256,17 +260,22 @@ def start_server(
     context: ssl.SSLContext | None,
     handshake_timeout: float,
     on_handshake_failed: Callable[[str, str], None] | None = None,
+    **limits: Any,
 ) -> ThreadedAssociationServer:
     """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None
     (`ReadTimeoutServer`), else DICOM TLS only, with handshakes in the connection threads
     (`HandshakeInThreadServer`); both time out reads stuck mid-PDU;
-    `on_handshake_failed(peer, reason)` hears of each TLS connection closed before DICOM.
+    `on_handshake_failed(peer, reason)` hears of each TLS connection closed before DICOM;
+    `limits` are GuardedServer's keyword arguments (max_pdu_length, max_pending_per_address,
+    on_drop).
 
     Mirrors `ApplicationEntity.start_server(block=False)`, including the registration in
     `ae._servers` that pynetdicom's `shutdown()` removes again.
     """
     if context is None:
-        server = ae.make_server(address, evt_handlers=evt_handlers, server_class=ReadTimeoutServer)
+        server = ae.make_server(
+            address, evt_handlers=evt_handlers, server_class=ReadTimeoutServer, **limits
+        )
     else:
         server = ae.make_server(
             address,
@@ -275,6 +284,7 @@ def start_server(
             server_class=HandshakeInThreadServer,
             handshake_timeout=handshake_timeout,
             on_handshake_failed=on_handshake_failed,
+            **limits,
         )
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(

@@ -126,7 +126,10 @@ class AnalysisWorker:
                     kind=ResultKind.SR if ds.Modality == "SR" else ResultKind.SEG,
                 )
             )
-        destinations, problems = destinations_for(self._config, job.source_aet)
+        # `sender` routing: the AEs that sent the analysed series (every series when none was)
+        analysed = [uid for uid in (result.ct_series_uid, result.pet_series_uid) if uid]
+        senders = self._index.senders(job.study_uid, analysed or None)
+        destinations, problems = destinations_for(self._config, senders)
         for problem in problems:
             log.warning("routing study=%s: %s", job.study_uid, problem)
         notes = problems if result.analysed else [*result.skipped, *problems]
