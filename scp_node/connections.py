@@ -49,6 +49,7 @@ LISTEN_BACKLOG = 128  # listen(2) backlog of the SCP's socket (pynetdicom's defa
 PDU_TYPES = frozenset(range(0x01, 0x08))
 A_ASSOCIATE_RQ = 0x01
 _READ_CHUNK = 64 * 1024
+_REQUEST_READ = "_lungnode_request_read"  # set on a DUL once its A-ASSOCIATE-RQ was read
 
 # pynetdicom's own reader, for associations that are not a GuardedServer's
 _original_read_pdu_data = DULServiceProvider._read_pdu_data
@@ -249,7 +250,9 @@ def guarded_read_pdu_data(dul: DULServiceProvider) -> None:
     if transport is None or sock is None:
         dul.event_queue.put("Evt17")
         return
-    awaiting_request = dul.state_machine.current_state == "Sta2"
+    # the first PDU of an accepted connection (read before the state machine has even left
+    # Sta1 for Sta2) must be the A-ASSOCIATE-RQ
+    awaiting_request = not getattr(dul, _REQUEST_READ, False)
     now = time.monotonic()
     if awaiting_request:
         opened = server.opened_at(assoc) or now
@@ -298,6 +301,8 @@ def guarded_read_pdu_data(dul: DULServiceProvider) -> None:
         log.warning("PDU does not decode: %s: %s", type(exc).__name__, exc)
         dul.event_queue.put("Evt19")  # pynetdicom aborts the association (A-ABORT)
         return
+    if awaiting_request:
+        setattr(dul, _REQUEST_READ, True)
     dul.event_queue.put(event)
     dul._recv_pdu.put(pdu)
 
