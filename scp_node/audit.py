@@ -299,6 +299,10 @@ class AssociationAuditor:
         tally = self._tally(event.assoc)
         self.audit_log.association_ended(tally.party, how, tally.stored, tally.refused)
 
+    def study_quota(self, event: Event, study_uid: str, reason: str) -> None:
+        """A calling AE reached its quota of new studies (Security Alert)."""
+        self.audit_log.study_quota(self._tally(event.assoc).party, study_uid, reason)
+
     def instance(
         self,
         event: Event,

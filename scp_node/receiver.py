@@ -34,6 +34,7 @@ from scp_node.connections import associated, negotiating_association
 from scp_node.dicom_settings import (
     configure_pynetdicom,
     disk_full_while_streaming,
+    refused_while_streaming,
     route_incoming,
 )
 from scp_node.dimse_status import (
@@ -235,7 +236,13 @@ class Receiver:
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))
-        route_incoming(ae, self._store.incoming)
+        mib = 1024 * 1024
+        route_incoming(
+            ae,
+            self._store.incoming,
+            min_free_bytes=self._config.storage.min_free_mb * mib,
+            max_bytes=self._config.storage.max_instance_mb * mib,
+        )
         return ae
 
     @property
@@ -338,9 +345,13 @@ class Receiver:
         --------
         0x0000 Success: the file is renamed into the store (fsynced) and recorded in the index;
                also for an instance already stored (idempotent on SOP Instance UID).
-        0xA700 Out of Resources: free space on the store is below [storage] min_free_mb, or the
-               disk filled while the dataset was received or committed; nothing is left in the
-               store or its incoming folder.
+        0xA700 Out of Resources: free space on the store is below [storage] min_free_mb (checked
+               every MiB while the dataset streams: from then on nothing more is written), or
+               the disk filled while the dataset was received or committed; or the dataset grew
+               past [storage] max_instance_mb while it streamed; or the calling AE already
+               started [security] max_new_studies_per_hour new studies in the last hour (this
+               instance would start one more; audited as a Security Alert). Nothing is left in
+               the store or its incoming folder.
         0xA900 Data Set Does Not Match SOP Class: the dataset's SOP Class UID is not the
                request's Affected SOP Class UID.
         0xC210 Cannot Understand: the dataset does not parse, or its Study/Series/SOP Instance UID
@@ -407,6 +418,9 @@ class Receiver:
         full = disk_full_while_streaming(event.request)
         if full is not None:
             raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
+        stopped = refused_while_streaming(event.request)
+        if stopped is not None:
+            raise _Rejected(OUT_OF_RESOURCES, stopped)
         if not self._store.has_free_space():
             raise _Rejected(
                 OUT_OF_RESOURCES,
@@ -433,6 +447,7 @@ class Receiver:
                 f"dataset SOP Instance UID {sop_uid} is not the request's "
                 f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
             )
+        self._check_study_quota(event, record.study_uid, calling_aet)
         conflict = self._index.instance_conflict(
             record.study_uid, sop_uid, record.patient_digest, record.birth_date_digest
         )
@@ -460,6 +475,22 @@ class Receiver:
                     self._store.remove_instance(final)
                 raise _Rejected(_CONFLICT_STATUS[raced.kind], str(raced)) from None
         return record, new
+
+    def _check_study_quota(self, event: Event, study_uid: str, calling_aet: str) -> None:
+        """Refuse (0xA700, audited) an instance that would start one more new study for a
+        calling AE that started [security] max_new_studies_per_hour in the last hour."""
+        quota = self._config.security.max_new_studies_per_hour
+        if not quota or self._index.study_known(study_uid):
+            return
+        started = self._index.studies_started_by(calling_aet, time.time() - 3600.0)
+        if started < quota:
+            return
+        reason = (
+            f"calling AE {escape_text(calling_aet, 16)} started {started} new studies in the "
+            f"last hour ([security] max_new_studies_per_hour = {quota})"
+        )
+        self._audit.study_quota(event, study_uid, reason)
+        raise _Rejected(OUT_OF_RESOURCES, reason)
 
     def _temp_in_store(self, streamed: Path) -> Path:
         """The streamed file when it lies in the store's incoming folder, else a copy there."""

@@ -5,7 +5,7 @@
 concern, and the Index only names them in one place for the node's components:
 
     receiving (storage.studies)   record_instance, instance_conflict, mark_ready, study_files,
-                                  senders
+                                  senders, study_known, studies_started_by
     work queue (storage.jobs)     claim_job, renew_lease, complete_job, fail_job
     delivery (storage.outbox)     due_outbox, outbox_sent, outbox_retry, outbox_dead, resend_dead
     operations                    status (storage.status), expired_studies, forget_study
@@ -93,6 +93,14 @@ class Index:
     ) -> StudyConflict | None:
         """See Studies.conflict."""
         return self.studies.conflict(study_uid, sop_uid, patient_digest, birth_date_digest)
+
+    def study_known(self, study_uid: str) -> bool:
+        """See Studies.study_known."""
+        return self.studies.study_known(study_uid)
+
+    def studies_started_by(self, calling_aet: str, since: float) -> int:
+        """See Studies.studies_started_by."""
+        return self.studies.studies_started_by(calling_aet, since)
 
     def senders(self, study_uid: str, series_uids: list[str] | None = None) -> list[str]:
         """See Studies.senders."""

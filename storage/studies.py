@@ -160,6 +160,28 @@ class Studies:
 
         return self.db.run(work, write=False)
 
+    def study_known(self, study_uid: str) -> bool:
+        """True when the study is in the index."""
+        study = require_uid("Study Instance UID", study_uid)
+        q = self._q
+        return self.db.run(
+            lambda cur: cur.run(q.study_exists, study_uid=study).fetchone() is not None,
+            write=False,
+        )
+
+    def studies_started_by(self, calling_aet: str, since: float) -> int:
+        """How many studies' first instance came from `calling_aet` at or after `since`."""
+        q = self._q
+        return int(
+            self.db.run(
+                lambda cur: cur.run(
+                    q.studies_started_by, calling_aet=calling_aet, since=float(since)
+                ).scalar(),
+                write=False,
+            )
+            or 0
+        )
+
     def senders(self, study_uid: str, series_uids: list[str] | None = None) -> list[str]:
         """The calling AE titles that sent instances of these series of the study (of every
         series when `series_uids` is None), sorted, without duplicates."""

@@ -83,3 +83,7 @@ ORDER BY calling_aet
 
 -- name: study_senders
 SELECT DISTINCT calling_aet FROM instances WHERE study_uid = :study_uid ORDER BY calling_aet
+
+-- name: studies_started_by
+-- Studies whose first instance came from :calling_aet since :since (new-study quota).
+SELECT COUNT(*) FROM studies WHERE source_aet = :calling_aet AND first_received_at >= :since
