@@ -45,6 +45,10 @@ class Destination:
     host: str
     port: int
     tls: bool = False
+    # TLS only: check that the certificate names `host` (verify_hostname), and/or accept only
+    # the certificate whose SHA-256 fingerprint (64 lower-case hex digits) is this (sha256=)
+    tls_verify_hostname: bool = False
+    tls_pin_sha256: str | None = None
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{' tls' if self.tls else ''})"
@@ -307,15 +311,33 @@ def _range_mm(key: str, raw: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _destination(key: str, raw: str) -> tuple[str, str, int, bool]:
-    match = re.fullmatch(r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})(\s+tls)?\s*", raw)
+def _destination(key: str, raw: str) -> tuple[str, str, int, bool, bool, str | None]:
+    expected = (
+        "AETITLE@host:port, optionally followed by tls and then verify_hostname and/or "
+        "sha256=<certificate fingerprint>, e.g. ORTHANC@127.0.0.1:4242 or "
+        "PACS@pacs.example:2762 tls verify_hostname"
+    )
+    match = re.fullmatch(r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})((?:\s+\S+)*)\s*", raw)
     if not match:
-        raise _fail(
-            key, raw, "AETITLE@host:port, optionally followed by tls, e.g. ORTHANC@127.0.0.1:4242"
-        )
+        raise _fail(key, raw, expected)
     ae = _ae_title(key, match.group(1))
     port = _int(1, 65535)(key, match.group(3))
-    return ae, match.group(2), port, bool(match.group(4))
+    options = match.group(4).split()
+    tls = verify = False
+    pin: str | None = None
+    for option in options:
+        if option == "tls" and not tls:
+            tls = True
+        elif option == "verify_hostname" and tls:
+            verify = True
+        elif option.startswith("sha256=") and tls:
+            digits = option[len("sha256=") :].replace(":", "").lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digits):
+                raise _fail(key, raw, "sha256= followed by 64 hex digits (colons allowed)")
+            pin = digits
+        else:
+            raise _fail(key, raw, expected)
+    return ae, match.group(2), port, tls, verify, pin
 
 
 # section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
@@ -516,8 +538,8 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
     classifier = AnalysisSettings(**{**_fields(defaults.classifier), **given, "model": model})
 
     destinations = {
-        name: Destination(name, ae, host, port, tls)
-        for name, (ae, host, port, tls) in v.get("destinations", {}).items()
+        name: Destination(name, ae, host, port, tls, verify, pin)
+        for name, (ae, host, port, tls, verify, pin) in v.get("destinations", {}).items()
     }
     by_name = Config(destinations=destinations)
     send_to_given = v.get("routing", {}).get("send_results_to", defaults.send_results_to)

@@ -2,9 +2,12 @@
 run in the connection's own thread under a deadline.
 
 Trust model: a peer is trusted when its certificate chains to `[security] tls_ca_certificates`
-(TLS 1.2 or later). Host names are not checked, on either side: DICOM peers are configured by
-address and AE title, and hospital certificates seldom name the address a peer is reached at
-(DCMTK and Orthanc do not check them either); pinning the CA file is the control.
+(TLS 1.2 or later, TLS 1.3 preferred; on TLS 1.2 AEAD suites with forward secrecy only). The
+SCP does not check client host names (DICOM peers are configured by AE title; with
+[security] tls_client_ae_titles the certificate subject decides which AE titles a client may
+present). The SCU checks a destination's host name only when its [destinations] line says
+verify_hostname, and accepts only one certificate when it says sha256=<fingerprint>;
+otherwise the CA file is the control.
 
 pynetdicom 3.0.4 wraps each accepted socket with the handshake inside the server's accept loop
 (`AssociationServer.get_request`), so one client that connects and never finishes the
@@ -15,6 +18,7 @@ handshake stops every other association. `HandshakeInThreadServer` wraps with
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import select
 import socket
@@ -30,12 +34,51 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from scp_node.config import ConfigError, SecurityConfig
+from scp_node.config import ConfigError, Destination, SecurityConfig
 from scp_node.connections import GuardedServer
 
 log = logging.getLogger("lungnode.tls")
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+# TLS 1.2 cipher suites: AEAD only (AES-GCM, ChaCha20-Poly1305) with forward secrecy, as BCP 195
+# recommends; no CBC, no RSA key exchange. TLS 1.3 suites are all AEAD and TLS 1.3 is used
+# whenever both sides offer it (the maximum version stays TLS 1.3).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    """TLS 1.2 or later, AEAD suites only on TLS 1.2, no compression or renegotiation."""
+    context.minimum_version = MINIMUM_VERSION
+    context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+class PinnedCertificateError(ssl.SSLError):
+    """The destination's certificate is not the one pinned in [destinations] (sha256=)."""
+
+
+class _PinnedSocket(ssl.SSLSocket):
+    """An SSLSocket that, after its handshake, accepts only the certificate whose SHA-256
+    fingerprint its context pins (before any byte of DICOM is sent)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        pin = getattr(self.context, "pin_sha256", None)
+        if pin:
+            der = self.getpeercert(binary_form=True) or b""
+            seen = hashlib.sha256(der).hexdigest()
+            if seen != pin:
+                self.close()
+                raise PinnedCertificateError(
+                    f"certificate SHA-256 {seen} is not the pinned {pin} ([destinations] sha256=)"
+                )
+
+
+class _PinningContext(ssl.SSLContext):
+    sslsocket_class = _PinnedSocket
+    pin_sha256: str | None = None
 
 
 def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
@@ -47,7 +90,7 @@ def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
     if not security.tls_enabled:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = MINIMUM_VERSION
+    _harden(context)
     _load_own_certificate(context, security)
     if security.tls_ca_certificates is not None:
         _load_trusted(context, security)
@@ -65,18 +108,24 @@ def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
     return context
 
 
-def client_context(security: SecurityConfig) -> ssl.SSLContext:
-    """The SCU's SSL context for destinations marked tls: verifies the destination's
-    certificate against tls_ca_certificates (no host name check) and presents our
-    certificate, when one is configured, as client certificate."""
+def client_context(
+    security: SecurityConfig, destination: Destination | None = None
+) -> ssl.SSLContext:
+    """The SCU's SSL context for a destination marked tls: verifies the destination's
+    certificate against tls_ca_certificates, checks its host name when the destination says
+    verify_hostname, accepts only the pinned certificate when it says sha256=..., and presents
+    our certificate, when one is configured, as client certificate."""
     if security.tls_ca_certificates is None:
         raise ConfigError(
             "config key [security] tls_ca_certificates = '': expected the CA certificates "
             "that sign the TLS destinations' certificates"
         )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = MINIMUM_VERSION
-    context.check_hostname = False  # see the module docstring: the CA file is the pin
+    context = _PinningContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context)
+    # by default the CA file is the trust anchor (see the module docstring); per destination
+    # the host name may be checked too, and the certificate pinned
+    context.check_hostname = bool(destination and destination.tls_verify_hostname)
+    context.pin_sha256 = destination.tls_pin_sha256 if destination else None
     context.verify_mode = ssl.CERT_REQUIRED
     _load_trusted(context, security)
     if security.tls_enabled:
