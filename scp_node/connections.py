@@ -296,7 +296,9 @@ def guarded_read_pdu_data(dul: DULServiceProvider) -> None:
         pdu, event = dul._decode_pdu(bytearray(header + body))
     except Exception as exc:
         if awaiting_request:
-            _cut(dul, server, f"A-ASSOCIATE-RQ does not decode: {type(exc).__name__}", True)
+            # the text may hold the peer's bytes: the log formatter and the audit's JSON escape it
+            detail = f"{type(exc).__name__}: {str(exc)[:256]}"
+            _cut(dul, server, f"A-ASSOCIATE-RQ does not decode: {detail}", True)
             return
         log.warning("PDU does not decode: %s: %s", type(exc).__name__, exc)
         dul.event_queue.put("Evt19")  # pynetdicom aborts the association (A-ABORT)
