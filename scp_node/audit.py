@@ -8,8 +8,10 @@ Authentication") when an association is rejected. EventOutcomeIndicator: 0 succe
 failure (the peer's request was refused: bad data, unknown AE), 8 serious failure (the transfer
 failed: aborted association, out of resources, processing failure), 12 major failure (unused).
 
-Who (calling and called AE title), from where (peer IP:port), when (UTC) and the outcome are
-recorded; instances by Study/SOP Class/SOP Instance UID only. ATNA's participant object also
+Who (calling and called AE title, and with TLS the subject of the client certificate), from
+where (peer IP:port), when (UTC) and the outcome are recorded; connections the node cuts
+(scp_node.connections) and new-study quotas reached are Security Alerts too; instances by
+Study/SOP Class/SOP Instance UID only. ATNA's participant object also
 carries the Patient ID; this log deliberately holds no Patient Name, Patient ID or Birth Date,
 so operators can read it without access to patient data (UIDs link to the index when needed).
 Lines go to [security] audit_log, apart from the stdout log, flushed one by one (no fsync).
@@ -35,6 +37,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from scp_node import dimse_status
+from scp_node.tls import peer_certificate_subject
 from storage.private_files import make_private_dir, private_opener
 
 log = logging.getLogger("lungnode.audit")
@@ -98,6 +101,7 @@ class Party:
     calling_ae: str
     called_ae: str
     peer: str
+    certificate_subject: str | None = None  # TLS client certificate; None without TLS
 
 
 class AuditLog:
@@ -186,6 +190,24 @@ class AuditLog:
         event["EventOutcomeDescription"] = reason
         self.write(event)
 
+    def connection_dropped(self, party: Party, reason: str) -> None:
+        """Security Alert: the node cut a connection before or during an association (a PDU
+        too long, too slow or not DICOM; too many pending connections from one address)."""
+        event = self._base("connection-dropped", SECURITY_ALERT, "E", OUTCOME_MINOR_FAILURE, party)
+        event["EventTypeCode"] = _coded(NODE_AUTHENTICATION)
+        event["EventOutcomeDescription"] = reason[:1024]
+        self.write(event)
+
+    def study_quota(self, party: Party, study_uid: str, reason: str) -> None:
+        """Security Alert: a calling AE reached its quota of new studies per hour."""
+        event = self._base(
+            "study-quota-exceeded", SECURITY_ALERT, "E", OUTCOME_MINOR_FAILURE, party
+        )
+        event["EventTypeCode"] = _coded(NODE_AUTHENTICATION)
+        event["StudyInstanceUID"] = _clip(study_uid)
+        event["EventOutcomeDescription"] = reason[:1024]
+        self.write(event)
+
     def association_ended(self, party: Party, how: str, stored: int, refused: int) -> None:
         """DICOM Instances Transferred, summarised for the association; `how` is released or
         aborted (an abort is a serious failure of whatever was in flight)."""
@@ -233,7 +255,7 @@ class AuditLog:
     def _base(
         name: str, event_id: tuple[str, str, str], action: str, outcome: int, party: Party
     ) -> dict[str, Any]:
-        return {
+        event = {
             "Event": name,
             "EventID": _coded(event_id),
             "EventActionCode": action,
@@ -243,6 +265,9 @@ class AuditLog:
             "CalledAETitle": party.called_ae,
             "Peer": party.peer,
         }
+        if party.certificate_subject is not None:
+            event["CertificateSubject"] = party.certificate_subject[:512]
+        return event
 
 
 @dataclass
@@ -274,6 +299,7 @@ class AssociationAuditor:
                         calling_ae=_clip(requestor.ae_title) or "",
                         called_ae=_clip(called) or "",
                         peer=f"{requestor.address}:{requestor.port}",
+                        certificate_subject=peer_certificate_subject(assoc),
                     )
                 )
                 self._tallies[assoc] = tally
@@ -284,9 +310,10 @@ class AssociationAuditor:
         rejected = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
         self.audit_log.association_accepted(self._tally(event.assoc).party, rejected)
 
-    def rejected(self, event: Event) -> str:
-        """EVT_REJECTED: record the Security Alert; returns the reason for the stdout log."""
-        reason = rejection_reason(event.assoc)
+    def rejected(self, event: Event, note: str = "") -> str:
+        """EVT_REJECTED: record the Security Alert; returns the reason for the stdout log.
+        `note`: why the node's own rules rejected it (certificate, per-AE limit), if they did."""
+        reason = rejection_reason(event.assoc) + (f": {note}" if note else "")
         self.audit_log.association_rejected(self._tally(event.assoc).party, reason)
         return reason
 
@@ -294,6 +321,10 @@ class AssociationAuditor:
         """EVT_RELEASED / EVT_ABORTED: record the end of the association with its counts."""
         tally = self._tally(event.assoc)
         self.audit_log.association_ended(tally.party, how, tally.stored, tally.refused)
+
+    def study_quota(self, event: Event, study_uid: str, reason: str) -> None:
+        """A calling AE reached its quota of new studies (Security Alert)."""
+        self.audit_log.study_quota(self._tally(event.assoc).party, study_uid, reason)
 
     def instance(
         self,

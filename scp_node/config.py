@@ -14,6 +14,7 @@ file is given (`load_config(None)`, `lungnode ... ` without `-c`).
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -49,6 +50,10 @@ class Destination:
     port: int
     tls: bool = False
     result_objects: tuple[str, ...] | None = None  # None: [routing] result_objects
+    # TLS only: check that the certificate names `host` (verify_hostname), and/or accept only
+    # the certificate whose SHA-256 fingerprint (64 lower-case hex digits) is this (sha256=)
+    tls_verify_hostname: bool = False
+    tls_pin_sha256: str | None = None
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{' tls' if self.tls else ''})"
@@ -63,6 +68,9 @@ class NodeConfig:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    max_pdu_length: int = 4 * 1024 * 1024
+    max_pending_per_address: int = 4
+    max_associations_per_ae: int = 8
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,19 @@ class SecurityConfig:
     tls_private_key: Path | None = None
     tls_ca_certificates: Path | None = None
     tls_require_client_certificate: bool = True
+    # (normalised certificate subject, AE titles it may present); see normalise_subject
+    tls_client_ae_titles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     audit_log: Path | None = None
+    max_new_studies_per_hour: int = 1000  # per calling AE; 0: no limit
+
+    def ae_titles_of_subject(self, subject: str) -> tuple[str, ...] | None:
+        """The AE titles a client certificate with `subject` may present, None when
+        tls_client_ae_titles is empty (any trusted certificate, any allowed AE title); a
+        subject not listed gets ()."""
+        if not self.tls_client_ae_titles:
+            return None
+        wanted = normalise_subject(subject)
+        return next((aes for subj, aes in self.tls_client_ae_titles if subj == wanted), ())
 
     @property
     def tls_enabled(self) -> bool:
@@ -94,6 +114,7 @@ class StorageConfig:
     root: Path = Path("data")
     database_url: str = ""
     min_free_mb: int = 512
+    max_instance_mb: int = 2048  # 0: no limit
     retention_days: int = 30
     database_pool_size: int = 4  # PostgreSQL connections per process
 
@@ -242,6 +263,58 @@ def _ae_list(key: str, raw: str) -> tuple[str, ...]:
     return tuple(_ae_title(key, item) if item != "*" else "*" for item in items)
 
 
+_SHORT_ATTRIBUTE_NAMES = {
+    "COMMONNAME": "CN",
+    "ORGANIZATIONNAME": "O",
+    "ORGANIZATIONALUNITNAME": "OU",
+    "COUNTRYNAME": "C",
+    "STATEORPROVINCENAME": "ST",
+    "LOCALITYNAME": "L",
+}
+
+
+def normalise_subject(subject: str) -> str:
+    """A certificate subject written `CN=ct1.example,O=Hospital` as the node compares it:
+    attribute names upper-case and short (CN, O, OU, C, ST, L), pairs sorted, values as
+    written (case-sensitive); commas inside values are not supported."""
+    pairs: list[str] = []
+    for part in subject.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(part)
+        key = name.strip().upper()
+        pairs.append(f"{_SHORT_ATTRIBUTE_NAMES.get(key, key)}={value.strip()}")
+    if not pairs:
+        raise ValueError(subject)
+    return ",".join(sorted(pairs))
+
+
+def _subject_ae_titles(key: str, raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    entries: list[tuple[str, tuple[str, ...]]] = []
+    for entry in re.split(r"[;\n]", raw):
+        if not entry.strip():
+            continue
+        subject, sep, titles = entry.rpartition("=>")
+        try:
+            if not sep:
+                raise ValueError(entry)
+            normalised = normalise_subject(subject)
+        except ValueError:
+            raise _fail(
+                key,
+                raw,
+                "entries SUBJECT => AE1, AE2 separated by ; or new lines, e.g. "
+                "CN=ct1.hospital.example,O=Hospital => CT1",
+            ) from None
+        aes = tuple(_ae_title(key, t) for t in titles.split(",") if t.strip())
+        if not aes:
+            raise _fail(key, raw, f"at least one AE title after => for {subject.strip()}")
+        entries.append((normalised, aes))
+    return tuple(entries)
+
+
 def _names(key: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -290,22 +363,41 @@ def _result_objects(key: str, raw: str) -> tuple[str, ...]:
     return tuple(n for n in RESULT_OBJECTS if n in names)
 
 
-def _destination(key: str, raw: str) -> tuple[str, str, int, bool, tuple[str, ...] | None]:
+def _destination(key: str, raw: str) -> Destination:
+    """NAME = AETITLE@host:port [tls [verify_hostname] [sha256=PIN]] [result_objects=LIST]; the
+    Destination's name is filled in by the caller."""
+    expected = (
+        "AETITLE@host:port, optionally followed by tls (then verify_hostname and/or "
+        "sha256=<certificate fingerprint>) and by result_objects=LIST, e.g. "
+        "ORTHANC@127.0.0.1:4242 result_objects=sr,gsps,ko or PACS@pacs.example:2762 tls "
+        "verify_hostname"
+    )
     match = re.fullmatch(
-        r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})(\s+tls)?(?:\s+result_objects\s*=\s*([\w ,]+?))?\s*",
-        raw,
+        r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})((?:\s+[^\s=]+(?:\s*=\s*[\w:, ]+?)?)*)\s*", raw
     )
     if not match:
-        raise _fail(
-            key,
-            raw,
-            "AETITLE@host:port, optionally followed by tls and by result_objects=LIST, "
-            "e.g. ORTHANC@127.0.0.1:4242 tls result_objects=sr,gsps,ko",
-        )
+        raise _fail(key, raw, expected)
     ae = _ae_title(key, match.group(1))
     port = _int(1, 65535)(key, match.group(3))
-    objects = None if match.group(5) is None else _result_objects(key, match.group(5))
-    return ae, match.group(2), port, bool(match.group(4)), objects
+    options = re.findall(r"([^\s=]+)(?:\s*=\s*([\w:]+(?:\s*,\s*[\w:]+)*))?", match.group(4))
+    tls = verify = False
+    pin: str | None = None
+    objects: tuple[str, ...] | None = None
+    for option, value in options:
+        if option == "tls" and not value and not tls:
+            tls = True
+        elif option == "verify_hostname" and not value and tls:
+            verify = True
+        elif option == "sha256" and value and tls:
+            digits = value.replace(":", "").lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digits):
+                raise _fail(key, raw, "sha256= followed by 64 hex digits (colons allowed)")
+            pin = digits
+        elif option == "result_objects" and value and objects is None:
+            objects = _result_objects(key, value)
+        else:
+            raise _fail(key, raw, expected)
+    return Destination("", ae, match.group(2), port, tls, objects, verify, pin)
 
 
 # section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
@@ -319,6 +411,9 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "acse_timeout": _float(0.1, 3600),
         "dimse_timeout": _float(0.1, 3600),
         "network_timeout": _float(0.1, 3600),
+        "max_pdu_length": _int(16 * 1024, 2**31 - 1),
+        "max_pending_per_address": _int(1, 1000),
+        "max_associations_per_ae": _int(1, 1000),
     },
     "security": {
         "allowed_calling_aets": _ae_list,
@@ -327,12 +422,15 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "tls_private_key": _text,
         "tls_ca_certificates": _text,
         "tls_require_client_certificate": _bool,
+        "tls_client_ae_titles": _subject_ae_titles,
         "audit_log": _text,
+        "max_new_studies_per_hour": _int(0, 10**6),
     },
     "storage": {
         "root": _text,
         "database_url": _text,
         "min_free_mb": _int(0, 10**9),
+        "max_instance_mb": _int(0, 10**6),
         "retention_days": _int(0, 100000),
         "database_pool_size": _int(1, 100),
     },
@@ -509,8 +607,8 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
     classifier = AnalysisSettings(**{**_fields(defaults.classifier), **given, "model": model})
 
     destinations = {
-        name: Destination(name, ae, host, port, tls, objects)
-        for name, (ae, host, port, tls, objects) in v.get("destinations", {}).items()
+        name: dataclasses.replace(destination, name=name)
+        for name, destination in v.get("destinations", {}).items()
     }
     by_name = Config(destinations=destinations)
     send_to_given = v.get("routing", {}).get("send_results_to", defaults.send_results_to)
@@ -555,6 +653,12 @@ def _build(v: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
         require_called_aet=given.get("require_called_aet", defaults.security.require_called_aet),
         tls_require_client_certificate=given.get(
             "tls_require_client_certificate", defaults.security.tls_require_client_certificate
+        ),
+        tls_client_ae_titles=given.get(
+            "tls_client_ae_titles", defaults.security.tls_client_ae_titles
+        ),
+        max_new_studies_per_hour=given.get(
+            "max_new_studies_per_hour", defaults.security.max_new_studies_per_hour
         ),
         audit_log=audit_log if audit_log.is_absolute() else storage_root / audit_log,
         **tls,

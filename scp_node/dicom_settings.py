@@ -1,7 +1,8 @@
 """pynetdicom process-wide settings, set once and only here.
 
 `configure_pynetdicom()` sets the `_config` flags the node relies on (no identifiers in logs,
-C-STORE datasets streamed to disk) and quiets pydicom's per-value warnings, and routes the file
+C-STORE datasets streamed to disk), quiets pydicom's per-value warnings, installs the guarded
+PDU reader of scp_node.connections, and routes the file
 pynetdicom streams each received dataset into to the instance store's `.incoming` folder of the
 receiving AE (so storing an instance is a rename on one file system, never a copy).
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,10 +24,26 @@ from pynetdicom import _config, dimse_messages
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.dul import DULServiceProvider
 
+from scp_node import connections
+
 _lock = threading.Lock()
 _configured = False
-# AE -> folder its C-STORE datasets are streamed into (the store's .incoming folder).
-_incoming_dirs: weakref.WeakKeyDictionary[ApplicationEntity, Path] = weakref.WeakKeyDictionary()
+FREE_SPACE_CHECK_BYTES = 1024 * 1024  # free space is checked after every MiB streamed
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    """Where an AE's C-STORE datasets stream to, and the limits that stop them while they do."""
+
+    folder: Path
+    min_free_bytes: int = 0  # stop when the folder's file system has less free; 0: no check
+    max_bytes: int = 0  # stop a dataset growing past this; 0: no limit
+
+
+# AE -> where its C-STORE datasets are streamed (the store's .incoming folder) and the limits.
+_incoming_dirs: weakref.WeakKeyDictionary[ApplicationEntity, _Incoming] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def configure_pynetdicom() -> None:
@@ -51,14 +70,24 @@ def configure_pynetdicom() -> None:
         # pynetdicom's module global, replaced on purpose (tests/test_pynetdicom_internals.py);
         # mypy sees tempfile's overloaded function, ours returns the StreamedFile wrapper
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
+        # PDUs of the SCP's associations: size refused before reading, whole-PDU deadlines
+        # (scp_node.connections; tests/test_pynetdicom_internals.py guards the method)
+        connections.install()
         _configured = True
 
 
-def route_incoming(ae: ApplicationEntity, folder: Path) -> None:
-    """Make C-STORE datasets received by `ae` stream into `folder` (the store's file system)."""
+def route_incoming(
+    ae: ApplicationEntity, folder: Path, *, min_free_bytes: int = 0, max_bytes: int = 0
+) -> None:
+    """Make C-STORE datasets received by `ae` stream into `folder` (the store's file system).
+
+    While a dataset streams, it is stopped (its file emptied, later fragments dropped, the
+    reason kept for `refused_while_streaming`) as soon as the file system's free space falls
+    below `min_free_bytes` (checked every FREE_SPACE_CHECK_BYTES) or the dataset grows past
+    `max_bytes`; 0 turns either check off."""
     configure_pynetdicom()
     with _lock:
-        _incoming_dirs[ae] = Path(folder)
+        _incoming_dirs[ae] = _Incoming(Path(folder), min_free_bytes, max_bytes)
 
 
 def _incoming_temp_file(*args: Any, **kwargs: Any) -> StreamedFile:
@@ -68,12 +97,13 @@ def _incoming_temp_file(*args: Any, **kwargs: Any) -> StreamedFile:
     thread of the association; that thread knows its association and so its AE.
     """
     thread = threading.current_thread()
+    incoming = None
     if isinstance(thread, DULServiceProvider):
-        folder = _incoming_dirs.get(thread.assoc.ae)
-        if folder is not None:
-            kwargs["dir"] = folder
+        incoming = _incoming_dirs.get(thread.assoc.ae)
+        if incoming is not None:
+            kwargs["dir"] = incoming.folder
             kwargs.setdefault("prefix", "cstore-")
-    return StreamedFile(tempfile.NamedTemporaryFile(*args, **kwargs))
+    return StreamedFile(tempfile.NamedTemporaryFile(*args, **kwargs), incoming)
 
 
 class StreamedFile:
@@ -85,22 +115,54 @@ class StreamedFile:
     answers 0xA700 (Out of Resources) and pynetdicom removes the file as usual.
     """
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: IO[bytes], limits: _Incoming | None = None) -> None:
         self._inner = inner
         self.name = inner.name
         self.file = self  # pynetdicom calls `.file.flush()` after each fragment
         self.disk_full: OSError | None = None
+        self.refused: str | None = None  # a limit stopped the dataset: why
+        self._limits = limits
+        self._written = 0
+        self._checked_at = 0
 
     def write(self, data: bytes) -> int:
-        if self.disk_full is None:
+        if self.disk_full is None and self.refused is None:
             try:
-                return self._inner.write(data)
+                written = self._inner.write(data)
             except OSError as exc:
                 self._fail(exc)
+            else:
+                self._written += len(data)
+                self._check_limits()
+                return written
         return len(data)
 
+    def _check_limits(self) -> None:
+        limits = self._limits
+        if limits is None:
+            return
+        if limits.max_bytes and self._written > limits.max_bytes:
+            self._stop(
+                f"the dataset grew past [storage] max_instance_mb "
+                f"({limits.max_bytes // (1024 * 1024)} MiB) while it was received"
+            )
+        elif limits.min_free_bytes and self._written - self._checked_at >= FREE_SPACE_CHECK_BYTES:
+            self._checked_at = self._written
+            free = shutil.disk_usage(limits.folder).free
+            if free < limits.min_free_bytes:
+                self._stop(
+                    f"free space fell below [storage] min_free_mb "
+                    f"({limits.min_free_bytes // (1024 * 1024)} MiB) while the dataset was "
+                    "received"
+                )
+
+    def _stop(self, reason: str) -> None:
+        self.refused = reason
+        self._inner.flush()
+        os.ftruncate(self._inner.fileno(), 0)
+
     def flush(self) -> None:
-        if self.disk_full is None:
+        if self.disk_full is None and self.refused is None:
             try:
                 self._inner.flush()
             except OSError as exc:
@@ -124,3 +186,9 @@ def disk_full_while_streaming(request: Any) -> OSError | None:
     """The error that stopped streaming this C-STORE request's dataset to disk, if any."""
     streamed = getattr(request, "_dataset_file", None)
     return getattr(streamed, "disk_full", None)
+
+
+def refused_while_streaming(request: Any) -> str | None:
+    """Why a limit of `route_incoming` stopped this C-STORE request's dataset, if one did."""
+    streamed = getattr(request, "_dataset_file", None)
+    return getattr(streamed, "refused", None)

@@ -21,6 +21,10 @@ RESOURCE_LIMITATION = 0x0213
 OUT_OF_RESOURCES = 0xA700  # the range 0xA7xx
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # the range 0xA9xx
 CANNOT_UNDERSTAND = 0xC210  # one of the range 0xCxxx
+# The node's own codes in the Cannot Understand range (0xC000-0xCFFF), one per reason, so a
+# peer's log tells them apart; neither is worth retrying unchanged.
+PATIENT_MISMATCH = 0xC221  # Patient ID (or Birth Date) differs from the study's
+INSTANCE_IN_OTHER_STUDY = 0xC222  # SOP Instance UID already stored under another study
 COERCION_OF_DATA_ELEMENTS = 0xB000  # warning
 ELEMENT_DISCARDED = 0xB006  # warning
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007  # warning

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scp_node.instance_header import HeaderError, read_header
 from scp_node.sop_classes import STORAGE_SOP_CLASSES
-from storage.index import Index
+from storage.index import Index, StudyConflict
 from storage.instance_store import SUFFIX, InstanceStore
 from storage.private_files import private_opener
 from storage.records import InstanceRecord
@@ -156,7 +156,14 @@ def reindex_store(store: InstanceStore, index: Index) -> int:
             continue
         scanned += 1
         record, expected = _record_for(store, instance_path, ctime)
-        if record is not None and index.record_instance(record, expected_in_series=expected):
+        try:
+            added_now = record is not None and index.record_instance(
+                record, expected_in_series=expected
+            )
+        except StudyConflict as conflict:  # a refusal interrupted between commit and unlink
+            log.warning("index recovery skipped %s: %s", instance_path, conflict)
+            continue
+        if record is not None and added_now:
             added += 1
             log.warning(
                 "re-indexed instance missing from the index after a restart sop_instance_uid=%s "

@@ -9,10 +9,15 @@ Values are checked against their VR before they are indexed or logged: UIDs by
 instance (its file is stored as received; a series with another Modality than CT or PT is never
 analysed): it is indexed and logged in an escaped, bounded form (at most INVALID_CODE_CHARS
 characters), which can never pass for a valid code.
+
+Patient ID and Patient's Birth Date are read only to keep one patient per study: they leave
+this module as SHA-256 digests (`patient_digest`), which the index compares and stores; the
+values themselves are never indexed, logged or audited.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,8 @@ HEADER_TAGS = [
     "NumberOfSlices",  # (0054,0081): expected count of a PET series
     "AccessionNumber",  # what the PACS shows: for finding the study on the console
     "StudyDate",
-    "PatientID",
+    "PatientID",  # for the console's search; and one patient per study (compared as digests)
+    "PatientBirthDate",
 ]
 
 
@@ -57,6 +63,14 @@ def code_string(value: object) -> str:
     return escape_text(text, INVALID_CODE_CHARS)
 
 
+def patient_digest(kind: str, value: object) -> str:
+    """SHA-256 (hex) of one patient identifier as the index compares it: the value without
+    DICOM padding, prefixed by `kind` ("id" or "birth-date") so equal texts of two elements
+    never compare equal. An empty Patient ID has a digest too (empty differs from "123")."""
+    text = "" if value is None else str(value).strip(" \x00")
+    return hashlib.sha256(f"lungnode {kind}:{text}".encode("utf-8", "replace")).hexdigest()
+
+
 class HeaderError(ValueError):
     """The file does not parse as a DICOM dataset; the message names the file and the error."""
 
@@ -74,6 +88,8 @@ class InstanceHeader:
     accession_number: str = ""
     study_date: str = ""
     patient_id: str = ""
+    patient_digest: str | None = None  # of Patient ID; see patient_digest()
+    birth_date_digest: str | None = None  # of Patient's Birth Date, None when absent or empty
 
     def record(self, path: Path, calling_aet: str, received_at: float) -> InstanceRecord:
         """The index row for this instance stored at `path`; raises InvalidUIDError naming the
@@ -94,6 +110,8 @@ class InstanceHeader:
             accession_number=self.accession_number,
             study_date=self.study_date,
             patient_id=self.patient_id,
+            patient_digest=self.patient_digest,
+            birth_date_digest=self.birth_date_digest,
         )
 
     def expected_in_series(self) -> int | None:
@@ -127,6 +145,15 @@ def read_header(path: Path) -> InstanceHeader:
             accession_number=_short_text(ds.get("AccessionNumber")),
             study_date=_short_text(ds.get("StudyDate")),
             patient_id=_short_text(ds.get("PatientID")),
+            patient_digest=patient_digest("id", ds.get("PatientID")),
+            birth_date_digest=_birth_date_digest(ds.get("PatientBirthDate")),
         )
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
         raise HeaderError(f"{path.name} does not parse as DICOM: {exc}") from None
+
+
+def _birth_date_digest(value: object) -> str | None:
+    """The birth date's digest, or None when the element is absent or empty (then not compared)."""
+    if value is None or not str(value).strip(" \x00"):
+        return None
+    return patient_digest("birth-date", value)

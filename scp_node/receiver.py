@@ -16,9 +16,10 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
@@ -29,20 +30,25 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.audit import AssociationAuditor, AuditLog, Party
 from scp_node.config import Config
+from scp_node.connections import associated, negotiating_association
 from scp_node.dicom_settings import (
     configure_pynetdicom,
     disk_full_while_streaming,
+    refused_while_streaming,
     route_incoming,
 )
 from scp_node.dimse_status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    INSTANCE_IN_OTHER_STUDY,
     OUT_OF_RESOURCES,
+    PATIENT_MISMATCH,
     PROCESSING_FAILURE,
     SUCCESS,
 )
 from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
 from scp_node.instance_header import HeaderError, InstanceHeader, is_code_string, read_header
+from scp_node.logs import escape_text
 from scp_node.metrics import METRICS
 from scp_node.sop_classes import (
     STORAGE_SOP_CLASSES,
@@ -50,8 +56,8 @@ from scp_node.sop_classes import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
-from scp_node.tls import server_context, start_server
-from storage.index import Index
+from scp_node.tls import peer_certificate_subject, server_context, start_server
+from storage.index import Index, StudyConflict
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord
 from storage.uids import InvalidUIDError
@@ -59,26 +65,110 @@ from storage.uids import InvalidUIDError
 log = logging.getLogger("lungnode.receiver")
 
 MAX_REFUSED_NAMED = 8
+_CONFLICT_STATUS = {
+    StudyConflict.PATIENT: PATIENT_MISMATCH,
+    StudyConflict.OTHER_STUDY: INSTANCE_IN_OTHER_STUDY,
+}
 
 
 class _NodeAE(ApplicationEntity):
-    """An AE whose calling-AE allow-list may also mean "nobody".
+    """pynetdicom's AE with the node's admission rules, applied where pynetdicom's ACSE reads
+    them: in the acceptor association's own thread, while it negotiates
+    (`connections.negotiating_association`).
 
-    pynetdicom reads an empty `require_calling_aet` as "anybody"; the node's empty allow-list
-    means nobody, so that case answers `[""]`, which no peer can send (AE titles are non-empty).
+    - `require_calling_aet`: an empty allow-list means nobody (`[""]`, which no peer can send;
+      pynetdicom reads an empty list as anybody). With TLS and `ae_titles_of_subject` set, the
+      AE titles the peer's certificate may present ([security] tls_client_ae_titles), within
+      the allow-list.
+    - `active_associations` (as the limit check sees it): only associations that delivered an
+      A-ASSOCIATE-RQ and have not ended, so connections still negotiating, or rejected ones
+      waiting to close, hold no slot of `maximum_associations`.
+    - `maximum_associations` (as the limit check sees it): 0 when the calling AE already holds
+      `max_associations_per_ae` associations, so the request is rejected as local limit
+      exceeded.
+
+    Why an association was rejected by these rules is kept for the audit (`rejection_note`).
     """
 
     admits_nobody = False
+    max_associations_per_ae = 0  # 0: no per-AE limit
+    ae_titles_of_subject: Callable[[str], tuple[str, ...] | None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._notes: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._notes_lock = threading.Lock()
+
+    def rejection_note(self, assoc: Association) -> str:
+        """Why the node's rules rejected `assoc` ('' when they did not)."""
+        with self._notes_lock:
+            return self._notes.pop(assoc, "")
+
+    def _note(self, assoc: Association, note: str) -> None:
+        with self._notes_lock:
+            self._notes[assoc] = note
 
     @property
     def require_calling_aet(self) -> list[str]:
-        return [""] if self.admits_nobody else super().require_calling_aet
+        allowed = [""] if self.admits_nobody else super().require_calling_aet
+        assoc = negotiating_association(self)
+        if assoc is None or self.ae_titles_of_subject is None:
+            return allowed
+        subject = peer_certificate_subject(assoc)
+        if subject is None:  # no TLS
+            return allowed
+        mapped = self.ae_titles_of_subject(subject)
+        if mapped is None:  # no mapping configured
+            return allowed
+        permitted = [ae for ae in (allowed or mapped) if ae in mapped]
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
+        if calling not in permitted and (not allowed or calling in allowed):
+            self._note(
+                assoc,
+                f"certificate {escape_text(subject or 'without subject', 256)} may not present "
+                f"AE title {escape_text(calling, 16)} ([security] tls_client_ae_titles)",
+            )
+        return permitted or [""]
 
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
         # super() cannot set a property; mypy types the class attribute as the getter's value
         # (list[str]), not as the property object that has fset
         ApplicationEntity.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
+
+    @property
+    def active_associations(self) -> list[Association]:
+        every = super().active_associations
+        if negotiating_association(self) is None:
+            return every
+        return [a for a in every if not a.is_acceptor or associated(a)]
+
+    @property
+    def maximum_associations(self) -> int:
+        limit = super().maximum_associations
+        assoc = negotiating_association(self)
+        if assoc is None:
+            return limit
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
+        mine = [
+            a
+            for a in self.active_associations
+            if a.is_acceptor and str(a.requestor.ae_title).strip() == calling
+        ]
+        if self.max_associations_per_ae and len(mine) > self.max_associations_per_ae:
+            self._note(
+                assoc,
+                f"calling AE {escape_text(calling, 16)} already holds "
+                f"{len(mine) - 1} associations ([node] max_associations_per_ae)",
+            )
+            return 0
+        if len([a for a in self.active_associations if a.is_acceptor]) > limit:
+            self._note(assoc, f"{limit} associations in progress ([node] max_associations)")
+        return limit
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        ApplicationEntity.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
 
 
 class _Rejected(Exception):
@@ -128,7 +218,7 @@ class Receiver:
         self._ae = self._build_ae()
         self._ssl_context = server_context(config.security)  # None without TLS
 
-    def _build_ae(self) -> ApplicationEntity:
+    def _build_ae(self) -> _NodeAE:
         node = self._config.node
         security = self._config.security
         ae = _NodeAE(ae_title=node.ae_title)
@@ -136,23 +226,30 @@ class Receiver:
         ae.acse_timeout = node.acse_timeout
         ae.dimse_timeout = node.dimse_timeout
         ae.network_timeout = node.network_timeout
-        ae.maximum_pdu_size = 0  # unlimited: peers send PDUs as large as they like
+        ae.maximum_pdu_size = node.max_pdu_length  # announced; longer PDUs are refused
+        ae.max_associations_per_ae = node.max_associations_per_ae
         ae.require_called_aet = security.require_called_aet
         if not security.allow_any_calling_aet:
-            allowed = sorted(
-                set(security.allowed_calling_aets)
-                | {d.ae_title for d in self._config.destinations.values()}
-            )
+            # only the allow-list: a destination's AE title is not allowed to send unless listed
+            allowed = sorted(set(security.allowed_calling_aets))
             ae.require_calling_aet = allowed
             ae.admits_nobody = not allowed
+        if security.tls_enabled and security.tls_client_ae_titles:
+            ae.ae_titles_of_subject = security.ae_titles_of_subject
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))
-        route_incoming(ae, self._store.incoming)
+        mib = 1024 * 1024
+        route_incoming(
+            ae,
+            self._store.incoming,
+            min_free_bytes=self._config.storage.min_free_mb * mib,
+            max_bytes=self._config.storage.max_instance_mb * mib,
+        )
         return ae
 
     @property
-    def ae(self) -> ApplicationEntity:
+    def ae(self) -> _NodeAE:
         """The pynetdicom AE (for inspection in tests and the Conformance Statement check)."""
         return self._ae
 
@@ -196,6 +293,9 @@ class Receiver:
                 self._ssl_context,
                 self._config.node.acse_timeout,
                 on_handshake_failed=self._on_tls_refused,
+                max_pdu_length=self._config.node.max_pdu_length,
+                max_pending_per_address=self._config.node.max_pending_per_address,
+                on_drop=self._on_connection_dropped,
             )
         log.info(
             "listening ae_title=%s address=%s:%d tls=%s",
@@ -243,6 +343,12 @@ class Receiver:
         party = Party(uuid.uuid4().hex[:16], calling_ae="", called_ae="", peer=peer)
         self._audit.audit_log.association_rejected(party, reason)
 
+    def _on_connection_dropped(self, peer: str, calling_ae: str, reason: str) -> None:
+        """Audit a connection the node cut (Security Alert): a PDU too long, too slow or not
+        DICOM, or too many pending connections from one address."""
+        party = Party(uuid.uuid4().hex[:16], calling_ae=calling_ae, called_ae="", peer=peer)
+        self._audit.audit_log.connection_dropped(party, reason)
+
     # --- event handlers -----------------------------------------------------------------
 
     def _on_c_echo(self, event: Event) -> int:
@@ -261,14 +367,23 @@ class Receiver:
         --------
         0x0000 Success: the file is renamed into the store (fsynced) and recorded in the index;
                also for an instance already stored (idempotent on SOP Instance UID).
-        0xA700 Out of Resources: free space on the store is below [storage] min_free_mb, or the
-               disk filled while the dataset was received or committed; nothing is left in the
-               store or its incoming folder.
+        0xA700 Out of Resources: free space on the store is below [storage] min_free_mb (checked
+               every MiB while the dataset streams: from then on nothing more is written), or
+               the disk filled while the dataset was received or committed; or the dataset grew
+               past [storage] max_instance_mb while it streamed; or the calling AE already
+               started [security] max_new_studies_per_hour new studies in the last hour (this
+               instance would start one more; audited as a Security Alert). Nothing is left in
+               the store or its incoming folder.
         0xA900 Data Set Does Not Match SOP Class: the dataset's SOP Class UID is not the
                request's Affected SOP Class UID.
         0xC210 Cannot Understand: the dataset does not parse, or its Study/Series/SOP Instance UID
                is missing or not a valid UID (e.g. contains '/'), or its SOP Instance UID is not the
                request's Affected SOP Instance UID. No path is ever built from such a value.
+        0xC221 (Cannot Understand range) Patient Mismatch: one patient per study; the instance's
+               Patient ID differs from the study's (that of its first instance), or both have a
+               Patient's Birth Date and they differ. Not stored; audited.
+        0xC222 (Cannot Understand range) Instance In Another Study: the SOP Instance UID is
+               already stored under another Study Instance UID. Not stored; audited.
         0x0110 Processing Failure: any other error (e.g. the index database is unavailable); the
                peer may retry. The instance may be in the store but is not acknowledged.
         0x0122 SOP Class Not Supported is answered by pynetdicom at negotiation for SOP classes
@@ -330,6 +445,9 @@ class Receiver:
             raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
         if self._intake_paused is not None and self._intake_paused():
             raise _Rejected(OUT_OF_RESOURCES, "intake is paused from the console")
+        stopped = refused_while_streaming(event.request)
+        if stopped is not None:
+            raise _Rejected(OUT_OF_RESOURCES, stopped)
         if not self._store.has_free_space():
             raise _Rejected(
                 OUT_OF_RESOURCES,
@@ -356,6 +474,12 @@ class Receiver:
                 f"dataset SOP Instance UID {sop_uid} is not the request's "
                 f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
             )
+        self._check_study_quota(event, record.study_uid, calling_aet)
+        conflict = self._index.instance_conflict(
+            record.study_uid, sop_uid, record.patient_digest, record.birth_date_digest
+        )
+        if conflict is not None:
+            raise _Rejected(_CONFLICT_STATUS[conflict.kind], str(conflict))
         temp = self._temp_in_store(streamed)
         with self._indexing.committing():
             try:
@@ -371,8 +495,29 @@ class Receiver:
                 if temp != streamed:
                     temp.unlink(missing_ok=True)
             record = dataclasses.replace(record, path=final, received_at=time.time())
-            self._indexing.record(record, header.expected_in_series())
+            try:
+                self._indexing.record(record, header.expected_in_series())
+            except StudyConflict as raced:  # with another instance: nothing was indexed
+                if new:
+                    self._store.remove_instance(final)
+                raise _Rejected(_CONFLICT_STATUS[raced.kind], str(raced)) from None
         return record, new
+
+    def _check_study_quota(self, event: Event, study_uid: str, calling_aet: str) -> None:
+        """Refuse (0xA700, audited) an instance that would start one more new study for a
+        calling AE that started [security] max_new_studies_per_hour in the last hour."""
+        quota = self._config.security.max_new_studies_per_hour
+        if not quota or self._index.study_known(study_uid):
+            return
+        started = self._index.studies_started_by(calling_aet, time.time() - 3600.0)
+        if started < quota:
+            return
+        reason = (
+            f"calling AE {escape_text(calling_aet, 16)} started {started} new studies in the "
+            f"last hour ([security] max_new_studies_per_hour = {quota})"
+        )
+        self._audit.study_quota(event, study_uid, reason)
+        raise _Rejected(OUT_OF_RESOURCES, reason)
 
     def _temp_in_store(self, streamed: Path) -> Path:
         """The streamed file when it lies in the store's incoming folder, else a copy there."""
@@ -399,7 +544,7 @@ class Receiver:
         requestor = event.assoc.requestor
         primitive = event.assoc.requestor.primitive
         called = getattr(primitive, "called_ae_title", "")
-        reason = self._audit.rejected(event)
+        reason = self._audit.rejected(event, self._ae.rejection_note(event.assoc))
         log.warning(
             "association rejected calling_ae=%s called_ae=%s peer=%s:%s reason=%s",
             requestor.ae_title,

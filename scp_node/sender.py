@@ -97,12 +97,13 @@ class Sender:
         self._config = config
         self._index = index
         self._rng = rng or random.Random()
-        # Built once, so a bad [security] TLS file fails here (at start) with a ConfigError.
-        self._tls_context = (
-            client_context(config.security)
-            if any(d.tls for d in config.destinations.values())
-            else None
-        )
+        # Built once per TLS destination (host name check and pin are per destination), so a
+        # bad [security] TLS file fails here (at start) with a ConfigError.
+        self._tls_contexts = {
+            d.name: client_context(config.security, d)
+            for d in config.destinations.values()
+            if d.tls
+        }
 
     def deliver_due(self, now: float) -> int:
         """Send every due outbox row and record its outcome; returns the number of rows handled."""
@@ -151,8 +152,9 @@ class Sender:
 
         ae = self._build_ae([ds for _, ds in loaded])
         tls_args = None
-        if destination.tls and self._tls_context is not None:
-            tls_args = (self._tls_context, destination.host)  # host: SNI only, not checked
+        if destination.tls and destination.name in self._tls_contexts:
+            # host: SNI, and checked when the destination says verify_hostname
+            tls_args = (self._tls_contexts[destination.name], destination.host)
         try:
             assoc = ae.associate(
                 destination.host,

@@ -2,9 +2,12 @@
 run in the connection's own thread under a deadline.
 
 Trust model: a peer is trusted when its certificate chains to `[security] tls_ca_certificates`
-(TLS 1.2 or later). Host names are not checked, on either side: DICOM peers are configured by
-address and AE title, and hospital certificates seldom name the address a peer is reached at
-(DCMTK and Orthanc do not check them either); pinning the CA file is the control.
+(TLS 1.2 or later, TLS 1.3 preferred; on TLS 1.2 AEAD suites with forward secrecy only). The
+SCP does not check client host names (DICOM peers are configured by AE title; with
+[security] tls_client_ae_titles the certificate subject decides which AE titles a client may
+present). The SCU checks a destination's host name only when its [destinations] line says
+verify_hostname, and accepts only one certificate when it says sha256=<fingerprint>;
+otherwise the CA file is the control.
 
 pynetdicom 3.0.4 wraps each accepted socket with the handshake inside the server's accept loop
 (`AssociationServer.get_request`), so one client that connects and never finishes the
@@ -15,6 +18,7 @@ handshake stops every other association. `HandshakeInThreadServer` wraps with
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import select
 import socket
@@ -30,11 +34,51 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from scp_node.config import ConfigError, SecurityConfig
+from scp_node.config import ConfigError, Destination, SecurityConfig
+from scp_node.connections import GuardedServer
 
 log = logging.getLogger("lungnode.tls")
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+# TLS 1.2 cipher suites: AEAD only (AES-GCM, ChaCha20-Poly1305) with forward secrecy, as BCP 195
+# recommends; no CBC, no RSA key exchange. TLS 1.3 suites are all AEAD and TLS 1.3 is used
+# whenever both sides offer it (the maximum version stays TLS 1.3).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    """TLS 1.2 or later, AEAD suites only on TLS 1.2, no compression or renegotiation."""
+    context.minimum_version = MINIMUM_VERSION
+    context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+class PinnedCertificateError(ssl.SSLError):
+    """The destination's certificate is not the one pinned in [destinations] (sha256=)."""
+
+
+class _PinnedSocket(ssl.SSLSocket):
+    """An SSLSocket that, after its handshake, accepts only the certificate whose SHA-256
+    fingerprint its context pins (before any byte of DICOM is sent)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        pin = getattr(self.context, "pin_sha256", None)
+        if pin:
+            der = self.getpeercert(binary_form=True) or b""
+            seen = hashlib.sha256(der).hexdigest()
+            if seen != pin:
+                self.close()
+                raise PinnedCertificateError(
+                    f"certificate SHA-256 {seen} is not the pinned {pin} ([destinations] sha256=)"
+                )
+
+
+class _PinningContext(ssl.SSLContext):
+    sslsocket_class = _PinnedSocket
+    pin_sha256: str | None = None
 
 
 def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
@@ -46,7 +90,7 @@ def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
     if not security.tls_enabled:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = MINIMUM_VERSION
+    _harden(context)
     _load_own_certificate(context, security)
     if security.tls_ca_certificates is not None:
         _load_trusted(context, security)
@@ -64,18 +108,24 @@ def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
     return context
 
 
-def client_context(security: SecurityConfig) -> ssl.SSLContext:
-    """The SCU's SSL context for destinations marked tls: verifies the destination's
-    certificate against tls_ca_certificates (no host name check) and presents our
-    certificate, when one is configured, as client certificate."""
+def client_context(
+    security: SecurityConfig, destination: Destination | None = None
+) -> ssl.SSLContext:
+    """The SCU's SSL context for a destination marked tls: verifies the destination's
+    certificate against tls_ca_certificates, checks its host name when the destination says
+    verify_hostname, accepts only the pinned certificate when it says sha256=..., and presents
+    our certificate, when one is configured, as client certificate."""
     if security.tls_ca_certificates is None:
         raise ConfigError(
             "config key [security] tls_ca_certificates = '': expected the CA certificates "
             "that sign the TLS destinations' certificates"
         )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = MINIMUM_VERSION
-    context.check_hostname = False  # see the module docstring: the CA file is the pin
+    context = _PinningContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context)
+    # by default the CA file is the trust anchor (see the module docstring); per destination
+    # the host name may be checked too, and the certificate pinned
+    context.check_hostname = bool(destination and destination.tls_verify_hostname)
+    context.pin_sha256 = destination.tls_pin_sha256 if destination else None
     context.verify_mode = ssl.CERT_REQUIRED
     _load_trusted(context, security)
     if security.tls_enabled:
@@ -104,21 +154,10 @@ def _load_trusted(context: ssl.SSLContext, security: SecurityConfig) -> None:
         ) from None
 
 
-class ReadTimeoutServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server whose accepted sockets time out reads after the AE's
-    network timeout.
-
-    pynetdicom leaves accepted sockets blocking without a timeout (`accept()` does not copy
-    the listening socket's), so a peer that stops halfway through a PDU would hold its
-    association, and a slot of `max_associations`, for ever; with the timeout the read fails
-    and pynetdicom closes the connection (Evt17).
-    """
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client_socket, address = self.socket.accept()
-        client_socket.settimeout(self.ae.network_timeout)
-        return client_socket, address
+# The plain-TCP server: accepted sockets' reads time out after the AE's network timeout, and
+# the limits of scp_node.connections (PDU size and deadlines, pending connections per address,
+# listen backlog) apply.
+ReadTimeoutServer = GuardedServer
 
 
 class HandshakeInThreadServer(ReadTimeoutServer):
@@ -165,12 +204,14 @@ class HandshakeInThreadServer(ReadTimeoutServer):
                 except Exception:
                     log.exception("on_handshake_failed callback failed")
             self.shutdown_request(request)
+            self.release(request)
             return
         super().process_request_thread(request, client_address)
 
     def _handshake(self, sock: ssl.SSLSocket, peer: Any) -> str:
-        """Complete the handshake within handshake_timeout: '' on success, else why not."""
-        deadline = time.monotonic() + self.handshake_timeout
+        """Complete the handshake within handshake_timeout of the accept: '' on success, else
+        why not (the A-ASSOCIATE-RQ must then arrive within the same deadline)."""
+        deadline = (self.accepted_at(sock) or time.monotonic()) + self.handshake_timeout
         address = _address(peer)
         try:
             sock.setblocking(False)
@@ -227,6 +268,18 @@ def _address(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
+def peer_certificate_subject(assoc: Any) -> str | None:
+    """The subject of the certificate the peer of `assoc` presented ('O=...,CN=...'): '' for a
+    TLS peer without one, None without TLS."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        return _subject(sock.getpeercert())
+    except (ValueError, OSError):  # not connected any more
+        return ""
+
+
 def _subject(certificate: dict[str, Any] | None) -> str:
     """The certificate's subject as 'O=...,CN=...' (empty without a certificate)."""
     if not certificate:
@@ -256,17 +309,22 @@ def start_server(
     context: ssl.SSLContext | None,
     handshake_timeout: float,
     on_handshake_failed: Callable[[str, str], None] | None = None,
+    **limits: Any,
 ) -> ThreadedAssociationServer:
     """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None
     (`ReadTimeoutServer`), else DICOM TLS only, with handshakes in the connection threads
     (`HandshakeInThreadServer`); both time out reads stuck mid-PDU;
-    `on_handshake_failed(peer, reason)` hears of each TLS connection closed before DICOM.
+    `on_handshake_failed(peer, reason)` hears of each TLS connection closed before DICOM;
+    `limits` are GuardedServer's keyword arguments (max_pdu_length, max_pending_per_address,
+    on_drop).
 
     Mirrors `ApplicationEntity.start_server(block=False)`, including the registration in
     `ae._servers` that pynetdicom's `shutdown()` removes again.
     """
     if context is None:
-        server = ae.make_server(address, evt_handlers=evt_handlers, server_class=ReadTimeoutServer)
+        server = ae.make_server(
+            address, evt_handlers=evt_handlers, server_class=ReadTimeoutServer, **limits
+        )
     else:
         server = ae.make_server(
             address,
@@ -275,6 +333,7 @@ def start_server(
             server_class=HandshakeInThreadServer,
             handshake_timeout=handshake_timeout,
             on_handshake_failed=on_handshake_failed,
+            **limits,
         )
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(

@@ -140,7 +140,10 @@ class AnalysisWorker:
         del analysis  # frees the CT and SUV volumes before encoding
         for reason in result.skipped:
             log.info("analysis note study=%s: %s", job.study_uid, reason)
-        destinations, problems = destinations_for(self._config, job.source_aet)
+        # `sender` routing: the AEs that sent the analysed series (every series when none was)
+        analysed_series = [uid for uid in (result.ct_series_uid, result.pet_series_uid) if uid]
+        senders = self._index.senders(job.study_uid, analysed_series or None)
+        destinations, problems = destinations_for(self._config, senders)
         for problem in problems:
             log.warning("routing study=%s: %s", job.study_uid, problem)
         wanted = {name: self._config.objects_for(name) for name in destinations}

@@ -4,7 +4,8 @@
 `Index(db)` does the same over an open Database. Each operation belongs to the module of its
 concern, and the Index only names them in one place for the node's components:
 
-    receiving (storage.studies)   record_instance, mark_ready, study_files
+    receiving (storage.studies)   record_instance, instance_conflict, mark_ready, study_files,
+                                  senders, study_known, studies_started_by
     work queue (storage.jobs)     claim_job, renew_lease, complete_job, fail_job
     delivery (storage.outbox)     due_outbox, outbox_sent, outbox_retry, outbox_dead, resend_dead
     operations                    status (storage.status), expired_studies, forget_study
@@ -32,7 +33,7 @@ from storage.outbox import OUTBOX_LEASE_SECONDS, Outbox
 from storage.records import InstanceRecord, Job, OutboxItem, ResultObject
 from storage.retention import Retention
 from storage.states import JobState, OutboxState, ResultKind, StudyState
-from storage.studies import Studies
+from storage.studies import Studies, StudyConflict
 from storage.study_files import StudyFiles
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "OutboxState",
     "ResultKind",
     "ResultObject",
+    "StudyConflict",
     "StudyState",
     "open_index",
 ]
@@ -88,6 +90,28 @@ class Index:
     ) -> bool:
         """See Studies.record_instance."""
         return self.studies.record_instance(rec, expected_in_series=expected_in_series)
+
+    def instance_conflict(
+        self,
+        study_uid: str,
+        sop_uid: str,
+        patient_digest: str | None,
+        birth_date_digest: str | None,
+    ) -> StudyConflict | None:
+        """See Studies.conflict."""
+        return self.studies.conflict(study_uid, sop_uid, patient_digest, birth_date_digest)
+
+    def study_known(self, study_uid: str) -> bool:
+        """See Studies.study_known."""
+        return self.studies.study_known(study_uid)
+
+    def studies_started_by(self, calling_aet: str, since: float) -> int:
+        """See Studies.studies_started_by."""
+        return self.studies.studies_started_by(calling_aet, since)
+
+    def senders(self, study_uid: str, series_uids: list[str] | None = None) -> list[str]:
+        """See Studies.senders."""
+        return self.studies.senders(study_uid, series_uids)
 
     def mark_ready(self, now: float, quiet_seconds: float) -> list[str]:
         """See Studies.mark_ready."""

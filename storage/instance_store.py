@@ -135,6 +135,15 @@ class InstanceStore:
         _fsync_path(final.parent)
         return final
 
+    def remove_instance(self, path: Path) -> None:
+        """Delete one instance file this store committed (an instance refused after its commit,
+        e.g. a patient conflict found in the index); a missing file is fine."""
+        path = Path(path)
+        if self.root not in path.resolve().parents:
+            raise ValueError(f"{path} is not in the instance store {self.root}")
+        path.unlink(missing_ok=True)
+        _fsync_path(path.parent)
+
     def remove_study(self, study_uid: str) -> None:
         """Delete every file of a study (instances and results); a missing study is fine."""
         folder = self.root / require_uid("Study Instance UID", study_uid)

@@ -88,6 +88,16 @@ def test_tls_keys_and_tls_destination(tmp_path: Path) -> None:
     assert config.security.tls_certificate == tmp_path.resolve() / "node.pem"
     assert config.destinations["pacs"].tls
     assert config.security.audit_log == tmp_path.resolve() / "data" / "audit.log"
+    pin = "ab" * 32
+    both = f"PACS@10.0.0.5:2762 tls verify_hostname sha256={pin} result_objects=sr, gsps,ko"
+    pacs = load_config(
+        _write(tmp_path), environ={**env, "LUNGNODE__DESTINATIONS__PACS": both}
+    ).destinations["pacs"]
+    assert (pacs.tls, pacs.tls_verify_hostname, pacs.tls_pin_sha256) == (True, True, pin)
+    assert pacs.result_objects == ("sr", "gsps", "ko")
+    for bad in ("PACS@h:1 verify_hostname", "PACS@h:1 tls result_objects=sr,xx", "PACS@h:1 x"):
+        with pytest.raises(ConfigError, match=r"\[destinations\] pacs"):
+            load_config(_write(tmp_path), environ={**env, "LUNGNODE__DESTINATIONS__PACS": bad})
     with pytest.raises(ConfigError, match=r"\[security\] tls_certificate = 'absent.pem'"):
         load_config(
             _write(tmp_path), environ={**env, "LUNGNODE__SECURITY__TLS_CERTIFICATE": "absent.pem"}

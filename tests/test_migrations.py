@@ -273,14 +273,14 @@ def test_fresh_database_has_the_schema_of_an_upgraded_one(db_url: str, tmp_path:
 
 
 def steps(dialect: str, *sql: str) -> tuple[Migration, ...]:
-    """The real migrations followed by test migrations numbered after them, from `sql`."""
+    """The real migrations followed by test migrations latest+1, latest+2, ... from `sql`."""
     real = [
-        Migration(v, name, split_statements(text, dialect, f"{v:04d}")[0])
-        for v, name, text in migration_files()
+        Migration(n, name, split_statements(text, dialect, f"{n:04d}")[0])
+        for n, name, text in migration_files()
     ]
     extra = [
         Migration(n, f"test_{n}", split_statements(text, dialect, f"test {n}")[0])
-        for n, text in enumerate(sql, len(real) + 1)
+        for n, text in enumerate(sql, latest_version() + 1)
     ]
     return (*real, *extra)
 
@@ -296,15 +296,16 @@ def test_upgrade_runs_each_step_in_order_in_one_transaction(db_url: str) -> None
         broken = "INSERT INTO no_such_table VALUES (1);"
         with pytest.raises(Exception, match="no_such_table"):
             migrate(db, steps(db.dialect, add_table, copy_rows, broken))
-        assert schema_version(db) == latest_version(), "a failed step rolls it all back"
+        assert schema_version(db) == latest_version(), "a failed step rolls the upgrade back"
         with pytest.raises(Exception, match="notes"), db.transaction() as cur:
             cur.execute("SELECT * FROM notes")
         assert migrate(db, steps(db.dialect, add_table, copy_rows)) == latest_version() + 2
         assert db.run(lambda cur: cur.execute("SELECT * FROM notes").fetchall()) == [
             ("1.2.3", "RECEIVING")
         ]
-        again = migrate(db, steps(db.dialect, add_table, copy_rows))
-        assert again == latest_version() + 2, "nothing to do"
+        assert migrate(db, steps(db.dialect, add_table, copy_rows)) == latest_version() + 2, (
+            "nothing to do"
+        )
     finally:
         db.close()
 

@@ -16,6 +16,12 @@ new release. Each failure names the internal and the node module that depends on
 - `AssociationServer.get_request` as the place where TLS sockets are wrapped, and
   `make_server(server_class=..., **kwargs)` (scp_node.tls servers)
 - the A-ASSOCIATE primitive's attributes read for logs and audit (receiver, sender, audit)
+- `DULServiceProvider._read_pdu_data` (replaced by scp_node.connections), its queues and
+  `_decode_pdu`; `Association.run_reactor` ending when its A-ASSOCIATE-RQ wait returns None
+- `ACSE._negotiate_as_acceptor` reading `active_associations`, `maximum_associations` and
+  `require_calling_aet` through the AE (scp_node.receiver._NodeAE)
+- `RequestHandler.handle` and `AssociationServer(request_handler=...)`
+  (scp_node.connections._GuardedRequestHandler)
 """
 
 from __future__ import annotations
@@ -190,3 +196,49 @@ def test_node_ae_with_empty_allow_list_rejects_every_caller() -> None:
         )
     finally:
         server.shutdown()
+
+
+def test_dul_reads_pdus_through_read_pdu_data_and_the_acceptor_waits_on_its_queue() -> None:
+    """scp_node.connections replaces DULServiceProvider._read_pdu_data (called by
+    _is_transport_event; it puts events on event_queue and PDUs on _recv_pdu, decodes with
+    _decode_pdu) and wakes an acceptor waiting for its A-ASSOCIATE-RQ with a None on
+    to_user_queue (Association.run_reactor then ends the association)."""
+    from pynetdicom.association import Association
+
+    from scp_node import connections
+
+    configure_pynetdicom()
+    assert DULServiceProvider._read_pdu_data is connections.guarded_read_pdu_data
+    assert "_read_pdu_data" in _names(DULServiceProvider._is_transport_event)
+    original = _names(connections._original_read_pdu_data)
+    assert {"_decode_pdu", "event_queue", "_recv_pdu"} <= original, (
+        "pynetdicom's _read_pdu_data no longer decodes with _decode_pdu onto event_queue and "
+        "_recv_pdu (scp_node.connections.guarded_read_pdu_data mirrors it)"
+    )
+    assert "to_user_queue" in _names(DULServiceProvider.receive_pdu)
+    assert {"receive_pdu", "kill", "_server"} <= _names(Association.run_reactor)
+
+
+def test_acse_reads_the_limits_through_the_ae_in_the_acceptor_thread() -> None:
+    """scp_node.receiver._NodeAE overrides active_associations and maximum_associations (and
+    require_calling_aet) for the limit check of ACSE._negotiate_as_acceptor, which runs in the
+    association's own thread."""
+    from pynetdicom.acse import ACSE
+
+    names = _names(ACSE._negotiate_as_acceptor)
+    assert {"active_associations", "maximum_associations", "require_calling_aet"} <= names
+    for name in ("active_associations", "maximum_associations"):
+        prop = ApplicationEntity.__dict__.get(name)
+        assert isinstance(prop, property) and prop.fget, f"ApplicationEntity.{name} not a property"
+    assert ApplicationEntity.__dict__["maximum_associations"].fset
+
+
+def test_request_handler_creates_the_association_and_server_accepts_request_handler() -> None:
+    """scp_node.connections._GuardedRequestHandler.handle mirrors RequestHandler.handle."""
+    import inspect
+
+    from pynetdicom.transport import RequestHandler
+
+    assert {"_create_association", "start", "trigger"} <= _names(RequestHandler.handle)
+    assert "request_handler" in inspect.signature(AssociationServer.__init__).parameters
+    assert "request_queue_size" in dir(ThreadedAssociationServer)

@@ -209,15 +209,20 @@ def test_empty_allow_list_admits_nobody(tmp_path: Path) -> None:
         running.close()
 
 
-def test_destination_ae_titles_may_send(tmp_path: Path) -> None:
+def test_destination_ae_titles_may_not_send_unless_allowed(tmp_path: Path) -> None:
+    """A destination's AE title is where results go, not a credential to send (issue 11):
+    only [security] allowed_calling_aets admits a calling AE."""
     running = RunningNode(
         tmp_path,
-        security__allowed_calling_aets="",
+        security__allowed_calling_aets="ECHOSCU",
         destinations__pacs="MYPACS@127.0.0.1:4242",
     )
     try:
         result = run_echoscu(running.port, calling_ae="MYPACS", called_ae=running.ae_title)
-        assert result.returncode == 0, result.stderr + result.stdout
+        assert result.returncode != 0, result.stderr + result.stdout
+        assert "Calling AE Title Not Recognized" in result.stderr + result.stdout
+        allowed = run_echoscu(running.port, calling_ae="ECHOSCU", called_ae=running.ae_title)
+        assert allowed.returncode == 0, allowed.stderr + allowed.stdout
     finally:
         running.close()
 
@@ -276,7 +281,7 @@ def test_accepted_contexts_match_the_tables(receiver_node: RunningNode) -> None:
     for uid in STORAGE_SOP_CLASSES.values():
         assert supported[uid] == set(TRANSFER_SYNTAXES.values())
     assert set(supported) == set(STORAGE_SOP_CLASSES.values()) | {"1.2.840.10008.1.1"}
-    assert receiver_node.receiver.ae.maximum_pdu_size == 0
+    assert receiver_node.receiver.ae.maximum_pdu_size == receiver_node.config.node.max_pdu_length
 
 
 def test_stopped_receiver_refuses_connections(tmp_path: Path) -> None:

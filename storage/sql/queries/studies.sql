@@ -11,14 +11,25 @@ VALUES (:sop_uid, :study_uid, :series_uid, :sop_class_uid, :modality, :path,
         :calling_aet, :received_at)
 ON CONFLICT (sop_uid) DO NOTHING
 
+-- name: instance_study
+-- The study an indexed SOP Instance UID belongs to (a SOP Instance lives in one study only).
+SELECT study_uid FROM instances WHERE sop_uid = :sop_uid
+
+-- name: study_patient
+SELECT patient_digest, birth_date_digest FROM studies WHERE study_uid = :study_uid
+
 -- name: count_instance_in_study
 -- A new study is RECEIVING version 1; a study that left RECEIVING goes back with version+1.
+-- The patient digests of the first instance stay (a study indexed before they existed takes
+-- this instance's); RETURNING gives them back so the caller compares in the same transaction.
 INSERT INTO studies (study_uid, state, version, source_aet, instances, first_received_at,
                      last_received_at, updated_at, reason, accession_number, study_date,
-                     patient_id)
+                     patient_id, patient_digest, birth_date_digest)
 VALUES (:study_uid, :receiving, 1, :source_aet, 1, :received_at, :received_at, :received_at,
-        NULL, :accession_number, :study_date, :patient_id)
+        NULL, :accession_number, :study_date, :patient_id, :patient_digest, :birth_date_digest)
 ON CONFLICT (study_uid) DO UPDATE SET
+    patient_digest = COALESCE(studies.patient_digest, excluded.patient_digest),
+    birth_date_digest = COALESCE(studies.birth_date_digest, excluded.birth_date_digest),
     instances = studies.instances + 1,
     accession_number = COALESCE(NULLIF(excluded.accession_number, ''), studies.accession_number),
     study_date = COALESCE(NULLIF(excluded.study_date, ''), studies.study_date),
@@ -30,7 +41,7 @@ ON CONFLICT (study_uid) DO UPDATE SET
                    ELSE studies.version + 1 END,
     reason = CASE WHEN studies.state = :receiving THEN studies.reason ELSE NULL END,
     state = :receiving
-RETURNING version
+RETURNING version, patient_digest, birth_date_digest
 
 -- name: count_instance_in_series
 INSERT INTO series (series_uid, study_uid, modality, expected_instances, instances,
@@ -69,3 +80,17 @@ SELECT e.series_uid, e.modality, i.path, i.sop_uid, i.sop_class_uid
 FROM instances i JOIN series e ON e.series_uid = i.series_uid
 WHERE i.study_uid = :study_uid
 ORDER BY e.series_uid, i.received_at, i.sop_uid
+
+-- name: series_senders
+-- The calling AE titles that sent instances of one series of a study (routing to `sender`
+-- goes to the AEs whose series were analysed).
+SELECT DISTINCT calling_aet FROM instances
+WHERE study_uid = :study_uid AND series_uid = :series_uid
+ORDER BY calling_aet
+
+-- name: study_senders
+SELECT DISTINCT calling_aet FROM instances WHERE study_uid = :study_uid ORDER BY calling_aet
+
+-- name: studies_started_by
+-- Studies whose first instance came from :calling_aet since :since (new-study quota).
+SELECT COUNT(*) FROM studies WHERE source_aet = :calling_aet AND first_received_at >= :since

@@ -1,0 +1,338 @@
+"""Connections to the SCP before and around association: bounded in size, time and number.
+
+pynetdicom 3.0 reads a PDU by its announced length in one `recv` loop, with the socket's
+timeout applying to each byte rather than to the PDU, and counts every open connection against
+`maximum_associations`, associated or not. Alone, that lets one peer announce a 4 GiB
+A-ASSOCIATE-RQ and have it buffered, or hold every association slot by dripping one byte every
+few seconds. This module closes those holes:
+
+- `GuardedServer` (the base of the node's servers, see scp_node.tls): a listen backlog of
+  LISTEN_BACKLOG; at most `max_pending_per_address` connections per source address that have
+  not yet delivered an A-ASSOCIATE-RQ (more are closed at accept); it remembers when each
+  connection was accepted and tells `on_drop(peer, calling_ae, reason)` of every connection it
+  or the PDU reader cuts (the receiver audits them as Security Alerts).
+- `guarded_read_pdu_data`, installed as `DULServiceProvider._read_pdu_data` by
+  scp_node.dicom_settings: for associations of a GuardedServer, a PDU whose header announces
+  more than `max_pdu_length` bytes is refused before any of it is read, an unknown PDU type (or,
+  before association, anything but an A-ASSOCIATE-RQ) is refused, and a PDU must arrive whole
+  within one deadline: the A-ASSOCIATE-RQ within [node] acse_timeout of the accept, every later
+  PDU within [node] network_timeout of its first byte. A refused connection is closed at once
+  and, before association, its acceptor thread woken so its slot is free at once. Associations
+  the node requests (the sender) read PDUs exactly as pynetdicom does.
+- `negotiating_association(ae)`: the acceptor association whose A-ASSOCIATE-RQ the current
+  thread is negotiating, for scp_node.receiver's AE, whose association limits count only
+  associations that delivered an A-ASSOCIATE-RQ (see `associated`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from scp_node.logs import escape_text
+
+log = logging.getLogger("lungnode.connections")
+
+LISTEN_BACKLOG = 128  # listen(2) backlog of the SCP's socket (pynetdicom's default is 5)
+PDU_TYPES = frozenset(range(0x01, 0x08))
+A_ASSOCIATE_RQ = 0x01
+_READ_CHUNK = 64 * 1024
+_REQUEST_READ = "_lungnode_request_read"  # set on a DUL once its A-ASSOCIATE-RQ was read
+
+# pynetdicom's own reader, for associations that are not a GuardedServer's
+_original_read_pdu_data = DULServiceProvider._read_pdu_data
+
+
+def associated(assoc: Association) -> bool:
+    """True once the acceptor `assoc` received its A-ASSOCIATE-RQ and has not ended (rejected,
+    aborted or released): what counts against the association limits."""
+    return (
+        assoc.requestor.primitive is not None
+        and (assoc.ident is None or assoc.is_alive())
+        and not (assoc.is_rejected or assoc.is_aborted or assoc.is_released)
+    )
+
+
+def negotiating_association(ae: object) -> Association | None:
+    """The acceptor association of `ae` the calling thread is negotiating (pynetdicom's ACSE
+    runs in the association's own thread and reads the AE's limits and allow-list there)."""
+    thread = threading.current_thread()
+    if (
+        isinstance(thread, Association)
+        and thread.ae is ae
+        and thread.is_acceptor
+        and not thread.is_established
+    ):
+        return thread
+    return None
+
+
+def peer_host(address: Any) -> str:
+    """The host part of a client address tuple."""
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+class _GuardedRequestHandler(RequestHandler):
+    """pynetdicom's handler that hands the new association to its GuardedServer before it
+    starts, so the server counts it as a pending connection of its source address."""
+
+    def handle(self) -> None:
+        assoc = self._create_association()
+        server = cast(GuardedServer, self.server)
+        server.adopt(self.request, assoc)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a listen backlog of LISTEN_BACKLOG, a per-address cap
+    on connections not yet associated, and accepted sockets whose reads time out after the AE's
+    network timeout (so a peer stuck mid-PDU outside the guarded reader is cut too).
+
+    Keyword arguments (besides pynetdicom's): `max_pdu_length` (bytes a PDU may announce),
+    `max_pending_per_address`, `on_drop(peer, calling_ae, reason)`.
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(
+        self,
+        *args: Any,
+        max_pdu_length: int = 0,
+        max_pending_per_address: int = 0,
+        on_drop: Callable[[str, str, str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.max_pdu_length = max_pdu_length  # 0: no limit
+        self.max_pending_per_address = max_pending_per_address  # 0: no limit
+        self.on_drop = on_drop
+        self._pending_lock = threading.Lock()
+        self._reserved: dict[int, tuple[str, float]] = {}  # id(socket) -> (host, accepted at)
+        self._pending: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._opened_at: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
+        kwargs.setdefault("request_handler", _GuardedRequestHandler)
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        client_socket.settimeout(self.ae.network_timeout)
+        return client_socket, address
+
+    # --- pending connections per source address ---------------------------------------------
+
+    def pending_from(self, host: str) -> int:
+        """Connections from `host` accepted and not yet associated (nor ended)."""
+        with self._pending_lock:
+            return self._pending_count(host)
+
+    def _pending_count(self, host: str) -> int:
+        reserved = sum(1 for h, _ in self._reserved.values() if h == host)
+        started = sum(
+            1
+            for assoc, h in list(self._pending.items())
+            if h == host
+            and assoc.requestor.primitive is None
+            and (assoc.ident is None or assoc.is_alive())
+        )
+        return reserved + started
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """In the accept loop: admit the connection unless its address already has
+        `max_pending_per_address` connections that have not associated."""
+        host = peer_host(client_address)
+        with self._pending_lock:
+            count = self._pending_count(host)
+            if not self.max_pending_per_address or count < self.max_pending_per_address:
+                self._reserved[id(request)] = (host, time.monotonic())
+                return True
+        self.dropped(
+            client_address,
+            "",
+            f"connection refused: {count} connections from {host} not yet associated "
+            "([node] max_pending_per_address)",
+        )
+        return False  # socketserver closes it
+
+    def adopt(self, request: Any, assoc: Association) -> None:
+        """The association made for an accepted connection: pending until its A-ASSOCIATE-RQ."""
+        with self._pending_lock:
+            host, accepted_at = self._reserved.pop(
+                id(request), (assoc.requestor.address, time.monotonic())
+            )
+            self._pending[assoc] = host
+            self._opened_at[assoc] = accepted_at
+
+    def accepted_at(self, request: Any) -> float | None:
+        """time.monotonic() when the connection `request` (not yet adopted) was accepted."""
+        with self._pending_lock:
+            reserved = self._reserved.get(id(request))
+            return None if reserved is None else reserved[1]
+
+    def release(self, request: Any) -> None:
+        """Forget a connection closed before an association was made for it."""
+        with self._pending_lock:
+            self._reserved.pop(id(request), None)
+
+    def opened_at(self, assoc: Association) -> float | None:
+        """time.monotonic() when `assoc`'s connection was accepted."""
+        with self._pending_lock:
+            return self._opened_at.get(assoc)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:  # a no-op once adopted
+            self.release(request)
+
+    def dropped(self, peer: Any, calling_ae: str, reason: str) -> None:
+        """Log and report a connection the node cut (not one the peer closed)."""
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        log.warning(
+            "connection dropped peer=%s calling_ae=%s reason=%s",
+            address,
+            escape_text(calling_ae, 16) or "-",
+            reason,
+        )
+        if self.on_drop is not None:
+            try:
+                self.on_drop(address, calling_ae, reason)
+            except Exception:
+                log.exception("on_drop callback failed")
+
+
+class _Cut(Exception):
+    """A PDU the guarded reader refuses; the message says why."""
+
+
+class _Closed(Exception):
+    """The peer closed the connection."""
+
+
+def _recv_exact(sock: socket.socket, count: int, deadline: float | None) -> bytes:
+    """`count` bytes from `sock`, all of them before `deadline` (time.monotonic())."""
+    data = bytearray()
+    while len(data) < count:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+        chunk = sock.recv(min(count - len(data), _READ_CHUNK))
+        if not chunk:
+            raise _Closed
+        data += chunk
+    return bytes(data)
+
+
+def guarded_read_pdu_data(dul: DULServiceProvider) -> None:
+    """`DULServiceProvider._read_pdu_data` with the limits of the association's GuardedServer
+    (see the module docstring); pynetdicom's own for any other association."""
+    assoc = dul.assoc
+    server = getattr(assoc, "_server", None)
+    if not isinstance(server, GuardedServer):
+        _original_read_pdu_data(dul)
+        return
+    transport = dul.socket
+    sock = getattr(transport, "socket", None)
+    if transport is None or sock is None:
+        dul.event_queue.put("Evt17")
+        return
+    # the first PDU of an accepted connection (read before the state machine has even left
+    # Sta1 for Sta2) must be the A-ASSOCIATE-RQ
+    awaiting_request = not getattr(dul, _REQUEST_READ, False)
+    now = time.monotonic()
+    if awaiting_request:
+        opened = server.opened_at(assoc) or now
+        deadline: float | None = opened + float(assoc.acse_timeout or 30)
+        within = f"{assoc.acse_timeout:g} s of the connection ([node] acse_timeout)"
+    else:
+        timeout = assoc.network_timeout
+        deadline = None if timeout is None else now + float(timeout)
+        within = f"{timeout:g} s of its first byte ([node] network_timeout)"
+    restore = sock.gettimeout()
+    what = "A-ASSOCIATE-RQ" if awaiting_request else "PDU"
+    try:
+        header = _recv_exact(sock, 6, deadline)
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type not in PDU_TYPES:
+            raise _Cut(f"not a DICOM PDU (type 0x{pdu_type:02X})")
+        if awaiting_request and pdu_type != A_ASSOCIATE_RQ:
+            raise _Cut(f"PDU type 0x{pdu_type:02X} before an A-ASSOCIATE-RQ")
+        if server.max_pdu_length and length > server.max_pdu_length:
+            raise _Cut(
+                f"{what} of {length} bytes announced, above [node] max_pdu_length "
+                f"({server.max_pdu_length}); refused before reading it"
+            )
+        body = _recv_exact(sock, length, deadline)
+    except _Cut as cut:
+        _cut(dul, server, str(cut), awaiting_request)
+        return
+    except TimeoutError:
+        _cut(dul, server, f"{what} not received whole within {within}", awaiting_request)
+        return
+    except (_Closed, OSError):
+        # the peer closed (or reset) the connection: not an attack, not audited
+        _close(dul, awaiting_request)
+        return
+    finally:
+        try:
+            sock.settimeout(restore)
+        except OSError:
+            pass
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header + body))
+    except Exception as exc:
+        if awaiting_request:
+            # the text may hold the peer's bytes: the log formatter and the audit's JSON escape it
+            detail = f"{type(exc).__name__}: {str(exc)[:256]}"
+            _cut(dul, server, f"A-ASSOCIATE-RQ does not decode: {detail}", True)
+            return
+        log.warning("PDU does not decode: %s: %s", type(exc).__name__, exc)
+        dul.event_queue.put("Evt19")  # pynetdicom aborts the association (A-ABORT)
+        return
+    if awaiting_request:
+        setattr(dul, _REQUEST_READ, True)
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+def _cut(dul: DULServiceProvider, server: GuardedServer, reason: str, before: bool) -> None:
+    assoc = dul.assoc
+    primitive = assoc.requestor.primitive
+    calling = str(getattr(primitive, "calling_ae_title", "") or "")
+    server.dropped((assoc.requestor.address, assoc.requestor.port), calling, reason)
+    _close(dul, before)
+
+
+def _close(dul: DULServiceProvider, before_association: bool) -> None:
+    """Close the transport now (Evt17) and, before association, wake the acceptor thread
+    waiting for the A-ASSOCIATE-RQ, so the connection's thread and slot end at once."""
+    if dul.socket is not None:
+        dul.socket.close()  # shutdown + close, puts Evt17
+    if before_association:
+        dul.to_user_queue.put(None)  # type: ignore[arg-type]  # receive_pdu returns None
+
+
+def install() -> None:
+    """Replace DULServiceProvider._read_pdu_data (called once by scp_node.dicom_settings)."""
+    DULServiceProvider._read_pdu_data = guarded_read_pdu_data  # type: ignore[method-assign, assignment]
+
+
+def pending_counts(server: GuardedServer) -> Counter[str]:
+    """Pending connections per host (for tests and the status page)."""
+    with server._pending_lock:
+        hosts = {h for h, _ in server._reserved.values()} | set(server._pending.values())
+        return Counter({h: server._pending_count(h) for h in hosts})
