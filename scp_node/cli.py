@@ -1,5 +1,5 @@
-"""The `lungnode` command line: serve, status, resend, synth, train, evaluate,
-evaluate-detector, predict."""
+"""The `lungnode` command line: serve, status, resend, retention, check-config, selftest, synth,
+train, evaluate, evaluate-detector, predict."""
 
 from __future__ import annotations
 
@@ -72,6 +72,28 @@ def cmd_resend(args: argparse.Namespace) -> int:
     count = _open_index(_load(args.config)).resend_dead(args.study)
     print(f"{count} dead-letter result(s) queued for sending again")
     return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    import getpass
+
+    from scp_node.retention_runner import format_report, run_retention
+
+    config = _load(args.config)
+    index = _open_index(config)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    try:
+        report = run_retention(config, index, dry_run=args.dry_run, actor=f"cli:{user}")
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_report(report, escape_text))
+    return 1 if report.errors else 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -173,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="only this Study Instance UID")
     p.set_defaults(func=cmd_resend)
 
+    p = sub.add_parser(
+        "retention",
+        help="remove the received instances of delivered studies past [storage] retention_days "
+        "(and the oldest first below emergency_free_mb); --dry-run lists them and why",
+    )
+    with_config(p)
+    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_retention)
+
     p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
     p.add_argument("--out", required=True)
     p.add_argument("--patients", type=int, required=True)
@@ -222,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that run the node or open its store and index: everything they create there (store
 # folders, instances, results, audit log, SQLite database and its -wal/-shm) is the node's alone.
-NODE_COMMANDS = ("serve", "status", "resend")
+NODE_COMMANDS = ("serve", "status", "resend", "retention", "selftest")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,6 +96,8 @@ class StorageConfig:
     min_free_mb: int = 512
     retention_days: int = 30
     database_pool_size: int = 4  # PostgreSQL connections per process
+    emergency_free_mb: int = 0  # 0: off; see scp_node.retention_runner
+    retention_without_destination: str = "keep"  # keep | remove
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,16 @@ def _bool(key: str, raw: str) -> bool:
     if word in {"no", "false", "off", "0"}:
         return False
     raise _fail(key, raw, "yes or no")
+
+
+def _choice(*words: str) -> Callable[[str, str], str]:
+    def parse(key: str, raw: str) -> str:
+        word = raw.strip().lower()
+        if word not in words:
+            raise _fail(key, raw, " or ".join(words))
+        return word
+
+    return parse
 
 
 def _ae_title(key: str, raw: str) -> str:
@@ -335,6 +347,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "min_free_mb": _int(0, 10**9),
         "retention_days": _int(0, 100000),
         "database_pool_size": _int(1, 100),
+        "emergency_free_mb": _int(0, 10**9),
+        "retention_without_destination": _choice("keep", "remove"),
     },
     "pipeline": {
         "study_quiet_seconds": _float(0, 86400),
