@@ -79,6 +79,18 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
     from scp_node.retention_runner import format_report, run_retention
 
+    now = None
+    if args.as_of:
+        from datetime import UTC, datetime
+
+        if not args.dry_run:
+            raise ConfigError("--as-of previews a later date: use it with --dry-run")
+        try:
+            now = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            raise ConfigError(
+                f"--as-of {args.as_of!r}: expected a date such as 2025-06-30"
+            ) from None
     config = _load(args.config)
     index = _open_index(config)
     try:
@@ -86,7 +98,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
     except Exception:
         user = "unknown"
     try:
-        report = run_retention(config, index, dry_run=args.dry_run, actor=f"cli:{user}")
+        report = run_retention(config, index, dry_run=args.dry_run, actor=f"cli:{user}", now=now)
     finally:
         index.close()
     if args.json:
@@ -202,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(p)
     p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p.add_argument(
+        "--as-of", metavar="DATE", help="with --dry-run: what would go on that day (UTC)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_retention)
 

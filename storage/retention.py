@@ -62,12 +62,12 @@ class StudyInputs:
 
     def hold(self, *, remove_without_destination: bool) -> str | None:
         """Why its inputs must stay whatever its age (None: they may go)."""
-        if self.state != StudyState.DELIVERED:
-            return HELD_NOT_DELIVERED
         if self.dead:
             return HELD_DEAD_LETTERS
         if self.pending:
             return HELD_PENDING
+        if self.state != StudyState.DELIVERED:
+            return HELD_NOT_DELIVERED
         if self.outbox_rows == 0 and not remove_without_destination:
             return HELD_NO_DESTINATION
         return None
