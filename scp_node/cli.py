@@ -108,6 +108,14 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from scp_node.check_config import as_json, as_text, check_config, failed
+
+    findings = check_config(args.config, echo_timeout=args.timeout)
+    print(as_json(findings) if args.json else as_text(findings, escape_text))
+    return 1 if failed(findings) else 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from classifier.datasets.phantom import write_tcia_layout
 
@@ -219,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser(
+        "check-config",
+        help="check values, folders, database, TLS certificates, model checksum and C-ECHO every "
+        "destination; every problem at once; exit status 1 on any error",
+    )
+    with_config(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per C-ECHO (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
     p.add_argument("--out", required=True)
