@@ -13,7 +13,8 @@ Checks, each reported as OK, WARNING or ERROR with the key or peer it concerns:
   and its expiry: a WARNING within 30 days, an ERROR once expired or not yet valid;
 - the model file exists, is a Keras archive with lungnode metadata, and its SHA-256 matches the
   checksum recorded beside it by `lungnode train` (<stem>-report/metrics.json, or <file>.sha256);
-- C-ECHO to every destination (over TLS where marked), all at once, each with a timeout.
+- C-ECHO to every destination (over TLS where marked), all at once, each with a timeout; but
+  the one named `selftest`, where `lungnode selftest` itself listens while it runs.
 
 The exit status is 1 when any check is an ERROR, else 0.
 """
@@ -448,7 +449,14 @@ def _echo(config: Config, findings: list[Finding], timeout: float) -> None:
     from scp_node.dicom_settings import configure_pynetdicom
 
     configure_pynetdicom()
-    destinations = list(config.destinations.values())
+    destinations = []
+    for d in config.destinations.values():
+        if d.name.casefold() == "selftest":  # scp_node.selftest listens there only while it runs
+            findings.append(
+                Finding(OK, "echo", f"[destinations] {d.name}", f"{d}: lungnode selftest's own")
+            )
+        else:
+            destinations.append(d)
     if not destinations:
         return
     quiet = logging.getLogger("pynetdicom")  # each failure is a finding, not a log line

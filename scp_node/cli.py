@@ -116,6 +116,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if failed(findings) else 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from scp_node.selftest import SelftestError, run_selftest
+
+    config = _load(args.config)
+    try:
+        result = run_selftest(config, destination=args.destination, timeout=args.timeout)
+    except SelftestError as exc:
+        print(f"lungnode selftest: {escape_text(str(exc), None)}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.text())
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from classifier.datasets.phantom import write_tcia_layout
 
@@ -237,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per C-ECHO (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "selftest",
+        help="send a generated phantom study through the running node's C-STORE to a loopback "
+        "destination ([destinations] selftest = AE@127.0.0.1:PORT) and print its turnaround",
+    )
+    with_config(p)
+    p.add_argument(
+        "--destination",
+        metavar="NAME",
+        help="send the results to this configured destination instead of the loopback one",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
     p.add_argument("--out", required=True)
