@@ -320,3 +320,22 @@ def test_dry_run_and_run_against_a_node_that_delivered_to_storescp(
             assert not timeline(index, dead)
         finally:
             index.close()
+
+
+def test_the_node_page_shows_the_same_dry_run(pipeline: Callable[..., Pipeline]) -> None:
+    from starlette.testclient import TestClient
+
+    from scp_node.health import NodeState
+    from scp_node.web.app import build_app
+
+    token = "retention-token-0123456789"
+    p = pipeline(storage__retention_days=30, web__token=token)
+    a = p.study(40)
+    dead = p.study(50, outcome="dead")
+    node = NodeState(config=p.config, index=p.index, role="receiver", scp_port=lambda: 11112)
+    client = TestClient(build_app(node), base_url="http://127.0.0.1")
+    page = client.get("/node", headers={"Authorization": f"Bearer {token}"})
+    assert page.status_code == 200
+    assert "Retention" in page.text and a in page.text and dead not in page.text
+    assert "past retention_days = 30" in page.text and "1 (dead-letter results)" in page.text
+    assert len(p.files(a)) == 3  # a dry run
