@@ -47,7 +47,8 @@ BEGIN_TRANSFERRING = ("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 NODE_AUTHENTICATION = ("110126", "DCM", "Node Authentication")
-APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")  # console actions, retention
+APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")  # console actions
+STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")  # retention removed a study's inputs
 
 # EventOutcomeIndicator (IHE ATNA, RFC 3881 / DICOM PS3.15 A.5): the outcome of an audited
 # event, not a DIMSE status (those are in scp_node.dimse_status).
@@ -171,6 +172,27 @@ class AuditLog:
                     }
                 ],
                 "Detail": {k: _clip(v) if isinstance(v, str) else v for k, v in detail.items()},
+            }
+        )
+
+    def study_inputs_deleted(
+        self, actor: str, *, study_uid: str, rule: str, reason: str, instances: int, bytes: int
+    ) -> None:
+        """DICOM Study Deleted: retention removed the instances the node received for a study
+        (its own result objects stay); who ran it (scheduler, watermark, an operator's CLI),
+        under which rule and why."""
+        self.write(
+            {
+                "Event": "study-inputs-deleted",
+                "EventID": _coded(STUDY_DELETED),
+                "EventActionCode": "D",
+                "EventOutcomeIndicator": OUTCOME_SUCCESS,
+                "ActiveParticipant": [{"UserID": _clip(actor), "UserIsRequestor": True}],
+                "StudyInstanceUID": _clip(study_uid),
+                "Rule": rule,
+                "EventOutcomeDescription": reason[:1024],
+                "InstancesDeleted": instances,
+                "BytesDeleted": bytes,
             }
         )
 

@@ -1,5 +1,5 @@
-"""The `lungnode` command line: serve, status, resend, synth, train, evaluate,
-evaluate-detector, predict."""
+"""The `lungnode` command line: serve, status, resend, retention, check-config, selftest, synth,
+train, evaluate, evaluate-detector, predict."""
 
 from __future__ import annotations
 
@@ -71,6 +71,61 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resend(args: argparse.Namespace) -> int:
     count = _open_index(_load(args.config)).resend_dead(args.study)
     print(f"{count} dead-letter result(s) queued for sending again")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    import getpass
+
+    from scp_node.retention_runner import format_report, run_retention
+
+    now = None
+    if args.as_of:
+        from datetime import UTC, datetime
+
+        if not args.dry_run:
+            raise ConfigError("--as-of previews a later date: use it with --dry-run")
+        try:
+            now = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            raise ConfigError(
+                f"--as-of {args.as_of!r}: expected a date such as 2025-06-30"
+            ) from None
+    config = _load(args.config)
+    index = _open_index(config)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    try:
+        report = run_retention(config, index, dry_run=args.dry_run, actor=f"cli:{user}", now=now)
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_report(report, escape_text))
+    return 1 if report.errors else 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from scp_node.check_config import as_json, as_text, check_config, failed
+
+    findings = check_config(args.config, echo_timeout=args.timeout)
+    print(as_json(findings) if args.json else as_text(findings, escape_text))
+    return 1 if failed(findings) else 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from scp_node.selftest import SelftestError, run_selftest
+
+    config = _load(args.config)
+    try:
+        result = run_selftest(config, destination=args.destination, timeout=args.timeout)
+    except SelftestError as exc:
+        print(f"lungnode selftest: {escape_text(str(exc), None)}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.text())
     return 0
 
 
@@ -173,6 +228,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="only this Study Instance UID")
     p.set_defaults(func=cmd_resend)
 
+    p = sub.add_parser(
+        "retention",
+        help="remove the received instances of delivered studies past [storage] retention_days "
+        "(and the oldest first below emergency_free_mb); --dry-run lists them and why",
+    )
+    with_config(p)
+    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p.add_argument(
+        "--as-of", metavar="DATE", help="with --dry-run: what would go on that day (UTC)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser(
+        "check-config",
+        help="check values, folders, database, TLS certificates, model checksum and C-ECHO every "
+        "destination; every problem at once; exit status 1 on any error",
+    )
+    with_config(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per C-ECHO (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "selftest",
+        help="send a generated phantom study through the running node's C-STORE to a loopback "
+        "destination ([destinations] selftest = AE@127.0.0.1:PORT) and print its turnaround",
+    )
+    with_config(p)
+    p.add_argument(
+        "--destination",
+        metavar="NAME",
+        help="send the results to this configured destination instead of the loopback one",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_selftest)
+
     p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
     p.add_argument("--out", required=True)
     p.add_argument("--patients", type=int, required=True)
@@ -222,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that run the node or open its store and index: everything they create there (store
 # folders, instances, results, audit log, SQLite database and its -wal/-shm) is the node's alone.
-NODE_COMMANDS = ("serve", "status", "resend")
+NODE_COMMANDS = ("serve", "status", "resend", "retention", "selftest")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,8 @@ class StorageConfig:
     max_instance_mb: int = 2048  # 0: no limit
     retention_days: int = 30
     database_pool_size: int = 4  # PostgreSQL connections per process
+    emergency_free_mb: int = 0  # 0: off; see scp_node.retention_runner
+    retention_without_destination: str = "keep"  # keep | remove
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,16 @@ def _bool(key: str, raw: str) -> bool:
     if word in {"no", "false", "off", "0"}:
         return False
     raise _fail(key, raw, "yes or no")
+
+
+def _choice(*words: str) -> Callable[[str, str], str]:
+    def parse(key: str, raw: str) -> str:
+        word = raw.strip().lower()
+        if word not in words:
+            raise _fail(key, raw, " or ".join(words))
+        return word
+
+    return parse
 
 
 def _ae_title(key: str, raw: str) -> str:
@@ -433,6 +445,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_instance_mb": _int(0, 10**6),
         "retention_days": _int(0, 100000),
         "database_pool_size": _int(1, 100),
+        "emergency_free_mb": _int(0, 10**9),
+        "retention_without_destination": _choice("keep", "remove"),
     },
     "pipeline": {
         "study_quiet_seconds": _float(0, 86400),
@@ -526,6 +540,45 @@ def _apply_environment(raw: dict[str, dict[str, str]], environ: Mapping[str, str
         keys[_find(keys, key) or key] = value  # a destination keeps the file's spelling
 
 
+def _raise(error: ConfigError) -> None:
+    raise error
+
+
+def parse_values(
+    raw: Mapping[str, Mapping[str, str]], report: Callable[[ConfigError], None] = _raise
+) -> dict[str, dict[str, Any]]:
+    """Each section's raw strings parsed by the schema. An unknown section or key or a bad value
+    goes to `report`, which raises by default (start-up stops at the first); `lungnode
+    check-config` passes one that collects, so that it can name every problem at once."""
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in raw.items():
+        if section not in _SCHEMA:
+            report(
+                ConfigError(
+                    f"config section [{section}]: unknown; expected one of "
+                    + ", ".join(f"[{s}]" for s in _SCHEMA)
+                )
+            )
+            continue
+        schema = _SCHEMA[section]
+        parsed: dict[str, Any] = {}
+        for key, value in keys.items():
+            full = f"[{section}] {key}"
+            try:
+                if section == "destinations":
+                    parsed[key] = _destination(full, value)
+                elif key not in schema:
+                    raise ConfigError(
+                        f"config key {full}: unknown; expected one of {', '.join(schema)}"
+                    )
+                else:
+                    parsed[key] = schema[key](full, value)
+            except ConfigError as error:
+                report(error)
+        values[section] = parsed
+    return values
+
+
 def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The built-in defaults, overridden by the file at `path` (when given), then by
     LUNGNODE__<SECTION>__<KEY> variables of `environ` (default: os.environ); validated.
@@ -542,26 +595,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         base = source.parent
     _apply_environment(raw, os.environ if environ is None else environ)
 
-    values: dict[str, dict[str, Any]] = {}
-    for section, keys in raw.items():
-        if section not in _SCHEMA:
-            raise ConfigError(
-                f"config section [{section}]: unknown; expected one of "
-                + ", ".join(f"[{s}]" for s in _SCHEMA)
-            )
-        schema = _SCHEMA[section]
-        parsed: dict[str, Any] = {}
-        for key, value in keys.items():
-            full = f"[{section}] {key}"
-            if section == "destinations":
-                parsed[key] = _destination(full, value)
-                continue
-            if key not in schema:
-                raise ConfigError(
-                    f"config key {full}: unknown; expected one of {', '.join(schema)}"
-                )
-            parsed[key] = schema[key](full, value)
-        values[section] = parsed
+    values = parse_values(raw)
     return _build(values, base, source)
 
 

@@ -1,10 +1,11 @@
 """`/readyz`: may this process take work? Each check says why not; `/livez` checks nothing.
 
-Checks: `database` (a real query), `scp_listening` (a receiver role's SCP accepts TCP
-connections), `model_loaded` (a worker role has its model), `disk` (free space on the store
-above [storage] min_free_mb), `intake_paused` / `analysis_paused` (the console's switches), and
-`draining` (SIGTERM received: the process is stopping). A load balancer or Kubernetes stops
-sending work to a process that is not ready; it answers 503 with the failing checks as JSON.
+Checks: `database` (a real query, answered within DATABASE_CHECK_SECONDS), `scp_listening` (a
+receiver role's SCP accepts TCP connections), `model_loaded` (a worker role has its model),
+`disk` (free space on the store above [storage] min_free_mb), `intake_paused` /
+`analysis_paused` (the console's switches), and `draining` (SIGTERM received: the process is
+stopping). A load balancer or Kubernetes stops sending work to a process that is not ready; it
+answers 503 with the failing checks as JSON.
 """
 
 from __future__ import annotations
@@ -34,6 +35,41 @@ class NodeState:
     started_at: float = 0.0
 
 
+DATABASE_CHECK_SECONDS = 3.0  # a database that does not answer within this is not ready
+_probe_lock = threading.Lock()
+_probe: dict[int, threading.Thread] = {}  # id(index) -> the query still waiting, if any
+
+
+def _database(node: NodeState) -> tuple[bool, str, dict[str, Any]]:
+    """(answers, detail, the console's flags): a real query, waited for at most
+    DATABASE_CHECK_SECONDS. PostgreSQL's pool waits up to 30 s for a connection to a stopped
+    server; /readyz must answer long before a load balancer's probe gives up, so the query runs
+    in a daemon thread, and while one is still waiting the next probe fails at once."""
+    key = id(node.index)
+    with _probe_lock:
+        waiting = _probe.get(key)
+        if waiting is not None and waiting.is_alive():
+            return False, "no answer: the previous query is still waiting", {}
+        answer: dict[str, Any] = {}
+
+        def query() -> None:
+            try:
+                node.index.console.ping()
+                answer["flags"] = node.index.console.flags()
+            except Exception as exc:
+                answer["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+        thread = threading.Thread(target=query, name="readyz-database", daemon=True)
+        _probe[key] = thread
+        thread.start()
+    thread.join(DATABASE_CHECK_SECONDS)
+    if thread.is_alive():
+        return False, f"no answer within {DATABASE_CHECK_SECONDS:g} s", {}
+    if "error" in answer:
+        return False, answer["error"], {}
+    return True, f"{node.index.db.dialect} answers", answer["flags"]
+
+
 def readiness(node: NodeState) -> tuple[bool, dict[str, dict[str, Any]]]:
     """(ready, {check: {"ok": bool, "detail": str}})."""
     checks: dict[str, dict[str, Any]] = {}
@@ -41,13 +77,8 @@ def readiness(node: NodeState) -> tuple[bool, dict[str, dict[str, Any]]]:
     def check(name: str, ok: bool, detail: str) -> None:
         checks[name] = {"ok": ok, "detail": detail}
 
-    flags: dict[str, Any] = {}
-    try:
-        node.index.console.ping()
-        flags = node.index.console.flags()
-        check("database", True, f"{node.index.db.dialect} answers")
-    except Exception as exc:
-        check("database", False, f"{type(exc).__name__}: {str(exc)[:200]}")
+    ok, detail, flags = _database(node)
+    check("database", ok, detail)
     if node.role in ("all", "receiver"):
         port = node.scp_port()
         check(

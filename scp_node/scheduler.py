@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the worker imports TensorFlow: receivers must not pay for i
 log = logging.getLogger("lungnode.scheduler")
 
 RETENTION_INTERVAL_SECONDS = 24 * 3600
+WATERMARK_INTERVAL_SECONDS = 30.0  # how often free space is compared with emergency_free_mb
 ORPHAN_TEMP_AGE_SECONDS = 3600
 
 
@@ -45,17 +46,26 @@ def deliver(sender: Sender) -> None:
 
 
 def retain(index: Index, store: InstanceStore, config: Config) -> None:
-    """Remove delivered studies past `retention_days` and orphaned temp files."""
+    """The daily run: orphaned temp files, then scp_node.retention_runner with every rule (the
+    same code as `lungnode retention`)."""
+    from scp_node.retention_runner import run_retention
+
     removed_temp = store.purge_incoming(ORPHAN_TEMP_AGE_SECONDS)
     if removed_temp:
         log.info("retention removed %d orphaned temp files", removed_temp)
-    if config.storage.retention_days <= 0:
+    report = run_retention(config, index, dry_run=False, actor="scheduler")
+    if report.removals:
+        log.info("retention removed the inputs of %d studies", len(report.removals))
+
+
+def watermark(index: Index, config: Config) -> None:
+    """Between daily runs: only the emergency rule, when free space is below the watermark."""
+    from scp_node.retention_runner import free_bytes, run_retention
+    from storage.retention import RULE_EMERGENCY
+
+    if free_bytes(config.storage.root) >= config.storage.emergency_free_mb * 1024 * 1024:
         return
-    cutoff = time.time() - config.storage.retention_days * 86400
-    for study_uid in index.expired_studies(cutoff):
-        store.remove_study(study_uid)
-        index.forget_study(study_uid)
-        log.info("retention removed study=%s", study_uid)
+    run_retention(config, index, dry_run=False, actor="watermark", rules=(RULE_EMERGENCY,))
 
 
 def _guarded(name: str, func: Callable[..., None], *args: object) -> Callable[[], None]:
@@ -95,6 +105,14 @@ def build_scheduler(
                 RETENTION_INTERVAL_SECONDS,
             )
         )
+        if config.storage.emergency_free_mb > 0:
+            ticks.append(
+                (
+                    "watermark",
+                    _guarded("watermark", watermark, index, config),
+                    WATERMARK_INTERVAL_SECONDS,
+                )
+            )
     if sender is not None:
         ticks.append(("delivery", _guarded("delivery", deliver, sender), every))
     for name, func, seconds in ticks:

@@ -28,13 +28,13 @@ from encoded_cases import Case, build_encoded_cases
 from in_process import RunningNode
 from node_process import NodeProcess, PhantomFiles, save_datasets
 from ports import free_port as _free_port
-from postgres_server import postgres_url
+from postgres_server import postgres_server, postgres_url
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
 
-# The throw-away PostgreSQL server of the session, as a fixture for every test module.
-__all__ = ["postgres_url"]
+# The throw-away PostgreSQL servers (one per module; one per test that stops it), as fixtures.
+__all__ = ["postgres_server", "postgres_url"]
 
 REPO = Path(__file__).resolve().parents[1]
 # Real data (a Lung-PET-CT-Dx subset, PET with SUV tags) lives outside the repository; a

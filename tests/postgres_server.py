@@ -1,10 +1,11 @@
 """A throw-away PostgreSQL (Debian binaries) on a free loopback port, for the index tests.
 
 `postgres_url` is a module-scoped pytest fixture: initdb into a private folder, pg_ctl start
-with its socket in that folder, createdb, yield the URL, stop and delete. As root the server runs
-as the `postgres` user (PostgreSQL refuses to run as root), so its folder must be one that user
-can enter wherever the checkout and $TMPDIR are (a clone inside a 0700 `mktemp -d` folder, a
-private TMPDIR): the first of $TMPDIR, /tmp, /var/tmp, /dev/shm where the server user can
+with its socket in that folder, createdb, yield the URL, stop and delete. `postgres_server`
+gives a test its own `PostgresServer`, which it may `stop()` and `start()` again. As root the
+server runs as the `postgres` user (PostgreSQL refuses to run as root), so its folder must be one
+that user can enter wherever the checkout and $TMPDIR are (a clone inside a 0700 `mktemp -d`
+folder, a private TMPDIR): the first of $TMPDIR, /tmp, /var/tmp, /dev/shm where the server user can
 really enter and write is used, and its commands run with that folder as their working
 directory. Tests get a fresh, empty schema each from `fresh_database(url)`.
 
@@ -88,51 +89,86 @@ def _server_folder(user: pwd.struct_passwd | None) -> Path:
     )
 
 
+class PostgresServer:
+    """One throw-away server: `start()` (initdb on the first call), `stop()` (immediate, as a
+    crash or an administrator's stop looks to clients) and `start()` again on the same port
+    and data, `close()` stops and deletes it. `url` names its database `lungnode`."""
+
+    def __init__(self) -> None:
+        pg_bin = _pg_bin()
+        if pg_bin is None:
+            pytest.skip(
+                f"PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb; apt install postgresql)"
+            )
+        self.pg_bin: Path = pg_bin
+        self.user = _server_user()
+        self.workdir = _server_folder(self.user)
+        self.data, self.log = self.workdir / "data", self.workdir / "server.log"
+        self.port = free_port()
+        self.url = f"postgresql://lungnode@127.0.0.1:{self.port}/lungnode"
+        self.running = False
+        self._initialised = False
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        return _run_as(self.user, [str(self.pg_bin / args[0]), *args[1:]], self.workdir)
+
+    def start(self) -> PostgresServer:
+        if not self._initialised:
+            init = self._run("initdb", "-D", str(self.data), "-U", "lungnode", "--auth=trust",
+                             "-E", "UTF8", "--no-sync")  # fmt: skip
+            if init.returncode != 0:
+                pytest.fail(f"initdb in {self.data} failed: {init.stderr.strip()}")
+        options = (
+            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+        )
+        start = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                          "-w", "-t", "60", "start")  # fmt: skip
+        if start.returncode != 0:
+            log_text = self.log.read_text() if self.log.exists() else ""
+            pytest.fail(f"pg_ctl start failed: {start.stderr.strip()} {log_text[-500:]}")
+        self.running = True
+        if not self._initialised:
+            created = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                                "lungnode", "lungnode")  # fmt: skip
+            if created.returncode != 0:
+                pytest.fail(f"createdb failed: {created.stderr.strip()}")
+            self._initialised = True
+        return self
+
+    def stop(self) -> None:
+        """Stop (fast shutdown: clients' connections are closed at once, committed data is
+        kept for `start()`)."""
+        if self.running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self.running = False
+
+    def close(self) -> None:
+        if self.running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+            self.running = False
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """URL of an empty database on a private PostgreSQL server (one per test module)."""
-    pg_bin = _pg_bin()
-    if pg_bin is None:
-        pytest.skip(
-            f"PostgreSQL is not installed (no {PG_ROOT}/*/bin/initdb; apt install postgresql)"
-        )
-    user = _server_user()
-    workdir = _server_folder(user)
-    data, log = workdir / "data", workdir / "server.log"
-    port = free_port()
-    started = False
+    server = PostgresServer()
     try:
-        init = _run_as(
-            user, [str(pg_bin / "initdb"), "-D", str(data), "-U", "lungnode", "--auth=trust", "-E",
-                   "UTF8", "--no-sync"], workdir,
-        )  # fmt: skip
-        if init.returncode != 0:
-            pytest.fail(f"initdb in {data} failed: {init.stderr.strip()}")
-        options = (
-            f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
-        )
-        start = _run_as(
-            user, [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
-                   "-t", "60", "start"], workdir,
-        )  # fmt: skip
-        if start.returncode != 0:
-            log_text = log.read_text() if log.exists() else ""
-            pytest.fail(f"pg_ctl start failed: {start.stderr.strip()} {log_text[-500:]}")
-        started = True
-        created = _run_as(
-            user, [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "lungnode",
-                   "lungnode"], workdir,
-        )  # fmt: skip
-        if created.returncode != 0:
-            pytest.fail(f"createdb failed: {created.stderr.strip()}")
-        yield f"postgresql://lungnode@127.0.0.1:{port}/lungnode"
+        yield server.start().url
     finally:
-        if started:
-            _run_as(
-                user, [str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], workdir
-            )
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started private PostgreSQL server of this test alone, which the test may stop and
+    start again (e.g. to see the node's readiness when its database goes away)."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.close()
 
 
 def fresh_database(url: str) -> str:

@@ -392,3 +392,41 @@ def test_idle_node_stops_within_2_s_with_a_connection_that_never_associated(
     elapsed = time.monotonic() - started
     probe.close()
     assert elapsed < 2.0, f"stopped in {elapsed:.1f} s\n{node.log()[-2000:]}"
+
+
+@pytest.mark.slow
+def test_readyz_turns_503_when_postgresql_stops_and_200_when_it_is_back(
+    node_process: Callable[..., NodeProcess],
+    free_port: Callable[[], int],
+    postgres_server: Any,
+) -> None:
+    from postgres_server import fresh_database
+
+    web_port = free_port()
+    node = node_process(
+        role="receiver",
+        overrides={
+            "web__token": TOKEN,
+            "web__port": web_port,
+            "storage__database_url": fresh_database(postgres_server.url),
+        },
+    )
+    node.start()
+    readyz = f"http://127.0.0.1:{web_port}/readyz"
+
+    def wait_for(code: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = _get(readyz)
+            if status == code or time.monotonic() > deadline:
+                assert status == code, f"{status} {body}\n{node.log()[-2000:]}"
+                return dict(json.loads(body))
+            time.sleep(0.5)
+
+    assert wait_for(200)["checks"]["database"]["ok"] is True
+    postgres_server.stop()
+    body = wait_for(503)
+    assert list(body["failing"]) == ["database"], body
+    assert _get(f"http://127.0.0.1:{web_port}/livez", token=None)[0] == 200  # still alive
+    postgres_server.start()
+    assert wait_for(200)["checks"]["database"]["ok"] is True

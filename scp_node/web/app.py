@@ -361,9 +361,17 @@ class Console:
         counts = self.index.console.counts()
         model = self.node.model()
         free = free_bytes(Path(self.config.storage.root))
+        from scp_node.retention_runner import run_retention
+
+        try:  # the same dry run as `lungnode retention --dry-run`
+            retention = run_retention(self.config, self.index, dry_run=True, actor="console")
+        except Exception as exc:
+            log.warning("retention dry run for the Node page failed: %s", exc)
+            retention = None
         return self.page(
             request,
             "node.html",
+            retention=retention,
             ready=ready,
             checks=checks,
             counts=counts,

@@ -29,3 +29,32 @@ DELETE FROM jobs WHERE study_uid = :study_uid;
 DELETE FROM instances WHERE study_uid = :study_uid;
 DELETE FROM series WHERE study_uid = :study_uid;
 DELETE FROM studies WHERE study_uid = :study_uid;
+
+-- name: studies_with_inputs
+-- Studies whose received instances are still indexed, oldest change first, with what their
+-- results wait for: outbox rows of the current version, and PENDING and DEAD rows of any version.
+SELECT s.study_uid, s.accession_number, s.state, s.updated_at, s.version,
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.version = s.version),
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :pending),
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :dead),
+       (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid)
+FROM studies s
+WHERE EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid)
+ORDER BY s.updated_at, s.study_uid
+
+-- name: study_with_inputs
+-- One study, as studies_with_inputs reads it (with the study row locked on PostgreSQL).
+SELECT s.study_uid, s.accession_number, s.state, s.updated_at, s.version,
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.version = s.version),
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :pending),
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :dead),
+       (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid)
+FROM studies s
+WHERE s.study_uid = :study_uid
+FOR UPDATE OF s  -- postgresql only
+
+-- name: input_files
+SELECT sop_uid, path FROM instances WHERE study_uid = :study_uid ORDER BY path
+
+-- name: forget_input
+DELETE FROM instances WHERE sop_uid = :sop_uid AND study_uid = :study_uid
