@@ -158,7 +158,11 @@ class StreamedFile:
 
     def _stop(self, reason: str) -> None:
         self.refused = reason
-        self._inner.flush()
+        try:
+            self._inner.flush()
+        except OSError as exc:
+            self._fail(exc)  # the disk filled before the check saw it: the same refusal
+            return
         os.ftruncate(self._inner.fileno(), 0)
 
     def flush(self) -> None:

@@ -57,6 +57,7 @@ from scp_node.sop_classes import (
     VERIFICATION_SOP_CLASS,
 )
 from scp_node.tls import peer_certificate_subject, server_context, start_server
+from storage.database import DatabaseFull
 from storage.index import Index, StudyConflict
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord
@@ -501,6 +502,10 @@ class Receiver:
                 if new:
                     self._store.remove_instance(final)
                 raise _Rejected(_CONFLICT_STATUS[raced.kind], str(raced)) from None
+            except DatabaseFull as full:  # nothing was indexed; the peer sends it again later
+                if new:
+                    self._store.remove_instance(final)
+                raise _Rejected(OUT_OF_RESOURCES, str(full)) from None
         return record, new
 
     def _check_study_quota(self, event: Event, study_uid: str, calling_aet: str) -> None:

@@ -48,6 +48,10 @@ class DatabaseError(RuntimeError):
     """The database cannot be opened or reached; the message names the URL and the fix."""
 
 
+class DatabaseFull(DatabaseError):
+    """The database could not write: its disk (or PostgreSQL's) is full. Nothing was written."""
+
+
 class Cursor:
     """A cursor of one transaction; `run` and `execute` return it, for `.fetchone()` etc."""
 
@@ -202,19 +206,28 @@ class Database:
                 cur = conn.cursor()
                 try:
                     yield Cursor(cur)
-                except BaseException:
-                    conn.rollback()
-                    raise
-                else:
                     conn.commit()
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                        raise DatabaseFull(
+                            f"database {redact_database_url(self.url)}: the disk is full"
+                        ) from exc
+                    raise
                 finally:
                     cur.close()
         else:
             pool = self._pool
             if pool is None or self._closed:
                 raise DatabaseError(f"database {redact_database_url(self.url)} is closed")
-            with pool.connection() as pg, pg.transaction(), pg.cursor() as pg_cursor:
-                yield Cursor(pg_cursor)
+            try:
+                with pool.connection() as pg, pg.transaction(), pg.cursor() as pg_cursor:
+                    yield Cursor(pg_cursor)
+            except psycopg.errors.DiskFull as exc:
+                raise DatabaseFull(
+                    f"database {redact_database_url(self.url)}: PostgreSQL's disk is full"
+                ) from exc
 
     def run(self, work: Callable[[Cursor], T], write: bool = True) -> T:
         """Run `work` in one transaction, running it again when PostgreSQL aborted it for a

@@ -228,11 +228,20 @@ def _browser(download_dir: Path) -> Any:
 def _follow(browser: Any, element: Any) -> None:
     """Click a link or a submit button and wait until the next page has replaced this one, so
     that what the test reads next is never the old page's (stale) elements."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def replaced(_: Any) -> bool:
+        # Chrome reports an element of a replaced document as stale or, while the new document
+        # loads, as "does not belong to the document": both mean the page has moved on.
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(element))
+    WebDriverWait(browser, 30).until(replaced)
     WebDriverWait(browser, 30).until(
         lambda b: b.execute_script("return document.readyState") == "complete"
     )
