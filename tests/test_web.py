@@ -12,6 +12,7 @@ prometheus-client's parser and checked against what Orthanc sent.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -35,6 +36,8 @@ from storage.index import Index, open_index
 from storage.records import InstanceRecord
 
 TOKEN = "test-token-0123456789abcdef"
+# The README's screenshots: written to docs/ only when LUNGNODE_UPDATE_SCREENSHOTS=1, so that
+# a test run never changes the checkout; otherwise into the test's tmp folder.
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -318,7 +321,7 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
 
         browser = _browser(tmp_path / "downloads")
         try:
-            DOCS.mkdir(exist_ok=True)
+            shots = DOCS if os.environ.get("LUNGNODE_UPDATE_SCREENSHOTS") == "1" else tmp_path
             browser.get(f"{base}/studies")
             assert "/login" in browser.current_url
             browser.find_element(By.ID, "name").send_keys("Test Admin")
@@ -328,7 +331,7 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
             _follow(browser, browser.find_element(By.ID, "search"))
             rows = browser.find_elements(By.CSS_SELECTOR, "#studies tbody tr")
             assert len(rows) == 1 and "REPORTED" in rows[0].text and "ORTHANC" in rows[0].text
-            browser.save_screenshot(str(DOCS / "console-studies.png"))
+            browser.save_screenshot(str(shots / "console-studies.png"))
             _follow(browser, rows[0].find_element(By.CSS_SELECTOR, "a.uid"))
             timeline = browser.find_element(By.ID, "timeline").text
             for kind in (
@@ -342,7 +345,7 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
             ):
                 assert kind in timeline, kind
             assert "from ORTHANC" in timeline
-            browser.save_screenshot(str(DOCS / "console-timeline.png"))
+            browser.save_screenshot(str(shots / "console-timeline.png"))
             _follow(browser, browser.find_element(By.ID, "findings"))
             assert "Not for clinical use" in browser.find_element(By.ID, "disclaimer").text
             pictures = browser.find_elements(By.CSS_SELECTOR, "img.finding")
@@ -354,13 +357,13 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
                 time.sleep(0.2)
             assert browser.execute_script("return arguments[0].naturalWidth", pictures[0]) > 0
             assert "Probability" in browser.page_source or "probability" in browser.page_source
-            browser.save_screenshot(str(DOCS / "console-findings.png"))
+            browser.save_screenshot(str(shots / "console-findings.png"))
 
             with StorescpServer(tmp_path / "archive", port=archive_port) as archive:
                 browser.get(f"{base}/deliveries")
                 links = browser.find_elements(By.CSS_SELECTOR, "#dead tbody a.resend")
                 assert len(links) == dead
-                browser.save_screenshot(str(DOCS / "console-deliveries.png"))
+                browser.save_screenshot(str(shots / "console-deliveries.png"))
                 _follow(browser, browser.find_element(By.CSS_SELECTOR, "#dead tbody a.resend"))
                 _follow(browser, browser.find_element(By.ID, "confirm"))
                 assert "1 changed" in browser.page_source
@@ -375,7 +378,7 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
             assert "resend" in browser.find_element(By.ID, "timeline").text
             browser.get(f"{base}/node")
             assert "ready" in browser.page_source and TOKEN not in browser.page_source
-            browser.save_screenshot(str(DOCS / "console-node.png"))
+            browser.save_screenshot(str(shots / "console-node.png"))
         finally:
             browser.quit()
         audit = (node.store / "audit.log").read_text()
