@@ -100,7 +100,7 @@ def main() -> int:
             model = LesionClassifier.load(config.classifier.model)
         (study,), _ = scan_folder(args.folder)
         started = time.perf_counter()
-        with sampler.stage("analysis (other)"):
+        with sampler.stage("analysis (all)"):
             analysis = analyze_module.analyze_study(study, config.classifier, model)
         result, sources, ct = analysis.result, analysis.sources, analysis.ct
         key = {x.key_slice_index: ct.array[x.key_slice_index].copy() for x in result.lesions}
@@ -112,17 +112,15 @@ def main() -> int:
     stages = [
         "model",
         *analyze_module.STAGES,
-        "analysis (other)",
+        "analysis (all)",
         "encode",
     ]
     print(f"{'stage':18} {'time s':>8} {'peak RSS MB':>12}")
     for name in stages:
-        print(
-            f"{name:18} {sampler.seconds.get(name, 0.0):8.2f} {sampler.peak_mb.get(name, 0.0):12.0f}"
-        )
-    print(
-        f"analysis+encode {total:.2f} s, process peak RSS {peak:.0f} MB, lesions {len(result.lesions)}"
-    )
+        seconds, peak_mb = sampler.seconds.get(name, 0.0), sampler.peak_mb.get(name, 0.0)
+        print(f"{name:18} {seconds:8.2f} {peak_mb:12.0f}")
+    lesions = len(result.lesions)
+    print(f"analysis+encode {total:.2f} s, process peak RSS {peak:.0f} MB, lesions {lesions}")
     if args.json:
         args.json.write_text(
             json.dumps(

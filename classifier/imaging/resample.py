@@ -6,7 +6,7 @@ Reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy import ndimage
@@ -245,11 +245,11 @@ class LazyResampled:
     def __repr__(self) -> str:
         return f"LazyResampled(shape={self.shape}, dtype=float32)"
 
-    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[...]
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
-    def __getitem__(self, key: object) -> np.ndarray:
+    def __getitem__(self, key: Any) -> np.ndarray:
         parts = key if isinstance(key, tuple) else (key,)
         if sum(p is Ellipsis for p in parts) > 1:
             raise IndexError("an index can only have a single ellipsis ('...')")
@@ -261,7 +261,7 @@ class LazyResampled:
             raise IndexError(f"too many indices for a 3-D array: {len(parts)}")
         parts = parts + (slice(None),) * (3 - len(parts))
         if not all(isinstance(p, (slice, int, np.integer)) for p in parts):
-            return np.asarray(self)[key]  # type: ignore[index]
+            return np.asarray(self)[key]
         index: list[np.ndarray] = []
         squeeze: list[slice | int] = []
         for part, n in zip(parts, self.shape, strict=True):
@@ -274,22 +274,17 @@ class LazyResampled:
                     raise IndexError(f"index {i} is out of bounds for an axis of size {n}")
                 index.append(np.array([i % n]))
                 squeeze.append(0)
-        if any(len(i) > 1 and i[1] < i[0] for i in index):
-            # Descending steps: sample ascending (one run inside the input), then reverse.
-            flips = tuple(
-                slice(None, None, -1) if len(i) > 1 and i[1] < i[0] else slice(None) for i in index
-            )
-            ascending = tuple(i[f] for i, f in zip(index, flips, strict=True))
-            out = _linear_sample(self._array, self._scale, self._offset, ascending, self._fill)
-            out = out[flips]
-        else:
-            out = _linear_sample(
-                self._array,
-                self._scale,
-                self._offset,
-                (index[0], index[1], index[2]),
-                self._fill,
-            )
+        # A negative step: sample ascending (one run of points inside the input), then reverse.
+        flips = tuple(
+            slice(None, None, -1) if len(i) > 1 and i[1] < i[0] else slice(None) for i in index
+        )
+        out = _linear_sample(
+            self._array,
+            self._scale,
+            self._offset,
+            (index[0][flips[0]], index[1][flips[1]], index[2][flips[2]]),
+            self._fill,
+        )[flips]
         return out[tuple(squeeze)]
 
 
