@@ -67,7 +67,8 @@ def _child_main(
 
     configure_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the node stops us through `stop`
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    terminated = threading.Event()  # SIGTERM to this process: stop after the current analysis
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())
 
     from scp_node.service import Switches
     from scp_node.worker import AnalysisWorker
@@ -88,7 +89,7 @@ def _child_main(
     conn.send(("ready", (worker_id, model.info)))
     switches = Switches(index)
     try:
-        while not stop.is_set():
+        while not stop.is_set() and not terminated.is_set():
             busy = not switches.analysis_paused() and worker.run_once()
             if busy:
                 conn.send(("idle", None))
