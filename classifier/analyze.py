@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from pydicom import Dataset
 
-from classifier.imaging.dicom_io import DicomReadError, read_headers, read_series
+from classifier.imaging.dicom_io import DicomReadError, read_headers, read_pixels
 from classifier.imaging.lesions import Candidate, find_candidates
 from classifier.imaging.resample import register_rigid, resample_to
 from classifier.imaging.series_selection import SeriesCandidate, select_series
@@ -62,11 +62,23 @@ def _candidates_of(study: StudyFiles, skipped: list[str]) -> list[SeriesCandidat
 
 def _load(candidate: SeriesCandidate, loader: Callable[..., Volume], clock: _Clock) -> Volume:
     """The candidate's volume: its instances (one acquisition's, when the series holds several)
-    and, of a multi-frame instance, only its frames."""
-    datasets = clock.run("read", lambda: read_series([i.path for i in candidate.series.instances]))
+    and, of a multi-frame instance, only its frames. Built from the headers already read: the
+    volume is allocated once and each file's pixels are read straight into their slice (time
+    charged to "read"), so no series is held as a list of datasets and pixels besides it."""
+    paths = [i.path for i in candidate.series.instances]
+
+    def pixels(k: int) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return read_pixels(paths[k])
+        finally:
+            spent = time.perf_counter() - started
+            clock.timings["read"] += spent
+            clock.timings["volumes"] -= spent
+
     if candidate.frames is not None:
         loader = partial(loader, frame_subset=candidate.frames)
-    return clock.run("volumes", lambda: loader(datasets))
+    return clock.run("volumes", lambda: loader(candidate.headers, pixels=pixels))
 
 
 def to_lesion(
@@ -170,7 +182,7 @@ def analyze_study(
                 skipped.append(f"PET {choice.describe()}: {exc}; analysed without PET")
                 continue
             if pet.frame_of_reference_uid == ct.frame_of_reference_uid:
-                suv = clock.run("resample", partial(resample_to, pet, ct))
+                suv = clock.run("resample", partial(resample_to, pet, ct, lazy=True))
                 break
             registration = clock.run("resample", partial(register_rigid, pet, ct))
             skipped.append(
@@ -180,7 +192,8 @@ def analyze_study(
             )
             if registration.transform is not None:
                 suv = clock.run(
-                    "resample", partial(resample_to, pet, ct, transform=registration.transform)
+                    "resample",
+                    partial(resample_to, pet, ct, transform=registration.transform, lazy=True),
                 )
                 break
             pet = None

@@ -127,6 +127,7 @@ class PipelineConfig:
     tick_seconds: float = 1.0
     job_lease_seconds: float = 600.0
     max_job_attempts: int = 3
+    analysis_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -453,6 +454,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "tick_seconds": _float(0.05, 3600),
         "job_lease_seconds": _float(1, 86400),
         "max_job_attempts": _int(1, 100),
+        "analysis_processes": _int(1, 64),
     },
     "classifier": {
         "model": _text,

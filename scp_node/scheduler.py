@@ -89,8 +89,11 @@ def build_scheduler(
     worker: AnalysisWorker | None,
     sender: Sender | None,
     analysis_paused: Callable[[], bool] | None = None,
+    retention: bool | None = None,
 ) -> BackgroundScheduler:
-    """A scheduler with the ticks of this role (receivers run only the completion tick)."""
+    """A scheduler with the ticks of this role (receivers run only the completion tick).
+    `worker` None: no analysis tick (none in this role, or analysis processes claim their own
+    jobs); `retention` (default: with a worker) adds the daily retention tick."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True})
     every = config.pipeline.tick_seconds
     ticks: list[tuple[str, Callable[[], None], float]] = [
@@ -98,6 +101,7 @@ def build_scheduler(
     ]
     if worker is not None:
         ticks.append(("analysis", _guarded("analysis", run_worker, worker, analysis_paused), every))
+    if retention if retention is not None else worker is not None:
         ticks.append(
             (
                 "retention",

@@ -9,7 +9,9 @@ token is set (scp_node.web).
 SIGTERM and SIGINT drain the process: /readyz answers 503 at once (a load balancer stops
 sending), the receiver stops accepting, closes at once the connections that never sent an
 A-ASSOCIATE (so an idle node stops within about a second), and lets in-flight C-STOREs finish;
-running ticks complete, nothing acknowledged is lost; the web server stops last.
+running ticks complete, nothing acknowledged is lost; the web server stops last. With [pipeline]
+analysis_processes > 1 the analyses run in that many processes (scp_node.analysis_pool), each
+finishing the analysis it runs before the node exits.
 """
 
 from __future__ import annotations
@@ -142,7 +144,17 @@ def serve(config: Config, role: str = "all") -> int:
     )
 
     worker = None
-    if role in ("all", "worker"):
+    pool = None
+    if role in ("all", "worker") and config.pipeline.analysis_processes > 1:
+        from scp_node.analysis_pool import AnalysisPool
+
+        # Analyses in their own processes, each with the model: a bad model stops start-up.
+        pool = AnalysisPool(config, index, config.pipeline.analysis_processes)
+        pool.start()
+        if pool.model_info is not None:
+            info = pool.model_info
+            METRICS.model_loaded(info.name, info.version, info.sha256)
+    elif role in ("all", "worker"):
         from scp_node.worker import AnalysisWorker  # imports TensorFlow: only where it runs
 
         worker = AnalysisWorker(config, store, index, worker_id)
@@ -160,6 +172,7 @@ def serve(config: Config, role: str = "all") -> int:
         worker=worker,
         sender=sender,
         analysis_paused=switches.analysis_paused,
+        retention=role in ("all", "worker"),
     )
     node = NodeState(config=config, index=index, role=role, started_at=time.time(), gpus=_gpus())
     if receiver is not None:
@@ -167,6 +180,8 @@ def serve(config: Config, role: str = "all") -> int:
         node.scp_port = lambda: receiver.port if receiver.listening else None
     if worker is not None:
         node.model = _model_of(worker)
+    elif pool is not None:
+        node.model = lambda: pool.model_info
     METRICS.watch(
         store_root=config.storage.root,
         min_free_mb=config.storage.min_free_mb,
@@ -209,6 +224,8 @@ def serve(config: Config, role: str = "all") -> int:
         if receiver is not None:
             receiver.stop()
         scheduler.shutdown(wait=True)
+        if pool is not None:
+            pool.stop()  # each process finishes the analysis it runs
         if web is not None:
             web.stop()
         index.close()

@@ -1,9 +1,12 @@
 """Analysis worker: claims a READY study, runs the classifier, stores the result objects (SR, SEG,
 GSPS, key images, KOS), fills the outbox with what each destination receives.
 
-The model is loaded once per worker process. A job whose worker dies keeps its lease until it
-expires and is then claimed again; `Index.complete_job` refuses a stale worker, so each study
-version yields exactly one result set.
+The model is loaded once per worker process. With [pipeline] analysis_processes > 1 the node
+runs one AnalysisWorker in each of that many processes (scp_node.analysis_pool); on a GPU one
+process is the recommended setting (CNN calls of several studies are not batched together).
+A job whose worker dies keeps its lease until it expires and is then claimed again (an analysis
+process that dies has its job released at once by the pool); `Index.complete_job` refuses a
+stale worker, so each study version yields exactly one result set.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,8 +46,19 @@ RESULT_KIND = {
 class AnalysisWorker:
     """Runs one analysis job at a time; `run_once` is called by the scheduler's worker tick."""
 
-    def __init__(self, config: Config, store: InstanceStore, index: Index, worker_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: InstanceStore,
+        index: Index,
+        worker_id: str,
+        *,
+        on_claim: Callable[[Job], None] | None = None,
+    ) -> None:
+        """`on_claim(job)` is called with each job claimed, before its analysis (an analysis
+        process tells the node which job it holds, see scp_node.analysis_pool)."""
         self._config = config
+        self._on_claim = on_claim
         self._store = store
         self._index = index
         self._worker_id = worker_id
@@ -73,6 +87,8 @@ class AnalysisWorker:
         job = self._index.claim_job(self._worker_id, self._config.pipeline.job_lease_seconds, now)
         if job is None:
             return False
+        if self._on_claim is not None:
+            self._on_claim(job)
         log.info(
             "analysis started study=%s version=%d attempt=%d",
             job.study_uid,

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -38,14 +39,31 @@ def read_headers(paths: Sequence[Path]) -> list[Dataset]:
 
 def read_dataset(path: Path) -> Dataset:
     """Read one file completely and decode its pixel data now, so later access cannot fail."""
+    ds = _read_image(path)
+    _decode(ds, path)
+    return ds
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """The decoded pixel data of one file (the dataset is not kept): what a volume loader
+    copies into its slice, so a series is never held as datasets and pixels at once."""
+    return _decode(_read_image(Path(path)), Path(path))
+
+
+def _read_image(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom on broken bytes raises many types (struct.error, ...)
         raise DicomReadError(f"file {path}: not readable as DICOM ({_short(exc)})") from None
     if "PixelData" not in ds:
         raise DicomReadError(f"file {path}: has no Pixel Data (7FE0,0010); it is not an image")
+    return ds
+
+
+def _decode(ds: Dataset, path: Path) -> np.ndarray:
+    """The dataset's pixel array, decoded and cached on it; DicomReadError when it cannot be."""
     try:
-        ds.pixel_array  # noqa: B018 - decodes and caches the pixels on the dataset
+        return ds.pixel_array
     except BaseException as exc:  # decoders raise many unrelated types, Rust panics included
         if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
@@ -55,7 +73,6 @@ def read_dataset(path: Path) -> Dataset:
             f"file {path}: pixel data in transfer syntax {name} could not be decoded ({exc}); "
             "send it uncompressed or install the matching pylibjpeg/pyjpegls decoder"
         ) from None
-    return ds
 
 
 def _short(exc: BaseException) -> str:

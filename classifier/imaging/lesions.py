@@ -440,8 +440,8 @@ def find_candidates(
     labels, count = ndimage.label(soft)
     ct_components: list[_Blob] = []
     if count:
-        index = np.arange(1, count + 1)
-        sizes = ndimage.sum_labels(soft, labels, index) * voxel_ml
+        # Voxel counts (as sum_labels gives them, float64) by one bincount: memory.
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64) * voxel_ml
         region_ml = np.count_nonzero(lungs.region) * voxel_ml
         objects = ndimage.find_objects(labels)
         blobs = {}
@@ -453,6 +453,7 @@ def find_candidates(
         keep = keep[np.argsort(sizes[keep])[::-1]][:MAX_CANDIDATES]
         for i in keep:
             ct_components.append(_grow(blobs[i], band, grow_steps))
+    del labels, soft, band  # memory: done with
 
     pet_components: list[_Blob] = []
     if suv is not None:
@@ -462,12 +463,14 @@ def find_candidates(
         hot = (suv_small > max(PET_MIN_SUV, 2.0 * background)) & region
         hot_labels, hot_count = ndimage.label(hot)
         if hot_count:
-            sizes = ndimage.sum_labels(hot, hot_labels, np.arange(1, hot_count + 1)) * voxel_ml
+            counts = np.bincount(hot_labels.ravel(), minlength=hot_count + 1)[1:]
+            sizes = counts.astype(np.float64) * voxel_ml  # as sum_labels, by one bincount
             objects = ndimage.find_objects(hot_labels)
             for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES]:
                 if sizes[i] < MIN_VOLUME_ML:
                     break
                 pet_components.append(_Blob(objects[i], hot_labels[objects[i]] == i + 1))
+        del suv_small, lung_values, hot, hot_labels  # memory: done with
 
     near_lung = ndimage.grey_dilation(labels_lung, size=(1, 7, 7))
 

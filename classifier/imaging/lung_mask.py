@@ -298,6 +298,7 @@ def lung_mask(ct: Volume) -> LungMask:
     touches_border = np.zeros(int(per_slice.max()) + 1, dtype=bool)
     touches_border[border[border > 0]] = True
     inside = air & ~touches_border[per_slice]
+    del air, per_slice  # memory: done with (a full working-grid int32 array)
     inside = ndimage.binary_opening(inside, structure=IN_PLANE)
 
     labels, count = ndimage.label(inside)
@@ -347,6 +348,7 @@ def lung_mask(ct: Volume) -> LungMask:
                 # One lung only, lying left of the body midline: it is the left lung.
                 result[result == 1] = 2
 
+    del labels, inside  # memory: done with
     region = np.zeros_like(result, dtype=bool)
     medial_cols = _medial_columns(result)
     for label in (RIGHT, LEFT):

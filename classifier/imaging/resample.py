@@ -6,7 +6,7 @@ Reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy import ndimage
@@ -60,18 +60,33 @@ def resample_to(
     order: int = 1,
     fill: float = 0.0,
     transform: RigidTransform | None = None,
+    lazy: bool = False,
 ) -> Volume:
     """`moving` sampled on the grid of `reference` through patient coordinates.
 
     Points outside `moving` get `fill`. `transform` (from `register_rigid`) maps reference
     points to moving points when the two series do not share a Frame of Reference.
+    `lazy`: where the grids share their axes (same orientation, no rotation; linear), the
+    volume holds a `LazyResampled` that computes what is indexed, instead of a whole float32
+    array of the reference's size (1 GB on a 1,000-slice 512 x 512 CT); otherwise, or without
+    `lazy`, the whole array.
     """
     rotation = np.eye(3) if transform is None else transform.matrix
     shift = np.zeros(3) if transform is None else transform.translation
     to_moving = np.linalg.inv(moving.index_matrix())
     matrix = to_moving @ rotation @ reference.index_matrix()
     offset = to_moving @ (rotation @ reference.origin + shift - moving.origin)
-    if order == 1 and _is_axis_aligned(matrix, reference.shape):
+    array: np.ndarray
+    if order == 1 and _is_axis_aligned(matrix, reference.shape) and lazy:
+        lazy_array = LazyResampled(
+            moving.array.astype(np.float32, copy=False),
+            np.diag(matrix).copy(),
+            offset,
+            reference.shape,
+            fill,
+        )
+        array = cast(np.ndarray, lazy_array)  # indexed like one: see LazyResampled
+    elif order == 1 and _is_axis_aligned(matrix, reference.shape):
         array = _linear_axis_aligned(
             moving.array, np.diag(matrix).copy(), offset, reference.shape, fill
         )
@@ -110,13 +125,13 @@ def _is_axis_aligned(matrix: np.ndarray, shape: tuple[int, int, int]) -> bool:
 
 
 def _axis_weights(
-    scale: float, offset: float, n_out: int, n_in: int
+    scale: float, offset: float, index: np.ndarray, n_in: int
 ) -> tuple[slice, np.ndarray, np.ndarray, np.ndarray]:
-    """For one axis of an axis-aligned linear resampling: the output range that lies inside
-    the input ([0, n_in - 1], as scipy's mode "constant"), and there the lower and upper input
-    index and the upper weight of each output index.
+    """For one axis of an axis-aligned linear resampling, at the output indices `index`
+    (monotonic): the run of them that lies inside the input ([0, n_in - 1], as scipy's mode
+    "constant"), and there the lower and upper input index and the upper weight.
     """
-    x = offset + scale * np.arange(n_out, dtype=np.float64)
+    x = offset + scale * index.astype(np.float64)
     inside = np.flatnonzero((x >= 0) & (x <= n_in - 1))
     if inside.size == 0:
         empty = np.zeros(0, dtype=np.intp)
@@ -127,26 +142,30 @@ def _axis_weights(
     return span, lower, np.minimum(lower + 1, n_in - 1), x - lower
 
 
-def _linear_axis_aligned(
+_SLAB = 8  # output slices per step: float64 buffers of 8 planes, whatever the volume's length
+
+
+def _linear_sample(
     array: np.ndarray,
     scale: np.ndarray,
     offset: np.ndarray,
-    shape: tuple[int, int, int],
+    index: tuple[np.ndarray, np.ndarray, np.ndarray],
     fill: float,
 ) -> np.ndarray:
-    """Trilinear resampling when each output axis maps onto the same input axis
-    (x_k = scale_k * i_k + offset_k): separable, one axis at a time, in slabs of output
-    slices through reused float64 buffers, float32 out. Gives ndimage.affine_transform's
-    (order=1, mode="constant") values, several times faster on a 512 x 512 CT grid.
+    """Trilinear samples, float32, of `array` at the output grid points index[0] x index[1] x
+    index[2] when each output axis maps onto the same input axis (x_k = scale_k * i_k +
+    offset_k): separable, one axis at a time, in slabs of output slices through float64 buffers.
+    Each point's value depends only on its own indices, so any subset of the grid gives the
+    whole grid's values there, bit for bit.
     """
     spans, lowers, uppers, weights = zip(
-        *(_axis_weights(scale[k], offset[k], shape[k], array.shape[k]) for k in range(3)),
+        *(_axis_weights(scale[k], offset[k], index[k], array.shape[k]) for k in range(3)),
         strict=True,
     )
-    out = np.full(shape, fill, dtype=np.float32)
+    out = np.full(tuple(len(i) for i in index), fill, dtype=np.float32)
     if any(span.stop <= span.start for span in spans):
         return out
-    slab = 8
+    slab = _SLAB
     n_slices, n_rows, n_cols = (span.stop - span.start for span in spans)
     planes = np.empty((2, slab) + array.shape[1:])
     columns = np.empty((2, slab, array.shape[1], n_cols))
@@ -175,6 +194,98 @@ def _linear_axis_aligned(
         first = spans[0].start + start
         out[first : first + n, spans[1], spans[2]] = r
     return out
+
+
+def _linear_axis_aligned(
+    array: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    shape: tuple[int, int, int],
+    fill: float,
+) -> np.ndarray:
+    """Trilinear resampling onto the whole output grid (see `_linear_sample`). Gives
+    ndimage.affine_transform's (order=1, mode="constant") values, several times faster on a
+    512 x 512 CT grid.
+    """
+    index = (np.arange(shape[0]), np.arange(shape[1]), np.arange(shape[2]))
+    return _linear_sample(array, scale, offset, index, fill)
+
+
+class LazyResampled:
+    """A moving volume on a reference grid, computed when indexed: `lazy[key]` with integers,
+    slices and Ellipsis resamples only the points asked for (the values the whole array would
+    hold there), so an SUV on a 1,000-slice CT grid costs memory only for the slab, crop or
+    subsampled grid being looked at. `np.asarray(lazy)` computes the whole array; any other
+    key (arrays, masks) works on that. Read-only; float32.
+    """
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        scale: np.ndarray,
+        offset: np.ndarray,
+        shape: tuple[int, int, int],
+        fill: float,
+    ) -> None:
+        self._array = array
+        self._scale = scale
+        self._offset = offset
+        self._fill = fill
+        self.shape = shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyResampled(shape={self.shape}, dtype=float32)"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[...]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        parts = key if isinstance(key, tuple) else (key,)
+        if sum(p is Ellipsis for p in parts) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in parts:
+            at = parts.index(Ellipsis)
+            fill_in = (slice(None),) * (3 - (len(parts) - 1))
+            parts = parts[:at] + fill_in + parts[at + 1 :]
+        if len(parts) > 3:
+            raise IndexError(f"too many indices for a 3-D array: {len(parts)}")
+        parts = parts + (slice(None),) * (3 - len(parts))
+        if not all(isinstance(p, (slice, int, np.integer)) for p in parts):
+            return np.asarray(self)[key]
+        index: list[np.ndarray] = []
+        squeeze: list[slice | int] = []
+        for part, n in zip(parts, self.shape, strict=True):
+            if isinstance(part, slice):
+                index.append(np.arange(n)[part])
+                squeeze.append(slice(None))
+            else:
+                i = int(part)
+                if not -n <= i < n:
+                    raise IndexError(f"index {i} is out of bounds for an axis of size {n}")
+                index.append(np.array([i % n]))
+                squeeze.append(0)
+        # A negative step: sample ascending (one run of points inside the input), then reverse.
+        flips = tuple(
+            slice(None, None, -1) if len(i) > 1 and i[1] < i[0] else slice(None) for i in index
+        )
+        out = _linear_sample(
+            self._array,
+            self._scale,
+            self._offset,
+            (index[0][flips[0]], index[1][flips[1]], index[2][flips[2]]),
+            self._fill,
+        )[flips]
+        return out[tuple(squeeze)]
 
 
 def to_sitk(volume: Volume, max_spacing_mm: float = 0.0) -> sitk.Image:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from classifier.imaging.volume import Volume, VolumeError, load_volume
+from classifier.imaging.volume import PixelSource, Volume, VolumeError, load_volume
 
 
 class SUVError(VolumeError):
@@ -175,10 +175,16 @@ def suv_factor(datasets: Sequence[Dataset]) -> SUVFactor:
     )
 
 
-def load_pet_suv_volume(datasets: Sequence[Dataset]) -> Volume:
-    """A PET series as a volume of SUVbw (g/ml); raises VolumeError, or SUVError naming the tag."""
+def load_pet_suv_volume(
+    datasets: Sequence[Dataset],
+    frame_subset: Sequence[Sequence[int] | None] | None = None,
+    *,
+    pixels: PixelSource | None = None,
+) -> Volume:
+    """A PET series as a float32 volume of SUVbw (g/ml); raises VolumeError, or SUVError naming
+    the tag. `frame_subset` and `pixels` as for `load_volume` (headers and a pixel reader)."""
     factor = suv_factor(datasets)
-    volume = load_volume(datasets, {"PT"})
+    volume = load_volume(datasets, {"PT"}, frame_subset, pixels=pixels)
     array = volume.array
     array *= np.float32(factor.factor)
     return volume

@@ -20,7 +20,7 @@ This is the ITK/SimpleITK (x, y, z) direction matrix with the array axes reverse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,10 @@ ENHANCED_PET_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _ORIENTATION_TOLERANCE = 1e-3
 _DUPLICATE_MM = 1e-3
+_INT16 = np.iinfo(np.int16)
+
+# The pixels of datasets[k]: (rows, columns), or (frames, rows, columns) of a multi-frame image.
+PixelSource = Callable[[int], np.ndarray]
 
 
 class VolumeError(ValueError):
@@ -42,7 +46,14 @@ class VolumeError(ValueError):
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3-D image in patient space: HU for CT, SUVbw g/ml for PET (see module doc for axes)."""
+    """A 3-D image in patient space: HU for CT, SUVbw g/ml for PET (see module doc for axes).
+
+    `array` is float32, or int16 for a CT whose rescaled values are whole Hounsfield units
+    (slope and intercept integers, every value within int16), half the memory for the same
+    values. An SUV volume on the CT grid from `resample_to(..., lazy=True)` holds a
+    `classifier.imaging.resample.LazyResampled` instead: it is indexed like an array and
+    computes only what is asked for (np.asarray gives the whole array).
+    """
 
     array: np.ndarray = field(repr=False)
     origin: np.ndarray
@@ -103,9 +114,10 @@ class _Frame:
     pixel_spacing: tuple[float, float]
     slope: float
     intercept: float
-    pixels: np.ndarray
+    shape: tuple[int, int]
+    source: int  # index of the dataset among those loaded
+    frame: int | None  # index of the frame in a multi-frame dataset's pixels; None: single frame
     reference: ImageReference
-    dataset: Dataset
 
 
 def _floats(value: Any, count: int, name: str, where: str) -> np.ndarray:
@@ -172,15 +184,25 @@ def _reference(ds: Dataset) -> ImageReference:
     )
 
 
-def _single_frames(ds: Dataset) -> list[_Frame]:
+def _image_shape(ds: Dataset, where: str) -> tuple[int, int]:
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise VolumeError(f"{where}: Rows (0028,0010) or Columns (0028,0011) is missing") from None
+    if rows < 1 or columns < 1:
+        raise VolumeError(f"{where}: image size {rows} x {columns} is empty")
+    return rows, columns
+
+
+def _single_frames(ds: Dataset, source: int) -> list[_Frame]:
     where = _describe(ds)
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if keyword not in ds or ds[keyword].value in (None, ""):
             raise VolumeError(f"{where}: {keyword} is missing, the slice cannot be placed in space")
-    pixels = ds.pixel_array
-    if pixels.ndim != 2:
+    shape = _image_shape(ds, where)
+    if frames_of(ds) > 1:
         raise VolumeError(
-            f"{where}: pixel data has shape {pixels.shape}; a multi-frame image needs the "
+            f"{where}: pixel data has {frames_of(ds)} frames; a multi-frame image needs the "
             "Enhanced CT/PET functional groups"
         )
     slope, intercept = _rescale(ds)
@@ -194,14 +216,15 @@ def _single_frames(ds: Dataset) -> list[_Frame]:
             pixel_spacing=(float(spacing[0]), float(spacing[1])),
             slope=1.0 if slope is None else slope,
             intercept=0.0 if intercept is None else intercept,
-            pixels=pixels,
+            shape=shape,
+            source=source,
+            frame=None,
             reference=_reference(ds),
-            dataset=ds,
         )
     ]
 
 
-def _enhanced_frames(ds: Dataset) -> list[_Frame]:
+def _enhanced_frames(ds: Dataset, source: int) -> list[_Frame]:
     where = _describe(ds)
     n = int(ds.get("NumberOfFrames", 1))
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
@@ -211,11 +234,7 @@ def _enhanced_frames(ds: Dataset) -> list[_Frame]:
         raise VolumeError(
             f"{where}: Number of Frames {n} but {len(per_frame)} Per-Frame Functional Groups items"
         )
-    pixels = ds.pixel_array
-    if n == 1:
-        pixels = pixels[np.newaxis]
-    if pixels.ndim != 3 or pixels.shape[0] != n:
-        raise VolumeError(f"{where}: pixel data shape {pixels.shape} does not hold {n} frames")
+    shape = _image_shape(ds, where)
     top_slope, top_intercept = _rescale(ds)
     frames = []
     for i, groups in enumerate(per_frame):
@@ -246,9 +265,10 @@ def _enhanced_frames(ds: Dataset) -> list[_Frame]:
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 slope=1.0 if slope is None else slope,
                 intercept=0.0 if intercept is None else intercept,
-                pixels=pixels[i],
+                shape=shape,
+                source=source,
+                frame=i,
                 reference=_reference(ds),
-                dataset=ds,
             )
         )
     return frames
@@ -273,7 +293,7 @@ def _frames(
     for k, ds in enumerate(datasets):
         _check_image_kind(ds, modalities)
         if "PerFrameFunctionalGroupsSequence" in ds:
-            found = _enhanced_frames(ds)
+            found = _enhanced_frames(ds, k)
             picked = subset[k] if subset is not None else None
             if picked is not None:
                 if any(not 0 <= i < len(found) for i in picked):
@@ -281,7 +301,7 @@ def _frames(
                 found = [found[i] for i in picked]
             frames.extend(found)
         else:
-            frames.extend(_single_frames(ds))
+            frames.extend(_single_frames(ds, k))
     return frames
 
 
@@ -299,11 +319,20 @@ def load_volume(
     datasets: Sequence[Dataset],
     modalities: set[str],
     frame_subset: Sequence[Sequence[int] | None] | None = None,
+    *,
+    pixels: PixelSource | None = None,
+    whole_numbers: bool = False,
 ) -> Volume:
     """Stack the images of one series into a volume of rescaled values (HU for CT, Bq/ml for PET).
 
     `frame_subset`, one entry per dataset, keeps only those 0-based frames of a multi-frame image
     (None: all), for one acquisition of an Enhanced series that holds several.
+    `pixels(k)` gives the decoded pixels of `datasets[k]`; without it `datasets` must hold their
+    pixel data. With a reader, `datasets` may be headers only (`stop_before_pixels`): the
+    geometry and slice order come from them, the volume is allocated once, and each image's
+    pixels are read, rescaled into their slice and dropped, so no image is held twice.
+    `whole_numbers`: keep the volume as int16 when every rescaled value is a whole number within
+    int16 (CT in HU: integer slope and intercept), float32 otherwise.
     Raises VolumeError with the reason when the series is not one regular stack of slices.
     """
     if not datasets:
@@ -314,7 +343,7 @@ def load_volume(
     if len(frames) < 2:
         raise VolumeError("the series has a single slice; a volume needs at least 2")
 
-    shapes = {f.pixels.shape for f in frames}
+    shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise VolumeError(f"the slices have different sizes (rows x columns): {sorted(shapes)}")
     orientation = frames[0].orientation
@@ -364,10 +393,7 @@ def load_volume(
             "sheared stack); reconstruct without tilt"
         )
 
-    array = np.empty((len(frames),) + frames[0].pixels.shape, dtype=np.float32)
-    for i, f in enumerate(frames):
-        np.multiply(f.pixels, f.slope, out=array[i], casting="unsafe")
-        array[i] += f.intercept
+    array = _fill(datasets, frames, pixels, whole_numbers)
     return Volume(
         array=array,
         origin=positions[0].copy(),
@@ -380,9 +406,73 @@ def load_volume(
     )
 
 
+def _fill(
+    datasets: Sequence[Dataset],
+    frames: Sequence[_Frame],
+    pixels: PixelSource | None,
+    whole_numbers: bool,
+) -> np.ndarray:
+    """The frames' rescaled pixels, stacked in the frames' order into one preallocated array:
+    int16 while every value is a whole number within int16 (when `whole_numbers`), else float32
+    (the array is converted once, at the first frame that needs it)."""
+    integral = whole_numbers and all(
+        float(f.slope).is_integer() and float(f.intercept).is_integer() for f in frames
+    )
+    dtype = np.int16 if integral else np.float32
+    array = np.empty((len(frames), *frames[0].shape), dtype=dtype)
+    slots: dict[int, list[int]] = {}
+    for i, f in enumerate(frames):
+        slots.setdefault(f.source, []).append(i)
+    for k, where in slots.items():
+        data = datasets[k].pixel_array if pixels is None else pixels(k)
+        first = frames[where[0]]
+        if first.frame is None:
+            if data.ndim != 2:
+                raise VolumeError(
+                    f"{_describe(datasets[k])}: pixel data has shape {data.shape}; a multi-frame "
+                    "image needs the Enhanced CT/PET functional groups"
+                )
+        else:
+            n = frames_of(datasets[k])
+            data = data[np.newaxis] if data.ndim == 2 and n == 1 else data
+            if data.ndim != 3 or data.shape[0] != n:
+                raise VolumeError(
+                    f"{_describe(datasets[k])}: pixel data shape {data.shape} does not hold "
+                    f"{n} frames"
+                )
+        for i in where:
+            f = frames[i]
+            plane = data if f.frame is None else data[f.frame]
+            if plane.shape != f.shape:
+                raise VolumeError(
+                    f"{_describe(datasets[k])}: pixel data has shape {plane.shape}, Rows and "
+                    f"Columns say {f.shape}"
+                )
+            if array.dtype == np.int16:
+                low = int(plane.min()) * int(f.slope) + int(f.intercept)
+                high = int(plane.max()) * int(f.slope) + int(f.intercept)
+                if f.slope < 0:
+                    low, high = high, low
+                if low >= _INT16.min and high <= _INT16.max:
+                    values = plane.astype(np.int64 if plane.itemsize >= 4 else np.int32)
+                    if f.slope != 1:
+                        values *= int(f.slope)
+                    values += int(f.intercept)
+                    array[i] = values
+                    continue
+                array = array.astype(np.float32)  # a value past int16: float32 from here on
+            np.multiply(plane, f.slope, out=array[i], casting="unsafe")
+            array[i] += f.intercept
+        del data
+    return array
+
+
 def load_ct_volume(
-    datasets: Sequence[Dataset], frame_subset: Sequence[Sequence[int] | None] | None = None
+    datasets: Sequence[Dataset],
+    frame_subset: Sequence[Sequence[int] | None] | None = None,
+    *,
+    pixels: PixelSource | None = None,
 ) -> Volume:
     """A CT series (or one acquisition of it, see `load_volume`) as a volume in Hounsfield
-    units; raises VolumeError with the reason."""
-    return load_volume(datasets, {"CT"}, frame_subset)
+    units, int16 where they are whole numbers; raises VolumeError with the reason."""
+    return load_volume(datasets, {"CT"}, frame_subset, pixels=pixels, whole_numbers=True)

@@ -54,9 +54,9 @@ def _validate(ct: Volume, center_index: Sequence[int], suv: Volume | None) -> tu
         )
     if any(float(s) <= 0 for s in ct.spacing):
         raise ValueError(f"CT spacing must be positive (slice,row,col) mm, got {tuple(ct.spacing)}")
-    if suv is not None and np.asarray(suv.array).shape != array.shape:
+    if suv is not None and np.shape(suv.array) != array.shape:
         raise ValueError(
-            f"SUV volume shape {np.asarray(suv.array).shape} differs from the CT shape "
+            f"SUV volume shape {np.shape(suv.array)} differs from the CT shape "
             f"{array.shape}; "
             "resample the PET onto the CT grid first (classifier.imaging.resample.resample_to)"
         )
@@ -108,24 +108,31 @@ def _sample_planes(
     return planes
 
 
+def _indexable(array: np.ndarray) -> np.ndarray:
+    """The array itself when it has a shape and can be sliced (an ndarray of any dtype, a lazily
+    resampled volume), else as a float32 array."""
+    if hasattr(array, "shape") and hasattr(array, "__getitem__"):
+        return array
+    return np.asarray(array, dtype=np.float32)
+
+
 def extract_patch(ct: Volume, center_index: tuple[int, int, int], suv: Volume | None) -> np.ndarray:
     """Return the float32 PATCH_SHAPE patch centred at center_index (slice, row, col) of `ct`.
 
     `suv` must already be resampled onto the CT grid (same shape), or None when there is no PET.
     """
     center = _validate(ct, center_index, suv)
-    ct_array = np.asarray(ct.array, dtype=np.float32)
+    # Only the crop around the centre is read (into float32): no copy of an int16 CT or of a
+    # lazily resampled SUV volume.
     planes = _sample_planes(
-        ct_array, ct.spacing, center, (-SLAB_OFFSET_MM, 0.0, SLAB_OFFSET_MM), AIR_HU
+        _indexable(ct.array), ct.spacing, center, (-SLAB_OFFSET_MM, 0.0, SLAB_OFFSET_MM), AIR_HU
     )
     patch = np.zeros(PATCH_SHAPE, dtype=np.float32)
     for i, plane in enumerate(planes):
         patch[..., CH_LUNG[i]] = window(plane, *LUNG_WINDOW)
         patch[..., CH_MEDIASTINAL[i]] = window(plane, *MEDIASTINAL_WINDOW)
     if suv is not None:
-        suv_plane = _sample_planes(
-            np.asarray(suv.array, dtype=np.float32), ct.spacing, center, (0.0,), 0.0
-        )[0]
+        suv_plane = _sample_planes(_indexable(suv.array), ct.spacing, center, (0.0,), 0.0)[0]
         patch[..., CH_SUV] = np.clip(suv_plane / SUV_SCALE, 0.0, 1.0)
         patch[..., CH_PET_FLAG] = 1.0
     return patch
