@@ -336,6 +336,49 @@ def _grow(blob: _Blob, band: np.ndarray, steps: int) -> _Blob:
     return _Blob(_shift(tight, tuple(s.start for s in sl)), grown[tight])
 
 
+def _grow_in_cavity(blob: _Blob, extra: np.ndarray) -> _Blob:
+    """A component joined (in 3-D) by the soft tissue of the chest cavity outside the lung
+    region it touches: a tumour that replaced the lung around it, found by its rim in the lung
+    region, whole. `extra` and the blob's box share one grid."""
+    if not extra.any():
+        return blob
+    box = blob.box
+    # Grow within the bounding box of everything the cavity tissue could add.
+    labels, count = ndimage.label(extra)
+    if count == 0:
+        return blob
+    local = np.zeros(extra.shape, dtype=bool)
+    local[box] = blob.mask
+    ring = ndimage.binary_dilation(local[box], iterations=1) & ~blob.mask
+    touching = np.zeros(extra.shape, dtype=bool)
+    touching[box] = ring
+    hit = np.unique(labels[touching & (labels > 0)])
+    if hit.size == 0:
+        return blob
+    local |= np.isin(labels, hit)
+    tight = bounding_box(local)
+    assert tight is not None
+    return _Blob(tight, local[tight])  # type: ignore[arg-type]
+
+
+def _merge_overlapping(blobs: list[_Blob], shape: tuple[int, ...]) -> list[_Blob]:
+    """Overlapping components as one (grown candidates on one tumour), in the given order."""
+    out: list[_Blob] = []
+    for blob in blobs:
+        for n, kept in enumerate(out):
+            if kept.overlaps(blob):
+                joined = np.zeros(shape, dtype=bool)
+                joined[kept.box] = kept.mask
+                joined[blob.box] |= blob.mask
+                tight = bounding_box(joined)
+                assert tight is not None
+                out[n] = _Blob(tight, joined[tight])  # type: ignore[arg-type]
+                break
+        else:
+            out.append(blob)
+    return out
+
+
 def _thick_enough(
     soft: np.ndarray, blob: _Blob, spacing_rc: tuple[float, float], diameter_mm: float
 ) -> bool:
@@ -451,8 +494,16 @@ def find_candidates(
             thick[i] = _thick_enough(soft, blobs[i], spacing[1:], MIN_DIAMETER_MM)
         keep = np.nonzero(thick)[0]
         keep = keep[np.argsort(sizes[keep])[::-1]][:MAX_CANDIDATES]
+        extra = None
+        if lungs.cavity is not None:
+            extra = (lungs.cavity[crop] & ~region) & (small > SOFT_TISSUE_HU)
+            extra = ndimage.binary_opening(extra, structure=_disk(_OPEN_MM / min(spacing[1:])))
         for i in keep:
-            ct_components.append(_grow(blobs[i], band, grow_steps))
+            grown = _grow(blobs[i], band, grow_steps)
+            if extra is not None:
+                grown = _grow_in_cavity(grown, extra)
+            ct_components.append(grown)
+        ct_components = _merge_overlapping(ct_components, soft.shape)
 
     pet_components: list[_Blob] = []
     if suv is not None:
