@@ -60,7 +60,8 @@ CANDIDATE_COPIES = 6  # jittered patches per detector candidate away from the tu
 RANDOM_NEGATIVES = 160  # per patient, half on soft tissue at the lungs' edges and vessels
 TUMOUR_POSITIVES = 30  # per patient, points inside its tumour boxes
 INSERTED_POSITIVES = 90  # per patient, synthetic lesions in its lungs
-INSERTED_MAX_RADIUS_MM = 50.0  # log-uniform radii from 4 mm: up to masses wider than the patch
+INSERTED_MIN_RADIUS_MM = 2.5  # log-uniform radii: from small solid nodules (5 mm across)
+INSERTED_MAX_RADIUS_MM = 50.0  # up to masses wider than the patch
 KEEP_OUT_MM = 15.0  # negatives this far from any tumour box at least
 LEARNING_RATE = 3e-4
 
@@ -195,7 +196,9 @@ def real_patient(study: StudyEvaluation, rng: np.random.Generator) -> RealPatien
     lung_points = np.argwhere(lung_full[:, ::3, ::3]) * np.array([1, 3, 3])
     lung_points = lung_points[_far_from(lung_points.astype(float), boxes, ct, 40.0)]
     for k in rng.permutation(len(lung_points))[:INSERTED_POSITIVES]:
-        radius = float(np.exp(rng.uniform(np.log(4.0), np.log(INSERTED_MAX_RADIUS_MM))))
+        radius = float(
+            np.exp(rng.uniform(np.log(INSERTED_MIN_RADIUS_MM), np.log(INSERTED_MAX_RADIUS_MM)))
+        )
         window, before = insert_lesion(ct.array, ct.spacing, lung_points[k], radius, rng)
         jitter = rng.integers(-jitter_px, jitter_px + 1, 2)
         add(np.array(lung_points[k]) + np.array([0, *jitter]), True, "inserted")
@@ -477,7 +480,8 @@ project's approximate boxes, `tests/data/annotations-approximate`) and {summary[
 phantoms: negatives are every detector candidate away from the tumour boxes (jittered copies)
 and random points of the lung region and its soft-tissue edges, >= {KEEP_OUT_MM:g} mm from the
 boxes; positives are points in the tumour boxes and synthetic lobulated solid lesions (radius
-4-{INSERTED_MAX_RADIUS_MM:g} mm, partial volume, noise) inserted into each patient's lungs.
+{INSERTED_MIN_RADIUS_MM:g}-{INSERTED_MAX_RADIUS_MM:g} mm, partial volume, noise) inserted into
+each patient's lungs.
 Patches: {patches}. The histology head learns from phantom lesion patches only: its
 probabilities still say nothing about real tumours. {summary["epochs"]} epochs, Adam
 {LEARNING_RATE:g}, seed {summary["seed"]}; all folds and the final model in
