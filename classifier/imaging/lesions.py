@@ -190,7 +190,14 @@ def _measure(
     )
     filled = np.nonzero(areas)[0]
     centroid_idx = np.argwhere(mask).mean(axis=0) + np.array(origin)
-    long_axis, short_axis = feret_axes(mask[key_local], (ct.spacing[1], ct.spacing[2]))
+    # RECIST on the key slice's largest in-plane part: a piece the 3-D mask reaches only
+    # through other slices (a strand, a vessel stub) does not stretch the long axis.
+    key_plane = mask[key_local]
+    parts, n_parts = ndimage.label(key_plane)
+    if n_parts > 1:
+        sizes = np.bincount(parts.ravel())[1:]
+        key_plane = parts == int(np.argmax(sizes)) + 1
+    long_axis, short_axis = feret_axes(key_plane, (ct.spacing[1], ct.spacing[2]))
     values: dict[str, float | None] = {
         "suv_max": None,
         "suv_mean": None,

@@ -260,6 +260,7 @@ def _rib_radii(
 
 def _cavity(
     small: np.ndarray,
+    bone_small: np.ndarray,
     outside: np.ndarray,
     own: np.ndarray,
     medial: np.ndarray,
@@ -281,8 +282,6 @@ def _cavity(
     if medial_cols.size == 0 or lung_cols.size == 0:
         return out
     towards_high = bool(medial_cols.mean() > lung_cols.mean())
-    # Bone on a 3 x 3 mean: a noisy or contrast-filled vessel pixel is not a rib.
-    bone_small = ndimage.uniform_filter(small, size=(1, 3, 3))
     bone_steps = int(round(_RIB_Z_MM / max(spacing[0], 1e-3)))
     rows_n, cols_n = own.shape[1:]
     columns = np.arange(cols_n)
@@ -290,10 +289,13 @@ def _cavity(
     # it) the most medial border of that row on the slices below within _CAVITY_BELOW_MM (the
     # lung there met the mediastinum).
     history = np.full((n, rows_n), np.nan)
-    order = range(n) if caudal_first else range(n - 1, -1, -1)
+    order = list(range(n) if caudal_first else range(n - 1, -1, -1))
+    # Per pixel, the last position (in caudal-to-cranial order) where the lung's region held it.
+    last_seen = np.full(own.shape[1:], -(10**6), dtype=np.int64)
     for position, s in enumerate(order):
         if not present[s]:
             continue
+        last_seen[own[s]] = position
         on = own[s]
         has = on.any(axis=1)
         if towards_high:
@@ -305,8 +307,7 @@ def _cavity(
             warnings.simplefilter("ignore", RuntimeWarning)  # rows never with lung: NaN
             extreme = np.nanmax(past, axis=0) if towards_high else np.nanmin(past, axis=0)
         border = np.where(has, history[position], extreme)
-        window = list(order)[max(0, position - steps) : position + 1]
-        under = own[window].any(axis=0)
+        under = position - last_seen <= steps
         candidates = under & ~on & (small[s] > -300.0) & (small[s] < _BONE_HU)
         # The most medial border within _BORDER_ROWS_MM of each row: a border with notches
         # (a vessel or a fissure at the lung's medial edge) does not cut the mass in bands.
@@ -482,6 +483,8 @@ def lung_mask(ct: Volume) -> LungMask:
         :, 2
     ]
     caudal_first = bool(z_first <= z_last)
+    # Bone on a 3 x 3 mean: a noisy or contrast-filled vessel pixel is not a rib.
+    bone_small = ndimage.uniform_filter(small, size=(1, 3, 3))
     for label in (RIGHT, LEFT):
         lung = result == label
         if lung.any():
@@ -490,7 +493,9 @@ def lung_mask(ct: Volume) -> LungMask:
             )
             own = fill_in_plane(closed) | (fill_in_plane(wide) & medial_cols[label - 1])
             region |= own
-            cavity |= _cavity(small, outside, own, medial_cols[label - 1], spacing, caudal_first)
+            cavity |= _cavity(
+                small, bone_small, outside, own, medial_cols[label - 1], spacing, caudal_first
+            )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(
         labels=result, region=region, factor=factor, spacing=spacing, medial=medial, cavity=cavity
