@@ -48,7 +48,7 @@ def rows(
                 strict=True,
                 reason="measured 2026-12-02, chest cavity + LOPO fine-tuned bundled model (which "
                 "trained on this scan: not a quality figure): the T4 mass is one finding outlined "
-                "whole (111.5 mm, p 0.82; annotated 118-147 mm) with no false positive, but a 34 "
+                "whole (108.3 mm, p 0.81; annotated 118-147 mm) with no false positive, but a 34 "
                 "mm left hilar structure just below the mass's lowest slice (p 0.55; most likely "
                 "the left pulmonary vessels) lies within the box's 5 mm margin and counts as a "
                 "second finding on the tumour (fragments 2).",

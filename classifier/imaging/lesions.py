@@ -80,6 +80,8 @@ _OPEN_MM = 2.5
 # A candidate grown mostly into the chest cavity keeps of its seed only what lies this close
 # (in-plane, on the same slice) to the cavity part.
 CAVITY_SEED_MM = 10.0
+# Chest-cavity tissue a candidate may grow into must be at least this thick in plane (a mass).
+CAVITY_MIN_THICK_MM = 15.0
 _MTV_MARGIN_MM = 5.0
 
 
@@ -368,26 +370,39 @@ def _grow(blob: _Blob, band: np.ndarray, steps: int) -> _Blob:
     return _Blob(_shift(tight, tuple(s.start for s in sl)), grown[tight])
 
 
-def _grow_in_cavity(blob: _Blob, extra: np.ndarray, spacing_rc: tuple[float, float]) -> _Blob:
-    """A component joined (in 3-D) by the soft tissue of the chest cavity outside the lung
-    region it touches: a tumour that replaced the lung around it, found by its rim in the lung
-    region, whole. `extra` and the blob's box share one grid."""
-    if not extra.any():
-        return blob
+def _grow_in_cavity(
+    blob: _Blob,
+    labels: np.ndarray,
+    objects: list[tuple[slice, ...] | None],
+    spacing_rc: tuple[float, float],
+) -> _Blob:
+    """A component joined (in 3-D) by the components of the chest cavity's soft tissue outside
+    the lung region that it touches (`labels`, their boxes `objects`, on the blob's grid): a
+    tumour that replaced the lung around it, found by its rim in the lung region, whole."""
     box = blob.box
-    # Grow within the bounding box of everything the cavity tissue could add.
-    labels, count = ndimage.label(extra)
-    if count == 0:
-        return blob
-    local = np.zeros(extra.shape, dtype=bool)
-    local[box] = blob.mask
-    ring = ndimage.binary_dilation(local[box], iterations=1) & ~blob.mask
-    touching = np.zeros(extra.shape, dtype=bool)
-    touching[box] = ring
-    hit = np.unique(labels[touching & (labels > 0)])
+    near = tuple(
+        slice(max(0, b.start - 1), min(n, b.stop + 1))
+        for b, n in zip(box, labels.shape, strict=True)
+    )
+    seed = np.zeros([b.stop - b.start for b in near], dtype=bool)
+    seed[
+        tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, near, strict=True))
+    ] = blob.mask
+    ring = ndimage.binary_dilation(seed) & ~seed
+    hit = np.unique(labels[near][ring])
+    hit = hit[hit > 0]
     if hit.size == 0:
         return blob
-    added = np.isin(labels, hit)
+    spans = [box] + [objects[h - 1] for h in hit]
+    union = tuple(
+        slice(min(sp[a].start for sp in spans if sp), max(sp[a].stop for sp in spans if sp))
+        for a in range(3)
+    )
+    added = np.isin(labels[union], hit)
+    local = np.zeros(added.shape, dtype=bool)
+    local[
+        tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union, strict=True))
+    ] = blob.mask
     if np.count_nonzero(added) > np.count_nonzero(local):
         # Mostly cavity: a mass that replaced the lung, found by a rim or a vessel at its edge.
         # The seed stays only where it lies beside the mass on the mass's own slices (the
@@ -398,7 +413,7 @@ def _grow_in_cavity(blob: _Blob, extra: np.ndarray, spacing_rc: tuple[float, flo
         local |= added
     tight = bounding_box(local)
     assert tight is not None
-    return _Blob(tight, local[tight])  # type: ignore[arg-type]
+    return _Blob(_shift(tight, tuple(u.start for u in union)), local[tight])
 
 
 def _merge_overlapping(blobs: list[_Blob], shape: tuple[int, ...]) -> list[_Blob]:
@@ -641,14 +656,23 @@ def find_candidates(
             thick[i] = _thick_enough(soft, blobs[i], spacing[1:], MIN_DIAMETER_MM)
         keep = np.nonzero(thick)[0]
         keep = keep[np.argsort(sizes[keep])[::-1]][:MAX_CANDIDATES]
-        extra = None
-        if lungs.cavity is not None:
-            extra = (lungs.cavity[crop] & ~region) & (small > SOFT_TISSUE_HU)
-            extra = ndimage.binary_opening(extra, structure=_disk(_OPEN_MM / min(spacing[1:])))
+        cavity_labels, cavity_count = np.zeros((1, 1, 1), dtype=np.int32), 0
+        if lungs.cavity is not None and keep.size:
+            extra = (lungs.cavity[crop] & ~region) & tissue
+            if extra.any():
+                # Only massive cavity tissue (an opening with a CAVITY_MIN_THICK_MM disk): the
+                # thin strips of chest wall, pleura and heart border inside the ribs would
+                # join a juxtapleural tumour to its neighbours along the chest wall.
+                radius = CAVITY_MIN_THICK_MM / 2.0 / min(spacing[1:])
+                extra = ndimage.binary_opening(extra, structure=_disk(radius))
+                cavity_labels, cavity_count = ndimage.label(extra)
+        cavity_objects = ndimage.find_objects(cavity_labels) if cavity_count else []
         for i in keep:
             grown = _grow(blobs[i], band, grow_steps)
-            if extra is not None:
-                grown = _grow_in_cavity(grown, extra, (spacing[1], spacing[2]))
+            if cavity_count:
+                grown = _grow_in_cavity(
+                    grown, cavity_labels, cavity_objects, (spacing[1], spacing[2])
+                )
             ct_components.append(grown)
         ct_components = _merge_overlapping(ct_components, soft.shape)
     n_thick = len(ct_components)
