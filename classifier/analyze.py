@@ -198,7 +198,12 @@ def analyze_study(
                 break
             pet = None
 
-        found = clock.run("candidates", lambda: find_candidates(ct, suv, config.mtv_threshold))
+        found = clock.run(
+            "candidates",
+            lambda: find_candidates(
+                ct, suv, config.mtv_threshold, small_nodules=config.small_nodules
+            ),
+        )
         lesions: list[Lesion] = []
         if found:
             patches = np.stack([extract_patch(ct, c.center_index, suv) for c in found]).astype(

@@ -35,6 +35,10 @@ class AnalysisSettings:
     # Most findings reported per study, the most probable first (0: no limit); the result's
     # `skipped` says how many at or above the threshold were left out by it.
     max_findings_per_study: int = 5
+    # Also propose small solid nodules (4-15 mm, free-standing; `lesions.NODULE_MIN_MM`). Off by
+    # default: on the real studies each adds 0-2 vessel-like dots the phantom-trained CNN
+    # scores >= 0.9, until the lesion score is trained with real negatives.
+    small_nodules: bool = False
     mtv_threshold: MtvThreshold = field(default_factory=MtvThreshold)
     ct_slice_thickness_range_mm: tuple[float, float] = (0.5, 10.0)
     ct_min_slices: int = 8

@@ -157,14 +157,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The model's patch report, then (unless --no-detector) the detector's FROC/CPM with this
+    model: `evaluate-detector` on the same folder into <report>/detector (froc.png, pictures)."""
+    from classifier.model.detector_eval import FROC_PNG, evaluate_detector
     from classifier.model.evaluate_folder import evaluate
+    from classifier.settings import AnalysisSettings
 
+    report = Path(args.report)
     metrics = evaluate(
         Path(args.model),
         Path(args.data),
         Path(args.annotations) if args.annotations else None,
-        Path(args.report),
+        report,
     )
+    if not args.no_detector:
+        out = report / "detector"
+        summary = evaluate_detector(
+            Path(args.data),
+            [Path(args.annotations)] if args.annotations else [],
+            out,
+            settings=AnalysisSettings(model=Path(args.model)),
+            progress=lambda line: log.info("evaluate (detector) %s", line),
+        )
+        metrics["detector"] = {
+            "cpm": summary["froc"].get("cpm"),
+            "froc": summary["froc"],
+            "studies": summary["studies"],
+            "froc_png": str(out / FROC_PNG),
+        }
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 0
 
@@ -288,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--annotations")
     p.add_argument("--report", required=True, help="folder for the report")
+    p.add_argument(
+        "--no-detector",
+        action="store_true",
+        help="patch report only: skip the detector's FROC/CPM (<report>/detector)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -460,6 +460,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "model": _text,
         "lesion_probability_threshold": _float(0, 1),
         "max_findings_per_study": _int(0, 1000),
+        "small_nodules": _bool,
         "mtv_threshold": _mtv,
         "ct_slice_thickness_range_mm": _range_mm,
         "ct_min_slices": _int(1, 100000),

@@ -13,6 +13,7 @@ import pytest
 from dicom_validators import run_dciodvfy
 
 from classifier.datasets.tcia_dataset import scan_dataset
+from classifier.model.bundled import BUNDLED_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,35 @@ def test_predict_on_a_folder_without_dicom_fails_with_a_clear_message(tmp_path: 
     )
     assert proc.returncode == 2
     assert "no DICOM images found" in proc.stderr
+
+
+def test_evaluate_reports_froc_and_cpm_with_the_froc_picture(tmp_path: Path) -> None:
+    """`lungnode evaluate` on an annotated TCIA-layout folder: the patch report and the
+    detector's FROC/CPM with the same model, with the FROC curve as a picture."""
+    data = tmp_path / "phantoms"
+    _lungnode("synth", "--out", str(data), "--patients", "2", "--seed", "3")
+    report = tmp_path / "report"
+    proc = _lungnode(
+        "evaluate",
+        "--model",
+        str(BUNDLED_MODEL),
+        "--data",
+        str(data),
+        "--report",
+        str(report),
+    )
+    metrics = json.loads(proc.stdout[proc.stdout.index("{") :])
+    detector = metrics["detector"]
+    assert 0.0 <= detector["cpm"] <= 1.0
+    assert set(detector["froc"]["sensitivity_at_fp_per_scan"]) == {
+        "0.125",
+        "0.25",
+        "0.5",
+        "1",
+        "2",
+        "4",
+        "8",
+    }
+    assert len(detector["studies"]) == 2
+    assert (report / "detector" / "froc.png").stat().st_size > 0
+    assert (report / "detector" / "detector_eval.md").is_file()

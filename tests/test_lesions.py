@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from classifier.datasets.phantom import generate_study
-from classifier.imaging.lesions import feret_axes, find_candidates
+from classifier.imaging.lesions import MIN_DIAMETER_MM, Candidate, feret_axes, find_candidates
+from classifier.imaging.lung_mask import IN_PLANE, lung_mask
 from classifier.imaging.resample import resample_to
 from classifier.imaging.suv import load_pet_suv_volume
 from classifier.imaging.volume import load_ct_volume
@@ -33,3 +35,86 @@ def test_phantom_lesion_found_and_merged_with_pet() -> None:
     assert best.long_axis_mm == pytest.approx(2 * truth.radius_mm, rel=0.5)
     assert best.suv_max is not None and best.mtv_ml is not None and best.tlg is not None
     assert best.side == ("left" if truth.center_mm[0] > 0 else "right") or best.side == "central"
+
+
+def _insert_sphere(
+    array: np.ndarray, spacing: tuple[float, ...], centre: tuple[int, int, int], d_mm: float
+) -> None:
+    """A solid sphere (40 HU) of diameter d_mm, with the partial volume of each voxel (its
+    slab along z and its area in plane sampled 5 x 5 x 5), blended into the CT."""
+    sz, sr, sc = spacing
+    s, r, c = centre
+    reach = [int(np.ceil(d_mm / 2 / step)) + 1 for step in spacing]
+    sub = (np.arange(5) - 2) / 5.0
+    for ds in range(-reach[0], reach[0] + 1):
+        zz = (ds + sub)[:, None, None, None, None, None] * sz
+        rr = (np.arange(-reach[1], reach[1] + 1)[:, None] + sub)[None, None, :, :, None, None] * sr
+        cc = (np.arange(-reach[2], reach[2] + 1)[:, None] + sub)[None, None, None, None, :, :] * sc
+        inside = zz**2 + rr**2 + cc**2 <= (d_mm / 2) ** 2
+        occ = inside.mean(axis=(0, 1, 3, 5))
+        window = (
+            s + ds,
+            slice(r - reach[1], r + reach[1] + 1),
+            slice(c - reach[2], c + reach[2] + 1),
+        )
+        array[window] = occ * 40.0 + (1 - occ) * array[window]
+
+
+def test_small_solid_nodules_5_to_8_mm_are_proposed_and_phantom_vessels_are_not() -> None:
+    """With small_nodules, free-standing solid nodules of 5, 6, 7 and 8 mm in the lung of a
+    1.25-mm phantom are proposed (the 8 mm thickness rule alone loses all of them), and the
+    phantom's lung vessels are not."""
+    study = generate_study(11, "A", ct_size=256, ct_slices=96, slice_thickness_mm=1.25, pet=False)
+    ct = load_ct_volume(study.ct)
+    array = ct.array.astype(np.float32).copy()
+    mid = ct.shape[0] // 2
+    # Four points deep in the lungs, away from the planted lesion and the phantom's vessels.
+    lesion_centre = np.array(study.lesions[0].center_mm)
+    lungs = lung_mask(ct)
+    assert lungs.factor == 1  # 1.37 mm pixels: the working grid is the CT grid
+    lung = lungs.labels > 0
+    picks: list[tuple[int, int, int]] = []
+    rng = np.random.default_rng(0)
+    deep = np.argwhere(
+        ndimage.binary_erosion(lung[mid - 12 : mid + 12], structure=IN_PLANE, iterations=10)[
+            ::6, ::4, ::4
+        ]
+    )
+    for s, r, c in rng.permutation(deep):
+        point = (mid - 12 + int(s) * 6, int(r) * 4, int(c) * 4)
+        xyz = ct.index_to_patient(np.array(point, dtype=float))
+        if np.linalg.norm(xyz - lesion_centre) < 40 or any(
+            np.linalg.norm(np.subtract(point, p) * np.array(ct.spacing)) < 30 for p in picks
+        ):
+            continue
+        picks.append(point)
+        if len(picks) == 4:
+            break
+    assert len(picks) == 4
+    sizes = (5.0, 6.0, 7.0, 8.0)
+    for point, d in zip(picks, sizes, strict=True):
+        _insert_sphere(array, ct.spacing, point, d)
+    with_nodules = ct.with_array(array)
+
+    def near(c: Candidate, point: tuple[int, int, int]) -> bool:
+        return bool(
+            np.linalg.norm(
+                np.subtract(c.centroid_mm, ct.index_to_patient(np.array(point, dtype=float)))
+            )
+            < 5.0
+        )
+
+    default = find_candidates(with_nodules)
+    assert not any(near(c, p) for c in default for p in picks)
+    found = find_candidates(with_nodules, small_nodules=True)
+    for point, d in zip(picks, sizes, strict=True):
+        hits = [c for c in found if near(c, point)]
+        assert len(hits) == 1, f"{d} mm nodule at {point}: {len(hits)} candidates"
+        assert hits[0].long_axis_mm == pytest.approx(d, abs=2.5)
+    others = [
+        c
+        for c in found
+        if not any(near(c, p) for p in picks)
+        and np.linalg.norm(np.subtract(c.centroid_mm, lesion_centre)) > study.lesions[0].radius_mm
+    ]
+    assert not [c for c in others if c.long_axis_mm < MIN_DIAMETER_MM], others

@@ -10,6 +10,13 @@ mass is covered beyond its rim while the heart and great vessels are not searche
 Candidates that are normal anatomy by their 3-D shape are dropped (`is_anatomy`): those rising
 from below the lung (liver, spleen, stomach, the heart under the lung) and those elongated along
 the body axis (vessel and airway trees, the mediastinum).
+
+A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
+cavity outside the region (`LungMask.cavity`: inside the ribs, lateral of the mediastinal
+border, above that lung), so a tumour that replaced the lung around it is one candidate, cut
+at the mediastinum; candidates that then overlap are merged. With `small_nodules`, solid nodules
+thinner than MIN_DIAMETER_MM are proposed as well when they are compact and stand free of
+vessels (`_small_nodules` on the working grid, `_stands_free` on the CT grid).
 """
 
 from __future__ import annotations
@@ -40,6 +47,21 @@ SOFT_TISSUE_HU = -300.0
 # about ten lung vessels per study were candidates. Costs solid nodules under ~8 mm.
 MIN_DIAMETER_MM = 8.0
 MIN_VOLUME_ML = 0.1
+# Small solid nodules (thinner than MIN_DIAMETER_MM, which the opening and the thickness rule
+# remove with the vessels) are looked for as their own components of soft tissue in the lung
+# region before the opening: NODULE_MIN_MM to NODULE_MAX_MM across, compact in 3-D (principal
+# axes, voxel size included, within NODULE_MAX_ELONGATION), ending on the slices beyond its
+# ends (at most NODULE_MAX_CONTINUATION of its end footprints is soft tissue there: a vessel
+# cut across by the slices continues) and standing free (at most NODULE_MAX_SHELL of a ring
+# NODULE_SHELL_MM around it on its slices is soft tissue: a vessel segment has branches and
+# neighbours). A nodule against a vessel or the pleura fails the last test: a known limit.
+NODULE_MIN_MM = 4.0
+NODULE_MAX_MM = 15.0
+NODULE_MAX_ELONGATION = 2.0
+NODULE_MAX_CONTINUATION = 0.15
+NODULE_MAX_SHELL = 0.15
+NODULE_SHELL_MM = (2.0, 5.0)
+NODULE_FREE_FRACTION = 0.05  # the same tests on the full CT grid (`_stands_free`)
 MAX_CANDIDATES = 30
 PET_MIN_SUV = 2.5
 MEDIASTINAL_BAND_MM = 20.0
@@ -55,6 +77,11 @@ MAX_CAUDAL_CONTINUATION = 0.6
 ELONGATION = 1.5
 ELONGATED_MIN_Z_MM = 40.0
 _OPEN_MM = 2.5
+# A candidate grown mostly into the chest cavity keeps of its seed only what lies this close
+# (in-plane, on the same slice) to the cavity part.
+CAVITY_SEED_MM = 10.0
+# Chest-cavity tissue a candidate may grow into must be at least this thick in plane (a mass).
+CAVITY_MIN_THICK_MM = 15.0
 _MTV_MARGIN_MM = 5.0
 
 
@@ -165,7 +192,14 @@ def _measure(
     )
     filled = np.nonzero(areas)[0]
     centroid_idx = np.argwhere(mask).mean(axis=0) + np.array(origin)
-    long_axis, short_axis = feret_axes(mask[key_local], (ct.spacing[1], ct.spacing[2]))
+    # RECIST on the key slice's largest in-plane part: a piece the 3-D mask reaches only
+    # through other slices (a strand, a vessel stub) does not stretch the long axis.
+    key_plane = mask[key_local]
+    parts, n_parts = ndimage.label(key_plane)
+    if n_parts > 1:
+        sizes = np.bincount(parts.ravel())[1:]
+        key_plane = parts == int(np.argmax(sizes)) + 1
+    long_axis, short_axis = feret_axes(key_plane, (ct.spacing[1], ct.spacing[2]))
     values: dict[str, float | None] = {
         "suv_max": None,
         "suv_mean": None,
@@ -336,6 +370,70 @@ def _grow(blob: _Blob, band: np.ndarray, steps: int) -> _Blob:
     return _Blob(_shift(tight, tuple(s.start for s in sl)), grown[tight])
 
 
+def _grow_in_cavity(
+    blob: _Blob,
+    labels: np.ndarray,
+    objects: list[tuple[slice, ...] | None],
+    spacing_rc: tuple[float, float],
+) -> _Blob:
+    """A component joined (in 3-D) by the components of the chest cavity's soft tissue outside
+    the lung region that it touches (`labels`, their boxes `objects`, on the blob's grid): a
+    tumour that replaced the lung around it, found by its rim in the lung region, whole."""
+    box = blob.box
+    near = tuple(
+        slice(max(0, b.start - 1), min(n, b.stop + 1))
+        for b, n in zip(box, labels.shape, strict=True)
+    )
+    seed = np.zeros([b.stop - b.start for b in near], dtype=bool)
+    seed[
+        tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, near, strict=True))
+    ] = blob.mask
+    ring = ndimage.binary_dilation(seed) & ~seed
+    hit = np.unique(labels[near][ring])
+    hit = hit[hit > 0]
+    if hit.size == 0:
+        return blob
+    spans = [box] + [objects[h - 1] for h in hit]
+    union = tuple(
+        slice(min(sp[a].start for sp in spans if sp), max(sp[a].stop for sp in spans if sp))
+        for a in range(3)
+    )
+    added = np.isin(labels[union], hit)
+    local = np.zeros(added.shape, dtype=bool)
+    local[
+        tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union, strict=True))
+    ] = blob.mask
+    if np.count_nonzero(added) > np.count_nonzero(local):
+        # Mostly cavity: a mass that replaced the lung, found by a rim or a vessel at its edge.
+        # The seed stays only where it lies beside the mass on the mass's own slices (the
+        # hilar vessels it may continue into above or below are not the mass).
+        beside = dilate_in_plane(added, CAVITY_SEED_MM, spacing_rc)
+        local = added | (local & beside)
+    else:
+        local |= added
+    tight = bounding_box(local)
+    assert tight is not None
+    return _Blob(_shift(tight, tuple(u.start for u in union)), local[tight])
+
+
+def _merge_overlapping(blobs: list[_Blob], shape: tuple[int, ...]) -> list[_Blob]:
+    """Overlapping components as one (grown candidates on one tumour), in the given order."""
+    out: list[_Blob] = []
+    for blob in blobs:
+        for n, kept in enumerate(out):
+            if kept.overlaps(blob):
+                joined = np.zeros(shape, dtype=bool)
+                joined[kept.box] = kept.mask
+                joined[blob.box] |= blob.mask
+                tight = bounding_box(joined)
+                assert tight is not None
+                out[n] = _Blob(tight, joined[tight])  # type: ignore[arg-type]
+                break
+        else:
+            out.append(blob)
+    return out
+
+
 def _thick_enough(
     soft: np.ndarray, blob: _Blob, spacing_rc: tuple[float, float], diameter_mm: float
 ) -> bool:
@@ -360,6 +458,110 @@ def _thick_enough(
         slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, window, strict=True)
     )
     return bool(np.any(core[inner] & blob.mask))
+
+
+def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Ratio of the longest to the shortest principal axis of a 3-D mask in mm, each voxel's
+    own extent counted (a one-slice blob is as thick as its slice)."""
+    step = np.asarray(spacing, dtype=np.float64)
+    points = np.argwhere(mask) * step
+    cov = np.cov(points.T) if len(points) > 1 else np.zeros((3, 3))
+    eig = np.linalg.eigvalsh(cov + np.diag(step**2 / 12.0))
+    return float(np.sqrt(eig[-1] / max(eig[0], 1e-12)))
+
+
+def _small_nodules(
+    tissue: np.ndarray, region: np.ndarray, taken: np.ndarray, spacing: tuple[float, ...]
+) -> list[_Blob]:
+    """Small solid nodules on the working grid (see NODULE_MIN_MM): components of soft tissue
+    in the lung region, before any opening, that no larger candidate holds."""
+    candidate = tissue & region & ~taken
+    labels, count = ndimage.label(candidate)
+    if count == 0:
+        return []
+    voxel_mm3 = float(np.prod(spacing))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:] * voxel_mm3
+    smallest = (np.pi / 6.0) * NODULE_MIN_MM**3 * 0.5
+    largest = (np.pi / 6.0) * NODULE_MAX_MM**3
+    objects = ndimage.find_objects(labels)
+    pixel = min(spacing[1], spacing[2])
+    r_in, r_out = NODULE_SHELL_MM
+    pad = int(np.ceil(r_out / pixel)) + 1
+    out: list[_Blob] = []
+    for i in np.flatnonzero((sizes >= smallest) & (sizes <= largest)):
+        box = objects[i]
+        mask = labels[box] == i + 1
+        rows_mm = (box[1].stop - box[1].start) * spacing[1]
+        cols_mm = (box[2].stop - box[2].start) * spacing[2]
+        if max(rows_mm, cols_mm) > NODULE_MAX_MM + 2 * pixel:
+            continue
+        widest = mask.sum(axis=(1, 2)).max() * spacing[1] * spacing[2]
+        if 2.0 * np.sqrt(widest / np.pi) < NODULE_MIN_MM:
+            continue
+        if _elongation(mask, spacing) > NODULE_MAX_ELONGATION:
+            continue
+        window = (
+            box[0],
+            slice(max(0, box[1].start - pad), min(tissue.shape[1], box[1].stop + pad)),
+            slice(max(0, box[2].start - pad), min(tissue.shape[2], box[2].stop + pad)),
+        )
+        local = labels[window] == i + 1
+        # On the slice beyond each end, the end's footprint grown by NODULE_SHELL_MM[0]
+        # (a vessel crossing the slices obliquely continues beside it, not under it).
+        ends_continue = False
+        for end, beyond in ((0, box[0].start - 1), (-1, box[0].stop)):
+            if 0 <= beyond < tissue.shape[0]:
+                footprint = local[end]
+                near = ndimage.distance_transform_edt(~footprint, sampling=spacing[1:]) <= r_in
+                under = tissue[beyond, window[1], window[2]][near]
+                ends_continue |= bool(np.mean(under) > NODULE_MAX_CONTINUATION)
+        if ends_continue:
+            continue
+        shell = np.zeros(local.shape, dtype=bool)
+        for k in range(local.shape[0]):
+            if local[k].any():
+                near = ndimage.distance_transform_edt(~local[k], sampling=spacing[1:])
+                shell[k] = (near > r_in) & (near <= r_out)
+        if not shell.any() or np.mean(tissue[window][shell]) > NODULE_MAX_SHELL:
+            continue
+        out.append(_Blob(box, mask))
+    return out
+
+
+def _stands_free(ct: Volume, mask: np.ndarray, origin: tuple[int, int, int]) -> bool:
+    """A small nodule's check on the full CT grid (the working grid loses the thin vessels
+    that join a vessel's cross-section to its tree): compact (NODULE_MAX_ELONGATION), at most
+    NODULE_FREE_FRACTION of the ring NODULE_SHELL_MM around it on its slices soft tissue, and
+    as little beside its end footprints (grown by the ring's inner radius) on the slices
+    beyond its ends."""
+    if not mask.any() or _elongation(mask, ct.spacing) > NODULE_MAX_ELONGATION:
+        return False
+    r_in, r_out = NODULE_SHELL_MM
+    spacing_rc = (ct.spacing[1], ct.spacing[2])
+    pad = int(np.ceil(r_out / min(spacing_rc))) + 1
+    s0, r0, c0 = origin
+    rows = slice(max(0, r0 - pad), min(ct.shape[1], r0 + mask.shape[1] + pad))
+    cols = slice(max(0, c0 - pad), min(ct.shape[2], c0 + mask.shape[2] + pad))
+    tissue_fraction = []
+    for k in range(-1, mask.shape[0] + 1):
+        s = s0 + k
+        if not 0 <= s < ct.shape[0]:
+            continue
+        inner_k = min(max(k, 0), mask.shape[0] - 1)
+        local = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=bool)
+        local[
+            r0 - rows.start : r0 - rows.start + mask.shape[1],
+            c0 - cols.start : c0 - cols.start + mask.shape[2],
+        ] = mask[inner_k]
+        if not local.any():
+            continue
+        near = ndimage.distance_transform_edt(~local, sampling=spacing_rc)
+        # On its own slices the ring; beyond its ends the grown footprint.
+        where = (near > r_in) & (near <= r_out) if 0 <= k < mask.shape[0] else near <= r_in
+        values = ct.array[s, rows, cols][where]
+        if values.size:
+            tissue_fraction.append(float(np.mean(values > SOFT_TISSUE_HU)))
+    return bool(tissue_fraction) and max(tissue_fraction) <= NODULE_FREE_FRACTION
 
 
 def _rises_from_below(ct: Volume, candidate: Candidate, lungs: LungMask) -> float:
@@ -400,6 +602,8 @@ def find_candidates(
     suv: Volume | None = None,
     mtv: MtvThreshold | None = None,
     lungs: LungMask | None = None,
+    *,
+    small_nodules: bool = False,
 ) -> list[Candidate]:
     """Lesion candidates of a CT (and SUV on the CT grid), measured, largest first.
 
@@ -433,7 +637,8 @@ def find_candidates(
     region = lungs.region[crop]
     labels_lung = lungs.labels[crop]
 
-    soft = (small > SOFT_TISSUE_HU) & region
+    tissue = small > SOFT_TISSUE_HU
+    soft = tissue & region
     soft = ndimage.binary_opening(soft, structure=_disk(_OPEN_MM / min(spacing[1:])))
     band = _mediastinal_band(small, region, lungs.medial[crop], spacing)
     grow_steps = round(MEDIASTINAL_GROWTH_MM / min(spacing[1:]))
@@ -451,8 +656,34 @@ def find_candidates(
             thick[i] = _thick_enough(soft, blobs[i], spacing[1:], MIN_DIAMETER_MM)
         keep = np.nonzero(thick)[0]
         keep = keep[np.argsort(sizes[keep])[::-1]][:MAX_CANDIDATES]
+        cavity_labels, cavity_count = np.zeros((1, 1, 1), dtype=np.int32), 0
+        if lungs.cavity is not None and keep.size:
+            extra = (lungs.cavity[crop] & ~region) & tissue
+            if extra.any():
+                # Only massive cavity tissue (an opening with a CAVITY_MIN_THICK_MM disk): the
+                # thin strips of chest wall, pleura and heart border inside the ribs would
+                # join a juxtapleural tumour to its neighbours along the chest wall.
+                radius = CAVITY_MIN_THICK_MM / 2.0 / min(spacing[1:])
+                extra = ndimage.binary_opening(extra, structure=_disk(radius))
+                cavity_labels, cavity_count = ndimage.label(extra)
+        cavity_objects = ndimage.find_objects(cavity_labels) if cavity_count else []
         for i in keep:
-            ct_components.append(_grow(blobs[i], band, grow_steps))
+            grown = _grow(blobs[i], band, grow_steps)
+            if cavity_count:
+                grown = _grow_in_cavity(
+                    grown, cavity_labels, cavity_objects, (spacing[1], spacing[2])
+                )
+            ct_components.append(grown)
+        ct_components = _merge_overlapping(ct_components, soft.shape)
+    n_thick = len(ct_components)
+    if small_nodules:
+        taken = np.zeros(soft.shape, dtype=bool)
+        for blob in ct_components:
+            taken[blob.box] |= blob.mask
+        # Thick candidates (and the rims the opening took off them) are not looked at again.
+        taken = ndimage.binary_dilation(taken, structure=IN_PLANE, iterations=2)
+        room = MAX_CANDIDATES - len(ct_components)
+        ct_components += _small_nodules(tissue, region, taken, spacing)[: max(0, room)]
     del labels, soft, band  # memory: done with
 
     pet_components: list[_Blob] = []
@@ -491,9 +722,11 @@ def find_candidates(
 
     candidates: list[Candidate] = []
     used_pet = [False] * len(pet_components)
-    for component in ct_components:
+    for number, component in enumerate(ct_components):
         refined = refine(component, SOFT_TISSUE_HU)
         if refined is None:
+            continue
+        if number >= n_thick and not _stands_free(ct, *refined):
             continue
         by = "CT"
         for j, hot_blob in enumerate(pet_components):

@@ -9,6 +9,7 @@ that by the body's sagittal midline. Left lung = patient left = +x in LPS.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,19 @@ _CLOSING_MM = 20.0
 # Wider closing on the mediastinal side only: reaches hilar/paratracheal masses that indent the
 # lung's medial contour deeper than the 20 mm closing fills, without taking in the diaphragm.
 _MEDIAL_CLOSING_MM = 30.0
+# Chest cavity (see `_cavity`): a lung's region is extended, on each slice, to the soft tissue
+# inside the rib cage lateral of that lung's mediastinal border, where the same lung lies below
+# within _CAVITY_BELOW_MM: a tumour that has replaced the lung around it (no aerated lung in its
+# slices) is then searched whole. Bone is > _BONE_HU on any slice within _RIB_Z_MM (ribs cut
+# obliquely, gaps between them closed); the rib boundary is the first bone along each of
+# _RAYS rays from the lung's centre, the smallest over _RAY_WINDOW neighbouring rays.
+_BONE_HU = 200.0
+_RIB_Z_MM = 10.0
+_CAVITY_BELOW_MM = 60.0
+_RAYS = 120
+_RAY_WINDOW = 2
+_RAY_MAX_MM = 220.0
+_BORDER_ROWS_MM = 10.0
 IN_PLANE = np.array(
     [
         [[0, 0, 0], [0, 0, 0], [0, 0, 0]],
@@ -49,6 +63,9 @@ class LungMask:
     factor: int
     spacing: tuple[float, float, float]
     medial: np.ndarray  # per slice, columns on the mediastinal side of either lung's centroid
+    # The region extended to each lung's part of the chest cavity (`_cavity`): soft tissue
+    # inside the ribs where lung was replaced; a candidate found in `region` may grow into it.
+    cavity: np.ndarray | None = None
 
     @property
     def lungs(self) -> np.ndarray:
@@ -212,6 +229,117 @@ def hull_in_plane(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rib_radii(
+    bone: np.ndarray,
+    outside: np.ndarray,
+    centre: tuple[float, float],
+    spacing_rc: tuple[float, float],
+) -> np.ndarray:
+    """Per ray from `centre` (one 2-D slice, pixel units), the distance in pixels to the first
+    bone pixel, NaN where the ray leaves the body or the image first; then, per ray, the
+    smallest over the _RAY_WINDOW rays either side (closes gaps between ribs)."""
+    step = 0.5
+    n_steps = int(_RAY_MAX_MM / min(spacing_rc) / step)
+    theta = np.linspace(0.0, 2.0 * np.pi, _RAYS, endpoint=False)
+    radius = np.arange(1, n_steps + 1) * step
+    rr = np.rint(centre[0] + np.sin(theta)[:, None] * radius[None, :]).astype(np.int64)
+    cc = np.rint(centre[1] + np.cos(theta)[:, None] * radius[None, :]).astype(np.int64)
+    inside = (rr >= 0) & (rr < bone.shape[0]) & (cc >= 0) & (cc < bone.shape[1])
+    rr_c, cc_c = np.clip(rr, 0, bone.shape[0] - 1), np.clip(cc, 0, bone.shape[1] - 1)
+    hit_bone = bone[rr_c, cc_c] & inside
+    stop = outside[rr_c, cc_c] | ~inside
+    first_bone = np.where(hit_bone.any(axis=1), hit_bone.argmax(axis=1), n_steps)
+    first_stop = np.where(stop.any(axis=1), stop.argmax(axis=1), n_steps)
+    found = first_bone < np.minimum(first_stop, n_steps)
+    radii = np.where(found, radius[np.minimum(first_bone, n_steps - 1)], np.nan)
+    window = np.stack([np.roll(radii, k) for k in range(-_RAY_WINDOW, _RAY_WINDOW + 1)])
+    with np.errstate(invalid="ignore"):
+        smallest = np.nanmin(np.where(np.isnan(window), np.inf, window), axis=0)
+    return np.where(np.isfinite(smallest), smallest, np.nan)
+
+
+def _cavity(
+    small: np.ndarray,
+    bone_small: np.ndarray,
+    outside: np.ndarray,
+    own: np.ndarray,
+    medial: np.ndarray,
+    spacing: tuple[float, float, float],
+    caudal_first: bool,
+) -> np.ndarray:
+    """One lung's region extended to its part of the chest cavity (see _BONE_HU above): soft
+    tissue pixels of a slice where that lung is, inside the rib cage seen from the lung's
+    centre, lateral of the lung's mediastinal border (per row the most medial pixel of the
+    lung's region, the nearest row's where a row has none) and with the lung's region on some
+    slice at most _CAVITY_BELOW_MM below (the heart, the liver and the diaphragm have none).
+    """
+    out = own.copy()
+    n = own.shape[0]
+    steps = int(np.ceil(_CAVITY_BELOW_MM / max(spacing[0], 1e-3)))
+    present: np.ndarray = np.asarray(own.any(axis=(1, 2)))
+    medial_cols = np.flatnonzero(medial.any(axis=(0, 1)))
+    lung_cols = np.flatnonzero(own.any(axis=(0, 1)))
+    if medial_cols.size == 0 or lung_cols.size == 0:
+        return out
+    towards_high = bool(medial_cols.mean() > lung_cols.mean())
+    bone_steps = int(round(_RIB_Z_MM / max(spacing[0], 1e-3)))
+    rows_n, cols_n = own.shape[1:]
+    columns = np.arange(cols_n)
+    # The mediastinal border per row: on a row without lung on this slice (a mass has replaced
+    # it) the most medial border of that row on the slices below within _CAVITY_BELOW_MM (the
+    # lung there met the mediastinum).
+    history = np.full((n, rows_n), np.nan)
+    order = list(range(n) if caudal_first else range(n - 1, -1, -1))
+    # Per pixel, the last position (in caudal-to-cranial order) where the lung's region held it.
+    last_seen = np.full(own.shape[1:], -(10**6), dtype=np.int64)
+    for position, s in enumerate(order):
+        if not present[s]:
+            continue
+        last_seen[own[s]] = position
+        on = own[s]
+        has = on.any(axis=1)
+        if towards_high:
+            history[position] = np.where(has, np.where(on, columns, -1).max(axis=1), np.nan)
+        else:
+            history[position] = np.where(has, np.where(on, columns, cols_n).min(axis=1), np.nan)
+        past = history[max(0, position - steps) : position + 1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # rows never with lung: NaN
+            extreme = np.nanmax(past, axis=0) if towards_high else np.nanmin(past, axis=0)
+        border = np.where(has, history[position], extreme)
+        under = position - last_seen <= steps
+        candidates = under & ~on & (small[s] > -300.0) & (small[s] < _BONE_HU)
+        # The most medial border within _BORDER_ROWS_MM of each row: a border with notches
+        # (a vessel or a fissure at the lung's medial edge) does not cut the mass in bands.
+        reach = max(1, round(_BORDER_ROWS_MM / spacing[1]))
+        if towards_high:
+            border = ndimage.maximum_filter1d(np.nan_to_num(border, nan=-np.inf), 2 * reach + 1)
+        else:
+            border = ndimage.minimum_filter1d(np.nan_to_num(border, nan=np.inf), 2 * reach + 1)
+        border = np.where(np.isfinite(border), border, np.nan)
+        known = np.flatnonzero(~np.isnan(border))
+        if not candidates.any() or known.size == 0:
+            continue
+        rr, cc = np.nonzero(candidates)
+        line = np.interp(rr, known, border[known])
+        lateral = cc < line if towards_high else cc > line
+        rr, cc = rr[lateral], cc[lateral]
+        if rr.size == 0:
+            continue
+        lo, hi = max(0, s - bone_steps), min(n, s + bone_steps + 1)
+        bone = (bone_small[lo:hi] > _BONE_HU).any(axis=0) & ~on
+        pr, pc = np.nonzero(on)
+        centre = (float(pr.mean()), float(pc.mean()))
+        radii = _rib_radii(bone, outside[s], centre, spacing[1:])
+        dr, dc = rr - centre[0], cc - centre[1]
+        ray = np.rint(np.arctan2(dr, dc) % (2 * np.pi) / (2 * np.pi) * _RAYS).astype(np.int64)
+        limit = radii[ray % _RAYS]
+        with np.errstate(invalid="ignore"):
+            keep = np.hypot(dr, dc) < limit - 1.0
+        out[s, rr[keep], cc[keep]] = True
+    return out
+
+
 def _body_mid_x(ct_small: np.ndarray, volume: Volume, factor: int) -> float:
     body = ct_small > AIR_HU
     cols = np.nonzero(body.any(axis=(0, 1)))[0]
@@ -297,6 +425,7 @@ def lung_mask(ct: Volume) -> LungMask:
     )
     touches_border = np.zeros(int(per_slice.max()) + 1, dtype=bool)
     touches_border[border[border > 0]] = True
+    outside = air & touches_border[per_slice]
     inside = air & ~touches_border[per_slice]
     del air, per_slice  # memory: done with (a full working-grid int32 array)
     inside = ndimage.binary_opening(inside, structure=IN_PLANE)
@@ -350,14 +479,26 @@ def lung_mask(ct: Volume) -> LungMask:
 
     del labels, inside  # memory: done with
     region = np.zeros_like(result, dtype=bool)
+    cavity = np.zeros_like(result, dtype=bool)
     medial_cols = _medial_columns(result)
+    z_first, z_last = ct.index_to_patient(np.array([[0.0, 0.0, 0.0], [ct.shape[0] - 1.0, 0, 0]]))[
+        :, 2
+    ]
+    caudal_first = bool(z_first <= z_last)
+    # Bone on a 3 x 3 mean: a noisy or contrast-filled vessel pixel is not a rib.
+    bone_small = ndimage.uniform_filter(small, size=(1, 3, 3))
     for label in (RIGHT, LEFT):
         lung = result == label
         if lung.any():
             closed, wide = close_in_plane_radii(
                 lung, (_CLOSING_MM, _MEDIAL_CLOSING_MM), spacing[1:]
             )
-            region |= fill_in_plane(closed)
-            region |= fill_in_plane(wide) & medial_cols[label - 1]
+            own = fill_in_plane(closed) | (fill_in_plane(wide) & medial_cols[label - 1])
+            region |= own
+            cavity |= _cavity(
+                small, bone_small, outside, own, medial_cols[label - 1], spacing, caudal_first
+            )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
-    return LungMask(labels=result, region=region, factor=factor, spacing=spacing, medial=medial)
+    return LungMask(
+        labels=result, region=region, factor=factor, spacing=spacing, medial=medial, cavity=cavity
+    )

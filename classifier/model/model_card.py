@@ -253,6 +253,11 @@ def template_values(facts: ModelCardFacts) -> dict[str, str]:
             else ""
         ),
         "model_file": facts.model_file,
+        "real_ct": (
+            "This training run saw no real CT. `python -m classifier.model.lopo` fine-tunes the "
+            "lesion score with real negatives and inserted lesions, reports leave-one-patient-out "
+            "FROC/CPM and the chosen threshold, and writes them into this section."
+        ),
         "sha256": facts.sha256,
         "patch_shape": str(PATCH_SHAPE),
         "parameters": str(facts.parameters),
