@@ -122,6 +122,7 @@ class StorageConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     study_quiet_seconds: float = 10.0
+    release_quiet_seconds: float = 2.0
     tick_seconds: float = 1.0
     job_lease_seconds: float = 600.0
     max_job_attempts: int = 3
@@ -436,6 +437,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
     },
     "pipeline": {
         "study_quiet_seconds": _float(0, 86400),
+        "release_quiet_seconds": _float(0, 86400),
         "tick_seconds": _float(0.05, 3600),
         "job_lease_seconds": _float(1, 86400),
         "max_job_attempts": _int(1, 100),

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from scp_node.instance_header import HeaderError, read_header
 from scp_node.sop_classes import STORAGE_SOP_CLASSES
@@ -69,16 +70,28 @@ class LazyIndexing:
             with self._lock:
                 del self._in_flight[key]
 
-    def record(self, record: InstanceRecord, expected_in_series: int | None) -> bool:
-        """Index one committed instance; lazily, except one durable commit every
-        DURABLE_EVERY_SECONDS, after which the mark moves forward."""
+    def record(
+        self,
+        record: InstanceRecord,
+        expected_in_series: int | None,
+        *,
+        association_id: str | None = None,
+        opens_association: bool = False,
+    ) -> bool:
+        """Index one committed instance (see Index.record_instance); lazily, except one
+        durable commit every DURABLE_EVERY_SECONDS, after which the mark moves forward."""
+        kwargs: dict[str, Any] = {
+            "expected_in_series": expected_in_series,
+            "association_id": association_id,
+            "opens_association": opens_association,
+        }
         if not self.enabled:
-            return self.index.record_instance(record, expected_in_series=expected_in_series)
+            return self.index.record_instance(record, **kwargs)
         started = time.time()
         if started - self._last_durable < DURABLE_EVERY_SECONDS:
             with self.index.db.lazy_commits():
-                return self.index.record_instance(record, expected_in_series=expected_in_series)
-        new = self.index.record_instance(record, expected_in_series=expected_in_series)
+                return self.index.record_instance(record, **kwargs)
+        new = self.index.record_instance(record, **kwargs)
         self._last_durable = started
         self._advance_mark(started)
         return new

@@ -30,7 +30,7 @@ from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.health import NodeState
 from scp_node.metrics import METRICS, IndexCollector
 from scp_node.receiver import Receiver
-from scp_node.scheduler import build_scheduler
+from scp_node.scheduler import build_scheduler, check_completion_after
 from scp_node.sender import Sender
 from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED
 from storage.index import Index, open_index
@@ -149,7 +149,13 @@ def serve(config: Config, role: str = "all") -> int:
         _ = worker.classifier  # load the model now: a missing or bad model stops start-up
     sender = Sender(config, index) if role in ("all", "worker") else None
     receiver = (
-        Receiver(config, store, index, intake_paused=switches.intake_paused)
+        Receiver(
+            config,
+            store,
+            index,
+            intake_paused=switches.intake_paused,
+            on_released=lambda seconds: check_completion_after(scheduler, seconds),
+        )
         if role in ("all", "receiver")
         else None
     )
