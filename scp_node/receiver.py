@@ -626,9 +626,23 @@ class Receiver:
         self._association_ended(event.assoc, released=False)
 
     def _on_connection_closed(self, event: Event) -> None:
-        # after a release or abort: nothing left; a connection dropped without either (the
-        # sender died) ends the association's hold on its studies like an abort
-        self._association_ended(event.assoc, released=False)
+        """A connection dropped without A-RELEASE or A-ABORT (the sender died) ends the
+        association's hold on its studies like an abort. The close may be seen (in the DUL
+        thread) just before the association's thread reports a normal release, so the hold
+        ends once that thread has finished: after a release or an abort nothing is left."""
+        assoc = event.assoc
+        with self._sending_lock:
+            if assoc not in self._sending:
+                return
+        if threading.current_thread() is assoc or not assoc.is_alive():
+            self._association_ended(assoc, released=False)
+            return
+
+        def after_association() -> None:
+            assoc.join(timeout=max(self._config.node.network_timeout, 1.0))
+            self._association_ended(assoc, released=False)
+
+        threading.Thread(target=after_association, name="association-end", daemon=True).start()
 
 
 def _close_unassociated(assoc: Association) -> None:
