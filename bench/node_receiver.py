@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     parser.add_argument("--ae-title", default="LUNGNODE")
     parser.add_argument("--calling-aet", default="BENCH", help="calling AE title to allow")
-    parser.add_argument("--profile", type=Path, help="write a cProfile (CPU time per thread) of all threads here")
+    parser.add_argument(
+        "--profile", type=Path, help="write a cProfile (CPU time per thread) of all threads here"
+    )
     parser.add_argument("--timings", type=Path, help="write per-instance handler timings here")
     parser.add_argument(
         "--pynetdicom-polling",
@@ -68,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         "LUNGNODE__SECURITY__ALLOWED_CALLING_AETS": args.calling_aet,
     }
     config = load_config(PROJECT_ROOT / "config.ini", environ=environ)
-    store = InstanceStore(config.storage.root, config.storage.min_free_mb)
+    store = InstanceStore(
+        config.storage.root,
+        config.storage.min_free_mb,
+        folder_fsync=config.storage.folder_fsync,
+    )
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     receiver = Receiver(config, store, index)
     if args.pynetdicom_polling:

@@ -41,18 +41,15 @@ from ingest import ORTHANC, dcmtk_env, free_port, wait_for_port  # noqa: E402
 from storage.index import open_index  # noqa: E402
 
 DEFAULT_STUDY = (
-    PROJECT_ROOT.parent
-    / "shared"
-    / "data"
-    / "lung-pet-ct-dx"
-    / "Lung-PET-CT-Dx"
-    / "Lung_Dx-A0002"
+    PROJECT_ROOT.parent / "shared" / "data" / "lung-pet-ct-dx" / "Lung-PET-CT-Dx" / "Lung_Dx-A0002"
 )
 STAGES = ("transfer", "wait_for_completion", "queue", "analysis", "encoding", "delivery")
 
 
 def _http(url: str, data: Any = None, timeout: float = 600.0) -> Any:
-    body = None if data is None else (data if isinstance(data, bytes) else json.dumps(data).encode())
+    body = (
+        None if data is None else (data if isinstance(data, bytes) else json.dumps(data).encode())
+    )
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
@@ -212,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:22s} {statistics.median(r[key] for r in rounds):9.2f}")
     worst = max(r["over_analysis"] for r in rounds)
     verdict = "met" if worst <= 3.0 else "NOT met"
-    print(f"goal (results in the PACS <= analysis + 3 s after the transfer): {verdict}, worst "
-          f"{worst:.2f} s over analysis")
+    print(
+        f"goal (results in the PACS <= analysis + 3 s after the transfer): {verdict}, worst "
+        f"{worst:.2f} s over analysis"
+    )
     return 0
 
 

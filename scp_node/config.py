@@ -117,6 +117,7 @@ class StorageConfig:
     max_instance_mb: int = 2048  # 0: no limit
     retention_days: int = 30
     database_pool_size: int = 4  # PostgreSQL connections per process
+    folder_fsync: str = "auto"  # storage.instance_store.FOLDER_FSYNC_MODES
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,13 @@ def _bool(key: str, raw: str) -> bool:
     if word in {"no", "false", "off", "0"}:
         return False
     raise _fail(key, raw, "yes or no")
+
+
+def _folder_fsync(key: str, raw: str) -> str:
+    word = raw.strip().lower()
+    if word not in ("auto", "always"):
+        raise _fail(key, raw, "auto or always")
+    return word
 
 
 def _ae_title(key: str, raw: str) -> str:
@@ -434,6 +442,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_instance_mb": _int(0, 10**6),
         "retention_days": _int(0, 100000),
         "database_pool_size": _int(1, 100),
+        "folder_fsync": _folder_fsync,
     },
     "pipeline": {
         "study_quiet_seconds": _float(0, 86400),

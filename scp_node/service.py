@@ -133,7 +133,11 @@ class WebServer:
 def serve(config: Config, role: str = "all") -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
     configure_pynetdicom()
-    store = InstanceStore(config.storage.root, config.storage.min_free_mb)
+    store = InstanceStore(
+        config.storage.root,
+        config.storage.min_free_mb,
+        folder_fsync=config.storage.folder_fsync,
+    )
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     switches = Switches(index)

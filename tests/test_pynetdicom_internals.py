@@ -374,6 +374,4 @@ def test_send_msg_is_the_dimse_providers_way_to_send() -> None:
         "context_id",
     ]
     assert dimse.DIMSEServiceProvider.send_msg is dicom_settings._send_msg
-    assert {"send_pdu", "encode_msg", "EVT_DIMSE_SENT"} <= _names(
-        dicom_settings._original_send_msg
-    )
+    assert {"send_pdu", "encode_msg", "EVT_DIMSE_SENT"} <= _names(dicom_settings._original_send_msg)
