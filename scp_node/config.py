@@ -71,6 +71,7 @@ class NodeConfig:
     max_pdu_length: int = 4 * 1024 * 1024
     max_pending_per_address: int = 4
     max_associations_per_ae: int = 8
+    receiver_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_pdu_length": _int(16 * 1024, 2**31 - 1),
         "max_pending_per_address": _int(1, 1000),
         "max_associations_per_ae": _int(1, 1000),
+        "receiver_processes": _int(1, 64),
     },
     "security": {
         "allowed_calling_aets": _ae_list,

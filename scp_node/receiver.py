@@ -220,8 +220,13 @@ class Receiver:
         on_stored: Callable[[InstanceRecord], None] | None = None,
         intake_paused: Callable[[], bool] | None = None,
         on_released: Callable[[float], None] | None = None,
+        slot: int | None = None,
     ) -> None:
+        """`slot`: this receiver's number when several processes receive ([node]
+        receiver_processes): its own durability mark, and no re-indexing at start (the serve
+        process re-indexes once, before it starts them)."""
         configure_pynetdicom()
+        self._slot = slot
         self._on_released_cb = on_released
         self._sending: weakref.WeakKeyDictionary[Association, _Sending] = (
             weakref.WeakKeyDictionary()
@@ -230,7 +235,7 @@ class Receiver:
         self._config = config
         self._store = store
         self._index = index
-        self._indexing = LazyIndexing(store, index)
+        self._indexing = LazyIndexing(store, index, slot)
         self._on_stored = on_stored
         self._intake_paused = intake_paused  # the console's switch: C-STORE answered 0xA700
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
@@ -298,7 +303,8 @@ class Receiver:
         with self._lock:
             if self._server is not None:
                 return
-            reindex_store(self._store, self._index)
+            if self._slot is None:
+                reindex_store(self._store, self._index)
             handlers: list[EventHandlerType] = [
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
