@@ -96,3 +96,29 @@ def test_two_receiver_processes_share_the_port_store_index_and_metrics(
     more = [make_ct(tmp_path / f"late-{i}.dcm") for i in range(3)]
     assert run_storescu(more, node.port, called_ae="LUNGNODE").returncode == 0
     assert node.stop() == 0
+
+
+def test_recovery_starts_from_the_oldest_receiver_mark(tmp_path: Path) -> None:
+    from scp_node.index_recovery import (
+        mark_path,
+        read_mark,
+        recovery_mark,
+        reindex_store,
+        write_mark,
+    )
+    from storage.database import Database
+    from storage.index import Index
+    from storage.instance_store import InstanceStore
+
+    db = Database.connect(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    index = Index(db)
+    try:
+        write_mark(mark_path(index), 200.0)  # set when the serve process started them
+        write_mark(mark_path(index, 1), 100.0)
+        write_mark(mark_path(index, 2), 50.0)
+        assert recovery_mark(index) == 50.0
+        reindex_store(InstanceStore(tmp_path / "store", 0), index)
+        assert not mark_path(index, 1).exists() and not mark_path(index, 2).exists()
+        assert (read_mark(mark_path(index)) or 0) > 200.0
+    finally:
+        db.close()
