@@ -174,12 +174,13 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
 
 @contextmanager
 def node(
-    workdir: Path, profile: Path | None, timings: Path | None = None
+    workdir: Path, profile: Path | None, timings: Path | None = None, *extra: str
 ) -> Iterator[tuple[int, str]]:
     """The node's receive path (bench/node_receiver.py) with a fresh store and SQLite index."""
     port = free_port()
     cmd = [sys.executable, str(PROJECT_ROOT / "bench" / "node_receiver.py")]
     cmd += ["--root", str(workdir / "node"), "--port", str(port), "--calling-aet", CALLING_AET]
+    cmd += extra
     if profile is not None:
         cmd += ["--profile", str(profile)]
     if timings is not None:
@@ -215,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install the Debian package dcmtk")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = set(peers) - {"storescp", "orthanc", "node"}
+    unknown = set(peers) - {"storescp", "orthanc", "node", "node-polling", "node-nofsync"}
     if unknown:
         parser.error(
-            f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node"
+            f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node, "
+            "node-polling (the node with pynetdicom's own 1 ms idle sleeps), node-nofsync (a "
+            "diagnosis: the node without its fsyncs, to see what durability costs)"
         )
     if "orthanc" in peers and not Path(ORTHANC).exists():
         parser.error(f"{ORTHANC} not found: install the Debian package orthanc")
@@ -242,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                     server = storescp(work)
                 elif peer == "orthanc":
                     server = orthanc(work)
+                elif peer == "node-polling":
+                    server = node(work, None, None, "--pynetdicom-polling")
+                elif peer == "node-nofsync":
+                    server = node(work, None, None, "--diagnose-without-fsync")
                 else:
                     server = node(work, args.profile if last else None, work / "timings.json")
                 with server as (port, called_ae):
@@ -255,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     print()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print(f"{'peer':10s} {'median s':>9s} {'MB/s':>8s} {'inst/s':>8s}")
     rate: dict[str, float] = {}
     for peer in peers:
@@ -270,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
         )
     if "node" in rate:
-        for other in ("storescp", "orthanc"):
+        for other in ("storescp", "orthanc", "node-polling", "node-nofsync"):
             if other in rate:
                 print(f"node / {other}: {rate['node'] / rate[other]:.2f}x")
     return 0

@@ -37,9 +37,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     parser.add_argument("--ae-title", default="LUNGNODE")
     parser.add_argument("--calling-aet", default="BENCH", help="calling AE title to allow")
-    parser.add_argument("--profile", type=Path, help="write a cProfile of all threads here")
+    parser.add_argument(
+        "--profile", type=Path, help="write a cProfile (CPU time per thread) of all threads here"
+    )
     parser.add_argument("--timings", type=Path, help="write per-instance handler timings here")
+    parser.add_argument(
+        "--pynetdicom-polling",
+        action="store_true",
+        help="undo the reactor wake-ups (scp_node.dicom_settings): pynetdicom's own 1 ms sleeps",
+    )
+    parser.add_argument(
+        "--diagnose-without-fsync",
+        action="store_true",
+        help="diagnosis only, never a way to run the node: skip every fsync of the store, to "
+        "measure what the rest of the receive path costs",
+    )
     args = parser.parse_args(argv)
+    if args.diagnose_without_fsync:
+        import storage.instance_store as instance_store
+
+        instance_store._fsync_path = lambda _path: None
+        instance_store.os.fsync = lambda _fd: None  # type: ignore[assignment]
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -52,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         "LUNGNODE__SECURITY__ALLOWED_CALLING_AETS": args.calling_aet,
     }
     config = load_config(PROJECT_ROOT / "config.ini", environ=environ)
-    store = InstanceStore(config.storage.root, config.storage.min_free_mb)
+    store = InstanceStore(
+        config.storage.root,
+        config.storage.min_free_mb,
+        folder_fsync=config.storage.folder_fsync,
+    )
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     receiver = Receiver(config, store, index)
+    if args.pynetdicom_polling:
+        _undo_wakeups()
     timings = HandlerTimings(receiver) if args.timings else None
 
     profiles: list[cProfile.Profile] = []
@@ -129,9 +153,23 @@ class HandlerTimings:
         return result
 
 
+def _undo_wakeups() -> None:
+    """pynetdicom's own polling back (for comparison in bench/ingest.py)."""
+    from pynetdicom import association, dul
+    from pynetdicom.dul import DULServiceProvider
+
+    from scp_node import dicom_settings
+
+    setattr(dul, "time", time)  # noqa: B010
+    setattr(association, "time", time)  # noqa: B010
+    DULServiceProvider.send_pdu = dicom_settings._original_send_pdu  # type: ignore[method-assign]
+
+
 def _profile_this_thread(profiles: list[cProfile.Profile]) -> None:
     """Start a profiler for the calling (new) thread; its stats are merged at exit."""
-    profile = cProfile.Profile()
+    # CPU time of the thread, not wall time: waits (fsync, sockets, the GIL held by the
+    # other thread of the association) would otherwise hide where the CPU goes
+    profile = cProfile.Profile(time.thread_time)
     profiles.append(profile)
     profile.enable()
 

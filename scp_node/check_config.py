@@ -316,7 +316,8 @@ def _tls(config: Config, findings: list[Finding], now: float) -> None:
 
 
 def _recorded_checksum(model: Path) -> tuple[str, Path] | None:
-    """The SHA-256 that `lungnode train` recorded for `model`, and where."""
+    """The SHA-256 recorded for `model`, and where: the `<file>.sha256` beside it (written when
+    a model is installed), else the report `lungnode train` wrote."""
     sidecar = model.with_name(model.name + ".sha256")
     if sidecar.is_file():
         words = sidecar.read_text(encoding="utf-8", errors="replace").split()

@@ -71,6 +71,7 @@ class NodeConfig:
     max_pdu_length: int = 4 * 1024 * 1024
     max_pending_per_address: int = 4
     max_associations_per_ae: int = 8
+    receiver_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,13 @@ class StorageConfig:
     database_pool_size: int = 4  # PostgreSQL connections per process
     emergency_free_mb: int = 0  # 0: off; see scp_node.retention_runner
     retention_without_destination: str = "keep"  # keep | remove
+    folder_fsync: str = "auto"  # storage.instance_store.FOLDER_FSYNC_MODES
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     study_quiet_seconds: float = 10.0
+    release_quiet_seconds: float = 2.0
     tick_seconds: float = 1.0
     job_lease_seconds: float = 600.0
     max_job_attempts: int = 3
@@ -427,6 +430,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_pdu_length": _int(16 * 1024, 2**31 - 1),
         "max_pending_per_address": _int(1, 1000),
         "max_associations_per_ae": _int(1, 1000),
+        "receiver_processes": _int(1, 64),
     },
     "security": {
         "allowed_calling_aets": _ae_list,
@@ -448,9 +452,11 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "database_pool_size": _int(1, 100),
         "emergency_free_mb": _int(0, 10**9),
         "retention_without_destination": _choice("keep", "remove"),
+        "folder_fsync": _choice("auto", "always"),
     },
     "pipeline": {
         "study_quiet_seconds": _float(0, 86400),
+        "release_quiet_seconds": _float(0, 86400),
         "tick_seconds": _float(0.05, 3600),
         "job_lease_seconds": _float(1, 86400),
         "max_job_attempts": _int(1, 100),

@@ -106,6 +106,15 @@ class GuardedServer(ThreadedAssociationServer):
     """
 
     request_queue_size = LISTEN_BACKLOG
+    allow_reuse_port = False  # share_port(): several receiver processes on one port
+
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind sets SO_REUSEADDR only (not socketserver's reuse_port)
+        if self.allow_reuse_port:
+            self.socket.setsockopt(  # type: ignore[union-attr]
+                socket.SOL_SOCKET, socket.SO_REUSEPORT, 1
+            )
+        super().server_bind()
 
     def __init__(
         self,
@@ -324,6 +333,12 @@ def _close(dul: DULServiceProvider, before_association: bool) -> None:
         dul.socket.close()  # shutdown + close, puts Evt17
     if before_association:
         dul.to_user_queue.put(None)  # type: ignore[arg-type]  # receive_pdu returns None
+
+
+def share_port() -> None:
+    """Let several processes of this host listen on the SCP's port (SO_REUSEPORT: the kernel
+    spreads new connections over them); set in each receiver process before it listens."""
+    GuardedServer.allow_reuse_port = True
 
 
 def install() -> None:

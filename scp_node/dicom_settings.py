@@ -2,7 +2,8 @@
 
 `configure_pynetdicom()` sets the `_config` flags the node relies on (no identifiers in logs,
 C-STORE datasets streamed to disk), quiets pydicom's per-value warnings, installs the guarded
-PDU reader of scp_node.connections, and routes the file
+PDU reader of scp_node.connections, wakes pynetdicom's reactors when there is work instead of
+after their 1 ms idle sleeps (`_install_reactor_wakeups`), and routes the file
 pynetdicom streams each received dataset into to the instance store's `.incoming` folder of the
 receiving AE (so storing an instance is a rename on one file system, never a copy).
 """
@@ -11,18 +12,26 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
+import select
 import shutil
+import struct
 import tempfile
 import threading
+import time
+import types
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydicom import config as pydicom_config
-from pynetdicom import _config, dimse_messages
+from pynetdicom import _config, association, dimse, dimse_messages, dul, evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 
 from scp_node import connections
 
@@ -57,6 +66,10 @@ def configure_pynetdicom() -> None:
         _config.LOG_RESPONSE_IDENTIFIERS = False
         # Datasets go straight to a file; the handler gets `event.dataset_path`.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        # pynetdicom's "standard" handlers of every PDU and DIMSE message only format INFO and
+        # DEBUG lines, which the node's logging drops (pynetdicom is kept at WARNING, see
+        # scp_node.logs): not bound, they cost nothing per C-STORE.
+        _config.LOG_HANDLER_LEVEL = "none"
         # Only the storage SOP classes of sop_classes.py are accepted.
         _config.UNRESTRICTED_STORAGE_SERVICE = False
         # Invalid UIDs from peers are tolerated by pynetdicom and refused by the handler
@@ -73,6 +86,10 @@ def configure_pynetdicom() -> None:
         # PDUs of the SCP's associations: size refused before reading, whole-PDU deadlines
         # (scp_node.connections; tests/test_pynetdicom_internals.py guards the method)
         connections.install()
+        _install_reactor_wakeups()
+        # File Meta of each streamed dataset and each C-STORE-RSP encoded directly
+        # (`_install_fast_encoders`); anything unusual takes pynetdicom's own path
+        _install_fast_encoders()
         _configured = True
 
 
@@ -196,3 +213,264 @@ def refused_while_streaming(request: Any) -> str | None:
     """Why a limit of `route_incoming` stopped this C-STORE request's dataset, if one did."""
     streamed = getattr(request, "_dataset_file", None)
     return getattr(streamed, "refused", None)
+
+
+# --- reactor wake-ups ----------------------------------------------------------------------
+#
+# pynetdicom 3.0 polls: the DUL thread of each association sleeps `_run_loop_delay` (1 ms)
+# whenever a loop found nothing to do, and the association's reactor sleeps 1 ms before each
+# look at its DIMSE message queue. On one association that is up to two sleeps per C-STORE: the
+# decoded request waits for the reactor, the response for the DUL. The sleeps stay (same idle
+# CPU, same longest wait); they end early when there is work: the DUL's when its socket becomes
+# readable or a primitive is queued for it to send (an eventfd written by `send_pdu`), the
+# reactor's when a DIMSE message is queued. Done by giving both modules a `time` whose `sleep`
+# knows the calling thread; every other use of `time` is the real module's.
+# tests/test_pynetdicom_internals.py guards the shapes relied on.
+
+_REACTOR_SLEEP = 0.001  # Association._run_reactor's literal idle sleep
+_WAKE_ATTR = "_lungnode_wake_fd"
+
+
+def _dul_wake_fd(provider: DULServiceProvider) -> int | None:
+    """The provider's eventfd (made on its first idle sleep, closed with it); None where the
+    platform has no eventfd."""
+    fd = getattr(provider, _WAKE_ATTR, None)
+    if fd is None and hasattr(os, "eventfd"):
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        setattr(provider, _WAKE_ATTR, fd)
+        weakref.finalize(provider, os.close, fd)
+    return fd
+
+
+def _sleep(seconds: float) -> None:
+    """time.sleep for pynetdicom's dul and association modules: an idle sleep of a reactor
+    ends as soon as that reactor has work; any other sleep is time.sleep."""
+    thread = threading.current_thread()
+    if isinstance(thread, DULServiceProvider) and seconds == thread._run_loop_delay:
+        _dul_idle(thread, seconds)
+    elif isinstance(thread, Association) and seconds == _REACTOR_SLEEP:
+        _reactor_idle(thread.dimse.msg_queue, seconds)
+    else:
+        time.sleep(seconds)
+
+
+def _dul_idle(provider: DULServiceProvider, seconds: float) -> None:
+    fd = _dul_wake_fd(provider)
+    transport = provider.socket
+    raw = getattr(transport, "socket", None) if transport is not None else None
+    watched: list[Any] = [fd] if fd is not None else []
+    if raw is not None:
+        watched.append(raw)
+    if not watched:
+        time.sleep(seconds)
+        return
+    try:
+        select.select(watched, [], [], seconds)
+    except (OSError, ValueError):  # the socket closed meanwhile: the DUL finds out next loop
+        time.sleep(seconds)
+    if fd is not None:
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+
+
+def _reactor_idle(messages: queue.Queue[Any], seconds: float) -> None:
+    with messages.not_empty:
+        if not messages._qsize():  # Queue's own, under its lock
+            messages.not_empty.wait(seconds)
+
+
+_original_send_pdu = DULServiceProvider.send_pdu
+
+
+def _send_pdu_and_wake(self: DULServiceProvider, primitive: Any) -> None:
+    """DULServiceProvider.send_pdu, then wake the DUL thread if it sleeps."""
+    _original_send_pdu(self, primitive)
+    fd = getattr(self, _WAKE_ATTR, None)
+    if fd is not None:
+        try:
+            os.eventfd_write(fd, 1)
+        except OSError:  # closed with its provider
+            pass
+
+
+def _install_reactor_wakeups() -> None:
+    """Install the wake-ups (once, from configure_pynetdicom)."""
+    shim = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k[:2] == "__"})
+    shim.sleep = _sleep
+    setattr(dul, "time", shim)  # noqa: B010  # the modules' own global `time`
+    setattr(association, "time", shim)  # noqa: B010
+    DULServiceProvider.send_pdu = _send_pdu_and_wake  # type: ignore[method-assign]
+
+
+# --- direct encoders -------------------------------------------------------------------------
+#
+# Per C-STORE, pynetdicom builds two pydicom Datasets only to turn them into a few hundred
+# bytes: the File Meta it writes at the head of each streamed dataset (`create_file_meta` and
+# `write_file_meta_info`, looked up in dimse_messages when the dataset starts), and the
+# C-STORE-RSP command set (`DIMSEServiceProvider.send_msg`). On one association that is a
+# good part of the receive path's CPU. Both are encoded here directly, to the same bytes
+# (tests/test_pynetdicom_internals.py compares them with pydicom's); any value outside the
+# plain case (not ASCII, too long, an error comment, a handler bound to EVT_DIMSE_SENT) takes
+# pynetdicom's own path.
+
+_original_create_file_meta = dimse_messages.create_file_meta
+_original_write_file_meta_info = dimse_messages.write_file_meta_info
+_original_send_msg = dimse.DIMSEServiceProvider.send_msg
+
+
+@dataclass(frozen=True)
+class _FileMeta:
+    """What pynetdicom's create_file_meta was given, encoded when written."""
+
+    sop_class_uid: Any
+    sop_instance_uid: Any
+    transfer_syntax: Any
+    implementation_uid: Any
+    implementation_version: Any
+
+    def as_dataset(self) -> Any:
+        return _original_create_file_meta(
+            sop_class_uid=self.sop_class_uid,
+            sop_instance_uid=self.sop_instance_uid,
+            transfer_syntax=self.transfer_syntax,
+            implementation_uid=self.implementation_uid,
+            implementation_version=self.implementation_version,
+        )
+
+
+def _create_file_meta(
+    *,
+    sop_class_uid: Any,
+    sop_instance_uid: Any,
+    transfer_syntax: Any,
+    implementation_uid: Any = None,
+    implementation_version: Any = None,
+) -> _FileMeta:
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    return _FileMeta(
+        sop_class_uid,
+        sop_instance_uid,
+        transfer_syntax,
+        PYNETDICOM_IMPLEMENTATION_UID if implementation_uid is None else implementation_uid,
+        PYNETDICOM_IMPLEMENTATION_VERSION
+        if implementation_version is None
+        else implementation_version,
+    )
+
+
+def _plain(value: Any, longest: int) -> bytes | None:
+    """A UI/SH value as ASCII bytes, or None when it is not a plain short string."""
+    if not isinstance(value, str) or not value or len(value) > longest:
+        return None
+    try:
+        return value.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+
+
+def _explicit(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element with a 2-byte length (UI, SH, UL)."""
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def _even(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def encode_file_meta(meta: _FileMeta) -> bytes | None:
+    """Group 2 as pydicom's write_file_meta_info writes it for these values (after the
+    preamble and 'DICM'); None when a value is not plain (pydicom then writes it)."""
+    values = [
+        _plain(meta.sop_class_uid, 64),
+        _plain(meta.sop_instance_uid, 64),
+        _plain(meta.transfer_syntax, 64),
+        _plain(meta.implementation_uid, 64),
+        _plain(meta.implementation_version, 16),
+    ]
+    if any(v is None for v in values):
+        return None
+    sop_class, sop_instance, syntax, implementation, version = cast(list[bytes], values)
+    body = b"".join(
+        (
+            struct.pack("<HH2sHI", 2, 1, b"OB", 0, 2) + b"\x00\x01",
+            _explicit(2, 2, b"UI", _even(sop_class, b"\x00")),
+            _explicit(2, 3, b"UI", _even(sop_instance, b"\x00")),
+            _explicit(2, 0x10, b"UI", _even(syntax, b"\x00")),
+            _explicit(2, 0x12, b"UI", _even(implementation, b"\x00")),
+            _explicit(2, 0x13, b"SH", _even(version, b" ")),
+        )
+    )
+    return _explicit(2, 0, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _write_file_meta_info(fp: Any, file_meta: Any, enforce_standard: bool = True) -> None:
+    if isinstance(file_meta, _FileMeta):
+        encoded = encode_file_meta(file_meta)
+        if encoded is not None:
+            fp.write(encoded)
+            return
+        file_meta = file_meta.as_dataset()
+    _original_write_file_meta_info(fp, file_meta, enforce_standard=enforce_standard)
+
+
+def _implicit(element: int, value: bytes) -> bytes:
+    """One command-group element, Implicit VR Little Endian."""
+    return struct.pack("<HHI", 0, element, len(value)) + value
+
+
+def encode_store_response(primitive: Any) -> bytes | None:
+    """The command set of a plain C-STORE-RSP (status, UIDs, message ID; no error comment or
+    offending element) as pynetdicom encodes it; None for anything else."""
+    if type(primitive) is not C_STORE:
+        return None
+    message_id = primitive.MessageIDBeingRespondedTo
+    status = primitive.Status
+    if (
+        not isinstance(message_id, int)
+        or not isinstance(status, int)
+        or not 0 <= message_id <= 0xFFFF
+        or not 0 <= status <= 0xFFFF
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+    ):
+        return None
+    sop_class = _plain(primitive.AffectedSOPClassUID, 64)
+    sop_instance = _plain(primitive.AffectedSOPInstanceUID, 64)
+    if sop_class is None or sop_instance is None:
+        return None
+    body = b"".join(
+        (
+            _implicit(0x0002, _even(sop_class, b"\x00")),
+            _implicit(0x0100, struct.pack("<H", 0x8001)),
+            _implicit(0x0120, struct.pack("<H", message_id)),
+            _implicit(0x0800, struct.pack("<H", 0x0101)),
+            _implicit(0x0900, struct.pack("<H", status)),
+            _implicit(0x1000, _even(sop_instance, b"\x00")),
+        )
+    )
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _send_msg(self: dimse.DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """DIMSEServiceProvider.send_msg, a plain C-STORE-RSP encoded directly."""
+    if primitive.MessageIDBeingRespondedTo is not None and not self.assoc.get_handlers(
+        evt.EVT_DIMSE_SENT
+    ):
+        encoded = encode_store_response(primitive)
+        limit = self.maximum_pdu_size
+        if encoded is not None and (not limit or len(encoded) + 6 <= limit):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+            self.dul.send_pdu(pdata)
+            return
+    _original_send_msg(self, primitive, context_id)
+
+
+def _install_fast_encoders() -> None:
+    """Install the direct encoders (once, from configure_pynetdicom)."""
+    setattr(dimse_messages, "create_file_meta", _create_file_meta)  # noqa: B010
+    setattr(dimse_messages, "write_file_meta_info", _write_file_meta_info)  # noqa: B010
+    dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]

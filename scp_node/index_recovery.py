@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from scp_node.instance_header import HeaderError, read_header
 from scp_node.sop_classes import STORAGE_SOP_CLASSES
@@ -45,11 +46,13 @@ _RECEIVABLE = frozenset(STORAGE_SOP_CLASSES.values())
 class LazyIndexing:
     """Records instance rows with lazy commits and keeps the store's durability mark."""
 
-    def __init__(self, store: InstanceStore, index: Index) -> None:
+    def __init__(self, store: InstanceStore, index: Index, slot: int | None = None) -> None:
+        """`slot`: the receiver process's number when several receive ([node]
+        receiver_processes); each keeps its own mark, and recovery starts from the oldest."""
         self.store = store
         self.index = index
         self.enabled = index.db.commits_can_be_lazy
-        self.mark_path = mark_path(index)
+        self.mark_path = mark_path(index, slot)
         self._lock = threading.Lock()
         self._in_flight: dict[int, float] = {}
         self._ids = itertools.count()
@@ -69,16 +72,28 @@ class LazyIndexing:
             with self._lock:
                 del self._in_flight[key]
 
-    def record(self, record: InstanceRecord, expected_in_series: int | None) -> bool:
-        """Index one committed instance; lazily, except one durable commit every
-        DURABLE_EVERY_SECONDS, after which the mark moves forward."""
+    def record(
+        self,
+        record: InstanceRecord,
+        expected_in_series: int | None,
+        *,
+        association_id: str | None = None,
+        opens_association: bool = False,
+    ) -> bool:
+        """Index one committed instance (see Index.record_instance); lazily, except one
+        durable commit every DURABLE_EVERY_SECONDS, after which the mark moves forward."""
+        kwargs: dict[str, Any] = {
+            "expected_in_series": expected_in_series,
+            "association_id": association_id,
+            "opens_association": opens_association,
+        }
         if not self.enabled:
-            return self.index.record_instance(record, expected_in_series=expected_in_series)
+            return self.index.record_instance(record, **kwargs)
         started = time.time()
         if started - self._last_durable < DURABLE_EVERY_SECONDS:
             with self.index.db.lazy_commits():
-                return self.index.record_instance(record, expected_in_series=expected_in_series)
-        new = self.index.record_instance(record, expected_in_series=expected_in_series)
+                return self.index.record_instance(record, **kwargs)
+        new = self.index.record_instance(record, **kwargs)
         self._last_durable = started
         self._advance_mark(started)
         return new
@@ -103,10 +118,27 @@ class LazyIndexing:
         write_mark(self.mark_path, mark)
 
 
-def mark_path(index: Index) -> Path:
-    """Where the durability mark of this index's SQLite database lives (beside it)."""
+def mark_path(index: Index, slot: int | None = None) -> Path:
+    """Where the durability mark of this index's SQLite database lives (beside it); one per
+    receiver process when several receive (`slot`)."""
     database = index.db.sqlite_path or Path("index")
-    return database.with_name(database.name + MARK_SUFFIX)
+    suffix = MARK_SUFFIX if slot is None else f"{MARK_SUFFIX}.{slot}"
+    return database.with_name(database.name + suffix)
+
+
+def _slot_marks(index: Index) -> list[Path]:
+    main = mark_path(index)
+    return sorted(main.parent.glob(main.name + ".*[0-9]"))
+
+
+def recovery_mark(index: Index) -> float | None:
+    """Where recovery starts: the oldest mark of the receiver processes of the last run when
+    several received (the serve process's own mark was set at its start), else the mark."""
+    slots = _slot_marks(index)
+    if slots:
+        marks = [read_mark(path) for path in slots]
+        return None if None in marks else min(m for m in marks if m is not None)
+    return read_mark(mark_path(index))
 
 
 def read_mark(path: Path) -> float | None:
@@ -147,7 +179,7 @@ def reindex_store(store: InstanceStore, index: Index) -> int:
     if not index.db.commits_can_be_lazy:
         return 0
     mark_file = mark_path(index)
-    mark = read_mark(mark_file)
+    mark = recovery_mark(index)
     since = None if mark is None else mark - CLOCK_MARGIN_SECONDS
     started = time.time()
     added = scanned = 0
@@ -173,6 +205,8 @@ def reindex_store(store: InstanceStore, index: Index) -> int:
             )
     index.db.make_durable()
     write_mark(mark_file, started)
+    for slot_mark in _slot_marks(index):  # covered now; receivers started after write anew
+        slot_mark.unlink(missing_ok=True)
     log.info("index recovery scanned=%d reindexed=%d since=%s", scanned, added, since)
     return added
 

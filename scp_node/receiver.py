@@ -193,8 +193,24 @@ def _refused_summary(refused: list[str]) -> str:
     )
 
 
+@dataclasses.dataclass
+class _Sending:
+    """What one association sent: its id in the index and the studies it brought new
+    instances of (each recorded in open_associations with its first one)."""
+
+    association_id: str
+    studies: set[str] = dataclasses.field(default_factory=set)
+
+
 class Receiver:
-    """C-ECHO and C-STORE SCP; each handler documents every status it may return."""
+    """C-ECHO and C-STORE SCP; each handler documents every status it may return.
+
+    Completion on release: each association that brings new instances of a study is recorded
+    as sending to it; a normal A-RELEASE marks the studies whose latest instance it brought as
+    released (READY [pipeline] release_quiet_seconds later, see Studies.mark_ready) and calls
+    `on_released(release_quiet_seconds)` so the completion check runs then instead of at the
+    next tick; an abort only ends the association's hold (study_quiet_seconds applies).
+    """
 
     def __init__(
         self,
@@ -204,12 +220,23 @@ class Receiver:
         *,
         on_stored: Callable[[InstanceRecord], None] | None = None,
         intake_paused: Callable[[], bool] | None = None,
+        on_released: Callable[[float], None] | None = None,
+        slot: int | None = None,
     ) -> None:
+        """`slot`: this receiver's number when several processes receive ([node]
+        receiver_processes): its own durability mark, and no re-indexing at start (the serve
+        process re-indexes once, before it starts them)."""
         configure_pynetdicom()
+        self._slot = slot
+        self._on_released_cb = on_released
+        self._sending: weakref.WeakKeyDictionary[Association, _Sending] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sending_lock = threading.Lock()
         self._config = config
         self._store = store
         self._index = index
-        self._indexing = LazyIndexing(store, index)
+        self._indexing = LazyIndexing(store, index, slot)
         self._on_stored = on_stored
         self._intake_paused = intake_paused  # the console's switch: C-STORE answered 0xA700
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
@@ -277,7 +304,8 @@ class Receiver:
         with self._lock:
             if self._server is not None:
                 return
-            reindex_store(self._store, self._index)
+            if self._slot is None:
+                reindex_store(self._store, self._index)
             handlers: list[EventHandlerType] = [
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
@@ -285,6 +313,7 @@ class Receiver:
                 (evt.EVT_REJECTED, self._on_rejected),
                 (evt.EVT_RELEASED, self._on_released),
                 (evt.EVT_ABORTED, self._on_aborted),
+                (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             ]
             address = (self._config.node.host, self._config.node.port)
             self._server = start_server(
@@ -496,8 +525,15 @@ class Receiver:
                 if temp != streamed:
                     temp.unlink(missing_ok=True)
             record = dataclasses.replace(record, path=final, received_at=time.time())
+            sending = self._sending_of(event.assoc)
+            opens = record.study_uid not in sending.studies
             try:
-                self._indexing.record(record, header.expected_in_series())
+                indexed = self._indexing.record(
+                    record,
+                    header.expected_in_series(),
+                    association_id=sending.association_id,
+                    opens_association=opens,
+                )
             except StudyConflict as raced:  # with another instance: nothing was indexed
                 if new:
                     self._store.remove_instance(final)
@@ -506,7 +542,38 @@ class Receiver:
                 if new:
                     self._store.remove_instance(final)
                 raise _Rejected(OUT_OF_RESOURCES, str(full)) from None
+            if indexed and opens:
+                sending.studies.add(record.study_uid)
         return record, new
+
+    def _sending_of(self, assoc: Association) -> _Sending:
+        with self._sending_lock:
+            sending = self._sending.get(assoc)
+            if sending is None:
+                sending = self._sending[assoc] = _Sending(uuid.uuid4().hex)
+            return sending
+
+    def _association_ended(self, assoc: Association, *, released: bool) -> None:
+        """Record in the index that `assoc` ended (see Studies.association_ended); after a
+        release, ask for a completion check release_quiet_seconds from now."""
+        with self._sending_lock:
+            sending = self._sending.pop(assoc, None)
+        if sending is None or not sending.studies:
+            return
+        try:
+            self._index.association_ended(
+                sending.association_id, sending.studies, released=released, now=time.time()
+            )
+        except Exception:
+            log.exception(
+                "association end not recorded (its studies complete after study_quiet_seconds)"
+            )
+            return
+        if released and self._on_released_cb is not None:
+            try:
+                self._on_released_cb(self._config.pipeline.release_quiet_seconds)
+            except Exception:
+                log.exception("completion check after release not scheduled")
 
     def _check_study_quota(self, event: Event, study_uid: str, calling_aet: str) -> None:
         """Refuse (0xA700, audited) an instance that would start one more new study for a
@@ -562,10 +629,31 @@ class Receiver:
     def _on_released(self, event: Event) -> None:
         log.info("association released calling_ae=%s", event.assoc.requestor.ae_title)
         self._audit.ended(event, "released")
+        self._association_ended(event.assoc, released=True)
 
     def _on_aborted(self, event: Event) -> None:
         log.warning("association aborted calling_ae=%s", event.assoc.requestor.ae_title)
         self._audit.ended(event, "aborted")
+        self._association_ended(event.assoc, released=False)
+
+    def _on_connection_closed(self, event: Event) -> None:
+        """A connection dropped without A-RELEASE or A-ABORT (the sender died) ends the
+        association's hold on its studies like an abort. The close may be seen (in the DUL
+        thread) just before the association's thread reports a normal release, so the hold
+        ends once that thread has finished: after a release or an abort nothing is left."""
+        assoc = event.assoc
+        with self._sending_lock:
+            if assoc not in self._sending:
+                return
+        if threading.current_thread() is assoc or not assoc.is_alive():
+            self._association_ended(assoc, released=False)
+            return
+
+        def after_association() -> None:
+            assoc.join(timeout=max(self._config.node.network_timeout, 1.0))
+            self._association_ended(assoc, released=False)
+
+        threading.Thread(target=after_association, name="association-end", daemon=True).start()
 
 
 def _close_unassociated(assoc: Association) -> None:

@@ -7,11 +7,13 @@ restart loses nothing. Each tick runs at most once at a time (`max_instances=1`)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scp_node.config import Config
@@ -27,18 +29,31 @@ log = logging.getLogger("lungnode.scheduler")
 RETENTION_INTERVAL_SECONDS = 24 * 3600
 WATERMARK_INTERVAL_SECONDS = 30.0  # how often free space is compared with emergency_free_mb
 ORPHAN_TEMP_AGE_SECONDS = 3600
+# a completion check after a release runs this much after the study is due (clock rounding)
+COMPLETION_MARGIN_SECONDS = 0.05
 
 
-def mark_ready(index: Index, config: Config) -> None:
-    """Move quiet or complete studies to READY and enqueue their analysis job."""
-    for study_uid in index.mark_ready(time.time(), config.pipeline.study_quiet_seconds):
+def mark_ready(index: Index, config: Config) -> list[str]:
+    """Move quiet, released or complete studies to READY and enqueue their analysis job."""
+    pipeline = config.pipeline
+    ready = index.mark_ready(
+        time.time(), pipeline.study_quiet_seconds, pipeline.release_quiet_seconds
+    )
+    for study_uid in ready:
         log.info("study ready study=%s", study_uid)
+    return ready
 
 
-def run_worker(worker: AnalysisWorker, paused: Callable[[], bool] | None = None) -> None:
-    """Process every waiting job, one after another (none while analysis is paused)."""
+def run_worker(
+    worker: AnalysisWorker,
+    paused: Callable[[], bool] | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> None:
+    """Process every waiting job, one after another (none while analysis is paused);
+    `on_done` after each (the delivery tick is woken at once)."""
     while not (paused is not None and paused()) and worker.run_once():
-        pass
+        if on_done is not None:
+            on_done()
 
 
 def deliver(sender: Sender) -> None:
@@ -68,7 +83,7 @@ def watermark(index: Index, config: Config) -> None:
     run_retention(config, index, dry_run=False, actor="watermark", rules=(RULE_EMERGENCY,))
 
 
-def _guarded(name: str, func: Callable[..., None], *args: object) -> Callable[[], None]:
+def _guarded(name: str, func: Callable[..., object], *args: object) -> Callable[[], None]:
     """Wrap a tick so an unexpected error is logged once per tick instead of killing the ticker."""
 
     def tick() -> None:
@@ -79,6 +94,64 @@ def _guarded(name: str, func: Callable[..., None], *args: object) -> Callable[[]
 
     tick.__name__ = name
     return tick
+
+
+class _Wake:
+    """Runs a tick now instead of at its next interval; when it is running, once more as soon
+    as it ends (so work that arrived meanwhile waits for no interval)."""
+
+    def __init__(self, scheduler: BackgroundScheduler, job_id: str) -> None:
+        self._scheduler = scheduler
+        self._job_id = job_id
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+        if not self._scheduler.running:
+            return
+        try:
+            self._scheduler.modify_job(self._job_id, next_run_time=datetime.now(UTC))
+        except JobLookupError:
+            pass
+
+    def around(self, func: Callable[[], None]) -> Callable[[], None]:
+        def tick() -> None:
+            with self._lock:
+                self._running = True
+            try:
+                while True:
+                    func()
+                    with self._lock:
+                        if not self._again:
+                            break
+                        self._again = False
+            finally:
+                with self._lock:
+                    self._running = False
+
+        tick.__name__ = getattr(func, "__name__", self._job_id)
+        return tick
+
+
+def check_completion_after(scheduler: BackgroundScheduler, seconds: float) -> None:
+    """Run the completion tick once `seconds` from now (a released association's studies are
+    due then), besides its interval; a no-op before the scheduler starts or after it stops."""
+    if not scheduler.running:
+        return
+    job = scheduler.get_job("completion")
+    if job is None:
+        return
+    scheduler.add_job(
+        job.func,
+        "date",
+        run_date=datetime.now(UTC) + timedelta(seconds=seconds + COMPLETION_MARGIN_SECONDS),
+        misfire_grace_time=None,
+    )
 
 
 def build_scheduler(
@@ -96,11 +169,20 @@ def build_scheduler(
     jobs); `retention` (default: with a worker) adds the daily retention tick."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True})
     every = config.pipeline.tick_seconds
+    wake_analysis = _Wake(scheduler, "analysis")
+    wake_delivery = _Wake(scheduler, "delivery")
+
+    def completion() -> None:
+        if mark_ready(index, config) and worker is not None:
+            wake_analysis()
+
     ticks: list[tuple[str, Callable[[], None], float]] = [
-        ("completion", _guarded("completion", mark_ready, index, config), every),
+        ("completion", _guarded("completion", completion), every),
     ]
     if worker is not None:
-        ticks.append(("analysis", _guarded("analysis", run_worker, worker, analysis_paused), every))
+        on_done = wake_delivery if sender is not None else None
+        analysis = _guarded("analysis", run_worker, worker, analysis_paused, on_done)
+        ticks.append(("analysis", wake_analysis.around(analysis), every))
     if retention if retention is not None else worker is not None:
         ticks.append(
             (
@@ -118,7 +200,8 @@ def build_scheduler(
                 )
             )
     if sender is not None:
-        ticks.append(("delivery", _guarded("delivery", deliver, sender), every))
+        delivery = _guarded("delivery", deliver, sender)
+        ticks.append(("delivery", wake_delivery.around(delivery), every))
     for name, func, seconds in ticks:
         scheduler.add_job(
             func,

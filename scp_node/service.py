@@ -30,9 +30,11 @@ from typing import Any
 from scp_node.config import Config
 from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.health import NodeState
+from scp_node.index_recovery import reindex_store
 from scp_node.metrics import METRICS, IndexCollector
 from scp_node.receiver import Receiver
-from scp_node.scheduler import build_scheduler
+from scp_node.receiver_processes import ReceiverProcesses
+from scp_node.scheduler import build_scheduler, check_completion_after
 from scp_node.sender import Sender
 from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED
 from storage.index import Index, open_index
@@ -135,7 +137,11 @@ class WebServer:
 def serve(config: Config, role: str = "all") -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
     configure_pynetdicom()
-    store = InstanceStore(config.storage.root, config.storage.min_free_mb)
+    store = InstanceStore(
+        config.storage.root,
+        config.storage.min_free_mb,
+        folder_fsync=config.storage.folder_fsync,
+    )
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     switches = Switches(index)
@@ -160,9 +166,22 @@ def serve(config: Config, role: str = "all") -> int:
         worker = AnalysisWorker(config, store, index, worker_id)
         _ = worker.classifier  # load the model now: a missing or bad model stops start-up
     sender = Sender(config, index) if role in ("all", "worker") else None
+    # [node] receiver_processes > 1: receiving in that many processes (scp_node.receiver_processes)
+    processes = config.node.receiver_processes if role in ("all", "receiver") else 1
+    receivers = None
+    if processes > 1:
+        reindex_store(store, index)  # once, before any receiver process starts
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        receivers = ReceiverProcesses(config, processes, str(level))
     receiver = (
-        Receiver(config, store, index, intake_paused=switches.intake_paused)
-        if role in ("all", "receiver")
+        Receiver(
+            config,
+            store,
+            index,
+            intake_paused=switches.intake_paused,
+            on_released=lambda seconds: check_completion_after(scheduler, seconds),
+        )
+        if role in ("all", "receiver") and receivers is None
         else None
     )
     scheduler = build_scheduler(
@@ -178,6 +197,8 @@ def serve(config: Config, role: str = "all") -> int:
     if receiver is not None:
         node.associations = lambda: receiver.active_associations
         node.scp_port = lambda: receiver.port if receiver.listening else None
+    if receivers is not None:
+        node.scp_port = lambda: config.node.port if receivers.alive() else None
     if worker is not None:
         node.model = _model_of(worker)
     elif pool is not None:
@@ -206,6 +227,8 @@ def serve(config: Config, role: str = "all") -> int:
         web.start()
     if receiver is not None:
         receiver.start()
+    if receivers is not None:
+        receivers.start()
     scheduler.start()
     log.info(
         "lungnode started role=%s ae_title=%s address=%s:%d store=%s database=%s",
@@ -218,11 +241,14 @@ def serve(config: Config, role: str = "all") -> int:
     )
     try:
         while not stop.wait(0.2):
-            pass
+            if receivers is not None:
+                receivers.supervise()
     finally:
         started = time.monotonic()
         if receiver is not None:
             receiver.stop()
+        if receivers is not None:
+            receivers.stop()
         scheduler.shutdown(wait=True)
         if pool is not None:
             pool.stop()  # each process finishes the analysis it runs

@@ -4,7 +4,8 @@
 `Index(db)` does the same over an open Database. Each operation belongs to the module of its
 concern, and the Index only names them in one place for the node's components:
 
-    receiving (storage.studies)   record_instance, instance_conflict, mark_ready, study_files,
+    receiving (storage.studies)   record_instance, association_ended, instance_conflict,
+                                  mark_ready, study_files,
                                   senders, study_known, studies_started_by
     work queue (storage.jobs)     claim_job, renew_lease, complete_job, fail_job
     delivery (storage.outbox)     due_outbox, outbox_sent, outbox_retry, outbox_dead, resend_dead
@@ -20,7 +21,7 @@ in storage.states.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from storage import status as _status
@@ -86,10 +87,26 @@ class Index:
     # ---- receiving: storage.studies --------------------------------------------------------
 
     def record_instance(
-        self, rec: InstanceRecord, *, expected_in_series: int | None = None
+        self,
+        rec: InstanceRecord,
+        *,
+        expected_in_series: int | None = None,
+        association_id: str | None = None,
+        opens_association: bool = False,
     ) -> bool:
         """See Studies.record_instance."""
-        return self.studies.record_instance(rec, expected_in_series=expected_in_series)
+        return self.studies.record_instance(
+            rec,
+            expected_in_series=expected_in_series,
+            association_id=association_id,
+            opens_association=opens_association,
+        )
+
+    def association_ended(
+        self, association_id: str, study_uids: Iterable[str], *, released: bool, now: float
+    ) -> None:
+        """See Studies.association_ended."""
+        self.studies.association_ended(association_id, study_uids, released=released, now=now)
 
     def instance_conflict(
         self,
@@ -113,9 +130,11 @@ class Index:
         """See Studies.senders."""
         return self.studies.senders(study_uid, series_uids)
 
-    def mark_ready(self, now: float, quiet_seconds: float) -> list[str]:
+    def mark_ready(
+        self, now: float, quiet_seconds: float, release_quiet_seconds: float | None = None
+    ) -> list[str]:
         """See Studies.mark_ready."""
-        return self.studies.mark_ready(now, quiet_seconds)
+        return self.studies.mark_ready(now, quiet_seconds, release_quiet_seconds)
 
     def study_files(self, study_uid: str) -> StudyFiles:
         """See Studies.study_files."""

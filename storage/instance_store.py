@@ -35,6 +35,89 @@ INCOMING = ".incoming"
 SUFFIX = ".dcm"
 
 
+# File systems whose fsync of a file commits the journal transaction holding that file's newest
+# link (its directory entry), so one fsync after the link makes data and name durable.
+JOURNAL_COMMITS_LINK = frozenset({"ext4", "xfs"})
+FOLDER_FSYNC_MODES = ("auto", "always")
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system `path` lies on (from /proc/self/mountinfo), '' if unknown."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    target = str(Path(path).resolve())
+    best, kind = "", ""
+    for line in lines:
+        fields = line.split(" ")
+        try:
+            mount_point = fields[4].replace("\\040", " ")
+            fstype = fields[fields.index("-") + 1]
+        except (IndexError, ValueError):
+            continue
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, kind = mount_point, fstype
+    return kind
+
+
+PENDING_XATTR = "user.lungnode.pending"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+_PENDING_VALUE = f"{_boot_id()}:{os.getpid()}".encode("ascii")
+_in_flight: set[Path] = set()
+_in_flight_lock = threading.Lock()
+
+
+def _set_pending(path: Path, pending: bool) -> None:
+    """Mark (or unmark) a file linked into place but not yet fsynced, with this boot's id and
+    this process's pid; a no-op where the file system has no extended attributes (a duplicate
+    is then always kept)."""
+    with _in_flight_lock:
+        if pending:
+            _in_flight.add(path)
+        else:
+            _in_flight.discard(path)
+    try:
+        if pending:
+            os.setxattr(path, PENDING_XATTR, _PENDING_VALUE)
+        else:
+            os.removexattr(path, PENDING_XATTR)
+    except (OSError, AttributeError):
+        pass
+
+
+def _left_pending(path: Path) -> bool:
+    """True for a file still marked pending by a commit that will never finish: made before
+    this boot (a power cut), by a process that is gone, or by this one but not in flight."""
+    try:
+        value = os.getxattr(path, PENDING_XATTR).decode("ascii")
+    except (OSError, AttributeError, UnicodeDecodeError):
+        return False
+    boot, _, pid_text = value.rpartition(":")
+    if boot != _boot_id() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        with _in_flight_lock:
+            return path not in _in_flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _fsync_path(path: Path) -> None:
     """fsync a file or a folder by path (a folder's fsync makes its new entries durable)."""
     fd = os.open(path, os.O_RDONLY)
@@ -47,11 +130,19 @@ def _fsync_path(path: Path) -> None:
 class InstanceStore:
     """Files of received instances and of the node's own result objects, keyed by UIDs."""
 
-    def __init__(self, root: Path, min_free_mb: int) -> None:
+    def __init__(self, root: Path, min_free_mb: int, *, folder_fsync: str = "auto") -> None:
         """Create `root` and `root/.incoming` if missing, both 0700 (also made 0700 when they
-        exist); `min_free_mb` is the free-space floor below which the receiver answers 0xA700."""
+        exist); `min_free_mb` is the free-space floor below which the receiver answers 0xA700.
+
+        `folder_fsync` ([storage] folder_fsync): "always" commits an instance with two fsyncs,
+        the file's, then (after linking it into place) its folder's, as POSIX asks; "auto" does
+        so too except on ext4 and XFS, where the instance is linked into place first and one
+        fsync of the file commits the journal transaction that holds both its data and its new
+        directory entry (half the disk flushes per instance, the same durability there)."""
         if min_free_mb < 0:
             raise ValueError(f"min_free_mb {min_free_mb!r} is negative; use 0 or more MiB")
+        if folder_fsync not in FOLDER_FSYNC_MODES:
+            raise ValueError(f"folder_fsync {folder_fsync!r}: use one of {FOLDER_FSYNC_MODES}")
         self.root: Path = Path(root).resolve()
         self.incoming: Path = self.root / INCOMING
         self.min_free_mb = min_free_mb
@@ -76,6 +167,8 @@ class InstanceStore:
                 )
         self._durable_dirs: set[Path] = {self.root, self.incoming}
         self._dirs_lock = threading.Lock()
+        self.filesystem = filesystem_type(self.root)
+        self.one_fsync = folder_fsync == "auto" and self.filesystem in JOURNAL_COMMITS_LINK
 
     def has_free_space(self) -> bool:
         """True while the file system of `root` has at least `min_free_mb` MiB free."""
@@ -105,14 +198,42 @@ class InstanceStore:
                 "the final rename stays on one file system"
             )
         if final.exists():
-            temp.unlink(missing_ok=True)
-            return final, False
+            return self._already_stored(temp, final)
         make_private(temp)  # pynetdicom's temp file is 0600 already; a copied one may not be
+        if self.one_fsync:
+            # linked first, then one fsync commits data and directory entry together (ext4,
+            # XFS). A power cut before it can leave an unacknowledged file at `final`, empty or
+            # shorter than sent; it is marked pending until its fsync returned, so the sender's
+            # retry replaces it (_already_stored).
+            _set_pending(final, True)  # in flight under the final name
+            _set_pending(temp, True)
+            try:
+                stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
+                if not stored:
+                    return final, False
+                _fsync_path(final)
+            finally:
+                _set_pending(final, False)
+            return final, True
         _fsync_path(temp)
         stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
         if stored:
             _fsync_path(final.parent)
         return final, stored
+
+    def _already_stored(self, temp: Path, final: Path) -> tuple[Path, bool]:
+        """The SOP Instance is stored already: the first copy is kept (the temp file goes),
+        unless it is still marked pending, which only a power cut between linking and fsyncing
+        an unacknowledged instance leaves (see commit): then this copy replaces it."""
+        if not _left_pending(final):
+            temp.unlink(missing_ok=True)
+            return final, False
+        log.warning("replacing %s, linked but never made durable (a power cut?)", final)
+        make_private(temp)
+        _fsync_path(temp)
+        os.replace(temp, final)
+        _fsync_path(final.parent)
+        return final, True
 
     def write_dataset(self, ds: Dataset) -> Path:
         """Atomically write a result object (SR, SEG) at its study/series/SOP path, replacing

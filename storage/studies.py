@@ -6,6 +6,7 @@ an older version is stale (see storage.jobs).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,20 @@ class Studies:
         self._q = load("studies", db.dialect)
 
     def record_instance(
-        self, rec: InstanceRecord, *, expected_in_series: int | None = None
+        self,
+        rec: InstanceRecord,
+        *,
+        expected_in_series: int | None = None,
+        association_id: str | None = None,
+        opens_association: bool = False,
     ) -> bool:
         """Index one stored instance in one transaction; False when its SOP Instance UID is
         already indexed in this study (or is one of the node's own result objects).
         `expected_in_series` is the series' expected instance count (PET Number of Slices)
-        when known.
+        when known. `association_id` names the association that brought it (None: re-indexed,
+        no association), which becomes the study's latest; `opens_association` also records
+        that association as sending to the study until `association_ended` (the receiver
+        passes it with the association's first new instance of each study).
 
         Raises StudyConflict, writing nothing, when the SOP Instance UID is indexed under
         another study, or when the record's patient digests differ from the study's (see
@@ -115,6 +124,7 @@ class Studies:
             "patient_id": getattr(rec, "patient_id", ""),  # an older record type: none
             "patient_digest": digests[0],
             "birth_date_digest": digests[1],
+            "association_id": association_id,
         }
 
         def work(cur: Cursor) -> bool:
@@ -132,6 +142,8 @@ class Studies:
             if conflict is not None:
                 raise conflict  # rolls the instance and study rows back
             cur.run(q.count_instance_in_series, **row, version=version)
+            if opens_association and association_id is not None:
+                cur.run(q.open_association, **row)
             return True
 
         return self.db.run(work)
@@ -203,20 +215,52 @@ class Studies:
 
         return self.db.run(work, write=False)
 
-    def mark_ready(self, now: float, quiet_seconds: float) -> list[str]:
+    def association_ended(
+        self, association_id: str, study_uids: Iterable[str], *, released: bool, now: float
+    ) -> None:
+        """An association that sent instances of `study_uids` ended: released normally
+        (`released`), the studies whose latest instance it brought are released at `now` (see
+        `mark_ready`); aborted, they are not. Either way it no longer holds them open."""
+        q = self._q
+        studies = [require_uid("Study Instance UID", uid) for uid in study_uids]
+        receiving = StudyState.RECEIVING.value
+
+        def work(cur: Cursor) -> None:
+            if released:
+                for study in studies:
+                    cur.run(
+                        q.association_released,
+                        study_uid=study,
+                        association_id=association_id,
+                        now=now,
+                        receiving=receiving,
+                    )
+            cur.run(q.association_ended, association_id=association_id)
+
+        self.db.run(work)
+
+    def mark_ready(
+        self, now: float, quiet_seconds: float, release_quiet_seconds: float | None = None
+    ) -> list[str]:
         """Move RECEIVING studies to READY and queue one analysis job per study version.
 
-        A study is ready when nothing arrived for `quiet_seconds`, or sooner when every series
-        with an expected count has reached it and at least one such series received instances
-        in the study's current version (so a late CT series does not re-trigger on a PET series
-        completed earlier). Returns the study UIDs made ready.
+        A study is ready when nothing arrived for `quiet_seconds`; or `release_quiet_seconds`
+        after the association that brought its latest instance was released normally, when no
+        other association that sent to it is still open (None: `quiet_seconds`); or sooner when
+        every series with an expected count has reached it and at least one such series
+        received instances in the study's current version (so a late CT series does not
+        re-trigger on a PET series completed earlier). Returns the study UIDs made ready.
         """
         q = self._q
         states = {"receiving": StudyState.RECEIVING.value, "ready": StudyState.READY.value}
+        released_quiet = quiet_seconds if release_quiet_seconds is None else release_quiet_seconds
 
         def work(cur: Cursor) -> list[str]:
             candidates = cur.run(
-                q.ready_candidates, quiet_since=now - quiet_seconds, **states
+                q.ready_candidates,
+                quiet_since=now - quiet_seconds,
+                released_since=now - released_quiet,
+                **states,
             ).fetchall()
             ready: list[str] = []
             for study_uid, version in candidates:

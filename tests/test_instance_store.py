@@ -129,8 +129,12 @@ def test_concurrent_commits_of_one_sop_store_it_once(tmp_path: Path) -> None:
     assert _all_files(store.root) == {store.path_for(STUDY, SERIES, SOP)}
 
 
-def test_commit_fsyncs_file_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = InstanceStore(tmp_path, 0)
+@pytest.mark.parametrize("one_fsync", [False, True])
+def test_commit_fsyncs_file_and_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_fsync: bool
+) -> None:
+    store = InstanceStore(tmp_path, 0, folder_fsync="always")
+    store.one_fsync = one_fsync  # "auto" on ext4 / XFS
     temp = _temp_with(store)
     synced: list[str] = []
     real_fsync, real_open = os.fsync, os.open
@@ -148,8 +152,12 @@ def test_commit_fsyncs_file_and_folders(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "open", tracking_open)
     monkeypatch.setattr(os, "fsync", tracking_fsync)
     final, _ = store.commit(temp, STUDY, SERIES, SOP)
+    assert str(store.root) in synced and str(store.root / STUDY) in synced  # new folders
+    if one_fsync:
+        # linked first: the file's fsync commits its data and its directory entry together
+        assert synced[-1] == str(final) and str(temp) not in synced
+        return
     assert synced[0] == str(temp), "the data is fsynced before it is moved"
-    assert str(store.root) in synced and str(store.root / STUDY) in synced
     assert synced[-1] == str(final.parent), "the series folder is fsynced after the rename"
 
 
@@ -231,3 +239,57 @@ def test_free_space_threshold(tmp_path: Path) -> None:
     assert not InstanceStore(tmp_path, 10**9).has_free_space()  # one petabyte
     with pytest.raises(ValueError, match="min_free_mb"):
         InstanceStore(tmp_path, -1)
+
+
+def test_filesystem_type_of_the_store_is_read_from_mountinfo(tmp_path: Path) -> None:
+    from storage.instance_store import filesystem_type
+
+    kind = filesystem_type(tmp_path)
+    assert kind and " " not in kind  # e.g. ext4, xfs, tmpfs, overlay
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_commit_flushes_once_on_journaling_file_systems_twice_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    import storage.instance_store as instance_store
+
+    synced: list[Path] = []
+    monkeypatch.setattr(instance_store, "_fsync_path", synced.append)
+    store = InstanceStore(tmp_path / "store", 0, folder_fsync=mode)
+    store.one_fsync = mode == "auto"  # as on ext4 / XFS, whatever the test machine has
+    store._durable_dirs.add(store.root / "1.2")  # folders made durable already
+    store._durable_dirs.add(store.root / "1.2" / "1.2.3")
+    (store.root / "1.2" / "1.2.3").mkdir(parents=True)
+    temp = store.temp_path()
+    temp.write_bytes(b"x" * 100)
+    final, new = store.commit(temp, "1.2", "1.2.3", "1.2.3.4")
+    assert new and final.read_bytes() == b"x" * 100 and not temp.exists()
+    if mode == "auto":
+        assert synced == [final]  # the file after its link: data and name in one commit
+    else:
+        assert synced == [temp, final.parent]
+
+
+def test_a_copy_linked_but_never_fsynced_is_replaced_by_the_retry(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store", 0)
+    final = store.path_for("1.2", "1.2.3", "1.2.3.4")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"x" * 10)  # linked, never fsynced, never acknowledged (a power cut)
+    try:
+        os.setxattr(final, "user.lungnode.pending", b"another-boot:1")
+    except OSError:
+        pytest.skip("no extended attributes here")
+    temp = store.temp_path()
+    temp.write_bytes(b"y" * 100)
+    assert store.commit(temp, "1.2", "1.2.3", "1.2.3.4") == (final, True)
+    assert final.read_bytes() == b"y" * 100
+    again = store.temp_path()
+    again.write_bytes(b"z" * 200)  # a duplicate of a durable copy: the first copy stays
+    assert store.commit(again, "1.2", "1.2.3", "1.2.3.4") == (final, False)
+    assert final.read_bytes() == b"y" * 100 and not again.exists()
+
+
+def test_folder_fsync_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="folder_fsync"):
+        InstanceStore(tmp_path / "store", 0, folder_fsync="never")

@@ -22,6 +22,14 @@ new release. Each failure names the internal and the node module that depends on
   `require_calling_aet` through the AE (scp_node.receiver._NodeAE)
 - `RequestHandler.handle` and `AssociationServer(request_handler=...)`
   (scp_node.connections._GuardedRequestHandler)
+- the reactor wake-ups (scp_node.dicom_settings): `pynetdicom.dul.time` and
+  `pynetdicom.association.time` as the modules' `time`, whose `sleep(_run_loop_delay)` and
+  `sleep(0.001)` are the idle sleeps of `DULServiceProvider.run_reactor` and
+  `Association._run_reactor`; `DIMSEServiceProvider.msg_queue` (a queue.Queue) and
+  `DULServiceProvider.send_pdu`
+- the direct encoders (scp_node.dicom_settings): `dimse_messages.create_file_meta` and
+  `write_file_meta_info` as looked up by `DIMSEMessage.decode_msg`;
+  `DIMSEServiceProvider.send_msg(primitive, context_id)`; `_config.LOG_HANDLER_LEVEL`
 """
 
 from __future__ import annotations
@@ -242,3 +250,128 @@ def test_request_handler_creates_the_association_and_server_accepts_request_hand
     assert {"_create_association", "start", "trigger"} <= _names(RequestHandler.handle)
     assert "request_handler" in inspect.signature(AssociationServer.__init__).parameters
     assert "request_queue_size" in dir(ThreadedAssociationServer)
+
+
+def test_idle_sleeps_are_the_module_time_sleeps_the_wakeups_replace() -> None:
+    import inspect
+
+    from pynetdicom import association, dimse, dul
+    from pynetdicom.association import Association
+
+    from scp_node import dicom_settings
+
+    configure_pynetdicom()
+    dul_source = inspect.getsource(DULServiceProvider.run_reactor)
+    assert "time.sleep(self._run_loop_delay)" in dul_source, (
+        "DULServiceProvider.run_reactor no longer idles with time.sleep(self._run_loop_delay)"
+    )
+    assert DULServiceProvider(Association(AE(), "acceptor"))._run_loop_delay == 0.001
+    reactor_source = inspect.getsource(Association._run_reactor)
+    assert f"time.sleep({dicom_settings._REACTOR_SLEEP})" in reactor_source, (
+        "Association._run_reactor no longer idles with time.sleep(0.001)"
+    )
+    assert dul.time.sleep is dicom_settings._sleep  # type: ignore[attr-defined]
+    assert association.time.sleep is dicom_settings._sleep  # type: ignore[attr-defined]
+    assert dul.time.monotonic is __import__("time").monotonic  # type: ignore[attr-defined]
+    provider = dimse.DIMSEServiceProvider(Association(AE(), "acceptor"))
+    assert hasattr(provider.msg_queue, "not_empty") and hasattr(provider.msg_queue, "_qsize")
+    assert "to_provider_queue" in _names(dicom_settings._original_send_pdu)
+
+
+def test_reactor_idle_sleep_ends_when_a_message_is_queued() -> None:
+    import queue
+    import time
+
+    from scp_node.dicom_settings import _reactor_idle
+
+    messages: queue.Queue[int] = queue.Queue()
+    threading.Timer(0.05, messages.put, args=(1,)).start()
+    started = time.monotonic()
+    _reactor_idle(messages, 5.0)
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    _reactor_idle(messages, 5.0)  # a message is waiting: no wait at all
+    assert time.monotonic() - started < 0.05
+
+
+def test_file_meta_and_decode_msg_lookups() -> None:
+    configure_pynetdicom()
+    assert {"create_file_meta", "write_file_meta_info"} <= _names(DIMSEMessage.decode_msg), (
+        "DIMSEMessage.decode_msg no longer writes the File Meta through dimse_messages' "
+        "create_file_meta and write_file_meta_info (scp_node.dicom_settings replaces them)"
+    )
+    assert _config.LOG_HANDLER_LEVEL == "none"
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax"),
+    [
+        (CTImageStorage, "1.2.3.4", ImplicitVRLittleEndian),
+        (CTImageStorage, "1.2.3.45", "1.2.840.10008.1.2.4.90"),
+        ("1.2.840.10008.5.1.4.1.1.128", generate_uid(), "1.2.840.10008.1.2.1"),
+    ],
+)
+def test_direct_file_meta_is_what_pydicom_writes(
+    sop_class: str, sop_instance: str, syntax: str
+) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    from scp_node.dicom_settings import _create_file_meta, encode_file_meta
+
+    expected = DicomBytesIO()
+    write_file_meta_info(
+        expected,
+        create_file_meta(
+            sop_class_uid=UID(sop_class),
+            sop_instance_uid=UID(sop_instance),
+            transfer_syntax=UID(syntax),
+        ),
+    )
+    ours = _create_file_meta(
+        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance), transfer_syntax=syntax
+    )
+    assert encode_file_meta(ours) == expected.getvalue()
+    odd = _create_file_meta(
+        sop_class_uid=sop_class, sop_instance_uid="1.2.\u00e9", transfer_syntax=syntax
+    )
+    assert encode_file_meta(odd) is None  # not plain: pydicom writes it
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC210, 0x0110])
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.1"])
+def test_direct_store_response_is_what_pynetdicom_encodes(status: int, sop_instance: str) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dsutils import encode
+
+    from scp_node.dicom_settings import encode_store_response
+
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    assert encode_store_response(rsp) == encode(message.command_set, True, True)
+    rsp.ErrorComment = "why"
+    assert encode_store_response(rsp) is None  # pynetdicom encodes anything else
+
+
+def test_send_msg_is_the_dimse_providers_way_to_send() -> None:
+    import inspect
+
+    from pynetdicom import dimse
+
+    from scp_node import dicom_settings
+
+    configure_pynetdicom()
+    assert list(inspect.signature(dicom_settings._original_send_msg).parameters) == [
+        "self",
+        "primitive",
+        "context_id",
+    ]
+    assert dimse.DIMSEServiceProvider.send_msg is dicom_settings._send_msg
+    assert {"send_pdu", "encode_msg", "EVT_DIMSE_SENT"} <= _names(dicom_settings._original_send_msg)

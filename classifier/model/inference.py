@@ -57,6 +57,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_checksum(path: Path) -> Path:
+    """`<file>.sha256` beside a model file, in sha256sum's format, so that `lungnode
+    check-config` (and `sha256sum -c`) can tell a changed or corrupted file."""
+    sidecar = path.with_name(path.name + ".sha256")
+    sidecar.write_text(f"{sha256_of(path)}  {path.name}\n", encoding="utf-8")
+    return sidecar
+
+
 def _configure_tensorflow_gpus() -> None:
     """Let TensorFlow grow GPU memory on demand instead of taking all of it at first use."""
     global _GPU_CONFIGURED

@@ -420,19 +420,22 @@ def run(
     (out / "lopo.json").write_text(json.dumps(summary, indent=2))
     if install:
         from classifier.model.bundled import BUNDLED_MODEL
-        from classifier.model.inference import write_model_metadata
+        from classifier.model.inference import write_checksum, write_model_metadata
 
         meta = read_model_metadata(BUNDLED_MODEL)
         shutil.copyfile(model_path, BUNDLED_MODEL)
+        # The phantom training it started from, without an earlier fine-tune's clause.
+        base_trained_on = str(meta.get("trained_on", "")).split(FINE_TUNED_CLAUSE, 1)[0]
         meta.update(
             {
-                "trained_on": meta.get("trained_on", "") + "; lesion score fine-tuned with real "
+                "trained_on": base_trained_on + FINE_TUNED_CLAUSE + " with real "
                 f"negatives and inserted lesions of {len(patients)} Lung-PET-CT-Dx patients "
                 f"({', '.join(scan_ids)}) and {len(phantom_ids)} phantoms",
                 "real_data": {k: v for k, v in summary.items() if k != "bundled_before"},
             }
         )
         write_model_metadata(BUNDLED_MODEL, meta)
+        write_checksum(BUNDLED_MODEL)
         card = BUNDLED_MODEL.parent / "MODEL_CARD.md"
         text = card.read_text()
         section = real_ct_section(summary, command)
@@ -445,6 +448,7 @@ def run(
     return summary
 
 
+FINE_TUNED_CLAUSE = "; lesion score fine-tuned"
 CARD_START = "<!-- real-ct: written by classifier.model.lopo -->"
 CARD_END = "<!-- /real-ct -->"
 

@@ -23,6 +23,7 @@ ORDER BY updated_at
 -- name: forget_study
 -- Every row of one study; the caller removes its files from the store.
 DELETE FROM events WHERE study_uid = :study_uid;
+DELETE FROM open_associations WHERE study_uid = :study_uid;
 DELETE FROM outbox WHERE study_uid = :study_uid;
 DELETE FROM results WHERE study_uid = :study_uid;
 DELETE FROM jobs WHERE study_uid = :study_uid;

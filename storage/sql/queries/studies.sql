@@ -22,12 +22,17 @@ SELECT patient_digest, birth_date_digest FROM studies WHERE study_uid = :study_u
 -- A new study is RECEIVING version 1; a study that left RECEIVING goes back with version+1.
 -- The patient digests of the first instance stay (a study indexed before they existed takes
 -- this instance's); RETURNING gives them back so the caller compares in the same transaction.
+-- The association that brought this instance becomes the study's last one (not released).
 INSERT INTO studies (study_uid, state, version, source_aet, instances, first_received_at,
                      last_received_at, updated_at, reason, accession_number, study_date,
-                     patient_id, patient_digest, birth_date_digest)
+                     patient_id, patient_digest, birth_date_digest, last_association,
+                     released_at)
 VALUES (:study_uid, :receiving, 1, :source_aet, 1, :received_at, :received_at, :received_at,
-        NULL, :accession_number, :study_date, :patient_id, :patient_digest, :birth_date_digest)
+        NULL, :accession_number, :study_date, :patient_id, :patient_digest, :birth_date_digest,
+        :association_id, NULL)
 ON CONFLICT (study_uid) DO UPDATE SET
+    last_association = excluded.last_association,
+    released_at = NULL,
     patient_digest = COALESCE(studies.patient_digest, excluded.patient_digest),
     birth_date_digest = COALESCE(studies.birth_date_digest, excluded.birth_date_digest),
     instances = studies.instances + 1,
@@ -53,11 +58,15 @@ ON CONFLICT (series_uid) DO UPDATE SET
     last_version = excluded.last_version
 
 -- name: ready_candidates
--- Quiet since :quiet_since, or every series with an expected count complete and at least one
--- such series received instances in the current version.
+-- Quiet since :quiet_since; or the association that brought the latest instance was released
+-- normally by :released_since and no association that sent to the study is still open; or
+-- every series with an expected count complete and at least one such series received
+-- instances in the current version.
 SELECT s.study_uid, s.version FROM studies s
 WHERE s.state = :receiving AND (
     s.last_received_at <= :quiet_since OR (
+        s.released_at IS NOT NULL AND s.released_at <= :released_since
+        AND NOT EXISTS (SELECT 1 FROM open_associations o WHERE o.study_uid = s.study_uid)) OR (
         EXISTS (SELECT 1 FROM series e WHERE e.study_uid = s.study_uid
                 AND e.expected_instances IS NOT NULL AND e.last_version = s.version)
         AND NOT EXISTS (SELECT 1 FROM series e WHERE e.study_uid = s.study_uid
@@ -94,3 +103,17 @@ SELECT DISTINCT calling_aet FROM instances WHERE study_uid = :study_uid ORDER BY
 -- name: studies_started_by
 -- Studies whose first instance came from :calling_aet since :since (new-study quota).
 SELECT COUNT(*) FROM studies WHERE source_aet = :calling_aet AND first_received_at >= :since
+
+-- name: open_association
+-- An association sent its first instance of a study (kept until the association ends).
+INSERT INTO open_associations (association_id, study_uid, opened_at)
+VALUES (:association_id, :study_uid, :received_at)
+ON CONFLICT (association_id, study_uid) DO NOTHING
+
+-- name: association_released
+-- A normal release: the studies whose latest instance it brought may complete soon.
+UPDATE studies SET released_at = :now
+WHERE study_uid = :study_uid AND last_association = :association_id AND state = :receiving
+
+-- name: association_ended
+DELETE FROM open_associations WHERE association_id = :association_id
