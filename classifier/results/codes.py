@@ -9,6 +9,7 @@ them all with the reason for each choice.
 from __future__ import annotations
 
 import re
+from typing import TypedDict
 
 from highdicom import ContributingEquipment
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -197,6 +198,26 @@ def series_description(kind: str, model: ModelInfo) -> str:
     if len(text) > 64:
         text = f"AI {kind}" + (" NOT FOR CLINICAL USE" if not model.clinical_use else "")
     return text
+
+
+class Equipment(TypedDict):
+    """highdicom's keyword arguments of the General Equipment module."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def equipment(model: ModelInfo) -> Equipment:
+    """The General Equipment attributes of every object the node makes (highdicom keywords):
+    one identity of the algorithm, its weights named by the serial number."""
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": model.name,
+        "software_versions": model.version,
+        "device_serial_number": model.sha256[:16],
+    }
 
 
 def algorithm_equipment(model: ModelInfo) -> ContributingEquipment:

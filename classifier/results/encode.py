@@ -199,11 +199,9 @@ def build_ko(
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
-        manufacturer=codes.MANUFACTURER,
         contributing_equipment=[codes.algorithm_equipment(model)],
         series_description=codes.series_description("key objects", model),
-        manufacturer_model_name=model.name,
-        software_versions=model.version,
+        **codes.equipment(model),
         **kwargs,
     )
 

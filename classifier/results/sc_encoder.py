@@ -213,12 +213,10 @@ def _key_image(
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
-        manufacturer=codes.MANUFACTURER,
         patient_orientation=_orientation(source if source is not None else ref),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=codes.series_description("key images", result.model),
-        manufacturer_model_name=result.model.name,
-        software_versions=result.model.version,
+        **codes.equipment(result.model),
         **kwargs,
     )
     # The chest is not a paired body part, so General Series Laterality (2C) is absent.

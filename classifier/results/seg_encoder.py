@@ -163,10 +163,7 @@ def build_seg(
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
-        manufacturer=codes.MANUFACTURER,
-        manufacturer_model_name=model.name,
-        software_versions=model.version,
-        device_serial_number=model.sha256[:16],
+        **codes.equipment(model),
         content_label="LESIONS",
         content_description=(
             "Lung lesions found by the AI algorithm"

@@ -507,7 +507,6 @@ def build_sr(
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
-        manufacturer=codes.MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -516,8 +515,7 @@ def build_sr(
         contributing_equipment=[codes.algorithm_equipment(result.model)],
         series_description=codes.series_description("lesion report", result.model),
         coding_schemes=codes.coding_schemes(),
-        manufacturer_model_name=result.model.name,
-        software_versions=result.model.version,
+        **codes.equipment(result.model),
         **kwargs,
     )
     return sr
