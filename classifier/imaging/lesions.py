@@ -34,6 +34,7 @@ from classifier.imaging.lung_mask import (
     LungMask,
     bounding_box,
     dilate_in_plane,
+    label_counts,
     lung_mask,
     subsample,
     upsample_index,
@@ -645,8 +646,8 @@ def find_candidates(
     labels, count = ndimage.label(soft)
     ct_components: list[_Blob] = []
     if count:
-        # Voxel counts (as sum_labels gives them, float64) by one bincount: memory.
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64) * voxel_ml
+        # Voxel counts (as sum_labels gives them, float64) by bincount: memory.
+        sizes = label_counts(labels, count)[1:].astype(np.float64) * voxel_ml
         region_ml = np.count_nonzero(lungs.region) * voxel_ml
         objects = ndimage.find_objects(labels)
         blobs = {}
@@ -674,6 +675,7 @@ def find_candidates(
                     grown, cavity_labels, cavity_objects, (spacing[1], spacing[2])
                 )
             ct_components.append(grown)
+        del cavity_labels, cavity_objects  # memory: done with (int32 on the crop)
         ct_components = _merge_overlapping(ct_components, soft.shape)
     n_thick = len(ct_components)
     if small_nodules:
@@ -688,13 +690,20 @@ def find_candidates(
 
     pet_components: list[_Blob] = []
     if suv is not None:
-        suv_small = subsample(suv.array, factor)[crop]
+        # Only the crop's points of the working grid: a lazy SUV computes no more than those
+        # (not the whole working grid, 117 MB of float32 on a 1,000-slice CT).
+        first = factor // 2
+        suv_small = suv.array[
+            crop[0],
+            slice(first + crop[1].start * factor, first + (crop[1].stop - 1) * factor + 1, factor),
+            slice(first + crop[2].start * factor, first + (crop[2].stop - 1) * factor + 1, factor),
+        ]
         lung_values = suv_small[labels_lung > 0]
         background = float(np.median(lung_values)) if lung_values.size else 0.0
         hot = (suv_small > max(PET_MIN_SUV, 2.0 * background)) & region
         hot_labels, hot_count = ndimage.label(hot)
         if hot_count:
-            counts = np.bincount(hot_labels.ravel(), minlength=hot_count + 1)[1:]
+            counts = label_counts(hot_labels, hot_count)[1:]
             sizes = counts.astype(np.float64) * voxel_ml  # as sum_labels, by one bincount
             objects = ndimage.find_objects(hot_labels)
             for i in np.argsort(sizes)[::-1][:MAX_CANDIDATES]:

@@ -107,6 +107,17 @@ def upsample(mask: np.ndarray, factor: int, shape: tuple[int, int, int]) -> np.n
     return out
 
 
+def label_counts(labels: np.ndarray, count: int, slab: int = 32) -> np.ndarray:
+    """Voxels per label 0..count of a label volume, as np.bincount gives them, a slab of
+    slices at a time: bincount casts its input to int64, a copy twice the size of int32
+    labels (234 MB on a 1,000-slice working grid) that this keeps to one slab.
+    """
+    out = np.zeros(count + 1, dtype=np.int64)
+    for start in range(0, labels.shape[0], slab):
+        out += np.bincount(labels[start : start + slab].ravel(), minlength=count + 1)
+    return out
+
+
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The bounding box of a mask's true voxels as slices, None when it is empty."""
     spans = []
@@ -260,7 +271,7 @@ def _rib_radii(
 
 def _cavity(
     small: np.ndarray,
-    bone_small: np.ndarray,
+    bone_mask: np.ndarray,
     outside: np.ndarray,
     own: np.ndarray,
     medial: np.ndarray,
@@ -327,7 +338,7 @@ def _cavity(
         if rr.size == 0:
             continue
         lo, hi = max(0, s - bone_steps), min(n, s + bone_steps + 1)
-        bone = (bone_small[lo:hi] > _BONE_HU).any(axis=0) & ~on
+        bone = bone_mask[lo:hi].any(axis=0) & ~on
         pr, pc = np.nonzero(on)
         centre = (float(pr.mean()), float(pc.mean()))
         radii = _rib_radii(bone, outside[s], centre, spacing[1:])
@@ -434,7 +445,7 @@ def lung_mask(ct: Volume) -> LungMask:
     result = np.zeros(small.shape, dtype=np.uint8)
     if count:
         # Voxel counts per component (as sum_labels gives them, float64), by one bincount.
-        counts = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        counts = label_counts(labels, count)[1:]
         sizes = counts.astype(np.float64) * voxel_ml
         order = [i for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= _MIN_LUNG_ML]
         keep = [i for i in order if sizes[i] >= 0.1 * sizes[order[0]]] if order else []
@@ -463,11 +474,22 @@ def lung_mask(ct: Volume) -> LungMask:
         if result.any():
             xs: list[float | None] = []
             for label in (1, 2):
-                idx = np.argwhere(result == label)
-                if idx.size == 0:
+                # The mean voxel index (np.argwhere(...).mean(axis=0), exact sums of whole
+                # numbers over the count) from per-axis projections: no (voxels, 3) int64 copy.
+                member = result == label
+                n_voxels = np.count_nonzero(member)
+                if n_voxels == 0:
                     xs.append(None)
                     continue
-                centre = idx.mean(axis=0) * np.array([1.0, factor, factor]) + np.array(
+                mean_index = np.array(
+                    [
+                        float(np.dot(np.arange(member.shape[a]), member.sum(axis=others)))
+                        / n_voxels
+                        for a, others in ((0, (1, 2)), (1, (0, 2)), (2, (0, 1)))
+                    ]
+                )
+                del member
+                centre = mean_index * np.array([1.0, factor, factor]) + np.array(
                     [0, factor // 2, factor // 2]
                 )
                 xs.append(float(ct.index_to_patient(centre)[0]))
@@ -485,8 +507,12 @@ def lung_mask(ct: Volume) -> LungMask:
         :, 2
     ]
     caudal_first = bool(z_first <= z_last)
-    # Bone on a 3 x 3 mean: a noisy or contrast-filled vessel pixel is not a rib.
-    bone_small = ndimage.uniform_filter(small, size=(1, 3, 3))
+    # Bone on a 3 x 3 mean: a noisy or contrast-filled vessel pixel is not a rib. Kept as a
+    # mask, made a slab at a time (the filter is per slice): no full int16 filtered copy.
+    bone = np.zeros(small.shape, dtype=bool)
+    for start in range(0, small.shape[0], 32):
+        chunk = ndimage.uniform_filter(small[start : start + 32], size=(1, 3, 3))
+        bone[start : start + 32] = chunk > _BONE_HU
     for label in (RIGHT, LEFT):
         lung = result == label
         if lung.any():
@@ -496,7 +522,7 @@ def lung_mask(ct: Volume) -> LungMask:
             own = fill_in_plane(closed) | (fill_in_plane(wide) & medial_cols[label - 1])
             region |= own
             cavity |= _cavity(
-                small, bone_small, outside, own, medial_cols[label - 1], spacing, caudal_first
+                small, bone, outside, own, medial_cols[label - 1], spacing, caudal_first
             )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(
