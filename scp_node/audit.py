@@ -306,7 +306,17 @@ class AssociationAuditor:
     def __init__(self, audit_log: AuditLog) -> None:
         self.audit_log = audit_log
         self._tallies: weakref.WeakKeyDictionary[Association, _Tally] = weakref.WeakKeyDictionary()
+        self._subjects: weakref.WeakKeyDictionary[Association, str | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
+
+    def connection_opened(self, event: Event) -> None:
+        """EVT_CONN_OPEN: note the TLS certificate subject while the socket is surely open; by
+        EVT_REJECTED the peer may already have read the A-ASSOCIATE-RJ and closed it."""
+        subject = peer_certificate_subject(event.assoc)
+        with self._lock:
+            self._subjects[event.assoc] = subject
 
     def _tally(self, assoc: Association) -> _Tally:
         with self._lock:
@@ -315,13 +325,18 @@ class AssociationAuditor:
                 requestor = assoc.requestor
                 primitive = requestor.primitive
                 called = getattr(primitive, "called_ae_title", None) or assoc.acceptor.ae_title
+                subject = (
+                    self._subjects.pop(assoc)
+                    if assoc in self._subjects
+                    else peer_certificate_subject(assoc)
+                )
                 tally = _Tally(
                     Party(
                         association_id=uuid.uuid4().hex[:16],
                         calling_ae=_clip(requestor.ae_title) or "",
                         called_ae=_clip(called) or "",
                         peer=f"{requestor.address}:{requestor.port}",
-                        certificate_subject=peer_certificate_subject(assoc),
+                        certificate_subject=subject,
                     )
                 )
                 self._tallies[assoc] = tally

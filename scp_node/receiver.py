@@ -307,6 +307,7 @@ class Receiver:
             if self._slot is None:
                 reindex_store(self._store, self._index)
             handlers: list[EventHandlerType] = [
+                (evt.EVT_CONN_OPEN, self._audit.connection_opened),
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
                 (evt.EVT_ACCEPTED, self._on_accepted),

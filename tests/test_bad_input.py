@@ -106,7 +106,9 @@ def test_bad_input_is_refused_or_analysed_around(tmp_path: Path, chunked_send: N
         NodeProcess(
             tmp_path / "node",
             archive_port=archive.port,
-            quiet_seconds=3,
+            # the study completes on the final release (release_quiet_seconds); a quiet window
+            # this long keeps a slow send inside the open association from completing it early
+            quiet_seconds=120,
         ) as node,
     ):
         assoc = associate(node.port)
