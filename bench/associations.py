@@ -5,7 +5,8 @@ default config) with [node] receiver_processes = 1 and more, in the same run.
 Each study is a CT series of --slices slices of 512x512 (distinct UIDs); each measurement
 starts a fresh node with an empty store. Printed per receiver_processes: MB/s of one study on
 one association, MB/s of four studies on four associations at once (total bytes / time until
-the last storescu ended), and their ratio (issue 13 asks >= 1.7 on this 2-core machine).
+the last storescu ended), their ratio (issue 13 asks >= 1.7 on this 2-core machine), and how
+the four associations were spread over the receiver processes.
 
 Usage: python bench/associations.py [--rounds 2] [--slices 100] [--processes 1,2]
 """
@@ -78,7 +79,11 @@ def measure(cache: Path, studies: list[list[Path]], processes: int, mb: list[flo
             four = time.perf_counter() - started
         finally:
             node.stop()
-    return mb[0] / one, sum(mb) / four
+        log = (Path(tmp) / "four" / "node.log").read_text(errors="replace")
+        spread = sorted(
+            (log.count(f" receiver={slot}") for slot in range(1, processes + 1)), reverse=True
+        )
+    return mb[0] / one, sum(mb) / four, "-".join(map(str, spread))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
     for round_no in range(1, args.rounds + 1):
         for n in counts:
-            one, four = measure(args.cache, studies, n, mb)
+            one, four, spread = measure(args.cache, studies, n, mb)
             rates[n].append((one, four))
             print(
                 f"round {round_no} receiver_processes={n}: one association {one:6.1f} MB/s, "
                 f"four at once {four:6.1f} MB/s, ratio {four / one:.2f} "
-                f"(load {os.getloadavg()[0]:.2f})",
+                f"(associations per receiver {spread or '-'}; load {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
     print()

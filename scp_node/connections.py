@@ -27,6 +27,7 @@ few seconds. This module closes those holes:
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import threading
@@ -106,15 +107,26 @@ class GuardedServer(ThreadedAssociationServer):
     """
 
     request_queue_size = LISTEN_BACKLOG
-    allow_reuse_port = False  # share_port(): several receiver processes on one port
+    # share_listener(): the listening socket the serve process made, shared by every receiver
+    # process, and the dispatch that lets the least busy of them accept first
+    shared_listener: socket.socket | None = None
+    dispatch: LeastBusyDispatch | None = None
 
     def server_bind(self) -> None:
-        # pynetdicom's server_bind sets SO_REUSEADDR only (not socketserver's reuse_port)
-        if self.allow_reuse_port:
-            self.socket.setsockopt(  # type: ignore[union-attr]
-                socket.SOL_SOCKET, socket.SO_REUSEPORT, 1
-            )
-        super().server_bind()
+        shared = self.shared_listener
+        if shared is None:
+            super().server_bind()
+            return
+        assert self.socket is not None
+        self.socket.close()  # socketserver made one; the shared one is bound and listening
+        self.socket = shared
+        # non-blocking: another process may take a connection between select() and accept()
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.shared_listener is None:
+            super().server_activate()
 
     def __init__(
         self,
@@ -135,10 +147,27 @@ class GuardedServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client_socket, address = self.socket.accept()
+        client_socket, address = self.accept()
         client_socket.settimeout(self.ae.network_timeout)
         return client_socket, address
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        """accept(2) on the listening socket; on a shared one after the least busy receiver
+        process had its turn (BlockingIOError, which socketserver ignores, when it took it)."""
+        assert self.socket is not None
+        dispatch = self.dispatch
+        if dispatch is None:
+            return self.socket.accept()
+        dispatch.wait_for_turn(self.socket, len(self.active_associations))
+        accepted = self.socket.accept()
+        dispatch.opened()
+        return accepted
+
+    def service_actions(self) -> None:
+        """Each turn of the accept loop: publish this process's open associations."""
+        super().service_actions()
+        if self.dispatch is not None:
+            self.dispatch.publish(len(self.active_associations))
 
     # --- pending connections per source address ---------------------------------------------
 
@@ -335,10 +364,65 @@ def _close(dul: DULServiceProvider, before_association: bool) -> None:
         dul.to_user_queue.put(None)  # type: ignore[arg-type]  # receive_pdu returns None
 
 
-def share_port() -> None:
-    """Let several processes of this host listen on the SCP's port (SO_REUSEPORT: the kernel
-    spreads new connections over them); set in each receiver process before it listens."""
-    GuardedServer.allow_reuse_port = True
+class LeastBusyDispatch:
+    """Which receiver process accepts a new connection: the one with the fewest open
+    associations. The processes share one listening socket and a table of their association
+    counts (a multiprocessing.Array of int, one entry per process); one that is busier than the
+    least busy waits up to `max_wait_s` per association of difference for it to accept, then
+    accepts itself (the other may be stuck). The kernel's own spreading (SO_REUSEPORT hashes
+    addresses) put four connections 3-1 on two processes half of the time."""
+
+    POLL_SECONDS = 0.001
+
+    def __init__(self, counts: Any, index: int, max_wait_s: float = 0.05) -> None:
+        self.counts = counts
+        self.index = index
+        self.max_wait_s = max_wait_s
+
+    def publish(self, open_associations: int) -> None:
+        self.counts[self.index] = open_associations
+
+    def opened(self) -> None:
+        with self.counts.get_lock():
+            self.counts[self.index] += 1
+
+    def wait_for_turn(self, listener: socket.socket, open_associations: int) -> None:
+        """Return when this process should try accept(2): it is among the least busy, the
+        connection was taken by another process, or it waited long enough."""
+        self.publish(open_associations)
+        started = time.monotonic()
+        while True:
+            counts = list(self.counts)
+            behind = counts[self.index] - min(counts)
+            if behind <= 0 or time.monotonic() - started >= self.max_wait_s * behind:
+                return
+            time.sleep(self.POLL_SECONDS)
+            readable, _, _ = select.select([listener], [], [], 0)
+            if not readable:  # another process accepted it
+                return
+
+
+def share_listener(listener: socket.socket, dispatch: LeastBusyDispatch) -> None:
+    """Receive on `listener` (bound and listening, made by the serve process and shared by
+    every receiver process) with least-busy dispatch; set in each receiver process before it
+    starts its SCP."""
+    GuardedServer.shared_listener = listener
+    GuardedServer.dispatch = dispatch
+
+
+def make_listener(host: str, port: int) -> socket.socket:
+    """The SCP's listening socket, bound and listening, for receiver processes to share;
+    raises OSError when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(LISTEN_BACKLOG)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 def install() -> None:

@@ -604,11 +604,12 @@ class Receiver:
         requestor = event.assoc.requestor
         refused = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
         log.info(
-            "association accepted calling_ae=%s called_ae=%s peer=%s:%s%s",
+            "association accepted calling_ae=%s called_ae=%s peer=%s:%s%s%s",
             requestor.ae_title,
             event.assoc.acceptor.ae_title,
             requestor.address,
             requestor.port,
+            "" if self._slot is None else f" receiver={self._slot}",
             _refused_summary(refused),
         )
         self._audit.accepted(event)

@@ -3,9 +3,10 @@
 pynetdicom runs each association in Python threads of one process, so one process receives on
 one core whatever the number of associations. With `receiver_processes = N` (N > 1), `lungnode
 serve` starts N receiver processes (multiprocessing, spawn: fresh interpreters, no TensorFlow)
-that each listen on [node] port with SO_REUSEPORT, so the kernel spreads new connections over
-them. All write the same store and index: the store's commit is atomic per SOP Instance (a
-hard link), the index's insert is idempotent on SOP Instance UID, so an instance sent on two
+that share one listening socket on [node] port, made by the serve process; a new connection is
+accepted by the receiver with the fewest open associations (connections.LeastBusyDispatch).
+All write the same store and index: the store's commit is atomic per SOP Instance (a hard
+link), the index's insert is idempotent on SOP Instance UID, so an instance sent on two
 associations at once is stored and indexed once. On SQLite (WAL; several writer processes of
 one host, each waiting up to the busy timeout for the write lock) each receiver keeps its own
 durability mark (scp_node.index_recovery); the serve process re-indexes once, before it starts
@@ -25,12 +26,14 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -70,9 +73,16 @@ class ReceiverProcesses:
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, BaseProcess] = {}
         self._stopping = False
+        self._listener: socket.socket | None = None
+        # open associations per receiver (slot - 1), read by each receiver's dispatch
+        self._counts = self._context.Array("i", count)
 
     def start(self) -> None:
-        """Empty the metrics folder, count receiver metrics from it, start every receiver."""
+        """Listen on [node] host:port (OSError when it is taken), empty the metrics folder,
+        count receiver metrics from it, start every receiver on the shared listening socket."""
+        from scp_node.connections import make_listener
+
+        self._listener = make_listener(self.config.node.host, self.config.node.port)
         shutil.rmtree(self.metrics_folder, ignore_errors=True)
         self.metrics_folder.mkdir(mode=0o700, parents=True)
         # inherited by the spawned receivers only: this process's counters are made already
@@ -88,7 +98,7 @@ class ReceiverProcesses:
     def _start(self, slot: int) -> None:
         process = self._context.Process(
             target=run_receiver,
-            args=(self.config, slot, self.log_level),
+            args=(self.config, slot, self.log_level, self._listener, self._counts),
             name=f"lungnode-receiver-{slot}",
             daemon=False,
         )
@@ -117,6 +127,8 @@ class ReceiverProcesses:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every receiver (each drains like a single node), then wait; SIGKILL late."""
         self._stopping = True
+        if self._listener is not None:  # the receivers' copies close as they stop
+            self._listener.close()
         for process in self._processes.values():
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -129,8 +141,11 @@ class ReceiverProcesses:
                 process.join(5)
 
 
-def run_receiver(config: Config, slot: int, log_level: str) -> None:
-    """A receiver process: the SCP on the shared port, until SIGTERM/SIGINT."""
+def run_receiver(
+    config: Config, slot: int, log_level: str, listener: socket.socket, counts: Any
+) -> None:
+    """A receiver process: the SCP on the shared listening socket, until SIGTERM/SIGINT.
+    `counts`: every receiver's open associations (multiprocessing.Array, index slot - 1)."""
     from scp_node import connections
     from scp_node.dicom_settings import configure_pynetdicom
     from scp_node.logs import configure_logging
@@ -143,7 +158,8 @@ def run_receiver(config: Config, slot: int, log_level: str) -> None:
 
     configure_logging(log_level)
     configure_pynetdicom()
-    connections.share_port()
+    counts[slot - 1] = 0  # a restarted receiver's predecessor may have left its count
+    connections.share_listener(listener, connections.LeastBusyDispatch(counts, slot - 1))
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

@@ -185,8 +185,8 @@ class HandshakeInThreadServer(ReadTimeoutServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept a connection and wrap it for TLS without handshaking yet."""
-        assert self.socket is not None and self.ssl_context is not None
-        client_socket, address = self.socket.accept()
+        assert self.ssl_context is not None
+        client_socket, address = self.accept()
         wrapped = self.ssl_context.wrap_socket(
             client_socket, server_side=True, do_handshake_on_connect=False
         )

@@ -23,7 +23,7 @@ import pydicom
 
 from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
-from classifier.results.encode import encode, kind_of
+from classifier.results.encode import encode, kind_of, warm_up
 from scp_node.config import Config
 from scp_node.metrics import METRICS
 from scp_node.routing import destinations_for
@@ -63,6 +63,7 @@ class AnalysisWorker:
         self._index = index
         self._worker_id = worker_id
         self._classifier: LesionClassifier | None = None
+        self._warmed_up = False
 
     @property
     def classifier(self) -> LesionClassifier:
@@ -83,6 +84,11 @@ class AnalysisWorker:
 
     def run_once(self) -> bool:
         """Claim and process one job; returns False when no job was waiting."""
+        if not self._warmed_up:  # the first tick, normally while no study is waiting yet
+            started = time.monotonic()
+            warm_up()
+            self._warmed_up = True
+            log.debug("encoders warmed up in %.2f s", time.monotonic() - started)
         now = time.time()
         job = self._index.claim_job(self._worker_id, self._config.pipeline.job_lease_seconds, now)
         if job is None:

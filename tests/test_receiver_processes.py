@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -122,3 +125,75 @@ def test_recovery_starts_from_the_oldest_receiver_mark(tmp_path: Path) -> None:
         assert (read_mark(mark_path(index)) or 0) > 200.0
     finally:
         db.close()
+
+
+# --- least-busy dispatch over the shared listening socket ----------------------------------
+
+
+def _pending_connection() -> tuple[socket.socket, socket.socket]:
+    """A listening socket with one connection waiting in its accept queue, and that client."""
+    from scp_node.connections import make_listener
+
+    listener = make_listener("127.0.0.1", 0)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    return listener, client
+
+
+def test_the_least_busy_receiver_accepts_at_once_a_busier_one_waits() -> None:
+    from scp_node.connections import LeastBusyDispatch
+
+    counts = multiprocessing.get_context("spawn").Array("i", 2)
+    listener, client = _pending_connection()
+    try:
+        idle = LeastBusyDispatch(counts, 1, max_wait_s=0.2)
+        busy = LeastBusyDispatch(counts, 0, max_wait_s=0.2)
+        started = time.monotonic()
+        idle.wait_for_turn(listener, open_associations=0)
+        assert time.monotonic() - started < 0.1
+        busy.publish(2)
+        started = time.monotonic()
+        busy.wait_for_turn(listener, open_associations=2)  # nobody takes it: waits 2 x 0.2 s
+        assert 0.35 < time.monotonic() - started < 2.0
+        # the idle one takes the connection while the busy one waits: the busy one stops waiting
+        timer = threading.Timer(0.1, lambda: listener.accept()[0].close())
+        timer.start()
+        started = time.monotonic()
+        busy.wait_for_turn(listener, open_associations=2)
+        assert time.monotonic() - started < 0.35
+        timer.join()
+        busy.opened()
+        assert list(counts) == [3, 0]
+    finally:
+        client.close()
+        listener.close()
+
+
+@pytest.mark.slow
+def test_associations_are_spread_evenly_over_receiver_processes(
+    node_process: Callable[..., NodeProcess],
+) -> None:
+    """Four associations opened one after another, all kept open, land 2-2 on two receiver
+    processes (SO_REUSEPORT's address hash put them 3-1 or 4-0 half of the time)."""
+    from pynetdicom import AE
+
+    node = node_process(role="receiver", overrides={"node__receiver_processes": 2}).start()
+    deadline = time.monotonic() + 60
+    while node.log().count("lungnode.receiver: listening") < 2:
+        assert time.monotonic() < deadline, node.log()[-3000:]
+        time.sleep(0.2)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = []
+    try:
+        for _ in range(4):
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="LUNGNODE")
+            assert assoc.is_established, node.log()[-3000:]
+            held.append(assoc)
+            time.sleep(0.3)  # the receivers publish their counts
+        log = node.log()
+        spread = sorted(log.count(f" receiver={slot}") for slot in (1, 2))
+        assert spread == [2, 2], log[-3000:]
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert node.stop() == 0

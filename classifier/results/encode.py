@@ -23,7 +23,7 @@ from pydicom.tag import BaseTag
 from classifier.results import codes, sr_encoder
 from classifier.results.pr_encoder import build_gsps
 from classifier.results.sanitize import REQUIRED_TYPE_2, clean_source, copied_root_keywords
-from classifier.results.sc_encoder import build_key_images
+from classifier.results.sc_encoder import build_key_images, warm_up_rendering
 from classifier.results.seg_encoder import build_seg
 from classifier.results.sr_encoder import (
     DEFAULT_HISTOLOGY_MIN_PROBABILITY,
@@ -34,6 +34,19 @@ from classifier.types import StudyResult
 
 UTF8 = "ISO_IR 192"
 _IMMUTABLE = (str, int, float, bytes, type(None))
+
+
+def warm_up() -> None:
+    """Load now what the first `encode` of a process would load on demand: highdicom's tables of
+    the DICOM standard (0.8 s of JSON parsing here) and matplotlib's fonts. The node runs it at
+    start-up, so the first study's results do not wait for them."""
+    from highdicom import _standard_utils  # private: the tables behind highdicom's IOD checks
+
+    for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        load = getattr(_standard_utils, name, None)
+        if callable(load):  # gone in a later highdicom: the first encode loads what it needs
+            load()
+    warm_up_rendering()
 
 
 def header_only(dataset: Dataset) -> Dataset:

@@ -42,6 +42,14 @@ def _rgb(figure: Figure) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, :3])
 
 
+def warm_up_rendering() -> None:
+    """Render a line of text once, so matplotlib's font cache is loaded before the first key
+    image is needed."""
+    figure = _canvas(64, 16)
+    figure.text(0.5, 0.5, "lungnode", color="white", ha="center", va="center", fontsize=8)
+    _rgb(figure)
+
+
 def _colour(number: int) -> tuple[float, float, float]:
     r, g, b = geometry.lesion_colour(number)
     return (r / 255, g / 255, b / 255)
