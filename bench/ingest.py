@@ -108,7 +108,10 @@ def send(files: list[Path], port: int, called_ae: str) -> float:
     result = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0 or "E:" in result.stderr:
-        raise RuntimeError(f"storescu to {called_ae} failed: {result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"storescu to {called_ae} failed (exit {result.returncode}): "
+            f"{result.stderr[-2000:]}{result.stdout[-2000:]}"
+        )
     return elapsed
 
 

@@ -158,16 +158,23 @@ class GuardedServer(ThreadedAssociationServer):
         dispatch = self.dispatch
         if dispatch is None:
             return self.socket.accept()
-        dispatch.wait_for_turn(self.socket, len(self.active_associations))
+        dispatch.wait_for_turn(self.socket, self.open_connections())
         accepted = self.socket.accept()
-        dispatch.opened()
+        dispatch.publish(self.open_connections() + 1)  # not yet verified nor adopted
         return accepted
 
+    def open_connections(self) -> int:
+        """Connections of this server not yet ended: accepted and not yet handed to an
+        association, or handed to one whose thread has not ended."""
+        with self._pending_lock:
+            adopted = sum(1 for a in list(self._pending) if a.ident is None or a.is_alive())
+            return len(self._reserved) + adopted
+
     def service_actions(self) -> None:
-        """Each turn of the accept loop: publish this process's open associations."""
+        """Each turn of the accept loop: publish this process's open connections."""
         super().service_actions()
         if self.dispatch is not None:
-            self.dispatch.publish(len(self.active_associations))
+            self.dispatch.publish(self.open_connections())
 
     # --- pending connections per source address ---------------------------------------------
 
@@ -381,10 +388,6 @@ class LeastBusyDispatch:
 
     def publish(self, open_associations: int) -> None:
         self.counts[self.index] = open_associations
-
-    def opened(self) -> None:
-        with self.counts.get_lock():
-            self.counts[self.index] += 1
 
     def wait_for_turn(self, listener: socket.socket, open_associations: int) -> None:
         """Return when this process should try accept(2): it is among the least busy, the
