@@ -422,9 +422,13 @@ def make_listener(host: str, port: int) -> socket.socket:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
         listener.listen(LISTEN_BACKLOG)
-    except OSError:
+    except OSError as exc:
         listener.close()
-        raise
+        raise OSError(
+            exc.errno,
+            f"cannot listen on {host}:{port} ([node] host and port): {exc.strerror}; stop the "
+            "process that holds the port or choose another",
+        ) from exc
     return listener
 
 

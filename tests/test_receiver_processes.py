@@ -196,3 +196,15 @@ def test_associations_are_spread_evenly_over_receiver_processes(
         for assoc in held:
             assoc.release()
     assert node.stop() == 0
+
+
+def test_a_taken_port_is_named_when_the_shared_listener_is_made() -> None:
+    from scp_node.connections import make_listener
+
+    taken = make_listener("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port} \(\[node\] host"):
+            make_listener("127.0.0.1", port)
+    finally:
+        taken.close()
