@@ -37,13 +37,15 @@ def test_evaluate_detector_on_real_patients(
     assert set(rows) == {"Lung_Dx-A0002", "Lung_Dx-E0002", "Lung_Dx-E0003"}
     for row in rows.values():
         assert row["tumours"] == 1, row["scan_id"]
-        # One tumour per study: each finding is its hit, an extra fragment, or an FP.
-        extra = row["extra_fragments"]
-        assert row["findings"] == row["true_positives"] + extra + row["false_positives"]
-        assert row["candidates_scored"] >= row["findings"]
+        # One tumour per study: each finding is its hit, an extra fragment, a finding beside
+        # it (centred within the hit margin, touching none of its boxes) or an FP.
         tumour = row["per_tumour"][0]
+        extra, beside = row["extra_fragments"], len(tumour["beside"])
+        assert row["findings"] == row["true_positives"] + extra + beside + row["false_positives"]
+        assert row["other_findings"] == beside + row["false_positives"]
+        assert row["candidates_scored"] >= row["findings"]
         assert tumour["annotated"]["box_z_mm"] > 0
-        assert tumour["fragments"] == len(tumour["hits"])
+        assert tumour["fragments"] + beside == len(tumour["hits"])
     froc = summary["froc"]
     assert froc["n_scans"] == 3 and froc["n_lesions"] == 3
     assert 0.0 <= froc["cpm"] <= 1.0

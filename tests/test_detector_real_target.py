@@ -2,6 +2,11 @@
 default settings (threshold, most findings per study): the tumour found as ONE finding whose
 long axis is within 30 % of the annotated extent, and at most 2 other findings per study.
 
+"One finding": exactly one finding outlines part of the tumour (its mask touches the tumour's
+annotated slice boxes); a finding whose centre lies within the hit margin of a large tumour's
+box but that touches none of its boxes is something beside the tumour, and counts among the
+other findings (with the false positives), which a reader must dismiss all the same.
+
 The annotated extent of a tumour is its largest per-slice box: a RECIST long axis inside it
 lies between the box's longer side and its diagonal, so the finding's long axis must lie within
 [0.7 x longer side, 1.3 x diagonal]. A0002 has TCIA's boxes, E0002 and E0003 the project's
@@ -37,25 +42,7 @@ def rows(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "scan_id",
-    [
-        "Lung_Dx-A0002",
-        "Lung_Dx-E0002",
-        pytest.param(
-            "Lung_Dx-E0003",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="measured 2026-12-02, chest cavity + LOPO fine-tuned bundled model (which "
-                "trained on this scan: not a quality figure): the T4 mass is one finding outlined "
-                "whole (108.3 mm, p 0.81; annotated 118-147 mm) with no false positive, but a 34 "
-                "mm left hilar structure just below the mass's lowest slice (p 0.55; most likely "
-                "the left pulmonary vessels) lies within the box's 5 mm margin and counts as a "
-                "second finding on the tumour (fragments 2).",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("scan_id", ["Lung_Dx-A0002", "Lung_Dx-E0002", "Lung_Dx-E0003"])
 def test_tumour_is_one_finding_of_the_right_size_with_few_others(
     rows: dict[str, dict[str, Any]], scan_id: str
 ) -> None:
@@ -69,4 +56,5 @@ def test_tumour_is_one_finding_of_the_right_size_with_few_others(
     low = (1 - AXIS_TOLERANCE) * annotated["largest_slice_box_long_side_mm"]
     high = (1 + AXIS_TOLERANCE) * annotated["largest_slice_box_diagonal_mm"]
     assert low <= axis <= high, f"{scan_id}: long axis {axis} mm, annotated {annotated}"
-    assert row["false_positives"] <= MAX_OTHER_FINDINGS, row["false_positive_findings"]
+    others = row["false_positive_findings"] + tumour["beside"]
+    assert row["other_findings"] <= MAX_OTHER_FINDINGS, others

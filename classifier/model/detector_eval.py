@@ -223,6 +223,21 @@ def _finding_box_mm(lesion: Lesion, ct: Volume) -> GroundTruthLesion:
     )
 
 
+def _touches(lesion: Lesion, ct: Volume, reference: Reference) -> bool:
+    """Whether the finding's mask has a voxel inside one of the tumour's annotated slice boxes
+    (on that slice): the finding outlines part of the tumour, not something beside it."""
+    idx = np.argwhere(lesion.mask) + np.array(lesion.mask_origin)
+    if reference.volume is not ct:  # boxes on a sibling series: through patient coordinates
+        idx = np.rint(reference.volume.patient_to_index(ct.index_to_patient(idx))).astype(int)
+    for box in reference.slice_lesion.slices:
+        x0, y0, x1, y1 = box.box
+        on = idx[idx[:, 0] == box.slice_index]
+        inside = (on[:, 1] >= y0) & (on[:, 1] <= y1) & (on[:, 2] >= x0) & (on[:, 2] <= x1)
+        if inside.any():
+            return True
+    return False
+
+
 def _boxes_intersect(a: GroundTruthLesion, b: GroundTruthLesion) -> bool:
     return all(
         al <= bh and bl <= ah
@@ -254,20 +269,40 @@ def study_row(
     for n, reference in enumerate(study.references):
         hits = matching.hits[n]
         best = lesions[hits[0]] if hits else None
+        touching = [
+            i
+            for i in hits
+            if study.ct is not None
+            and lesions[i].mask.any()
+            and _touches(lesions[i], study.ct, reference)
+        ]
         tumours.append(
             {
                 "name": reference.lesion.name,
                 "slices": list(reference.slice_lesion.slice_range),
                 "reference_series_uid": reference.series_instance_uid,
                 "detected": bool(hits),
-                "fragments": len(hits),
+                # findings that outline part of the tumour (at least the one that hit it)
+                "fragments": max(len(touching), 1) if hits else 0,
                 "hits": [
                     {
                         "finding": lesions[i].tracking_id,
                         "probability": round(lesions[i].lesion_probability, 3),
                         "long_axis_mm": round(lesions[i].long_axis_mm, 1),
+                        "touches_annotated_boxes": i in touching,
                     }
                     for i in hits
+                ],
+                # hits by the centroid rule that touch none of its boxes: findings beside it
+                "beside": [
+                    {
+                        "finding": lesions[i].tracking_id,
+                        "probability": round(lesions[i].lesion_probability, 3),
+                        "long_axis_mm": round(lesions[i].long_axis_mm, 1),
+                        "key_slice": lesions[i].key_slice_index,
+                    }
+                    for i in hits[1:]
+                    if i not in touching
                 ],
                 "best_finding_long_axis_mm": round(best.long_axis_mm, 1) if best else None,
                 "false_positives_overlapping": [
@@ -293,6 +328,8 @@ def study_row(
         "true_positives": sum(t["detected"] for t in tumours),
         "false_positives": len(matching.false_positives),
         "extra_fragments": sum(max(0, int(t["fragments"]) - 1) for t in tumours),
+        # what a reader must dismiss besides the tumours: FPs and findings beside a tumour
+        "other_findings": len(matching.false_positives) + sum(len(t["beside"]) for t in tumours),
         "per_tumour": tumours,
         "false_positive_findings": [
             {
@@ -452,9 +489,10 @@ def _report_md(summary: dict[str, Any]) -> str:
         f"at most {summary['settings']['max_findings_per_study'] or 'all'} findings per study "
         "(the most probable first):",
         "",
-        "| study | findings | tumours | TP | fragments on tumours | FP | "
-        "finding long axis vs annotated (mm) | FPs overlapping a tumour, centre outside |",
-        "|---|---|---|---|---|---|---|---|",
+        "| study | findings | tumours | TP | fragments on tumours | beside a tumour | FP | "
+        "other findings | finding long axis vs annotated (mm) | "
+        "FPs overlapping a tumour, centre outside |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["studies"]:
         axes = "; ".join(
@@ -470,9 +508,15 @@ def _report_md(summary: dict[str, Any]) -> str:
             for t in row["per_tumour"]
             for f in t["false_positives_overlapping"]
         )
+        beside = "; ".join(
+            f"{f['finding']} {f['long_axis_mm']} mm p={f['probability']}"
+            for t in row["per_tumour"]
+            for f in t["beside"]
+        )
         lines.append(
             f"| {row['scan_id']} | {row['findings']} | {row['tumours']} | "
-            f"{row['true_positives']} | {fragments or '-'} | {row['false_positives']} | "
+            f"{row['true_positives']} | {fragments or '-'} | {beside or '-'} | "
+            f"{row['false_positives']} | {row['other_findings']} | "
             f"{axes or '-'} | {overlapping or '-'} |"
         )
     froc_part = summary["froc"]
@@ -537,7 +581,10 @@ def evaluate_detector(
         "reporting_threshold": threshold,
         "hit_rule": f"a finding (its centroid) is on a tumour when it lies in the tumour's 3-D "
         f"reference box grown by {margin_mm:g} mm; several findings on one tumour count once "
-        f"(the best), the others are fragments, neither TP nor FP (LUNA16)",
+        f"(the best), the others neither TP nor FP (LUNA16). Of those, a finding whose outline "
+        f"touches one of the tumour's annotated slice boxes is a fragment (the tumour reported in "
+        f"pieces); one that touches none lies beside the tumour and counts, with the FPs, among "
+        f"the other findings a reader must dismiss",
         "studies": [study_row(s, threshold, margin_mm, limit) for s in studies],
         "froc": curve.as_dict(),
     }
