@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,7 +381,8 @@ def render_study_png(
     study: StudyEvaluation, threshold: float, path: Path, margin_mm: float = HIT_MARGIN_MM
 ) -> None:
     """Every finding of a study on its key slice (lung window), with its probability: red a
-    false positive, yellow a hit on a tumour; dashed when below the reporting threshold;
+    false positive, yellow a hit on a tumour, orange a finding beside one (within the hit
+    margin, touching none of its boxes); dashed when below the reporting threshold;
     reference boxes green. A first panel per tumour shows its middle annotated slice."""
     ct = study.ct
     if ct is None:
@@ -393,11 +395,17 @@ def render_study_png(
             continue
         s0, s1 = reference.slice_lesion.slice_range
         panels.append(((s0 + s1) // 2, f"{reference.lesion.name} (reference)", []))
+    best = {hits[0] for hits in matching.hits.values() if hits}
     order = sorted(range(len(study.findings)), key=lambda i: -study.findings[i].score)
     for i in order:
         lesion = study.lesions[i]
-        kind = f"hit {study.references[hit_by[i]].lesion.name}" if i in hit_by else "FP"
-        colour = "yellow" if i in hit_by else "red"
+        if i not in hit_by:
+            kind, colour = "FP", "red"
+        else:
+            reference = study.references[hit_by[i]]
+            touches = lesion.mask.any() and _touches(lesion, ct, reference)
+            kind = f"{'hit' if touches or i in best else 'beside'} {reference.lesion.name}"
+            colour = "yellow" if touches or i in best else "orange"
         panels.append(
             (
                 lesion.key_slice_index,
@@ -416,12 +424,13 @@ def render_study_png(
         ax.set_axis_off()
     for ax, (s, title, boxes) in zip(axes_grid.ravel(), panels, strict=False):
         _draw_panel(ax, ct, s, aspect, study, boxes, title)
-    figure.suptitle(
+    title = (
         f"{study.scan_id}: every candidate with its lesion probability (reporting threshold "
-        f"{threshold:g}; dashed below it); reference green, hit yellow, FP red. {NOT_CLINICAL}",
-        fontsize=8,
+        f"{threshold:g}; dashed below it); reference green, hit yellow, beside a tumour orange, "
+        f"FP red. {NOT_CLINICAL}"
     )
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    figure.suptitle(textwrap.fill(title, width=int(2.6 * cols * 14)), fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=70)
 
