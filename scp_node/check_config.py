@@ -310,6 +310,9 @@ def _tls(config: Config, findings: list[Finding], now: float) -> None:
             findings.append(
                 Finding(OK, "tls", "[security] tls_private_key", "matches the certificate")
             )
+    note = security.unmapped_certificates_note
+    if note is not None:
+        findings.append(Finding(WARNING, "tls", "[security] tls_client_ae_titles", note))
 
 
 # ---- model -----------------------------------------------------------------------------------

@@ -102,6 +102,17 @@ class SecurityConfig:
         return next((aes for subj, aes in self.tls_client_ae_titles if subj == wanted), ())
 
     @property
+    def unmapped_certificates_note(self) -> str | None:
+        """Why TLS without [security] tls_client_ae_titles is weaker, None when not the case."""
+        if not self.tls_enabled or self.tls_client_ae_titles:
+            return None
+        return (
+            "[security] tls_client_ae_titles is empty: any client certificate that "
+            "tls_ca_certificates trusts may present any AE title of allowed_calling_aets; map "
+            "each certificate subject to the AE titles it may present"
+        )
+
+    @property
     def tls_enabled(self) -> bool:
         """True when the SCP speaks DICOM TLS (a certificate and key are configured)."""
         return self.tls_certificate is not None

@@ -264,6 +264,8 @@ class Receiver:
             ae.admits_nobody = not allowed
         if security.tls_enabled and security.tls_client_ae_titles:
             ae.ae_titles_of_subject = security.ae_titles_of_subject
+        if security.unmapped_certificates_note is not None:
+            log.warning("%s", security.unmapped_certificates_note)
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))

@@ -88,6 +88,10 @@ def test_check_config_tls_expiry_warns_within_30_days_and_fails_once_expired(
     tls = [f for f in findings if f.check == "tls"]
     assert {f.level for f in tls} == {OK, WARNING}, tls  # the key matches; expires in 2 days
     assert any("expires in" in f.message for f in tls) and not failed(findings)
+    (unmapped,) = [f for f in tls if f.subject == "[security] tls_client_ae_titles"]
+    assert unmapped.level == WARNING and "may present any AE title" in unmapped.message
+    mapped = dict(environ, LUNGNODE__SECURITY__TLS_CLIENT_AE_TITLES="CN=peer => STORESCU")
+    assert not [f for f in check_config(DEFAULT_CONFIG, mapped) if f.subject == unmapped.subject]
     later = check_config(DEFAULT_CONFIG, environ, now=time.time() + 3 * DAY)
     expired = [f for f in later if f.check == "tls" and f.level == ERROR]
     assert {f.subject for f in expired} == {

@@ -76,8 +76,11 @@ def test_certificate_may_present_only_its_mapped_ae_titles(
 def test_without_a_mapping_the_subject_is_still_audited(
     tmp_path: Path,
     certs: Certificates,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    running = RunningNode(tmp_path, **tls_overrides(certs))
+    with caplog.at_level("WARNING", logger="lungnode.receiver"):
+        running = RunningNode(tmp_path, **tls_overrides(certs))
+    assert "tls_client_ae_titles is empty" in caplog.text  # said at start-up
     try:
         tls = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.ca)
         echo = run_echoscu(running.port, calling_ae="ECHOSCU", called_ae="LUNGNODE", extra_args=tls)
