@@ -246,6 +246,16 @@ def _boxes_intersect(a: GroundTruthLesion, b: GroundTruthLesion) -> bool:
     )
 
 
+def _summary(lesion: Lesion, **extra: Any) -> dict[str, Any]:
+    """A finding in the report: its name, probability and long axis, and `extra` keys."""
+    return {
+        "finding": lesion.tracking_id,
+        "probability": round(lesion.lesion_probability, 3),
+        "long_axis_mm": round(lesion.long_axis_mm, 1),
+        **extra,
+    }
+
+
 def reported(study: StudyEvaluation, threshold: float, max_findings: int = 0) -> list[int]:
     """Indices of the findings the node would report: at or above the threshold, at most
     `max_findings` of them (0: all), the most probable first (as `analyze_study` does)."""
@@ -285,33 +295,16 @@ def study_row(
                 "detected": bool(hits),
                 # findings that outline part of the tumour (at least the one that hit it)
                 "fragments": max(len(touching), 1) if hits else 0,
-                "hits": [
-                    {
-                        "finding": lesions[i].tracking_id,
-                        "probability": round(lesions[i].lesion_probability, 3),
-                        "long_axis_mm": round(lesions[i].long_axis_mm, 1),
-                        "touches_annotated_boxes": i in touching,
-                    }
-                    for i in hits
-                ],
+                "hits": [_summary(lesions[i], touches_annotated_boxes=i in touching) for i in hits],
                 # hits by the centroid rule that touch none of its boxes: findings beside it
                 "beside": [
-                    {
-                        "finding": lesions[i].tracking_id,
-                        "probability": round(lesions[i].lesion_probability, 3),
-                        "long_axis_mm": round(lesions[i].long_axis_mm, 1),
-                        "key_slice": lesions[i].key_slice_index,
-                    }
+                    _summary(lesions[i], key_slice=lesions[i].key_slice_index)
                     for i in hits[1:]
                     if i not in touching
                 ],
                 "best_finding_long_axis_mm": round(best.long_axis_mm, 1) if best else None,
                 "false_positives_overlapping": [
-                    {
-                        "finding": lesions[i].tracking_id,
-                        "probability": round(lesions[i].lesion_probability, 3),
-                        "long_axis_mm": round(lesions[i].long_axis_mm, 1),
-                    }
+                    _summary(lesions[i])
                     for i in matching.false_positives
                     if study.ct is not None
                     and lesions[i].mask.any()
@@ -333,13 +326,7 @@ def study_row(
         "other_findings": len(matching.false_positives) + sum(len(t["beside"]) for t in tumours),
         "per_tumour": tumours,
         "false_positive_findings": [
-            {
-                "finding": lesions[i].tracking_id,
-                "probability": round(lesions[i].lesion_probability, 3),
-                "side": lesions[i].side,
-                "long_axis_mm": round(lesions[i].long_axis_mm, 1),
-                "key_slice": lesions[i].key_slice_index,
-            }
+            _summary(lesions[i], side=lesions[i].side, key_slice=lesions[i].key_slice_index)
             for i in matching.false_positives
         ],
         "notes": list(study.skipped),
