@@ -13,11 +13,18 @@ beside this one; the fixtures here give tests one way to get each of them.
 - `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
 - `lung_pet_ct_dx`: its Lung-PET-CT-Dx patients in the TCIA layout.
 - `encoded_cases`: the SR/SEG test cases, encoded once per session (tests/encoded_cases.py).
+
+Every test gets the logging setup back as it found it (`_logging_as_found`): a test that runs
+`lungnode ...` in-process installs the node's stdout handler on pytest's captured stdout, and a
+thread of a later test logging there would write into a closed stream.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,19 @@ REPO = Path(__file__).resolve().parents[1]
 # Real data (a Lung-PET-CT-Dx subset, PET with SUV tags) lives outside the repository; a
 # checkout elsewhere (e.g. a git worktree) points at it with LUNGNODE_TEST_SHARED_DATA.
 SHARED_DATA = Path(os.environ.get("LUNGNODE_TEST_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """Root handlers and level, the hooks and the capture of warnings, restored after the test."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.excepthook, threading.excepthook)
+    try:
+        yield
+    finally:
+        root.handlers[:], level, sys.excepthook, threading.excepthook = saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 @pytest.fixture

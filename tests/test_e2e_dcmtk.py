@@ -95,6 +95,7 @@ def test_real_lung_pet_ct_dx_series(
         node.wait_for(
             lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120, "DELIVERED"
         )
+        found = _results(archive)  # the SEG may arrive after the SR: read again once delivered
     (sr,) = found["SR"]
     assert run_dciodvfy(Path(sr.filename)) == []
     series_of = {}

@@ -120,20 +120,15 @@ def test_formatter_redacts_database_passwords() -> None:
 
 @pytest.fixture
 def node_logging() -> Iterator[io.StringIO]:
-    """configure_logging() writing into a buffer; the previous logging setup afterwards."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, sys.excepthook, sys.stdout)
+    """configure_logging() writing into a buffer (conftest restores the logging setup after)."""
+    saved = sys.stdout
     buffer = io.StringIO()
     sys.stdout = buffer
     try:
         configure_logging("INFO")
         yield buffer
     finally:
-        root.handlers[:], root.level, sys.excepthook, sys.stdout = saved
-        logging.captureWarnings(False)
-        import threading
-
-        threading.excepthook = threading.__excepthook__
+        sys.stdout = saved
 
 
 def test_pynetdicom_records_of_one_bad_pdu_are_one_line(node_logging: io.StringIO) -> None:
