@@ -40,6 +40,15 @@ PEER_MAX_PDU = 131072  # what storescu sends to the node too (DCMTK's largest PD
 CALLING_AET = "BENCH"
 
 
+# The node and its diagnostic variants: the flags of bench/node_receiver.py each one runs with.
+NODE_VARIANTS: dict[str, tuple[str, ...]] = {
+    "node": (),
+    "node-polling": ("--pynetdicom-polling",),
+    "node-noearlysync": ("--without-early-sync",),
+    "node-nofsync": ("--diagnose-without-fsync",),
+}
+
+
 def dcmtk_env() -> dict[str, str]:
     """Debian's DCMTK and Orthanc need TCP_NODELAY=1, else each instance waits ~40 ms."""
     return {**os.environ, "TCP_NODELAY": "1"}
@@ -219,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install the Debian package dcmtk")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = set(peers) - {"storescp", "orthanc", "node", "node-polling", "node-nofsync"}
+    unknown = set(peers) - {"storescp", "orthanc", *NODE_VARIANTS}
     if unknown:
         parser.error(
             f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node, "
-            "node-polling (the node with pynetdicom's own 1 ms idle sleeps), node-nofsync (a "
-            "diagnosis: the node without its fsyncs, to see what durability costs)"
+            "node-polling (the node with pynetdicom's own 1 ms idle sleeps), node-noearlysync (no "
+            "data sync while the header is read), node-nofsync (a diagnosis: the node "
+            "without its fsyncs, to see what durability costs)"
         )
     if "orthanc" in peers and not Path(ORTHANC).exists():
         parser.error(f"{ORTHANC} not found: install the Debian package orthanc")
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     seconds: dict[str, list[float]] = {p: [] for p in peers}
-    breakdowns: list[dict[str, float]] = []
+    breakdowns: dict[str, list[dict[str, float]]] = {}  # node variant -> one per round
     for round_no in range(1, args.rounds + 1):
         for peer in peers:
             with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-", dir=args.cache) as tmp:
@@ -248,40 +258,38 @@ def main(argv: list[str] | None = None) -> int:
                     server = storescp(work)
                 elif peer == "orthanc":
                     server = orthanc(work)
-                elif peer == "node-polling":
-                    server = node(work, None, None, "--pynetdicom-polling")
-                elif peer == "node-nofsync":
-                    server = node(work, None, None, "--diagnose-without-fsync")
                 else:
-                    server = node(work, args.profile if last else None, work / "timings.json")
+                    profile = args.profile if last and peer == "node" else None
+                    server = node(work, profile, work / "timings.json", *NODE_VARIANTS[peer])
                 with server as (port, called_ae):
                     elapsed = send(files, port, called_ae)
-                if peer == "node":
-                    breakdowns.append(json.loads((work / "timings.json").read_text()))
+                if peer in NODE_VARIANTS:
+                    timings = json.loads((work / "timings.json").read_text())
+                    breakdowns.setdefault(peer, []).append(timings)
             seconds[peer].append(elapsed)
             print(
-                f"round {round_no} {peer:9s} {elapsed:6.2f} s  {total_mb / elapsed:7.1f} MB/s",
+                f"round {round_no} {peer:16s} {elapsed:6.2f} s  {total_mb / elapsed:7.1f} MB/s",
                 flush=True,
             )
 
     print()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
-    print(f"{'peer':10s} {'median s':>9s} {'MB/s':>8s} {'inst/s':>8s}")
+    print(f"{'peer':16s} {'median s':>9s} {'MB/s':>8s} {'inst/s':>8s}")
     rate: dict[str, float] = {}
     for peer in peers:
         median = statistics.median(seconds[peer])
         rate[peer] = total_mb / median
-        print(f"{peer:10s} {median:9.2f} {rate[peer]:8.1f} {len(files) / median:8.1f}")
-    if breakdowns:
-        parts = ("handler", "header", "commit", "index", "between_handlers")
-        median = {p: statistics.median(b[p] for b in breakdowns) for p in parts}
+        print(f"{peer:16s} {median:9.2f} {rate[peer]:8.1f} {len(files) / median:8.1f}")
+    parts = ("handler", "header", "commit", "index", "between_handlers")
+    for variant, rounds in breakdowns.items():
+        median = {p: statistics.median(b[p] for b in rounds) for p in parts}
         print(
-            "node ms per instance (median of rounds): C-STORE handler {handler:.1f} = header "
-            "{header:.1f} + store commit {commit:.1f} + index {index:.1f} + rest; between "
-            "handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
+            f"{variant} ms per instance (median of rounds): C-STORE handler {{handler:.1f}} = "
+            "header {header:.1f} + store commit {commit:.1f} + index {index:.1f} + rest; "
+            "between handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
         )
     if "node" in rate:
-        for other in ("storescp", "orthanc", "node-polling", "node-nofsync"):
+        for other in ("storescp", "orthanc", *NODE_VARIANTS.keys() - {"node"}):
             if other in rate:
                 print(f"node / {other}: {rate['node'] / rate[other]:.2f}x")
     return 0

@@ -47,12 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         help="undo the reactor wake-ups (scp_node.dicom_settings): pynetdicom's own 1 ms sleeps",
     )
     parser.add_argument(
+        "--without-early-sync",
+        action="store_true",
+        help="no fdatasync of the streamed file while the handler reads its header (storage."
+        "data_sync): the commit then syncs data and name together, after the header",
+    )
+    parser.add_argument(
         "--diagnose-without-fsync",
         action="store_true",
         help="diagnosis only, never a way to run the node: skip every fsync of the store, to "
         "measure what the rest of the receive path costs",
     )
     args = parser.parse_args(argv)
+    if args.without_early_sync:
+        receiver_module.DataSync = lambda _path: None  # type: ignore[assignment,misc]
     if args.diagnose_without_fsync:
         import storage.instance_store as instance_store
 

@@ -1,7 +1,9 @@
 """The few header elements the node indexes for a received instance, read without Pixel Data.
 
-Shared by the C-STORE handler (on the streamed file) and the start-up re-indexing of store files
-(index_recovery), so both derive exactly the same index row from the same file.
+Read by `header_scan` where the file is plain (most are), by pydicom otherwise; both give the
+same values (tests/test_header_scan.py). Shared by the C-STORE handler (on the streamed file)
+and the start-up re-indexing of store files (index_recovery), so both derive exactly the same
+index row from the same file.
 
 Values are checked against their VR before they are indexed or logged: UIDs by
 `storage.uids.require_uid` (the instance is refused otherwise), Modality as a Code String
@@ -25,6 +27,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from scp_node.header_scan import scan_header
 from scp_node.logs import escape_text
 from storage.records import InstanceRecord
 from storage.uids import require_uid
@@ -134,7 +137,9 @@ def _short_text(value: object) -> str:
 def read_header(path: Path) -> InstanceHeader:
     """Read the indexed elements of the DICOM file at `path`; raises HeaderError."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        ds = scan_header(path, HEADER_TAGS)
+        if ds is None:  # not plain enough for the scan: pydicom reads it
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
         return InstanceHeader(
             sop_class_uid=ds.get("SOPClassUID"),
             sop_instance_uid=ds.get("SOPInstanceUID"),

@@ -57,6 +57,7 @@ from scp_node.sop_classes import (
     VERIFICATION_SOP_CLASS,
 )
 from scp_node.tls import peer_certificate_subject, server_context, start_server
+from storage.data_sync import DataSync
 from storage.database import DatabaseFull
 from storage.index import Index, StudyConflict
 from storage.instance_store import InstanceStore
@@ -488,6 +489,8 @@ class Receiver:
                 f"({self._config.storage.min_free_mb} MiB)",
             )
         streamed = Path(event.dataset_path)
+        # its data goes to disk while the header is read and the index consulted
+        data_sync = DataSync(streamed) if streamed.parent == self._store.incoming else None
         header = _read_header(streamed)
         request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
         try:
@@ -517,7 +520,9 @@ class Receiver:
         with self._indexing.committing():
             try:
                 remember_calling_aet(temp, calling_aet)
-                final, new = self._store.commit(temp, record.study_uid, record.series_uid, sop_uid)
+                final, new = self._store.commit(
+                    temp, record.study_uid, record.series_uid, sop_uid, data_sync=data_sync
+                )
             except InvalidUIDError as exc:
                 raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
             except OSError as exc:
@@ -582,7 +587,9 @@ class Receiver:
         """Refuse (0xA700, audited) an instance that would start one more new study for a
         calling AE that started [security] max_new_studies_per_hour in the last hour."""
         quota = self._config.security.max_new_studies_per_hour
-        if not quota or self._index.study_known(study_uid):
+        if not quota or study_uid in self._sending_of(event.assoc).studies:
+            return  # no quota, or a study this association already brought instances of
+        if self._index.study_known(study_uid):
             return
         started = self._index.studies_started_by(calling_aet, time.time() - 3600.0)
         if started < quota:

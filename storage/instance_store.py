@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from pydicom import Dataset, dcmwrite
 
+from storage.data_sync import DataSync
 from storage.private_files import make_private, make_private_dir, private_opener
 from storage.uids import require_uid
 
@@ -186,10 +187,20 @@ class InstanceStore:
         return self.root / study / series / f"{sop}{SUFFIX}"
 
     def commit(
-        self, temp: Path, study_uid: str, series_uid: str, sop_uid: str
+        self,
+        temp: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        *,
+        data_sync: DataSync | None = None,
     ) -> tuple[Path, bool]:
         """Make the temp file durable at its final path; (final, False) if that SOP Instance was
-        already stored (the temp file is then removed). Raises InvalidUIDError before moving."""
+        already stored (the temp file is then removed). Raises InvalidUIDError before moving.
+
+        `data_sync`: an fdatasync of `temp` the caller started once the file was written
+        (DataSync(temp)); waited for before the link, so only the name is left to make durable.
+        """
         final = self.path_for(study_uid, series_uid, sop_uid)
         temp = Path(temp)
         if temp.parent.resolve() != self.incoming:
@@ -200,6 +211,15 @@ class InstanceStore:
         if final.exists():
             return self._already_stored(temp, final)
         make_private(temp)  # pynetdicom's temp file is 0600 already; a copied one may not be
+        if data_sync is not None:
+            # The data is durable before its name exists: a power cut leaves no name or a
+            # complete file (kept when the peer sends it again); no pending mark is needed.
+            data_sync.wait()
+            stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
+            if stored:
+                # ext4/XFS: the file's fsync commits the journal holding its new link
+                _fsync_path(final if self.one_fsync else final.parent)
+            return final, stored
         if self.one_fsync:
             # linked first, then one fsync commits data and directory entry together (ext4,
             # XFS). A power cut before it can leave an unacknowledged file at `final`, empty or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -14,6 +15,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from storage.data_sync import DataSync
 from storage.instance_store import InstanceStore
 from storage.uids import InvalidUIDError
 
@@ -269,6 +271,62 @@ def test_commit_flushes_once_on_journaling_file_systems_twice_elsewhere(
         assert synced == [final]  # the file after its link: data and name in one commit
     else:
         assert synced == [temp, final.parent]
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_after_an_early_data_sync_commit_flushes_only_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The receiver starts a DataSync of the streamed file before it reads the header; the
+    commit waits for it before linking, then makes only the new name durable."""
+    import storage.data_sync as data_sync
+    import storage.instance_store as instance_store
+
+    events: list[str] = []
+    real_fdatasync, real_link = os.fdatasync, os.link
+
+    def tracking_fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        events.append("data synced")
+
+    def tracking_link(src: Path, dst: Path) -> None:
+        events.append("linked")
+        real_link(src, dst)
+
+    monkeypatch.setattr(data_sync.os, "fdatasync", tracking_fdatasync)
+    monkeypatch.setattr(instance_store, "_fsync_path", lambda path: events.append(f"fsync {path}"))
+    store = InstanceStore(tmp_path / "store", 0, folder_fsync=mode)
+    store.one_fsync = mode == "auto"
+    store._durable_dirs.update({store.root / "1.2", store.root / "1.2" / "1.2.3"})
+    (store.root / "1.2" / "1.2.3").mkdir(parents=True)
+    temp = store.temp_path()
+    temp.write_bytes(b"x" * 100)
+    sync = DataSync(temp)
+    monkeypatch.setattr(instance_store.os, "link", tracking_link)
+    final, new = store.commit(temp, "1.2", "1.2.3", "1.2.3.4", data_sync=sync)
+    assert new and final.read_bytes() == b"x" * 100 and not temp.exists()
+    name = final if mode == "auto" else final.parent
+    assert events == ["data synced", "linked", f"fsync {name}"]
+    with pytest.raises(OSError):
+        os.getxattr(final, "user.lungnode.pending")  # complete before it had a name
+
+
+def test_an_early_data_sync_that_fails_fails_the_commit_and_links_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storage.data_sync as data_sync
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_sync.os, "fdatasync", full)
+    store = InstanceStore(tmp_path / "store", 0)
+    temp = store.temp_path()
+    temp.write_bytes(b"x" * 100)
+    with pytest.raises(OSError) as raised:
+        store.commit(temp, "1.2", "1.2.3", "1.2.3.4", data_sync=DataSync(temp))
+    assert raised.value.errno == errno.ENOSPC
+    assert not store.path_for("1.2", "1.2.3", "1.2.3.4").exists()
 
 
 def test_a_copy_linked_but_never_fsynced_is_replaced_by_the_retry(tmp_path: Path) -> None:

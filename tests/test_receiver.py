@@ -263,6 +263,29 @@ def test_out_of_space_answers_a700_and_echo_still_works(tmp_path: Path) -> None:
         running.close()
 
 
+def test_disk_full_while_the_data_is_synced_answers_a700(
+    receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The streamed file's data is synced while the header is read (storage.data_sync); the
+    disk filling then is Out of Resources, and nothing is stored."""
+    import errno
+
+    import storage.data_sync as data_sync
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_sync.os, "fdatasync", full)
+    sent = make_ct(tmp_path / "ct.dcm")
+    result = run_storescu(
+        [sent], receiver_node.port, called_ae=receiver_node.ae_title, extra_args=["-d"]
+    )
+    output = (result.stderr + result.stdout).lower()
+    assert "0xa700" in output, output
+    assert receiver_node.files() == [] and receiver_node.stored == []
+    assert list(receiver_node.store.incoming.iterdir()) == []
+
+
 def test_unsupported_sop_class_is_not_accepted(receiver_node: RunningNode, tmp_path: Path) -> None:
     sent = make_ct(tmp_path / "mr.dcm")
     ds = dcmread(sent)
