@@ -34,6 +34,9 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
 from scp_node import connections
+from scp_node.header_scan import SCAN_BYTES
+from scp_node.instance_header import InstanceHeader, header_of_first_bytes
+from storage.data_sync import DataSync
 
 _lock = threading.Lock()
 _configured = False
@@ -90,6 +93,8 @@ def configure_pynetdicom() -> None:
         # File Meta of each streamed dataset and each C-STORE-RSP encoded directly
         # (`_install_fast_encoders`); anything unusual takes pynetdicom's own path
         _install_fast_encoders()
+        # The data sync of each streamed dataset starts as its last fragment is written
+        dimse_messages.DIMSEMessage.decode_msg = _decode_msg_then_sync  # type: ignore[method-assign]
         _configured = True
 
 
@@ -126,6 +131,9 @@ def _incoming_temp_file(*args: Any, **kwargs: Any) -> StreamedFile:
 class StreamedFile:
     """The file pynetdicom streams one C-STORE dataset into, with a full disk turned into a flag.
 
+    Its first bytes are kept, and the header is read from them (`header`) as soon as they hold
+    it, while the rest of the dataset is still arriving: the handler then need not read it.
+
     pynetdicom writes each P-DATA fragment from its DUL thread; an ENOSPC/EDQUOT there would
     kill that thread and abort the association. Instead the file is emptied (giving its space
     back), later fragments are dropped, and `disk_full` holds the error, so the C-STORE handler
@@ -141,6 +149,10 @@ class StreamedFile:
         self._limits = limits
         self._written = 0
         self._checked_at = 0
+        self._head = bytearray()  # the file's first SCAN_BYTES, for the header
+        self._scanned_at = 0  # bytes of _head when the header was last looked for
+        self.header: InstanceHeader | None = None  # read from _head while the rest streams
+        self.data_sync: DataSync | None = None  # started once the last fragment is written
 
     def write(self, data: bytes) -> int:
         if self.disk_full is None and self.refused is None:
@@ -150,9 +162,33 @@ class StreamedFile:
                 self._fail(exc)
             else:
                 self._written += len(data)
+                if len(self._head) < SCAN_BYTES:
+                    self._head += data[: SCAN_BYTES - len(self._head)]
                 self._check_limits()
                 return written
         return len(data)
+
+    def complete(self) -> None:
+        """The last fragment is written: start making the data durable (storage.data_sync)
+        now, before the request even reaches the handler. Only for a dataset streamed into
+        the store; a failure to start is left to the handler, which starts its own."""
+        if self._limits is None or self.disk_full is not None or self.refused is not None:
+            return
+        try:
+            self.data_sync = DataSync(Path(self.name))
+        except OSError:
+            self.data_sync = None
+
+    def _look_for_header(self) -> None:
+        """Read the header from the bytes so far, once they may hold it: when they doubled
+        since the last look (a peer with small PDUs costs a few looks, not one per PDU)."""
+        size = len(self._head)
+        if self.header is not None or self._scanned_at >= SCAN_BYTES:
+            return
+        if size < min(2 * self._scanned_at, SCAN_BYTES):
+            return
+        self._scanned_at = size
+        self.header = header_of_first_bytes(bytes(self._head))
 
     def _check_limits(self) -> None:
         limits = self._limits
@@ -183,11 +219,14 @@ class StreamedFile:
         os.ftruncate(self._inner.fileno(), 0)
 
     def flush(self) -> None:
+        """pynetdicom calls this after each P-DATA fragment: the header is looked for then."""
         if self.disk_full is None and self.refused is None:
             try:
                 self._inner.flush()
             except OSError as exc:
                 self._fail(exc)
+                return
+            self._look_for_header()
 
     def close(self) -> None:
         try:
@@ -201,6 +240,20 @@ class StreamedFile:
             raise exc
         self.disk_full = exc
         os.ftruncate(self._inner.fileno(), 0)
+
+
+def header_while_streaming(request: Any) -> InstanceHeader | None:
+    """The header of this C-STORE request's dataset, read from its first bytes while the rest
+    was still arriving (what read_header gives for the file); None when it was not."""
+    streamed = getattr(request, "_dataset_file", None)
+    return getattr(streamed, "header", None)
+
+
+def data_sync_while_streaming(request: Any) -> DataSync | None:
+    """The fdatasync of this C-STORE request's streamed file started when its last fragment
+    was written (StreamedFile.complete), if one was."""
+    streamed = getattr(request, "_dataset_file", None)
+    return getattr(streamed, "data_sync", None)
 
 
 def disk_full_while_streaming(request: Any) -> OSError | None:
@@ -467,6 +520,20 @@ def _send_msg(self: dimse.DIMSEServiceProvider, primitive: Any, context_id: int)
             self.dul.send_pdu(pdata)
             return
     _original_send_msg(self, primitive, context_id)
+
+
+_original_decode_msg = dimse_messages.DIMSEMessage.decode_msg
+
+
+def _decode_msg_then_sync(self: Any, primitive: P_DATA, assoc: Any = None) -> bool:
+    """DIMSEMessage.decode_msg; when it completed a dataset streamed to a file, that file's
+    data sync starts here, in the DUL thread, before the request is queued for the handler."""
+    complete = bool(_original_decode_msg(self, primitive, assoc))
+    if complete:
+        streamed = getattr(self, "_data_set_file", None)
+        if isinstance(streamed, StreamedFile):
+            streamed.complete()
+    return complete
 
 
 def _install_fast_encoders() -> None:

@@ -58,11 +58,17 @@ def scan_header(path: Path, keywords: Iterable[str]) -> Dataset | None:
     file at `path`, as a pydicom Dataset of raw elements; None when unsure (use dcmread)."""
     with open(path, "rb") as f:
         data = f.read(SCAN_BYTES + 1)
+    return scan_bytes(data[:SCAN_BYTES], keywords, whole_file=len(data) <= SCAN_BYTES)
+
+
+def scan_bytes(data: bytes, keywords: Iterable[str], *, whole_file: bool) -> Dataset | None:
+    """scan_header of a file's first bytes, `data`; `whole_file` when they are all of it (else
+    running out of bytes before Pixel Data is unsure)."""
     wanted = {tag_for_keyword(keyword) for keyword in keywords}
     if None in wanted:
         raise ValueError(f"unknown keyword among {sorted(keywords)}")
     try:
-        return _scan(data[:SCAN_BYTES], len(data) <= SCAN_BYTES, wanted)  # type: ignore[arg-type]
+        return _scan(data, whole_file, wanted)  # type: ignore[arg-type]
     except (_Unsure, struct.error):
         return None
 

@@ -24,10 +24,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from scp_node.header_scan import scan_header
+from scp_node.header_scan import scan_bytes, scan_header
 from scp_node.logs import escape_text
 from storage.records import InstanceRecord
 from storage.uids import require_uid
@@ -140,21 +140,38 @@ def read_header(path: Path) -> InstanceHeader:
         ds = scan_header(path, HEADER_TAGS)
         if ds is None:  # not plain enough for the scan: pydicom reads it
             ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        return InstanceHeader(
-            sop_class_uid=ds.get("SOPClassUID"),
-            sop_instance_uid=ds.get("SOPInstanceUID"),
-            study_instance_uid=ds.get("StudyInstanceUID"),
-            series_instance_uid=ds.get("SeriesInstanceUID"),
-            modality=code_string(ds.get("Modality")),
-            number_of_slices=ds.get("NumberOfSlices"),
-            accession_number=_short_text(ds.get("AccessionNumber")),
-            study_date=_short_text(ds.get("StudyDate")),
-            patient_id=_short_text(ds.get("PatientID")),
-            patient_digest=patient_digest("id", ds.get("PatientID")),
-            birth_date_digest=_birth_date_digest(ds.get("PatientBirthDate")),
-        )
+        return _header_of(ds)
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
         raise HeaderError(f"{path.name} does not parse as DICOM: {exc}") from None
+
+
+def header_of_first_bytes(data: bytes) -> InstanceHeader | None:
+    """The header read_header would give for a file that begins with `data` (the file may go
+    on), or None when the scan declines those bytes or a value does not decode: then only
+    read_header on the whole file gives the answer (or the error)."""
+    ds = scan_bytes(data, HEADER_TAGS, whole_file=False)
+    if ds is None:
+        return None
+    try:
+        return _header_of(ds)
+    except Exception:  # pydicom decoding hostile bytes: whatever it raises, read_header reports
+        return None
+
+
+def _header_of(ds: Dataset) -> InstanceHeader:
+    return InstanceHeader(
+        sop_class_uid=ds.get("SOPClassUID"),
+        sop_instance_uid=ds.get("SOPInstanceUID"),
+        study_instance_uid=ds.get("StudyInstanceUID"),
+        series_instance_uid=ds.get("SeriesInstanceUID"),
+        modality=code_string(ds.get("Modality")),
+        number_of_slices=ds.get("NumberOfSlices"),
+        accession_number=_short_text(ds.get("AccessionNumber")),
+        study_date=_short_text(ds.get("StudyDate")),
+        patient_id=_short_text(ds.get("PatientID")),
+        patient_digest=patient_digest("id", ds.get("PatientID")),
+        birth_date_digest=_birth_date_digest(ds.get("PatientBirthDate")),
+    )
 
 
 def _birth_date_digest(value: object) -> str | None:

@@ -33,7 +33,9 @@ from scp_node.config import Config
 from scp_node.connections import associated, negotiating_association
 from scp_node.dicom_settings import (
     configure_pynetdicom,
+    data_sync_while_streaming,
     disk_full_while_streaming,
+    header_while_streaming,
     refused_while_streaming,
     route_incoming,
 )
@@ -489,10 +491,12 @@ class Receiver:
                 f"({self._config.storage.min_free_mb} MiB)",
             )
         streamed = Path(event.dataset_path)
-        # its data goes to disk while the header is read and the index consulted
-        data_sync = DataSync(streamed) if streamed.parent == self._store.incoming else None
-        header = _read_header(streamed)
         request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
+        # its data goes to disk while the header is checked and the index consulted
+        data_sync = data_sync_while_streaming(request)
+        if data_sync is None and streamed.parent == self._store.incoming:
+            data_sync = DataSync(streamed)
+        header = header_while_streaming(request) or _read_header(streamed)
         try:
             record = header.record(streamed, calling_aet, time.time())
         except InvalidUIDError as exc:

@@ -27,6 +27,8 @@ new release. Each failure names the internal and the node module that depends on
   `sleep(0.001)` are the idle sleeps of `DULServiceProvider.run_reactor` and
   `Association._run_reactor`; `DIMSEServiceProvider.msg_queue` (a queue.Queue) and
   `DULServiceProvider.send_pdu`
+- `DIMSEMessage.decode_msg`, wrapped by scp_node.dicom_settings to start the data sync of a
+  completed streamed dataset, as called by `DIMSEServiceProvider.receive_primitive`
 - the direct encoders (scp_node.dicom_settings): `dimse_messages.create_file_meta` and
   `write_file_meta_info` as looked up by `DIMSEMessage.decode_msg`;
   `DIMSEServiceProvider.send_msg(primitive, context_id)`; `_config.LOG_HANDLER_LEVEL`
@@ -44,15 +46,25 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
-from scp_node.dicom_settings import StreamedFile, configure_pynetdicom, route_incoming
+from scp_node import dicom_settings
+from scp_node.dicom_settings import (
+    StreamedFile,
+    configure_pynetdicom,
+    data_sync_while_streaming,
+    header_while_streaming,
+    route_incoming,
+)
+from scp_node.instance_header import read_header
 from scp_node.receiver import _NodeAE
 from scp_node.tls import start_server
+from storage.data_sync import DataSync
 
 CONFIG_FLAGS = (
     "LOG_REQUEST_IDENTIFIERS",
@@ -80,7 +92,13 @@ def test_streamed_dataset_file_is_created_through_dimse_messages_named_temporary
     assert hasattr(dimse_messages, "NamedTemporaryFile"), (
         "pynetdicom.dimse_messages.NamedTemporaryFile is gone (scp_node.dicom_settings replaces it)"
     )
-    decode = _names(DIMSEMessage.decode_msg)
+    configure_pynetdicom()
+    assert DIMSEMessage.decode_msg is dicom_settings._decode_msg_then_sync
+    assert "decode_msg" in _names(DIMSEServiceProvider.receive_primitive), (
+        "DIMSEServiceProvider.receive_primitive no longer calls message.decode_msg "
+        "(dicom_settings wraps it to start the data sync of a completed dataset)"
+    )
+    decode = _names(dicom_settings._original_decode_msg)
     assert "NamedTemporaryFile" in decode, (
         "DIMSEMessage.decode_msg no longer calls dimse_messages.NamedTemporaryFile"
     )
@@ -145,6 +163,10 @@ def _ct() -> Dataset:
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "CT"
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(8)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     return ds
@@ -163,6 +185,9 @@ def test_c_store_streams_into_the_routed_folder_and_servers_shut_down(tmp_path: 
     def on_store(event: Any) -> int:
         seen["path"] = Path(event.dataset_path)
         seen["file"] = getattr(event.request, "_dataset_file", None)
+        seen["header"] = header_while_streaming(event.request)
+        seen["header from the file"] = read_header(seen["path"])
+        seen["sync"] = data_sync_while_streaming(event.request)
         return 0x0000
 
     server = start_server(scp, ("127.0.0.1", 0), [(evt.EVT_C_STORE, on_store)], None, 5.0)
@@ -185,6 +210,10 @@ def test_c_store_streams_into_the_routed_folder_and_servers_shut_down(tmp_path: 
     assert isinstance(seen["file"], StreamedFile), (
         "C_STORE._dataset_file is not the file object dimse_messages.NamedTemporaryFile returned"
     )
+    # read from the first bytes while streaming, the same as from the file afterwards
+    assert seen["header"] is not None and seen["header"] == seen["header from the file"]
+    assert isinstance(seen["sync"], DataSync), "no data sync started as the dataset completed"
+    seen["sync"].wait()
 
 
 def test_node_ae_with_empty_allow_list_rejects_every_caller() -> None:
@@ -296,7 +325,9 @@ def test_reactor_idle_sleep_ends_when_a_message_is_queued() -> None:
 
 def test_file_meta_and_decode_msg_lookups() -> None:
     configure_pynetdicom()
-    assert {"create_file_meta", "write_file_meta_info"} <= _names(DIMSEMessage.decode_msg), (
+    assert {"create_file_meta", "write_file_meta_info"} <= _names(
+        dicom_settings._original_decode_msg
+    ), (
         "DIMSEMessage.decode_msg no longer writes the File Meta through dimse_messages' "
         "create_file_meta and write_file_meta_info (scp_node.dicom_settings replaces them)"
     )

@@ -286,6 +286,36 @@ def test_disk_full_while_the_data_is_synced_answers_a700(
     assert list(receiver_node.store.incoming.iterdir()) == []
 
 
+def test_header_is_read_while_streaming_and_from_the_file_when_it_does_not_fit(
+    receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header comes from the first bytes while the dataset streams; a header longer than
+    the scan (a 70 KB private element before Patient ID) is read from the file instead."""
+    import scp_node.receiver as receiver_module
+
+    read_from_file: list[Path] = []
+    real_read_header = receiver_module._read_header
+
+    def counting(path: Path) -> Any:
+        read_from_file.append(path)
+        return real_read_header(path)
+
+    monkeypatch.setattr(receiver_module, "_read_header", counting)
+    plain = make_ct(tmp_path / "plain.dcm", size=256)
+    long_header = make_ct(tmp_path / "long.dcm", size=256)
+    ds = dcmread(long_header)
+    ds.add_new(0x00090010, "LO", "LUNGNODE TEST")
+    ds.add_new(0x00091010, "OB", bytes(70_000))
+    ds.save_as(long_header, enforce_file_format=True)
+    for path, expected_reads in ((plain, 0), (long_header, 1)):
+        result = run_storescu([path], receiver_node.port, called_ae=receiver_node.ae_title)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert len(read_from_file) == expected_reads, path.name
+    assert receiver_node.stored == [dcmread(p).SOPInstanceUID for p in (plain, long_header)]
+    (row,) = receiver_node.index.status()["studies"]
+    assert row["instances"] == 2
+
+
 def test_unsupported_sop_class_is_not_accepted(receiver_node: RunningNode, tmp_path: Path) -> None:
     sent = make_ct(tmp_path / "mr.dcm")
     ds = dcmread(sent)
