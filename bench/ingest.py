@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         median = {p: statistics.median(b[p] for b in rounds) for p in parts}
         print(
             f"{variant} ms per instance (median of rounds): C-STORE handler {{handler:.1f}} = "
-            "header {header:.1f} + store commit {commit:.1f} + index {index:.1f} + rest; "
+            "header from the file {header:.1f} (0 when read while streaming) + store commit "
+            "{commit:.1f} + index {index:.1f} + rest; "
             "between handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
         )
     if "node" in rate:

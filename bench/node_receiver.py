@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--without-early-sync",
         action="store_true",
-        help="no fdatasync of the streamed file while the handler reads its header (storage."
-        "data_sync): the commit then syncs data and name together, after the header",
+        help="no fdatasync of the streamed file as its last fragment lands (storage.data_sync): "
+        "the commit then syncs data and name together, after the header and index checks",
     )
     parser.add_argument(
         "--diagnose-without-fsync",
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.without_early_sync:
+        from scp_node import dicom_settings
+
+        dicom_settings.DataSync = lambda _path: None  # type: ignore[assignment,misc]
         receiver_module.DataSync = lambda _path: None  # type: ignore[assignment,misc]
     if args.diagnose_without_fsync:
         import storage.instance_store as instance_store
