@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         from scp_node import dicom_settings
 
         dicom_settings.DataSync = lambda _path: None  # type: ignore[assignment,misc]
-        receiver_module.DataSync = lambda _path: None  # type: ignore[assignment,misc]
     if args.diagnose_without_fsync:
         import storage.instance_store as instance_store
 

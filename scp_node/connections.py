@@ -170,6 +170,15 @@ class GuardedServer(ThreadedAssociationServer):
             adopted = sum(1 for a in list(self._pending) if a.ident is None or a.is_alive())
             return len(self._reserved) + adopted
 
+    def connections_on_node(self) -> int:
+        """Open connections of the whole node: this server's, plus those the other receiver
+        processes published (LeastBusyDispatch) when the listening socket is shared."""
+        own = self.open_connections()
+        dispatch = self.dispatch
+        if dispatch is None:
+            return own
+        return own + dispatch.others()
+
     def service_actions(self) -> None:
         """Each turn of the accept loop: publish this process's open connections."""
         super().service_actions()
@@ -388,6 +397,11 @@ class LeastBusyDispatch:
 
     def publish(self, open_associations: int) -> None:
         self.counts[self.index] = open_associations
+
+    def others(self) -> int:
+        """Open associations the other receiver processes published."""
+        counts = list(self.counts)
+        return sum(counts) - counts[self.index]
 
     def wait_for_turn(self, listener: socket.socket, open_associations: int) -> None:
         """Return when this process should try accept(2): it is among the least busy, the

@@ -21,6 +21,7 @@ import threading
 import time
 import types
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -50,6 +51,7 @@ class _Incoming:
     folder: Path
     min_free_bytes: int = 0  # stop when the folder's file system has less free; 0: no check
     max_bytes: int = 0  # stop a dataset growing past this; 0: no limit
+    sync_early: Callable[[], bool] | None = None  # start each dataset's data sync as it ends?
 
 
 # AE -> where its C-STORE datasets are streamed (the store's .incoming folder) and the limits.
@@ -99,17 +101,23 @@ def configure_pynetdicom() -> None:
 
 
 def route_incoming(
-    ae: ApplicationEntity, folder: Path, *, min_free_bytes: int = 0, max_bytes: int = 0
+    ae: ApplicationEntity,
+    folder: Path,
+    *,
+    min_free_bytes: int = 0,
+    max_bytes: int = 0,
+    sync_early: Callable[[], bool] | None = None,
 ) -> None:
     """Make C-STORE datasets received by `ae` stream into `folder` (the store's file system).
 
     While a dataset streams, it is stopped (its file emptied, later fragments dropped, the
     reason kept for `refused_while_streaming`) as soon as the file system's free space falls
     below `min_free_bytes` (checked every FREE_SPACE_CHECK_BYTES) or the dataset grows past
-    `max_bytes`; 0 turns either check off."""
+    `max_bytes`; 0 turns either check off. When its last fragment is written, its data sync
+    starts (`data_sync_while_streaming`) if `sync_early()` says so (always when None)."""
     configure_pynetdicom()
     with _lock:
-        _incoming_dirs[ae] = _Incoming(Path(folder), min_free_bytes, max_bytes)
+        _incoming_dirs[ae] = _Incoming(Path(folder), min_free_bytes, max_bytes, sync_early)
 
 
 def _incoming_temp_file(*args: Any, **kwargs: Any) -> StreamedFile:
@@ -171,8 +179,12 @@ class StreamedFile:
     def complete(self) -> None:
         """The last fragment is written: start making the data durable (storage.data_sync)
         now, before the request even reaches the handler. Only for a dataset streamed into
-        the store; a failure to start is left to the handler, which starts its own."""
-        if self._limits is None or self.disk_full is not None or self.refused is not None:
+        the store, when its route's `sync_early()` agrees; a failure to start is left to the
+        handler."""
+        limits = self._limits
+        if limits is None or self.disk_full is not None or self.refused is not None:
+            return
+        if limits.sync_early is not None and not limits.sync_early():
             return
         try:
             self.data_sync = DataSync(Path(self.name))

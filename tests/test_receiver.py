@@ -286,6 +286,39 @@ def test_disk_full_while_the_data_is_synced_answers_a700(
     assert list(receiver_node.store.incoming.iterdir()) == []
 
 
+def test_data_is_synced_early_only_while_one_association_is_open(
+    receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone on the node, each instance's data sync starts as its last fragment lands; with
+    another association open, the commit flushes data and name together (one flush)."""
+    from scp_node import dicom_settings
+
+    started: list[Path] = []
+    real = dicom_settings.DataSync
+
+    def recording(path: Path) -> Any:
+        started.append(path)
+        return real(path)
+
+    monkeypatch.setattr(dicom_settings, "DataSync", recording)
+    first = make_ct(tmp_path / "first.dcm")
+    result = run_storescu([first], receiver_node.port, called_ae=receiver_node.ae_title)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert len(started) == 1
+    other = AE(ae_title="STORESCU")
+    other.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    held = other.associate("127.0.0.1", receiver_node.port, ae_title=receiver_node.ae_title)
+    assert held.is_established
+    try:
+        second = make_ct(tmp_path / "second.dcm")
+        result = run_storescu([second], receiver_node.port, called_ae=receiver_node.ae_title)
+        assert result.returncode == 0, result.stderr + result.stdout
+    finally:
+        held.release()
+    assert len(started) == 1
+    assert len(receiver_node.stored) == 2
+
+
 def test_header_is_read_while_streaming_and_from_the_file_when_it_does_not_fit(
     receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
