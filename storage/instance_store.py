@@ -199,7 +199,9 @@ class InstanceStore:
         already stored (the temp file is then removed). Raises InvalidUIDError before moving.
 
         `data_sync`: an fdatasync of `temp` the caller started once the file was written
-        (DataSync(temp)); waited for before the link, so only the name is left to make durable.
+        (DataSync(temp)); on ext4/XFS (`one_fsync`) it is waited for before the link, so only
+        the name is left to make durable. Elsewhere it is not used: the folder's fsync would not
+        cover what changed on the file since (its extended attributes).
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
         temp = Path(temp)
@@ -211,14 +213,13 @@ class InstanceStore:
         if final.exists():
             return self._already_stored(temp, final)
         make_private(temp)  # pynetdicom's temp file is 0600 already; a copied one may not be
-        if data_sync is not None:
+        if data_sync is not None and self.one_fsync:
             # The data is durable before its name exists: a power cut leaves no name or a
             # complete file (kept when the peer sends it again); no pending mark is needed.
             data_sync.wait()
             stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
             if stored:
-                # ext4/XFS: the file's fsync commits the journal holding its new link
-                _fsync_path(final if self.one_fsync else final.parent)
+                _fsync_path(final)  # commits the journal transaction holding its new link
             return final, stored
         if self.one_fsync:
             # linked first, then one fsync commits data and directory entry together (ext4,

@@ -276,6 +276,7 @@ def test_disk_full_while_the_data_is_synced_answers_a700(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(data_sync.os, "fdatasync", full)
+    receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
     sent = make_ct(tmp_path / "ct.dcm")
     result = run_storescu(
         [sent], receiver_node.port, called_ae=receiver_node.ae_title, extra_args=["-d"]
@@ -301,6 +302,7 @@ def test_data_is_synced_early_only_while_one_association_is_open(
         return real(path)
 
     monkeypatch.setattr(dicom_settings, "DataSync", recording)
+    receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
     first = make_ct(tmp_path / "first.dcm")
     result = run_storescu([first], receiver_node.port, called_ae=receiver_node.ae_title)
     assert result.returncode == 0, result.stderr + result.stdout
