@@ -287,6 +287,19 @@ def test_disk_full_while_the_data_is_synced_answers_a700(
     assert list(receiver_node.store.incoming.iterdir()) == []
 
 
+def _calls_of(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Path]:
+    """The paths `module.name(path)` is called with from now on (it still runs)."""
+    calls: list[Path] = []
+    real = getattr(module, name)
+
+    def recording(path: Path) -> Any:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
 def test_data_is_synced_early_only_while_one_association_is_open(
     receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,14 +307,7 @@ def test_data_is_synced_early_only_while_one_association_is_open(
     another association open, the commit flushes data and name together (one flush)."""
     from scp_node import dicom_settings
 
-    started: list[Path] = []
-    real = dicom_settings.DataSync
-
-    def recording(path: Path) -> Any:
-        started.append(path)
-        return real(path)
-
-    monkeypatch.setattr(dicom_settings, "DataSync", recording)
+    started = _calls_of(monkeypatch, dicom_settings, "DataSync")
     receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
     first = make_ct(tmp_path / "first.dcm")
     result = run_storescu([first], receiver_node.port, called_ae=receiver_node.ae_title)
@@ -328,14 +334,7 @@ def test_header_is_read_while_streaming_and_from_the_file_when_it_does_not_fit(
     the scan (a 70 KB private element before Patient ID) is read from the file instead."""
     import scp_node.receiver as receiver_module
 
-    read_from_file: list[Path] = []
-    real_read_header = receiver_module._read_header
-
-    def counting(path: Path) -> Any:
-        read_from_file.append(path)
-        return real_read_header(path)
-
-    monkeypatch.setattr(receiver_module, "_read_header", counting)
+    read_from_file = _calls_of(monkeypatch, receiver_module, "_read_header")
     plain = make_ct(tmp_path / "plain.dcm", size=256)
     long_header = make_ct(tmp_path / "long.dcm", size=256)
     ds = dcmread(long_header)
