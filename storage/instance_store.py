@@ -74,26 +74,32 @@ def _boot_id() -> str:
 
 
 _PENDING_VALUE = f"{_boot_id()}:{os.getpid()}".encode("ascii")
-_in_flight: set[Path] = set()
+# Commits of this process between marking a final path pending and unmarking it, per path: two
+# associations may send the same SOP Instance at once, and the one whose link fails must not
+# unmark the file the other linked and is still fsyncing.
+_in_flight: dict[Path, int] = {}
 _in_flight_lock = threading.Lock()
 
 
 def _set_pending(path: Path, pending: bool) -> None:
     """Mark (or unmark) a file linked into place but not yet fsynced, with this boot's id and
     this process's pid; a no-op where the file system has no extended attributes (a duplicate
-    is then always kept)."""
+    is then always kept). The mark goes when the last commit in flight on `path` unmarks it."""
     with _in_flight_lock:
-        if pending:
-            _in_flight.add(path)
+        count = _in_flight.get(path, 0) + (1 if pending else -1)
+        if count > 0:
+            _in_flight[path] = count
         else:
-            _in_flight.discard(path)
-    try:
-        if pending:
-            os.setxattr(path, PENDING_XATTR, _PENDING_VALUE)
-        else:
-            os.removexattr(path, PENDING_XATTR)
-    except (OSError, AttributeError):
-        pass
+            _in_flight.pop(path, None)
+        if not pending and count > 0:
+            return
+        try:
+            if pending:
+                os.setxattr(path, PENDING_XATTR, _PENDING_VALUE)
+            else:
+                os.removexattr(path, PENDING_XATTR)
+        except (OSError, AttributeError):
+            pass
 
 
 def _left_pending(path: Path) -> bool:
@@ -109,7 +115,14 @@ def _left_pending(path: Path) -> bool:
     pid = int(pid_text)
     if pid == os.getpid():
         with _in_flight_lock:
-            return path not in _in_flight
+            if path in _in_flight:
+                return False
+            # the commit that marked it may have finished since the mark was read above
+            try:
+                os.getxattr(path, PENDING_XATTR)
+            except OSError:
+                return False
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
