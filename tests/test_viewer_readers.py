@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from encoded_cases import Case
-from viewer_readers import dcmqi_read_seg, dcmqi_read_sr, ohif_hydrate
+from viewer_readers import dcmqi_read_seg, dcmqi_read_sr, ohif_hydrate, segment_volumes_in_sr
 
 from classifier.results import codes
 
@@ -99,21 +99,6 @@ def test_ohif_rectangle_is_the_key_slice_box(
         assert extent[2] == pytest.approx(0.0)
 
 
-def _sr_volumes(metadata: dict[str, Any]) -> dict[int, float]:
-    """Referenced segment number -> the Volume (ml) of its group, as tid1500reader read it."""
-    volumes = {}
-    for group in metadata["Measurements"]:
-        if "ReferencedSegment" not in group:
-            continue
-        (volume,) = [
-            float(m["value"])
-            for m in group["measurementItems"]
-            if m["quantity"]["CodeValue"] == codes.VOLUME.value
-        ]
-        volumes[int(group["ReferencedSegment"])] = volume
-    return volumes
-
-
 def test_dcmqi_reads_every_sr_and_seg_without_warning(
     encoded_cases: dict[str, Case], tmp_path: Path
 ) -> None:
@@ -136,7 +121,7 @@ def test_dcmqi_reads_every_sr_and_seg_without_warning(
         assert [s["TrackingUniqueIdentifier"] for s in segments] == [
             lesion.tracking_uid for lesion in lesions
         ], name
-        sr_volumes = _sr_volumes(metadata)
+        sr_volumes = segment_volumes_in_sr(metadata)
         assert sorted(sr_volumes) == sorted(seg_volumes) == list(range(1, len(lesions) + 1))
         for number, volume in seg_volumes.items():
             assert volume == pytest.approx(sr_volumes[number], abs=0.001), (name, number)

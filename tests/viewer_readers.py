@@ -101,6 +101,21 @@ def dcmqi_read_seg(path: Path | str, workdir: Path) -> tuple[dict[str, Any], dic
     return meta, volumes
 
 
+def segment_volumes_in_sr(metadata: dict[str, Any]) -> dict[int, float]:
+    """Referenced segment number -> the Volume (ml) of its group, from tid1500reader's JSON."""
+    volumes = {}
+    for group in metadata["Measurements"]:
+        if "ReferencedSegment" not in group:
+            continue
+        (volume,) = [
+            float(m["value"])
+            for m in group["measurementItems"]
+            if m["quantity"]["CodeMeaning"] == "Volume"
+        ]
+        volumes[int(group["ReferencedSegment"])] = volume
+    return volumes
+
+
 def ohif_hydrate(
     sr_paths: Sequence[Path | str], image_paths: Sequence[Path | str]
 ) -> list[dict[str, Any]]:
