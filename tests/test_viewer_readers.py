@@ -125,3 +125,44 @@ def test_dcmqi_reads_every_sr_and_seg_without_warning(
         assert sorted(sr_volumes) == sorted(seg_volumes) == list(range(1, len(lesions) + 1))
         for number, volume in seg_volumes.items():
             assert volume == pytest.approx(sr_volumes[number], abs=0.001), (name, number)
+
+
+def _groups(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
+    (imaging,) = [
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    return list(imaging.ContentSequence)
+
+
+def _box_with_lines_under_nums(sr: pydicom.Dataset) -> None:
+    """The first shape the node sent: the box group also holds the diameters with their lines."""
+    box, long_axis, short_axis = _groups(sr)[:3]
+    for line in (long_axis, short_axis):
+        (number,) = [i for i in line.ContentSequence if i.ValueType == "NUM"]
+        box.ContentSequence.append(number)
+
+
+def _box_as_two_points(sr: pydicom.Dataset) -> None:
+    """A box group whose region no OHIF tool takes (a 2-point line by shape)."""
+    box = _groups(sr)[0]
+    (region,) = [i for i in box.ContentSequence if i.ValueType == "SCOORD"]
+    region.GraphicData = list(region.GraphicData)[:4]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_box_with_lines_under_nums, "point 2 is undefined"),
+        (_box_as_two_points, "with coordinates that no tool takes"),
+    ],
+)
+def test_ohif_hydration_fails_on_a_missing_point_or_an_unsupported_group(
+    encoded_cases: dict[str, Case], tmp_path: Path, change: Any, message: str
+) -> None:
+    case = encoded_cases["ct"]
+    sr = pydicom.dcmread(case.paths[0])
+    change(sr)
+    path = tmp_path / "changed.dcm"
+    sr.save_as(path)
+    with pytest.raises(AssertionError, match=message):
+        ohif_hydrate([path], _key_slices({"ct": case}, tmp_path))

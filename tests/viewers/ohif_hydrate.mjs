@@ -90,6 +90,13 @@ function hydrate(srPath, planes, imageIds) {
       errors.push(`group ${trackingIdentifier}: ${message} ${error}`);
     }
   }
+  // generateToolState skips a group for which no adapter matches without a word
+  const hydrated = Object.values(toolState).reduce((n, list) => n + list.length, 0);
+  const spatial = groups.filter(hasSpatialCoordinates).length;
+  const failedSpatial = failed.filter(({ group }) => group && hasSpatialCoordinates(group)).length;
+  if (hydrated + failedSpatial < spatial) {
+    errors.push(`${spatial - hydrated - failedSpatial} group(s) with coordinates that no tool takes`);
+  }
   const tools = [];
   for (const [toolType, measurements] of Object.entries(toolState)) {
     if (!OHIF_MAPPED_TOOLS.has(toolType)) {
