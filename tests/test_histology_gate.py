@@ -17,6 +17,7 @@ from classifier.model.inference import real_histology
 from classifier.results import codes
 from classifier.results.histology_gate import histology_shown
 from classifier.types import ModelInfo
+from scp_node.web import findings
 from tests.dicom_validators import dciodvfy_report
 
 COLLECTION_BASELINE = 251 / 355  # always "A" on Lung-PET-CT-Dx: 70.7 %
@@ -150,3 +151,22 @@ def test_model_metadata_fields_are_read_and_validated(tmp_path: Path) -> None:
         real_histology(
             {"histology_real_patients": {"accuracy": 0.8, "majority_baseline": "70.7"}}, path
         )
+
+
+def test_console_findings_follow_the_same_rule(encoded_cases: dict[str, Case]) -> None:
+    """An SR that states histology (written with `on`, or before the rule) shows it on the
+    Findings page only when histology is to be shown; else one "not assessed" row instead."""
+    path = encoded_cases["ct"].paths[0]
+
+    def rows(show: bool) -> list[tuple[str, str, str]]:
+        groups = findings.measurements(path, show_histology=show)["groups"]
+        return [row for group in groups for row in group["rows"]]
+
+    assert any(name.startswith("Probability of") for name, _, _ in rows(True))
+    hidden = rows(False)
+    assert not any(name.startswith("Probability of") for name, _, _ in hidden)
+    assert not any(name == "Associated morphology" for name, _, _ in hidden)
+    assert findings.NOT_ASSESSED_ROW in hidden
+    assert any(name == "Certainty of Finding" for name, _, _ in hidden)
+    auto = findings.measurements(encoded_cases["histology-auto"].paths[0])["groups"]
+    assert findings.NOT_ASSESSED_ROW in [row for group in auto for row in group["rows"]]
