@@ -225,3 +225,30 @@ def test_one_lung_or_no_lung_is_refused_on_a_mask() -> None:
     assert "Only one lung" in (chest_refusal(ct, one) or "")
     none = replace(lungs, labels=np.zeros_like(lungs.labels))
     assert "No lung was found" in (chest_refusal(ct, none) or "")
+
+
+def test_cropped_images_keep_their_pixels_at_the_same_patient_points() -> None:
+    study = generate_study(3, "A", ct_size=64, ct_slices=8, pet=False)
+    cropped, (r0, r1, c0, c1) = crop_series(study.ct, (-60.0, 10.0), 120.0)
+    for before, after in zip(study.ct, cropped, strict=True):
+        assert np.array_equal(after.pixel_array, before.pixel_array[r0:r1, c0:c1])
+        spacing = [float(v) for v in before.PixelSpacing]
+        moved = [float(v) for v in before.ImagePositionPatient]
+        moved[0] += c0 * spacing[1]
+        moved[1] += r0 * spacing[0]
+        assert [float(v) for v in after.ImagePositionPatient] == pytest.approx(moved, abs=1e-3)
+    assert (r1 - r0, c1 - c0) == (round(120.0 / spacing[0]), round(120.0 / spacing[1]))
+    with pytest.raises(ValueError, match="lies outside image"):
+        crop_series(study.ct, (500.0, 0.0), 120.0)
+
+
+def test_phantom_regions_are_validated() -> None:
+    with pytest.raises(ValueError, match="region 'knee' is not one of"):
+        generate_study(1, "A", region="knee")
+    with pytest.raises(ValueError, match="no lungs to plant lesions in"):
+        generate_study(1, "A", region="head")
+    with pytest.raises(ValueError, match="field_of_view_mm=400"):
+        generate_study(1, "A", field_of_view_mm=400.0)
+    cropped = generate_study(3, "E", ct_size=64, ct_slices=8, pet=False, field_of_view_mm=150.0)
+    assert cropped.lesion_mask.shape[1:] == cropped.ct[0].pixel_array.shape
+    assert cropped.lesion_mask.any() and cropped.boxes
