@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from pydicom import Dataset
 
+from classifier.imaging.chest_field import chest_refusal
 from classifier.imaging.dicom_io import DicomReadError, read_headers, read_pixels
 from classifier.imaging.lesions import Candidate, find_candidates
+from classifier.imaging.lung_mask import lung_mask
 from classifier.imaging.resample import register_rigid, resample_to
 from classifier.imaging.series_selection import SeriesCandidate, select_series
 from classifier.imaging.suv import load_pet_suv_volume
@@ -132,7 +134,8 @@ class Analysis:
 def analyze(
     study: StudyFiles, config: AnalysisSettings, classifier: LesionClassifier
 ) -> StudyResult:
-    """Analyse one study; an unusable study gives a result with ct_series_uid None and reasons."""
+    """Analyse one study; an unusable study gives a result that is not `analysed`, with reasons
+    (a CT that is not a whole chest is refused: `StudyResult.refusal`)."""
     return analyze_study(study, config, classifier).result
 
 
@@ -173,6 +176,19 @@ def analyze_study(
         if ct is None:
             skipped.append("no CT series could be read as a volume")
             return done(result_of(skipped=tuple(skipped), timings_s=clock.timings), None, None)
+        lungs = clock.run("candidates", partial(lung_mask, ct))
+        refusal = chest_refusal(ct, lungs)
+        if refusal is not None:
+            skipped.append(refusal)
+            refused = result_of(
+                ct_series_uid=ct.series_instance_uid,
+                ct_slices=ct.slices,
+                ct_shape=ct.shape,
+                skipped=tuple(skipped),
+                refusal=refusal,
+                timings_s=clock.timings,
+            )
+            return done(refused, ct, None)
 
         pet: Volume | None = None
         for choice in selection.pet:
@@ -201,7 +217,7 @@ def analyze_study(
         found = clock.run(
             "candidates",
             lambda: find_candidates(
-                ct, suv, config.mtv_threshold, small_nodules=config.small_nodules
+                ct, suv, config.mtv_threshold, lungs, small_nodules=config.small_nodules
             ),
         )
         lesions: list[Lesion] = []

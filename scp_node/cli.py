@@ -207,7 +207,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     written = predict_folder(
-        Path(args.folder), Path(args.out), config=config.classifier, png=args.png
+        Path(args.folder),
+        Path(args.out),
+        config=config.classifier,
+        png=args.png,
+        histology=config.results.histology,
+        histology_min_probability=config.results.histology_min_probability,
     )
     for path in written:
         print(path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.model.bundled import BUNDLED_MODEL
+from classifier.results.histology_gate import HISTOLOGY_MODES
 from classifier.settings import AnalysisSettings, MtvThreshold
 from storage.redaction import redact_database_url
 
@@ -159,6 +160,9 @@ class SenderConfig:
 class ResultsConfig:
     """[results]: what the result objects say."""
 
+    # "auto": histology only from a model whose metadata records real-patient accuracy above
+    # the majority-class baseline (classifier.results.histology_gate); "on"; "off".
+    histology: str = "auto"
     histology_min_probability: float = 0.5
 
 
@@ -484,7 +488,10 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "pet_min_slices": _int(1, 100000),
     },
     "routing": {"send_results_to": _names, "result_objects": _result_objects},
-    "results": {"histology_min_probability": _float(0, 1)},
+    "results": {
+        "histology": _choice(*HISTOLOGY_MODES),
+        "histology_min_probability": _float(0, 1),
+    },
     "sender": {
         "max_attempts": _int(1, 1000),
         "initial_backoff_seconds": _float(0, 86400),

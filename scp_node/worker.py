@@ -179,6 +179,7 @@ class AnalysisWorker:
             instance_number=job.version,
             kinds=kinds,
             histology_min_probability=self._config.results.histology_min_probability,
+            histology=self._config.results.histology,
             key_pixels=key_pixels,
             notes=repaired,
         )

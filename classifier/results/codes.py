@@ -81,6 +81,11 @@ HISTOLOGY_CODES: dict[str, Code] = {
     "G": Code("28899001", "SCT", "Squamous cell carcinoma"),
 }
 
+# Histology withheld ([results] histology; classifier.results.histology_gate): each lesion's
+# TID 1411 group says so as a qualitative evaluation (no standard code names it).
+HISTOLOGY_ASSESSMENT = Code("LN-HIST-ASSESS", PRIVATE_SCHEME, "Histologic type assessment")
+HISTOLOGY_NOT_ASSESSED = Code("LN-NOT-ASSESSED", PRIVATE_SCHEME, "Not assessed")
+
 # The CNN's lesion probability is the certainty of the finding (CID 6048 names it), in percent.
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 UNIT_PERCENT = Code("%", "UCUM", "percent")
@@ -99,6 +104,11 @@ CAD_SUMMARY = Code("111017", "DCM", "CAD Processing and Findings Summary")
 ALL_SUCCEEDED_WITH_FINDINGS = Code("111242", "DCM", "All algorithms succeeded; with findings")
 ALL_SUCCEEDED_WITHOUT_FINDINGS = Code("111241", "DCM", "All algorithms succeeded; without findings")
 NONE_SUCCEEDED_WITHOUT_FINDINGS = Code("111245", "DCM", "No algorithms succeeded; without findings")
+# A CT read but refused as not a whole chest (StudyResult.refusal): the series reading ran, the
+# lesion search did not.
+NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS = Code(
+    "111243", "DCM", "Not all algorithms succeeded; without findings"
+)
 STUDY_SUMMARY = "Study summary"  # Tracking Identifier of the TID 1501 group without a lesion
 REASON_SKIPPED = Code("LN-SKIPPED", PRIVATE_SCHEME, "Reason part of the study was not analysed")
 COMMENT = Code("121106", "DCM", "Comment")

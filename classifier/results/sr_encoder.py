@@ -276,6 +276,7 @@ def lesion_groups(
     key_image: Dataset,
     *,
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    histology_assessed: bool = True,
 ) -> list[
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -284,8 +285,15 @@ def lesion_groups(
     """The groups of a lesion, all with its Tracking UID: the key-slice box (TID 1410), the
     long and the short axis lines (TID 1501 each), and the segment with volume, uptake,
     certainty and histology (TID 1411). The planar groups come first, so a viewer that merges
-    the groups of a finding lists the diameters before the rest."""
-    evaluation = histology_evaluation(lesion, histology_min_probability)
+    the groups of a finding lists the diameters before the rest. Without `histology_assessed`,
+    the TID 1411 group says histology was not assessed."""
+    evaluation = (
+        histology_evaluation(lesion, histology_min_probability)
+        if histology_assessed
+        else hd.sr.QualitativeEvaluation(
+            name=codes.HISTOLOGY_ASSESSMENT, value=codes.HISTOLOGY_NOT_ASSESSED
+        )
+    )
     volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=lesion.tracking_uid, identifier=lesion.tracking_id
@@ -305,10 +313,16 @@ def lesion_groups(
     ]
 
 
-def summary_text(result: StudyResult) -> str:
-    """One paragraph a technologist can read in the viewer's SR pane."""
+def summary_text(result: StudyResult, histology_not_assessed: str | None = None) -> str:
+    """One paragraph a technologist can read in the viewer's SR pane; with lesions and
+    `histology_not_assessed`, that reason closes it."""
     disclaimer = "" if result.model.clinical_use else "NOT FOR CLINICAL USE. "
     model = f"{result.model.name} {result.model.version}"
+    if result.refusal is not None:
+        return (
+            f"{disclaimer}The study could not be analysed by {model}: {result.refusal} "
+            "No lesion measurements were made."
+        )
     if not result.analysed:
         return (
             f"{disclaimer}The study could not be analysed by {model}; "
@@ -334,12 +348,18 @@ def summary_text(result: StudyResult) -> str:
         parts.append(text)
     return (
         f"{disclaimer}{len(result.lesions)} lung lesion(s) found by {model} in the {series} "
-        "images: " + "; ".join(parts) + "."
+        "images: "
+        + "; ".join(parts)
+        + "."
+        + (f" {histology_not_assessed}" if histology_not_assessed else "")
     )
 
 
 def cad_summary(result: StudyResult) -> Code:
-    """CAD Processing and Findings Summary (CID 6047) of the whole run."""
+    """CAD Processing and Findings Summary (CID 6047) of the whole run: a CT refused as not a
+    whole chest is "not all algorithms succeeded", never "all succeeded; without findings"."""
+    if result.refusal is not None:
+        return codes.NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS
     if not result.analysed:
         return codes.NONE_SUCCEEDED_WITHOUT_FINDINGS
     if not result.lesions:
@@ -347,8 +367,11 @@ def cad_summary(result: StudyResult) -> Code:
     return codes.ALL_SUCCEEDED_WITH_FINDINGS
 
 
-def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": the CAD summary, reasons skipped, a summary text."""
+def qualitative_evaluations(
+    result: StudyResult, histology_not_assessed: str | None = None
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the CAD summary, reasons skipped (histology not
+    assessed among them, when lesions were found), a summary text."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
@@ -361,6 +384,8 @@ def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
         )
     ]
     reasons = list(result.skipped)
+    if histology_not_assessed and result.analysed and result.lesions:
+        reasons.append(histology_not_assessed)
     if not result.analysed and not reasons:
         reasons = ["No CT series of this study could be analysed (no reason was recorded)."]
     for reason in reasons:
@@ -374,7 +399,7 @@ def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
     items.append(
         hd.sr.TextContentItem(
             name=codes.COMMENT,
-            value=_short_text(summary_text(result)),
+            value=_short_text(summary_text(result, histology_not_assessed)),
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
@@ -435,10 +460,13 @@ def measurement_report(
     images: Sequence[Dataset] = (),
     *,
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    histology_not_assessed: str | None = None,
 ) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree; lesion groups reference segments of `segmentation`.
 
-    `images` are the source headers; each lesion's key slice must be among them.
+    `images` are the source headers; each lesion's key slice must be among them. With
+    `histology_not_assessed` (the reason), no histology is stated and each lesion and the
+    qualitative evaluations say it was not assessed.
     """
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -471,6 +499,7 @@ def measurement_report(
                     number,
                     key_image,
                     histology_min_probability=histology_min_probability,
+                    histology_assessed=histology_not_assessed is None,
                 )
             )
     else:
@@ -481,7 +510,7 @@ def measurement_report(
         imaging_measurements=groups,
         referenced_images=library_images(result, images) or None,
     )
-    report[0].ContentSequence.append(qualitative_evaluations(result))
+    report[0].ContentSequence.append(qualitative_evaluations(result, histology_not_assessed))
     separate_containers(report[0])
     return report
 
@@ -505,6 +534,7 @@ def build_sr(
     instance_number: int,
     specific_character_set: str | None,
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    histology_not_assessed: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR of a result; evidence[0] gives the patient and study modules.
 
@@ -512,7 +542,11 @@ def build_sr(
     goes to the Current Requested Procedure Evidence Sequence.
     """
     content = measurement_report(
-        result, segmentation, evidence, histology_min_probability=histology_min_probability
+        result,
+        segmentation,
+        evidence,
+        histology_min_probability=histology_min_probability,
+        histology_not_assessed=histology_not_assessed,
     )
     if predecessor is not None and predecessor.StudyInstanceUID != result.study_instance_uid:
         raise ValueError(

@@ -49,6 +49,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from classifier.results.histology_gate import histology_shown
 from scp_node.audit import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditLog
 from scp_node.health import NodeState, readiness
 from scp_node.metrics import METRICS, free_bytes, version
@@ -291,12 +292,19 @@ class Console:
             return self.page(request, "message.html", 404, title="No such study", text="")
         latest = max((r["version"] for r in study["results_of_study"]), default=None)
         reports, pictures = [], []
+        # The rule of the result objects ([results] histology); a console without the model
+        # loaded (a receiver) cannot tell a trusted model and shows none under auto.
+        model = self.node.model()
+        mode = self.config.results.histology
+        show_histology = mode == "on" or (
+            mode == "auto" and model is not None and histology_shown(mode, model)
+        )
         for r in study["results_of_study"]:
             if r["version"] != latest:
                 continue
             try:
                 if r["kind"] == "SR":
-                    reports.append(findings.measurements(Path(r["path"])))
+                    reports.append(findings.measurements(Path(r["path"]), show_histology))
                 elif r["kind"] == "SEG":
                     for number, label in findings.segments(Path(r["path"])):
                         pictures.append((r["sop_uid"], number, label))
