@@ -196,6 +196,22 @@ class AuditLog:
             }
         )
 
+    def study_failed(self, actor: str, *, study_uid: str, reason: str, outcome: int) -> None:
+        """Security Alert: the worker `actor` failed a study instead of reporting it, because
+        its source instances as read for the analysis name another patient or study than the
+        index holds (scp_node.source_check); the reason names UIDs only."""
+        self.write(
+            {
+                "Event": "study-failed-source-mismatch",
+                "EventID": _coded(SECURITY_ALERT),
+                "EventActionCode": "E",
+                "EventOutcomeIndicator": outcome,
+                "ActiveParticipant": [{"UserID": _clip(actor), "UserIsRequestor": True}],
+                "StudyInstanceUID": _clip(study_uid),
+                "EventOutcomeDescription": reason[:1024],
+            }
+        )
+
     def association_accepted(self, party: Party, rejected_contexts: list[str]) -> None:
         """Begin Transferring DICOM Instances: the association was accepted."""
         event = self._base("association-accepted", BEGIN_TRANSFERRING, "E", OUTCOME_SUCCESS, party)
