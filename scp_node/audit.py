@@ -48,6 +48,8 @@ INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 NODE_AUTHENTICATION = ("110126", "DCM", "Node Authentication")
 APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")  # console actions
+USER_AUTHENTICATION = ("110114", "DCM", "User Authentication")  # console logins, tokens
+LOGIN, LOGOUT = ("110122", "DCM", "Login"), ("110123", "DCM", "Logout")
 STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")  # retention removed a study's inputs
 
 # EventOutcomeIndicator (IHE ATNA, RFC 3881 / DICOM PS3.15 A.5): the outcome of an audited
@@ -167,6 +169,29 @@ class AuditLog:
                 "ActiveParticipant": [
                     {
                         "UserID": _clip(actor),
+                        "UserIsRequestor": True,
+                        "NetworkAccessPointID": _clip(client),
+                    }
+                ],
+                "Detail": {k: _clip(v) if isinstance(v, str) else v for k, v in detail.items()},
+            }
+        )
+
+    def user_authentication(
+        self, user: str, client: str, outcome: int, *, logout: bool = False, **detail: Any
+    ) -> None:
+        """User Authentication (Login or Logout) at the console: the name typed (or "bearer
+        token"), the client address it came from, the outcome (0 success, 4 refused)."""
+        self.write(
+            {
+                "Event": "user-logout" if logout else "user-login",
+                "EventID": _coded(USER_AUTHENTICATION),
+                "EventTypeCode": _coded(LOGOUT if logout else LOGIN),
+                "EventActionCode": "E",
+                "EventOutcomeIndicator": outcome,
+                "ActiveParticipant": [
+                    {
+                        "UserID": _clip(user),
                         "UserIsRequestor": True,
                         "NetworkAccessPointID": _clip(client),
                     }
