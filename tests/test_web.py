@@ -226,6 +226,7 @@ def _browser(download_dir: Path) -> Any:
         f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
@@ -380,6 +381,13 @@ def test_console_in_a_browser_with_orthanc_metrics_and_resend(
             browser.get(f"{base}/node")
             assert "ready" in browser.page_source and TOKEN not in browser.page_source
             browser.save_screenshot(str(shots / "console-node.png"))
+            # the Content-Security-Policy (issue 17) blocks nothing the console itself uses
+            blocked = [
+                entry["message"]
+                for entry in browser.get_log("browser")
+                if "Content Security Policy" in entry["message"]
+            ]
+            assert blocked == []
         finally:
             browser.quit()
         audit = (node.store / "audit.log").read_text()
