@@ -274,3 +274,27 @@ def test_loopback_and_tls_hosts_need_no_insecure_http(tmp_path: Path) -> None:
         load_config(None, {"LUNGNODE__WEB__TOKEN": TOKEN, "LUNGNODE__WEB__HOST": "10.0.0.5"})
     with pytest.raises(ConfigError, match=r"\[web\] users"):
         load_config(None, {"LUNGNODE__WEB__USERS": "alice:plaintext-password"})
+
+
+def test_insecure_http_and_a_weak_token_are_logged_at_start(
+    tmp_path: Path, make_config: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The console is built (not started: nothing listens beyond loopback in tests) with plain
+    HTTP on all interfaces, said explicitly, and a guessable token: two WARNINGs."""
+    config = make_config(
+        web__token="lungnode-password-1",
+        web__host="0.0.0.0",
+        web__insecure_http=True,
+        security__audit_log=tmp_path / "audit.log",
+    )
+    node = NodeState(
+        config=config,
+        index=open_index(config.storage.database_url),
+        role="receiver",
+        scp_port=lambda: 11112,
+    )
+    with caplog.at_level("WARNING", logger="lungnode"):
+        WebServer(config, node)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("[web] insecure_http:") for m in warned), warned
+    assert any(m.startswith("[web] token:") for m in warned), warned
