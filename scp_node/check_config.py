@@ -9,6 +9,8 @@ Checks, each reported as OK, WARNING or ERROR with the key or peer it concerns:
   folder are writable (a file is created and removed in each), or can be created;
 - the database answers (a connection and SELECT 1; nothing is migrated or written);
 - free space on the store against min_free_mb and emergency_free_mb;
+- the console: a WARNING for plain HTTP beyond loopback ([web] insecure_http) and for a [web]
+  token that is easy to guess (scp_node.credentials.weak_token_reason);
 - TLS: the node's certificate and key load together, every certificate (own and CA file) parses,
   and its expiry: a WARNING within 30 days, an ERROR once expired or not yet valid;
 - the model file exists, is a Keras archive with lungnode metadata, and its SHA-256 matches the
@@ -39,6 +41,7 @@ from typing import Any
 
 from scp_node import config as cfg
 from scp_node.config import Config, ConfigError, Destination
+from scp_node.credentials import weak_token_reason
 
 OK, WARNING, ERROR = "OK", "WARNING", "ERROR"
 EXPIRY_WARNING_DAYS = 30
@@ -73,6 +76,7 @@ def check_config(
     _folders(config, findings)
     _database(config, findings)
     _disk(config, findings)
+    _web(config, findings)
     _tls(config, findings, now)
     _model(config, findings)
     _echo(config, findings, echo_timeout)
@@ -234,6 +238,40 @@ def _disk(config: Config, findings: list[Finding]) -> None:
                 "oldest delivered studies (see lungnode retention --dry-run)",
             )
         )
+
+
+def _web(config: Config, findings: list[Finding]) -> None:
+    for level, subject, message in web_warnings(config):
+        findings.append(Finding(level, "web", subject, message))
+
+
+def web_warnings(config: Config) -> list[tuple[str, str, str]]:
+    """(WARNING, key, why) for each weakness of the console's configuration the node starts
+    with all the same: plain HTTP beyond loopback, a token that is easy to guess. Also logged
+    by `lungnode serve` when it starts the console."""
+    web = config.web
+    if not web.enabled:
+        return []
+    found = []
+    if web.insecure_http and not web.tls and not cfg.is_loopback(web.host):
+        found.append(
+            (
+                WARNING,
+                "[web] insecure_http",
+                f"the console listens on {web.host} over plain HTTP: the token, session cookies "
+                "and patient data cross the network in clear unless a TLS proxy fronts it",
+            )
+        )
+    weak = weak_token_reason(web.token)
+    if weak is not None:
+        found.append(
+            (
+                WARNING,
+                "[web] token",
+                f"easy to guess ({weak}); make one with: openssl rand -hex 24",
+            )
+        )
+    return found
 
 
 # ---- TLS -------------------------------------------------------------------------------------

@@ -116,6 +116,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if failed(findings) else 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the salted hash of a password for [web] users (asked twice on a terminal, else one
+    line read from standard input); the password itself is never printed or stored."""
+    import getpass
+
+    from scp_node.credentials import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("lungnode: the two passwords differ; nothing printed", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        print("lungnode: a console password needs at least 12 characters", file=sys.stderr)
+        return 2
+    name = args.user
+    print(f"{name}:{hash_password(password)}" if name else hash_password(password))
+    return 0
+
+
 def cmd_selftest(args: argparse.Namespace) -> int:
     from scp_node.selftest import SelftestError, run_selftest
 
@@ -290,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_selftest)
+
+    p = sub.add_parser(
+        "hash-password",
+        help="print a salted scrypt hash of a console password, for [web] users "
+        "(name:hash); the password is asked twice, or read as one line from standard input",
+    )
+    p.add_argument("--user", metavar="NAME", help="print name:hash, ready for [web] users")
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
     p.add_argument("--out", required=True)

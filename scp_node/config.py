@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from typing import Any
 from classifier.model.bundled import BUNDLED_MODEL
 from classifier.results.histology_gate import HISTOLOGY_MODES
 from classifier.settings import AnalysisSettings, MtvThreshold
+from scp_node.credentials import USER_NAME, is_password_hash
 from storage.redaction import redact_database_url
 
 ENV_PREFIX = "LUNGNODE__"
@@ -176,6 +178,10 @@ class WebConfig:
     token: str = ""
     tls: bool = False  # HTTPS with [security] tls_certificate and tls_private_key
     refresh_seconds: int = 10  # how often the Studies and Deliveries pages reload themselves
+    # yes: plain HTTP on a host other than loopback is allowed (with a WARNING); else refused
+    insecure_http: bool = False
+    # named console users: (name, scrypt hash of the password) (scp_node.credentials)
+    users: tuple[tuple[str, str], ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -346,6 +352,26 @@ def _subject_ae_titles(key: str, raw: str) -> tuple[tuple[str, tuple[str, ...]],
     return tuple(entries)
 
 
+def _users(key: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`name:hash` pairs separated by commas or white space; each hash from `lungnode
+    hash-password` (the password itself is never written anywhere)."""
+    users: dict[str, str] = {}
+    for item in raw.replace(",", " ").split():
+        name, _, hashed = item.partition(":")
+        if not USER_NAME.fullmatch(name) or not is_password_hash(hashed):
+            shown = f"{name}:{'***' if hashed else ''}"
+            raise _fail(
+                key,
+                shown,
+                "name:hash pairs, a name of letters, digits and ._@- and a hash printed by "
+                "`lungnode hash-password`",
+            )
+        if name.casefold() in {n.casefold() for n in users}:
+            raise _fail(key, name, "each user name once")
+        users[name] = hashed
+    return tuple(users.items())
+
+
 def _names(key: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -506,6 +532,8 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "token": _text,
         "tls": _bool,
         "refresh_seconds": _int(0, 3600),
+        "insecure_http": _bool,
+        "users": _users,
     },
 }
 
@@ -760,7 +788,25 @@ def _web(given: dict[str, Any], security: SecurityConfig) -> WebConfig:
             "yes",
             "[security] tls_certificate and tls_private_key set (HTTPS uses them)",
         )
+    if web.enabled and not web.tls and not web.insecure_http and not is_loopback(web.host):
+        raise _fail(
+            "[web] host",
+            web.host,
+            "a loopback address (127.0.0.1, ::1, localhost) without [web] tls = yes: the token "
+            "and patient data would cross the network in clear; set [web] tls = yes, or "
+            "[web] insecure_http = yes where a TLS proxy on the same machine fronts the port",
+        )
     return web
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine reaches."""
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _fields(instance: Any) -> dict[str, Any]:

@@ -507,7 +507,9 @@ class Receiver:
         # started as the last fragment landed (alone on the node): the data goes to disk while
         # the header is checked and the index consulted; None: commit flushes data and name
         data_sync = data_sync_while_streaming(request)
-        header = header_while_streaming(request) or _read_header(streamed)
+        header = header_while_streaming(request)
+        if header is None or header.file_size != _size(streamed):
+            header = _read_header(streamed)  # something follows Pixel Data: pydicom reads it
         try:
             record = header.record(streamed, calling_aet, time.time())
         except InvalidUIDError as exc:

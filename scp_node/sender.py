@@ -150,11 +150,19 @@ class Sender:
         if not loaded:
             return results
 
-        ae = self._build_ae([ds for _, ds in loaded])
         tls_args = None
-        if destination.tls and destination.name in self._tls_contexts:
+        if destination.tls:
+            context = self._tls_contexts.get(destination.name)
+            if context is None:  # never fall back to a plain connection
+                error = (
+                    f"{destination} is marked tls but the sender holds no TLS context for it; "
+                    "nothing was sent (never in plain): restart the node so it builds one from "
+                    "[security], then lungnode resend"
+                )
+                return results + [(item, _Outcome(False, False, error)) for item, _ in loaded]
             # host: SNI, and checked when the destination says verify_hostname
-            tls_args = (self._tls_contexts[destination.name], destination.host)
+            tls_args = (context, destination.host)
+        ae = self._build_ae([ds for _, ds in loaded])
         try:
             assoc = ae.associate(
                 destination.host,

@@ -118,6 +118,10 @@ class Index:
         """See Studies.conflict."""
         return self.studies.conflict(study_uid, sop_uid, patient_digest, birth_date_digest)
 
+    def patient_digests(self, study_uid: str) -> tuple[str | None, str | None] | None:
+        """See Studies.patient_digests."""
+        return self.studies.patient_digests(study_uid)
+
     def study_known(self, study_uid: str) -> bool:
         """See Studies.study_known."""
         return self.studies.study_known(study_uid)
