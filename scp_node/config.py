@@ -54,6 +54,9 @@ class Destination:
     # the certificate whose SHA-256 fingerprint (64 lower-case hex digits) is this (sha256=)
     tls_verify_hostname: bool = False
     tls_pin_sha256: str | None = None
+    # commit=yes: results count as delivered only once the destination commits them by Storage
+    # Commitment (scp_node.storage_commitment), not when it answers the C-STORE
+    commit: bool = False
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{' tls' if self.tls else ''})"
@@ -153,6 +156,11 @@ class SenderConfig:
     max_backoff_seconds: float = 300.0
     timeout_seconds: float = 30.0
     calling_ae_title: str = ""
+    # Storage Commitment (destinations with commit=yes): how long a result waits for the
+    # destination's report before it is sent and asked again; how long the sender keeps its
+    # association open after the N-ACTION for a report on that association
+    commit_timeout_seconds: float = 600.0
+    commit_wait_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -391,11 +399,11 @@ def _result_objects(key: str, raw: str) -> tuple[str, ...]:
 
 
 def _destination(key: str, raw: str) -> Destination:
-    """NAME = AETITLE@host:port [tls [verify_hostname] [sha256=PIN]] [result_objects=LIST]; the
-    Destination's name is filled in by the caller."""
+    """NAME = AETITLE@host:port [tls [verify_hostname] [sha256=PIN]] [result_objects=LIST]
+    [commit=yes|no]; the Destination's name is filled in by the caller."""
     expected = (
         "AETITLE@host:port, optionally followed by tls (then verify_hostname and/or "
-        "sha256=<certificate fingerprint>) and by result_objects=LIST, e.g. "
+        "sha256=<certificate fingerprint>), by result_objects=LIST and by commit=yes|no, e.g. "
         "ORTHANC@127.0.0.1:4242 result_objects=sr,gsps,ko or PACS@pacs.example:2762 tls "
         "verify_hostname"
     )
@@ -410,6 +418,7 @@ def _destination(key: str, raw: str) -> Destination:
     tls = verify = False
     pin: str | None = None
     objects: tuple[str, ...] | None = None
+    commit: bool | None = None
     for option, value in options:
         if option == "tls" and not value and not tls:
             tls = True
@@ -422,9 +431,11 @@ def _destination(key: str, raw: str) -> Destination:
             pin = digits
         elif option == "result_objects" and value and objects is None:
             objects = _result_objects(key, value)
+        elif option == "commit" and value and commit is None:
+            commit = _bool(key, value)
         else:
             raise _fail(key, raw, expected)
-    return Destination("", ae, match.group(2), port, tls, objects, verify, pin)
+    return Destination("", ae, match.group(2), port, tls, objects, verify, pin, bool(commit))
 
 
 # section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
@@ -491,8 +502,11 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_backoff_seconds": _float(0, 86400),
         "timeout_seconds": _float(0.1, 3600),
         "calling_ae_title": _optional_ae_title,
+        "commit_timeout_seconds": _float(1, 7 * 86400),
+        "commit_wait_seconds": _float(0, 60),
     },
-    "destinations": {},  # free keys: NAME = AETITLE@host:port [tls] [result_objects=LIST]
+    # free keys: NAME = AETITLE@host:port [tls] [result_objects=LIST] [commit=yes]
+    "destinations": {},
     "web": {
         "host": _host,
         "port": _int(1, 65535),

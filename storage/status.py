@@ -56,6 +56,11 @@ def status(db: Database) -> dict[str, list[dict[str, Any]]]:
                 "attempts": r[4],
                 "last_error": r[5],
                 "next_attempt_at": iso(r[6]),
+                # Storage Commitment (storage.commitments); None for a destination without it
+                "transaction_uid": r[7],
+                "commit_due_at": iso(r[8]),
+                "committed_at": iso(r[9]),
+                "updated_at": iso(r[10]),
             }
             for r in outbox
         ],

@@ -39,13 +39,17 @@ class Orthanc:
         *,
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
+        """`extra_config`: Orthanc configuration keys over the ones written here (LuaScripts,
+        Plugins, ...)."""
         require_orthanc()
         self.workdir = workdir
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.extra_config = extra_config or {}
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "orthanc.log"
 
@@ -75,6 +79,7 @@ class Orthanc:
             "DicomModalities": {
                 name: [ae, host, port] for name, (ae, host, port) in self.modalities.items()
             },
+            **self.extra_config,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
