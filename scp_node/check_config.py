@@ -385,7 +385,11 @@ def _model(config: Config, findings: list[Finding]) -> None:
 
 
 def echo(config: Config, destination: Destination, timeout: float) -> str | None:
-    """C-ECHO `destination`; None on success, else why not."""
+    """C-ECHO `destination` (a DICOMweb one: a QIDO-RS search); None on success, else why not."""
+    if destination.url:
+        from scp_node.dicomweb_sender import probe
+
+        return probe(config, destination, timeout)
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -454,7 +458,8 @@ def _echo(config: Config, findings: list[Finding], timeout: float) -> None:
     for destination, why in zip(destinations, answers, strict=True):
         subject = f"[destinations] {destination.name}"
         if why is None:
-            findings.append(Finding(OK, "echo", subject, f"{destination}: C-ECHO answered"))
+            answered = "QIDO-RS answered" if destination.url else "C-ECHO answered"
+            findings.append(Finding(OK, "echo", subject, f"{destination}: {answered}"))
         else:
             findings.append(Finding(ERROR, "echo", subject, f"{destination}: {why}"))
 

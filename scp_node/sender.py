@@ -26,6 +26,9 @@ Destinations marked `commit=yes` are asked, on the same association, to commit w
 destination's report commits them; a report of failure, a refused N-ACTION, or no report within
 [sender] commit_timeout_seconds sends them again (an attempt, with backoff; dead after
 max_attempts). A peer that accepts no Storage Commitment context makes them dead letters.
+
+DICOMweb destinations (a URL in [destinations]) receive the same rows by STOW-RS, one request
+per destination per tick (scp_node.dicomweb_sender classifies the answers the same way).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pynetdicom.events import EventHandlerType
 from scp_node.backoff import backoff_delay, retry_at
 from scp_node.config import Config, Destination
 from scp_node.dicom_settings import configure_pynetdicom
+from scp_node.dicomweb_sender import StowSender
 from scp_node.dimse_status import (
     COERCION_OF_DATA_ELEMENTS,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
@@ -115,6 +119,7 @@ class Sender:
             if d.tls
         }
         self._reports = ReportHandler(config, index, rng=self._rng)
+        self._stow = {d.name: StowSender(config, d) for d in config.destinations.values() if d.url}
 
     def deliver_due(self, now: float) -> int:
         """Send every due outbox row and record its outcome, and send again the rows whose
@@ -144,7 +149,11 @@ class Sender:
                         now,
                     )
                 continue
-            for item, outcome in self._send_batch(destination, batch, now):
+            if destination.url:
+                outcomes = self._stow_batch(destination, batch)
+            else:
+                outcomes = self._send_batch(destination, batch, now)
+            for item, outcome in outcomes:
                 self._record(item, outcome, now)
         return len(items) + overdue
 
@@ -152,14 +161,7 @@ class Sender:
         self, destination: Destination, batch: list[OutboxItem], now: float
     ) -> list[tuple[OutboxItem, _Outcome]]:
         """C-STORE a batch of rows over one association to `destination`."""
-        results: list[tuple[OutboxItem, _Outcome]] = []
-        loaded: list[tuple[OutboxItem, Dataset]] = []
-        for item in batch:
-            try:
-                loaded.append((item, dcmread(Path(item.path))))
-            except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError) as exc:
-                # an unreadable result file: no retry will fix it
-                results.append((item, _Outcome(False, False, f"cannot read {item.path}: {exc}")))
+        results, loaded = _read_results(batch)
         if not loaded:
             return results
 
@@ -217,6 +219,25 @@ class Sender:
             if assoc.is_established:
                 assoc.release()
         return results
+
+    def _stow_batch(
+        self, destination: Destination, batch: list[OutboxItem]
+    ) -> list[tuple[OutboxItem, _Outcome]]:
+        """STOW-RS a batch of rows in one request to a DICOMweb `destination`."""
+        results, loaded = _read_results(batch)
+        if not loaded:
+            return results
+        outcomes = self._stow[destination.name].store([ds for _, ds in loaded])
+        log.info(
+            "STOW-RS destination=%s objects=%d stored=%d",
+            destination,
+            len(loaded),
+            sum(o.sent for o in outcomes),
+        )
+        return results + [
+            (item, _Outcome(o.sent, o.transient, o.error))
+            for (item, _), o in zip(loaded, outcomes, strict=True)
+        ]
 
     def _request_commitment(
         self,
@@ -377,7 +398,7 @@ class Sender:
         peer = self._config.destination(item.destination)
         attempt_ = item.attempts + 1
         METRICS.sent(
-            peer.ae_title if peer else "",
+            (peer.ae_title or peer.name) if peer else "",
             "sent"
             if outcome.sent
             else "retry"
@@ -423,6 +444,21 @@ class Sender:
             item.destination,
             error,
         )
+
+
+def _read_results(
+    batch: list[OutboxItem],
+) -> tuple[list[tuple[OutboxItem, _Outcome]], list[tuple[OutboxItem, Dataset]]]:
+    """(rows whose file cannot be read, as dead-letter outcomes; the others with their dataset)."""
+    results: list[tuple[OutboxItem, _Outcome]] = []
+    loaded: list[tuple[OutboxItem, Dataset]] = []
+    for item in batch:
+        try:
+            loaded.append((item, dcmread(Path(item.path))))
+        except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError) as exc:
+            # an unreadable result file: no retry will fix it
+            results.append((item, _Outcome(False, False, f"cannot read {item.path}: {exc}")))
+    return results, loaded
 
 
 def _association_failure(assoc: Association, destination: Destination) -> str:
