@@ -161,8 +161,11 @@ class Outbox:
         (ds,) = self.add_results([result_dataset(sop_class)], destination)
         return ds
 
-    def add_results(self, datasets: list[Dataset], destination: str = "pacs") -> list[Dataset]:
-        """Store `datasets` as the results of one analysed study, one outbox row each."""
+    def add_results(
+        self, datasets: list[Dataset], destination: str | list[str] = "pacs"
+    ) -> list[Dataset]:
+        """Store `datasets` as the results of one analysed study, one outbox row each per
+        destination."""
         results = []
         for ds in datasets:
             path = self.store.write_dataset(ds)
@@ -184,7 +187,8 @@ class Outbox:
         assert self.index.mark_ready(NOW - 50, 10) == [STUDY_UID]
         job = self.index.claim_job("test-worker", 60, NOW - 40)
         assert job is not None
-        assert self.index.complete_job(job, results, [destination], NOW - 30)
+        destinations = [destination] if isinstance(destination, str) else destination
+        assert self.index.complete_job(job, results, destinations, NOW - 30)
         return datasets
 
     def row(self) -> dict[str, object]:
