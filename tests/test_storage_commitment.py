@@ -407,3 +407,19 @@ def test_report_on_the_senders_own_association(tmp_path: Path) -> None:
             thread.join(10)
         server.shutdown()
         box.database.close()
+
+
+def test_check_config_warns_when_the_reporting_peer_may_not_call(tmp_path: Path) -> None:
+    from scp_node.check_config import WARNING, Finding, _commitment_reports
+
+    def findings(**overrides: object) -> list[Finding]:
+        found: list[Finding] = []
+        config = sender_config(
+            tmp_path, 104, destinations__pacs="PACS@127.0.0.1:104 commit=yes", **overrides
+        )
+        _commitment_reports(config, found)
+        return found
+
+    (warning,) = findings(security__allowed_calling_aets="ORTHANC")
+    assert warning.level == WARNING and "allowed_calling_aets" in warning.message
+    assert findings(security__allowed_calling_aets="ORTHANC,PACS") == []
