@@ -61,11 +61,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             + (f"  ({e(s['reason'])})" if s.get("reason") else "")
         )
     if status["outbox"]:
-        print(f"\n{'OUTCOME':<26} {'TRY':>3}  {'DESTINATION':<16} SOP INSTANCE / REASON")
+        print(
+            f"\n{'OUTBOX':<10} {'OUTCOME':<26} {'TRY':>3}  {'DESTINATION':<16} "
+            "SOP INSTANCE / REASON"
+        )
         for o in status["outbox"]:
             due = o.get("commit_due_at") if o["state"] == "COMMITTING" else None
             print(
-                f"{e(o.get('outcome', o['state']), 32):<26} {o['attempts']:>3}  "
+                f"{e(o['state'], 16):<10} {e(o.get('outcome', ''), 32):<26} {o['attempts']:>3}  "
                 f"{e(o['destination'], 64):<16} {e(o['sop_instance_uid'], 64)}"
                 + (f"  ({e(o['last_error'])})" if o.get("last_error") else "")
                 + (f"  (commitment due {due})" if due else "")

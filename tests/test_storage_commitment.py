@@ -151,6 +151,8 @@ def test_report_commits_retries_and_dead_letters_rows(tmp_path: Path, index: Ind
     index.commitments.awaiting(items, "1.2.77", NOW + 600, NOW)
     assert {s for s, _, _ in _states(index).values()} == {"COMMITTING"}
     assert index.due_outbox(NOW + 10_000) == [], "COMMITTING rows are not sent again"
+    inputs = index.retention.study_inputs(STUDY_UID)
+    assert inputs is not None and inputs.pending == 3, "retention keeps the study's inputs"
 
     outcome = index.commitments.report(
         "1.2.77",
