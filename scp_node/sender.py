@@ -261,43 +261,21 @@ class Sender:
         request = commitment_request(
             transaction_uid, [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for _, ds in stored]
         )
-        error, transient = "", True
-        try:
-            status, _ = assoc.send_n_action(
-                request,
-                REQUEST_STORAGE_COMMITMENT,
-                STORAGE_COMMITMENT_PUSH_MODEL,
-                STORAGE_COMMITMENT_INSTANCE,
-            )
-        except ValueError:  # no accepted presentation context for Storage Commitment
-            error = (
-                f"{destination} accepted no Storage Commitment Push Model context; set "
-                "commit=no on its [destinations] line, or enable Storage Commitment there"
-            )
-            transient = False
-        except (OSError, RuntimeError) as exc:
-            error = f"N-ACTION (Storage Commitment) to {destination} failed: {exc}"
-        else:
-            if "Status" not in status:
-                error = f"no N-ACTION response from {destination} (timeout or abort)"
-            elif int(status.Status) != SUCCESS:
-                error = (
-                    f"{destination} answered the Storage Commitment N-ACTION with status "
-                    f"0x{int(status.Status):04X}"
+        with REPORTED.expecting(transaction_uid) as wait_for_report:
+            error, transient = _send_n_action(assoc, destination, request)
+            if not error:
+                log.info(
+                    "storage commitment requested destination=%s transaction_uid=%s objects=%d",
+                    destination,
+                    transaction_uid,
+                    len(items),
                 )
+                if sender.commit_wait_seconds > 0:
+                    wait_for_report(sender.commit_wait_seconds)
         if error:
             log.warning("%s transaction_uid=%s", error, transaction_uid)
             for item in items:
                 self._commitment_failed(item, error, now, transient=transient)
-        else:
-            log.info(
-                "storage commitment requested destination=%s transaction_uid=%s objects=%d",
-                destination,
-                transaction_uid,
-                len(items),
-            )
-            if sender.commit_wait_seconds > 0:
-                REPORTED.wait(transaction_uid, sender.commit_wait_seconds)
         return _Outcome(True, False, error, recorded=True)
 
     def _commitments_overdue(self, now: float) -> int:
@@ -444,6 +422,37 @@ class Sender:
             item.destination,
             error,
         )
+
+
+def _send_n_action(
+    assoc: Association, destination: Destination, request: Dataset
+) -> tuple[str, bool]:
+    """Send the Storage Commitment N-ACTION; ("", True) when the destination took it, else
+    (why not, whether a later attempt may succeed)."""
+    try:
+        status, _ = assoc.send_n_action(
+            request,
+            REQUEST_STORAGE_COMMITMENT,
+            STORAGE_COMMITMENT_PUSH_MODEL,
+            STORAGE_COMMITMENT_INSTANCE,
+        )
+    except ValueError:  # no accepted presentation context for Storage Commitment
+        return (
+            f"{destination} accepted no Storage Commitment Push Model context; set "
+            "commit=no on its [destinations] line, or enable Storage Commitment there",
+            False,
+        )
+    except (OSError, RuntimeError) as exc:
+        return f"N-ACTION (Storage Commitment) to {destination} failed: {exc}", True
+    if "Status" not in status:
+        return f"no N-ACTION response from {destination} (timeout or abort)", True
+    if int(status.Status) != SUCCESS:
+        return (
+            f"{destination} answered the Storage Commitment N-ACTION with status "
+            f"0x{int(status.Status):04X}",
+            True,
+        )
+    return "", True
 
 
 def _read_results(

@@ -15,7 +15,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
@@ -118,24 +119,38 @@ def parse_report(event_type_id: int, info: Dataset | None) -> CommitmentReport:
 
 class _Reported:
     """Transaction UIDs reported in this process, so a sender waiting on its association for
-    the report stops as soon as it came, on whichever association."""
+    the report stops as soon as it came, on whichever association. Only UIDs someone waits for
+    are kept, and only while they wait."""
 
     def __init__(self) -> None:
+        self._waiting: set[str] = set()
         self._done: set[str] = set()
         self._cond = threading.Condition()
 
     def add(self, transaction_uid: str) -> None:
         with self._cond:
-            self._done.add(transaction_uid)
-            self._cond.notify_all()
+            if transaction_uid in self._waiting:
+                self._done.add(transaction_uid)
+                self._cond.notify_all()
 
-    def wait(self, transaction_uid: str, timeout: float) -> bool:
-        """True once `transaction_uid` was reported (then forgotten), False after `timeout`."""
+    @contextmanager
+    def expecting(self, transaction_uid: str) -> Iterator[Callable[[float], bool]]:
+        """Within the block, a report of `transaction_uid` is kept; the block gets a function
+        that waits up to its argument in seconds for it (True once it came). Entered before
+        the N-ACTION goes out, so a report that comes at once is not missed."""
         with self._cond:
-            if self._cond.wait_for(lambda: transaction_uid in self._done, timeout):
+            self._waiting.add(transaction_uid)
+
+        def wait(timeout: float) -> bool:
+            with self._cond:
+                return self._cond.wait_for(lambda: transaction_uid in self._done, timeout)
+
+        try:
+            yield wait
+        finally:
+            with self._cond:
+                self._waiting.discard(transaction_uid)
                 self._done.discard(transaction_uid)
-                return True
-            return False
 
 
 REPORTED = _Reported()

@@ -425,3 +425,15 @@ def test_check_config_warns_when_the_reporting_peer_may_not_call(tmp_path: Path)
     (warning,) = findings(security__allowed_calling_aets="ORTHANC")
     assert warning.level == WARNING and "allowed_calling_aets" in warning.message
     assert findings(security__allowed_calling_aets="ORTHANC,PACS") == []
+
+
+def test_waiting_sender_sees_a_report_that_came_before_it_waited() -> None:
+    from scp_node.storage_commitment import REPORTED
+
+    REPORTED.add("1.2.3.1")  # nobody waits: not kept
+    with REPORTED.expecting("1.2.3.1") as wait:
+        assert not wait(0.05)
+    with REPORTED.expecting("1.2.3.2") as wait:
+        REPORTED.add("1.2.3.2")  # e.g. on the SCP, before the sender waits
+        assert wait(0.0)
+    assert REPORTED._waiting == set() and REPORTED._done == set(), "nothing kept afterwards"
