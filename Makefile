@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.ini
-DEBIAN_TEST_PACKAGES := orthanc dcmtk dicom3tools pixelmed-apps postgresql chromium chromium-driver
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps postgresql chromium chromium-driver
 
 .PHONY: run test test-fast venv dev-deps debian-deps viewer-deps lint bench
 

@@ -15,8 +15,11 @@ Checks, each reported as OK, WARNING or ERROR with the key or peer it concerns:
   and its expiry: a WARNING within 30 days, an ERROR once expired or not yet valid;
 - the model file exists, is a Keras archive with lungnode metadata, and its SHA-256 matches the
   checksum recorded beside it by `lungnode train` (<stem>-report/metrics.json, or <file>.sha256);
-- C-ECHO to every destination (over TLS where marked), all at once, each with a timeout; but
-  the one named `selftest`, where `lungnode selftest` itself listens while it runs.
+- C-ECHO to every destination (over TLS where marked; a DICOMweb one: a QIDO-RS search), all at
+  once, each with a timeout; but the one named `selftest`, where `lungnode selftest` itself
+  listens while it runs;
+- Storage Commitment: a WARNING for a destination with commit=yes whose AE title may not call
+  the node (its report on an association of its own would be rejected).
 
 The exit status is 1 when any check is an ERROR, else 0.
 """
@@ -79,8 +82,28 @@ def check_config(
     _web(config, findings)
     _tls(config, findings, now)
     _model(config, findings)
+    _commitment_reports(config, findings)
     _echo(config, findings, echo_timeout)
     return findings
+
+
+def _commitment_reports(config: Config, findings: list[Finding]) -> None:
+    """Destinations with commit=yes must be allowed to call in, for reports on a new association."""
+    security = config.security
+    for d in config.destinations.values():
+        if not d.commit or security.allow_any_calling_aet:
+            continue
+        if d.ae_title not in security.allowed_calling_aets:
+            findings.append(
+                Finding(
+                    WARNING,
+                    "commitment",
+                    f"[destinations] {d.name}",
+                    f"{d}: commit=yes, but {d.ae_title} is not in [security] "
+                    "allowed_calling_aets: a Storage Commitment report it sends on an "
+                    "association of its own is rejected (add it there)",
+                )
+            )
 
 
 # ---- values ----------------------------------------------------------------------------------
@@ -423,7 +446,11 @@ def _model(config: Config, findings: list[Finding]) -> None:
 
 
 def echo(config: Config, destination: Destination, timeout: float) -> str | None:
-    """C-ECHO `destination`; None on success, else why not."""
+    """C-ECHO `destination` (a DICOMweb one: a QIDO-RS search); None on success, else why not."""
+    if destination.url:
+        from scp_node.dicomweb_sender import probe
+
+        return probe(config, destination, timeout)
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -492,7 +519,8 @@ def _echo(config: Config, findings: list[Finding], timeout: float) -> None:
     for destination, why in zip(destinations, answers, strict=True):
         subject = f"[destinations] {destination.name}"
         if why is None:
-            findings.append(Finding(OK, "echo", subject, f"{destination}: C-ECHO answered"))
+            answered = "QIDO-RS answered" if destination.url else "C-ECHO answered"
+            findings.append(Finding(OK, "echo", subject, f"{destination}: {answered}"))
         else:
             findings.append(Finding(ERROR, "echo", subject, f"{destination}: {why}"))
 

@@ -58,6 +58,7 @@ from scp_node.sop_classes import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
+from scp_node.storage_commitment import ReportHandler, add_report_context
 from scp_node.tls import peer_certificate_subject, server_context, start_server
 from storage.database import DatabaseFull
 from storage.index import Index, StudyConflict
@@ -271,6 +272,7 @@ class Receiver:
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))
+        add_report_context(ae)  # Storage Commitment reports of destinations with commit=yes
         mib = 1024 * 1024
         route_incoming(
             ae,
@@ -327,6 +329,7 @@ class Receiver:
                 (evt.EVT_CONN_OPEN, self._audit.connection_opened),
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_N_EVENT_REPORT, ReportHandler(self._config, self._index)),
                 (evt.EVT_ACCEPTED, self._on_accepted),
                 (evt.EVT_REJECTED, self._on_rejected),
                 (evt.EVT_RELEASED, self._on_released),

@@ -149,7 +149,10 @@ def serve(config: Config, role: str = "all") -> int:
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     switches = Switches(index)
     METRICS.configure(
-        {*config.security.allowed_calling_aets, *(d.ae_title for d in config.destinations.values())}
+        {
+            *config.security.allowed_calling_aets,
+            *(d.ae_title or d.name for d in config.destinations.values()),  # DICOMweb: name
+        }
     )
 
     worker = None

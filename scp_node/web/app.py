@@ -411,6 +411,12 @@ class Console:
             "deliveries.html",
             destinations=per_destination,
             configured={n.casefold(): str(d) for n, d in self.config.destinations.items()},
+            protocols={
+                n.casefold(): d.protocol + (" + Storage Commitment" if d.commit else "")
+                for n, d in self.config.destinations.items()
+            },
+            unfinished=self.index.console.unfinished(),
+            now=time.time(),
             dead=self.index.console.dead_letters(),
         )
 
