@@ -465,7 +465,7 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
         from scp_node.tls import client_context
 
         try:
-            tls_args = (client_context(config.security), destination.host)
+            tls_args = (client_context(config.security, destination), destination.host)
         except ConfigError as exc:
             return str(exc)
     try:
