@@ -201,7 +201,11 @@ def analyze_study(
         found = clock.run(
             "candidates",
             lambda: find_candidates(
-                ct, suv, config.mtv_threshold, small_nodules=config.small_nodules
+                ct,
+                suv,
+                config.mtv_threshold,
+                small_nodules=config.small_nodules,
+                mass_radius_mm=config.mass_radius_mm,
             ),
         )
         lesions: list[Lesion] = []

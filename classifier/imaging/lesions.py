@@ -11,6 +11,11 @@ Candidates that are normal anatomy by their 3-D shape are dropped (`is_anatomy`)
 from below the lung (liver, spleen, stomach, the heart under the lung) and those elongated along
 the body axis (vessel and airway trees, the mediastinum).
 
+A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball, a tumour keeps
+its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
+tree only parts thicker than a hilar vessel stay. A stub touching a much larger mass is part of
+its edge, not a finding; nothing above the lungs' apex is a finding.
+
 A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
 cavity outside the region (`LungMask.cavity`: inside the ribs, lateral of the mediastinal
 border, above that lung), so a tumour that replaced the lung around it is one candidate, cut
@@ -710,13 +715,16 @@ def find_candidates(
     lungs: LungMask | None = None,
     *,
     small_nodules: bool = False,
-    mass_radius_mm: float = MASS_MIN_RADIUS_MM,
+    mass_radius_mm: float | None = None,
 ) -> list[Candidate]:
     """Lesion candidates of a CT (and SUV on the CT grid), measured, largest first.
 
     CT: soft tissue (> -300 HU) inside the per-slice closed lungs, opened in-plane to cut
-    vessels, at least MIN_DIAMETER_MM thick. PET: SUV > max(2.5, 2 x median lung SUV) in the
-    same region. Overlapping CT and PET candidates become one, detected_by "CT+PET".
+    vessels, at least MIN_DIAMETER_MM thick, grown into the chest cavity, then cut to its
+    masses (`_mass_parts`, `mass_radius_mm`: None for MASS_MIN_RADIUS_MM), without stubs at a
+    mass's edge and without anything above the lungs' apex. PET: SUV > max(2.5, 2 x median
+    lung SUV) in the same region. Overlapping CT and PET candidates become one, detected_by
+    "CT+PET".
     """
     mtv = mtv or MtvThreshold()
     lungs = lungs or lung_mask(ct)
@@ -784,7 +792,9 @@ def find_candidates(
         del cavity_labels, cavity_objects  # memory: done with (int32 on the crop)
         ct_components = _merge_overlapping(ct_components, soft.shape)
         ct_components = [
-            part for blob in ct_components for part in _mass_parts(blob, spacing, mass_radius_mm)
+            part
+            for blob in ct_components
+            for part in _mass_parts(blob, spacing, mass_radius_mm or MASS_MIN_RADIUS_MM)
         ]
         ct_components = _without_edge_fragments(ct_components)
     caudal_first = _caudal_first(ct)
