@@ -110,6 +110,7 @@ def _row(scan_id: str, axis: float, others: int, fragments: int = 1) -> dict[str
                 "detected": True,
                 "fragments": fragments,
                 "best_finding_long_axis_mm": axis,
+                "hits": [{"finding": "Lesion 1", "probability": 0.7, "long_axis_mm": axis}],
                 "beside": [],
                 "annotated": {
                     "largest_slice_box_long_side_mm": 80.0,

@@ -97,7 +97,7 @@ _MTV_MARGIN_MM = 5.0
 MASS_NECK = 0.5
 MASS_CORE_MIN_MM = 6.0
 MASS_REGROW_MM = 4.0
-MASS_MIN_RADIUS_MM = 14.0
+MASS_MIN_RADIUS_MM = 10.0
 # A component touching one at least this many times its volume is a stub at that one's edge.
 EDGE_FRAGMENT_RATIO = 4.0
 # The lungs' apex: the most cranial slice on which the aerated lungs cover at least

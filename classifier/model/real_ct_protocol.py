@@ -106,6 +106,7 @@ def judged(row: dict[str, Any]) -> dict[str, Any]:
     low = (1 - AXIS_TOLERANCE) * annotated["largest_slice_box_long_side_mm"]
     high = (1 + AXIS_TOLERANCE) * annotated["largest_slice_box_diagonal_mm"]
     one = bool(tumour["detected"]) and tumour["fragments"] == 1
+    out["probability"] = tumour["hits"][0]["probability"] if tumour["hits"] else None
     axis_ok = axis is not None and low <= axis <= high
     return {
         **out,
@@ -275,8 +276,10 @@ def _row_md(patient: str, row: dict[str, Any], radius: float | None) -> str:
     )
     axis = row.get("long_axis_mm")
     low, high = row.get("annotated_mm", [None, None])
+    p = row.get("probability")
     return (
-        f"| {patient} | {'yes' if row['one_finding'] else 'no'} | "
+        f"| {patient} | {'yes' if row['one_finding'] else 'no'}"
+        f"{'' if p is None else f' (p {p:.3f})'} | "
         f"{axis if axis is not None else '-'} vs {low}-{high} | "
         f"{row['others']} ({what}) | {detail or '-'} | "
         f"{'' if radius is None else f'{radius:g}'} | {'**met**' if row['met'] else 'not met'} |"
@@ -302,10 +305,21 @@ def card_section(summary: dict[str, Any], command: str) -> str:
             lines.append(
                 f"| {row['scan_id']} (baseline, main 777fa3f) | no | "
                 + ", ".join(f"{f['long_axis_mm']:g} mm" for f in findings)
-                + f" reported, tumour not outlined whole | {len(findings)} findings | |"
+                + f" reported, tumour not outlined whole | {len(findings)} | |"
             )
         baseline_rows = "\n".join(lines)
     met = sum(bool(folds[p]["row"]["met"]) for p in summary["patients"])
+    node = AnalysisSettings().lesion_probability_threshold
+    configured = ""
+    if f"{node:g}" != f"{chosen['threshold']:g}" and f"{node:g}" in summary["table"]:
+        at_node = summary["table"][f"{node:g}"][f"{chosen['radius_mm']:g}"]
+        configured = (
+            f"The node's configured reporting threshold is {node:g} (`[classifier] "
+            "lesion_probability_threshold`), not the chosen one; what it reports at that "
+            f"threshold and the chosen radius:\n\n{_HEAD}\n"
+            + "\n".join(_row_md(p, at_node[p], chosen["radius_mm"]) for p in summary["patients"])
+            + "\n"
+        )
     radii = ", ".join(f"{r:g}" for r in summary["radii_mm"])
     thresholds = ", ".join(f"{t:g}" for t in summary["thresholds"])
     pictures = ", ".join(
@@ -314,9 +328,10 @@ def card_section(summary: dict[str, Any], command: str) -> str:
     return f"""{CARD_START}
 ## Real CT: the detector judged leave one patient out (issue 16)
 
-Per patient as the node reports (bundled model, threshold {chosen["threshold"]:g}, at most 5
-findings): the tumour found as ONE finding, its long axis against the annotated extent (the
-largest slice box's longer side to its diagonal; the target is [0.7 x side, 1.3 x diagonal]),
+Per patient at the protocol's chosen reporting threshold ({chosen["threshold"]:g}; bundled model,
+at most 5 findings): the tumour found as ONE finding (with its lesion probability), its long
+axis against the annotated extent (the largest slice box's longer side to its diagonal; the
+target is [0.7 x side, 1.3 x diagonal]),
 the other findings and what they are, at most {MAX_OTHER_FINDINGS} allowed. The detector's tuned
 rule (the ball a part of a vessel tree must hold to be a mass,
 `classifier.imaging.lesions.MASS_MIN_RADIUS_MM`, tried at {radii} mm) and the
@@ -332,7 +347,7 @@ approximate ones for the others (`tests/data/annotations-approximate`).
 
 Held-out baseline (before issue 16, the detector had never seen these two studies):
 
-| study | tumour one finding | what was reported | other findings | |
+| study | tumour one finding | what was reported | findings | |
 |---|---|---|---|---|
 {baseline_rows}
 
@@ -343,6 +358,7 @@ a measure of generalisation):
 {_HEAD}
 {fitted_rows}
 
+{configured}
 What the other findings are comes from a person's reading of the pictures
 (`real-ct/reviewed_findings.csv`). Pictures at the defaults: {pictures}.
 
