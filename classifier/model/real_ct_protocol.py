@@ -240,6 +240,8 @@ def run(
                     row = study_row(study, t, max_findings=limit)
                     verdict = judged(row)
                     verdict["other_findings"] = _other_findings(study, row, t, limit, apex)
+                    # Nothing above the lungs' apex is ever a finding.
+                    verdict["met"] &= not any(f["above_apex"] for f in verdict["other_findings"])
                     verdict["tumours"] = row["tumours"]
                     table[t][radius][patient] = verdict
                     picture = out / "pictures" / f"t{t:g}-r{radius:g}" / f"{patient}-findings.png"
@@ -373,11 +375,10 @@ def install(summary: dict[str, Any], out: Path, command: str, card: Path) -> Non
     """Write the section into the card and copy the pictures at the defaults beside it."""
     chosen = summary["chosen"]
     folder = out / "pictures" / f"t{chosen['threshold']:g}-r{chosen['radius_mm']:g}"
-    CARD_DIR.mkdir(parents=True, exist_ok=True)
+    pictures = card.parent / "real-ct"
+    pictures.mkdir(parents=True, exist_ok=True)
     for patient in summary["patients"]:
-        shutil.copyfile(
-            folder / f"{patient}-findings.png", card.parent / "real-ct" / f"{patient}-findings.png"
-        )
+        shutil.copyfile(folder / f"{patient}-findings.png", pictures / f"{patient}-findings.png")
     text = card.read_text()
     section = card_section(summary, command)
     if CARD_START in text:
