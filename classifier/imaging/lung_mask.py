@@ -322,7 +322,7 @@ def _cavity(
             extreme = np.nanmax(past, axis=0) if towards_high else np.nanmin(past, axis=0)
         border = np.where(has, history[position], extreme)
         if np.isfinite(spine_front[s]):
-            # Behind the front of the spine the pleural space reaches the spine (the
+            # Behind the front of the spine the right pleural space reaches the spine (the
             # paravertebral gutter): a mass filling it leaves lung only lateral of it on its
             # own rows, so the border there is the most medial of this slice's and those below.
             behind = (np.arange(rows_n) >= spine_front[s]) & has & ~np.isnan(extreme)
@@ -549,6 +549,9 @@ def lung_mask(ct: Volume) -> LungMask:
             )
             own = fill_in_plane(closed) | (fill_in_plane(wide) & medial_cols[label - 1])
             region |= own
+            # Beside the spine on the left lies the descending aorta, not pleural space: the
+            # gutter rule (see _cavity) is for the right lung only.
+            gutter = spine_front if label == RIGHT else np.full_like(spine_front, np.nan)
             cavity |= _cavity(
                 small,
                 bone,
@@ -557,7 +560,7 @@ def lung_mask(ct: Volume) -> LungMask:
                 medial_cols[label - 1],
                 spacing,
                 caudal_first,
-                spine_front,
+                gutter,
             )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(
