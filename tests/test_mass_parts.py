@@ -110,7 +110,14 @@ def _row(scan_id: str, axis: float, others: int, fragments: int = 1) -> dict[str
                 "detected": True,
                 "fragments": fragments,
                 "best_finding_long_axis_mm": axis,
-                "hits": [{"finding": "Lesion 1", "probability": 0.7, "long_axis_mm": axis}],
+                "hits": [
+                    {
+                        "finding": "Lesion 1",
+                        "probability": 0.7,
+                        "long_axis_mm": axis,
+                        "touches_annotated_boxes": True,
+                    }
+                ],
                 "beside": [],
                 "annotated": {
                     "largest_slice_box_long_side_mm": 80.0,
@@ -126,6 +133,9 @@ def test_judged_applies_the_target() -> None:
     assert not judged(_row("a", 50.0, 0))["met"]  # below 0.7 x 80 mm: a fragment
     assert not judged(_row("a", 70.0, 3))["met"]
     assert not judged(_row("a", 70.0, 0, fragments=2))["met"]
+    beside = _row("a", 70.0, 0)
+    beside["per_tumour"][0]["hits"][0]["touches_annotated_boxes"] = False
+    assert not judged(beside)["one_finding"]  # a centroid hit beside the tumour
 
 
 def test_choose_reports_each_patient_at_the_value_chosen_on_the_others() -> None:

@@ -20,7 +20,14 @@ def _row(axis: float, others: list[dict[str, Any]]) -> dict[str, Any]:
                 "detected": True,
                 "fragments": 1,
                 "best_finding_long_axis_mm": axis,
-                "hits": [{"finding": "Lesion 1", "probability": 0.7, "long_axis_mm": axis}],
+                "hits": [
+                    {
+                        "finding": "Lesion 1",
+                        "probability": 0.7,
+                        "long_axis_mm": axis,
+                        "touches_annotated_boxes": True,
+                    }
+                ],
                 "beside": [],
                 "annotated": {
                     "largest_slice_box_long_side_mm": 80.0,

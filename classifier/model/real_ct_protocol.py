@@ -105,7 +105,10 @@ def judged(row: dict[str, Any]) -> dict[str, Any]:
     axis = tumour["best_finding_long_axis_mm"]
     low = (1 - AXIS_TOLERANCE) * annotated["largest_slice_box_long_side_mm"]
     high = (1 + AXIS_TOLERANCE) * annotated["largest_slice_box_diagonal_mm"]
-    one = bool(tumour["detected"]) and tumour["fragments"] == 1
+    # One finding: exactly one reported finding outlines part of the tumour (touches its
+    # boxes); a hit by the centroid rule alone lies beside it.
+    touches = bool(tumour["hits"]) and bool(tumour["hits"][0].get("touches_annotated_boxes"))
+    one = bool(tumour["detected"]) and tumour["fragments"] == 1 and touches
     out["probability"] = tumour["hits"][0]["probability"] if tumour["hits"] else None
     axis_ok = axis is not None and low <= axis <= high
     return {
