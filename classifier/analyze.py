@@ -217,7 +217,12 @@ def analyze_study(
         found = clock.run(
             "candidates",
             lambda: find_candidates(
-                ct, suv, config.mtv_threshold, lungs, small_nodules=config.small_nodules
+                ct,
+                suv,
+                config.mtv_threshold,
+                lungs,
+                small_nodules=config.small_nodules,
+                mass_radius_mm=config.mass_radius_mm,
             ),
         )
         lesions: list[Lesion] = []

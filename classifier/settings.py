@@ -39,6 +39,10 @@ class AnalysisSettings:
     # default: on the real studies each adds 0-2 vessel-like dots the phantom-trained CNN
     # scores >= 0.9, until the lesion score is trained with real negatives.
     small_nodules: bool = False
+    # The detector's tuned value (not a config key): the radius in mm of the ball a part of a
+    # vessel tree must hold to be a mass (`lesions.MASS_MIN_RADIUS_MM` when None); set by the
+    # leave-one-patient-out protocol (classifier.model.real_ct_protocol) to try its choices.
+    mass_radius_mm: float | None = None
     mtv_threshold: MtvThreshold = field(default_factory=MtvThreshold)
     ct_slice_thickness_range_mm: tuple[float, float] = (0.5, 10.0)
     ct_min_slices: int = 8

@@ -1,5 +1,5 @@
 """The `lungnode` command line: serve, status, resend, retention, check-config, selftest, synth,
-train, evaluate, evaluate-detector, predict."""
+train, evaluate, evaluate-detector, real-ct-protocol, predict."""
 
 from __future__ import annotations
 
@@ -262,6 +262,16 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_real_ct_protocol(args: argparse.Namespace) -> int:
+    from classifier.model import real_ct_protocol
+
+    argv = ["--data", args.data, "--out", args.out]
+    argv += [a for path in args.annotations or [] for a in ("--annotations", path)]
+    argv += ["--install"] if args.install else []
+    argv += ["--from-json"] if args.from_json else []
+    return real_ct_protocol.main(argv)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from classifier.predict_folder import predict_folder
 
@@ -401,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for the report and pictures")
     p.set_defaults(func=cmd_evaluate_detector)
+
+    p = sub.add_parser(
+        "real-ct-protocol",
+        help="judge the detector on the real studies leave one patient out; the model card's "
+        "real-CT table (classifier.model.real_ct_protocol)",
+    )
+    p.add_argument("--data", required=True, help="TCIA download (manifest folder or its parent)")
+    p.add_argument("--annotations", action="append", help="annotation folder; repeat for several")
+    p.add_argument("--out", required=True, help="folder for the summary and pictures")
+    p.add_argument("--install", action="store_true", help="write the bundled model's card")
+    p.add_argument(
+        "--from-json", action="store_true", help="install from OUT of an earlier run, no analysis"
+    )
+    p.set_defaults(func=cmd_real_ct_protocol)
 
     p = sub.add_parser("predict", help="analyse a folder of DICOM files offline, write SR/SEG")
     p.add_argument("folder")

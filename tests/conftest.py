@@ -144,7 +144,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def lung_pet_ct_dx(shared_data: Path) -> Path:
-    """The Lung-PET-CT-Dx fixture (TCIA layout: A0002 with boxes, E0002, E0003); a real-data
+    """The Lung-PET-CT-Dx fixture (TCIA layout: A0002 with boxes, E0001-E0004); a real-data
     folder without it is a broken checkout of shared/, so the test fails instead of skipping."""
     folder = shared_data / "lung-pet-ct-dx"
     assert (folder / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").is_dir(), f"{folder} is incomplete"

@@ -1,4 +1,4 @@
-"""The project's own approximate boxes of E0002 and E0003 (tests/data/annotations-approximate):
+"""The project's own approximate boxes of E0001-E0004 (tests/data/annotations-approximate):
 they parse as the collection's PASCAL-VOC files and land on slices of the series they were drawn
 on, at the slice index (along the slice normal) recorded in boxes.csv."""
 
@@ -24,8 +24,8 @@ def _rows() -> list[dict[str, str]]:
 def test_xml_files_parse_and_match_the_table() -> None:
     rows = _rows()
     xmls = sorted(APPROXIMATE.glob("*/*.xml"))
-    assert {p.parent.name for p in xmls} == {"E0002", "E0003"}
-    assert len(xmls) == len({r["sop_instance_uid"] for r in rows}) == 27
+    assert {p.parent.name for p in xmls} == {"E0001", "E0002", "E0003", "E0004"}
+    assert len(xmls) == len({r["sop_instance_uid"] for r in rows}) == 54
     by_sop = {r["sop_instance_uid"]: r for r in rows}
     for xml in xmls:
         boxes = read_voc_xml(xml)
@@ -40,11 +40,11 @@ def test_xml_files_parse_and_match_the_table() -> None:
 
 def test_boxes_land_on_slices_of_the_right_series(lung_pet_ct_dx: Path) -> None:
     scan = scan_dataset(lung_pet_ct_dx, APPROXIMATE)
-    assert scan.counts["boxes_matched"] == 27
+    assert scan.counts["boxes_matched"] == 54
     assert scan.counts["boxes_unmatched"] == scan.counts["xml_unparseable"] == 0
     rows = {r["sop_instance_uid"]: r for r in _rows()}
     order: dict[str, list[str]] = {}  # series -> SOP UIDs by z (axial: the slice normal)
-    for patient_id in ("Lung_Dx-E0002", "Lung_Dx-E0003"):
+    for patient_id in ("Lung_Dx-E0001", "Lung_Dx-E0002", "Lung_Dx-E0003", "Lung_Dx-E0004"):
         record = scan.patient(patient_id)
         assert record.annotated, patient_id
         for item in record.annotated:
@@ -62,3 +62,5 @@ def test_boxes_land_on_slices_of_the_right_series(lung_pet_ct_dx: Path) -> None:
     e2 = scan.patient("Lung_Dx-E0002").annotated
     assert sorted(np.unique([a.series_instance_uid for a in e2], return_counts=True)[1]) == [3, 4]
     assert len(scan.patient("Lung_Dx-E0003").annotated) == 20
+    assert len(scan.patient("Lung_Dx-E0001").annotated) == 14
+    assert len(scan.patient("Lung_Dx-E0004").annotated) == 13

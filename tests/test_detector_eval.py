@@ -1,5 +1,5 @@
-"""`lungnode evaluate-detector` on the three real Lung-PET-CT-Dx patients (A0002 with TCIA's
-boxes, E0002 and E0003 with the project's approximate boxes)."""
+"""`lungnode evaluate-detector` on the five real Lung-PET-CT-Dx patients (A0002 with TCIA's
+boxes, E0001-E0004 with the project's approximate boxes)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def test_evaluate_detector_on_real_patients(
         parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"),
     )
     # The report names what the model trained on, so a reader can tell training scans: the
-    # bundled lesion score was fine-tuned on these three (its card gives held-out figures).
+    # bundled lesion score was fine-tuned on three of them (its card gives held-out figures).
     assert "Lung_Dx-A0002" in summary["model"]["trained_on"]
     assert "Leave one patient out" in (out / "detector_eval.md").read_text()
     rows = {row["scan_id"]: row for row in summary["studies"]}
-    assert set(rows) == {"Lung_Dx-A0002", "Lung_Dx-E0002", "Lung_Dx-E0003"}
+    assert set(rows) == {f"Lung_Dx-{p}" for p in ("A0002", "E0001", "E0002", "E0003", "E0004")}
     for row in rows.values():
         assert row["tumours"] == 1, row["scan_id"]
         # One tumour per study: each finding is its hit, an extra fragment, a finding beside
@@ -47,7 +47,7 @@ def test_evaluate_detector_on_real_patients(
         assert tumour["annotated"]["box_z_mm"] > 0
         assert tumour["fragments"] + beside == len(tumour["hits"])
     froc = summary["froc"]
-    assert froc["n_scans"] == 3 and froc["n_lesions"] == 3
+    assert froc["n_scans"] == 5 and froc["n_lesions"] == 5
     assert 0.0 <= froc["cpm"] <= 1.0
     assert set(froc["sensitivity_at_fp_per_scan"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "8"}
     for name in (REPORT_MD, FROC_PNG, *(f"{s}-findings.png" for s in rows)):

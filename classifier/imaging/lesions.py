@@ -11,6 +11,11 @@ Candidates that are normal anatomy by their 3-D shape are dropped (`is_anatomy`)
 from below the lung (liver, spleen, stomach, the heart under the lung) and those elongated along
 the body axis (vessel and airway trees, the mediastinum).
 
+A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball, a tumour keeps
+its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
+tree only parts thicker than a hilar vessel stay. A stub touching a much larger mass is part of
+its edge, not a finding; nothing above the lungs' apex is a finding.
+
 A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
 cavity outside the region (`LungMask.cavity`: inside the ribs, lateral of the mediastinal
 border, above that lung), so a tumour that replaced the lung around it is one candidate, cut
@@ -84,6 +89,20 @@ CAVITY_SEED_MM = 10.0
 # Chest-cavity tissue a candidate may grow into must be at least this thick in plane (a mass).
 CAVITY_MIN_THICK_MM = 15.0
 _MTV_MARGIN_MM = 5.0
+# A grown candidate is cut to its masses (`_mass_parts`): opened with a ball of MASS_NECK x
+# the radius of its largest inscribed ball (at least MASS_CORE_MIN_MM), parts grown back
+# in-plane by MASS_REGROW_MM; of a component that falls into several parts (a vessel tree),
+# only parts holding a ball of MASS_MIN_RADIUS_MM are masses. MASS_MIN_RADIUS_MM is chosen
+# leave one patient out on the real studies (classifier.model.real_ct_protocol).
+MASS_NECK = 0.5
+MASS_CORE_MIN_MM = 6.0
+MASS_REGROW_MM = 4.0
+MASS_MIN_RADIUS_MM = 10.0
+# A component touching one at least this many times its volume is a stub at that one's edge.
+EDGE_FRAGMENT_RATIO = 4.0
+# The lungs' apex: the most cranial slice on which the aerated lungs cover at least
+# APEX_MIN_CM2 (a few pixels of air in the neck are not lung).
+APEX_MIN_CM2 = 2.0
 
 
 @dataclass(frozen=True)
@@ -417,6 +436,97 @@ def _grow_in_cavity(
     return _Blob(_shift(tight, tuple(u.start for u in union)), local[tight])
 
 
+def _mass_parts(blob: _Blob, spacing: tuple[float, ...], mass_radius_mm: float) -> list[_Blob]:
+    """A grown component cut to its masses. It is opened with a ball of radius r (MASS_NECK x
+    the radius of its largest inscribed ball, at least MASS_CORE_MIN_MM): what is thinner than
+    2r (vessels, airway walls, mediastinal strands) falls off; each remaining part is grown
+    back in-plane by MASS_REGROW_MM within the component. When that leaves one part, it is the
+    component's body and is kept. When it leaves several, the component was a tree (hilar
+    vessels joined to each other and maybe to a mass): only parts holding a ball of radius
+    `mass_radius_mm` (thicker than a hilar vessel) are masses; the rest are vessels. A component
+    with no ball of MASS_CORE_MIN_MM inside (a small nodule) is kept whole."""
+    padded = np.pad(blob.mask, 1)
+    inside = ndimage.distance_transform_edt(padded, sampling=spacing)
+    largest = float(inside.max())
+    if largest < MASS_CORE_MIN_MM:
+        return [blob]
+    radius = max(MASS_CORE_MIN_MM, MASS_NECK * largest)
+    core = inside >= radius
+    opened = (ndimage.distance_transform_edt(~core, sampling=spacing) <= radius) & padded
+    steps = max(1, round(MASS_REGROW_MM / min(spacing[1:])))
+    opened = ndimage.binary_dilation(opened, structure=IN_PLANE, iterations=steps, mask=padded)
+    labels, count = ndimage.label(opened)
+    origin = tuple(b.start - 1 for b in blob.box)
+    out = []
+    for n, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        part = labels[box] == n
+        if count > 1 and float(inside[box][part].max()) < mass_radius_mm:
+            continue
+        out.append(_Blob(_shift(box, origin), part))
+    return out
+
+
+def _without_edge_fragments(blobs: list[_Blob]) -> list[_Blob]:
+    """The components without those that touch one at least EDGE_FRAGMENT_RATIO times their
+    volume: a vessel or bronchus stub at a mass's edge is not a second finding."""
+    order = sorted(blobs, key=lambda b: -np.count_nonzero(b.mask))
+    kept: list[_Blob] = []
+    for blob in order:
+        size = np.count_nonzero(blob.mask)
+        grown = _grown_by_one(blob)
+        if any(
+            np.count_nonzero(big.mask) >= EDGE_FRAGMENT_RATIO * size and big.overlaps(grown)
+            for big in kept
+        ):
+            continue
+        kept.append(blob)
+    return [b for b in blobs if any(b is k for k in kept)]
+
+
+def _grown_by_one(blob: _Blob) -> _Blob:
+    """A component dilated by one voxel (26-neighbourhood), in its grown box."""
+    padded = ndimage.binary_dilation(np.pad(blob.mask, 1), structure=np.ones((3, 3, 3), bool))
+    box = tuple(slice(b.start - 1, b.stop + 1) for b in blob.box)
+    return _Blob(box, padded)  # type: ignore[arg-type]  # three slices
+
+
+def _caudal_first(ct: Volume) -> bool:
+    """Whether slice index 0 is the volume's most caudal slice (patient z grows with it)."""
+    ends = ct.index_to_patient(np.array([[0.0, 0.0, 0.0], [ct.shape[0] - 1.0, 0.0, 0.0]]))
+    return bool(ends[0, 2] <= ends[1, 2])
+
+
+def _apex_slice(lungs: LungMask, caudal_first: bool) -> int:
+    """The working-grid slice of the lungs' apex (see APEX_MIN_CM2); the volume's most cranial
+    slice when no slice has that much lung."""
+    area_cm2 = np.count_nonzero(lungs.labels, axis=(1, 2)) * lungs.spacing[1] * lungs.spacing[2]
+    on = np.flatnonzero(area_cm2 / 100.0 >= APEX_MIN_CM2)
+    if on.size == 0:
+        return lungs.labels.shape[0] - 1 if caudal_first else 0
+    return int(on.max()) if caudal_first else int(on.min())
+
+
+def _below_apex(blobs: list[_Blob], apex: int, caudal_first: bool) -> list[_Blob]:
+    """Each component without its slices cranial of the lungs' apex (working-grid slice
+    `apex`): nothing above the lungs (thyroid, oesophagus, neck vessels) is a lung finding."""
+    out = []
+    for blob in blobs:
+        s0, s1 = blob.box[0].start, blob.box[0].stop
+        keep = np.arange(s0, s1) <= apex if caudal_first else np.arange(s0, s1) >= apex
+        if keep.all():
+            out.append(blob)
+            continue
+        mask = blob.mask & keep[:, np.newaxis, np.newaxis]
+        tight = bounding_box(mask)
+        if tight is None:
+            continue
+        base = tuple(b.start for b in blob.box)
+        out.append(_Blob(_shift(tight, base), mask[tight]))
+    return out
+
+
 def _merge_overlapping(blobs: list[_Blob], shape: tuple[int, ...]) -> list[_Blob]:
     """Overlapping components as one (grown candidates on one tumour), in the given order."""
     out: list[_Blob] = []
@@ -605,12 +715,16 @@ def find_candidates(
     lungs: LungMask | None = None,
     *,
     small_nodules: bool = False,
+    mass_radius_mm: float | None = None,
 ) -> list[Candidate]:
     """Lesion candidates of a CT (and SUV on the CT grid), measured, largest first.
 
     CT: soft tissue (> -300 HU) inside the per-slice closed lungs, opened in-plane to cut
-    vessels, at least MIN_DIAMETER_MM thick. PET: SUV > max(2.5, 2 x median lung SUV) in the
-    same region. Overlapping CT and PET candidates become one, detected_by "CT+PET".
+    vessels, at least MIN_DIAMETER_MM thick, grown into the chest cavity, then cut to its
+    masses (`_mass_parts`, `mass_radius_mm`: None for MASS_MIN_RADIUS_MM), without stubs at a
+    mass's edge and without anything above the lungs' apex. PET: SUV > max(2.5, 2 x median
+    lung SUV) in the same region. Overlapping CT and PET candidates become one, detected_by
+    "CT+PET".
     """
     mtv = mtv or MtvThreshold()
     lungs = lungs or lung_mask(ct)
@@ -677,6 +791,15 @@ def find_candidates(
             ct_components.append(grown)
         del cavity_labels, cavity_objects  # memory: done with (int32 on the crop)
         ct_components = _merge_overlapping(ct_components, soft.shape)
+        ct_components = [
+            part
+            for blob in ct_components
+            for part in _mass_parts(blob, spacing, mass_radius_mm or MASS_MIN_RADIUS_MM)
+        ]
+        ct_components = _without_edge_fragments(ct_components)
+    caudal_first = _caudal_first(ct)
+    apex = _apex_slice(lungs, caudal_first)
+    ct_components = _below_apex(ct_components, apex - origin[0], caudal_first)
     n_thick = len(ct_components)
     if small_nodules:
         taken = np.zeros(soft.shape, dtype=bool)

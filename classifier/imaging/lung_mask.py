@@ -40,6 +40,8 @@ _RAYS = 120
 _RAY_WINDOW = 2
 _RAY_MAX_MM = 220.0
 _BORDER_ROWS_MM = 10.0
+# The spine is looked for this far either side of the midpoint between the lungs.
+_SPINE_HALF_WIDTH_MM = 15.0
 IN_PLANE = np.array(
     [
         [[0, 0, 0], [0, 0, 0], [0, 0, 0]],
@@ -277,6 +279,7 @@ def _cavity(
     medial: np.ndarray,
     spacing: tuple[float, float, float],
     caudal_first: bool,
+    spine_front: np.ndarray,
 ) -> np.ndarray:
     """One lung's region extended to its part of the chest cavity (see _BONE_HU above): soft
     tissue pixels of a slice where that lung is, inside the rib cage seen from the lung's
@@ -318,6 +321,13 @@ def _cavity(
             warnings.simplefilter("ignore", RuntimeWarning)  # rows never with lung: NaN
             extreme = np.nanmax(past, axis=0) if towards_high else np.nanmin(past, axis=0)
         border = np.where(has, history[position], extreme)
+        if np.isfinite(spine_front[s]):
+            # Behind the front of the spine the right pleural space reaches the spine (the
+            # paravertebral gutter): a mass filling it leaves lung only lateral of it on its
+            # own rows, so the border there is the most medial of this slice's and those below.
+            behind = (np.arange(rows_n) >= spine_front[s]) & has & ~np.isnan(extreme)
+            pick = np.fmax if towards_high else np.fmin
+            border = np.where(behind, pick(border, extreme), border)
         under = position - last_seen <= steps
         candidates = under & ~on & (small[s] > -300.0) & (small[s] < _BONE_HU)
         # The most medial border within _BORDER_ROWS_MM of each row: a border with notches
@@ -348,6 +358,23 @@ def _cavity(
         with np.errstate(invalid="ignore"):
             keep = np.hypot(dr, dc) < limit - 1.0
         out[s, rr[keep], cc[keep]] = True
+    return out
+
+
+def _spine_front(bone: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Per slice, the row of the front of the spine (NaN where not found): the most anterior
+    bone within _SPINE_HALF_WIDTH_MM of the midpoint between the lungs' centroid columns,
+    behind the lungs' centroid row (the sternum is in front)."""
+    out = np.full(labels.shape[0], np.nan)
+    half = max(1, round(_SPINE_HALF_WIDTH_MM / spacing[2]))
+    for s in np.flatnonzero((labels == RIGHT).any(axis=(1, 2)) & (labels == LEFT).any(axis=(1, 2))):
+        centres = [np.argwhere(labels[s] == label).mean(axis=0) for label in (RIGHT, LEFT)]
+        mid_col = round((centres[0][1] + centres[1][1]) / 2.0)
+        mid_row = int((centres[0][0] + centres[1][0]) / 2.0)
+        band = bone[s, mid_row:, max(0, mid_col - half) : mid_col + half + 1]
+        rows = np.flatnonzero(band.any(axis=1))
+        if rows.size:
+            out[s] = mid_row + rows[0]
     return out
 
 
@@ -513,6 +540,7 @@ def lung_mask(ct: Volume) -> LungMask:
     for start in range(0, small.shape[0], 32):
         chunk = ndimage.uniform_filter(small[start : start + 32], size=(1, 3, 3))
         bone[start : start + 32] = chunk > _BONE_HU
+    spine_front = _spine_front(bone, result, spacing)
     for label in (RIGHT, LEFT):
         lung = result == label
         if lung.any():
@@ -521,8 +549,18 @@ def lung_mask(ct: Volume) -> LungMask:
             )
             own = fill_in_plane(closed) | (fill_in_plane(wide) & medial_cols[label - 1])
             region |= own
+            # Beside the spine on the left lies the descending aorta, not pleural space: the
+            # gutter rule (see _cavity) is for the right lung only.
+            gutter = spine_front if label == RIGHT else np.full_like(spine_front, np.nan)
             cavity |= _cavity(
-                small, bone, outside, own, medial_cols[label - 1], spacing, caudal_first
+                small,
+                bone,
+                outside,
+                own,
+                medial_cols[label - 1],
+                spacing,
+                caudal_first,
+                gutter,
             )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(

@@ -278,15 +278,17 @@ def study_row(
     matching = match_findings(findings, [r.lesion for r in study.references], margin_mm)
     tumours: list[dict[str, Any]] = []
     for n, reference in enumerate(study.references):
-        hits = matching.hits[n]
-        best = lesions[hits[0]] if hits else None
         touching = [
             i
-            for i in hits
+            for i in matching.hits[n]
             if study.ct is not None
             and lesions[i].mask.any()
             and _touches(lesions[i], study.ct, reference)
         ]
+        # The tumour's finding is the most probable one that outlines part of it; a more
+        # probable hit that touches none of its boxes lies beside it.
+        hits = touching + [i for i in matching.hits[n] if i not in touching]
+        best = lesions[hits[0]] if hits else None
         tumours.append(
             {
                 "name": reference.lesion.name,
@@ -382,7 +384,15 @@ def render_study_png(
             continue
         s0, s1 = reference.slice_lesion.slice_range
         panels.append(((s0 + s1) // 2, f"{reference.lesion.name} (reference)", []))
-    best = {hits[0] for hits in matching.hits.values() if hits}
+    best = set()
+    for n, hits in matching.hits.items():
+        touching = [
+            i
+            for i in hits
+            if study.lesions[i].mask.any() and _touches(study.lesions[i], ct, study.references[n])
+        ]
+        if hits:
+            best.add((touching or hits)[0])
     order = sorted(range(len(study.findings)), key=lambda i: -study.findings[i].score)
     for i in order:
         lesion = study.lesions[i]

@@ -1,0 +1,156 @@
+"""The detector's anatomy rules of issue 16 on synthetic masks (working grid, 5 mm slices and
+2 mm pixels): a mass is cut from the vessels joined to it, of a vessel tree only parts thicker
+than a hilar vessel are masses, a stub at a mass's edge is no finding, nothing above the
+lungs' apex; and the leave-one-patient-out choice of the real-CT protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from classifier.imaging.lesions import (
+    MASS_REGROW_MM,
+    _below_apex,
+    _Blob,
+    _mass_parts,
+    _without_edge_fragments,
+)
+from classifier.model.real_ct_protocol import choose, judged
+
+SPACING = (5.0, 2.0, 2.0)
+SHAPE = (30, 120, 160)
+
+
+def _grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z, r, c = np.indices(SHAPE).astype(float)
+    return z * SPACING[0], r * SPACING[1], c * SPACING[2]
+
+
+def _ball(centre_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray:
+    z, r, c = _grid()
+    return (z - centre_mm[0]) ** 2 + (r - centre_mm[1]) ** 2 + (c - centre_mm[2]) ** 2 <= (
+        radius_mm**2
+    )
+
+
+def _tube(row_mm: float, z_mm: float, c0_mm: float, c1_mm: float, radius_mm: float) -> np.ndarray:
+    """A vessel along the columns from c0 to c1 (mm)."""
+    z, r, c = _grid()
+    return ((z - z_mm) ** 2 + (r - row_mm) ** 2 <= radius_mm**2) & (c >= c0_mm) & (c <= c1_mm)
+
+
+def _blob(mask: np.ndarray) -> _Blob:
+    return _Blob((slice(0, SHAPE[0]), slice(0, SHAPE[1]), slice(0, SHAPE[2])), mask)
+
+
+def _columns_mm(blob: _Blob) -> tuple[float, float]:
+    cols = np.flatnonzero(blob.mask.any(axis=(0, 1))) + blob.box[2].start
+    return float(cols.min() * SPACING[2]), float(cols.max() * SPACING[2])
+
+
+def test_a_mass_is_cut_from_the_vessel_joined_to_it() -> None:
+    mass = _ball((75.0, 120.0, 100.0), 30.0)  # 60 mm across
+    vessel = _tube(120.0, 75.0, 100.0, 300.0, 4.0)  # 8 mm thick, 170 mm beyond the mass
+    parts = _mass_parts(_blob(mass | vessel), SPACING, 14.0)
+    assert len(parts) == 1
+    lo, hi = _columns_mm(parts[0])
+    assert lo <= 72.0 and hi <= 130.0 + MASS_REGROW_MM + 2 * SPACING[2], (lo, hi)
+    # Without the cut the component reached the image's last column.
+    assert _columns_mm(_blob(mass | vessel))[1] >= 300.0
+
+
+def test_of_a_vessel_tree_only_parts_thicker_than_a_hilar_vessel_are_masses() -> None:
+    mass = _ball((75.0, 120.0, 70.0), 24.0)  # a 48 mm mass
+    confluence = _ball((75.0, 120.0, 220.0), 11.0)  # a 22 mm vessel confluence
+    branch = _tube(120.0, 75.0, 70.0, 220.0, 3.0)
+    parts = _mass_parts(_blob(mass | confluence | branch), SPACING, 14.0)
+    assert len(parts) == 1
+    lo, hi = _columns_mm(parts[0])
+    assert hi < 150.0, (lo, hi)  # the mass, not the confluence
+    # Two confluences joined by a branch and no mass: no finding at all.
+    other = _ball((75.0, 120.0, 70.0), 11.0)
+    assert _mass_parts(_blob(other | confluence | branch), SPACING, 14.0) == []
+
+
+def test_a_small_nodule_is_kept_whole() -> None:
+    nodule = _ball((75.0, 120.0, 100.0), 5.0)
+    blob = _blob(nodule)
+    assert _mass_parts(blob, SPACING, 14.0) == [blob]
+
+
+def test_a_stub_at_a_mass_edge_is_no_finding_but_a_free_nodule_is() -> None:
+    mass = _blob(_ball((75.0, 120.0, 100.0), 30.0))
+    stub = _blob(_tube(120.0, 75.0, 131.0, 150.0, 4.0))
+    free = _blob(_ball((75.0, 40.0, 260.0), 6.0))
+    kept = _without_edge_fragments([stub, mass, free])
+    assert kept == [mass, free]
+
+
+def test_nothing_above_the_apex() -> None:
+    column = np.zeros(SHAPE, dtype=bool)
+    column[:, 50:60, 50:60] = True
+    (cut,) = _below_apex([_blob(column)], apex=12, caudal_first=True)
+    assert (cut.box[0].start, cut.box[0].stop) == (0, 13)
+    (cut,) = _below_apex([_blob(column)], apex=12, caudal_first=False)
+    assert (cut.box[0].start, cut.box[0].stop) == (12, SHAPE[0])
+    above = np.zeros(SHAPE, dtype=bool)
+    above[20:25, 50:60, 50:60] = True
+    assert _below_apex([_blob(above)], apex=12, caudal_first=True) == []
+
+
+def _row(scan_id: str, axis: float, others: int, fragments: int = 1) -> dict[str, Any]:
+    return {
+        "scan_id": scan_id,
+        "tumours": 1,
+        "other_findings": others,
+        "false_positive_findings": [],
+        "per_tumour": [
+            {
+                "detected": True,
+                "fragments": fragments,
+                "best_finding_long_axis_mm": axis,
+                "hits": [
+                    {
+                        "finding": "Lesion 1",
+                        "probability": 0.7,
+                        "long_axis_mm": axis,
+                        "touches_annotated_boxes": True,
+                    }
+                ],
+                "beside": [],
+                "annotated": {
+                    "largest_slice_box_long_side_mm": 80.0,
+                    "largest_slice_box_diagonal_mm": 100.0,
+                },
+            }
+        ],
+    }
+
+
+def test_judged_applies_the_target() -> None:
+    assert judged(_row("a", 70.0, 2))["met"]
+    assert not judged(_row("a", 50.0, 0))["met"]  # below 0.7 x 80 mm: a fragment
+    assert not judged(_row("a", 70.0, 3))["met"]
+    assert not judged(_row("a", 70.0, 0, fragments=2))["met"]
+    beside = _row("a", 70.0, 0)
+    beside["per_tumour"][0]["hits"][0]["touches_annotated_boxes"] = False
+    assert not judged(beside)["one_finding"]  # a centroid hit beside the tumour
+
+
+def test_choose_reports_each_patient_at_the_value_chosen_on_the_others() -> None:
+    # Radius 10 suits patients A and B, radius 16 suits C and D; E is met by neither.
+    met, missed = _row("x", 80.0, 0), _row("x", 20.0, 0)
+    by_radius = {
+        10.0: {"A": met, "B": met, "C": missed, "D": missed, "E": missed},
+        16.0: {"A": missed, "B": missed, "C": met, "D": met, "E": missed},
+    }
+    table = {0.5: {r: {p: judged(row) for p, row in rows.items()} for r, rows in by_radius.items()}}
+    chosen = choose(table, ["A", "B", "C", "D", "E"])
+    folds = chosen["folds"]
+    # Held out A: on B-E radius 16 meets 2, radius 10 meets 1, so A is judged at 16 (missed).
+    assert folds["A"]["radius_mm"] == 16.0 and not folds["A"]["row"]["met"]
+    assert folds["C"]["radius_mm"] == 10.0 and not folds["C"]["row"]["met"]
+    # Held out E: both meet 2 on the others, the tie goes to the smaller radius.
+    assert folds["E"]["radius_mm"] == 10.0
+    assert chosen["threshold"] == 0.5

@@ -1,0 +1,95 @@
+"""The real-CT protocol's model card section (classifier.model.real_ct_protocol): written between
+its markers from a summary, rows held out, what the other findings are, pictures beside the
+card; written again in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from classifier.model.real_ct_protocol import CARD_END, CARD_START, choose, install, judged
+
+
+def _row(axis: float, others: list[dict[str, Any]]) -> dict[str, Any]:
+    row = {
+        "scan_id": "",
+        "tumours": 1,
+        "other_findings": len(others),
+        "per_tumour": [
+            {
+                "detected": True,
+                "fragments": 1,
+                "best_finding_long_axis_mm": axis,
+                "hits": [
+                    {
+                        "finding": "Lesion 1",
+                        "probability": 0.7,
+                        "long_axis_mm": axis,
+                        "touches_annotated_boxes": True,
+                    }
+                ],
+                "beside": [],
+                "annotated": {
+                    "largest_slice_box_long_side_mm": 80.0,
+                    "largest_slice_box_diagonal_mm": 100.0,
+                },
+            }
+        ],
+    }
+    verdict = judged(row)
+    verdict["other_findings"] = others
+    return verdict
+
+
+def _summary() -> dict[str, Any]:
+    vessel = {
+        "finding": "Lesion 2",
+        "key_slice": 30,
+        "long_axis_mm": 20.9,
+        "probability": 0.67,
+        "side": "left",
+        "above_apex": False,
+    }
+    apex = {**vessel, "key_slice": 60, "long_axis_mm": 40.0, "above_apex": True}
+    patients = ["Lung_Dx-P1", "Lung_Dx-P2"]
+    by_radius = {
+        10.0: {"Lung_Dx-P1": _row(75.0, []), "Lung_Dx-P2": _row(75.0, [vessel, apex])},
+        14.0: {"Lung_Dx-P1": _row(30.0, []), "Lung_Dx-P2": _row(75.0, [vessel])},
+    }
+    chosen = choose({0.5: by_radius}, patients)
+    return {
+        "patients": patients,
+        "radii_mm": [10.0, 14.0],
+        "thresholds": [0.5],
+        "chosen": chosen,
+        "table": {"0.5": {f"{r:g}": rows for r, rows in by_radius.items()}},
+    }
+
+
+def test_install_writes_the_section_between_its_markers_and_the_pictures(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = _summary()
+    chosen = summary["chosen"]
+    pictures = out / "pictures" / f"t{chosen['threshold']:g}-r{chosen['radius_mm']:g}"
+    pictures.mkdir(parents=True)
+    for patient in summary["patients"]:
+        (pictures / f"{patient}-findings.png").write_bytes(b"png")
+    card = tmp_path / "card" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    card.write_text("# Card\n\nbefore\n\nafter\n")
+    install(summary, out, "python -m classifier.model.real_ct_protocol ...", card)
+    text = card.read_text()
+    assert text.startswith("# Card\n\nbefore\n\nafter\n") and CARD_START in text
+    section = text.split(CARD_START, 1)[1].split(CARD_END, 1)[0]
+    # P1 held out is judged at the radius chosen on P2 alone (14 mm: fewer other findings),
+    # where its tumour is a 30 mm fragment; P2 held out at the radius P1 chose (10 mm).
+    assert "| Lung_Dx-P1 | yes (p 0.700) | 30.0 vs 80.0-100.0 | 0 (-) | - | 14 | not met |" in (
+        section
+    )
+    assert "2 (1 above apex, 1 not reviewed)" in section
+    assert "1 of 2 held-out" in section
+    for patient in summary["patients"]:
+        assert (card.parent / "real-ct" / f"{patient}-findings.png").read_bytes() == b"png"
+    install(summary, out, "again", card)  # in place, once
+    again = card.read_text()
+    assert again.count(CARD_START) == 1 and "again" in again
