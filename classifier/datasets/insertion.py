@@ -511,27 +511,33 @@ def insert(
     core_occ = np.zeros(shape, dtype=np.float32)
     wedge_occ = np.zeros(shape, dtype=np.float32)
     offsets = (np.arange(_SUBSAMPLES) + 0.5) / _SUBSAMPLES - 0.5
+    # Only the points that can be inside are evaluated (the wedge widens the window a lot).
+    tumour_reach = (
+        radius * (1.0 + float(look.bump_amp.sum()) + sum(a for _, a, _ in look.lobes))
+        + float(look.spicule_mm.max(initial=0.0))
+        + pixel
+    )
     for k, s in enumerate(range(lo[0], hi[0])):
         for dz in offsets:
             idx = np.stack([np.full(rows.shape, s + dz), rows, cols], -1)
             d = ct.index_to_patient(idx) - centre
-            body, occ = _tumour_occupancy(look, radius, d, pixel)
-            body_occ[k] += body.astype(np.float32) / _SUBSAMPLES
-            tumour_occ[k] += occ.astype(np.float32) / _SUBSAMPLES
+            near = np.linalg.norm(d, axis=-1) <= tumour_reach
+            body, occ = _tumour_occupancy(look, radius, d[near], pixel)
+            body_occ[k][near] += body.astype(np.float32) / _SUBSAMPLES
+            tumour_occ[k][near] += occ.astype(np.float32) / _SUBSAMPLES
             if look.core_frac:
-                rc = np.linalg.norm(d - look.core_offset, axis=-1)
+                rc = np.linalg.norm(d[near] - look.core_offset, axis=-1)
                 core = np.clip((look.core_frac * radius - rc) / pixel + 0.5, 0.0, 1.0)
-                core_occ[k] += core.astype(np.float32) / _SUBSAMPLES
+                core_occ[k][near] += core.astype(np.float32) / _SUBSAMPLES
             if look.wedge_axis is not None:
                 along = d @ look.wedge_axis
-                across = np.linalg.norm(d - along[..., None] * look.wedge_axis, axis=-1)
-                width = along * np.tan(look.wedge_half_angle)
-                inside = (
-                    np.clip((width - across) / pixel + 0.5, 0.0, 1.0)
-                    * np.clip((radius + look.wedge_length_mm - along) / pixel + 0.5, 0.0, 1.0)
-                    * (along > 0.3 * radius)
-                )
-                wedge_occ[k] += inside.astype(np.float32) / _SUBSAMPLES
+                ahead = (along > 0.3 * radius) & (along < radius + look.wedge_length_mm + pixel)
+                a = along[ahead]
+                across = np.linalg.norm(d[ahead] - a[:, None] * look.wedge_axis, axis=-1)
+                inside = np.clip(
+                    (a * np.tan(look.wedge_half_angle) - across) / pixel + 0.5, 0.0, 1.0
+                ) * np.clip((radius + look.wedge_length_mm - a) / pixel + 0.5, 0.0, 1.0)
+                wedge_occ[k][ahead] += inside.astype(np.float32) / _SUBSAMPLES
     tumour_occ *= allowed
     wedge_occ = np.minimum(wedge_occ * allowed, 1.0 - tumour_occ)
     texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape).astype(np.float32), 2.0)

@@ -256,7 +256,7 @@ def _study_rows(
     ct = study.ct.with_array(np.array(study.ct.array, copy=True))
     boxes = [(r.lesion.lo_mm, r.lesion.hi_mm) for r in study.references]
     anatomy = study_anatomy(ct, boxes)
-    baseline = lesions_of(ct, None, settings, model)
+    baseline = study.lesions  # what the node reports on the study as it is
     base_kinds = ["own tumour" if _on_keep_out(_voxels(x), anatomy) else "other" for x in baseline]
     study_info = {
         "scan_id": study.scan_id,
