@@ -19,13 +19,18 @@ from PIL import Image
 
 from classifier.model.stress import (
     AXIS_TOLERANCE,
+    CARD_END,
+    CARD_START,
     MAX_OTHER_FINDINGS,
     REPORT_MD,
     SUMMARY_JSON,
     TARGET_HIT_RATE,
+    card_section,
     run_stress,
     spec_for,
+    write_card_section,
 )
+from scp_node.cli import build_parser, cmd_stress_test
 
 HERE = Path(__file__).resolve().parent
 APPROXIMATE = HERE / "data" / "annotations-approximate"
@@ -84,6 +89,35 @@ def test_two_seeded_insertions_are_analysed_scored_and_pictured(
     assert json.loads((out / SUMMARY_JSON).read_text())["insertions"] == rows
     report = (out / REPORT_MD).read_text()
     assert "| posterior | 1 |" in report and "| lateral | 1 |" in report
+
+
+def test_the_model_card_gets_one_section_with_the_table(
+    fast_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    summary, _ = fast_run
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Model card\n\nBefore.\n")
+    for _ in range(2):  # written again: replaced, not appended
+        write_card_section(card, card_section(summary, "lungnode stress-test ...", "pics"))
+    text = card.read_text()
+    assert text.count(CARD_START) == 1 and text.count(CARD_END) == 1
+    assert text.startswith("# Model card\n\nBefore.\n")
+    hits = summary["overall"]["hits"]
+    assert f"**{hits}/2 hits" in text
+    assert "| posterior | 1 |" in text and "| lateral | 1 |" in text
+    assert "lungnode stress-test ..." in text
+
+
+def test_lungnode_stress_test_command_line() -> None:
+    args = build_parser().parse_args(
+        ["stress-test", "--data", "d", "--out", "o", "--positions", "apex", "hilum"]
+    )
+    assert args.func is cmd_stress_test
+    assert args.positions == ["apex", "hilum"] and args.per_position == 3 and args.seed == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["stress-test", "--data", "d", "--out", "o", "--positions", "heart"]
+        )
 
 
 def test_the_plan_is_seeded() -> None:

@@ -1,14 +1,14 @@
 """Stress test on real backgrounds: synthetic tumours inserted against the walls of real CT,
 found by the node's own analysis or not (`lungnode stress-test`, `python -m
-classifier.model.stress`).
+classifier.model.stress_cli`).
 
 Per study of a TCIA-layout folder (the CT series `analyze_study` chooses, read as the node
-reads it) and per position class (classifier.datasets.insertion.POSITIONS), `per_position`
+reads it) and per position class (classifier.datasets.wall_positions), `per_position`
 tumours are inserted, one per copy of the volume (an analysis takes about a second, so no two
 tumours share a volume and none can be cut off by another or by the per-study limit). Each
-tumour's size band, shape, collapse and lung side follow from its index, its diameter and look
-from a generator seeded by (seed, study, position, index): the same call gives the same
-tumours, and a run on fewer studies or positions gives the same tumours for those.
+tumour's size band, shape, collapse and lung side follow from its index and its study's place
+in the run, its diameter and look from a generator seeded by (seed, study, position, index):
+the same call gives the same tumours.
 
 Each modified volume goes through `classifier.analyze.lesions_of` (the findings the node
 reports: bundled model, default threshold and per-study limit unless told otherwise). Scored:
@@ -19,7 +19,9 @@ reports: bundled model, default threshold and per-study limit unless told otherw
 - other findings: reported findings overlapping neither the tumour, nor its collapse wedge,
   nor the study's own tumour (annotated boxes, `insertion.dense_masses`).
 The issue's target: at least TARGET_HIT_RATE hits and at most MAX_OTHER_FINDINGS other findings
-on every modified study.
+on every modified study. Figures are given per position class and per size band (of the true
+long axis); a tumour that finds no place in either lung (the lung cut by the scan's edge, too
+thin, or too near the study's own tumour) is counted as not placed, not as missed.
 """
 
 from __future__ import annotations
@@ -547,9 +549,3 @@ def write_card_section(card: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     card.write_text(text)
-
-
-if __name__ == "__main__":
-    from classifier.model.stress_cli import main
-
-    raise SystemExit(main())

@@ -1,5 +1,6 @@
-"""The stress test's command line (`lungnode stress-test`, `python -m classifier.model.stress`):
-arguments declared without importing the science, which loads only when it runs."""
+"""The stress test's command line (`lungnode stress-test`, `python -m
+classifier.model.stress_cli`): arguments declared without importing the science
+(classifier.model.stress), which loads only when it runs."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     return run_from_args(
-        args, "python -m classifier.model.stress " + shlex.join(argv or sys.argv[1:])
+        args, "python -m classifier.model.stress_cli " + shlex.join(argv or sys.argv[1:])
     )
 
 
@@ -76,3 +77,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
         write_card_section(card, card_section(summary, command, pictures))
     print((out / REPORT_MD).read_text())
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
