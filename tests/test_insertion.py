@@ -139,13 +139,13 @@ def test_a_tumour_lies_against_its_wall_replacing_lung_only(
 def test_necrotic_centre_spiculae_and_collapse(
     chest: tuple[Volume, dict[str, np.ndarray], insertion.StudyAnatomy],
 ) -> None:
-    spec = TumourSpec("lateral", "left", 60.0, "necrotic", collapse=True)
+    spec = TumourSpec("lateral", "left", 90.0, "necrotic", collapse=True)
     modified, tumour, full = _inserted(chest, spec)
     z, y, x = _grid()
     centre = np.array(tumour.placement.centre_mm)
     dist = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
     inner = modified.array[full & (dist <= 8.0)].mean()
-    rim = modified.array[full & (dist >= 22.0) & (dist <= 28.0)].mean()
+    rim = modified.array[full & (dist >= 33.0) & (dist <= 38.0)].mean()  # radius about 42
     assert inner <= rim - 10.0, (inner, rim)
     # The collapse wedge: dense, beside the tumour, not in it.
     assert tumour.collapse.any()

@@ -487,7 +487,10 @@ def insert(
     the caller restores `ct.array[inserted.window()]` from a copy to undo it."""
     spec = placement.spec
     look = _look(spec, placement, rng)
-    radius = spec.diameter_mm / 2.0
+    # The sphere's radius such that its largest bulge and ripple keep the long axis at about
+    # the diameter asked for (a bulge on one side, none opposite).
+    bulge = float(look.bump_amp.max(initial=0.0)) + sum(a for _, a, _ in look.lobes)
+    radius = spec.diameter_mm / (2.0 + bulge)
     centre = np.array(placement.centre_mm)
     reach = radius * (1.35 + float(look.bump_amp.sum())) + float(look.spicule_mm.max(initial=0.0))
     if look.wedge_axis is not None:
