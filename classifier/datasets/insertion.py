@@ -1,11 +1,13 @@
 """Synthetic tumours inserted into real CT against its walls: the stress test's instrument.
 
-A tumour is 15-90 mm across: lobulated (4-7 bulges), spiculated (12-23 thin tapering
-spiculae, 8-30 mm long) or with a necrotic centre (a lower-HU core), every one with a fine
-surface ripple (the phantom generator's lobes, `radial_modulation`); optionally with a wedge
-of collapsed lung (atelectasis) beside it. Its HU are soft tissue with a low-frequency texture
-and the study's own noise level; its edge has partial volume (the shape is sampled at three
-depths across each slice's thickness and softened over one pixel in plane).
+A tumour is 15-90 mm across: lobulated (4-7 bulges), spiculated (12-23 thin tapering spiculae,
+8-30 mm long) or with a necrotic centre (a lower-HU core), every one with a fine surface ripple
+(the phantom generator's lobes, `radial_modulation`); optionally with a wedge of collapsed lung
+(atelectasis, 20-45 HU) beside it: a cone of 12-20 degrees reaching 20-40 mm beyond the tumour,
+towards the periphery from a hilar or mediastinal tumour, along the wall from one against a
+wall. Its HU are soft tissue with a low-frequency texture and the study's own noise level; its
+edge has partial volume (the shape is sampled at three depths across each slice's thickness and
+softened over one pixel in plane).
 
 Where it goes comes from the study's anatomy (the project's lung mask): against the posterior
 chest wall beside the spine, the lateral chest wall, the mediastinum (the medial lung border
@@ -444,8 +446,8 @@ def _look(spec: TumourSpec, placement: Placement, rng: np.random.Generator) -> _
         hu=float(rng.uniform(30.0, 55.0)),
         core_hu=float(rng.uniform(0.0, 20.0)),
         wedge_axis=axis,
-        wedge_length_mm=float(rng.uniform(30.0, 60.0)),
-        wedge_half_angle=float(np.deg2rad(rng.uniform(20.0, 30.0))),
+        wedge_length_mm=float(rng.uniform(20.0, 40.0)),
+        wedge_half_angle=float(np.deg2rad(rng.uniform(12.0, 20.0))),
         wedge_hu=float(rng.uniform(20.0, 45.0)),
     )
 
