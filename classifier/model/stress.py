@@ -364,14 +364,31 @@ def render_position_png(position: str, pictures: Sequence[_Picture], path: Path)
     compact_png(path)
 
 
-def compact_png(path: Path, colours: int = 64) -> None:
-    """Re-save a picture with a palette of `colours`: about a third of the bytes, small
-    enough to keep beside the model card."""
+def compact_png(path: Path, colours: int = 64, scale: float = 1.0, to: Path | None = None) -> None:
+    """Re-save a picture (into `to`, or in place) with a palette of `colours`, `scale`d:
+    about a third of the bytes at 64 colours, small enough to keep beside the model card
+    at 32 colours and 0.75 of the size."""
     from PIL import Image
 
     with Image.open(path) as image:
-        small = image.convert("RGB").quantize(colors=colours)
-    small.save(path, format="PNG", optimize=True)
+        rgb = image.convert("RGB")
+        if scale != 1.0:
+            size = (round(rgb.width * scale), round(rgb.height * scale))
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        small = rgb.quantize(colors=colours)
+    small.save(to or path, format="PNG", optimize=True)
+
+
+def install_card(summary: dict[str, Any], out: Path, card: Path, command: str) -> None:
+    """Put the stress-test section into `card` and its pictures (smaller copies of those in
+    `out`) beside it, into stress-test/."""
+    folder = card.parent / "stress-test"
+    folder.mkdir(exist_ok=True)
+    for position in summary["positions"]:
+        name = f"stress-{position}.png"
+        compact_png(out / name, colours=32, scale=0.75, to=folder / name)
+    pictures = ", ".join(f"[{p}](stress-test/stress-{p}.png)" for p in summary["positions"])
+    write_card_section(card, card_section(summary, command, pictures))
 
 
 def _table(groups: dict[str, dict[str, Any]], label: str) -> list[str]:

@@ -48,12 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
     """Run from parsed arguments; print the Markdown report."""
-    from classifier.model.stress import (
-        REPORT_MD,
-        card_section,
-        run_stress,
-        write_card_section,
-    )
+    from classifier.model.stress import REPORT_MD, install_card, run_stress
 
     out = Path(args.out)
     summary = run_stress(
@@ -67,14 +62,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
         progress=lambda line: log.info("stress %s", line),
     )
     if args.card:
-        card = Path(args.card)
-        folder = card.parent / "stress-test"
-        folder.mkdir(exist_ok=True)
-        for position in summary["positions"]:
-            name = f"stress-{position}.png"
-            (folder / name).write_bytes((out / name).read_bytes())
-        pictures = ", ".join(f"[{p}](stress-test/stress-{p}.png)" for p in summary["positions"])
-        write_card_section(card, card_section(summary, command, pictures))
+        install_card(summary, out, Path(args.card), command)
     print((out / REPORT_MD).read_text())
     return 0
 
