@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.ini
-DEBIAN_TEST_PACKAGES := orthanc dcmtk dicom3tools pixelmed-apps postgresql chromium chromium-driver
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps postgresql chromium chromium-driver
 
-.PHONY: run test test-fast venv dev-deps debian-deps lint bench
+.PHONY: run test test-fast venv dev-deps debian-deps viewer-deps lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# OHIF's SR hydration code (Cornerstone3D adapters, dcmjs) for tests/test_viewer_readers.py,
+# pinned by tests/viewers/package-lock.json (node and npm on the PATH: Node.js 18 or later).
+VIEWERS := tests/viewers
+$(VIEWERS)/node_modules/.installed: $(VIEWERS)/package.json $(VIEWERS)/package-lock.json
+	cd $(VIEWERS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+viewer-deps: $(VIEWERS)/node_modules/.installed
 
 run: venv
 	$(VENV)/bin/lungnode serve -c $(CONFIG)
@@ -27,10 +36,10 @@ debian-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: venv debian-deps
+test: venv debian-deps viewer-deps
 	$(PY) -m pytest -q -ra tests
 
-test-fast: venv debian-deps
+test-fast: venv debian-deps viewer-deps
 	$(PY) -m pytest -q -ra -m "not slow" tests
 
 lint: venv

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from pydicom import Dataset
 
+from classifier.imaging.chest_field import chest_refusal
 from classifier.imaging.dicom_io import DicomReadError, read_headers, read_pixels
 from classifier.imaging.lesions import Candidate, find_candidates
+from classifier.imaging.lung_mask import LungMask, lung_mask
 from classifier.imaging.resample import register_rigid, resample_to
 from classifier.imaging.series_selection import SeriesCandidate, select_series
 from classifier.imaging.suv import load_pet_suv_volume
@@ -124,16 +126,20 @@ def lesions_of(
     study_uid: str = "",
     skipped: list[str] | None = None,
     clock: _Clock | None = None,
+    lungs: LungMask | None = None,
 ) -> list[Lesion]:
     """The lesions `analyze_study` reports on a CT volume (and SUV on its grid): candidates,
     one batched CNN call, the reporting threshold and the per-study limit (a note on what the
-    limit left out goes to `skipped`). Callable on a volume alone: the stress test
-    (classifier.model.stress) runs it on real CT with inserted tumours."""
+    limit left out goes to `skipped`); `lungs`: the CT's lung mask when already made.
+    Callable on a volume alone: the stress test (classifier.model.stress) runs it on real CT
+    with inserted tumours."""
     clock = clock or _Clock()
     skipped = skipped if skipped is not None else []
     found = clock.run(
         "candidates",
-        lambda: find_candidates(ct, suv, config.mtv_threshold, small_nodules=config.small_nodules),
+        lambda: find_candidates(
+            ct, suv, config.mtv_threshold, lungs, small_nodules=config.small_nodules
+        ),
     )
     lesions: list[Lesion] = []
     if found:
@@ -178,7 +184,8 @@ class Analysis:
 def analyze(
     study: StudyFiles, config: AnalysisSettings, classifier: LesionClassifier
 ) -> StudyResult:
-    """Analyse one study; an unusable study gives a result with ct_series_uid None and reasons."""
+    """Analyse one study; an unusable study gives a result that is not `analysed`, with reasons
+    (a CT that is not a whole chest is refused: `StudyResult.refusal`)."""
     return analyze_study(study, config, classifier).result
 
 
@@ -219,6 +226,19 @@ def analyze_study(
         if ct is None:
             skipped.append("no CT series could be read as a volume")
             return done(result_of(skipped=tuple(skipped), timings_s=clock.timings), None, None)
+        lungs = clock.run("candidates", partial(lung_mask, ct))
+        refusal = chest_refusal(ct, lungs)
+        if refusal is not None:
+            skipped.append(refusal)
+            refused = result_of(
+                ct_series_uid=ct.series_instance_uid,
+                ct_slices=ct.slices,
+                ct_shape=ct.shape,
+                skipped=tuple(skipped),
+                refusal=refusal,
+                timings_s=clock.timings,
+            )
+            return done(refused, ct, None)
 
         pet: Volume | None = None
         for choice in selection.pet:
@@ -244,7 +264,9 @@ def analyze_study(
                 break
             pet = None
 
-        lesions = lesions_of(ct, suv, config, classifier, study.study_instance_uid, skipped, clock)
+        lesions = lesions_of(
+            ct, suv, config, classifier, study.study_instance_uid, skipped, clock, lungs
+        )
         result = result_of(
             ct_series_uid=ct.series_instance_uid,
             pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,

@@ -2,11 +2,13 @@
 
 Each study found in the folder is analysed like the node would, and its SR (and SEG) are written
 to `<out>/<StudyInstanceUID>/`; with `png`, one picture per lesion (key CT slice in lung window,
-PET overlay, box) is written beside them, and a JSON summary of the result.
+PET overlay, box) is written beside them, and a JSON summary of the result. Histology reaches
+none of them where `[results] histology` withholds it (classifier.results.histology_gate).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,18 +17,29 @@ from classifier.analyze import analyze_study
 from classifier.datasets.study_folder import scan_folder
 from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode
+from classifier.results.histology_gate import (
+    DEFAULT_HISTOLOGY_MODE,
+    histology_shown,
+    not_assessed_reason,
+)
 from classifier.results.overlay import render_lesion_png
+from classifier.results.sr_encoder import DEFAULT_HISTOLOGY_MIN_PROBABILITY
 from classifier.settings import AnalysisSettings
 from classifier.types import StudyResult
 
 log = logging.getLogger("lungnode.predict")
 
 
-def result_summary(result: StudyResult) -> dict[str, object]:
-    """The result as plain JSON-able data, for people and scripts reading the output folder."""
+def result_summary(
+    result: StudyResult, histology_not_assessed: str | None = None
+) -> dict[str, object]:
+    """The result as plain JSON-able data, for people and scripts reading the output folder;
+    with `histology_not_assessed` (the reason) the lesions carry no histology."""
     return {
         "study_instance_uid": result.study_instance_uid,
         "analysed": result.analysed,
+        "refusal": result.refusal,
+        "histology_not_assessed": histology_not_assessed,
         "ct_series_uid": result.ct_series_uid,
         "pet_series_uid": result.pet_series_uid,
         "model": {
@@ -62,7 +75,13 @@ def result_summary(result: StudyResult) -> dict[str, object]:
 
 
 def predict_folder(
-    folder: Path, out: Path, *, config: AnalysisSettings, png: bool = False
+    folder: Path,
+    out: Path,
+    *,
+    config: AnalysisSettings,
+    png: bool = False,
+    histology: str = DEFAULT_HISTOLOGY_MODE,
+    histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
 ) -> list[Path]:
     """Analyse every study below `folder`; returns the files written."""
     studies, notes = scan_folder(folder)
@@ -71,6 +90,11 @@ def predict_folder(
     if not studies:
         raise FileNotFoundError(f"DICOM folder {folder}: no DICOM images found below it")
     model = LesionClassifier.load(config.model)
+    not_assessed = (
+        None
+        if histology_shown(histology, model.info)
+        else not_assessed_reason(histology, model.info)
+    )
     written: list[Path] = []
     for study in studies:
         analysis = analyze_study(study, config, model)
@@ -82,12 +106,24 @@ def predict_folder(
             if ct is not None
             else None
         )
-        for ds in encode(result, analysis.sources, key_pixels=key_pixels):
+        objects = encode(
+            result,
+            analysis.sources,
+            key_pixels=key_pixels,
+            histology=histology,
+            histology_min_probability=histology_min_probability,
+        )
+        if not_assessed is not None:  # the summary and the pictures say no more than the SR
+            result = dataclasses.replace(
+                result,
+                lesions=tuple(dataclasses.replace(x, histology={}) for x in result.lesions),
+            )
+        for ds in objects:
             path = target / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             written.append(path)
         summary = target / "result.json"
-        summary.write_text(json.dumps(result_summary(result), indent=2))
+        summary.write_text(json.dumps(result_summary(result, not_assessed), indent=2))
         written.append(summary)
         if png and ct is not None:
             for lesion in result.lesions:

@@ -90,6 +90,18 @@ class ModelInfo:
     sha256: str
     trained_on: str
     clinical_use: bool = False
+    # Per-patient histology accuracy on real patients and the majority-class baseline (what
+    # always answering the commonest class scores), as the model's metadata records them
+    # ("histology_real_patients"); None: not measured, so histology is not stated under
+    # [results] histology = auto.
+    histology_real_accuracy: float | None = None
+    histology_real_baseline: float | None = None
+
+    @property
+    def histology_beats_baseline(self) -> bool:
+        """True when real-patient histology accuracy is recorded and above its baseline."""
+        accuracy, baseline = self.histology_real_accuracy, self.histology_real_baseline
+        return accuracy is not None and baseline is not None and accuracy > baseline
 
     @property
     def device_uid_suffix(self) -> str:
@@ -111,11 +123,15 @@ class StudyResult:
     lesions: tuple[Lesion, ...] = ()
     skipped: tuple[str, ...] = ()  # reasons, in words a technologist understands
     timings_s: dict[str, float] = field(default_factory=dict, compare=False)
+    # Set when the CT series (ct_series_uid) was read but is not a chest the detector can read
+    # (classifier.imaging.chest_field): why, as also in `skipped`; no lesion was looked for.
+    refusal: str | None = None
 
     @property
     def analysed(self) -> bool:
-        """False when no CT series could be analysed; `skipped` then says why."""
-        return self.ct_series_uid is not None
+        """False when no CT series could be analysed (none read, or the one read refused as
+        not a whole chest); `skipped` then says why."""
+        return self.ct_series_uid is not None and self.refusal is None
 
     @property
     def evidence(self) -> tuple[ImageReference, ...]:

@@ -48,6 +48,8 @@ INSTANCES_TRANSFERRED = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "DCM", "Security Alert")
 NODE_AUTHENTICATION = ("110126", "DCM", "Node Authentication")
 APPLICATION_ACTIVITY = ("110100", "DCM", "Application Activity")  # console actions
+USER_AUTHENTICATION = ("110114", "DCM", "User Authentication")  # console logins, tokens
+LOGIN, LOGOUT = ("110122", "DCM", "Login"), ("110123", "DCM", "Logout")
 STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")  # retention removed a study's inputs
 
 # EventOutcomeIndicator (IHE ATNA, RFC 3881 / DICOM PS3.15 A.5): the outcome of an audited
@@ -175,6 +177,29 @@ class AuditLog:
             }
         )
 
+    def user_authentication(
+        self, user: str, client: str, outcome: int, *, logout: bool = False, **detail: Any
+    ) -> None:
+        """User Authentication (Login or Logout) at the console: the name typed (or "bearer
+        token"), the client address it came from, the outcome (0 success, 4 refused)."""
+        self.write(
+            {
+                "Event": "user-logout" if logout else "user-login",
+                "EventID": _coded(USER_AUTHENTICATION),
+                "EventTypeCode": _coded(LOGOUT if logout else LOGIN),
+                "EventActionCode": "E",
+                "EventOutcomeIndicator": outcome,
+                "ActiveParticipant": [
+                    {
+                        "UserID": _clip(user),
+                        "UserIsRequestor": True,
+                        "NetworkAccessPointID": _clip(client),
+                    }
+                ],
+                "Detail": {k: _clip(v) if isinstance(v, str) else v for k, v in detail.items()},
+            }
+        )
+
     def study_inputs_deleted(
         self, actor: str, *, study_uid: str, rule: str, reason: str, instances: int, bytes: int
     ) -> None:
@@ -193,6 +218,22 @@ class AuditLog:
                 "EventOutcomeDescription": reason[:1024],
                 "InstancesDeleted": instances,
                 "BytesDeleted": bytes,
+            }
+        )
+
+    def study_failed(self, actor: str, *, study_uid: str, reason: str, outcome: int) -> None:
+        """Security Alert: the worker `actor` failed a study instead of reporting it, because
+        its source instances as read for the analysis name another patient or study than the
+        index holds (scp_node.source_check); the reason names UIDs only."""
+        self.write(
+            {
+                "Event": "study-failed-source-mismatch",
+                "EventID": _coded(SECURITY_ALERT),
+                "EventActionCode": "E",
+                "EventOutcomeIndicator": outcome,
+                "ActiveParticipant": [{"UserID": _clip(actor), "UserIsRequestor": True}],
+                "StudyInstanceUID": _clip(study_uid),
+                "EventOutcomeDescription": reason[:1024],
             }
         )
 

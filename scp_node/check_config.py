@@ -9,12 +9,17 @@ Checks, each reported as OK, WARNING or ERROR with the key or peer it concerns:
   folder are writable (a file is created and removed in each), or can be created;
 - the database answers (a connection and SELECT 1; nothing is migrated or written);
 - free space on the store against min_free_mb and emergency_free_mb;
+- the console: a WARNING for plain HTTP beyond loopback ([web] insecure_http) and for a [web]
+  token that is easy to guess (scp_node.credentials.weak_token_reason);
 - TLS: the node's certificate and key load together, every certificate (own and CA file) parses,
   and its expiry: a WARNING within 30 days, an ERROR once expired or not yet valid;
 - the model file exists, is a Keras archive with lungnode metadata, and its SHA-256 matches the
   checksum recorded beside it by `lungnode train` (<stem>-report/metrics.json, or <file>.sha256);
-- C-ECHO to every destination (over TLS where marked), all at once, each with a timeout; but
-  the one named `selftest`, where `lungnode selftest` itself listens while it runs.
+- C-ECHO to every destination (over TLS where marked; a DICOMweb one: a QIDO-RS search), all at
+  once, each with a timeout; but the one named `selftest`, where `lungnode selftest` itself
+  listens while it runs;
+- Storage Commitment: a WARNING for a destination with commit=yes whose AE title may not call
+  the node (its report on an association of its own would be rejected).
 
 The exit status is 1 when any check is an ERROR, else 0.
 """
@@ -39,6 +44,7 @@ from typing import Any
 
 from scp_node import config as cfg
 from scp_node.config import Config, ConfigError, Destination
+from scp_node.credentials import weak_token_reason
 
 OK, WARNING, ERROR = "OK", "WARNING", "ERROR"
 EXPIRY_WARNING_DAYS = 30
@@ -73,10 +79,31 @@ def check_config(
     _folders(config, findings)
     _database(config, findings)
     _disk(config, findings)
+    _web(config, findings)
     _tls(config, findings, now)
     _model(config, findings)
+    _commitment_reports(config, findings)
     _echo(config, findings, echo_timeout)
     return findings
+
+
+def _commitment_reports(config: Config, findings: list[Finding]) -> None:
+    """Destinations with commit=yes must be allowed to call in, for reports on a new association."""
+    security = config.security
+    for d in config.destinations.values():
+        if not d.commit or security.allow_any_calling_aet:
+            continue
+        if d.ae_title not in security.allowed_calling_aets:
+            findings.append(
+                Finding(
+                    WARNING,
+                    "commitment",
+                    f"[destinations] {d.name}",
+                    f"{d}: commit=yes, but {d.ae_title} is not in [security] "
+                    "allowed_calling_aets: a Storage Commitment report it sends on an "
+                    "association of its own is rejected (add it there)",
+                )
+            )
 
 
 # ---- values ----------------------------------------------------------------------------------
@@ -236,6 +263,40 @@ def _disk(config: Config, findings: list[Finding]) -> None:
         )
 
 
+def _web(config: Config, findings: list[Finding]) -> None:
+    for level, subject, message in web_warnings(config):
+        findings.append(Finding(level, "web", subject, message))
+
+
+def web_warnings(config: Config) -> list[tuple[str, str, str]]:
+    """(WARNING, key, why) for each weakness of the console's configuration the node starts
+    with all the same: plain HTTP beyond loopback, a token that is easy to guess. Also logged
+    by `lungnode serve` when it starts the console."""
+    web = config.web
+    if not web.enabled:
+        return []
+    found = []
+    if web.insecure_http and not web.tls and not cfg.is_loopback(web.host):
+        found.append(
+            (
+                WARNING,
+                "[web] insecure_http",
+                f"the console listens on {web.host} over plain HTTP: the token, session cookies "
+                "and patient data cross the network in clear unless a TLS proxy fronts it",
+            )
+        )
+    weak = weak_token_reason(web.token)
+    if weak is not None:
+        found.append(
+            (
+                WARNING,
+                "[web] token",
+                f"easy to guess ({weak}); make one with: openssl rand -hex 24",
+            )
+        )
+    return found
+
+
 # ---- TLS -------------------------------------------------------------------------------------
 
 
@@ -385,7 +446,11 @@ def _model(config: Config, findings: list[Finding]) -> None:
 
 
 def echo(config: Config, destination: Destination, timeout: float) -> str | None:
-    """C-ECHO `destination`; None on success, else why not."""
+    """C-ECHO `destination` (a DICOMweb one: a QIDO-RS search); None on success, else why not."""
+    if destination.url:
+        from scp_node.dicomweb_sender import probe
+
+        return probe(config, destination, timeout)
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -400,7 +465,7 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
         from scp_node.tls import client_context
 
         try:
-            tls_args = (client_context(config.security), destination.host)
+            tls_args = (client_context(config.security, destination), destination.host)
         except ConfigError as exc:
             return str(exc)
     try:
@@ -454,7 +519,8 @@ def _echo(config: Config, findings: list[Finding], timeout: float) -> None:
     for destination, why in zip(destinations, answers, strict=True):
         subject = f"[destinations] {destination.name}"
         if why is None:
-            findings.append(Finding(OK, "echo", subject, f"{destination}: C-ECHO answered"))
+            answered = "QIDO-RS answered" if destination.url else "C-ECHO answered"
+            findings.append(Finding(OK, "echo", subject, f"{destination}: {answered}"))
         else:
             findings.append(Finding(ERROR, "echo", subject, f"{destination}: {why}"))
 

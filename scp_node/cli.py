@@ -9,6 +9,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from scp_node.config import Config, ConfigError, load_config
 from scp_node.logs import configure_logging, escape_text
@@ -37,7 +38,9 @@ def _open_index(config: Config):  # -> storage.index.Index
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _open_index(_load(args.config)).status()
+    config = _load(args.config)
+    status: dict[str, Any] = dict(_open_index(config).status())
+    status["destinations"] = destination_summary(config, status["outbox"])
     if args.json:  # json.dumps escapes every control character (ensure_ascii)
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
@@ -58,14 +61,49 @@ def cmd_status(args: argparse.Namespace) -> int:
             + (f"  ({e(s['reason'])})" if s.get("reason") else "")
         )
     if status["outbox"]:
-        print(f"\n{'OUTBOX':<10} {'TRY':>3}  {'DESTINATION':<16} SOP INSTANCE / LAST ERROR")
+        print(
+            f"\n{'OUTBOX':<10} {'OUTCOME':<26} {'TRY':>3}  {'DESTINATION':<16} "
+            "SOP INSTANCE / REASON"
+        )
         for o in status["outbox"]:
+            due = o.get("commit_due_at") if o["state"] == "COMMITTING" else None
             print(
-                f"{e(o['state'], 16):<10} {o['attempts']:>3}  {e(o['destination'], 64):<16} "
-                f"{e(o['sop_instance_uid'], 64)}"
+                f"{e(o['state'], 16):<10} {e(o.get('outcome', ''), 32):<26} {o['attempts']:>3}  "
+                f"{e(o['destination'], 64):<16} {e(o['sop_instance_uid'], 64)}"
                 + (f"  ({e(o['last_error'])})" if o.get("last_error") else "")
+                + (f"  (commitment due {due})" if due else "")
+            )
+    if status["destinations"]:
+        print(f"\n{'DESTINATION':<16} {'PROTOCOL':<32} {'PEER':<40} RESULTS")
+        for d in status["destinations"]:
+            counts = ", ".join(f"{n} {word}" for word, n in sorted(d["results"].items()))
+            print(
+                f"{e(d['name'], 64):<16} {d['protocol']:<32} {e(d['peer'], 200):<40} "
+                f"{e(counts) or 'none yet'}"
             )
     return 0
+
+
+def destination_summary(config: Config, outbox: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configured destination (and any the outbox names that is no longer configured):
+    its protocol, peer and how many results ended each way (sent, committed, ...)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name, d in config.destinations.items():
+        summary[name.casefold()] = {
+            "name": name,
+            "protocol": d.protocol + (" + Storage Commitment" if d.commit else ""),
+            "peer": str(d),
+            "results": {},
+        }
+    for o in outbox:
+        entry = summary.setdefault(
+            o["destination"].casefold(),
+            {"name": o["destination"], "protocol": "", "peer": "not in [destinations]",
+             "results": {}},
+        )  # fmt: skip
+        outcome = o.get("outcome", o["state"])
+        entry["results"][outcome] = entry["results"].get(outcome, 0) + 1
+    return list(summary.values())
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
@@ -114,6 +152,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     findings = check_config(args.config, echo_timeout=args.timeout)
     print(as_json(findings) if args.json else as_text(findings, escape_text))
     return 1 if failed(findings) else 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the salted hash of a password for [web] users (asked twice on a terminal, else one
+    line read from standard input); the password itself is never printed or stored."""
+    import getpass
+
+    from scp_node.credentials import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("lungnode: the two passwords differ; nothing printed", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        print("lungnode: a console password needs at least 12 characters", file=sys.stderr)
+        return 2
+    name = args.user
+    print(f"{name}:{hash_password(password)}" if name else hash_password(password))
+    return 0
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
@@ -213,7 +273,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     written = predict_folder(
-        Path(args.folder), Path(args.out), config=config.classifier, png=args.png
+        Path(args.folder),
+        Path(args.out),
+        config=config.classifier,
+        png=args.png,
+        histology=config.results.histology,
+        histology_min_probability=config.results.histology_min_probability,
     )
     for path in written:
         print(path)
@@ -291,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_selftest)
+
+    p = sub.add_parser(
+        "hash-password",
+        help="print a salted scrypt hash of a console password, for [web] users "
+        "(name:hash); the password is asked twice, or read as one line from standard input",
+    )
+    p.add_argument("--user", metavar="NAME", help="print name:hash, ready for [web] users")
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("synth", help="write synthetic PET/CT phantom studies (TCIA layout)")
     p.add_argument("--out", required=True)

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from classifier.model.bundled import BUNDLED_MODEL
+from classifier.results.histology_gate import HISTOLOGY_MODES
 from classifier.settings import AnalysisSettings, MtvThreshold
+from scp_node.credentials import USER_NAME, is_password_hash
 from storage.redaction import redact_database_url
 
 ENV_PREFIX = "LUNGNODE__"
@@ -42,7 +46,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that receives results; `name` as written in [destinations]."""
+    """A DICOM peer that receives results; `name` as written in [destinations]. A DICOMweb
+    destination (STOW-RS) has a `url`; its `ae_title` is "" unless its line names one (to
+    match [routing] send_results_to = sender), and host/port are the URL's."""
 
     name: str
     ae_title: str
@@ -54,8 +60,23 @@ class Destination:
     # the certificate whose SHA-256 fingerprint (64 lower-case hex digits) is this (sha256=)
     tls_verify_hostname: bool = False
     tls_pin_sha256: str | None = None
+    # commit=yes: results count as delivered only once the destination commits them by Storage
+    # Commitment (scp_node.storage_commitment), not when it answers the C-STORE
+    commit: bool = False
+    # DICOMweb: the service's base URL (STOW-RS posts to <url>/studies) and its credentials,
+    # a bearer token or basic user and password (never shown in messages)
+    url: str | None = None
+    bearer_token: str | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def protocol(self) -> str:
+        """How results reach it: "DICOMweb" (STOW-RS) or "DIMSE" (C-STORE)."""
+        return "DICOMweb" if self.url else "DIMSE"
 
     def __str__(self) -> str:
+        if self.url:
+            return f"{self.name} ({self.url})"
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{' tls' if self.tls else ''})"
 
 
@@ -153,12 +174,20 @@ class SenderConfig:
     max_backoff_seconds: float = 300.0
     timeout_seconds: float = 30.0
     calling_ae_title: str = ""
+    # Storage Commitment (destinations with commit=yes): how long a result waits for the
+    # destination's report before it is sent and asked again; how long the sender keeps its
+    # association open after the N-ACTION for a report on that association
+    commit_timeout_seconds: float = 600.0
+    commit_wait_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
 class ResultsConfig:
     """[results]: what the result objects say."""
 
+    # "auto": histology only from a model whose metadata records real-patient accuracy above
+    # the majority-class baseline (classifier.results.histology_gate); "on"; "off".
+    histology: str = "auto"
     histology_min_probability: float = 0.5
 
 
@@ -172,6 +201,10 @@ class WebConfig:
     token: str = ""
     tls: bool = False  # HTTPS with [security] tls_certificate and tls_private_key
     refresh_seconds: int = 10  # how often the Studies and Deliveries pages reload themselves
+    # yes: plain HTTP on a host other than loopback is allowed (with a WARNING); else refused
+    insecure_http: bool = False
+    # named console users: (name, scrypt hash of the password) (scp_node.credentials)
+    users: tuple[tuple[str, str], ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -342,6 +375,26 @@ def _subject_ae_titles(key: str, raw: str) -> tuple[tuple[str, tuple[str, ...]],
     return tuple(entries)
 
 
+def _users(key: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`name:hash` pairs separated by commas or white space; each hash from `lungnode
+    hash-password` (the password itself is never written anywhere)."""
+    users: dict[str, str] = {}
+    for item in raw.replace(",", " ").split():
+        name, _, hashed = item.partition(":")
+        if not USER_NAME.fullmatch(name) or not is_password_hash(hashed):
+            shown = f"{name}:{'***' if hashed else ''}"
+            raise _fail(
+                key,
+                shown,
+                "name:hash pairs, a name of letters, digits and ._@- and a hash printed by "
+                "`lungnode hash-password`",
+            )
+        if name.casefold() in {n.casefold() for n in users}:
+            raise _fail(key, name, "each user name once")
+        users[name] = hashed
+    return tuple(users.items())
+
+
 def _names(key: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -391,14 +444,16 @@ def _result_objects(key: str, raw: str) -> tuple[str, ...]:
 
 
 def _destination(key: str, raw: str) -> Destination:
-    """NAME = AETITLE@host:port [tls [verify_hostname] [sha256=PIN]] [result_objects=LIST]; the
-    Destination's name is filled in by the caller."""
+    """NAME = AETITLE@host:port [tls [verify_hostname] [sha256=PIN]] [result_objects=LIST]
+    [commit=yes|no]; the Destination's name is filled in by the caller."""
     expected = (
         "AETITLE@host:port, optionally followed by tls (then verify_hostname and/or "
-        "sha256=<certificate fingerprint>) and by result_objects=LIST, e.g. "
+        "sha256=<certificate fingerprint>), by result_objects=LIST and by commit=yes|no, e.g. "
         "ORTHANC@127.0.0.1:4242 result_objects=sr,gsps,ko or PACS@pacs.example:2762 tls "
         "verify_hostname"
     )
+    if re.match(r"\s*https?://", raw, re.IGNORECASE):
+        return _dicomweb_destination(key, raw)
     match = re.fullmatch(
         r"\s*([^@]{1,16})@([^:\s]+):(\d{1,5})((?:\s+[^\s=]+(?:\s*=\s*[\w:, ]+?)?)*)\s*", raw
     )
@@ -410,6 +465,7 @@ def _destination(key: str, raw: str) -> Destination:
     tls = verify = False
     pin: str | None = None
     objects: tuple[str, ...] | None = None
+    commit: bool | None = None
     for option, value in options:
         if option == "tls" and not value and not tls:
             tls = True
@@ -422,9 +478,76 @@ def _destination(key: str, raw: str) -> Destination:
             pin = digits
         elif option == "result_objects" and value and objects is None:
             objects = _result_objects(key, value)
+        elif option == "commit" and value and commit is None:
+            commit = _bool(key, value)
         else:
             raise _fail(key, raw, expected)
-    return Destination("", ae, match.group(2), port, tls, objects, verify, pin)
+    return Destination("", ae, match.group(2), port, tls, objects, verify, pin, bool(commit))
+
+
+_SECRET_OPTION = re.compile(r"((?:bearer|basic)=)\S+", re.IGNORECASE)
+
+
+def _dicomweb_destination(key: str, raw: str) -> Destination:
+    """NAME = http(s)://host[:port]/path [bearer=TOKEN | basic=USER:PASSWORD]
+    [verify_hostname] [sha256=PIN] [ae_title=AE] [result_objects=LIST]; the credentials are
+    masked in every message."""
+    shown = _SECRET_OPTION.sub(r"\1***", raw)
+    expected = (
+        "a DICOMweb base URL http(s)://host[:port]/path, optionally followed by bearer=TOKEN or "
+        "basic=USER:PASSWORD, verify_hostname and sha256=<certificate fingerprint> (https), "
+        "ae_title=AE and result_objects=LIST, e.g. https://pacs.example/dicom-web bearer=s3cret"
+    )
+    url, *options = raw.split()
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise _fail(key, shown, expected) from None
+    if not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise _fail(key, shown, expected)
+    https = parts.scheme.lower() == "https"
+    values: dict[str, Any] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        name = name.lower()
+        if name in values or (bool(sep) != (name != "verify_hostname")):
+            raise _fail(key, shown, expected)
+        if name == "bearer" and value and "basic" not in values:
+            values[name] = value
+        elif name == "basic" and ":" in value and "bearer" not in values:
+            user, _, password = value.partition(":")
+            values[name] = (user, password)
+        elif name == "verify_hostname" and https:
+            values[name] = True
+        elif name == "sha256" and https:
+            digits = value.replace(":", "").lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digits):
+                raise _fail(key, shown, "sha256= followed by 64 hex digits (colons allowed)")
+            values[name] = digits
+        elif name == "ae_title":
+            values[name] = _ae_title(key, value)
+        elif name == "result_objects":
+            values[name] = _result_objects(key, value)
+        else:
+            raise _fail(key, shown, expected)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not https and not loopback and ("bearer" in values or "basic" in values):
+        raise _fail(
+            key, shown, "https:// for a destination with credentials (plain http only on loopback)"
+        )
+    return Destination(
+        "",
+        values.get("ae_title", ""),
+        parts.hostname,
+        port,
+        result_objects=values.get("result_objects"),
+        tls_verify_hostname=values.get("verify_hostname", False),
+        tls_pin_sha256=values.get("sha256"),
+        url=url.rstrip("/"),
+        bearer_token=values.get("bearer"),
+        basic_auth=values.get("basic"),
+    )
 
 
 # section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
@@ -484,21 +607,29 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "pet_min_slices": _int(1, 100000),
     },
     "routing": {"send_results_to": _names, "result_objects": _result_objects},
-    "results": {"histology_min_probability": _float(0, 1)},
+    "results": {
+        "histology": _choice(*HISTOLOGY_MODES),
+        "histology_min_probability": _float(0, 1),
+    },
     "sender": {
         "max_attempts": _int(1, 1000),
         "initial_backoff_seconds": _float(0, 86400),
         "max_backoff_seconds": _float(0, 86400),
         "timeout_seconds": _float(0.1, 3600),
         "calling_ae_title": _optional_ae_title,
+        "commit_timeout_seconds": _float(1, 7 * 86400),
+        "commit_wait_seconds": _float(0, 60),
     },
-    "destinations": {},  # free keys: NAME = AETITLE@host:port [tls] [result_objects=LIST]
+    # free keys: NAME = AETITLE@host:port [tls] [result_objects=LIST] [commit=yes]
+    "destinations": {},
     "web": {
         "host": _host,
         "port": _int(1, 65535),
         "token": _text,
         "tls": _bool,
         "refresh_seconds": _int(0, 3600),
+        "insecure_http": _bool,
+        "users": _users,
     },
 }
 
@@ -753,7 +884,25 @@ def _web(given: dict[str, Any], security: SecurityConfig) -> WebConfig:
             "yes",
             "[security] tls_certificate and tls_private_key set (HTTPS uses them)",
         )
+    if web.enabled and not web.tls and not web.insecure_http and not is_loopback(web.host):
+        raise _fail(
+            "[web] host",
+            web.host,
+            "a loopback address (127.0.0.1, ::1, localhost) without [web] tls = yes: the token "
+            "and patient data would cross the network in clear; set [web] tls = yes, or "
+            "[web] insecure_http = yes where a TLS proxy on the same machine fronts the port",
+        )
     return web
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine reaches."""
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _fields(instance: Any) -> dict[str, Any]:

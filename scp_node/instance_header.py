@@ -1,7 +1,10 @@
 """The few header elements the node indexes for a received instance, read without Pixel Data.
 
 Read by `header_scan` where the file is plain (most are), by pydicom otherwise; both give the
-same values (tests/test_header_scan.py). Shared by the C-STORE handler (on the streamed file)
+same values (tests/test_header_scan.py). pydicom reads the file twice then, up to Pixel Data (as
+the analysis reads headers) and whole (as the pixels are read): a file where the two differ
+(an indexed element repeated after Pixel Data) is refused, so that every reader downstream sees
+the one patient and study the index holds. Shared by the C-STORE handler (on the streamed file)
 and the start-up re-indexing of store files (index_recovery), so both derive exactly the same
 index row from the same file.
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -93,6 +96,9 @@ class InstanceHeader:
     patient_id: str = ""
     patient_digest: str | None = None  # of Patient ID; see patient_digest()
     birth_date_digest: str | None = None  # of Patient's Birth Date, None when absent or empty
+    # Read from a file's first bytes by the scan: the size the file must have for the values
+    # to hold (nothing after Pixel Data); None when read from the whole file.
+    file_size: int | None = field(default=None, compare=False)
 
     def record(self, path: Path, calling_aet: str, received_at: float) -> InstanceRecord:
         """The index row for this instance stored at `path`; raises InvalidUIDError naming the
@@ -138,27 +144,37 @@ def read_header(path: Path) -> InstanceHeader:
     """Read the indexed elements of the DICOM file at `path`; raises HeaderError."""
     try:
         ds = scan_header(path, HEADER_TAGS)
-        if ds is None:  # not plain enough for the scan: pydicom reads it
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        return _header_of(ds)
+        if ds is not None:
+            return _header_of(ds)
+        # not plain enough for the scan: pydicom reads it, as the analysis and as the pixels
+        header = _header_of(dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS))
+        whole = _header_of(dcmread(path, specific_tags=HEADER_TAGS))
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
         raise HeaderError(f"{path.name} does not parse as DICOM: {exc}") from None
+    if whole != header:
+        raise HeaderError(
+            f"{path.name} holds its header elements twice: read up to Pixel Data and read "
+            "whole, it names different values (an element repeated after Pixel Data); "
+            "the sender must send the instance without elements after Pixel Data"
+        )
+    return header
 
 
 def header_of_first_bytes(data: bytes) -> InstanceHeader | None:
-    """The header read_header would give for a file that begins with `data` (the file may go
-    on), or None when the scan declines those bytes or a value does not decode: then only
-    read_header on the whole file gives the answer (or the error)."""
-    ds = scan_bytes(data, HEADER_TAGS, whole_file=False)
-    if ds is None:
+    """The header read_header would give for a file that begins with `data` and is exactly
+    `file_size` bytes long (the caller checks that once the file is complete), or None when the
+    scan declines those bytes or a value does not decode: then only read_header on the whole
+    file gives the answer (or the error)."""
+    scanned = scan_bytes(data, HEADER_TAGS, whole_file=False)
+    if scanned is None:
         return None
     try:
-        return _header_of(ds)
+        return _header_of(scanned.dataset, scanned.file_size)
     except Exception:  # pydicom decoding hostile bytes: whatever it raises, read_header reports
         return None
 
 
-def _header_of(ds: Dataset) -> InstanceHeader:
+def _header_of(ds: Dataset, file_size: int | None = None) -> InstanceHeader:
     return InstanceHeader(
         sop_class_uid=ds.get("SOPClassUID"),
         sop_instance_uid=ds.get("SOPInstanceUID"),
@@ -171,6 +187,7 @@ def _header_of(ds: Dataset) -> InstanceHeader:
         patient_id=_short_text(ds.get("PatientID")),
         patient_digest=patient_digest("id", ds.get("PatientID")),
         birth_date_digest=_birth_date_digest(ds.get("PatientBirthDate")),
+        file_size=file_size,
     )
 
 

@@ -62,7 +62,8 @@ class NodeMetrics:
         )
         self.sent_requests = Counter(
             "lungnode_sent_cstore_requests",
-            "Result objects C-STOREd, by called AE title and outcome (sent, retry, dead)",
+            "Result objects C-STOREd, by called AE title and outcome (sent, retry, dead; with "
+            "Storage Commitment also committed, commit_retry, commit_dead)",
             ["called_ae", "outcome"],
             registry=r,
         )
@@ -101,7 +102,8 @@ class NodeMetrics:
             self.received_bytes.labels(ae).inc(nbytes)
 
     def sent(self, called_ae: str, outcome: str, path: Path | str | None = None) -> None:
-        """One result C-STORE with its outcome (hook in sender.py)."""
+        """One result C-STORE, or Storage Commitment, with its outcome (hook in sender.py and
+        storage_commitment.py)."""
         ae = self.ae(called_ae)
         self.sent_requests.labels(ae, outcome).inc()
         if outcome == "sent" and path is not None:

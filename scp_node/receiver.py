@@ -58,6 +58,7 @@ from scp_node.sop_classes import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
+from scp_node.storage_commitment import ReportHandler, add_report_context
 from scp_node.tls import peer_certificate_subject, server_context, start_server
 from storage.database import DatabaseFull
 from storage.index import Index, StudyConflict
@@ -271,6 +272,7 @@ class Receiver:
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         for uid in STORAGE_SOP_CLASSES.values():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES.values()))
+        add_report_context(ae)  # Storage Commitment reports of destinations with commit=yes
         mib = 1024 * 1024
         route_incoming(
             ae,
@@ -327,6 +329,7 @@ class Receiver:
                 (evt.EVT_CONN_OPEN, self._audit.connection_opened),
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_N_EVENT_REPORT, ReportHandler(self._config, self._index)),
                 (evt.EVT_ACCEPTED, self._on_accepted),
                 (evt.EVT_REJECTED, self._on_rejected),
                 (evt.EVT_RELEASED, self._on_released),
@@ -507,7 +510,9 @@ class Receiver:
         # started as the last fragment landed (alone on the node): the data goes to disk while
         # the header is checked and the index consulted; None: commit flushes data and name
         data_sync = data_sync_while_streaming(request)
-        header = header_while_streaming(request) or _read_header(streamed)
+        header = header_while_streaming(request)
+        if header is None or header.file_size != _size(streamed):
+            header = _read_header(streamed)  # something follows Pixel Data: pydicom reads it
         try:
             record = header.record(streamed, calling_aet, time.time())
         except InvalidUIDError as exc:

@@ -20,6 +20,15 @@ Destinations marked `tls` in [destinations] are reached over DICOM TLS (see scp_
 their certificate must chain to [security] tls_ca_certificates; ours is the client
 certificate). A failed TLS handshake is transient, like a refused connection: a person fixes
 the certificates and the next attempt goes through.
+
+Destinations marked `commit=yes` are asked, on the same association, to commit what it stored
+(Storage Commitment, scp_node.storage_commitment): those rows are COMMITTING, not sent, until the
+destination's report commits them; a report of failure, a refused N-ACTION, or no report within
+[sender] commit_timeout_seconds sends them again (an attempt, with backoff; dead after
+max_attempts). A peer that accepts no Storage Commitment context makes them dead letters.
+
+DICOMweb destinations (a URL in [destinations]) receive the same rows by STOW-RS, one request
+per destination per tick (scp_node.dicomweb_sender classifies the answers the same way).
 """
 
 from __future__ import annotations
@@ -32,11 +41,15 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 
-from scp_node.config import Config, Destination, SenderConfig
+from scp_node.backoff import backoff_delay, retry_at
+from scp_node.config import Config, Destination
 from scp_node.dicom_settings import configure_pynetdicom
+from scp_node.dicomweb_sender import StowSender
 from scp_node.dimse_status import (
     COERCION_OF_DATA_ELEMENTS,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
@@ -48,6 +61,14 @@ from scp_node.dimse_status import (
 )
 from scp_node.metrics import METRICS
 from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
+from scp_node.storage_commitment import (
+    REPORTED,
+    REQUEST_STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    ReportHandler,
+    commitment_request,
+)
 from scp_node.tls import client_context
 from storage.index import Index
 from storage.records import OutboxItem
@@ -67,14 +88,6 @@ _MAX_CONTEXTS = 128  # presentation contexts one A-ASSOCIATE-RQ may carry
 OUTBOX_LEASE_TIMEOUTS = 3  # how long an outbox row stays claimed, in [sender] timeout_seconds
 
 
-def backoff_delay(attempt: int, cfg: SenderConfig, rng: random.Random) -> float:
-    """Seconds before retry number `attempt` (1-based): initial * 2**(attempt-1), +-25% jitter,
-    capped at max_backoff_seconds."""
-    exponent = min(max(attempt, 1) - 1, 60)
-    base = min(cfg.initial_backoff_seconds * 2.0**exponent, cfg.max_backoff_seconds)
-    return min(base * rng.uniform(0.75, 1.25), cfg.max_backoff_seconds)
-
-
 def is_transient_status(status: int) -> bool:
     """True for C-STORE failure statuses worth retrying later (resources, processing failure)."""
     return is_out_of_resources(status) or status in _TRANSIENT_STATUSES
@@ -87,6 +100,7 @@ class _Outcome:
     sent: bool
     transient: bool
     error: str
+    recorded: bool = False  # the index already holds the row's new state (Storage Commitment)
 
 
 class Sender:
@@ -104,9 +118,13 @@ class Sender:
             for d in config.destinations.values()
             if d.tls
         }
+        self._reports = ReportHandler(config, index, rng=self._rng)
+        self._stow = {d.name: StowSender(config, d) for d in config.destinations.values() if d.url}
 
     def deliver_due(self, now: float) -> int:
-        """Send every due outbox row and record its outcome; returns the number of rows handled."""
+        """Send every due outbox row and record its outcome, and send again the rows whose
+        Storage Commitment is overdue; returns the number of rows handled."""
+        overdue = self._commitments_overdue(now)
         # A row stays claimed for a few sender timeouts: long enough for this tick's
         # association, short enough that a crashed node resends soon after it restarts.
         items = self._index.due_outbox(
@@ -131,30 +149,39 @@ class Sender:
                         now,
                     )
                 continue
-            for item, outcome in self._send_batch(destination, batch):
+            if destination.url:
+                outcomes = self._stow_batch(destination, batch)
+            else:
+                outcomes = self._send_batch(destination, batch, now)
+            for item, outcome in outcomes:
                 self._record(item, outcome, now)
-        return len(items)
+        return len(items) + overdue
 
     def _send_batch(
-        self, destination: Destination, batch: list[OutboxItem]
+        self, destination: Destination, batch: list[OutboxItem], now: float
     ) -> list[tuple[OutboxItem, _Outcome]]:
         """C-STORE a batch of rows over one association to `destination`."""
-        results: list[tuple[OutboxItem, _Outcome]] = []
-        loaded: list[tuple[OutboxItem, Dataset]] = []
-        for item in batch:
-            try:
-                loaded.append((item, dcmread(Path(item.path))))
-            except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError) as exc:
-                # an unreadable result file: no retry will fix it
-                results.append((item, _Outcome(False, False, f"cannot read {item.path}: {exc}")))
+        results, loaded = _read_results(batch)
         if not loaded:
             return results
 
-        ae = self._build_ae([ds for _, ds in loaded])
         tls_args = None
-        if destination.tls and destination.name in self._tls_contexts:
+        if destination.tls:
+            context = self._tls_contexts.get(destination.name)
+            if context is None:  # never fall back to a plain connection
+                error = (
+                    f"{destination} is marked tls but the sender holds no TLS context for it; "
+                    "nothing was sent (never in plain): restart the node so it builds one from "
+                    "[security], then lungnode resend"
+                )
+                return results + [(item, _Outcome(False, False, error)) for item, _ in loaded]
             # host: SNI, and checked when the destination says verify_hostname
-            tls_args = (self._tls_contexts[destination.name], destination.host)
+            tls_args = (context, destination.host)
+        ae = self._build_ae([ds for _, ds in loaded], commit=destination.commit)
+        # a destination may report its Storage Commitment on this association
+        handlers: list[EventHandlerType] | None = (
+            [(evt.EVT_N_EVENT_REPORT, self._reports)] if destination.commit else None
+        )
         try:
             assoc = ae.associate(
                 destination.host,
@@ -162,6 +189,7 @@ class Sender:
                 ae_title=destination.ae_title,
                 max_pdu=0,
                 tls_args=tls_args,
+                evt_handlers=handlers,
             )
         except (OSError, RuntimeError, ValueError) as exc:
             error = f"cannot associate with {destination}: {exc}"
@@ -181,26 +209,135 @@ class Sender:
 
         log.info("association established destination=%s objects=%d", destination, len(loaded))
         try:
+            stored: list[tuple[OutboxItem, Dataset]] = []
             for item, ds in loaded:
                 if not assoc.is_established:
                     error = f"association with {destination} ended before this object was sent"
                     results.append((item, _Outcome(False, True, error)))
                     continue
-                results.append((item, self._send_one(assoc, destination, ds)))
+                outcome = self._send_one(assoc, destination, ds)
+                if outcome.sent and destination.commit:
+                    stored.append((item, ds))
+                else:
+                    results.append((item, outcome))
+            if stored:
+                outcome = self._request_commitment(assoc, destination, stored, now)
+                results.extend((item, outcome) for item, _ in stored)
         finally:
             if assoc.is_established:
                 assoc.release()
         return results
 
-    def _build_ae(self, datasets: list[Dataset]) -> AE:
+    def _stow_batch(
+        self, destination: Destination, batch: list[OutboxItem]
+    ) -> list[tuple[OutboxItem, _Outcome]]:
+        """STOW-RS a batch of rows in one request to a DICOMweb `destination`."""
+        results, loaded = _read_results(batch)
+        if not loaded:
+            return results
+        outcomes = self._stow[destination.name].store([ds for _, ds in loaded])
+        log.info(
+            "STOW-RS destination=%s objects=%d stored=%d",
+            destination,
+            len(loaded),
+            sum(o.sent for o in outcomes),
+        )
+        return results + [
+            (item, _Outcome(o.sent, o.transient, o.error))
+            for (item, _), o in zip(loaded, outcomes, strict=True)
+        ]
+
+    def _request_commitment(
+        self,
+        assoc: Association,
+        destination: Destination,
+        stored: list[tuple[OutboxItem, Dataset]],
+        now: float,
+    ) -> _Outcome:
+        """Ask `destination` to commit the objects it just stored (N-ACTION on `assoc`), then
+        keep the association open up to [sender] commit_wait_seconds for a report on it.
+
+        The rows are COMMITTING (in the index) before the N-ACTION goes out, so a report that
+        comes at once on another association finds them. A refused N-ACTION is an outcome of
+        the commitment: the rows are sent again (or dead-lettered) here."""
+        sender = self._config.sender
+        transaction_uid = generate_uid()
+        items = [item for item, _ in stored]
+        self._index.commitments.awaiting(
+            items, transaction_uid, now + sender.commit_timeout_seconds, now
+        )
+        request = commitment_request(
+            transaction_uid, [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for _, ds in stored]
+        )
+        with REPORTED.expecting(transaction_uid) as wait_for_report:
+            error, transient = _send_n_action(assoc, destination, request)
+            if not error:
+                log.info(
+                    "storage commitment requested destination=%s transaction_uid=%s objects=%d",
+                    destination,
+                    transaction_uid,
+                    len(items),
+                )
+                if sender.commit_wait_seconds > 0:
+                    wait_for_report(sender.commit_wait_seconds)
+        if error:
+            log.warning("%s transaction_uid=%s", error, transaction_uid)
+            for item in items:
+                self._commitment_failed(item, error, now, transient=transient)
+        return _Outcome(True, False, error, recorded=True)
+
+    def _commitments_overdue(self, now: float) -> int:
+        """Send again (or dead-letter) the rows whose commitment has not come in time."""
+        overdue = self._index.commitments.overdue(now)
+        for item in overdue:
+            peer = self._config.destination(item.destination)
+            error = (
+                f"no Storage Commitment report from {peer or item.destination} within "
+                f"{self._config.sender.commit_timeout_seconds:g} s "
+                "([sender] commit_timeout_seconds)"
+            )
+            self._commitment_failed(item, error, now, transient=True)
+        return len(overdue)
+
+    def _commitment_failed(
+        self, item: OutboxItem, error: str, now: float, *, transient: bool
+    ) -> None:
+        """A COMMITTING row whose commitment failed: PENDING again with backoff, or DEAD."""
+        attempt = item.attempts + 1
+        next_attempt_at = (
+            retry_at(attempt, now, self._config.sender, self._rng) if transient else None
+        )
+        if next_attempt_at is None and transient:
+            error = f"{error}; gave up after {attempt} attempts ([sender] max_attempts)"
+        if self._index.commitments.commitment_failed(item, error, now, next_attempt_at):
+            peer = self._config.destination(item.destination)
+            METRICS.sent(
+                peer.ae_title if peer else "",
+                "commit_retry" if next_attempt_at is not None else "commit_dead",
+            )
+            log.warning(
+                "result commitment failed sop_instance_uid=%s destination=%s attempt=%d "
+                "next=%s error=%s",
+                item.sop_uid,
+                item.destination,
+                attempt,
+                "dead letter" if next_attempt_at is None else f"in {next_attempt_at - now:.1f} s",
+                error,
+            )
+
+    def _build_ae(self, datasets: list[Dataset], *, commit: bool = False) -> AE:
         """An SCU AE proposing, per SOP class, each file's own transfer syntax plus Explicit and
-        Implicit VR Little Endian."""
+        Implicit VR Little Endian; and the Storage Commitment Push Model when `commit`."""
         sender = self._config.sender
         ae = AE(ae_title=sender.calling_ae_title)
         ae.acse_timeout = sender.timeout_seconds
         ae.dimse_timeout = sender.timeout_seconds
         ae.network_timeout = sender.timeout_seconds
         ae.connection_timeout = sender.timeout_seconds
+        if commit:
+            ae.add_requested_context(
+                STORAGE_COMMITMENT_PUSH_MODEL, list(UNCOMPRESSED_TRANSFER_SYNTAXES)
+            )
         proposals: dict[str, list[str]] = {}
         for ds in datasets:
             sop_class = str(ds.SOPClassUID)
@@ -247,7 +384,7 @@ class Sender:
         peer = self._config.destination(item.destination)
         attempt_ = item.attempts + 1
         METRICS.sent(
-            peer.ae_title if peer else "",
+            (peer.ae_title or peer.name) if peer else "",
             "sent"
             if outcome.sent
             else "retry"
@@ -255,6 +392,8 @@ class Sender:
             else "dead",
             item.path,
         )
+        if outcome.recorded:
+            return
         if outcome.sent:
             self._index.outbox_sent(item, now)
             log.info(
@@ -291,6 +430,52 @@ class Sender:
             item.destination,
             error,
         )
+
+
+def _send_n_action(
+    assoc: Association, destination: Destination, request: Dataset
+) -> tuple[str, bool]:
+    """Send the Storage Commitment N-ACTION; ("", True) when the destination took it, else
+    (why not, whether a later attempt may succeed)."""
+    try:
+        status, _ = assoc.send_n_action(
+            request,
+            REQUEST_STORAGE_COMMITMENT,
+            STORAGE_COMMITMENT_PUSH_MODEL,
+            STORAGE_COMMITMENT_INSTANCE,
+        )
+    except ValueError:  # no accepted presentation context for Storage Commitment
+        return (
+            f"{destination} accepted no Storage Commitment Push Model context; set "
+            "commit=no on its [destinations] line, or enable Storage Commitment there",
+            False,
+        )
+    except (OSError, RuntimeError) as exc:
+        return f"N-ACTION (Storage Commitment) to {destination} failed: {exc}", True
+    if "Status" not in status:
+        return f"no N-ACTION response from {destination} (timeout or abort)", True
+    if int(status.Status) != SUCCESS:
+        return (
+            f"{destination} answered the Storage Commitment N-ACTION with status "
+            f"0x{int(status.Status):04X}",
+            True,
+        )
+    return "", True
+
+
+def _read_results(
+    batch: list[OutboxItem],
+) -> tuple[list[tuple[OutboxItem, _Outcome]], list[tuple[OutboxItem, Dataset]]]:
+    """(rows whose file cannot be read, as dead-letter outcomes; the others with their dataset)."""
+    results: list[tuple[OutboxItem, _Outcome]] = []
+    loaded: list[tuple[OutboxItem, Dataset]] = []
+    for item in batch:
+        try:
+            loaded.append((item, dcmread(Path(item.path))))
+        except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError) as exc:
+            # an unreadable result file: no retry will fix it
+            results.append((item, _Outcome(False, False, f"cannot read {item.path}: {exc}")))
+    return results, loaded
 
 
 def _association_failure(assoc: Association, destination: Destination) -> str:

@@ -91,11 +91,14 @@ class WebServer:
         import uvicorn
 
         from scp_node.audit import AuditLog
+        from scp_node.check_config import web_warnings
         from scp_node.web.app import build_app
 
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
         self._audit = AuditLog(audit_path, config.node.ae_title)
         web = config.web
+        for _level, key, why in web_warnings(config):
+            log.warning("%s: %s", key, why)
         tls = (
             {
                 "ssl_certfile": str(config.security.tls_certificate),
@@ -146,7 +149,10 @@ def serve(config: Config, role: str = "all") -> int:
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     switches = Switches(index)
     METRICS.configure(
-        {*config.security.allowed_calling_aets, *(d.ae_title for d in config.destinations.values())}
+        {
+            *config.security.allowed_calling_aets,
+            *(d.ae_title or d.name for d in config.destinations.values()),  # DICOMweb: name
+        }
     )
 
     worker = None

@@ -133,6 +133,23 @@ def client_context(
     return context
 
 
+def https_client_context(security: SecurityConfig, destination: Destination) -> ssl.SSLContext:
+    """The SSL context of an https (DICOMweb) destination: as `client_context` when
+    tls_ca_certificates is set; without it, the system's CAs with the host name checked (as
+    any HTTPS client); the destination's sha256= pin either way."""
+    if security.tls_ca_certificates is not None:
+        return client_context(security, destination)
+    context = _PinningContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.pin_sha256 = destination.tls_pin_sha256
+    context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if security.tls_enabled:
+        _load_own_certificate(context, security)
+    return context
+
+
 def _load_own_certificate(context: ssl.SSLContext, security: SecurityConfig) -> None:
     try:
         context.load_cert_chain(str(security.tls_certificate), str(security.tls_private_key))

@@ -24,9 +24,11 @@ import pydicom
 from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode, kind_of, warm_up
+from scp_node.audit import OUTCOME_SERIOUS_FAILURE, AuditLog
 from scp_node.config import Config
 from scp_node.metrics import METRICS
 from scp_node.routing import destinations_for
+from scp_node.source_check import source_mismatch
 from storage.index import Index
 from storage.instance_store import InstanceStore
 from storage.records import Job, ResultObject
@@ -41,6 +43,10 @@ RESULT_KIND = {
     "sc": ResultKind.SC,
     "ko": ResultKind.KO,
 }
+
+
+class SourceMismatch(Exception):
+    """The source instances as read for the analysis do not name the indexed patient/study."""
 
 
 class AnalysisWorker:
@@ -104,6 +110,11 @@ class AnalysisWorker:
         try:
             with self._lease_kept(job):
                 self._process(job)
+        except SourceMismatch as exc:  # never retried: the same files give the same answer
+            reason = f"study not reported: {exc}"
+            log.error("analysis refused study=%s: %s", job.study_uid, reason)
+            self._index.fail_job(job, reason, retry=False, now=time.time())
+            self._audit_mismatch(job, reason)
         except Exception as exc:  # a bad study must never stop the worker
             retry = job.attempts < self._config.pipeline.max_job_attempts
             reason = f"analysis failed: {type(exc).__name__}: {exc}"
@@ -117,6 +128,21 @@ class AnalysisWorker:
             log.debug("%s", traceback.format_exc())
             self._index.fail_job(job, reason, retry=retry, now=time.time())
         return True
+
+    def _audit_mismatch(self, job: Job, reason: str) -> None:
+        """A Security Alert in the audit log: the study was failed, not reported."""
+        config = self._config
+        path = config.security.audit_log or config.storage.root / "audit.log"
+        audit = AuditLog(path, config.node.ae_title)
+        try:
+            audit.study_failed(
+                self._worker_id,
+                study_uid=job.study_uid,
+                reason=reason,
+                outcome=OUTCOME_SERIOUS_FAILURE,
+            )
+        finally:
+            audit.close()
 
     @contextmanager
     def _lease_kept(self, job: Job) -> Iterator[None]:
@@ -160,6 +186,11 @@ class AnalysisWorker:
             else None
         )
         del analysis  # frees the CT and SUV volumes before encoding
+        mismatch = source_mismatch(
+            job.study_uid, self._index.patient_digests(job.study_uid), sources
+        )
+        if mismatch is not None:
+            raise SourceMismatch(mismatch)
         for reason in result.skipped:
             log.info("analysis note study=%s: %s", job.study_uid, reason)
         # `sender` routing: the AEs that sent the analysed series (every series when none was)
@@ -179,6 +210,7 @@ class AnalysisWorker:
             instance_number=job.version,
             kinds=kinds,
             histology_min_probability=self._config.results.histology_min_probability,
+            histology=self._config.results.histology,
             key_pixels=key_pixels,
             notes=repaired,
         )

@@ -154,6 +154,30 @@ class Console:
                 d["last_error"], d["last_error_at"] = error, at
         return out
 
+    def unfinished(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Results sent and awaiting their Storage Commitment (with when it is due), and
+        results that failed and wait for their next try (with the reason)."""
+        keys = (
+            "outbox_id",
+            "study_uid",
+            "sop_uid",
+            "destination",
+            "state",
+            "attempts",
+            "last_error",
+            "at",
+            "next_attempt_at",
+            "commit_due_at",
+            "transaction_uid",
+        )
+        rows = self._read(
+            self._q.unfinished,
+            committing=OutboxState.COMMITTING.value,
+            pending=OutboxState.PENDING.value,
+            limit=limit,
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     def dead_letters(self, limit: int = 500) -> list[dict[str, Any]]:
         keys = ("outbox_id", "study_uid", "sop_uid", "destination", "attempts", "last_error", "at")
         rows = self._read(self._q.dead_letters, dead=OutboxState.DEAD.value, limit=limit)

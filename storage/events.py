@@ -3,7 +3,9 @@
 Kinds: ready (complete; stage waiting_for_completion), claimed (worker id; stage queued on the
 first claim), lease_expired, analysis_started / analysis_done (model name, version, SHA-256;
 stages analysis and encoding), reported, failed, retry_analysis, cstore (one per C-STORE
-attempt: destination, outcome, error, next retry), sent (stage delivery), dead, delivered
+attempt, or STOW-RS request, that failed: destination, error, next retry), sent (stage
+delivery; with a Transaction UID when Storage Commitment was asked), committed and
+commit_failed (storage.commitments), dead, delivered
 (stage turnaround: first instance to the last result accepted), resend, and the console's
 actions (reanalyse, mark_complete) with the person who asked. `stage` and `duration_s` feed the
 `lungnode_*_seconds` histograms of /metrics (scp_node.metrics), so they are counted once for

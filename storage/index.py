@@ -9,6 +9,8 @@ concern, and the Index only names them in one place for the node's components:
                                   senders, study_known, studies_started_by
     work queue (storage.jobs)     claim_job, renew_lease, complete_job, fail_job
     delivery (storage.outbox)     due_outbox, outbox_sent, outbox_retry, outbox_dead, resend_dead
+    commitment                    index.commitments (storage.commitments): awaiting, report,
+                                  overdue, commitment_failed
     operations                    status (storage.status), expired_studies, forget_study
                                   (storage.retention)
     console (storage.console)     index.console: search, study, deliveries, counts, flags,
@@ -25,6 +27,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from storage import status as _status
+from storage.commitments import Commitments
 from storage.console import Console
 from storage.database import DEFAULT_POOL_SIZE, Database
 from storage.events import Events
@@ -76,6 +79,7 @@ class Index:
         self.studies = Studies(db)
         self.jobs = JobQueue(db)
         self.outbox = Outbox(db)
+        self.commitments = Commitments(db)  # Storage Commitment of sent results
         self.retention = Retention(db)
         self.console = Console(db)  # the web console's reads and actions, /metrics, /readyz
         self.events = Events(db)  # the timeline of each study
@@ -117,6 +121,10 @@ class Index:
     ) -> StudyConflict | None:
         """See Studies.conflict."""
         return self.studies.conflict(study_uid, sop_uid, patient_digest, birth_date_digest)
+
+    def patient_digests(self, study_uid: str) -> tuple[str | None, str | None] | None:
+        """See Studies.patient_digests."""
+        return self.studies.patient_digests(study_uid)
 
     def study_known(self, study_uid: str) -> bool:
         """See Studies.study_known."""

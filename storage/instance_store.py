@@ -209,13 +209,38 @@ class InstanceStore:
         data_sync: DataSync | None = None,
     ) -> tuple[Path, bool]:
         """Make the temp file durable at its final path; (final, False) if that SOP Instance was
-        already stored (the temp file is then removed). Raises InvalidUIDError before moving.
+        already stored (the temp file is then removed), returned only once that stored copy is
+        durable too (`_flush_stored`). Raises InvalidUIDError before moving.
 
         `data_sync`: an fdatasync of `temp` the caller started once the file was written
         (DataSync(temp)); on ext4/XFS (`one_fsync`) it is waited for before the link, so only
         the name is left to make durable. Elsewhere it is not used: the folder's fsync would not
         cover what changed on the file since (its extended attributes).
         """
+        final, stored = self._commit(temp, study_uid, series_uid, sop_uid, data_sync)
+        if not stored:
+            self._flush_stored(final)
+        return final, stored
+
+    @staticmethod
+    def _flush_stored(final: Path) -> None:
+        """Make the copy already stored at `final` durable before its duplicate is answered:
+        the commit that linked it (in this process or another) may still be between its link
+        and its flush, and a power cut there would lose an instance whose second sender heard
+        "already stored". fsync of the file (data, and on ext4/XFS its link) and of its folder
+        (the name, elsewhere); a copy removed meanwhile raises FileNotFoundError (no Success)."""
+        _fsync_path(final)
+        _fsync_path(final.parent)
+
+    def _commit(
+        self,
+        temp: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        data_sync: DataSync | None,
+    ) -> tuple[Path, bool]:
+        """commit without the duplicate's flush; see commit."""
         final = self.path_for(study_uid, series_uid, sop_uid)
         temp = Path(temp)
         if temp.parent.resolve() != self.incoming:

@@ -1,8 +1,8 @@
 """The outbox: one row per (result object, destination), claimed by senders with a short lease.
 
 A transient failure schedules a retry; a permanent one, or too many attempts, makes a dead
-letter until `resend_dead`. When every row of a study's current version is SENT, the study is
-DELIVERED.
+letter until `resend_dead`. When every row of a study's current version is SENT (or COMMITTED,
+see storage.commitments), the study is DELIVERED.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from storage import events
 from storage.database import Cursor, Database
@@ -36,6 +37,49 @@ def add(
         destination=destination,
         now=now,
         pending=_PENDING,
+    )
+
+
+def deliver_if_complete(
+    cur: Cursor,
+    dialect: str,
+    study_uid: str,
+    study: tuple[Any, ...] | None,
+    now: float,
+    first_received_at: float | None,
+) -> None:
+    """Within the caller's transaction, after a row became SENT or COMMITTED: the study is
+    DELIVERED when it is REPORTED and every row of its current version is SENT or COMMITTED.
+    `study` is its (version, state) as `lock_study` read it at the start of the transaction."""
+    if study is None or study[1] != StudyState.REPORTED:
+        return
+    q = load("outbox", dialect)
+    version = study[0]
+    unsent = cur.run(
+        q.unsent_of_version,
+        study_uid=study_uid,
+        version=version,
+        sent=OutboxState.SENT.value,
+        committed=OutboxState.COMMITTED.value,
+    ).scalar()
+    if unsent != 0:
+        return
+    cur.run(
+        q.study_delivered,
+        study_uid=study_uid,
+        version=version,
+        now=now,
+        delivered=StudyState.DELIVERED.value,
+    )
+    events.add(
+        cur,
+        dialect,
+        study_uid,
+        version,
+        "delivered",
+        now,
+        stage="turnaround",
+        duration_s=None if first_received_at is None else now - float(first_received_at),
     )
 
 
@@ -95,30 +139,9 @@ class Outbox:
                 sop_instance_uid=item.sop_uid,
                 attempt=item.attempts + 1,
             )
-            if study is None or study[1] != StudyState.REPORTED:
-                return
-            version = study[0]
-            unsent = cur.run(
-                q.unsent_of_version, study_uid=item.study_uid, version=version, sent=sent
-            ).scalar()
-            if unsent == 0:
-                cur.run(
-                    q.study_delivered,
-                    study_uid=item.study_uid,
-                    version=version,
-                    now=now,
-                    delivered=StudyState.DELIVERED.value,
-                )
-                events.add(
-                    cur,
-                    self.db.dialect,
-                    item.study_uid,
-                    version,
-                    "delivered",
-                    now,
-                    stage="turnaround",
-                    duration_s=now - float(times[2]) if times else None,
-                )
+            deliver_if_complete(
+                cur, self.db.dialect, item.study_uid, study, now, times[2] if times else None
+            )
 
         self.db.run(work)
 

@@ -56,7 +56,7 @@ class StudyInputs:
     delivered_at: float  # updated_at: when a DELIVERED study became DELIVERED
     version: int
     outbox_rows: int  # of the current version; 0 means its results had no destination
-    pending: int  # PENDING outbox rows of any version
+    pending: int  # PENDING (or COMMITTING: commitment not yet come) outbox rows of any version
     dead: int  # DEAD outbox rows (dead letters) of any version
     instances: int
 
@@ -262,7 +262,11 @@ class Retention:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._q = load("operations", db.dialect)
-        self._states = {"pending": OutboxState.PENDING.value, "dead": OutboxState.DEAD.value}
+        self._states = {
+            "pending": OutboxState.PENDING.value,
+            "committing": OutboxState.COMMITTING.value,
+            "dead": OutboxState.DEAD.value,
+        }
 
     def studies_with_inputs(self) -> list[StudyInputs]:
         """Every study whose received instances are still indexed, oldest change first."""

@@ -8,7 +8,9 @@ expired and another worker claims it), RUNNING -> FAILED, and STALE once a newer
 study exists.
 
 Outbox row (one per result object and destination): PENDING -> SENT, PENDING -> DEAD (a dead
-letter) -> PENDING again by `lungnode resend`.
+letter) -> PENDING again by `lungnode resend`. For a destination with Storage Commitment
+(commit=yes): PENDING -> COMMITTING (stored there, commitment asked) -> COMMITTED, or back to
+PENDING (reported failed, or no report in time; DEAD once attempts are used up).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class OutboxState(StrEnum):
     PENDING = "PENDING"
     SENT = "SENT"
     DEAD = "DEAD"
+    COMMITTING = "COMMITTING"  # stored by the destination, its Storage Commitment not yet come
+    COMMITTED = "COMMITTED"  # the destination's N-EVENT-REPORT committed it
 
 
 class ResultKind(StrEnum):

@@ -8,6 +8,7 @@ from typing import Any
 from storage.console import delivery_word
 from storage.database import Cursor, Database
 from storage.queries import load
+from storage.states import OutboxState
 
 Rows = list[tuple[Any, ...]]
 
@@ -18,6 +19,21 @@ def iso(epoch: float | None) -> str | None:
         return None
     text = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
     return text.replace("+00:00", "Z")
+
+
+def result_outcome(state: str, last_error: str | None) -> str:
+    """What became of one result at one destination, in words a person reads (the reason is
+    `last_error`): sent, committed, sent and awaiting commitment, failed (retrying or a dead
+    letter), or queued."""
+    if state == OutboxState.SENT:
+        return "sent"
+    if state == OutboxState.COMMITTED:
+        return "committed"
+    if state == OutboxState.COMMITTING:
+        return "sent, awaiting commitment"
+    if state == OutboxState.DEAD:
+        return "failed (dead letter)"
+    return "failed, retrying" if last_error else "queued"
 
 
 def status(db: Database) -> dict[str, list[dict[str, Any]]]:
@@ -53,9 +69,15 @@ def status(db: Database) -> dict[str, list[dict[str, Any]]]:
                 "sop_instance_uid": r[1],
                 "destination": r[2],
                 "state": r[3],
+                "outcome": result_outcome(r[3], r[5]),
                 "attempts": r[4],
                 "last_error": r[5],
                 "next_attempt_at": iso(r[6]),
+                # Storage Commitment (storage.commitments); None for a destination without it
+                "transaction_uid": r[7],
+                "commit_due_at": iso(r[8]),
+                "committed_at": iso(r[9]),
+                "updated_at": iso(r[10]),
             }
             for r in outbox
         ],

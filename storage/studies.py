@@ -175,6 +175,17 @@ class Studies:
 
         return self.db.run(work, write=False)
 
+    def patient_digests(self, study_uid: str) -> tuple[str | None, str | None] | None:
+        """The study's (Patient ID, Patient's Birth Date) digests as the receiver indexed them
+        (scp_node.instance_header.patient_digest; None where not indexed); None when the study
+        is not in the index."""
+        q = self._q
+        study = require_uid("Study Instance UID", study_uid)
+        row = self.db.run(
+            lambda cur: cur.run(q.study_patient, study_uid=study).fetchone(), write=False
+        )
+        return None if row is None else (row[0], row[1])
+
     def study_known(self, study_uid: str) -> bool:
         """True when the study is in the index."""
         study = require_uid("Study Instance UID", study_uid)

@@ -8,6 +8,7 @@ beside this one; the fixtures here give tests one way to get each of them.
 - `receiver_node`: a started in-process `Receiver` with store and index (tests/in_process.py).
 - `node_process`: a factory of `lungnode serve` subprocesses (tests/node_process.py), each one
   stopped at the end of the test.
+- `chunked_send`: pynetdicom sends a file's bytes as they are (crafted and broken datasets).
 - `phantom_ct`, `phantom_pet_ct`: one phantom study each, generated and written once per
   session, for tests that need "a small study" rather than a particular one. Read-only.
 - `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
@@ -66,6 +67,17 @@ def _logging_as_found() -> Iterator[None]:
 def free_port() -> Callable[[], int]:
     """Call it for a TCP port on 127.0.0.1 that is free right now (as many as needed)."""
     return _free_port
+
+
+@pytest.fixture
+def chunked_send() -> Iterator[None]:
+    """pynetdicom sends files' bytes as they are (no decoding), for broken datasets."""
+    from pynetdicom import _config
+
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    yield
+    _config.STORE_SEND_CHUNKED_DATASET = before
 
 
 @pytest.fixture

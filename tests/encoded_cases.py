@@ -227,12 +227,33 @@ def real_ct_result(real_ct: Path) -> tuple[StudyResult, list[pydicom.Dataset]] |
     return result, series
 
 
+def refused_result(seed: int) -> tuple[StudyResult, list[pydicom.Dataset]]:
+    """A phantom CT read but refused as not a whole chest (StudyResult.refusal)."""
+    study = generate_study(seed, "A", ct_size=64, ct_slices=16, pet=False, field_of_view_mm=150.0)
+    reason = "The body is cut by the edge of the image lateral of the right lung."
+    result = StudyResult(
+        study_instance_uid=study.study_instance_uid,
+        model=MODEL,
+        ct_series_uid=str(study.ct[0].SeriesInstanceUID),
+        ct_slices=tuple(ref(ds) for ds in study.ct),
+        ct_shape=(len(study.ct), int(study.ct[0].Rows), int(study.ct[0].Columns)),
+        skipped=(reason,),
+        refusal=reason,
+    )
+    return result, list(study.ct)
+
+
 def build_encoded_cases(folder: Path, real_ct: Path) -> dict[str, Case]:
     """The encoded cases the SR and SEG tests inspect, written into `folder`; "real" is there
-    only when the Lung-PET-CT-Dx subset `real_ct` is."""
+    only when the Lung-PET-CT-Dx subset `real_ct` is.
+
+    The lesion cases state histology (`histology="on"`) so the tests can check how it is
+    encoded; "histology-auto" is the node's default with a model whose real-patient histology
+    accuracy is not recorded: histology not assessed."""
     out = {}
+    on = {"histology": "on"}
     result, sources = phantom_result(11, "B", pet=True, n_lesions=2)
-    out["pet"] = write_case("pet", result, sources, folder)
+    out["pet"] = write_case("pet", result, sources, folder, **on)
     # A second version of the same report, naming the first as its predecessor.
     out["pet-v2"] = write_case(
         "pet-v2",
@@ -242,17 +263,20 @@ def build_encoded_cases(folder: Path, real_ct: Path) -> dict[str, Case]:
         predecessor=out["pet"].objects[0],
         series_number=910,
         instance_number=2,
+        **on,
     )
     result, sources = phantom_result(12, "G", pet=False, n_lesions=1)
-    out["ct"] = write_case("ct", result, sources, folder)
+    out["ct"] = write_case("ct", result, sources, folder, **on)
+    out["histology-auto"] = write_case("histology-auto", result, sources, folder)
     result, sources = phantom_result(13, "A", pet=True, n_lesions=0)
     out["nolesion"] = write_case("nolesion", result, sources, folder)
     result, sources = phantom_result(14, "E", pet=False, n_lesions=1, analysed=False)
     out["notanalysed"] = write_case("notanalysed", result, sources, folder)
+    out["refused"] = write_case("refused", *refused_result(15), folder)
     if real_ct.exists():
         real = real_ct_result(real_ct)
         assert real is not None, f"{real_ct} is present but holds no annotated CT series"
-        out["real"] = write_case("real", *real, folder)
+        out["real"] = write_case("real", *real, folder, **on)
     return out
 
 

@@ -158,8 +158,20 @@ class Outbox:
         self.index = Index(self.database)
 
     def add_result(self, sop_class: str = BASIC_TEXT_SR, destination: str = "pacs") -> Dataset:
-        ds = result_dataset(sop_class)
-        path = self.store.write_dataset(ds)
+        (ds,) = self.add_results([result_dataset(sop_class)], destination)
+        return ds
+
+    def add_results(
+        self, datasets: list[Dataset], destination: str | list[str] = "pacs"
+    ) -> list[Dataset]:
+        """Store `datasets` as the results of one analysed study, one outbox row each per
+        destination."""
+        results = []
+        for ds in datasets:
+            path = self.store.write_dataset(ds)
+            results.append(
+                ResultObject(ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, path, "SR")
+            )
         self.index.record_instance(
             InstanceRecord(
                 study_uid=STUDY_UID,
@@ -175,9 +187,9 @@ class Outbox:
         assert self.index.mark_ready(NOW - 50, 10) == [STUDY_UID]
         job = self.index.claim_job("test-worker", 60, NOW - 40)
         assert job is not None
-        result = ResultObject(ds.SOPInstanceUID, ds.SeriesInstanceUID, sop_class, path, "SR")
-        assert self.index.complete_job(job, [result], [destination], NOW - 30)
-        return ds
+        destinations = [destination] if isinstance(destination, str) else destination
+        assert self.index.complete_job(job, results, destinations, NOW - 30)
+        return datasets
 
     def row(self) -> dict[str, object]:
         (row,) = self.index.status()["outbox"]

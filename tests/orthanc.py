@@ -6,9 +6,11 @@ the node (`POST /modalities/{id}/store`) and receives the node's results.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -39,19 +41,29 @@ class Orthanc:
         *,
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        extra_config: dict[str, Any] | None = None,
+        rest_auth: tuple[str, str] | None = None,
+        rest_ssl: ssl.SSLContext | None = None,
     ) -> None:
+        """`extra_config`: Orthanc configuration keys over the ones written here (LuaScripts,
+        Plugins, ...); `rest_auth`: the user and password of its REST API when it asks for one
+        (RegisteredUsers); `rest_ssl`: the client context when it serves HTTPS (SslEnabled)."""
         require_orthanc()
         self.workdir = workdir
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.extra_config = extra_config or {}
+        self.rest_auth = rest_auth
+        self.rest_ssl = rest_ssl
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "orthanc.log"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.rest_ssl is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def _write_config(self) -> Path:
         config = {
@@ -75,6 +87,7 @@ class Orthanc:
             "DicomModalities": {
                 name: [ae, host, port] for name, (ae, host, port) in self.modalities.items()
             },
+            **self.extra_config,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
@@ -128,7 +141,10 @@ class Orthanc:
         req = urllib.request.Request(self.url + path, data=body, method=method)
         if body is not None:
             req.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        if self.rest_auth is not None:
+            token = base64.b64encode(":".join(self.rest_auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=timeout, context=self.rest_ssl) as resp:
             data = resp.read()
         if not data:
             return None

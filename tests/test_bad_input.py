@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from bad_input_corpus import (
 from dcmtk import StorescpServer, run_echoscu
 from node_process import NodeProcess
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.association import Association
 
 from classifier.imaging.dicom_io import DicomReadError, read_dataset, read_header
@@ -39,15 +38,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CT = "1.2.840.10008.5.1.4.1.1.2"
 PT = "1.2.840.10008.5.1.4.1.1.128"
 MR = "1.2.840.10008.5.1.4.1.1.4"
-
-
-@pytest.fixture
-def chunked_send() -> Iterator[None]:
-    """pynetdicom sends files' bytes as they are (no decoding), for broken datasets."""
-    before = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    yield
-    _config.STORE_SEND_CHUNKED_DATASET = before
 
 
 def associate(port: int) -> Association:

@@ -53,6 +53,10 @@ def test_synth_then_predict_writes_sr_seg_pictures_and_summary(tmp_path: Path) -
     assert summary["analysed"] and summary["pet_series_uid"]
     assert summary["lesions"], "the phantom's lesion was not found"
     assert summary["model"]["clinical_use"] is False
+    # The bundled model learnt histology from phantoms: under the default
+    # [results] histology = auto no object and no summary states it.
+    assert "not been measured" in summary["histology_not_assessed"]
+    assert all(lesion["histology"] == {} for lesion in summary["lesions"])
 
     srs = sorted(study_dir.glob("SR-*.dcm"))
     segs = sorted(study_dir.glob("SEG-*.dcm"))

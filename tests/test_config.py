@@ -129,6 +129,11 @@ def test_tls_keys_and_tls_destination(tmp_path: Path) -> None:
             "[storage] database_pool_size = '0': expected a whole number from 1 to 100",
         ),
         ({}, {"LUNGNODE__STORAGE__DATABASE_POOL_SIZE": "101"}, "from 1 to 100"),
+        (
+            {"histology = auto": "histology = maybe"},
+            {},
+            "[results] histology = 'maybe': expected auto or on or off",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(

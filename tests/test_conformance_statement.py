@@ -14,6 +14,8 @@ from storage.index import Index
 from storage.instance_store import InstanceStore
 
 STATEMENT = Path(__file__).resolve().parents[1] / "docs" / "CONFORMANCE.md"
+# Accepted by the SCP only for a destination's Storage Commitment report: the node is SCU there
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 
 
 def _section(title: str) -> str:
@@ -37,15 +39,24 @@ def accepted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
 
 
 def test_every_accepted_sop_class_is_listed(accepted: dict[str, set[str]]) -> None:
-    listed = set(re.findall(r"`(1\.2\.840\.10008\.[0-9.]+)` \| SCP", _section("SOP Classes")))
-    assert listed == set(accepted), "SOP classes listed as SCP differ from what the SCP accepts"
+    section = _section("SOP Classes")
+    listed = set(re.findall(r"`(1\.2\.840\.10008\.[0-9.]+)` \| SCP", section))
+    assert listed == set(accepted) - {STORAGE_COMMITMENT}, (
+        "SOP classes listed as SCP differ from what the SCP accepts"
+    )
+    assert STORAGE_COMMITMENT in accepted, "reports on an association the destination opens"
+    assert f"`{STORAGE_COMMITMENT}` | SCU" in section
 
 
 def test_every_accepted_transfer_syntax_is_listed(accepted: dict[str, set[str]]) -> None:
     listed = set(re.findall(r"`(1\.2\.840\.10008\.1\.2[0-9.]*)`", _section("Transfer Syntaxes")))
     every = set().union(*accepted.values())
     assert every <= listed, f"not in the statement: {sorted(every - listed)}"
-    storage = [uids for sop, uids in accepted.items() if sop != "1.2.840.10008.1.1"]
+    storage = [
+        uids
+        for sop, uids in accepted.items()
+        if sop not in ("1.2.840.10008.1.1", STORAGE_COMMITMENT)
+    ]
     assert all(uids == storage[0] for uids in storage)
     assert storage[0] == listed, "the statement lists transfer syntaxes the SCP does not accept"
 

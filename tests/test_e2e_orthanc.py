@@ -17,6 +17,7 @@ import pytest
 from dicom_validators import run_dciodvfy
 from node_process import NodeProcess, PhantomFiles
 from orthanc import Orthanc
+from viewer_readers import dcmqi_read_seg, dcmqi_read_sr, ohif_hydrate, segment_volumes_in_sr
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -93,3 +94,18 @@ def test_orthanc_pushes_pet_ct_study_and_receives_sr_and_seg(
         path = tmp_path / f"stored-{modality}.dcm"
         path.write_bytes(data)
         assert run_dciodvfy(path) == [], modality
+    # The viewers' own readers take the SR and SEG as Orthanc stored them: dcmqi without a
+    # warning, with the SEG's segment volumes equal to the SR's, and OHIF's hydration
+    # ("track measurements") one rectangle and two lengths per finding.
+    metadata = dcmqi_read_sr(sr_path, tmp_path)
+    _, seg_volumes = dcmqi_read_seg(tmp_path / "stored-SEG.dcm", tmp_path)
+    sr_volumes = segment_volumes_in_sr(metadata)
+    assert sorted(seg_volumes) == sorted(sr_volumes) == list(range(1, len(groups) + 1))
+    for number, volume in seg_volumes.items():
+        assert volume == pytest.approx(sr_volumes[number], abs=0.001), number
+    (hydrated,) = ohif_hydrate([sr_path], files)
+    for group in groups:
+        tools = [
+            t for t in hydrated["tools"] if t["trackingUniqueIdentifier"] == group.tracking_uid
+        ]
+        assert sorted(t["toolType"] for t in tools) == ["Length", "Length", "RectangleROI"]

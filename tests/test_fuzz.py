@@ -18,7 +18,7 @@ import pytest
 from bad_input_corpus import mutations, save
 from dcmtk import StorescpServer, run_echoscu, run_storescu
 from node_process import NodeProcess
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
 from classifier.datasets.phantom import generate_study
@@ -37,14 +37,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     raise AssertionError(f"no VmRSS for process {pid}")
-
-
-@pytest.fixture
-def chunked_send() -> object:
-    before = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    yield
-    _config.STORE_SEND_CHUNKED_DATASET = before
 
 
 def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_send: None) -> None:

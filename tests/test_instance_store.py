@@ -379,3 +379,56 @@ def test_a_copy_linked_but_never_fsynced_is_replaced_by_the_retry(tmp_path: Path
 def test_folder_fsync_mode_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="folder_fsync"):
         InstanceStore(tmp_path / "store", 0, folder_fsync="never")
+
+
+@pytest.mark.parametrize("one_fsync", [True, False], ids=["one-fsync", "folder-fsync"])
+@pytest.mark.parametrize("early_sync", [False, True], ids=["plain", "early-data-sync"])
+def test_a_duplicate_is_answered_only_once_the_stored_copy_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_fsync: bool, early_sync: bool
+) -> None:
+    """Issue 17, item 2: a second copy arriving while the first copy's commit is between its
+    link and its (slowed) flush is not "already stored" before the stored copy is durable."""
+    import storage.instance_store as instance_store
+
+    store = InstanceStore(tmp_path / "store", 0, folder_fsync="always")
+    store.one_fsync = one_fsync  # "auto" on ext4 / XFS
+    final = store.path_for(STUDY, SERIES, SOP)
+    events: list[tuple[str, Path]] = []
+    linked, release = threading.Event(), threading.Event()
+    real_fsync, real_link = instance_store._fsync_path, InstanceStore._link_into_place
+
+    def slow_fsync(path: Path) -> None:
+        if threading.current_thread().name == "first" and linked.is_set():
+            assert release.wait(10), "the first commit's flush was never released"
+        real_fsync(path)
+        events.append(("fsync", Path(path)))
+
+    def link(temp: Path, to: Path) -> bool:
+        done = real_link(temp, to)
+        events.append(("link", to))
+        if threading.current_thread().name == "first":
+            linked.set()
+        return done
+
+    monkeypatch.setattr(instance_store, "_fsync_path", slow_fsync)
+    monkeypatch.setattr(InstanceStore, "_link_into_place", staticmethod(link))
+    first_temp, second_temp = _temp_with(store, b"copy"), _temp_with(store, b"copy")
+    sync = DataSync(first_temp) if early_sync else None
+    results: list[tuple[Path, bool]] = []
+    first = threading.Thread(
+        target=lambda: results.append(store.commit(first_temp, STUDY, SERIES, SOP, data_sync=sync)),
+        name="first",
+    )
+    first.start()
+    try:
+        assert linked.wait(10), "the first copy was never linked"
+        assert store.commit(second_temp, STUDY, SERIES, SOP) == (final, False)
+        answered = list(events)
+    finally:
+        release.set()
+        first.join(10)
+    after_link = answered[answered.index(("link", final)) + 1 :]
+    assert ("fsync", final) in after_link, "the stored copy's data was not flushed"
+    assert ("fsync", final.parent) in after_link, "the stored copy's name was not flushed"
+    assert results == [(final, True)] and final.read_bytes() == b"copy"
+    assert not second_temp.exists()

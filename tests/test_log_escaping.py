@@ -231,7 +231,8 @@ def test_status_prints_peer_and_dataset_values_escaped(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
     lines = out.splitlines()
-    assert len(lines) == 5, lines  # header, study, blank, header, outbox row
+    # header, study, blank, header, outbox row; blank, header, destination (issue 21)
+    assert len(lines) == 8, lines
     assert "(series 'AX\\n2024-01-01 FORGED\\x1b[2J' skipped)" in lines[1]
     assert "no\\r\\nFORGED\\u2028xxx" in lines[4] and "...[2034 chars])" in lines[4]
     assert len(lines[4]) < 700

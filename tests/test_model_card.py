@@ -183,3 +183,13 @@ def test_training_device_on_the_jax_backend() -> None:
     accelerators = [d for d in jax.devices() if d.platform != "cpu"]
     assert len(meta["accelerators"]) == (1 if accelerators else 0)
     assert meta["description"].endswith(f"on JAX {jax.__version__}")
+
+
+def test_card_says_whether_the_node_states_histology_from_the_model() -> None:
+    assert "Histology on real patients: not measured" in render_model_card(_facts())
+    above = {"accuracy": 0.8, "majority_baseline": 251 / 355, "patients": 40, "scope": "test"}
+    card = render_model_card(_facts(histology_real=above))
+    assert "accuracy 0.800 against the majority-class baseline 0.707 (40 patients" in card
+    assert "the node states histology from this model" in card
+    below = {**above, "accuracy": 0.6}
+    assert "the node does not state histology" in render_model_card(_facts(histology_real=below))

@@ -8,12 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+from header_constructs import OTHER_PATIENT, hidden_patient
 from in_process import CT_IMAGE_STORAGE, RunningNode, make_ct
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from scp_node.dimse_status import INSTANCE_IN_OTHER_STUDY, PATIENT_MISMATCH, SUCCESS
+from scp_node.dimse_status import (
+    CANNOT_UNDERSTAND,
+    INSTANCE_IN_OTHER_STUDY,
+    PATIENT_MISMATCH,
+    SUCCESS,
+)
 from scp_node.instance_header import patient_digest
 from storage.index import InstanceRecord, StudyConflict
 
@@ -136,3 +142,26 @@ def test_index_refuses_a_conflict_in_the_same_transaction(receiver_node: Running
         "1.2.3.4",
     ]
     assert index.instance_conflict("1.2.3", "1.2.3.9", patient_digest("id", "A"), None) is None
+
+
+def test_a_second_patient_id_after_pixel_data_is_refused(
+    receiver_node: RunningNode, tmp_path: Path, chunked_send: None
+) -> None:
+    """Issue 17: the header read while the dataset streams holds only for a file that ends
+    with its Pixel Data; one with a Patient ID after it (which the analysis, reading headers up
+    to Pixel Data, and a whole read see differently) is read again and refused."""
+    path = _instance(tmp_path, patient_id="PAT-A")
+    path.write_bytes(path.read_bytes() + hidden_patient(False))
+    assert dcmread(path).PatientID == OTHER_PATIENT
+    plain = _instance(tmp_path, patient_id="PAT-A")
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", receiver_node.port, ae_title=receiver_node.ae_title)
+    assert assoc.is_established
+    try:
+        statuses = [int(assoc.send_c_store(p).Status) for p in (path, plain)]
+    finally:
+        assoc.release()
+    assert statuses == [CANNOT_UNDERSTAND, SUCCESS]
+    refused = [e for e in _audit(receiver_node) if e["Event"] == "instance-refused"]
+    assert "after Pixel Data" in str(refused[0]["EventOutcomeDescription"])

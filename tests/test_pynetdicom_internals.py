@@ -72,7 +72,7 @@ CONFIG_FLAGS = (
     "STORE_RECV_CHUNKED_DATASET",
     "UNRESTRICTED_STORAGE_SERVICE",
     "ENFORCE_UID_CONFORMANCE",
-    "STORE_SEND_CHUNKED_DATASET",  # tests/test_bad_input.py, tests/test_fuzz.py
+    "STORE_SEND_CHUNKED_DATASET",  # tests/conftest.py (chunked_send)
 )
 
 

@@ -367,7 +367,11 @@ def test_accepted_contexts_match_the_tables(receiver_node: RunningNode) -> None:
     }
     for uid in STORAGE_SOP_CLASSES.values():
         assert supported[uid] == set(TRANSFER_SYNTAXES.values())
-    assert set(supported) == set(STORAGE_SOP_CLASSES.values()) | {"1.2.840.10008.1.1"}
+    # and the Storage Commitment Push Model, for destinations' reports (storage_commitment.py)
+    assert set(supported) == set(STORAGE_SOP_CLASSES.values()) | {
+        "1.2.840.10008.1.1",
+        "1.2.840.10008.1.20.1",
+    }
     assert receiver_node.receiver.ae.maximum_pdu_size == receiver_node.config.node.max_pdu_length
 
 

@@ -73,6 +73,8 @@ def test_segments_carry_lesion_identity_and_algorithm(encoded_cases: dict[str, C
         ]
         assert len(algorithm) == 1
         assert algorithm[0].DeviceUID == codes.device_uid(MODEL)
+        # Type 2 of the Content Identification Macro (dcmqi warned it was absent)
+        assert str(seg.ContentCreatorName) == f"{MODEL.name}^"
         for number, lesion in enumerate(case.result.lesions, start=1):
             description = seg.get_segment_description(number)
             assert description.segment_label == f"{lesion.tracking_id} NOT FOR CLINICAL USE"
@@ -114,6 +116,28 @@ def test_real_ct_seg_is_the_annotation_box(encoded_cases: dict[str, Case]) -> No
     r0, c0, r1, c1 = lesion.box_rc
     assert pixels.sum() == (r1 - r0 + 1) * (c1 - c0 + 1)
     assert pixels[r0 : r1 + 1, c0 : c1 + 1].all()
+
+
+def test_spacing_between_slices_is_the_cts(encoded_cases: dict[str, Case]) -> None:
+    # highdicom writes 1.0 for a SEG of one frame (the real case); dcmqi stacks frames by it.
+    for case in seg_cases(encoded_cases):
+        seg = hd.seg.segread(case.paths[1])
+        measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        z = sorted(float(ds.ImagePositionPatient[2]) for ds in case.sources if ds.Modality == "CT")
+        assert float(measures.SpacingBetweenSlices) == pytest.approx(z[1] - z[0]), case.name
+
+
+def test_long_descriptions_end_at_a_word(encoded_cases: dict[str, Case]) -> None:
+    case = encoded_cases["ct"]
+    long_name = replace(MODEL, name="lungnode-cnn-with-a-rather-long-descriptive-name")
+    result = replace(case.result, model=long_name)
+    seg = encode(result, case.sources)[1]
+    text = str(seg.SegmentSequence[0].SegmentDescription)
+    full = f"NOT FOR CLINICAL USE Lesion 1: lung lesion found by {long_name.name} 0.1.0,"
+    assert len(text) <= 64 and full.startswith(text) and full[len(text)] == " ", text
+    assert codes.clip_at_word("one two three", 9) == "one two"
+    assert codes.clip_at_word("unbreakable", 4) == "unbr"
+    assert codes.clip_at_word("short", 64) == "short"
 
 
 def test_masks_that_do_not_fit_are_refused(encoded_cases: dict[str, Case]) -> None:

@@ -411,3 +411,24 @@ def test_orthanc_refuses_a_node_certificate_it_does_not_trust(
         assert row["state"] == "PENDING" and row["attempts"] == 1, row
     finally:
         box.database.close()
+
+
+def test_a_tls_destination_without_a_tls_context_is_never_sent_in_plain(
+    free_port: Callable[[], int], tmp_path: Path, certs: Certificates
+) -> None:
+    """Issue 17: should the sender hold no TLS context for a `tls` destination, the result is
+    not sent at all (a plain storescp on its port receives nothing) and the row says why."""
+    port = free_port()
+    box = _tls_outbox(tmp_path, certs, port)
+    try:
+        box.add_result()
+        sender = Sender(box.config, box.index)
+        sender._tls_contexts.clear()  # as if none had been built for it
+        with StorescpServer(tmp_path / "received", port=port) as scp:  # plain DICOM
+            sender.deliver_due(NOW)
+            assert scp.received() == []
+        row = box.row()
+        assert row["state"] == "DEAD", row
+        assert "never in plain" in str(row["last_error"]), row
+    finally:
+        box.database.close()

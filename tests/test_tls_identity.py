@@ -19,6 +19,7 @@ from pynetdicom import AE
 from test_tls import certs, dcmtk_tls, tls_overrides  # noqa: F401  (fixture)
 from tls_certificates import Certificates
 
+from scp_node.check_config import echo
 from scp_node.config import ConfigError, Destination, load_config
 from scp_node.tls import client_context, server_context
 
@@ -176,6 +177,16 @@ def test_destination_host_name_check_and_certificate_pinning(
         assert not _echo_as_sender(port, context(tls_verify_hostname=True), "other.example")
         assert _echo_as_sender(port, context(tls_pin_sha256=right), "127.0.0.1")
         assert not _echo_as_sender(port, context(tls_pin_sha256="0" * 64), "127.0.0.1")
+        # check-config's C-ECHO uses the destination's own pin and host-name check, as the sender
+        config = running.config
+
+        def checked(**options: object) -> str | None:
+            destination = Destination("pacs", "LUNGNODE", "127.0.0.1", running.port, True)
+            return echo(config, replace(destination, **options), 5)  # type: ignore[arg-type]
+
+        assert checked(tls_pin_sha256=right) is None
+        assert checked(tls_pin_sha256="0" * 64) is not None, "a wrong pin must fail the echo"
+        assert checked(host="localhost", tls_verify_hostname=True) is None
         colons = ":".join(right[i : i + 2] for i in range(0, 64, 2))  # as openssl prints it
         with pytest.raises(ConfigError, match="sha256="):
             load_config(None, {"LUNGNODE__DESTINATIONS__PACS": "P@h:104 tls sha256=abc"})

@@ -122,6 +122,9 @@ def test_tiny_training_writes_model_card_report_and_evaluate_reproduces_it(tmp_p
     assert again["histology"] == written["histology"]
     assert again["lesion_detection"] == written["lesion_detection"]
     assert again["scope"] == written["scope"] == "test split recorded in the model"
+    # Phantoms only: no real-patient histology accuracy, so the node states none (auto).
+    assert "histology_real_patients" not in meta
+    assert "Histology on real patients: not measured" in card
 
 
 @pytest.mark.slow
@@ -233,3 +236,54 @@ def test_metrics_count_detector_candidates_that_would_be_reported() -> None:
     assert got["auc_lesion_vs_candidate"] == pytest.approx(0.75)
     assert got["kinds"]["candidate_slice"]["fraction_at_0.5"] == 1.0
     assert by_kind(replace(pred, kinds=None)) is None
+
+
+def test_real_patient_histology_block_never_lowers_the_collection_baseline() -> None:
+    from classifier.model.evaluation import COLLECTION_MAJORITY_ACCURACY, real_histology_block
+
+    metrics = {
+        "histology": {"accuracy": 0.75, "majority_class_accuracy": 0.5},
+        "patients_with_lesion_patches": 20,
+    }
+    block = real_histology_block(metrics, "test split of real patients")
+    assert block == {
+        "accuracy": 0.75,
+        "majority_baseline": COLLECTION_MAJORITY_ACCURACY,
+        "patients": 20,
+        "scope": "test split of real patients",
+    }
+    assert round(COLLECTION_MAJORITY_ACCURACY, 3) == 0.707
+    own = {**metrics, "histology": {"accuracy": 0.9, "majority_class_accuracy": 0.8}}
+    assert real_histology_block(own, "x")["majority_baseline"] == 0.8
+    with pytest.raises(ValueError, match="no per-patient histology accuracy"):
+        real_histology_block({**metrics, "histology": {"accuracy": None}}, "x")
+
+
+def test_training_on_real_data_records_its_histology_accuracy(tmp_path: Path) -> None:
+    """A TCIA-layout folder whose images are not the phantom generator's (Manufacturer
+    rewritten): training records the test split's histology accuracy in the model metadata,
+    the node reads it back, and the card and report name the final file's SHA-256."""
+    import pydicom
+
+    from classifier.datasets.phantom import write_tcia_layout
+    from classifier.model.inference import LesionClassifier
+
+    data = tmp_path / "data"
+    write_tcia_layout(data, 4, 5, ct_size=64, ct_slices=16, class_weights={"A": 1.0})
+    for path in data.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.Manufacturer = "SIEMENS"
+        ds.save_as(path)
+    out = tmp_path / "model" / "real.keras"
+    train(data, None, out, epochs=1, seed=2, batch_size=16, command="t", progress=lambda _: None)
+    block = read_model_metadata(out)["histology_real_patients"]
+    assert block["scope"] == "test split of real patients"
+    assert block["majority_baseline"] >= 251 / 355
+    info = LesionClassifier.load(out).info
+    assert info.histology_real_accuracy == block["accuracy"]
+    assert info.histology_real_baseline == block["majority_baseline"]
+    card = (out.parent / "MODEL_CARD.md").read_text()
+    assert f"SHA-256 `{sha256_of(out)}`" in card
+    assert f"per-patient accuracy {block['accuracy']:.3f} against" in card
+    report = json.loads((out.parent / "real-report" / "metrics.json").read_text())
+    assert report["model"]["sha256"] == sha256_of(out)

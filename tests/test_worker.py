@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ from node_process import PhantomFiles
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
+from scp_node.instance_header import read_header
 from scp_node.worker import AnalysisWorker
 from storage.database import Database
 from storage.index import Index, InstanceRecord
@@ -172,3 +174,51 @@ def test_study_that_cannot_be_analysed_gets_an_sr_saying_why(node) -> None:
         for ref in series.ReferencedSOPSequence
     }
     assert evidence == {ds.SOPInstanceUID for ds in study.pet}
+
+
+def _receive_indexed(store: InstanceStore, index: Index, datasets: list[pydicom.Dataset]) -> None:
+    """As the receiver stores them: each instance indexed from its own header read."""
+    for ds in datasets:
+        temp = store.temp_path()
+        ds.save_as(temp, enforce_file_format=True)
+        path, _ = store.commit(temp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        index.record_instance(read_header(path).record(path, "PACS", time.time()))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "named"),
+    [
+        ("PatientID", "OTHER-PATIENT", "Patient ID"),
+        ("PatientBirthDate", "19991231", "Patient's Birth Date"),
+        ("StudyInstanceUID", "1.2.826.0.1.3680043.8.498.99", "Study Instance UID"),
+    ],
+)
+def test_sources_read_otherwise_than_indexed_fail_the_study_audited(
+    node, keyword: str, value: str, named: str
+) -> None:
+    """Defence in depth (issue 17): a stored slice whose header pydicom reads with another
+    patient or study than the index holds (as a header read that disagreed with pydicom
+    would leave it) fails the study, audited, and nothing is encoded or sent."""
+    config, store, index = node
+    study = generate_study(seed=8, histology="A", ct_size=64, ct_slices=16, pet=False)
+    for ds in study.ct:
+        ds.PatientBirthDate = "19600101"
+    _receive_indexed(store, index, study.ct)
+    victim = next(store.root.rglob("*.dcm"))
+    ds = pydicom.dcmread(victim)
+    setattr(ds, keyword, value)  # the file now reads otherwise than its index row
+    ds.save_as(victim, enforce_file_format=True)
+    index.mark_ready(time.time() + 60, 0)
+    assert AnalysisWorker(config, store, index, "test-worker").run_once()
+    (row,) = index.status()["studies"]
+    assert row["state"] == "FAILED", row
+    assert f"names another {named} than the index holds" in row["reason"]
+    assert index.status()["outbox"] == []
+    assert {p.name for p in store.root.rglob("*.dcm")} == {
+        f"{ds.SOPInstanceUID}.dcm" for ds in study.ct
+    }, "no result object was written"
+    audit = (config.security.audit_log or config.storage.root / "audit.log").read_text()
+    (line,) = [json.loads(x) for x in audit.splitlines() if "source-mismatch" in x]
+    assert line["StudyInstanceUID"] == study.study_instance_uid
+    assert line["EventOutcomeIndicator"] == 8
+    assert value not in audit and "19600101" not in audit

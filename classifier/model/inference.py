@@ -48,6 +48,29 @@ def read_model_metadata(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) and data.get("format") == METADATA_FORMAT else {}
 
 
+REAL_HISTOLOGY_KEY = "histology_real_patients"
+
+
+def real_histology(meta: dict[str, Any], path: Path) -> dict[str, float | None]:
+    """ModelInfo's histology_real_accuracy and histology_real_baseline from the metadata's
+    "histology_real_patients" block ({"accuracy", "majority_baseline", ...}, fractions 0-1);
+    both None without the block. A malformed block raises ValueError naming the file."""
+    block = meta.get(REAL_HISTOLOGY_KEY)
+    if block is None:
+        return {"histology_real_accuracy": None, "histology_real_baseline": None}
+    values = []
+    for key in ("accuracy", "majority_baseline"):
+        value = block.get(key) if isinstance(block, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(
+                f"model file {path}: metadata {REAL_HISTOLOGY_KEY}.{key} is {value!r}; expected "
+                "a fraction from 0 to 1 (record it with classifier.model.evaluation."
+                "real_histology_block), or leave the block out"
+            )
+        values.append(float(value))
+    return {"histology_real_accuracy": values[0], "histology_real_baseline": values[1]}
+
+
 def sha256_of(path: Path) -> str:
     """SHA-256 hex digest of a file's bytes."""
     digest = hashlib.sha256()
@@ -122,6 +145,7 @@ class LesionClassifier:
             sha256=sha256_of(path),
             trained_on=str(meta.get("trained_on", "unknown (no lungnode metadata in the file)")),
             clinical_use=bool(meta.get("clinical_use", False)),
+            **real_histology(meta, path),
         )
         classifier = cls(model, info)
         classifier._check_shapes(path)

@@ -178,6 +178,9 @@ class ModelCardFacts:
     metrics: Mapping[str, Any]  # what evaluation.write_report returned
     report_dir: str  # folder of the evaluation report, relative to the card
     logs_dir: str  # TensorBoard folder, relative to the card
+    # The metadata's "histology_real_patients" (evaluation.real_histology_block); None when
+    # the model was not evaluated on real patients.
+    histology_real: Mapping[str, Any] | None = None
 
     @property
     def phantom_only(self) -> bool:
@@ -237,6 +240,23 @@ def _split_row(split: SplitFacts) -> str:
 def _lines(lines: Sequence[str]) -> str:
     """Lines for a template block: each ends in a newline, so no lines leave no blank line."""
     return "".join(line + "\n" for line in lines)
+
+
+def histology_real_text(block: Mapping[str, Any] | None) -> str:
+    """The card's line on real-patient histology and what the node does with it."""
+    if not block:
+        return (
+            "not measured (the metadata has no `histology_real_patients`): under `[results] "
+            "histology = auto` the node states no histology from this model and says it was not "
+            "assessed."
+        )
+    accuracy, baseline = float(block["accuracy"]), float(block["majority_baseline"])
+    verdict = "states" if accuracy > baseline else "does not state"
+    return (
+        f"per-patient accuracy {accuracy:.3f} against the majority-class baseline "
+        f"{baseline:.3f} ({block.get('patients', '?')} patients, {block.get('scope', '')}): "
+        f"under `[results] histology = auto` the node {verdict} histology from this model."
+    )
 
 
 def template_values(facts: ModelCardFacts) -> dict[str, str]:
@@ -301,6 +321,7 @@ def template_values(facts: ModelCardFacts) -> dict[str, str]:
         "h_macro_f1": _fmt(h["macro_f1"]),
         "h_macro_f1_ci95": _ci(h["macro_f1_ci95"]),
         "h_majority_class_accuracy": _fmt(h["majority_class_accuracy"]),
+        "histology_real": histology_real_text(facts.histology_real),
         "d_auc": _fmt(d["auc"]),
         "d_auc_ci95": _ci(d["auc_ci95"]),
         "d_accuracy_at_05": _fmt(d["accuracy_at_0.5"]),

@@ -11,6 +11,7 @@ the evaluation report (classifier.model.evaluation) of the test split.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from classifier.model.evaluation import PatchPredictions, write_report
+from classifier.model.evaluation import (
+    METRICS_FILE,
+    PatchPredictions,
+    real_histology_block,
+    write_report,
+)
 from classifier.model.model_card import (
     ModelCardFacts,
     SplitFacts,
@@ -191,7 +197,7 @@ def train(
 ) -> Path:
     """Train on a TCIA-layout folder and write the model, MODEL_CARD.md, TensorBoard logs and
     the evaluation report (on the test split) beside `out`; return `out`."""
-    from classifier.model.inference import sha256_of, write_model_metadata
+    from classifier.model.inference import REAL_HISTOLOGY_KEY, sha256_of, write_model_metadata
 
     out = Path(out)
     if out.suffix != ".keras":
@@ -238,26 +244,37 @@ def train(
     trained_on = _data_description(dataset)
     version = importlib.metadata.version("lungnode")
     model.save(out)
-    write_model_metadata(
-        out,
-        {
-            "name": out.stem,
-            "version": version,
-            "trained_on": trained_on,
-            "clinical_use": False,
-            "seed": seed,
-            "epochs": epochs,
-            "command": command,
-            "split": split,
-            "class_weights": weights,
-            "data_fingerprint": dataset.fingerprint(),
-            "history": hist,
-            "device": device.as_metadata(),
-        },
-    )
+    metadata: dict[str, Any] = {
+        "name": out.stem,
+        "version": version,
+        "trained_on": trained_on,
+        "clinical_use": False,
+        "seed": seed,
+        "epochs": epochs,
+        "command": command,
+        "split": split,
+        "class_weights": weights,
+        "data_fingerprint": dataset.fingerprint(),
+        "history": hist,
+        "device": device.as_metadata(),
+    }
+    write_model_metadata(out, metadata)
     sha = sha256_of(out)
     report_dir = out.parent / f"{out.stem}-report"
     metrics = _report(out, sets, report_dir, version, sha, hist, dataset.fingerprint(), seed)
+    histology_real = None
+    held_out = str(metrics.get("scope", "")).startswith("test")
+    if (
+        "phantom" not in trained_on
+        and held_out
+        and metrics["histology"].get("accuracy") is not None
+    ):
+        # Real patients in the test split: their histology accuracy decides whether the node
+        # states histology under [results] histology = auto. The file changes, so does its hash.
+        histology_real = real_histology_block(metrics, "test split of real patients")
+        write_model_metadata(out, {**metadata, REAL_HISTOLOGY_KEY: histology_real})
+        sha = sha256_of(out)
+        _record_sha(report_dir, sha)
     elapsed = time.monotonic() - started
     facts = ModelCardFacts(
         model_file=out.name,
@@ -281,10 +298,19 @@ def train(
         metrics=metrics,
         report_dir=report_dir.name,
         logs_dir=f"{out.stem}.logs",
+        histology_real=histology_real,
     )
     write_model_card(facts, out.parent)
     progress(f"model {out} (sha256 {sha[:12]}...), card and report written in {elapsed:.0f} s")
     return out
+
+
+def _record_sha(report_dir: Path, sha: str) -> None:
+    """Name the model file's final SHA-256 in the report's metrics.json."""
+    path = report_dir / METRICS_FILE
+    metrics = json.loads(path.read_text())
+    metrics.setdefault("model", {})["sha256"] = sha
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def _fit(

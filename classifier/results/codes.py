@@ -71,7 +71,6 @@ UNIT_MM = Code("mm", "UCUM", "millimeter")
 UNIT_ML = Code("ml", "UCUM", "milliliter")
 UNIT_SUV_BW = Code("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
 UNIT_SUV_BW_GRAM = Code("{SUVbw}g", "UCUM", "Standardized Uptake Value body weight gram")
-UNIT_NONE = Code("1", "UCUM", "no units")
 
 # Histologic type: SNOMED CT morphologic abnormalities, as the collection's labels A/B/E/G.
 ASSOCIATED_MORPHOLOGY = Code("116676008", "SCT", "Associated morphology")
@@ -82,11 +81,16 @@ HISTOLOGY_CODES: dict[str, Code] = {
     "G": Code("28899001", "SCT", "Squamous cell carcinoma"),
 }
 
+# Histology withheld ([results] histology; classifier.results.histology_gate): each lesion's
+# TID 1411 group says so as a qualitative evaluation (no standard code names it).
+HISTOLOGY_ASSESSMENT = Code("LN-HIST-ASSESS", PRIVATE_SCHEME, "Histologic type assessment")
+HISTOLOGY_NOT_ASSESSED = Code("LN-NOT-ASSESSED", PRIVATE_SCHEME, "Not assessed")
+
 # The CNN's lesion probability is the certainty of the finding (CID 6048 names it), in percent.
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 UNIT_PERCENT = Code("%", "UCUM", "percent")
 # The per-class histology probabilities have no standard concept name: private codes, values in
-# [0, 1] with unit "1".
+# percent like the certainty (with unit "1", OHIF showed "0.96 1").
 PROBABILITY_OF_HISTOLOGY: dict[str, Code] = {
     cls: Code(f"LN-P-HIST-{cls}", PRIVATE_SCHEME, f"Probability of {code.meaning.lower()}")
     for cls, code in HISTOLOGY_CODES.items()
@@ -100,6 +104,11 @@ CAD_SUMMARY = Code("111017", "DCM", "CAD Processing and Findings Summary")
 ALL_SUCCEEDED_WITH_FINDINGS = Code("111242", "DCM", "All algorithms succeeded; with findings")
 ALL_SUCCEEDED_WITHOUT_FINDINGS = Code("111241", "DCM", "All algorithms succeeded; without findings")
 NONE_SUCCEEDED_WITHOUT_FINDINGS = Code("111245", "DCM", "No algorithms succeeded; without findings")
+# A CT read but refused as not a whole chest (StudyResult.refusal): the series reading ran, the
+# lesion search did not.
+NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS = Code(
+    "111243", "DCM", "Not all algorithms succeeded; without findings"
+)
 STUDY_SUMMARY = "Study summary"  # Tracking Identifier of the TID 1501 group without a lesion
 REASON_SKIPPED = Code("LN-SKIPPED", PRIVATE_SCHEME, "Reason part of the study was not analysed")
 COMMENT = Code("121106", "DCM", "Comment")
@@ -108,12 +117,18 @@ QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 # Where the key-slice box and the centroid are: TID 1410 / SCOORD3D concept names.
 CENTER = Code("111010", "DCM", "Center")
 BOUNDED_BY = Code("75958009", "SCT", "Bounded by")  # CID 219, Geometric purpose of region
+MEASUREMENT_METHOD = Code("370129005", "SCT", "Measurement Method")
 # How the 2-D diameters were measured on the key slice (no standard code names the key-slice
 # maximum Feret diameter and its longest perpendicular chord; RECIST takes the largest slice).
 METHOD_LONG_AXIS = Code("LN-FERET-KEY", PRIVATE_SCHEME, "Maximum Feret diameter on the key slice")
 METHOD_SHORT_AXIS = Code(
     "LN-PERP-KEY", PRIVATE_SCHEME, "Longest chord perpendicular to the long axis, key slice"
 )
+
+# OHIF (Cornerstone3D adapters) picks its Length tool for a measurement group only by a Tracking
+# Identifier that starts with this; no graphic type maps to it (a 5-point POLYLINE Image Region
+# maps to RectangleROI by itself).
+OHIF_LENGTH = "Cornerstone3DTools@^0.1.0:Length"
 
 # SEG: the algorithm family (CID 7162).
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
@@ -122,6 +137,25 @@ ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 def finding_type(long_axis_mm: float) -> Code:
     """Nodule up to NODULE_MAX_MM long axis, Mass above."""
     return NODULE if long_axis_mm <= NODULE_MAX_MM else MASS
+
+
+def line_tracking_identifier(tracking_id: str, what: str) -> str:
+    """Tracking Identifier of a lesion's axis-line group: OHIF's Length prefix, then the
+    lesion's own identifier and which line, e.g. "...:Length Lesion 1 long axis"."""
+    return f"{OHIF_LENGTH} {tracking_id} {what}"
+
+
+def clip_at_word(text: str, limit: int = 64) -> str:
+    """`text` in at most `limit` characters (LO, SH, ...), cut after the last whole word that
+    fits rather than mid-word; a first word longer than `limit` is cut at `limit`."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[: limit + 1]
+    cut = head.rfind(" ")
+    if cut <= 0:
+        return text[:limit]
+    return head[:cut].rstrip(" ,;:-")
 
 
 def coding_schemes() -> list[CodingSchemeIdentificationItem]:

@@ -9,6 +9,7 @@ Object Selection that references the key slices and all of them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,11 @@ from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 
 from classifier.results import codes, sr_encoder
+from classifier.results.histology_gate import (
+    DEFAULT_HISTOLOGY_MODE,
+    histology_shown,
+    not_assessed_reason,
+)
 from classifier.results.pr_encoder import build_gsps
 from classifier.results.sanitize import REQUIRED_TYPE_2, clean_source, copied_root_keywords
 from classifier.results.sc_encoder import build_key_images, warm_up_rendering
@@ -230,6 +236,7 @@ def encode(
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
     key_pixels: Mapping[int, np.ndarray] | None = None,
     notes: list[str] | None = None,
+    histology: str = DEFAULT_HISTOLOGY_MODE,
 ) -> list[Dataset]:
     """Encode a result as its result objects, ready to save: the SR always; with lesions also
     the SEG, the GSPS, the key images (SC) and the KOS, as far as `kinds` asks for them.
@@ -239,12 +246,21 @@ def encode(
     source's patient and study, repaired where the source's values would make them invalid
     (classifier.results.sanitize; what was repaired is appended to `notes`), and file_meta for
     dcmwrite(..., enforce_file_format=True). The key images need the key slices' pixels:
-    `key_pixels` (CT slice index -> HU image) or pixel data in `sources`.
+    `key_pixels` (CT slice index -> HU image) or pixel data in `sources`. `histology` ("auto",
+    "on", "off"; classifier.results.histology_gate) decides whether any object states the
+    lesions' histology; where it does not, the SR says histology was not assessed and why.
     """
     unknown = set(kinds) - set(RESULT_KINDS)
     if unknown:
         raise ValueError(f"unknown result kinds {sorted(unknown)}; expected {RESULT_KINDS}")
     codes.check_model(result.model)
+    not_assessed = None
+    if not histology_shown(histology, result.model):
+        not_assessed = not_assessed_reason(histology, result.model)
+        result = dataclasses.replace(
+            result,
+            lesions=tuple(dataclasses.replace(x, histology={}) for x in result.lesions),
+        )
     # Only the first instance's text goes into the results (patient and study modules); the
     # others are referenced by UID and geometry.
     checked = _check_sources(result, sources)
@@ -285,6 +301,7 @@ def encode(
         instance_number=instance_number,
         specific_character_set=charset,
         histology_min_probability=histology_min_probability,
+        histology_not_assessed=not_assessed,
     )
     out: list[Dataset] = [sr]
     if not with_lesions:

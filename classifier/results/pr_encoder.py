@@ -135,7 +135,7 @@ def build_gsps(
             hd.pr.GraphicLayer(
                 layer_name=_layer_name(number),
                 order=number,
-                description=f"{lesion.tracking_id} ({codes.NOT_CLINICAL})"[:64],
+                description=codes.clip_at_word(f"{lesion.tracking_id} ({codes.NOT_CLINICAL})"),
                 display_color=hd.color.CIELabColor.from_rgb(r, g, b),
             )
         )

@@ -13,6 +13,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.valuerep import PersonName, format_number_as_ds
 
 from classifier.results import codes, geometry
 from classifier.types import Lesion, ModelInfo, StudyResult
@@ -101,7 +102,7 @@ def segment_description(
     )
     if not model.clinical_use:
         text = f"{codes.NOT_CLINICAL} {text}"
-    description.SegmentDescription = text[:64]
+    description.SegmentDescription = codes.clip_at_word(text, 64)
     return description
 
 
@@ -110,7 +111,34 @@ def segment_label(lesion: Lesion, model: ModelInfo) -> str:
     label = lesion.tracking_id
     if not model.clinical_use:
         label = f"{label} {codes.NOT_CLINICAL}"
-    return label[:64]
+    return codes.clip_at_word(label, 64)
+
+
+def slice_spacing(ct_sources: Sequence[Dataset]) -> float:
+    """The CT's step between slices along their normal (mm), for the SEG's Spacing Between
+    Slices: readers that stack the frames by it (dcmqi) measure a segment's volume with it."""
+    if len(ct_sources) < 2:
+        return float(ct_sources[0].SliceThickness)
+    orientation = np.asarray([float(v) for v in ct_sources[0].ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [
+        float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in ct_sources
+    ]
+    steps = np.abs(np.diff(positions))
+    step = float(np.median(steps))
+    if step <= 0:
+        raise ValueError(
+            f"CT slices share one position along their normal ({positions[0]} mm); "
+            "pass the slices of one volume, one header per position"
+        )
+    return round(step, 6)
+
+
+def content_creator_name(model: ModelInfo) -> PersonName:
+    """Content Creator's Name (Type 2, Content Identification Macro): the algorithm that drew
+    the segments, as a one-component name (the trailing "^" says so)."""
+    name = model.name.replace("^", " ").replace("=", " ")
+    return PersonName(f"{codes.clip_at_word(name, 63)}^")
 
 
 def build_seg(
@@ -154,7 +182,7 @@ def build_seg(
     if specific_character_set is not None:
         kwargs["specific_character_set"] = specific_character_set
     model = result.model
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=list(ct_sources),
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -165,6 +193,7 @@ def build_seg(
         instance_number=instance_number,
         **codes.equipment(model),
         content_label="LESIONS",
+        content_creator_name=content_creator_name(model),
         content_description=(
             "Lung lesions found by the AI algorithm"
             + ("" if model.clinical_use else f", {codes.NOT_CLINICAL}")
@@ -176,3 +205,7 @@ def build_seg(
         omit_empty_frames=True,
         **kwargs,
     )
+    # highdicom puts its own value there (1.0 for one stored frame), whatever it is given.
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = format_number_as_ds(slice_spacing(ct_sources))
+    return seg

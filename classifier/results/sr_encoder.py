@@ -1,13 +1,20 @@
 """StudyResult -> IHE AI Results (AIR) Comprehensive 3D SR with a TID 1500 Measurement Report.
 
-Each lesion gets two measurement groups with the same Tracking Identifier and Tracking UID:
-a TID 1411 volumetric group that references the lesion's segment in the SEG (by its source
-series, 121232) and carries the volume, the PET uptake, the Certainty of Finding (111012) and the
-histology probabilities, with the most probable histologic type as Associated morphology only
-when its probability reaches a configured minimum, and then with its certainty attached; and a
-TID 1410 planar group with the lesion's box on its key CT slice (Geometric purpose of region =
-Bounded by) and the long and short axis measured on that slice, each with its method and the two
-points it was measured between. Finding type is Nodule up to 30 mm long axis, Mass above.
+Each lesion gets four measurement groups with the same Tracking UID, shaped so that OHIF
+(Cornerstone3D adapters) tracks them as one rectangle and two lengths, dcmqi reads them without
+a warning, and PixelMed finds nothing outside the templates:
+- a TID 1410 planar group with the lesion's box on its key CT slice (Image Region, a closed
+  5-point POLYLINE; Geometric purpose of region = Bounded by) and no measurement;
+- two TID 1501 groups, the long and the short axis on that slice, each a NUM in mm with its
+  method (group level) and the two points it was measured between (2-point POLYLINE);
+- a TID 1411 volumetric group that references the lesion's segment in the SEG (by its source
+  series, 121232) and carries the volume, the PET uptake, the Certainty of Finding (111012) and
+  the histology probabilities (percent), with the most probable histologic type as Associated
+  morphology only when its probability reaches a configured minimum, and then with its
+  certainty attached.
+The box and the segment groups carry the lesion's Tracking Identifier; the lines carry the one
+OHIF needs to pick its Length tool (codes.line_tracking_identifier). Finding type is Nodule up
+to 30 mm long axis, Mass above.
 
 Every report has an Image Library (TID 1600) and a non-empty Imaging Measurements container
 (a TID 1501 "Study summary" group when there is no lesion); the TID 1500 "Qualitative
@@ -34,12 +41,13 @@ DEFAULT_HISTOLOGY_MIN_PROBABILITY = 0.5
 
 
 def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 Algorithm Identification: name, version and the weights' SHA-256 as parameter."""
+    """TID 4019 Algorithm Identification: name, version and the weights' SHA-256 as parameter
+    (no Algorithm Manufacturer: PixelMed finds it outside the template and dcmqi does not know
+    it; the General Equipment module names the manufacturer)."""
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
         parameters=[f"weights_sha256={model.sha256}"],
-        manufacturer=codes.MANUFACTURER,
     )
 
 
@@ -73,12 +81,18 @@ def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite]:
     return [hd.sr.FindingSite(anatomic_location=site, laterality=laterality)]
 
 
-def _num(name, value: float, unit, derivation=None) -> hd.sr.Measurement:
+def _num(name, value: float, unit, derivation=None, coordinates=None) -> hd.sr.Measurement:
     if not np.isfinite(value):
         raise ValueError(
             f"measurement {name.meaning!r} is {value!r}; only finite numbers can go in"
         )
-    return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation)
+    return hd.sr.Measurement(
+        name=name,
+        value=float(value),
+        unit=unit,
+        derivation=derivation,
+        referenced_coordinates=coordinates,
+    )
 
 
 def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
@@ -106,7 +120,8 @@ def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
                 f"lesion {lesion.tracking_id}: histology class {cls!r} is not one of "
                 f"{sorted(codes.PROBABILITY_OF_HISTOLOGY)}"
             )
-        items.append(_num(codes.PROBABILITY_OF_HISTOLOGY[cls], probability, codes.UNIT_NONE))
+        percent = round(100.0 * probability, 2)
+        items.append(_num(codes.PROBABILITY_OF_HISTOLOGY[cls], percent, codes.UNIT_PERCENT))
     return items
 
 
@@ -120,56 +135,54 @@ def _source_image(lesion: Lesion) -> hd.sr.SourceImageForRegion:
     )
 
 
-def diameter_measurements(
-    lesion: Lesion, key_image: Dataset
-) -> tuple[list[hd.sr.Measurement], list[hd.sr.CoordinatesForMeasurement | None]]:
-    """Long and short axis (2-D, on the key slice) with their method, for the TID 1410 group,
-    and the two points each was measured between (SCOORD POLYLINE on the key slice, TID 300
-    "INFERRED FROM"; highdicom refuses them in a planar group, so `attach_coordinates` adds
-    them once the group is built)."""
+def axis_groups(
+    lesion: Lesion, result: StudyResult, key_image: Dataset
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One TID 1501 group per 2-D diameter on the key slice (long axis, then short axis): the
+    NUM in mm with the two points it was measured between (TID 300 INFERRED FROM SCOORD, a
+    2-point POLYLINE), its method at group level, and the lesion's Tracking UID.
+
+    OHIF hydrates a 2-point line only as a Length tool, and picks that tool only by its
+    Tracking Identifier (codes.OHIF_LENGTH), reading the points from the group's first NUM:
+    so each line is a group of its own, in a template (TID 1501, TID 300) that holds a
+    SCOORD under a NUM; TID 1410's ROI measurements (TID 1419) do not.
+    """
     spacing = [float(v) for v in key_image.PixelSpacing]
     shape = (int(key_image.Rows), int(key_image.Columns))
     ends = geometry.axis_endpoints_px(
         geometry.key_slice_mask(lesion, shape), (spacing[0], spacing[1])
     )
-    out = []
-    points: list[hd.sr.CoordinatesForMeasurement | None] = []
-    for name, value, method, index in (
-        (codes.LONG_AXIS, lesion.long_axis_mm, codes.METHOD_LONG_AXIS, 0),
-        (codes.SHORT_AXIS, lesion.short_axis_mm, codes.METHOD_SHORT_AXIS, 1),
+    if ends is None:  # key_slice_mask falls back to the box, which is never empty
+        raise ValueError(f"lesion {lesion.tracking_id}: no pixel on its key slice")
+    groups = []
+    for name, value, method, points, what in (
+        (codes.LONG_AXIS, lesion.long_axis_mm, codes.METHOD_LONG_AXIS, ends[0], "long axis"),
+        (codes.SHORT_AXIS, lesion.short_axis_mm, codes.METHOD_SHORT_AXIS, ends[1], "short axis"),
     ):
-        if not np.isfinite(value):
-            raise ValueError(f"measurement {name.meaning!r} is {value!r}; only finite numbers")
-        points.append(
-            None
-            if ends is None
-            else hd.sr.CoordinatesForMeasurement(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=ends[index],
-                source_image=_source_image(lesion),
-            )
+        line = hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=points,
+            source_image=_source_image(lesion),
         )
-        out.append(
-            hd.sr.Measurement(name=name, value=float(value), unit=codes.UNIT_MM, method=method)
+        measurement = _num(name, value, codes.UNIT_MM, coordinates=[line])
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=lesion.tracking_uid,
+                identifier=codes.line_tracking_identifier(lesion.tracking_id, what),
+            ),
+            finding_category=codes.FINDING_CATEGORY,
+            finding_type=codes.finding_type(lesion.long_axis_mm),
+            method=method,
+            algorithm_id=algorithm_identification(result.model),
+            finding_sites=_finding_sites(lesion),
+            measurements=[measurement],
         )
-    return out, points
-
-
-def attach_coordinates(
-    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
-    measurements: Sequence[hd.sr.Measurement],
-    points: Sequence[hd.sr.CoordinatesForMeasurement | None],
-) -> None:
-    """Add each measurement's SCOORD to its NUM item inside the built group."""
-    names = [m[0].ConceptNameCodeSequence[0].CodeValue for m in measurements]
-    for item in group[0].ContentSequence:
-        if item.ValueType != "NUM":
-            continue
-        code = item.ConceptNameCodeSequence[0].CodeValue
-        if code in names and points[names.index(code)] is not None:
-            if "ContentSequence" not in item:
-                item.ContentSequence = hd.sr.ContentSequence()
-            item.ContentSequence.append(points[names.index(code)])
+        # TID 1501 row 5 modifies the group's measurements; highdicom writes it as CONTAINS.
+        for item in group[0].ContentSequence:
+            if item.ConceptNameCodeSequence[0].CodeValue == codes.MEASUREMENT_METHOD.value:
+                item.RelationshipType = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD.value
+        groups.append(group)
+    return groups
 
 
 def key_slice_region(lesion: Lesion, key_image: Dataset) -> hd.sr.ImageRegion:
@@ -236,6 +249,25 @@ def histology_evaluation(
     return evaluation
 
 
+def key_slice_group(
+    lesion: Lesion, result: StudyResult, key_image: Dataset
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The TID 1410 group of the lesion's box on its key slice (Image Region, a closed 5-point
+    POLYLINE; Geometric purpose of region = Bounded by), without measurements: OHIF hydrates
+    it as a RectangleROI and would look for the rectangle's points under a first NUM."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=lesion.tracking_uid, identifier=lesion.tracking_id
+        ),
+        referenced_region=key_slice_region(lesion, key_image),
+        finding_category=codes.FINDING_CATEGORY,
+        finding_type=codes.finding_type(lesion.long_axis_mm),
+        algorithm_id=algorithm_identification(result.model),
+        finding_sites=_finding_sites(lesion),
+        geometric_purpose=codes.BOUNDED_BY,
+    )
+
+
 def lesion_groups(
     lesion: Lesion,
     result: StudyResult,
@@ -244,48 +276,53 @@ def lesion_groups(
     key_image: Dataset,
     *,
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    histology_assessed: bool = True,
 ) -> list[
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
 ]:
-    """The TID 1411 (segment: volume, uptake, certainty, histology) and TID 1410 (key-slice
-    box: the 2-D diameters) groups of a lesion, with the same Tracking Identifier and UID."""
-    model = result.model
-    finding_type = codes.finding_type(lesion.long_axis_mm)
-    evaluation = histology_evaluation(lesion, histology_min_probability)
+    """The groups of a lesion, all with its Tracking UID: the key-slice box (TID 1410), the
+    long and the short axis lines (TID 1501 each), and the segment with volume, uptake,
+    certainty and histology (TID 1411). The planar groups come first, so a viewer that merges
+    the groups of a finding lists the diameters before the rest. Without `histology_assessed`,
+    the TID 1411 group says histology was not assessed."""
+    evaluation = (
+        histology_evaluation(lesion, histology_min_probability)
+        if histology_assessed
+        else hd.sr.QualitativeEvaluation(
+            name=codes.HISTOLOGY_ASSESSMENT, value=codes.HISTOLOGY_NOT_ASSESSED
+        )
+    )
     volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=lesion.tracking_uid, identifier=lesion.tracking_id
         ),
         referenced_segment=referenced_segment(lesion, result, segmentation, segment_number),
         finding_category=codes.FINDING_CATEGORY,
-        finding_type=finding_type,
-        algorithm_id=algorithm_identification(model),
+        finding_type=codes.finding_type(lesion.long_axis_mm),
+        algorithm_id=algorithm_identification(result.model),
         finding_sites=_finding_sites(lesion),
         measurements=lesion_measurements(lesion),
         qualitative_evaluations=[evaluation] if evaluation is not None else None,
     )
-    diameters, points = diameter_measurements(lesion, key_image)
-    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=lesion.tracking_uid, identifier=lesion.tracking_id
-        ),
-        referenced_region=key_slice_region(lesion, key_image),
-        finding_category=codes.FINDING_CATEGORY,
-        finding_type=finding_type,
-        algorithm_id=algorithm_identification(model),
-        finding_sites=_finding_sites(lesion),
-        measurements=diameters,
-        geometric_purpose=codes.BOUNDED_BY,
-    )
-    attach_coordinates(planar, diameters, points)
-    return [volumetric, planar]
+    return [
+        key_slice_group(lesion, result, key_image),
+        *axis_groups(lesion, result, key_image),
+        volumetric,
+    ]
 
 
-def summary_text(result: StudyResult) -> str:
-    """One paragraph a technologist can read in the viewer's SR pane."""
+def summary_text(result: StudyResult, histology_not_assessed: str | None = None) -> str:
+    """One paragraph a technologist can read in the viewer's SR pane; with lesions and
+    `histology_not_assessed`, that reason closes it."""
     disclaimer = "" if result.model.clinical_use else "NOT FOR CLINICAL USE. "
     model = f"{result.model.name} {result.model.version}"
+    if result.refusal is not None:
+        return (
+            f"{disclaimer}The study could not be analysed by {model}: {result.refusal} "
+            "No lesion measurements were made."
+        )
     if not result.analysed:
         return (
             f"{disclaimer}The study could not be analysed by {model}; "
@@ -311,12 +348,18 @@ def summary_text(result: StudyResult) -> str:
         parts.append(text)
     return (
         f"{disclaimer}{len(result.lesions)} lung lesion(s) found by {model} in the {series} "
-        "images: " + "; ".join(parts) + "."
+        "images: "
+        + "; ".join(parts)
+        + "."
+        + (f" {histology_not_assessed}" if histology_not_assessed else "")
     )
 
 
 def cad_summary(result: StudyResult) -> Code:
-    """CAD Processing and Findings Summary (CID 6047) of the whole run."""
+    """CAD Processing and Findings Summary (CID 6047) of the whole run: a CT refused as not a
+    whole chest is "not all algorithms succeeded", never "all succeeded; without findings"."""
+    if result.refusal is not None:
+        return codes.NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS
     if not result.analysed:
         return codes.NONE_SUCCEEDED_WITHOUT_FINDINGS
     if not result.lesions:
@@ -324,8 +367,11 @@ def cad_summary(result: StudyResult) -> Code:
     return codes.ALL_SUCCEEDED_WITH_FINDINGS
 
 
-def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": the CAD summary, reasons skipped, a summary text."""
+def qualitative_evaluations(
+    result: StudyResult, histology_not_assessed: str | None = None
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the CAD summary, reasons skipped (histology not
+    assessed among them, when lesions were found), a summary text."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
@@ -338,6 +384,8 @@ def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
         )
     ]
     reasons = list(result.skipped)
+    if histology_not_assessed and result.analysed and result.lesions:
+        reasons.append(histology_not_assessed)
     if not result.analysed and not reasons:
         reasons = ["No CT series of this study could be analysed (no reason was recorded)."]
     for reason in reasons:
@@ -351,7 +399,7 @@ def qualitative_evaluations(result: StudyResult) -> hd.sr.ContainerContentItem:
     items.append(
         hd.sr.TextContentItem(
             name=codes.COMMENT,
-            value=_short_text(summary_text(result)),
+            value=_short_text(summary_text(result, histology_not_assessed)),
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
@@ -412,10 +460,13 @@ def measurement_report(
     images: Sequence[Dataset] = (),
     *,
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    histology_not_assessed: str | None = None,
 ) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree; lesion groups reference segments of `segmentation`.
 
-    `images` are the source headers; each lesion's key slice must be among them.
+    `images` are the source headers; each lesion's key slice must be among them. With
+    `histology_not_assessed` (the reason), no histology is stated and each lesion and the
+    qualitative evaluations say it was not assessed.
     """
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -448,6 +499,7 @@ def measurement_report(
                     number,
                     key_image,
                     histology_min_probability=histology_min_probability,
+                    histology_assessed=histology_not_assessed is None,
                 )
             )
     else:
@@ -458,7 +510,7 @@ def measurement_report(
         imaging_measurements=groups,
         referenced_images=library_images(result, images) or None,
     )
-    report[0].ContentSequence.append(qualitative_evaluations(result))
+    report[0].ContentSequence.append(qualitative_evaluations(result, histology_not_assessed))
     separate_containers(report[0])
     return report
 
@@ -482,6 +534,7 @@ def build_sr(
     instance_number: int,
     specific_character_set: str | None,
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
+    histology_not_assessed: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR of a result; evidence[0] gives the patient and study modules.
 
@@ -489,7 +542,11 @@ def build_sr(
     goes to the Current Requested Procedure Evidence Sequence.
     """
     content = measurement_report(
-        result, segmentation, evidence, histology_min_probability=histology_min_probability
+        result,
+        segmentation,
+        evidence,
+        histology_min_probability=histology_min_probability,
+        histology_not_assessed=histology_not_assessed,
     )
     if predecessor is not None and predecessor.StudyInstanceUID != result.study_instance_uid:
         raise ValueError(

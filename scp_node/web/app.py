@@ -10,9 +10,14 @@ for every template, so whatever a peer put in an AE title, an Error Comment or a
 Description is shown as text, never markup.
 
 Authentication: every request but /livez needs [web] token, as `Authorization: Bearer <token>`
-(Prometheus, scripts) or typed once into the login form, which sets a signed session cookie
-(HttpOnly, SameSite=Strict, Secure under TLS). The login form also asks for a name: that is who
-the audit log names for the actions taken in the session ("bearer token" for Bearer requests).
+(Prometheus, scripts) or typed once into the login form, or the name and password of one of
+[web] users (salted scrypt hashes, scp_node.credentials); a login sets a signed session cookie
+(HttpOnly, SameSite=Strict, Secure under TLS) that carries only a session id the server keeps:
+logout ends it for every copy of the cookie. The name given at login is who the audit log names
+for the actions taken in the session ("bearer token" for Bearer requests); a configured user's
+name logs in with that user's password only. Logins, logouts and failed Bearer tokens are
+audited as ATNA User Authentication with the client address; failures are rate-limited per
+address, and every response carries the security headers (scp_node.web.guard).
 
 Actions (resend, analyse again, mark complete, pause/resume) are two steps: a GET shows what
 will happen and a form; its POST carries the session's CSRF token (checked for cookie sessions;
@@ -30,7 +35,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -49,10 +54,13 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from classifier.results.histology_gate import histology_shown
 from scp_node.audit import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditLog
+from scp_node.credentials import verify_password
 from scp_node.health import NodeState, readiness
 from scp_node.metrics import METRICS, free_bytes, version
 from scp_node.web import findings
+from scp_node.web.guard import FailureLimiter, SecurityHeaders, Sessions
 from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED, NO_DESTINATION
 from storage.redaction import MASK, redact_database_url
 from storage.states import StudyState
@@ -143,7 +151,10 @@ class Console:
         self.config = node.config
         self.index = node.index
         self.token = node.config.web.token
+        self.users = {name.casefold(): hashed for name, hashed in node.config.web.users}
         self.audit = audit
+        self.sessions = Sessions()
+        self.failures = FailureLimiter()
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -171,6 +182,7 @@ class Console:
         self.app = Starlette(
             routes=routes,
             middleware=[
+                Middleware(SecurityHeaders),  # outermost: on every response, errors included
                 Middleware(
                     SessionMiddleware,
                     secret_key=secrets.token_hex(32),
@@ -185,16 +197,37 @@ class Console:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def bearer_ok(self, request: Request) -> bool:
+    def bearer(self, request: Request) -> bool | None:
+        """True for the right Bearer token, False for a wrong one, None when none is sent."""
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
-            return False
+            return None
         return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+
+    def bearer_ok(self, request: Request) -> bool:
+        return self.bearer(request) is True
+
+    def session_user(self, request: Request) -> str | None:
+        """The user of the request's session while the server still holds it (not logged out,
+        not expired, not from before a restart)."""
+        return self.sessions.user(request.session.get("sid"))
 
     def actor(self, request: Request) -> str:
         if self.bearer_ok(request):
             return "bearer token"
-        return str(request.session.get("user", "?"))
+        return self.session_user(request) or "?"
+
+    def authentication_failed(self, request: Request, user: str, how: str) -> bool:
+        """Count and audit one failed login or Bearer token; True when it locks the client
+        address out."""
+        client = _client_address(request)
+        locked = self.failures.failed(client)
+        log.warning("console %s refused client=%s locked_out=%s", how, client, locked)
+        if self.audit is not None:
+            self.audit.user_authentication(
+                user, client, OUTCOME_MINOR_FAILURE, method=how, locked_out=locked
+            )
+        return locked
 
     def page(
         self, request: Request, template: str, status: int = 200, **values: Any
@@ -239,19 +272,37 @@ class Console:
         error = ""
         if request.method == "POST":
             form = await request.form()
-            token = str(form.get("token", ""))
+            secret = str(form.get("token", ""))
             name = str(form.get("name", "")).strip()[:64] or "administrator"
-            if hmac.compare_digest(token.encode(), self.token.encode()):
+            method = "password" if name.casefold() in self.users else "token"
+            if method == "password":  # a configured user: that user's password only
+                ok = verify_password(secret, self.users[name.casefold()])
+            else:
+                ok = hmac.compare_digest(secret.encode(), self.token.encode())
+            if ok:
+                client = _client_address(request)
+                self.failures.succeeded(client)
                 request.session.clear()
-                request.session.update(user=name, csrf=secrets.token_urlsafe(24))
-                log.info("console login user=%r client=%s", name, _client(request))
+                request.session.update(
+                    user=name, sid=self.sessions.start(name), csrf=secrets.token_urlsafe(24)
+                )
+                log.info("console login user=%r by=%s client=%s", name, method, client)
+                if self.audit is not None:
+                    self.audit.user_authentication(name, client, OUTCOME_SUCCESS, method=method)
                 return RedirectResponse("/studies", 303)
-            log.warning("console login refused client=%s", _client(request))
-            error = "Wrong token."
+            if self.authentication_failed(request, name, f"login by {method}"):
+                return _locked_out(request, self.failures.lockout)
+            error = "Wrong name, password or token."
         return self.page(request, "login.html", 401 if error else 200, error=error)
 
     async def logout(self, request: Request) -> Response:
+        user = self.session_user(request)
+        self.sessions.end(request.session.get("sid"))
         request.session.clear()
+        if user is not None and self.audit is not None:
+            self.audit.user_authentication(
+                user, _client_address(request), OUTCOME_SUCCESS, logout=True
+            )
         return RedirectResponse("/login", 303)
 
     # ---- pages -----------------------------------------------------------------------------
@@ -291,12 +342,19 @@ class Console:
             return self.page(request, "message.html", 404, title="No such study", text="")
         latest = max((r["version"] for r in study["results_of_study"]), default=None)
         reports, pictures = [], []
+        # The rule of the result objects ([results] histology); a console without the model
+        # loaded (a receiver) cannot tell a trusted model and shows none under auto.
+        model = self.node.model()
+        mode = self.config.results.histology
+        show_histology = mode == "on" or (
+            mode == "auto" and model is not None and histology_shown(mode, model)
+        )
         for r in study["results_of_study"]:
             if r["version"] != latest:
                 continue
             try:
                 if r["kind"] == "SR":
-                    reports.append(findings.measurements(Path(r["path"])))
+                    reports.append(findings.measurements(Path(r["path"]), show_histology))
                 elif r["kind"] == "SEG":
                     for number, label in findings.segments(Path(r["path"])):
                         pictures.append((r["sop_uid"], number, label))
@@ -353,6 +411,12 @@ class Console:
             "deliveries.html",
             destinations=per_destination,
             configured={n.casefold(): str(d) for n, d in self.config.destinations.items()},
+            protocols={
+                n.casefold(): d.protocol + (" + Storage Commitment" if d.commit else "")
+                for n, d in self.config.destinations.items()
+            },
+            unfinished=self.index.console.unfinished(),
+            now=time.time(),
             dead=self.index.console.dead_letters(),
         )
 
@@ -397,7 +461,14 @@ class Console:
         if request.method == "GET":
             value = request.query_params.get(param, "") if param else ""
             return self.page(
-                request, "confirm.html", name=name, title=title, what=what, param=param, value=value
+                request,
+                "confirm.html",
+                name=name,
+                title=title,
+                what=what,
+                param=param,
+                value=value,
+                back=_page_after(param, value),
             )
         form = await request.form()
         if not self.bearer_ok(request):
@@ -442,12 +513,7 @@ class Console:
                 {"action": name, "target": value, "changed": changed, "error": error}
             )
         request.session["flash"] = text
-        back = {
-            "study_uid": f"/studies/{value}",
-            "outbox_id": "/deliveries",
-            "destination": "/deliveries",
-        }.get(param, "/node")
-        return RedirectResponse(back, 303)
+        return RedirectResponse(_page_after(param, value), 303)
 
     def _perform(self, name: str, value: str, actor: str) -> int:
         c = self.index.console
@@ -469,6 +535,27 @@ class Console:
 
 def _client(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "?"
+
+
+def _page_after(param: str, value: str) -> str:
+    """The page an action on `param` = `value` goes back to (done or cancelled)."""
+    if param == "study_uid":
+        return f"/studies/{quote(value, safe='')}"
+    return "/deliveries" if param in ("outbox_id", "destination") else "/node"
+
+
+def _client_address(request: Request) -> str:
+    """The client's address, without its port: what failures are counted by."""
+    return request.client.host if request.client else "?"
+
+
+def _locked_out(request: Request, seconds: float) -> Response:
+    """429 for a client address locked out after too many failed authentications."""
+    return JSONResponse(
+        {"error": "too many failed logins or tokens from this address; try again later"},
+        status_code=429,
+        headers={"Retry-After": str(max(1, int(seconds)))},
+    )
 
 
 def timeline(study: dict[str, Any]) -> list[dict[str, Any]]:
@@ -517,11 +604,22 @@ class _AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path == "/livez" or path.startswith(OPEN_PATHS):
+        if path == "/livez" or path.startswith("/static/"):
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        if self.console.bearer_ok(request) or request.session.get("user"):
+        console = self.console
+        wait = console.failures.retry_after(_client_address(request))
+        if wait is not None:
+            await _locked_out(request, wait)(scope, receive, send)
+            return
+        bearer = console.bearer(request)
+        if bearer is False:
+            locked = console.authentication_failed(request, "bearer token", "bearer token")
+            if locked:
+                await _locked_out(request, console.failures.lockout)(scope, receive, send)
+                return
+        if path.startswith(OPEN_PATHS) or bearer or console.session_user(request):
             await self.app(scope, receive, send)
             return
         wants_html = "text/html" in request.headers.get("accept", "")

@@ -2,7 +2,8 @@
 
 `measurements(sr_path)`: each measurement group of the TID 1500 SR (one per lesion) as its
 tracking identifier and (name, value, unit) rows: sizes, volumes, SUV, TLG, the probability of
-a lesion and of each histologic type. `lesion_picture(seg_path, index, segment)`: a PNG of the
+a lesion and of each histologic type (unless histology is not to be shown: see
+`measurements`). `lesion_picture(seg_path, index, segment)`: a PNG of the
 CT slice where a lesion's segment is largest, with the segment's outline drawn in, from the SEG's
 own references to its source CT images. Both read only what the node itself wrote.
 """
@@ -21,6 +22,18 @@ DISCLAIMER = (
     "Research software: results of a CNN trained on public and synthetic data. Not for clinical "
     "use; not a medical device. A radiologist reads the images."
 )
+
+
+# What states histology in the node's SRs: the per-type probabilities (99LUNGNODE LN-P-HIST-*)
+# and Associated morphology (SCT 116676008).
+_HISTOLOGY_PREFIX = "LN-P-HIST-"
+_ASSOCIATED_MORPHOLOGY = "116676008"
+NOT_ASSESSED_ROW = ("Histologic type assessment", "Not assessed", "")
+
+
+def _code(item: Dataset) -> str:
+    seq = item.get("ConceptNameCodeSequence")
+    return str(seq[0].CodeValue) if seq else ""
 
 
 def _meaning(item: Dataset) -> str:
@@ -45,8 +58,12 @@ def _value(item: Dataset) -> tuple[str, str] | None:
     return None
 
 
-def measurements(sr_path: Path) -> dict[str, Any]:
-    """{"title", "description", "groups": [{"name", "rows": [(name, value, unit)]}]}."""
+def measurements(sr_path: Path, show_histology: bool = True) -> dict[str, Any]:
+    """{"title", "description", "groups": [{"name", "rows": [(name, value, unit)]}]}.
+
+    Without `show_histology` ([results] histology and the model: histology_gate), a group's
+    histology rows, in an SR written before that rule or under another setting, are replaced by
+    one "not assessed" row: the page never shows what the node would not send."""
     ds = pydicom.dcmread(sr_path)
     groups: list[dict[str, Any]] = []
 
@@ -58,6 +75,13 @@ def measurements(sr_path: Path) -> dict[str, Any]:
                 for child in item.get("ContentSequence", []):
                     if _meaning(child) == "Tracking Identifier" and "TextValue" in child:
                         name = str(child.TextValue)
+                    code = _code(child)
+                    if not show_histology and (
+                        code.startswith(_HISTOLOGY_PREFIX) or code == _ASSOCIATED_MORPHOLOGY
+                    ):
+                        if NOT_ASSESSED_ROW not in rows:
+                            rows.append(NOT_ASSESSED_ROW)
+                        continue
                     value = _value(child)
                     if value is not None and _meaning(child) not in ("Tracking Unique Identifier",):
                         rows.append((_meaning(child), value[0], value[1]))

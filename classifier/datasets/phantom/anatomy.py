@@ -139,6 +139,55 @@ def tissue_labels(grid: Grid, z_mid: float, z_half: float, vessels: list) -> np.
     return labels
 
 
+REGIONS: tuple[str, ...] = ("chest", "abdomen", "head")
+
+
+def abdomen_labels(grid: Grid) -> np.ndarray:
+    """Tissue label map of an upper abdomen: body, liver, spine, aorta, loops of bowel gas,
+    and the lung bases in the first fifth of the slices (largest there: the scan starts at
+    the diaphragm, below the lungs' widest level). Slices run cranial to caudal from the last."""
+    xs = grid.xy
+    x, y = xs[None, :], xs[:, None]
+    base = np.full((grid.size, grid.size), AIR, dtype=np.uint8)
+    base[((x / 160.0) ** 2 + ((y - 5.0) / 115.0) ** 2) <= 1.0] = FAT
+    base[((x / 150.0) ** 2 + ((y - 5.0) / 105.0) ** 2) <= 1.0] = SOFT
+    base[(y >= 128.0) & (y <= 134.0) & (np.abs(x) <= 170.0)] = TABLE
+    base[((x + 60.0) / 80.0) ** 2 + ((y + 5.0) / 70.0) ** 2 <= 1.0] = HEART  # liver: soft tissue
+    labels = np.repeat(base[None], len(grid.z), axis=0)
+    n = len(grid.z)
+    top = max(1, n // 5)  # the highest slices are the last (z increases cranially)
+    for k in range(n - top, n):
+        scale = 0.6 * (k - (n - top) + 1) / top
+        for cx, cy, ax, ay in ((-78.0, 30.0, 58.0, 60.0), (80.0, 30.0, 52.0, 58.0)):
+            lung = ((x - cx) / (ax * scale)) ** 2 + ((y - cy) / (ay * scale)) ** 2 <= 1.0
+            labels[k][lung] = LUNG
+    for j, (gx, gy, radius) in enumerate(
+        ((40.0, -40.0, 14.0), (75.0, 10.0, 11.0), (10.0, -70.0, 12.0))
+    ):
+        z_lo, z_hi = j * n // 4, j * n // 4 + max(2, n // 3)
+        gas = (x - gx) ** 2 + (y - gy) ** 2 <= radius**2
+        for k in range(z_lo, min(z_hi, n - top)):
+            labels[k][gas] = AIR
+    fixed = np.full(base.shape, 255, dtype=np.uint8)
+    fixed[(x - 24.0) ** 2 + (y - 52.0) ** 2 <= 11.0**2] = AORTA
+    spine_r2 = x**2 + (y - 80.0) ** 2
+    fixed[spine_r2 <= 19.0**2] = BONE
+    fixed[spine_r2 <= 15.0**2] = MARROW
+    return np.where(fixed[None] != 255, fixed[None], labels)
+
+
+def head_labels(grid: Grid) -> np.ndarray:
+    """Tissue label map of a head: scalp, skull, brain, on the table's head rest."""
+    xs = grid.xy
+    x, y = xs[None, :], xs[:, None]
+    base = np.full((grid.size, grid.size), AIR, dtype=np.uint8)
+    base[(x / 78.0) ** 2 + (y / 98.0) ** 2 <= 1.0] = SOFT
+    base[(x / 74.0) ** 2 + (y / 94.0) ** 2 <= 1.0] = BONE
+    base[(x / 68.0) ** 2 + (y / 88.0) ** 2 <= 1.0] = HEART  # brain: soft tissue, 40 HU
+    base[(y >= 104.0) & (y <= 110.0) & (np.abs(x) <= 90.0)] = TABLE
+    return np.repeat(base[None], len(grid.z), axis=0)
+
+
 def plan_vessels(rng: np.random.Generator, z_mid: float, z_half: float) -> list:
     """Thin tubes from each hilum outwards: (start mm, end mm, radius mm)."""
     vessels = []

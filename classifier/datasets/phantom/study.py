@@ -13,17 +13,21 @@ import pydicom
 import pydicom.uid
 from pydicom.dataset import Dataset
 
+from classifier.datasets.field_of_view import crop_series
 from classifier.datasets.phantom.anatomy import (
     AORTA,
     CT_HU_MAX,
     FIELD_OF_VIEW_MM,
     HEART,
     LUNG,
+    REGIONS,
     VESSEL,
     Grid,
     LesionShape,
     PhantomLesion,
+    abdomen_labels,
     ct_volume,
+    head_labels,
     pet_volume,
     plan_lesion,
     plan_vessels,
@@ -56,6 +60,8 @@ class StudyOptions(TypedDict, total=False):
     transfer_syntax: str
     ct_phases: int
     bolus_tracking_images: int
+    region: str
+    field_of_view_mm: float | None
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,17 @@ def _enhanced(hu: np.ndarray, labels: np.ndarray, lesions: np.ndarray, hu_add: f
     return np.clip(out, None, CT_HU_MAX).astype(hu.dtype)
 
 
+def _region_labels(
+    region: str, grid: Grid, z_mid: float, z_half: float, vessels: list
+) -> np.ndarray:
+    """The tissue label map of the body region on `grid`."""
+    if region == "head":
+        return head_labels(grid)
+    if region == "abdomen":
+        return abdomen_labels(grid)
+    return tissue_labels(grid, z_mid, z_half, vessels)
+
+
 def generate_study(
     seed: int,
     histology: str,
@@ -143,6 +160,8 @@ def generate_study(
     transfer_syntax: str = pydicom.uid.ExplicitVRLittleEndian,
     ct_phases: int = 1,
     bolus_tracking_images: int = 0,
+    region: str = "chest",
+    field_of_view_mm: float | None = None,
 ) -> PhantomStudy:
     """Generate one chest CT (and PET) study, deterministic from `seed` and the arguments.
 
@@ -154,6 +173,11 @@ def generate_study(
     Number and Acquisition Time, as GE multi-phase studies send them; the annotation boxes are
     on every phase. `bolus_tracking_images` (0, or 2-100) adds a bolus-tracking series of that
     many images at one table position, one a second, while the aorta fills with contrast.
+
+    Studies the node must refuse: `region` "abdomen" (the lung bases in the highest slices,
+    bowel gas) or "head" instead of the chest, without lesions; `field_of_view_mm` cuts the CT
+    images to that square around the first lesion (the body centre without one), as a
+    reconstruction with a small field of view would show them.
     """
     if histology not in HISTOLOGY_CLASSES:
         raise ValueError(f"histology {histology!r} is not one of {HISTOLOGY_CLASSES}")
@@ -182,6 +206,14 @@ def generate_study(
             f"transfer_syntax {transfer_syntax!r} is not supported: use one of "
             f"{sorted(UNCOMPRESSED | COMPRESSED)}"
         )
+    if region not in REGIONS:
+        raise ValueError(f"region {region!r} is not one of {REGIONS}")
+    if region != "chest" and lesion and n_lesions:
+        raise ValueError(f"region {region!r} has no lungs to plant lesions in; pass lesion=False")
+    if field_of_view_mm is not None and not 50.0 <= field_of_view_mm < FIELD_OF_VIEW_MM:
+        raise ValueError(
+            f"field_of_view_mm={field_of_view_mm!r}: expected 50 to {FIELD_OF_VIEW_MM:g} mm"
+        )
     n_lesions = n_lesions if lesion else 0
     seed_key: tuple[object, ...] = (
         seed,
@@ -197,6 +229,8 @@ def generate_study(
     )
     if ct_phases != 1:  # another CT series under the same UID must not share its UIDs
         seed_key = (*seed_key, "phases", ct_phases)
+    if region != "chest" or field_of_view_mm is not None:
+        seed_key = (*seed_key, region, field_of_view_mm)
     rng = np.random.default_rng([seed, HISTOLOGY_CLASSES.index(histology), patient_number])
 
     z = (np.arange(ct_slices) - (ct_slices - 1) / 2.0) * slice_thickness_mm
@@ -204,7 +238,7 @@ def generate_study(
     z_mid, z_half = 0.0, max(float(z[-1]), 40.0)
     vessels = plan_vessels(rng, z_mid, z_half)
     shapes: list[LesionShape] = []
-    labels = tissue_labels(ct_grid, z_mid, z_half, vessels)
+    labels = _region_labels(region, ct_grid, z_mid, z_half, vessels)
     for _ in range(n_lesions):
         for _attempt in range(50):
             shape = plan_lesion(rng, histology, z, z_mid, z_half)
@@ -245,6 +279,7 @@ def generate_study(
     )
     ct: list[Dataset] = []
     boxes: list[AnnotationBox] = []
+    seen_union = union  # the lesion mask on the CT images as written (cropped or not)
     for phase in range(ct_phases):
         phase_ct = ct_datasets(
             header,
@@ -254,10 +289,20 @@ def generate_study(
             slice_thickness_mm,
             transfer_syntax,
             phase=phase,
-            description="CT chest phantom" if ct_phases == 1 else "CT chest multiphase phantom",
+            description=f"CT {region} phantom" if ct_phases == 1 else "CT chest multiphase phantom",
         )
+        seen_masks = masks
+        if field_of_view_mm is not None:
+            centre = shapes[0].lesion.center_mm[:2] if shapes else (0.0, 5.0)
+            phase_ct, (r0, r1, c0, c1) = crop_series(phase_ct, centre, field_of_view_mm)
+            seen_masks = [m[:, r0:r1, c0:c1] for m in masks]
+            seen_union = union[:, r0:r1, c0:c1]
+        if region != "chest":
+            for ds in phase_ct:
+                ds.BodyPartExamined = region.upper()
+                ds.StudyDescription = f"{region.capitalize()} CT phantom"
         ct.extend(phase_ct)
-        boxes.extend(_boxes(phase_ct, masks, histology))
+        boxes.extend(_boxes(phase_ct, seen_masks, histology))
     bolus: list[Dataset] = []
     if bolus_tracking_images:
         rise = np.linspace(0.0, _BOLUS_PEAK_HU, bolus_tracking_images)
@@ -286,7 +331,7 @@ def generate_study(
             pet_z = np.linspace(z[0], z[-1], pet_slices)
             pet_thick = float(pet_z[1] - pet_z[0])
         pet_grid = Grid(pet_size, pet_spacing, pet_z)
-        pet_labels = tissue_labels(pet_grid, z_mid, z_half, [])
+        pet_labels = _region_labels(region, pet_grid, z_mid, z_half, [])
         pet_suv = pet_volume(rng, pet_grid, pet_labels, shapes)
         pet_ds = pet_datasets(header, seed_key, rng, pet_grid, pet_suv, pet_thick, transfer_syntax)
 
@@ -298,7 +343,7 @@ def generate_study(
         pet=pet_ds,
         lesions=[s.lesion for s in shapes],
         boxes=boxes,
-        lesion_mask=union,
+        lesion_mask=seen_union,
         pet_suv=pet_suv,
         bolus_tracking=bolus,
     )

@@ -70,6 +70,16 @@ WHERE state = :dead
 ORDER BY destination, updated_at DESC
 LIMIT :limit
 
+-- name: unfinished
+-- Results on their way: waiting for a Storage Commitment (COMMITTING), or failed and waiting
+-- for their next try (PENDING with an error), oldest change first.
+SELECT outbox_id, study_uid, sop_uid, destination, state, attempts, last_error, updated_at,
+       next_attempt_at, commit_due_at, transaction_uid
+FROM outbox
+WHERE state = :committing OR (state = :pending AND last_error IS NOT NULL)
+ORDER BY destination, updated_at
+LIMIT :limit
+
 -- name: pending_outbox
 SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state = :pending
 

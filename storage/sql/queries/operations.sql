@@ -11,7 +11,8 @@ FROM studies s
 ORDER BY s.updated_at DESC, s.study_uid
 
 -- name: outbox
-SELECT study_uid, sop_uid, destination, state, attempts, last_error, next_attempt_at
+SELECT study_uid, sop_uid, destination, state, attempts, last_error, next_attempt_at,
+       transaction_uid, commit_due_at, committed_at, updated_at
 FROM outbox
 ORDER BY created_at, outbox_id
 
@@ -33,10 +34,11 @@ DELETE FROM studies WHERE study_uid = :study_uid;
 
 -- name: studies_with_inputs
 -- Studies whose received instances are still indexed, oldest change first, with what their
--- results wait for: outbox rows of the current version, and PENDING and DEAD rows of any version.
+-- results wait for: outbox rows of the current version, and PENDING (or COMMITTING) and DEAD rows
+-- of any version.
 SELECT s.study_uid, s.accession_number, s.state, s.updated_at, s.version,
        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.version = s.version),
-       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :pending),
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state IN (:pending, :committing)),
        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :dead),
        (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid)
 FROM studies s
@@ -47,7 +49,7 @@ ORDER BY s.updated_at, s.study_uid
 -- One study, as studies_with_inputs reads it (with the study row locked on PostgreSQL).
 SELECT s.study_uid, s.accession_number, s.state, s.updated_at, s.version,
        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.version = s.version),
-       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :pending),
+       (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state IN (:pending, :committing)),
        (SELECT COUNT(*) FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = :dead),
        (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid)
 FROM studies s

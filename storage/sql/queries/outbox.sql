@@ -32,7 +32,7 @@ WHERE o.outbox_id = :outbox_id
 
 -- name: unsent_of_version
 SELECT COUNT(*) FROM outbox
-WHERE study_uid = :study_uid AND version = :version AND state <> :sent
+WHERE study_uid = :study_uid AND version = :version AND state NOT IN (:sent, :committed)
 
 -- name: study_delivered
 UPDATE studies SET state = :delivered, updated_at = :now
