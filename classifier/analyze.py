@@ -18,7 +18,7 @@ from pydicom import Dataset
 from classifier.imaging.chest_field import chest_refusal
 from classifier.imaging.dicom_io import DicomReadError, read_headers, read_pixels
 from classifier.imaging.lesions import Candidate, find_candidates
-from classifier.imaging.lung_mask import lung_mask
+from classifier.imaging.lung_mask import LungMask, lung_mask
 from classifier.imaging.resample import register_rigid, resample_to
 from classifier.imaging.series_selection import SeriesCandidate, select_series
 from classifier.imaging.suv import load_pet_suv_volume
@@ -118,6 +118,61 @@ def to_lesion(
     )
 
 
+def lesions_of(
+    ct: Volume,
+    suv: Volume | None,
+    config: AnalysisSettings,
+    classifier: LesionClassifier,
+    study_uid: str = "",
+    skipped: list[str] | None = None,
+    clock: _Clock | None = None,
+    lungs: LungMask | None = None,
+) -> list[Lesion]:
+    """The lesions `analyze_study` reports on a CT volume (and SUV on its grid): candidates,
+    one batched CNN call, the reporting threshold and the per-study limit (a note on what the
+    limit left out goes to `skipped`); `lungs`: the CT's lung mask when already made.
+    Callable on a volume alone: the stress test (classifier.model.stress) runs it on real CT
+    with inserted tumours."""
+    clock = clock or _Clock()
+    skipped = skipped if skipped is not None else []
+    found = clock.run(
+        "candidates",
+        lambda: find_candidates(
+            ct,
+            suv,
+            config.mtv_threshold,
+            lungs,
+            small_nodules=config.small_nodules,
+            mass_radius_mm=config.mass_radius_mm,
+        ),
+    )
+    lesions: list[Lesion] = []
+    if found:
+        patches = np.stack([extract_patch(ct, c.center_index, suv) for c in found]).astype(
+            np.float32
+        )
+        assert patches.shape[1:] == PATCH_SHAPE
+        probability, histology = clock.run("cnn", lambda: classifier.predict(patches))
+        above = [
+            n
+            for n in np.argsort(-probability, kind="stable")
+            if float(probability[n]) >= config.lesion_probability_threshold
+        ]
+        limit = config.max_findings_per_study
+        if limit and len(above) > limit:
+            skipped.append(
+                f"{len(above) - limit} further finding(s) with lesion probability >= "
+                f"{config.lesion_probability_threshold:g} left out: at most {limit} are "
+                "reported per study, the most probable first ([classifier] "
+                "max_findings_per_study)"
+            )
+            above = above[:limit]
+        for n in above:
+            p = float(probability[n])
+            lesions.append(to_lesion(found[n], len(lesions) + 1, ct, p, histology[n], study_uid))
+    return lesions
+
+
 @dataclass(frozen=True)
 class Analysis:
     """What `analyze_study` found and what it built on the way: the result, the volumes (for
@@ -214,45 +269,9 @@ def analyze_study(
                 break
             pet = None
 
-        found = clock.run(
-            "candidates",
-            lambda: find_candidates(
-                ct,
-                suv,
-                config.mtv_threshold,
-                lungs,
-                small_nodules=config.small_nodules,
-                mass_radius_mm=config.mass_radius_mm,
-            ),
+        lesions = lesions_of(
+            ct, suv, config, classifier, study.study_instance_uid, skipped, clock, lungs
         )
-        lesions: list[Lesion] = []
-        if found:
-            patches = np.stack([extract_patch(ct, c.center_index, suv) for c in found]).astype(
-                np.float32
-            )
-            assert patches.shape[1:] == PATCH_SHAPE
-            probability, histology = clock.run("cnn", lambda: classifier.predict(patches))
-            above = [
-                n
-                for n in np.argsort(-probability, kind="stable")
-                if float(probability[n]) >= config.lesion_probability_threshold
-            ]
-            limit = config.max_findings_per_study
-            if limit and len(above) > limit:
-                skipped.append(
-                    f"{len(above) - limit} further finding(s) with lesion probability >= "
-                    f"{config.lesion_probability_threshold:g} left out: at most {limit} are "
-                    "reported per study, the most probable first ([classifier] "
-                    "max_findings_per_study)"
-                )
-                above = above[:limit]
-            for n in above:
-                p = float(probability[n])
-                lesions.append(
-                    to_lesion(
-                        found[n], len(lesions) + 1, ct, p, histology[n], study.study_instance_uid
-                    )
-                )
         result = result_of(
             ct_series_uid=ct.series_instance_uid,
             pet_series_uid=pet.series_instance_uid if suv is not None and pet is not None else None,

@@ -272,6 +272,12 @@ def cmd_real_ct_protocol(args: argparse.Namespace) -> int:
     return real_ct_protocol.main(argv)
 
 
+def cmd_stress_test(args: argparse.Namespace) -> int:
+    from classifier.model.stress_cli import run_from_args
+
+    return run_from_args(args, "lungnode " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from classifier.predict_folder import predict_folder
 
@@ -425,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-json", action="store_true", help="install from OUT of an earlier run, no analysis"
     )
     p.set_defaults(func=cmd_real_ct_protocol)
+
+    p = sub.add_parser(
+        "stress-test",
+        help="insert synthetic tumours against the walls of real CT studies and report how the "
+        "analysis finds them (per position class and size band, pictures)",
+    )
+    from classifier.model.stress_cli import add_arguments as stress_arguments
+
+    stress_arguments(p)
+    p.set_defaults(func=cmd_stress_test)
 
     p = sub.add_parser("predict", help="analyse a folder of DICOM files offline, write SR/SEG")
     p.add_argument("folder")

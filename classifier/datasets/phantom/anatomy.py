@@ -203,7 +203,7 @@ def plan_vessels(rng: np.random.Generator, z_mid: float, z_half: float) -> list:
     return vessels
 
 
-def _unit(rng: np.random.Generator) -> tuple[float, float, float]:
+def random_direction(rng: np.random.Generator) -> tuple[float, float, float]:
     v = rng.normal(size=3)
     v /= np.linalg.norm(v)
     return (float(v[0]), float(v[1]), float(v[2]))
@@ -252,20 +252,21 @@ def plan_lesion(
     inner_frac, halo_hu = 0.0, 0.0
     if histology == "A":
         lobes = tuple(
-            (_unit(rng), rng.uniform(0.08, 0.16), rng.uniform(0, 2 * np.pi)) for _ in range(4)
+            (random_direction(rng), rng.uniform(0.08, 0.16), rng.uniform(0, 2 * np.pi))
+            for _ in range(4)
         )
         inner_frac, halo_hu = rng.uniform(0.45, 0.65), rng.uniform(-400.0, -200.0)
     elif histology == "B":
-        lobes = ((_unit(rng), 0.03, rng.uniform(0, 2 * np.pi)),)
+        lobes = ((random_direction(rng), 0.03, rng.uniform(0, 2 * np.pi)),)
     elif histology == "E":
-        lobes = tuple((_unit(rng), 0.05, rng.uniform(0, 2 * np.pi)) for _ in range(2))
+        lobes = tuple((random_direction(rng), 0.05, rng.uniform(0, 2 * np.pi)) for _ in range(2))
         inner_frac = rng.uniform(0.45, 0.6)
     else:
         spikes = tuple(
-            (_unit(rng), rng.uniform(0.35, 0.7)) for _ in range(int(rng.integers(8, 14)))
+            (random_direction(rng), rng.uniform(0.35, 0.7)) for _ in range(int(rng.integers(8, 14)))
         )
         inner_frac = rng.uniform(0.3, 0.5)
-    off = np.array(_unit(rng)) * rng.uniform(0.0, 0.15) * radius
+    off = np.array(random_direction(rng)) * rng.uniform(0.0, 0.15) * radius
     return LesionShape(
         lesion,
         float(inner_frac),
@@ -274,6 +275,25 @@ def plan_lesion(
         lobes,
         spikes,
     )
+
+
+def radial_modulation(
+    ux: np.ndarray,
+    uy: np.ndarray,
+    uz: np.ndarray,
+    lobes: tuple[tuple[tuple[float, float, float], float, float], ...],
+    spikes: tuple[tuple[tuple[float, float, float], float], ...],
+) -> np.ndarray:
+    """Relative change of a lesion's radius along unit directions (ux, uy, uz): smooth lobes
+    (direction, amplitude, phase) and narrow spikes (direction, length as a radius fraction).
+    Shared with the stress test's tumours (classifier.datasets.insertion)."""
+    modulation = np.zeros(np.broadcast(ux, uy, uz).shape)
+    for (vx, vy, vz), amp, phase in lobes:
+        modulation += amp * np.cos(3.0 * np.pi * (ux * vx + uy * vy + uz * vz) + phase)
+    for (vx, vy, vz), length in spikes:
+        cos_angle = ux * vx + uy * vy + uz * vz
+        modulation += length * np.clip((cos_angle - 0.97) / 0.03, 0.0, 1.0) ** 2
+    return modulation
 
 
 def _render_lesion(
@@ -295,13 +315,7 @@ def _render_lesion(
     dy = xs[box[1]][None, :, None] - les.center_mm[1]
     dx = xs[box[2]][None, None, :] - les.center_mm[0]
     r = np.sqrt(dx**2 + dy**2 + dz**2) + 1e-6
-    ux, uy, uz = dx / r, dy / r, dz / r
-    modulation = np.zeros_like(r)
-    for (vx, vy, vz), amp, phase in shape.lobes:
-        modulation += amp * np.cos(3.0 * np.pi * (ux * vx + uy * vy + uz * vz) + phase)
-    for (vx, vy, vz), length in shape.spikes:
-        cos_angle = ux * vx + uy * vy + uz * vz
-        modulation += length * np.clip((cos_angle - 0.97) / 0.03, 0.0, 1.0) ** 2
+    modulation = radial_modulation(dx / r, dy / r, dz / r, shape.lobes, shape.spikes)
     rn = r / (les.radius_mm * (1.0 + modulation))
     inside = rn <= 1.0
     ox, oy, oz = shape.inner_offset
