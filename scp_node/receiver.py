@@ -216,9 +216,11 @@ class Receiver:
         self._store = store
         self._index = index
         self._indexing = LazyIndexing(store, index, slot)
-        self._intake = InstanceIntake(config, store, index, self._indexing)
+        # the console's switch (intake_paused): C-STORE answered 0xA700
+        self._intake = InstanceIntake(
+            config, store, index, self._indexing, intake_paused=intake_paused
+        )
         self._on_stored = on_stored
-        self._intake_paused = intake_paused  # the console's switch: C-STORE answered 0xA700
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
         self._audit = AssociationAuditor(AuditLog(audit_path, config.node.ae_title))
         self._server: ThreadedAssociationServer | None = None
@@ -276,6 +278,11 @@ class Receiver:
     def ae(self) -> _NodeAE:
         """The pynetdicom AE (for inspection in tests and the Conformance Statement check)."""
         return self._ae
+
+    @property
+    def intake(self) -> InstanceIntake:
+        """The checks, commit and index of received files (STOW-RS intake shares them)."""
+        return self._intake
 
     @property
     def port(self) -> int:
@@ -471,8 +478,6 @@ class Receiver:
         full = disk_full_while_streaming(event.request)
         if full is not None:
             raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
-        if self._intake_paused is not None and self._intake_paused():
-            raise _Rejected(OUT_OF_RESOURCES, "intake is paused from the console")
         stopped = refused_while_streaming(event.request)
         if stopped is not None:
             raise _Rejected(OUT_OF_RESOURCES, stopped)
