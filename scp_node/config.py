@@ -914,6 +914,12 @@ def _web(given: dict[str, Any], security: SecurityConfig) -> WebConfig:
         raise _fail("[web] token", "***", "at least 16 characters (e.g. openssl rand -hex 24)")
     if web.stow_token and len(web.stow_token) < 16:
         raise _fail("[web] stow_token", "***", "at least 16 characters (e.g. openssl rand -hex 24)")
+    if web.stow_enabled and not web.enabled:
+        raise _fail(
+            "[web] stow_token",
+            "***" if web.stow_token else "",
+            "[web] token set as well: the web server that takes STOW-RS runs only with it",
+        )
     if web.stow_token and web.stow_token == web.token:
         raise _fail("[web] stow_token", "***", "a token other than [web] token")
     known = {name.casefold() for name, _ in web.users}

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from configs import make_config
 from dcmtk import require_tool, run_storescu
 from in_process import make_ct
-from pydicom.uid import generate_uid
 from stow_node import (
     CONTENT_TYPE,
     STOW_TOKEN,
@@ -26,6 +26,8 @@ from stow_node import (
     trickle,
 )
 
+from scp_node.check_config import web_warnings
+from scp_node.config import ConfigError
 from scp_node.credentials import hash_password
 from scp_node.dimse_status import (
     CANNOT_UNDERSTAND,
@@ -339,6 +341,42 @@ def test_the_per_ae_quota_of_new_studies_applies(tmp_path: Path) -> None:
         assert response.status_code == 409
         assert list(failed(response).values()) == [OUT_OF_RESOURCES]
         assert any(e["Event"] == "study-quota-exceeded" for e in node.audit_events())
-        assert generate_uid()  # keep pydicom's uid import used
     finally:
         node.close()
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"web__stow_token": "short"}, "[web] stow_token"),
+        ({"web__stow_token": WEB_TOKEN}, "a token other than [web] token"),
+        ({"web__stow_users": "ghost:GHOST"}, "a user name of [web] users"),
+        ({"web__stow_users": "no-ae-given"}, "name:AE pairs"),
+        ({"web__stow_calling_aet": "A" * 17}, "[web] stow_calling_aet"),
+        ({"web__stow_timeout_seconds": "0"}, "[web] stow_timeout_seconds"),
+    ],
+)
+def test_bad_stow_settings_are_refused_at_start(
+    tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, web__token=WEB_TOKEN, **overrides)
+    assert expected in str(info.value)
+    with pytest.raises(ConfigError, match=r"\[web\] token set as well"):
+        make_config(tmp_path, web__stow_token=STOW_TOKEN)
+
+
+def test_check_config_warns_of_a_stow_identity_off_the_allow_list(tmp_path: Path) -> None:
+    config = make_config(tmp_path, web__token=WEB_TOKEN, web__stow_token=STOW_TOKEN)
+    warned = {key: why for _, key, why in web_warnings(config)}
+    assert "add it to [security] allowed_calling_aets" in warned["[web] stow_calling_aet"]
+    allowed = make_config(
+        tmp_path,
+        web__token=WEB_TOKEN,
+        web__stow_token=STOW_TOKEN,
+        security__allowed_calling_aets="DICOMWEB",
+    )
+    assert "[web] stow_calling_aet" not in {key for _, key, _ in web_warnings(allowed)}
