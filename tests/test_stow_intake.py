@@ -212,7 +212,7 @@ def test_an_oversized_part_fails_and_is_never_kept(tmp_path: Path) -> None:
         response = stow(node, multipart_body([big, small]))
         assert response.status_code == 202, response.text
         assert referenced(response) == [sop_uid(small)]
-        assert list(failed(response).values()) == [OUT_OF_RESOURCES]
+        assert failed(response) == {sop_uid(big): OUT_OF_RESOURCES}  # named from its head
         assert stored_uids(node) == {sop_uid(small)}
         assert list(node.store.incoming.iterdir()) == []
     finally:

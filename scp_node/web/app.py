@@ -102,7 +102,7 @@ ACTIONS: dict[str, tuple[str, str, str]] = {
     ),
     "pause_intake": (
         "Pause intake",
-        "Answer every C-STORE with 0xA700 (Out of Resources) until resumed.",
+        "Answer every C-STORE (and STOW-RS instance) with 0xA700 (Out of Resources) until resumed.",
         "",
     ),
     "resume_intake": ("Resume intake", "Accept C-STOREs again.", ""),

@@ -43,7 +43,7 @@ from typing import IO, Any, Literal
 from pydicom.filereader import read_file_meta_info
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from scp_node.audit import AuditLog, Party
@@ -57,6 +57,7 @@ from scp_node.dimse_status import (
     SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
 )
+from scp_node.instance_header import InstanceHeader, header_of_first_bytes
 from scp_node.instance_intake import InstanceIntake, Rejected, Sending, read_instance_header
 from scp_node.logs import escape_text
 from scp_node.metrics import METRICS
@@ -71,6 +72,7 @@ DICOM = "application/dicom"
 # 0xC000-0xCFFF, 0x0110, 0x0122): the transfer syntax is not one the origin server accepts.
 REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 MIB = 1024 * 1024
+HEAD_BYTES = 64 * 1024
 _STORABLE = frozenset(STORAGE_SOP_CLASSES.values())
 _SYNTAXES = frozenset(TRANSFER_SYNTAXES.values())
 
@@ -92,6 +94,7 @@ class _Part:
     headers: dict[str, str] = field(default_factory=dict)
     size: int = 0
     refused: tuple[int, str] | None = None  # (status, reason) decided while streaming
+    head: bytes = b""  # its first HEAD_BYTES: the UIDs of a part refused while streaming
 
 
 @dataclass
@@ -183,6 +186,9 @@ class StowIntake:
             return self._refused(party, StowRefused(408, reason), outcomes)
         except StowRefused as refused:
             return self._refused(party, refused, outcomes)
+        except ClientDisconnect:
+            self.audit.connection_dropped(party, "STOW-RS client disconnected mid-request")
+            return self._refused(party, StowRefused(400, "client disconnected"), outcomes)
         finally:
             self._ended(party, sending, outcomes, released=released)
         if not outcomes:
@@ -255,6 +261,8 @@ class StowIntake:
                 return
             before = part.size
             part.size += end - start
+            if before < HEAD_BYTES:
+                part.head += chunk[start : min(end, start + HEAD_BYTES - before)]
             if max_part is not None and part.size > max_part:
                 self._refuse_part(
                     part,
@@ -387,17 +395,23 @@ class StowIntake:
 
     def _failed(self, part: _Part, status: int, reason: str, path: Path) -> _Outcome:
         """The outcome of a refused part, with whatever UIDs its header gave."""
-        sop_class = sop_uid = ""
-        study_uid = None
+        header: InstanceHeader | None = None
         if path.exists():
             try:
                 header = read_instance_header(path)
-                sop_class = _uid_or_empty(header.sop_class_uid)
-                sop_uid = _uid_or_empty(header.sop_instance_uid)
-                study_uid = _uid_or_empty(header.study_instance_uid) or None
             except Rejected:
-                pass
-        return _Outcome(status, sop_class, sop_uid, study_uid, reason=reason)
+                header = None
+        elif part.head:  # not kept (too large, no space): the UIDs from its first bytes
+            header = header_of_first_bytes(part.head)
+        if header is None:
+            return _Outcome(status, reason=reason)
+        return _Outcome(
+            status,
+            _uid_or_empty(header.sop_class_uid),
+            _uid_or_empty(header.sop_instance_uid),
+            _uid_or_empty(header.study_instance_uid) or None,
+            reason=reason,
+        )
 
     def _audit_instance(self, outcome: _Outcome, party: Party) -> None:
         """Audit and log one part's outcome (DICOM Instances Transferred), as for a C-STORE."""
