@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ class StowNode(RunningNode):
     """RunningNode (C-STORE) plus the web server on a free port, STOW-RS by `STOW_TOKEN` as
     calling AE DICOMWEB (on the allow-list beside DCMTK's)."""
 
-    def __init__(self, tmp: Path, **overrides: object) -> None:
+    def __init__(
+        self, tmp: Path, *, intake_paused: Callable[[], bool] | None = None, **overrides: object
+    ) -> None:
         settings: dict[str, object] = {
             "web__port": free_port(),
             "web__token": WEB_TOKEN,
@@ -33,7 +35,7 @@ class StowNode(RunningNode):
             "security__allowed_calling_aets": "STORESCU,ECHOSCU,DICOMWEB",
             **overrides,
         }
-        super().__init__(tmp, **settings)
+        super().__init__(tmp, intake_paused=intake_paused, **settings)
         self.released: list[float] = []
         node = NodeState(
             config=self.config,

@@ -284,6 +284,24 @@ def test_a_stored_instance_survives_with_the_index_row_before_the_answer(
     assert node.index.console.study(STUDY) is not None
 
 
+def test_paused_intake_refuses_both_doors_with_out_of_resources(tmp_path: Path) -> None:
+    require_tool("storescu")
+    paused = [True]
+    node = StowNode(tmp_path, intake_paused=lambda: paused[0])
+    try:
+        first, second = cts(tmp_path, 2)
+        response = stow(node, multipart_body([first]))
+        assert response.status_code == 409
+        assert failed(response) == {sop_uid(first): OUT_OF_RESOURCES}
+        result = run_storescu([second], node.port, called_ae=node.ae_title, extra_args=["-d"])
+        assert "0xa700" in (result.stderr + result.stdout).lower()
+        assert stored_uids(node) == set()
+        paused[0] = False
+        assert stow(node, multipart_body([first])).status_code == 200
+    finally:
+        node.close()
+
+
 # ---- credentials ----------------------------------------------------------------------------
 
 
