@@ -6,6 +6,7 @@ missing boundary, two patients, a reused SOP Instance UID, a slow client, bad cr
 from __future__ import annotations
 
 import base64
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from stow_node import (
     part,
     trickle,
 )
+from tls_certificates import make_certificates
 
 from scp_node.check_config import web_warnings
 from scp_node.config import ConfigError
@@ -298,6 +300,33 @@ def test_paused_intake_refuses_both_doors_with_out_of_resources(tmp_path: Path) 
         assert stored_uids(node) == set()
         paused[0] = False
         assert stow(node, multipart_body([first])).status_code == 200
+    finally:
+        node.close()
+
+
+def test_stow_rs_over_https_with_the_web_servers_tls(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    node = StowNode(
+        tmp_path,
+        web__tls="yes",
+        security__tls_certificate=certs.node_cert,
+        security__tls_private_key=certs.node_key,
+        security__tls_ca_certificates=certs.ca,
+    )
+    try:
+        files = cts(tmp_path, 2)
+        https = node.url.replace("http://", "https://")
+        response = httpx.post(
+            https + "/dicom-web/studies",
+            content=multipart_body(files),
+            headers={"content-type": CONTENT_TYPE, "authorization": f"Bearer {STOW_TOKEN}"},
+            verify=ssl.create_default_context(cafile=str(certs.ca)),
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        assert stored_uids(node) == {sop_uid(f) for f in files}
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
+            stow(node, multipart_body(files), timeout=5)
     finally:
         node.close()
 
