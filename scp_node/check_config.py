@@ -294,6 +294,28 @@ def web_warnings(config: Config) -> list[tuple[str, str, str]]:
                 f"easy to guess ({weak}); make one with: openssl rand -hex 24",
             )
         )
+    weak = weak_token_reason(web.stow_token) if web.stow_token else None
+    if weak is not None:
+        found.append(
+            (
+                WARNING,
+                "[web] stow_token",
+                f"easy to guess ({weak}); make one with: openssl rand -hex 24",
+            )
+        )
+    security = config.security
+    senders = [web.stow_calling_aet] if web.stow_token else []
+    senders += [ae for _, ae in web.stow_users]
+    for ae in senders:
+        if not security.allow_any_calling_aet and ae not in security.allowed_calling_aets:
+            found.append(
+                (
+                    WARNING,
+                    "[web] stow_calling_aet" if ae == web.stow_calling_aet else "[web] stow_users",
+                    f"STOW-RS clients stored as {ae} are refused (403): add it to "
+                    "[security] allowed_calling_aets",
+                )
+            )
     return found
 
 

@@ -205,10 +205,23 @@ class WebConfig:
     insecure_http: bool = False
     # named console users: (name, scrypt hash of the password) (scp_node.credentials)
     users: tuple[tuple[str, str], ...] = ()
+    # STOW-RS intake (scp_node.web.stow): its own Bearer token, stored as stow_calling_aet;
+    # [web] users allowed to send by HTTP Basic, each with the calling AE it is stored as
+    stow_token: str = ""
+    stow_calling_aet: str = "DICOMWEB"
+    stow_users: tuple[tuple[str, str], ...] = ()
+    stow_max_request_mb: int = 8192  # one request's body; parts are bounded by max_instance_mb
+    stow_max_parts: int = 10000
+    stow_timeout_seconds: float = 600.0  # a request still arriving after this is cut
 
     @property
     def enabled(self) -> bool:
         return bool(self.token)
+
+    @property
+    def stow_enabled(self) -> bool:
+        """True when some credential may send by STOW-RS (a stow_token or stow_users)."""
+        return bool(self.stow_token or self.stow_users)
 
 
 @dataclass(frozen=True)
@@ -393,6 +406,21 @@ def _users(key: str, raw: str) -> tuple[tuple[str, str], ...]:
             raise _fail(key, name, "each user name once")
         users[name] = hashed
     return tuple(users.items())
+
+
+def _user_ae_titles(key: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`name:AE` pairs separated by commas: a [web] user and the calling AE title its STOW-RS
+    requests are stored as."""
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        name, _, ae = item.partition(":")
+        name = name.strip()
+        if not USER_NAME.fullmatch(name) or not ae.strip():
+            raise _fail(key, item.strip(), "name:AE pairs, e.g. orthanc:ORTHANC_WEB")
+        pairs[name] = _ae_title(key, ae)
+    return tuple(pairs.items())
 
 
 def _names(key: str, raw: str) -> tuple[str, ...]:
@@ -630,6 +658,12 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "refresh_seconds": _int(0, 3600),
         "insecure_http": _bool,
         "users": _users,
+        "stow_token": _text,
+        "stow_calling_aet": _ae_title,
+        "stow_users": _user_ae_titles,
+        "stow_max_request_mb": _int(1, 10**7),
+        "stow_max_parts": _int(1, 10**6),
+        "stow_timeout_seconds": _float(1, 86400),
     },
 }
 
@@ -878,6 +912,20 @@ def _web(given: dict[str, Any], security: SecurityConfig) -> WebConfig:
     web = WebConfig(**{**_fields(WebConfig()), **given})
     if web.token and len(web.token) < 16:
         raise _fail("[web] token", "***", "at least 16 characters (e.g. openssl rand -hex 24)")
+    if web.stow_token and len(web.stow_token) < 16:
+        raise _fail("[web] stow_token", "***", "at least 16 characters (e.g. openssl rand -hex 24)")
+    if web.stow_enabled and not web.enabled:
+        raise _fail(
+            "[web] stow_token",
+            "***" if web.stow_token else "",
+            "[web] token set as well: the web server that takes STOW-RS runs only with it",
+        )
+    if web.stow_token and web.stow_token == web.token:
+        raise _fail("[web] stow_token", "***", "a token other than [web] token")
+    known = {name.casefold() for name, _ in web.users}
+    for name, _ae in web.stow_users:
+        if name.casefold() not in known:
+            raise _fail("[web] stow_users", name, "a user name of [web] users")
     if web.tls and not security.tls_enabled:
         raise _fail(
             "[web] tls",

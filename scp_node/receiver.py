@@ -9,10 +9,7 @@ at start (see index_recovery), so the durable file is the one fsync that bounds 
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import logging
-import shutil
 import threading
 import time
 import uuid
@@ -42,14 +39,16 @@ from scp_node.dicom_settings import (
 from scp_node.dimse_status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-    INSTANCE_IN_OTHER_STUDY,
     OUT_OF_RESOURCES,
-    PATIENT_MISMATCH,
     PROCESSING_FAILURE,
     SUCCESS,
 )
-from scp_node.index_recovery import LazyIndexing, reindex_store, remember_calling_aet
-from scp_node.instance_header import HeaderError, InstanceHeader, is_code_string, read_header
+from scp_node.index_recovery import LazyIndexing, reindex_store
+from scp_node.instance_header import is_code_string
+from scp_node.instance_intake import InstanceIntake
+from scp_node.instance_intake import Rejected as _Rejected
+from scp_node.instance_intake import Sending as _Sending
+from scp_node.instance_intake import read_instance_header as _read_header
 from scp_node.logs import escape_text
 from scp_node.metrics import METRICS
 from scp_node.sop_classes import (
@@ -60,19 +59,13 @@ from scp_node.sop_classes import (
 )
 from scp_node.storage_commitment import ReportHandler, add_report_context
 from scp_node.tls import peer_certificate_subject, server_context, start_server
-from storage.database import DatabaseFull
-from storage.index import Index, StudyConflict
+from storage.index import Index
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord
-from storage.uids import InvalidUIDError
 
 log = logging.getLogger("lungnode.receiver")
 
 MAX_REFUSED_NAMED = 8
-_CONFLICT_STATUS = {
-    StudyConflict.PATIENT: PATIENT_MISMATCH,
-    StudyConflict.OTHER_STUDY: INSTANCE_IN_OTHER_STUDY,
-}
 
 
 class _NodeAE(ApplicationEntity):
@@ -175,14 +168,6 @@ class _NodeAE(ApplicationEntity):
         ApplicationEntity.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
 
 
-class _Rejected(Exception):
-    """An instance refused with a DICOM status; the message says why, for the log."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
 def _refused_summary(refused: list[str]) -> str:
     """The SOP classes refused at negotiation, for the association log line: named when few
     (a modality sending one unsupported class), counted when a peer proposes everything it
@@ -194,15 +179,6 @@ def _refused_summary(refused: list[str]) -> str:
     return (
         f" refused_sop_classes={len(refused)} (not accepted by this node; listed in the audit log)"
     )
-
-
-@dataclasses.dataclass
-class _Sending:
-    """What one association sent: its id in the index and the studies it brought new
-    instances of (each recorded in open_associations with its first one)."""
-
-    association_id: str
-    studies: set[str] = dataclasses.field(default_factory=set)
 
 
 class Receiver:
@@ -240,8 +216,11 @@ class Receiver:
         self._store = store
         self._index = index
         self._indexing = LazyIndexing(store, index, slot)
+        # the console's switch (intake_paused): C-STORE answered 0xA700
+        self._intake = InstanceIntake(
+            config, store, index, self._indexing, intake_paused=intake_paused
+        )
         self._on_stored = on_stored
-        self._intake_paused = intake_paused  # the console's switch: C-STORE answered 0xA700
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
         self._audit = AssociationAuditor(AuditLog(audit_path, config.node.ae_title))
         self._server: ThreadedAssociationServer | None = None
@@ -299,6 +278,11 @@ class Receiver:
     def ae(self) -> _NodeAE:
         """The pynetdicom AE (for inspection in tests and the Conformance Statement check)."""
         return self._ae
+
+    @property
+    def intake(self) -> InstanceIntake:
+        """The checks, commit and index of received files (STOW-RS intake shares them)."""
+        return self._intake
 
     @property
     def port(self) -> int:
@@ -494,17 +478,10 @@ class Receiver:
         full = disk_full_while_streaming(event.request)
         if full is not None:
             raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
-        if self._intake_paused is not None and self._intake_paused():
-            raise _Rejected(OUT_OF_RESOURCES, "intake is paused from the console")
         stopped = refused_while_streaming(event.request)
         if stopped is not None:
             raise _Rejected(OUT_OF_RESOURCES, stopped)
-        if not self._store.has_free_space():
-            raise _Rejected(
-                OUT_OF_RESOURCES,
-                f"free space on {self._store.root} is below [storage] min_free_mb "
-                f"({self._config.storage.min_free_mb} MiB)",
-            )
+        self._intake.check_open()
         streamed = Path(event.dataset_path)
         request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
         # started as the last fragment landed (alone on the node): the data goes to disk while
@@ -513,10 +490,7 @@ class Receiver:
         header = header_while_streaming(request)
         if header is None or header.file_size != _size(streamed):
             header = _read_header(streamed)  # something follows Pixel Data: pydicom reads it
-        try:
-            record = header.record(streamed, calling_aet, time.time())
-        except InvalidUIDError as exc:
-            raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+        record = self._intake.record_of(header, streamed, calling_aet)
         sop_class_uid, sop_uid = record.sop_class_uid, record.sop_uid
         if sop_class_uid != str(request.AffectedSOPClassUID).strip():
             raise _Rejected(
@@ -530,55 +504,20 @@ class Receiver:
                 f"dataset SOP Instance UID {sop_uid} is not the request's "
                 f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
             )
-        self._check_study_quota(event, record.study_uid, calling_aet)
-        conflict = self._index.instance_conflict(
-            record.study_uid, sop_uid, record.patient_digest, record.birth_date_digest
+        return self._intake.store_record(
+            streamed,
+            record,
+            header,
+            self._sending_of(event.assoc),
+            data_sync=data_sync,
+            on_quota=lambda study_uid, reason: self._audit.study_quota(event, study_uid, reason),
         )
-        if conflict is not None:
-            raise _Rejected(_CONFLICT_STATUS[conflict.kind], str(conflict))
-        temp = self._temp_in_store(streamed)
-        with self._indexing.committing():
-            try:
-                remember_calling_aet(temp, calling_aet)
-                final, new = self._store.commit(
-                    temp, record.study_uid, record.series_uid, sop_uid, data_sync=data_sync
-                )
-            except InvalidUIDError as exc:
-                raise _Rejected(CANNOT_UNDERSTAND, str(exc)) from None
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise _Rejected(OUT_OF_RESOURCES, f"disk full while storing: {exc}") from None
-                raise
-            finally:
-                if temp != streamed:
-                    temp.unlink(missing_ok=True)
-            record = dataclasses.replace(record, path=final, received_at=time.time())
-            sending = self._sending_of(event.assoc)
-            opens = record.study_uid not in sending.studies
-            try:
-                indexed = self._indexing.record(
-                    record,
-                    header.expected_in_series(),
-                    association_id=sending.association_id,
-                    opens_association=opens,
-                )
-            except StudyConflict as raced:  # with another instance: nothing was indexed
-                if new:
-                    self._store.remove_instance(final)
-                raise _Rejected(_CONFLICT_STATUS[raced.kind], str(raced)) from None
-            except DatabaseFull as full:  # nothing was indexed; the peer sends it again later
-                if new:
-                    self._store.remove_instance(final)
-                raise _Rejected(OUT_OF_RESOURCES, str(full)) from None
-            if indexed and opens:
-                sending.studies.add(record.study_uid)
-        return record, new
 
     def _sending_of(self, assoc: Association) -> _Sending:
         with self._sending_lock:
             sending = self._sending.get(assoc)
             if sending is None:
-                sending = self._sending[assoc] = _Sending(uuid.uuid4().hex)
+                sending = self._sending[assoc] = _Sending()
             return sending
 
     def _association_ended(self, assoc: Association, *, released: bool) -> None:
@@ -602,32 +541,6 @@ class Receiver:
                 self._on_released_cb(self._config.pipeline.release_quiet_seconds)
             except Exception:
                 log.exception("completion check after release not scheduled")
-
-    def _check_study_quota(self, event: Event, study_uid: str, calling_aet: str) -> None:
-        """Refuse (0xA700, audited) an instance that would start one more new study for a
-        calling AE that started [security] max_new_studies_per_hour in the last hour."""
-        quota = self._config.security.max_new_studies_per_hour
-        if not quota or study_uid in self._sending_of(event.assoc).studies:
-            return  # no quota, or a study this association already brought instances of
-        if self._index.study_known(study_uid):
-            return
-        started = self._index.studies_started_by(calling_aet, time.time() - 3600.0)
-        if started < quota:
-            return
-        reason = (
-            f"calling AE {escape_text(calling_aet, 16)} started {started} new studies in the "
-            f"last hour ([security] max_new_studies_per_hour = {quota})"
-        )
-        self._audit.study_quota(event, study_uid, reason)
-        raise _Rejected(OUT_OF_RESOURCES, reason)
-
-    def _temp_in_store(self, streamed: Path) -> Path:
-        """The streamed file when it lies in the store's incoming folder, else a copy there."""
-        if streamed.parent == self._store.incoming:  # routed there by dicom_settings
-            return streamed
-        temp = Path(self._store.temp_path())
-        shutil.copyfile(streamed, temp)
-        return temp
 
     def _on_accepted(self, event: Event) -> None:
         requestor = event.assoc.requestor
@@ -703,19 +616,3 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _read_header(path: Path) -> InstanceHeader:
-    """The few header values the node indexes, read without touching Pixel Data."""
-    try:
-        return read_header(path)
-    except HeaderError as exc:
-        raise _Rejected(CANNOT_UNDERSTAND, f"dataset does not parse: {exc}") from None
-    except RecursionError:  # e.g. hundreds of nested sequences: refused, never a crash
-        raise _Rejected(
-            CANNOT_UNDERSTAND, "dataset does not parse: sequences nested too deeply"
-        ) from None
-    except Exception as exc:  # pydicom on hostile bytes: struct.error, NotImplementedError (VR)...
-        raise _Rejected(
-            CANNOT_UNDERSTAND, f"dataset does not parse: {type(exc).__name__}: {exc}"
-        ) from None

@@ -200,6 +200,11 @@ def serve(config: Config, role: str = "all") -> int:
         retention=role in ("all", "worker"),
     )
     node = NodeState(config=config, index=index, role=role, started_at=time.time(), gpus=_gpus())
+    if role in ("all", "receiver"):  # STOW-RS intake, beside C-STORE
+        node.intake = (
+            receiver.intake if receiver is not None else _own_intake(config, store, index, switches)
+        )
+        node.on_released = lambda seconds: check_completion_after(scheduler, seconds)
     if receiver is not None:
         node.associations = lambda: receiver.active_associations
         node.scp_port = lambda: receiver.port if receiver.listening else None
@@ -260,9 +265,21 @@ def serve(config: Config, role: str = "all") -> int:
             pool.stop()  # each process finishes the analysis it runs
         if web is not None:
             web.stop()
+        if receivers is not None and node.intake is not None:
+            node.intake.indexing.make_durable()  # STOW-RS rows of this process
         index.close()
         log.info("lungnode stopped in %.1f s", time.monotonic() - started)
     return 0
+
+
+def _own_intake(config: Config, store: InstanceStore, index: Index, switches: Switches) -> Any:
+    """The STOW-RS intake's own InstanceIntake where receiver processes do the C-STOREs: its
+    lazy index commits keep their own durability mark (the slot after theirs)."""
+    from scp_node.index_recovery import LazyIndexing
+    from scp_node.instance_intake import InstanceIntake
+
+    indexing = LazyIndexing(store, index, slot=config.node.receiver_processes)
+    return InstanceIntake(config, store, index, indexing, intake_paused=switches.intake_paused)
 
 
 def _model_of(worker: Any) -> Callable[[], Any]:

@@ -5,6 +5,7 @@ configuration build them directly."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,11 @@ def make_ct(
 class RunningNode:
     """A started Receiver with its store and SQLite index, for one test."""
 
-    def __init__(self, tmp: Path, **overrides: object) -> None:
-        """`overrides`: config keys as `section__key` (tests/configs.py) over RECEIVER_CONFIG."""
+    def __init__(
+        self, tmp: Path, *, intake_paused: Callable[[], bool] | None = None, **overrides: object
+    ) -> None:
+        """`overrides`: config keys as `section__key` (tests/configs.py) over RECEIVER_CONFIG;
+        `intake_paused`: the console's switch as the Receiver reads it."""
         self.config = make_config(
             tmp / "store", **{**RECEIVER_CONFIG, "node__port": free_port(), **overrides}
         )
@@ -99,7 +103,11 @@ class RunningNode:
         self.index = Index(self.database)
         self.stored: list[str] = []
         self.receiver = Receiver(
-            self.config, self.store, self.index, on_stored=lambda r: self.stored.append(r.sop_uid)
+            self.config,
+            self.store,
+            self.index,
+            on_stored=lambda r: self.stored.append(r.sop_uid),
+            intake_paused=intake_paused,
         )
         self.receiver.start()
 

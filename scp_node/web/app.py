@@ -19,6 +19,10 @@ name logs in with that user's password only. Logins, logouts and failed Bearer t
 audited as ATNA User Authentication with the client address; failures are rate-limited per
 address, and every response carries the security headers (scp_node.web.guard).
 
+STOW-RS (`POST /dicom-web/studies[/{study}]`, scp_node.web.stow) has its own credentials
+([web] stow_token, or [web] stow_users by HTTP Basic), not the console's token; failures count
+towards the same lock-out and are audited the same way.
+
 Actions (resend, analyse again, mark complete, pause/resume) are two steps: a GET shows what
 will happen and a form; its POST carries the session's CSRF token (checked for cookie sessions;
 Bearer requests carry no ambient credential) and does it, writes the audit log, and redirects.
@@ -58,9 +62,11 @@ from classifier.results.histology_gate import histology_shown
 from scp_node.audit import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditLog
 from scp_node.credentials import verify_password
 from scp_node.health import NodeState, readiness
+from scp_node.logs import escape_text
 from scp_node.metrics import METRICS, free_bytes, version
 from scp_node.web import findings
 from scp_node.web.guard import FailureLimiter, SecurityHeaders, Sessions
+from scp_node.web.stow import StowIntake
 from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED, NO_DESTINATION
 from storage.redaction import MASK, redact_database_url
 from storage.states import StudyState
@@ -69,6 +75,7 @@ from storage.uids import InvalidUIDError
 log = logging.getLogger("lungnode.web")
 HERE = Path(__file__).resolve().parent
 OPEN_PATHS = ("/livez", "/login", "/static/")
+STOW_PATH = "/dicom-web/"
 SECRET_KEYS = ("token", "password", "private_key")
 
 # action name -> (title, what it does, the parameter it takes)
@@ -95,7 +102,7 @@ ACTIONS: dict[str, tuple[str, str, str]] = {
     ),
     "pause_intake": (
         "Pause intake",
-        "Answer every C-STORE with 0xA700 (Out of Resources) until resumed.",
+        "Answer every C-STORE (and STOW-RS instance) with 0xA700 (Out of Resources) until resumed.",
         "",
     ),
     "resume_intake": ("Resume intake", "Accept C-STOREs again.", ""),
@@ -155,6 +162,11 @@ class Console:
         self.audit = audit
         self.sessions = Sessions()
         self.failures = FailureLimiter()
+        self.stow = (
+            StowIntake(node.config, node.intake, audit, on_released=node.on_released)
+            if node.intake is not None and audit is not None and node.config.web.stow_enabled
+            else None
+        )
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -176,6 +188,8 @@ class Console:
             Route("/deliveries", self.deliveries),
             Route("/node", self.node_page),
             Route("/actions/{name}", self.action, methods=["GET", "POST"]),
+            Route("/dicom-web/studies", self.stow_rs, methods=["POST"]),
+            Route("/dicom-web/studies/{study}", self.stow_rs, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         # A new key per start: sessions end when the node restarts (log in again).
@@ -451,6 +465,41 @@ class Console:
             flags=self.index.console.flags(),
         )
 
+    # ---- STOW-RS intake --------------------------------------------------------------------
+
+    async def stow_rs(self, request: Request) -> Response:
+        """STOW-RS: authenticate the DICOMweb client, map it to its calling AE, store."""
+        if self.stow is None:
+            why = (
+                "this process does not receive (role worker)"
+                if self.config.web.stow_enabled
+                else "STOW-RS intake is off: set [web] stow_token or stow_users"
+            )
+            return JSONResponse({"error": why}, status_code=503 if "role" in why else 404)
+        calling_aet = self.stow.calling_aet(request)
+        if calling_aet is None or calling_aet is False:
+            if calling_aet is False and self.authentication_failed(
+                request, "stow-rs client", "stow-rs credentials"
+            ):
+                return _locked_out(request, self.failures.lockout)
+            return JSONResponse(
+                {"error": "unauthorized: send [web] stow_token as Bearer, or a stow_users login"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="lungnode", Basic realm="lungnode"'},
+            )
+        self.failures.succeeded(_client_address(request))
+        if not self.stow.allowed(calling_aet):
+            party = self.stow.party(request, calling_aet, secrets.token_hex(8))
+            reason = (
+                f"calling AE {escape_text(calling_aet, 16)} is not on "
+                "[security] allowed_calling_aets"
+            )
+            if self.audit is not None:
+                self.audit.association_rejected(party, reason)
+            log.warning("STOW-RS refused http=403 client=%s: %s", party.peer, reason)
+            return JSONResponse({"error": reason}, status_code=403)
+        return await self.stow.post(request, calling_aet)
+
     # ---- actions ---------------------------------------------------------------------------
 
     async def action(self, request: Request) -> Response:
@@ -612,6 +661,9 @@ class _AuthMiddleware:
         wait = console.failures.retry_after(_client_address(request))
         if wait is not None:
             await _locked_out(request, wait)(scope, receive, send)
+            return
+        if path.startswith(STOW_PATH):  # its own credentials (Console.stow_rs)
+            await self.app(scope, receive, send)
             return
         bearer = console.bearer(request)
         if bearer is False:
