@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from classifier.model.model_card import replace_card_section
 from classifier.model.stress import (
     AXIS_TOLERANCE,
     CARD_END,
@@ -28,7 +29,6 @@ from classifier.model.stress import (
     card_section,
     run_stress,
     spec_for,
-    write_card_section,
 )
 from scp_node.cli import build_parser, cmd_stress_test
 
@@ -98,7 +98,9 @@ def test_the_model_card_gets_one_section_with_the_table(
     card = tmp_path / "MODEL_CARD.md"
     card.write_text("# Model card\n\nBefore.\n")
     for _ in range(2):  # written again: replaced, not appended
-        write_card_section(card, card_section(summary, "lungnode stress-test ...", "pics"))
+        replace_card_section(
+            card, CARD_START, CARD_END, card_section(summary, "lungnode stress-test ...", "pics")
+        )
     text = card.read_text()
     assert text.count(CARD_START) == 1 and text.count(CARD_END) == 1
     assert text.startswith("# Model card\n\nBefore.\n")

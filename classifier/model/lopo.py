@@ -48,6 +48,7 @@ from classifier.model.detector_eval import (
     evaluate_study_folder,
 )
 from classifier.model.froc import HIT_MARGIN_MM, Finding, GroundTruthLesion, froc, match_findings
+from classifier.model.model_card import replace_card_section
 from classifier.model.patch_set import PatchSet, build_patch_set, scan
 from classifier.model.patches import extract_patch
 from classifier.settings import AnalysisSettings
@@ -437,14 +438,7 @@ def run(
         write_model_metadata(BUNDLED_MODEL, meta)
         write_checksum(BUNDLED_MODEL)
         card = BUNDLED_MODEL.parent / "MODEL_CARD.md"
-        text = card.read_text()
-        section = real_ct_section(summary, command)
-        if CARD_START in text:
-            head, rest = text.split(CARD_START, 1)
-            text = head + section + rest.split(CARD_END, 1)[1].lstrip("\n")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        card.write_text(text)
+        replace_card_section(card, CARD_START, CARD_END, real_ct_section(summary, command))
     return summary
 
 

@@ -347,3 +347,15 @@ def write_model_card(facts: ModelCardFacts, folder: Path) -> Path:
     path = Path(folder) / CARD_FILE
     path.write_text(render_model_card(facts))
     return path
+
+
+def replace_card_section(card: Path, start: str, end: str, section: str) -> None:
+    """Put `section` (which opens with `start` and closes with `end`) into the model card at
+    `card`, in place of the text between those markers, or at its end where they are absent."""
+    text = card.read_text()
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    card.write_text(text)

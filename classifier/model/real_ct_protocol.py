@@ -52,6 +52,7 @@ from classifier.model.detector_eval import (
     study_row,
 )
 from classifier.model.inference import LesionClassifier
+from classifier.model.model_card import replace_card_section
 from classifier.settings import AnalysisSettings
 
 log = logging.getLogger("lungnode.real_ct_protocol")
@@ -382,14 +383,7 @@ def install(summary: dict[str, Any], out: Path, command: str, card: Path) -> Non
     pictures.mkdir(parents=True, exist_ok=True)
     for patient in summary["patients"]:
         shutil.copyfile(folder / f"{patient}-findings.png", pictures / f"{patient}-findings.png")
-    text = card.read_text()
-    section = card_section(summary, command)
-    if CARD_START in text:
-        head, rest = text.split(CARD_START, 1)
-        text = head + section + rest.split(CARD_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    card.write_text(text)
+    replace_card_section(card, CARD_START, CARD_END, card_section(summary, command))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,7 @@ from classifier.model.detector_eval import (
     evaluate_study_folder,
 )
 from classifier.model.inference import LesionClassifier
+from classifier.model.model_card import replace_card_section
 from classifier.settings import AnalysisSettings
 from classifier.types import Lesion
 
@@ -388,7 +389,7 @@ def install_card(summary: dict[str, Any], out: Path, card: Path, command: str) -
         name = f"stress-{position}.png"
         compact_png(out / name, colours=32, scale=0.75, to=folder / name)
     pictures = ", ".join(f"[{p}](stress-test/stress-{p}.png)" for p in summary["positions"])
-    write_card_section(card, card_section(summary, command, pictures))
+    replace_card_section(card, CARD_START, CARD_END, card_section(summary, command, pictures))
 
 
 def _table(groups: dict[str, dict[str, Any]], label: str) -> list[str]:
@@ -566,14 +567,3 @@ def card_section(summary: dict[str, Any], command: str, pictures: str) -> str:
         elapsed=f"{summary['elapsed_s']:.0f}",
         command=command,
     )
-
-
-def write_card_section(card: Path, section: str) -> None:
-    """Put (or replace) the stress-test section in a MODEL_CARD.md."""
-    text = card.read_text()
-    if CARD_START in text:
-        head, rest = text.split(CARD_START, 1)
-        text = head + section + rest.split(CARD_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    card.write_text(text)
