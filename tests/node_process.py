@@ -100,10 +100,16 @@ class NodeProcess:
             cwd=self.workdir,
         )
         self.pid = self._proc.pid
+        logged = len(self.log())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the node exited at start:\n{self.log()[-3000:]}")
+            # receiver processes accept on a listening socket made before they run: the node
+            # serves once it says it started
+            if "lungnode started" not in self.log()[logged:]:
+                time.sleep(0.1)
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
