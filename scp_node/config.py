@@ -152,6 +152,7 @@ class PipelineConfig:
     job_lease_seconds: float = 600.0
     max_job_attempts: int = 3
     analysis_processes: int = 1
+    analysis_nice: int = 10  # 0: the analysis runs at the node's priority (scp_node.priority)
 
 
 @dataclass(frozen=True)
@@ -497,6 +498,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "job_lease_seconds": _float(1, 86400),
         "max_job_attempts": _int(1, 100),
         "analysis_processes": _int(1, 64),
+        "analysis_nice": _int(0, 19),
     },
     "classifier": {
         "model": _text,

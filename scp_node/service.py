@@ -32,6 +32,7 @@ from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.health import NodeState
 from scp_node.index_recovery import reindex_store
 from scp_node.metrics import METRICS, IndexCollector, ReceiverCollector
+from scp_node.priority import lower_threads
 from scp_node.receiver import Receiver
 from scp_node.receiver_processes import ReceiverProcesses
 from scp_node.scheduler import build_scheduler, check_completion_after
@@ -240,6 +241,9 @@ def serve(config: Config, role: str = "all") -> int:
     if receivers is not None:
         receivers.start()
     scheduler.start()
+    if receivers is not None and worker is not None:
+        # receiving runs elsewhere: the analysis in this process yields the CPU to it
+        lower_threads(config.pipeline.analysis_nice, frozenset({threading.get_native_id()}))
     log.info(
         "lungnode started role=%s ae_title=%s address=%s:%d store=%s database=%s",
         role,
