@@ -56,6 +56,11 @@ CALLING_AET = "BENCH"
 
 # Diagnosis: the node's receive path alone (bench/node_receiver.py) and the flags each
 # variant runs it with.
+# Diagnosis: `lungnode serve` with a setting changed (peers node<suffix>, node-busy<suffix>).
+SERVED_VARIANTS: dict[str, dict[str, str]] = {
+    "": {},
+    "-nice0": {"pipeline__analysis_nice": "0"},
+}
 HARNESS_VARIANTS: dict[str, tuple[str, ...]] = {
     "harness": (),
     "harness-polling": ("--pynetdicom-polling",),
@@ -303,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install the Debian package dcmtk")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = set(peers) - {"storescp", "orthanc", "node", "node-busy", *HARNESS_VARIANTS}
+    served_peers = {f"node{b}{v}" for b in ("", "-busy") for v in SERVED_VARIANTS}
+    unknown = set(peers) - {"storescp", "orthanc", *served_peers, *HARNESS_VARIANTS}
     if unknown:
         parser.error(
             f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node, "
-            "node-busy, harness (the receive path alone, bench/node_receiver.py), "
+            "node-busy, node-nice0 and node-busy-nice0 (a second node with [pipeline] "
+            "analysis_nice = 0), harness (the receive path alone, bench/node_receiver.py), "
             "harness-polling (with pynetdicom's own 1 ms idle sleeps), harness-noearlysync (no "
             "data sync while the header is read), harness-nofsync (a diagnosis: without its "
             "fsyncs, to see what durability costs)"
@@ -332,25 +339,33 @@ def main(argv: list[str] | None = None) -> int:
     busy_fraction: list[float] = []
     breakdowns: dict[str, list[dict[str, float]]] = {}  # harness variant -> one per round
     with tempfile.TemporaryDirectory(prefix="bench-served-", dir=args.cache) as served_dir:
-        served = None
-        if {"node", "node-busy"} & set(peers):
-            served = ServedNode(Path(served_dir), CALLING_AET)
-            receivers = served.receiver_rss_mib()
-            print(
-                f"node: {len(receivers)} receiver processes, RSS "
-                f"{', '.join(f'{r:.0f}' for r in receivers)} MiB; serve process "
-                f"{served.rss_mib():.0f} MiB",
-                flush=True,
-            )
+        served_nodes: dict[str, ServedNode] = {}
         try:
+            for variant, settings in SERVED_VARIANTS.items():
+                if not {f"node{variant}", f"node-busy{variant}"} & set(peers):
+                    continue
+                made = ServedNode(
+                    Path(served_dir) / (variant or "node"), CALLING_AET, settings=settings
+                )
+                served_nodes[variant] = made
+                receivers = made.receiver_rss_mib()
+                print(
+                    f"node{variant}: {len(receivers)} receiver processes, RSS "
+                    f"{', '.join(f'{r:.0f}' for r in receivers)} MiB; serve process "
+                    f"{made.rss_mib():.0f} MiB"
+                    + (f"; diagnosis settings {settings}" if settings else ""),
+                    flush=True,
+                )
             for round_no in range(1, args.rounds + 1):
                 for peer in peers:
                     note = ""
-                    if peer in ("node", "node-busy"):
-                        assert served is not None
-                        if args.analysis == "wait" or peer == "node-busy":
+                    if args.analysis == "wait" or "-busy" in peer:
+                        for served in served_nodes.values():  # no analysis slows this peer
                             served.wait_idle()
-                        if peer == "node":
+                    if peer.startswith("node"):
+                        variant = peer.removeprefix("node").removeprefix("-busy")
+                        served = served_nodes[variant]
+                        if "-busy" not in peer:
                             _, fresh = fresh_series(args.cache, args.slices, args.size)
                             elapsed = send(fresh, served.port, "LUNGNODE")
                             shutil.rmtree(fresh[0].parent)
@@ -369,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         finally:
-            if served is not None:
+            for served in served_nodes.values():
                 served.wait_idle()
                 served.stop()
 
@@ -404,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"node / {other}: {rate['node'] / rate[other]:.2f}x")
         if "node-busy" in rate:
             print(f"node-busy / node: {rate['node-busy'] / rate['node']:.2f}x")
+    if "node-busy-nice0" in rate and "node-nice0" in rate:
+        print(f"node-busy-nice0 / node-nice0: {rate['node-busy-nice0'] / rate['node-nice0']:.2f}x")
     return 0
 
 
