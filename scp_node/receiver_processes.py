@@ -19,7 +19,9 @@ them. The serve process itself then only schedules, analyses, sends and serves t
 restarts a receiver that died.
 
 C-STORE counters of the receivers are kept in prometheus-client's multiprocess files
-(PROMETHEUS_MULTIPROC_DIR = <store>/.metrics, emptied at each start), and the serve process's
+(PROMETHEUS_MULTIPROC_DIR), in a private folder of this serve process on the local temporary
+file system, with the lock of the node's counts (not in the store, which several nodes and
+machines may share; removed when the node stops), and the serve process's
 /metrics sums them and shows each receiver's open connections and associations from the node's
 counts; the figures read from the index (studies, queue, stages) were node-wide already, as is
 `lungnode status`.
@@ -33,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -48,11 +51,10 @@ from scp_node.node_counts import NodeCounts
 
 log = logging.getLogger("lungnode.receivers")
 
-METRICS_FOLDER = ".metrics"
+RUNTIME_PREFIX = "lungnode-receivers-"  # the serve process's folder for what its receivers share
 # counted where C-STOREs are received: in the receiver processes
 RECEIVER_METRICS = ("lungnode_cstore_requests", "lungnode_received_bytes")
 RESTART_DELAY_SECONDS = 1.0
-COUNTS_LOCK = ".receivers.lock"  # in the store root: the lock of the node's counts
 PARENT_CHECK_SECONDS = 1.0
 LISTEN_WAIT_SECONDS = 60.0
 
@@ -78,14 +80,16 @@ class ReceiverProcesses:
         self.config = config
         self.count = count
         self.log_level = log_level
-        self.metrics_folder = config.storage.root / METRICS_FOLDER
+        # this serve process's own: metrics files and the counts' lock (mode 0700)
+        self.runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+        self.metrics_folder = self.runtime / "metrics"
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, BaseProcess] = {}
         self._stopping = False
         self._listener: socket.socket | None = None
         # connections and associations of each receiver (row slot - 1), shared by all
         self.counts = NodeCounts(
-            count, config.node.max_associations, config.storage.root / COUNTS_LOCK, self._context
+            count, config.node.max_associations, self.runtime / "counts.lock", self._context
         )
 
     def start(self) -> None:
@@ -94,8 +98,7 @@ class ReceiverProcesses:
         from scp_node.connections import make_listener
 
         self._listener = make_listener(self.config.node.host, self.config.node.port)
-        shutil.rmtree(self.metrics_folder, ignore_errors=True)
-        self.metrics_folder.mkdir(mode=0o700, parents=True)
+        self.metrics_folder.mkdir(mode=0o700)
         # inherited by the spawned receivers only: this process's counters are made already
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_folder)
         from scp_node.metrics import METRICS
@@ -164,6 +167,7 @@ class ReceiverProcesses:
                 log.warning("receiver process pid=%s did not stop; killing it", process.pid)
                 process.kill()
                 process.join(5)
+        shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 def run_receiver(
