@@ -37,18 +37,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom import dcmread
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
 from served_node import ServedNode, free_port  # noqa: E402
 
 ORTHANC = "/usr/sbin/Orthanc"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.4242"
 PEER_MAX_PDU = 131072  # what storescu sends to the node too (DCMTK's largest PDU)
 CALLING_AET = "BENCH"
@@ -86,52 +82,57 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
-def generate_series(folder: Path, slices: int, size: int, study: int = 0) -> list[Path]:
-    """Write (once) a deterministic CT series of `slices` slices of size x size 16-bit pixels;
-    `study` > 0 gives it UIDs of its own (a fresh study with the same pixels)."""
+def generate_series(folder: Path, slices: int, size: int) -> list[Path]:
+    """Write (once) a deterministic chest CT of `slices` slices of size x size 16-bit pixels:
+    the phantom of classifier.datasets (lungs, a lesion), so that the node's analysis of it
+    runs whole (lung mask, candidates, the CNN) as it would on a patient's CT."""
+    from classifier.datasets.phantom import generate_study
+
     marker = folder / "complete"
     files = [folder / f"ct-{i:04d}.dcm" for i in range(slices)]
     if marker.exists() and all(f.exists() for f in files):
         return files
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(20240501)
-    base = rng.integers(0, 1400, size=(size, size), dtype=np.uint16)
-    study_uid = f"{UID_ROOT}.{slices}.{size}" + (f".{study}" if study else "")
-    series_uid = f"{study_uid}.1"
-    for i, path in enumerate(files):
-        sop_uid = f"{series_uid}.{i + 1}"
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.PatientName, ds.PatientID = "Bench^Ingest", "BENCH-1"
-        ds.Modality, ds.InstanceNumber = "CT", i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1.0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.roll(base, i, axis=0).tobytes()
+    study = generate_study(
+        seed=20240501,
+        histology="A",
+        ct_size=size,
+        ct_slices=slices,
+        slice_thickness_mm=max(0.5, min(5.0, 300.0 / slices)),
+        pet=False,
+    )
+    for ds, path in zip(study.ct, files, strict=True):
         ds.save_as(path, enforce_file_format=True)
     marker.touch()
     return files
 
 
 def fresh_series(cache: Path, slices: int, size: int) -> tuple[str, list[Path]]:
-    """A new study (UIDs never sent before) in a folder of `cache`: its Study Instance UID and
-    files; remove the folder with shutil.rmtree(files[0].parent) when sent."""
+    """A new study (UIDs never sent before, the pixels of generate_series) in a folder of
+    `cache`: its Study Instance UID and files; remove the folder with
+    shutil.rmtree(files[0].parent) when sent."""
+    base = generate_series(cache / f"ct-{slices}x{size}", slices, size)
     fresh_series.made += 1  # type: ignore[attr-defined]
-    study = int(f"{fresh_series.made}{os.getpid()}{int(time.time()) % 100000}")  # type: ignore[attr-defined]
-    folder = cache / f"fresh-{study}"
-    files = generate_series(folder, slices, size, study)
-    return f"{UID_ROOT}.{slices}.{size}.{study}", files
+    number = f"{fresh_series.made}{os.getpid()}{int(time.time()) % 100000}"  # type: ignore[attr-defined]
+    study_uid = f"{UID_ROOT}.{slices}.{size}.{number}"
+    series_uid, frame_uid = f"{study_uid}.1", f"{study_uid}.2"
+    folder = cache / f"fresh-{number}"
+    folder.mkdir(parents=True)
+    files = []
+    for i, source in enumerate(base):
+        ds = dcmread(source)
+        sop_uid = f"{series_uid}.{i + 1}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+            study_uid,
+            series_uid,
+            sop_uid,
+        )
+        ds.FrameOfReferenceUID = frame_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        path = folder / source.name
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return study_uid, files
 
 
 fresh_series.made = 0  # type: ignore[attr-defined]
@@ -248,11 +249,11 @@ def send_while_analysing(
     """Keep the node's worker busy with `background` fresh studies (sent at once, untimed),
     then time a fresh study sent while they are analysed; returns (seconds, fraction of those
     seconds during which a study was being analysed)."""
+    _, files = fresh_series(cache, slices, size)  # made first: the analyses run meanwhile
     studies = [fresh_series(cache, slices, size) for _ in range(background)]
     with ThreadPoolExecutor(background) as pool:
         list(pool.map(lambda s: send(s[1], served.port, "LUNGNODE"), studies))
     served.wait_for(studies[0][0], frozenset({"ANALYZING", "REPORTED", "DELIVERED", "FAILED"}))
-    _, files = fresh_series(cache, slices, size)
     busy: list[bool] = []
     done = threading.Event()
 
