@@ -30,7 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from ingest import CALLING_AET, fresh_series, send, spread  # noqa: E402
-from served_node import ServedNode  # noqa: E402
+from served_node import ServedNode, stop_served_nodes_on_sigterm  # noqa: E402
 
 
 def _size_mb(files: list[Path]) -> float:
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "lungnode-bench"
     )
     args = parser.parse_args(argv)
+    stop_served_nodes_on_sigterm()
     if args.rounds < 1 or args.slices < 1:
         parser.error("--rounds and --slices must be at least 1")
     settings = [p.strip() for p in args.processes.split(",") if p.strip()]
@@ -130,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             for node in nodes.values():
-                node.wait_idle()
                 node.stop()
     print()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

@@ -42,7 +42,7 @@ from pydicom import dcmread
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
-from served_node import ServedNode, free_port  # noqa: E402
+from served_node import ServedNode, free_port, stop_served_nodes_on_sigterm  # noqa: E402
 
 ORTHANC = "/usr/sbin/Orthanc"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.4242"
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=Path, help="cProfile of the harness's last round")
     args = parser.parse_args(argv)
+    stop_served_nodes_on_sigterm()
     if args.rounds < 1 or args.slices < 1 or args.size < 8 or args.background < 1:
         parser.error("--rounds, --slices, --background must be at least 1, --size at least 8")
     for tool in ("storescu", "storescp"):
@@ -386,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             for served in served_nodes.values():
-                served.wait_idle()
                 served.stop()
 
     print()

@@ -19,6 +19,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUSY_STATES = frozenset({"RECEIVING", "READY", "ANALYZING"})  # the node still works on it
 
 
+def stop_served_nodes_on_sigterm() -> None:
+    """SIGTERM ends the benchmark like Ctrl-C: its `finally` stops the nodes it started (each
+    runs in its own session, so nothing else would)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def free_port() -> int:
     """A loopback TCP port that is free now."""
     import socket
