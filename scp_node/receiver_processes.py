@@ -170,6 +170,18 @@ class ReceiverProcesses:
         shutil.rmtree(self.runtime, ignore_errors=True)
 
 
+def leave_the_analysis_session() -> None:
+    """Run in a session of its own. Linux's autogroup scheduling (sched_autogroup_enabled,
+    on in most kernels) shares the CPU fairly between sessions first: in the serve process's
+    session a receiver would wait behind the busy analysis however low its nice value, since the
+    session as a whole has used its share. The serve process still stops it (SIGTERM), and it
+    stops when the serve process is gone."""
+    try:
+        os.setsid()
+    except OSError:  # already a session leader
+        pass
+
+
 def run_receiver(
     config: Config,
     slot: int,
@@ -191,6 +203,7 @@ def run_receiver(
     from storage.instance_store import InstanceStore
 
     configure_logging(log_level)
+    leave_the_analysis_session()
     configure_pynetdicom()
     counts.clear(slot - 1)  # a restarted receiver's predecessor may have left its counts
     connections.share_listener(listener, counts, slot - 1)

@@ -123,7 +123,13 @@ class NodeProcess:
             return None
         if self._proc.poll() is None:
             if sig == signal.SIGKILL:  # a crash of the node: every process of it at once
+                children = self.children()  # receivers run in sessions of their own
                 os.killpg(self._proc.pid, signal.SIGKILL)
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             else:
                 self._proc.send_signal(sig)
             try:
