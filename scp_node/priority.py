@@ -10,8 +10,10 @@ unprivileged process can raise it but never lower it again. So:
 - the serve process with receiver processes lowers every thread but its main one
   (`lower_threads`): it receives nothing itself, and its main thread, which restarts a
   receiver that died, keeps the priority the receivers are started with. With Linux's
-  autogroup scheduling the CPU is first shared between sessions, so the receivers run in
-  sessions of their own and the serve process's session (autogroup) is lowered too;
+  autogroup scheduling the CPU is first shared between sessions (nice values count only
+  within one), so the receivers run in sessions of their own (scp_node.receiver_processes).
+  The serve process's session keeps its weight: lowered too, its console, scheduler and
+  shutdown starved behind other sessions on a busy machine (a node took over 60 s to stop);
 - with the receiver in the serve process (receiver_processes = 1), only the thread that runs
   the analysis is lowered (TensorFlow's threads made at model load keep theirs).
 """
@@ -54,26 +56,5 @@ def lower_threads(nice: int, keep: frozenset[int] = frozenset()) -> int:
         lower_this_thread(nice)
         return 1
     lowered = sum(_lower(tid, nice) for tid in tids if tid not in keep)
-    grouped = _lower_autogroup(nice)
-    log.info(
-        "analysis priority: %d threads of the serve process at nice %d%s",
-        lowered,
-        nice,
-        ", and its session's autogroup" if grouped else "",
-    )
+    log.info("analysis priority: %d threads of the serve process at nice %d", lowered, nice)
     return lowered
-
-
-def _lower_autogroup(nice: int) -> bool:
-    """Give this process's session (Linux autogroup, /proc/self/autogroup) nice value `nice`,
-    so that the session's share of the CPU against other sessions (the receivers run in their
-    own, see scp_node.receiver_processes) shrinks too; False where there is none."""
-    path = Path("/proc/self/autogroup")
-    try:
-        current = int(path.read_text().split("nice", 1)[1].split()[0])
-        if current >= nice:
-            return False
-        path.write_text(str(nice))
-        return True
-    except (OSError, ValueError, IndexError):
-        return False
