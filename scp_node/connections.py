@@ -214,17 +214,20 @@ class GuardedServer(ThreadedAssociationServer):
         counts = self.node_counts
         if counts is None:
             return
-        with self._pending_lock:
-            hosts = [h for h, _ in self._reserved.values()]
-            ae_titles = []
-            for assoc, host in list(self._pending.items()):
-                if not self._live(assoc):
-                    continue
-                if assoc.requestor.primitive is None:
-                    hosts.append(host)
-                elif associated(assoc):
-                    ae_titles.append(calling_ae_of(assoc))
-        counts.publish(self.counts_row, self.open_connections(), ae_titles, hosts)
+        # under the lock: a row written from an older look at this process (another thread's)
+        # never overwrites a newer one, and no other process counts a row half written
+        with counts.locked():
+            with self._pending_lock:
+                hosts = [h for h, _ in self._reserved.values()]
+                ae_titles = []
+                for assoc, host in list(self._pending.items()):
+                    if not self._live(assoc):
+                        continue
+                    if assoc.requestor.primitive is None:
+                        hosts.append(host)
+                    elif associated(assoc):
+                        ae_titles.append(calling_ae_of(assoc))
+            counts.publish(self.counts_row, self.open_connections(), ae_titles, hosts)
 
     def _node_locked(self) -> Any:
         counts = self.node_counts

@@ -60,13 +60,14 @@ class NodeCounts:
         self._init_local()
 
     def _init_local(self) -> None:
-        self._thread_lock = threading.Lock()
+        self._thread_lock = threading.RLock()
+        self._depth = 0  # how deep the holding thread is in locked()
         self._fd: int | None = None
         self._fd_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for local in ("_thread_lock", "_fd", "_fd_pid"):
+        for local in ("_thread_lock", "_depth", "_fd", "_fd_pid"):
             state.pop(local, None)
         return state
 
@@ -76,16 +77,20 @@ class NodeCounts:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the node's count lock: one thread of one process at a time."""
+        """Hold the node's count lock: one thread of one process at a time (reentrant)."""
         with self._thread_lock:
             if self._fd is None or self._fd_pid != os.getpid():
                 self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 self._fd_pid = os.getpid()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if self._depth == 0:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
             try:
                 yield
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def publish(
         self, row: int, connections: int, ae_titles: Sequence[str], hosts: Sequence[str]
