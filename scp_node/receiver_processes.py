@@ -93,11 +93,15 @@ class ReceiverProcesses:
         )
 
     def start(self) -> None:
-        """Listen on [node] host:port (OSError when it is taken), empty the metrics folder,
+        """Listen on [node] host:port (OSError when it is taken), make the metrics folder,
         count receiver metrics from it, start every receiver on the shared listening socket."""
         from scp_node.connections import make_listener
 
-        self._listener = make_listener(self.config.node.host, self.config.node.port)
+        try:
+            self._listener = make_listener(self.config.node.host, self.config.node.port)
+        except OSError:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+            raise
         self.metrics_folder.mkdir(mode=0o700)
         # inherited by the spawned receivers only: this process's counters are made already
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_folder)
