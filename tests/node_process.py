@@ -124,7 +124,10 @@ class NodeProcess:
         if self._proc.poll() is None:
             if sig == signal.SIGKILL:  # a crash of the node: every process of it at once
                 children = self.children()  # receivers run in sessions of their own
-                os.killpg(self._proc.pid, signal.SIGKILL)
+                if os.getpgid(self._proc.pid) == self._proc.pid:  # started in its own session
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                else:
+                    self._proc.kill()
                 for pid in children:
                     try:
                         os.kill(pid, signal.SIGKILL)
