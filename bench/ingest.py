@@ -1,13 +1,21 @@
-"""Ingest benchmark: one CT series sent by DCMTK storescu to storescp, Orthanc and the node.
+"""Ingest benchmark: one CT series sent by DCMTK storescu over ONE association to storescp,
+Orthanc and the node as users run it.
 
-The series (default 300 slices of 512x512 16-bit, about 150 MB) is generated once,
-deterministically, with pydicom. Each round sends it over ONE association to each peer in turn
-(interleaved, so load on the machine hits all peers alike); every peer starts fresh each round
-with an empty store, so nobody answers from a duplicate. Printed: MB/s and instances/s per peer,
-and the node's throughput as a ratio to storescp and to Orthanc. The node runs with its real
-InstanceStore (fsync of file and folder) and SQLite Index.
+The node is `lungnode serve` on the shipped config.ini (only ports, AE titles and folders
+changed; bench/served_node.py), started once and sent a fresh study (new UIDs, so nothing is a
+duplicate) each round, with its own analysis of every study it receives. `node` is timed on an
+idle node (--analysis wait: the analysis of the studies before finished; run: it may still run);
+`node-busy` while its worker analyses other studies (--background of them, sent just before,
+untimed; the share of the send during which one was analysed is printed). storescp and Orthanc
+start fresh with an empty store each round. Peers are interleaved, so load on the machine hits
+all alike; printed are the medians of the rounds (at least 5 for a figure) with their spread,
+and the node's throughput as a ratio to storescp, to Orthanc and busy to idle.
 
-Usage: python bench/ingest.py [--rounds 3] [--slices 300] [--size 512] [--profile FILE]
+Diagnosis flags: --peers harness[,harness-polling,harness-noearlysync,harness-nofsync] adds the
+node's receive path alone (bench/node_receiver.py: Receiver, InstanceStore, SQLite index, no
+scheduler or worker), with the time of each part of the C-STORE handler.
+
+Usage: python bench/ingest.py [--rounds 5] [--slices 300] [--size 512] [--analysis wait|run]
 """
 
 from __future__ import annotations
@@ -21,44 +29,45 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom import dcmread
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
+
+from served_node import ServedNode, free_port, stop_served_nodes_on_sigterm  # noqa: E402
+
 ORTHANC = "/usr/sbin/Orthanc"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.4242"
 PEER_MAX_PDU = 131072  # what storescu sends to the node too (DCMTK's largest PDU)
 CALLING_AET = "BENCH"
 
 
-# The node and its diagnostic variants: the flags of bench/node_receiver.py each one runs with.
-NODE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "node": (),
-    "node-polling": ("--pynetdicom-polling",),
-    "node-noearlysync": ("--without-early-sync",),
-    "node-nofsync": ("--diagnose-without-fsync",),
+# Diagnosis: the node's receive path alone (bench/node_receiver.py) and the flags each
+# variant runs it with.
+# Diagnosis: `lungnode serve` with a setting changed (peers node<suffix>, node-busy<suffix>).
+SERVED_VARIANTS: dict[str, dict[str, str]] = {
+    "": {},
+    "-nice0": {"pipeline__analysis_nice": "0"},
+}
+HARNESS_VARIANTS: dict[str, tuple[str, ...]] = {
+    "harness": (),
+    "harness-polling": ("--pynetdicom-polling",),
+    "harness-noearlysync": ("--without-early-sync",),
+    "harness-nofsync": ("--diagnose-without-fsync",),
 }
 
 
 def dcmtk_env() -> dict[str, str]:
     """Debian's DCMTK and Orthanc need TCP_NODELAY=1, else each instance waits ~40 ms."""
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 60.0) -> None:
@@ -74,39 +83,59 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
 
 
 def generate_series(folder: Path, slices: int, size: int) -> list[Path]:
-    """Write (once) a deterministic CT series of `slices` slices of size x size 16-bit pixels."""
+    """Write (once) a deterministic chest CT of `slices` slices of size x size 16-bit pixels:
+    the phantom of classifier.datasets (lungs, a lesion), so that the node's analysis of it
+    runs whole (lung mask, candidates, the CNN) as it would on a patient's CT."""
+    from classifier.datasets.phantom import generate_study
+
     marker = folder / "complete"
     files = [folder / f"ct-{i:04d}.dcm" for i in range(slices)]
     if marker.exists() and all(f.exists() for f in files):
         return files
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(20240501)
-    base = rng.integers(0, 1400, size=(size, size), dtype=np.uint16)
-    study_uid, series_uid = f"{UID_ROOT}.{slices}.{size}", f"{UID_ROOT}.{slices}.{size}.1"
-    for i, path in enumerate(files):
-        sop_uid = f"{series_uid}.{i + 1}"
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.PatientName, ds.PatientID = "Bench^Ingest", "BENCH-1"
-        ds.Modality, ds.InstanceNumber = "CT", i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1.0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.roll(base, i, axis=0).tobytes()
+    study = generate_study(
+        seed=20240501,
+        histology="A",
+        ct_size=size,
+        ct_slices=slices,
+        slice_thickness_mm=max(0.5, min(5.0, 300.0 / slices)),
+        pet=False,
+    )
+    for ds, path in zip(study.ct, files, strict=True):
         ds.save_as(path, enforce_file_format=True)
     marker.touch()
     return files
+
+
+def fresh_series(cache: Path, slices: int, size: int) -> tuple[str, list[Path]]:
+    """A new study (UIDs never sent before, the pixels of generate_series) in a folder of
+    `cache`: its Study Instance UID and files; remove the folder with
+    shutil.rmtree(files[0].parent) when sent."""
+    base = generate_series(cache / f"ct-{slices}x{size}", slices, size)
+    fresh_series.made += 1  # type: ignore[attr-defined]
+    number = f"{fresh_series.made}{os.getpid()}{int(time.time()) % 100000}"  # type: ignore[attr-defined]
+    study_uid = f"{UID_ROOT}.{slices}.{size}.{number}"
+    series_uid, frame_uid = f"{study_uid}.1", f"{study_uid}.2"
+    folder = cache / f"fresh-{number}"
+    folder.mkdir(parents=True)
+    files = []
+    for i, source in enumerate(base):
+        ds = dcmread(source)
+        sop_uid = f"{series_uid}.{i + 1}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+            study_uid,
+            series_uid,
+            sop_uid,
+        )
+        ds.FrameOfReferenceUID = frame_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        path = folder / source.name
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return study_uid, files
+
+
+fresh_series.made = 0  # type: ignore[attr-defined]
 
 
 def send(files: list[Path], port: int, called_ae: str) -> float:
@@ -208,78 +237,169 @@ def node(
         proc.wait(timeout=60)
 
 
+def spread(values: list[float]) -> str:
+    """The spread of `values` as min-max and the relative range around the median."""
+    median = statistics.median(values)
+    return f"{min(values):.2f}-{max(values):.2f} (+-{(max(values) - min(values)) / 2 / median:.0%})"
+
+
+def send_while_analysing(
+    served: ServedNode, cache: Path, slices: int, size: int, background: int
+) -> tuple[float, float]:
+    """Keep the node's worker busy with `background` fresh studies (sent at once, untimed),
+    then time a fresh study sent while they are analysed; returns (seconds, fraction of those
+    seconds during which a study was being analysed)."""
+    _, files = fresh_series(cache, slices, size)  # made first: the analyses run meanwhile
+    studies = [fresh_series(cache, slices, size) for _ in range(background)]
+    with ThreadPoolExecutor(background) as pool:
+        list(pool.map(lambda s: send(s[1], served.port, "LUNGNODE"), studies))
+    served.wait_for(studies[0][0], frozenset({"ANALYZING", "REPORTED", "DELIVERED", "FAILED"}))
+    busy: list[bool] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            busy.append("ANALYZING" in served.states().values())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        elapsed = send(files, served.port, "LUNGNODE")
+    finally:
+        done.set()
+        watcher.join()
+        for _, sent in [*studies, ("", files)]:
+            shutil.rmtree(sent[0].parent, ignore_errors=True)
+    return elapsed, (sum(busy) / len(busy) if busy else 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its table; returns the exit status."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="at least 5 for a figure")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512, help="rows = columns of each slice")
-    parser.add_argument("--peers", default="storescp,orthanc,node", help="comma-separated")
+    parser.add_argument(
+        "--peers",
+        default="storescp,orthanc,node,node-busy",
+        help="comma-separated: storescp, orthanc, node (lungnode serve, idle), node-busy (the "
+        "same node while its worker analyses other studies), and the diagnosis harnesses "
+        + ", ".join(HARNESS_VARIANTS),
+    )
+    parser.add_argument(
+        "--analysis",
+        choices=("wait", "run"),
+        default="wait",
+        help="wait: before each node round, the node's analysis of the studies sent before "
+        "finishes (an idle node); run: the next study is sent while it may still run",
+    )
+    parser.add_argument(
+        "--background", type=int, default=2, help="studies the worker analyses for node-busy"
+    )
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "lungnode-bench"
     )
-    parser.add_argument("--profile", type=Path, help="cProfile of the node's last round")
+    parser.add_argument("--profile", type=Path, help="cProfile of the harness's last round")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.slices < 1 or args.size < 8:
-        parser.error("--rounds and --slices must be at least 1 and --size at least 8")
+    stop_served_nodes_on_sigterm()
+    if args.rounds < 1 or args.slices < 1 or args.size < 8 or args.background < 1:
+        parser.error("--rounds, --slices, --background must be at least 1, --size at least 8")
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install the Debian package dcmtk")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = set(peers) - {"storescp", "orthanc", *NODE_VARIANTS}
+    served_peers = {f"node{b}{v}" for b in ("", "-busy") for v in SERVED_VARIANTS}
+    unknown = set(peers) - {"storescp", "orthanc", *served_peers, *HARNESS_VARIANTS}
     if unknown:
         parser.error(
             f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node, "
-            "node-polling (the node with pynetdicom's own 1 ms idle sleeps), node-noearlysync (no "
-            "data sync while the header is read), node-nofsync (a diagnosis: the node "
-            "without its fsyncs, to see what durability costs)"
+            "node-busy, node-nice0 and node-busy-nice0 (a second node with [pipeline] "
+            "analysis_nice = 0), harness (the receive path alone, bench/node_receiver.py), "
+            "harness-polling (with pynetdicom's own 1 ms idle sleeps), harness-noearlysync (no "
+            "data sync while the header is read), harness-nofsync (a diagnosis: without its "
+            "fsyncs, to see what durability costs)"
         )
     if "orthanc" in peers and not Path(ORTHANC).exists():
         parser.error(f"{ORTHANC} not found: install the Debian package orthanc")
 
+    args.cache.mkdir(parents=True, exist_ok=True)
     files = generate_series(args.cache / f"ct-{args.slices}x{args.size}", args.slices, args.size)
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(
         f"series: {len(files)} instances, {total_mb:.1f} MB; one association per send; "
-        f"{args.rounds} rounds, peers interleaved; max PDU {PEER_MAX_PDU}",
+        f"{args.rounds} rounds, peers interleaved; max PDU {PEER_MAX_PDU}; node: lungnode serve "
+        f"on the shipped config.ini, a fresh study (new UIDs) each send, analysis={args.analysis}"
+        f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    if args.rounds < 5:
+        print(f"{args.rounds} rounds: a smoke run, not a figure (use 5 or more)", flush=True)
 
     seconds: dict[str, list[float]] = {p: [] for p in peers}
-    breakdowns: dict[str, list[dict[str, float]]] = {}  # node variant -> one per round
-    for round_no in range(1, args.rounds + 1):
-        for peer in peers:
-            with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-", dir=args.cache) as tmp:
-                work = Path(tmp)
-                last = round_no == args.rounds
-                if peer == "storescp":
-                    server = storescp(work)
-                elif peer == "orthanc":
-                    server = orthanc(work)
-                else:
-                    profile = args.profile if last and peer == "node" else None
-                    server = node(work, profile, work / "timings.json", *NODE_VARIANTS[peer])
-                with server as (port, called_ae):
-                    elapsed = send(files, port, called_ae)
-                if peer in NODE_VARIANTS:
-                    timings = json.loads((work / "timings.json").read_text())
-                    breakdowns.setdefault(peer, []).append(timings)
-            seconds[peer].append(elapsed)
-            print(
-                f"round {round_no} {peer:16s} {elapsed:6.2f} s  {total_mb / elapsed:7.1f} MB/s",
-                flush=True,
-            )
+    busy_fraction: list[float] = []
+    breakdowns: dict[str, list[dict[str, float]]] = {}  # harness variant -> one per round
+    with tempfile.TemporaryDirectory(prefix="bench-served-", dir=args.cache) as served_dir:
+        served_nodes: dict[str, ServedNode] = {}
+        try:
+            for variant, settings in SERVED_VARIANTS.items():
+                if not {f"node{variant}", f"node-busy{variant}"} & set(peers):
+                    continue
+                made = ServedNode(
+                    Path(served_dir) / (variant or "node"), CALLING_AET, settings=settings
+                )
+                served_nodes[variant] = made
+                receivers = made.receiver_rss_mib()
+                print(
+                    f"node{variant}: {len(receivers)} receiver processes, RSS "
+                    f"{', '.join(f'{r:.0f}' for r in receivers)} MiB; serve process "
+                    f"{made.rss_mib():.0f} MiB"
+                    + (f"; diagnosis settings {settings}" if settings else ""),
+                    flush=True,
+                )
+            for round_no in range(1, args.rounds + 1):
+                for peer in peers:
+                    note = ""
+                    if args.analysis == "wait" or "-busy" in peer:
+                        for served in served_nodes.values():  # no analysis slows this peer
+                            served.wait_idle()
+                    if peer.startswith("node"):
+                        variant = peer.removeprefix("node").removeprefix("-busy")
+                        served = served_nodes[variant]
+                        if "-busy" not in peer:
+                            _, fresh = fresh_series(args.cache, args.slices, args.size)
+                            elapsed = send(fresh, served.port, "LUNGNODE")
+                            shutil.rmtree(fresh[0].parent)
+                        else:
+                            elapsed, fraction = send_while_analysing(
+                                served, args.cache, args.slices, args.size, args.background
+                            )
+                            busy_fraction.append(fraction)
+                            note = f"  (a study analysed {fraction:.0%} of the time)"
+                    else:
+                        elapsed = _one_fresh_peer(peer, args, files, round_no, breakdowns)
+                    seconds[peer].append(elapsed)
+                    print(
+                        f"round {round_no} {peer:19s} {elapsed:6.2f} s  "
+                        f"{total_mb / elapsed:7.1f} MB/s{note}",
+                        flush=True,
+                    )
+        finally:
+            for served in served_nodes.values():
+                served.stop()
 
     print()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
-    print(f"{'peer':16s} {'median s':>9s} {'MB/s':>8s} {'inst/s':>8s}")
+    print(f"{'peer':19s} {'median s':>9s} {'MB/s':>8s} {'inst/s':>8s}  spread of the rounds (s)")
     rate: dict[str, float] = {}
     for peer in peers:
         median = statistics.median(seconds[peer])
         rate[peer] = total_mb / median
-        print(f"{peer:16s} {median:9.2f} {rate[peer]:8.1f} {len(files) / median:8.1f}")
+        print(
+            f"{peer:19s} {median:9.2f} {rate[peer]:8.1f} {len(files) / median:8.1f}  "
+            f"{spread(seconds[peer])}"
+        )
     parts = ("handler", "header", "commit", "index", "between_handlers")
     for variant, rounds in breakdowns.items():
         median = {p: statistics.median(b[p] for b in rounds) for p in parts}
@@ -289,11 +409,46 @@ def main(argv: list[str] | None = None) -> int:
             "{commit:.1f} + index {index:.1f} + rest; "
             "between handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
         )
+    if busy_fraction:
+        print(
+            f"node-busy: a study was analysed {statistics.median(busy_fraction):.0%} of each "
+            "send (median)"
+        )
     if "node" in rate:
-        for other in ("storescp", "orthanc", *NODE_VARIANTS.keys() - {"node"}):
+        for other in ("storescp", "orthanc", *HARNESS_VARIANTS):
             if other in rate:
                 print(f"node / {other}: {rate['node'] / rate[other]:.2f}x")
+        if "node-busy" in rate:
+            print(f"node-busy / node: {rate['node-busy'] / rate['node']:.2f}x")
+    if "node-busy-nice0" in rate and "node-nice0" in rate:
+        print(f"node-busy-nice0 / node-nice0: {rate['node-busy-nice0'] / rate['node-nice0']:.2f}x")
     return 0
+
+
+def _one_fresh_peer(
+    peer: str,
+    args: argparse.Namespace,
+    files: list[Path],
+    round_no: int,
+    breakdowns: dict[str, list[dict[str, float]]],
+) -> float:
+    """One send to a peer started fresh for it with an empty store: storescp, Orthanc, or a
+    harness of the node's receive path."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-", dir=args.cache) as tmp:
+        work = Path(tmp)
+        if peer == "storescp":
+            server = storescp(work)
+        elif peer == "orthanc":
+            server = orthanc(work)
+        else:
+            last = round_no == args.rounds
+            profile = args.profile if last and peer == "harness" else None
+            server = node(work, profile, work / "timings.json", *HARNESS_VARIANTS[peer])
+        with server as (port, called_ae):
+            elapsed = send(files, port, called_ae)
+        if peer in HARNESS_VARIANTS:
+            breakdowns.setdefault(peer, []).append(json.loads((work / "timings.json").read_text()))
+    return elapsed
 
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ def _child_main(
 ) -> None:  # pragma: no cover - runs in the spawned process (covered by tests/test_analysis_pool)
     """An analysis process: load the model, then claim and process jobs until told to stop."""
     from scp_node.logs import configure_logging
+    from scp_node.priority import lower_this_thread
 
     configure_logging(log_level)
+    lower_this_thread(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the node stops us through `stop`
     terminated = threading.Event()  # SIGTERM to this process: stop after the current analysis
     signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())

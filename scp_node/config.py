@@ -92,7 +92,17 @@ class NodeConfig:
     max_pdu_length: int = 4 * 1024 * 1024
     max_pending_per_address: int = 4
     max_associations_per_ae: int = 8
-    receiver_processes: int = 1
+    receiver_processes: int = 0  # 0: auto, see receiver_process_count
+
+    def receiver_process_count(self, cores: int | None = None) -> int:
+        """The receiver processes to run: receiver_processes, or for auto (0) one per core
+        this process may use, at least 2, at most max_associations."""
+        if self.receiver_processes:
+            return self.receiver_processes
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+            cores = cores or os.cpu_count() or 1
+        return max(1, min(max(cores, 2), self.max_associations))
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class PipelineConfig:
     job_lease_seconds: float = 600.0
     max_job_attempts: int = 3
     analysis_processes: int = 1
+    analysis_nice: int = 10  # 0: the analysis runs at the node's priority (scp_node.priority)
 
 
 @dataclass(frozen=True)
@@ -273,6 +284,21 @@ def _int(lo: int, hi: int) -> Callable[[str, str], int]:
         if not lo <= value <= hi:
             raise _fail(key, raw, f"a whole number from {lo} to {hi}")
         return value
+
+    return parse
+
+
+def _int_or_auto(lo: int, hi: int) -> Callable[[str, str], int]:
+    """A whole number from lo to hi, or the word auto (0: the code chooses)."""
+    number = _int(lo, hi)
+
+    def parse(key: str, raw: str) -> int:
+        if raw.strip().lower() == "auto":
+            return 0
+        try:
+            return number(key, raw)
+        except ConfigError:
+            raise _fail(key, raw, f"auto or a whole number from {lo} to {hi}") from None
 
     return parse
 
@@ -592,7 +618,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_pdu_length": _int(16 * 1024, 2**31 - 1),
         "max_pending_per_address": _int(1, 1000),
         "max_associations_per_ae": _int(1, 1000),
-        "receiver_processes": _int(1, 64),
+        "receiver_processes": _int_or_auto(1, 64),
     },
     "security": {
         "allowed_calling_aets": _ae_list,
@@ -623,6 +649,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "job_lease_seconds": _float(1, 86400),
         "max_job_attempts": _int(1, 100),
         "analysis_processes": _int(1, 64),
+        "analysis_nice": _int(0, 19),
     },
     "classifier": {
         "model": _text,

@@ -22,6 +22,11 @@ few seconds. This module closes those holes:
 - `negotiating_association(ae)`: the acceptor association whose A-ASSOCIATE-RQ the current
   thread is negotiating, for scp_node.receiver's AE, whose association limits count only
   associations that delivered an A-ASSOCIATE-RQ (see `associated`).
+
+With several receiver processes on one listening socket (`share_listener`), the pending
+connections per address and the associations (per calling AE and in all) are counted on the
+whole node: each process publishes what it holds in the node's shared `NodeCounts`
+(scp_node.node_counts) at every change and checks every process's counts under its lock.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -43,6 +49,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from scp_node.logs import escape_text
+from scp_node.node_counts import NodeCounts
 
 log = logging.getLogger("lungnode.connections")
 
@@ -80,6 +87,11 @@ def negotiating_association(ae: object) -> Association | None:
     return None
 
 
+def calling_ae_of(assoc: Association) -> str:
+    """The calling AE title of the A-ASSOCIATE-RQ `assoc` received ('' before it did)."""
+    return str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
+
+
 def peer_host(address: Any) -> str:
     """The host part of a client address tuple."""
     return str(address[0]) if isinstance(address, tuple) else str(address)
@@ -111,6 +123,9 @@ class GuardedServer(ThreadedAssociationServer):
     # process, and the dispatch that lets the least busy of them accept first
     shared_listener: socket.socket | None = None
     dispatch: LeastBusyDispatch | None = None
+    # the node's counts of every receiver process, and this process's row in them
+    node_counts: NodeCounts | None = None
+    counts_row = 0
 
     def server_bind(self) -> None:
         shared = self.shared_listener
@@ -143,6 +158,7 @@ class GuardedServer(ThreadedAssociationServer):
         self._reserved: dict[int, tuple[str, float]] = {}  # id(socket) -> (host, accepted at)
         self._pending: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
         self._opened_at: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
+        self._closed: weakref.WeakSet[Association] = weakref.WeakSet()  # connection closed
         kwargs.setdefault("request_handler", _GuardedRequestHandler)
         super().__init__(*args, **kwargs)
 
@@ -180,17 +196,74 @@ class GuardedServer(ThreadedAssociationServer):
         return own + dispatch.others()
 
     def service_actions(self) -> None:
-        """Each turn of the accept loop: publish this process's open connections."""
+        """Each turn of the accept loop: publish this process's open connections (and, with
+        node counts, its associations and unassociated connections)."""
         super().service_actions()
         if self.dispatch is not None:
             self.dispatch.publish(self.open_connections())
+        self.publish_counts()
+
+    # --- counts of the whole node (several receiver processes) ------------------------------
+
+    def _live(self, assoc: Association) -> bool:
+        return (assoc.ident is None or assoc.is_alive()) and assoc not in self._closed
+
+    def publish_counts(self) -> None:
+        """Write this process's row of the node's counts: open connections, the calling AE of
+        each association, the source address of each connection not yet associated."""
+        counts = self.node_counts
+        if counts is None:
+            return
+        # under the lock: a row written from an older look at this process (another thread's)
+        # never overwrites a newer one, and no other process counts a row half written
+        with counts.locked():
+            with self._pending_lock:
+                hosts = [h for h, _ in self._reserved.values()]
+                ae_titles = []
+                for assoc, host in list(self._pending.items()):
+                    if not self._live(assoc):
+                        continue
+                    if assoc.requestor.primitive is None:
+                        hosts.append(host)
+                    elif associated(assoc):
+                        ae_titles.append(calling_ae_of(assoc))
+            counts.publish(self.counts_row, self.open_connections(), ae_titles, hosts)
+
+    def _node_locked(self) -> Any:
+        counts = self.node_counts
+        return nullcontext() if counts is None else counts.locked()
+
+    def associations_on_node(self, calling_ae: str) -> tuple[int, int] | None:
+        """(associations of `calling_ae`, all associations) on the whole node, with the one
+        the calling thread negotiates, published before the lock is let go so a request
+        negotiated in another process at the same moment counts it; None without node counts
+        (this process is the node's only receiver)."""
+        counts = self.node_counts
+        if counts is None:
+            return None
+        with counts.locked():
+            self.publish_counts()
+            return counts.associations_of(calling_ae), counts.total_associations()
+
+    def _association_ended(self, _event: Any) -> None:
+        self.publish_counts()
+
+    def _connection_closed(self, event: Any) -> None:
+        with self._pending_lock:
+            self._closed.add(event.assoc)
+        self.publish_counts()
 
     # --- pending connections per source address ---------------------------------------------
 
     def pending_from(self, host: str) -> int:
-        """Connections from `host` accepted and not yet associated (nor ended)."""
-        with self._pending_lock:
-            return self._pending_count(host)
+        """Connections from `host` accepted and not yet associated (nor ended), on the whole
+        node when several receiver processes share the listening socket."""
+        counts = self.node_counts
+        if counts is None:
+            with self._pending_lock:
+                return self._pending_count(host)
+        self.publish_counts()
+        return counts.pending_from(host)
 
     def _pending_count(self, host: str) -> int:
         reserved = sum(1 for h, _ in self._reserved.values() if h == host)
@@ -207,10 +280,12 @@ class GuardedServer(ThreadedAssociationServer):
         """In the accept loop: admit the connection unless its address already has
         `max_pending_per_address` connections that have not associated."""
         host = peer_host(client_address)
-        with self._pending_lock:
-            count = self._pending_count(host)
+        with self._node_locked():
+            count = self.pending_from(host)
             if not self.max_pending_per_address or count < self.max_pending_per_address:
-                self._reserved[id(request)] = (host, time.monotonic())
+                with self._pending_lock:
+                    self._reserved[id(request)] = (host, time.monotonic())
+                self.publish_counts()
                 return True
         self.dropped(
             client_address,
@@ -228,6 +303,10 @@ class GuardedServer(ThreadedAssociationServer):
             )
             self._pending[assoc] = host
             self._opened_at[assoc] = accepted_at
+        if self.node_counts is not None:  # each end of it is published at once
+            for event in (evt.EVT_RELEASED, evt.EVT_ABORTED, evt.EVT_REJECTED):
+                assoc.bind(event, self._association_ended)
+            assoc.bind(evt.EVT_CONN_CLOSE, self._connection_closed)
 
     def accepted_at(self, request: Any) -> float | None:
         """time.monotonic() when the connection `request` (not yet adopted) was accepted."""
@@ -238,7 +317,9 @@ class GuardedServer(ThreadedAssociationServer):
     def release(self, request: Any) -> None:
         """Forget a connection closed before an association was made for it."""
         with self._pending_lock:
-            self._reserved.pop(id(request), None)
+            forgotten = self._reserved.pop(id(request), None)
+        if forgotten is not None:
+            self.publish_counts()
 
     def opened_at(self, assoc: Association) -> float | None:
         """time.monotonic() when `assoc`'s connection was accepted."""
@@ -419,12 +500,15 @@ class LeastBusyDispatch:
                 return
 
 
-def share_listener(listener: socket.socket, dispatch: LeastBusyDispatch) -> None:
+def share_listener(listener: socket.socket, counts: NodeCounts, row: int) -> None:
     """Receive on `listener` (bound and listening, made by the serve process and shared by
-    every receiver process) with least-busy dispatch; set in each receiver process before it
-    starts its SCP."""
+    every receiver process) with least-busy dispatch and the limits counted on the whole node
+    in `counts` (this process writes row `row`); set in each receiver process before it starts
+    its SCP."""
     GuardedServer.shared_listener = listener
-    GuardedServer.dispatch = dispatch
+    GuardedServer.dispatch = LeastBusyDispatch(counts.connections, row)
+    GuardedServer.node_counts = counts
+    GuardedServer.counts_row = row
 
 
 def make_listener(host: str, port: int) -> socket.socket:

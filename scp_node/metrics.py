@@ -6,6 +6,8 @@ Two kinds of numbers:
   and status, bytes received, result C-STOREs sent per called AE and outcome, bytes sent
   (hooks in receiver.py and sender.py call `METRICS`). They start at 0 when the process starts,
   as Prometheus counters do.
+- per receiver process (`ReceiverCollector`, read at each scrape): its open connections and
+  associations, labelled by receiver number, so an administrator sees how they are spread.
 - read from the index at each scrape (`IndexCollector`), so every process of the node reports
   the same node-wide numbers: studies by state, analysis queue depth, outbox pending and the age
   of its oldest row, dead letters, job lease expiries, and the histograms of each stage (waiting
@@ -161,6 +163,32 @@ def histogram(
     buckets.append(("+Inf", len(values)))
     family.add_metric(list((labels or {}).values()), buckets, sum(values))
     return family
+
+
+class ReceiverCollector(Collector):
+    """Open connections and associations of each receiver process, labelled by its number
+    (1 for a receiver in the serve process); `rows()` gives (number, connections,
+    associations) for each."""
+
+    def __init__(self, rows: Callable[[], list[tuple[int, int, int]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "lungnode_receiver_connections",
+            "TCP connections open on each receiver process, associated or not",
+            labels=["receiver"],
+        )
+        associations = GaugeMetricFamily(
+            "lungnode_receiver_associations",
+            "DICOM associations open on each receiver process",
+            labels=["receiver"],
+        )
+        for number, open_connections, open_associations in self._rows():
+            connections.add_metric([str(number)], open_connections)
+            associations.add_metric([str(number)], open_associations)
+        yield connections
+        yield associations
 
 
 class IndexCollector(Collector):

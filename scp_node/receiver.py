@@ -27,7 +27,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.audit import AssociationAuditor, AuditLog, Party
 from scp_node.config import Config
-from scp_node.connections import GuardedServer, associated, negotiating_association
+from scp_node.connections import (
+    GuardedServer,
+    associated,
+    calling_ae_of,
+    negotiating_association,
+)
 from scp_node.dicom_settings import (
     configure_pynetdicom,
     data_sync_while_streaming,
@@ -81,8 +86,9 @@ class _NodeAE(ApplicationEntity):
       A-ASSOCIATE-RQ and have not ended, so connections still negotiating, or rejected ones
       waiting to close, hold no slot of `maximum_associations`.
     - `maximum_associations` (as the limit check sees it): 0 when the calling AE already holds
-      `max_associations_per_ae` associations, so the request is rejected as local limit
-      exceeded.
+      `max_associations_per_ae` associations, or the node `maximum_associations`, so the
+      request is rejected as local limit exceeded; counted on the whole node when several
+      receiver processes share the port (`GuardedServer.associations_on_node`).
 
     Why an association was rejected by these rules is kept for the audit (`rejection_note`).
     """
@@ -146,21 +152,25 @@ class _NodeAE(ApplicationEntity):
         assoc = negotiating_association(self)
         if assoc is None:
             return limit
-        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
-        mine = [
-            a
-            for a in self.active_associations
-            if a.is_acceptor and str(a.requestor.ae_title).strip() == calling
-        ]
-        if self.max_associations_per_ae and len(mine) > self.max_associations_per_ae:
+        calling = calling_ae_of(assoc)
+        acceptors = [a for a in self.active_associations if a.is_acceptor]
+        server = getattr(assoc, "_server", None)
+        on_node = None
+        if isinstance(server, GuardedServer):
+            on_node = server.associations_on_node(calling)
+        if on_node is None:  # this process is the node's only receiver
+            on_node = (sum(1 for a in acceptors if calling_ae_of(a) == calling), len(acceptors))
+        of_calling, in_all = on_node  # both with the one negotiated
+        if self.max_associations_per_ae and of_calling > self.max_associations_per_ae:
             self._note(
                 assoc,
                 f"calling AE {escape_text(calling, 16)} already holds "
-                f"{len(mine) - 1} associations ([node] max_associations_per_ae)",
+                f"{of_calling - 1} associations ([node] max_associations_per_ae)",
             )
             return 0
-        if len([a for a in self.active_associations if a.is_acceptor]) > limit:
+        if in_all > limit:
             self._note(assoc, f"{limit} associations in progress ([node] max_associations)")
+            return 0
         return limit
 
     @maximum_associations.setter
@@ -296,6 +306,12 @@ class Receiver:
         """Associations open on the SCP now (0 when not listening)."""
         server = self._server
         return len(server.active_associations) if server is not None else 0
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections open on the SCP now, associated or not (0 when not listening)."""
+        server = self._server
+        return server.open_connections() if isinstance(server, GuardedServer) else 0
 
     @property
     def listening(self) -> bool:

@@ -1,10 +1,15 @@
-"""Several receiver processes on one port: [node] receiver_processes > 1.
+"""Several receiver processes on one port: [node] receiver_processes (auto: one per core, at
+least 2, at most max_associations).
 
 pynetdicom runs each association in Python threads of one process, so one process receives on
-one core whatever the number of associations. With `receiver_processes = N` (N > 1), `lungnode
-serve` starts N receiver processes (multiprocessing, spawn: fresh interpreters, no TensorFlow)
-that share one listening socket on [node] port, made by the serve process; a new connection is
+one core whatever the number of associations. With N > 1 receiver processes, `lungnode serve`
+starts N receiver processes (multiprocessing, spawn: fresh interpreters, no TensorFlow) that
+share one listening socket on [node] port, made by the serve process; a new connection is
 accepted by the receiver with the fewest open associations (connections.LeastBusyDispatch).
+The node's connection limits (max_associations, max_associations_per_ae,
+max_pending_per_address) are counted across them in shared memory (scp_node.node_counts); the
+serve process clears the counts of a receiver that died before it starts the next. A receiver
+whose serve process dies stops too (it would hold the port).
 All write the same store and index: the store's commit is atomic per SOP Instance (a hard
 link), the index's insert is idempotent on SOP Instance UID, so an instance sent on two
 associations at once is stored and indexed once. On SQLite (WAL; several writer processes of
@@ -14,9 +19,12 @@ them. The serve process itself then only schedules, analyses, sends and serves t
 restarts a receiver that died.
 
 C-STORE counters of the receivers are kept in prometheus-client's multiprocess files
-(PROMETHEUS_MULTIPROC_DIR = <store>/.metrics, emptied at each start), and the serve process's
-/metrics sums them; the figures read from the index (studies, queue, stages) were node-wide
-already, as is `lungnode status`.
+(PROMETHEUS_MULTIPROC_DIR), in a private folder of this serve process on the local temporary
+file system, with the lock of the node's counts (not in the store, which several nodes and
+machines may share; removed when the node stops), and the serve process's
+/metrics sums them and shows each receiver's open connections and associations from the node's
+counts; the figures read from the index (studies, queue, stages) were node-wide already, as is
+`lungnode status`.
 """
 
 from __future__ import annotations
@@ -27,25 +35,28 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from scp_node.config import Config
+from scp_node.node_counts import NodeCounts
 
 log = logging.getLogger("lungnode.receivers")
 
-METRICS_FOLDER = ".metrics"
+RUNTIME_PREFIX = "lungnode-receivers-"  # the serve process's folder for what its receivers share
 # counted where C-STOREs are received: in the receiver processes
 RECEIVER_METRICS = ("lungnode_cstore_requests", "lungnode_received_bytes")
 RESTART_DELAY_SECONDS = 1.0
+PARENT_CHECK_SECONDS = 1.0
+LISTEN_WAIT_SECONDS = 60.0
 
 
 class _ReceiverMetrics(Collector):
@@ -69,22 +80,29 @@ class ReceiverProcesses:
         self.config = config
         self.count = count
         self.log_level = log_level
-        self.metrics_folder = config.storage.root / METRICS_FOLDER
+        # this serve process's own: metrics files and the counts' lock (mode 0700)
+        self.runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+        self.metrics_folder = self.runtime / "metrics"
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, BaseProcess] = {}
         self._stopping = False
         self._listener: socket.socket | None = None
-        # open associations per receiver (slot - 1), read by each receiver's dispatch
-        self._counts = self._context.Array("i", count)
+        # connections and associations of each receiver (row slot - 1), shared by all
+        self.counts = NodeCounts(
+            count, config.node.max_associations, self.runtime / "counts.lock", self._context
+        )
 
     def start(self) -> None:
-        """Listen on [node] host:port (OSError when it is taken), empty the metrics folder,
+        """Listen on [node] host:port (OSError when it is taken), make the metrics folder,
         count receiver metrics from it, start every receiver on the shared listening socket."""
         from scp_node.connections import make_listener
 
-        self._listener = make_listener(self.config.node.host, self.config.node.port)
-        shutil.rmtree(self.metrics_folder, ignore_errors=True)
-        self.metrics_folder.mkdir(mode=0o700, parents=True)
+        try:
+            self._listener = make_listener(self.config.node.host, self.config.node.port)
+        except OSError:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+            raise
+        self.metrics_folder.mkdir(mode=0o700)
         # inherited by the spawned receivers only: this process's counters are made already
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_folder)
         from scp_node.metrics import METRICS
@@ -94,11 +112,24 @@ class ReceiverProcesses:
         METRICS.registry.register(_ReceiverMetrics(self.metrics_folder))
         for slot in range(1, self.count + 1):
             self._start(slot)
+        self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        """Return once every receiver listens (so the node is started when it says so), or
+        one died, or after LISTEN_WAIT_SECONDS (a slow machine: they listen a little later)."""
+        deadline = time.monotonic() + LISTEN_WAIT_SECONDS
+        while not all(self.counts.listening):
+            if time.monotonic() > deadline or self.alive() < self.count:
+                log.warning(
+                    "receiver processes listening: %d of %d", sum(self.counts.listening), self.count
+                )
+                return
+            time.sleep(0.05)
 
     def _start(self, slot: int) -> None:
         process = self._context.Process(
             target=run_receiver,
-            args=(self.config, slot, self.log_level, self._listener, self._counts),
+            args=(self.config, slot, self.log_level, self._listener, self.counts, os.getpid()),
             name=f"lungnode-receiver-{slot}",
             daemon=False,
         )
@@ -118,6 +149,7 @@ class ReceiverProcesses:
                     process.pid,
                     process.exitcode,
                 )
+                self.counts.clear(slot - 1)  # what it held is gone with it
                 time.sleep(RESTART_DELAY_SECONDS)
                 self._start(slot)
 
@@ -139,13 +171,31 @@ class ReceiverProcesses:
                 log.warning("receiver process pid=%s did not stop; killing it", process.pid)
                 process.kill()
                 process.join(5)
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def leave_the_analysis_session() -> None:
+    """Run in a session of its own. Linux's autogroup scheduling (sched_autogroup_enabled,
+    on in most kernels) shares the CPU fairly between sessions first: in the serve process's
+    session a receiver would wait behind the busy analysis however low its nice value, since the
+    session as a whole has used its share. The serve process still stops it (SIGTERM), and it
+    stops when the serve process is gone."""
+    try:
+        os.setsid()
+    except OSError:  # already a session leader
+        pass
 
 
 def run_receiver(
-    config: Config, slot: int, log_level: str, listener: socket.socket, counts: Any
+    config: Config,
+    slot: int,
+    log_level: str,
+    listener: socket.socket,
+    counts: NodeCounts,
+    parent_pid: int,
 ) -> None:
-    """A receiver process: the SCP on the shared listening socket, until SIGTERM/SIGINT.
-    `counts`: every receiver's open associations (multiprocessing.Array, index slot - 1)."""
+    """A receiver process: the SCP on the shared listening socket, until SIGTERM/SIGINT or
+    until its serve process (`parent_pid`) is gone. `counts`: the node's counts (row slot - 1)."""
     from scp_node import connections
     from scp_node.dicom_settings import configure_pynetdicom
     from scp_node.logs import configure_logging
@@ -157,9 +207,10 @@ def run_receiver(
     from storage.instance_store import InstanceStore
 
     configure_logging(log_level)
+    leave_the_analysis_session()
     configure_pynetdicom()
-    counts[slot - 1] = 0  # a restarted receiver's predecessor may have left its count
-    connections.share_listener(listener, connections.LeastBusyDispatch(counts, slot - 1))
+    counts.clear(slot - 1)  # a restarted receiver's predecessor may have left its counts
+    connections.share_listener(listener, counts, slot - 1)
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -198,9 +249,23 @@ def run_receiver(
         slot=slot,
     )
     receiver.start()
+    counts.listening[slot - 1] = 1
+    checked = time.monotonic()
+    orphaned = False
     try:
         while not stop.wait(0.2):
-            pass
+            if time.monotonic() - checked >= PARENT_CHECK_SECONDS:
+                checked = time.monotonic()
+                if os.getppid() != parent_pid:  # the serve process died (SIGKILL)
+                    log.error("serve process pid=%d is gone; receiver %d stops", parent_pid, slot)
+                    orphaned = True
+                    break
     finally:
-        receiver.stop()
+        # orphaned: the port is freed at once for the node's next start (nothing in flight
+        # was acknowledged, so nothing acknowledged is lost)
+        receiver.stop(grace_seconds=0.0 if orphaned else 10.0)
         index.close()
+    # drained, durable and closed: end now rather than after the interpreter's teardown (about
+    # 2 s on a loaded machine, which a stopping node would wait for)
+    logging.shutdown()
+    os._exit(0)

@@ -17,6 +17,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scp_node.config import Config
+from scp_node.priority import lower_this_thread
 from storage.index import Index
 from storage.instance_store import InstanceStore
 
@@ -48,9 +49,12 @@ def run_worker(
     worker: AnalysisWorker,
     paused: Callable[[], bool] | None = None,
     on_done: Callable[[], None] | None = None,
+    nice: int = 0,
 ) -> None:
     """Process every waiting job, one after another (none while analysis is paused);
-    `on_done` after each (the delivery tick is woken at once)."""
+    `on_done` after each (the delivery tick is woken at once). The calling thread runs at nice
+    value `nice` from then on ([pipeline] analysis_nice, see scp_node.priority)."""
+    lower_this_thread(nice)
     while not (paused is not None and paused()) and worker.run_once():
         if on_done is not None:
             on_done()
@@ -181,7 +185,8 @@ def build_scheduler(
     ]
     if worker is not None:
         on_done = wake_delivery if sender is not None else None
-        analysis = _guarded("analysis", run_worker, worker, analysis_paused, on_done)
+        nice = config.pipeline.analysis_nice
+        analysis = _guarded("analysis", run_worker, worker, analysis_paused, on_done, nice)
         ticks.append(("analysis", wake_analysis.around(analysis), every))
     if retention if retention is not None else worker is not None:
         ticks.append(

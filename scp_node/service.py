@@ -31,7 +31,8 @@ from scp_node.config import Config
 from scp_node.dicom_settings import configure_pynetdicom
 from scp_node.health import NodeState
 from scp_node.index_recovery import reindex_store
-from scp_node.metrics import METRICS, IndexCollector
+from scp_node.metrics import METRICS, IndexCollector, ReceiverCollector
+from scp_node.priority import lower_threads
 from scp_node.receiver import Receiver
 from scp_node.receiver_processes import ReceiverProcesses
 from scp_node.scheduler import build_scheduler, check_completion_after
@@ -172,8 +173,8 @@ def serve(config: Config, role: str = "all") -> int:
         worker = AnalysisWorker(config, store, index, worker_id)
         _ = worker.classifier  # load the model now: a missing or bad model stops start-up
     sender = Sender(config, index) if role in ("all", "worker") else None
-    # [node] receiver_processes > 1: receiving in that many processes (scp_node.receiver_processes)
-    processes = config.node.receiver_processes if role in ("all", "receiver") else 1
+    # more than one: receiving in that many processes (scp_node.receiver_processes)
+    processes = config.node.receiver_process_count() if role in ("all", "receiver") else 1
     receivers = None
     if processes > 1:
         reindex_store(store, index)  # once, before any receiver process starts
@@ -209,7 +210,17 @@ def serve(config: Config, role: str = "all") -> int:
         node.associations = lambda: receiver.active_associations
         node.scp_port = lambda: receiver.port if receiver.listening else None
     if receivers is not None:
+        counts = receivers.counts
+        node.associations = counts.total_associations
         node.scp_port = lambda: config.node.port if receivers.alive() else None
+        METRICS.registry.register(ReceiverCollector(counts.rows))
+    elif receiver is not None:
+        in_process = receiver
+        METRICS.registry.register(
+            ReceiverCollector(
+                lambda: [(1, in_process.open_connections, in_process.active_associations)]
+            )
+        )
     if worker is not None:
         node.model = _model_of(worker)
     elif pool is not None:
@@ -217,7 +228,7 @@ def serve(config: Config, role: str = "all") -> int:
     METRICS.watch(
         store_root=config.storage.root,
         min_free_mb=config.storage.min_free_mb,
-        associations=node.associations if receiver is not None else None,
+        associations=node.associations if role in ("all", "receiver") else None,
     )
     METRICS.registry.register(IndexCollector(index))
     web = WebServer(config, node) if config.web.enabled else None
@@ -241,6 +252,9 @@ def serve(config: Config, role: str = "all") -> int:
     if receivers is not None:
         receivers.start()
     scheduler.start()
+    if receivers is not None and worker is not None:
+        # receiving runs elsewhere: the analysis in this process yields the CPU to it
+        lower_threads(config.pipeline.analysis_nice, frozenset({threading.get_native_id()}))
     log.info(
         "lungnode started role=%s ae_title=%s address=%s:%d store=%s database=%s",
         role,

@@ -98,12 +98,19 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
             env=self.env,
             cwd=self.workdir,
+            start_new_session=True,  # kill() takes its receiver processes with it
         )
         self.pid = self._proc.pid
+        logged = len(self.log())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the node exited at start:\n{self.log()[-3000:]}")
+            # receiver processes accept on a listening socket made before they run: the node
+            # serves once it says it started
+            if "lungnode started" not in self.log()[logged:]:
+                time.sleep(0.1)
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
@@ -115,7 +122,19 @@ class NodeProcess:
         if self._proc is None:
             return None
         if self._proc.poll() is None:
-            self._proc.send_signal(sig)
+            if sig == signal.SIGKILL:  # a crash of the node: every process of it at once
+                children = self.children()  # receivers run in sessions of their own
+                if os.getpgid(self._proc.pid) == self._proc.pid:  # started in its own session
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                else:
+                    self._proc.kill()
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            else:
+                self._proc.send_signal(sig)
             try:
                 self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -136,6 +155,17 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def children(self) -> list[int]:
+        """Process ids of the serve process's children (receiver processes, analysis pool,
+        multiprocessing's helper)."""
+        assert self.pid is not None, "the node is not running"
+        return child_pids(self.pid)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the node: the serve process and its children, in KiB."""
+        assert self.pid is not None, "the node is not running"
+        return sum(rss_kib(pid) for pid in [self.pid, *self.children()])
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -166,6 +196,23 @@ class NodeProcess:
             f"timed out after {timeout} s waiting for {what}\nstatus: "
             f"{json.dumps(status, indent=1)}\nnode log:\n{self.log()[-4000:]}"
         )
+
+
+def child_pids(pid: int) -> list[int]:
+    """Process ids of the children of `pid`."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid` in KiB (VmRSS of /proc/<pid>/status); 0 once gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
 
 
 def save_datasets(datasets: Sequence[pydicom.Dataset], folder: Path) -> list[Path]:

@@ -31,14 +31,6 @@ PER_ASSOCIATION = 50
 SEED = 20240501
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` in MB (VmRSS of /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
 def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_send: None) -> None:
     seed_study = generate_study(seed=3, histology="A", ct_size=64, ct_slices=4, pet=False)
     base = save(seed_study.ct[1], tmp_path / "seed.dcm")
@@ -60,8 +52,7 @@ def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_sen
             quiet_seconds=2,
         ) as node,
     ):
-        pid = node.pid
-        rss["start"] = rss_mb(pid)
+        rss["start"] = node.rss_kib() / 1024.0  # the serve process and its receivers
         ae = AE(ae_title="STORESCU")
         ae.add_requested_context(CT)
         ae.add_requested_context("1.2.840.10008.1.1")
@@ -81,12 +72,12 @@ def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_sen
             except (ValueError, AttributeError, OSError) as exc:  # unsendable (meta cut)
                 statuses[f"not sent ({type(exc).__name__})"] += 1
             if n + 1 == 500:
-                rss["after 500"] = rss_mb(pid)
+                rss["after 500"] = node.rss_kib() / 1024.0
         assert assoc is not None
         if assoc.is_established:
             assert assoc.send_c_echo().Status == 0
             assoc.release()
-        rss["after 2000"] = rss_mb(pid)
+        rss["after 2000"] = node.rss_kib() / 1024.0
         seconds = time.monotonic() - started
         print(f"fuzz: {MUTATIONS} mutations in {seconds:.0f} s; kinds {dict(kinds)}")
         print(f"fuzz: statuses {dict(statuses)}; RSS MB {rss}")

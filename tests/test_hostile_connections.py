@@ -46,13 +46,6 @@ def _node(tmp_path: Path, **overrides: object) -> RoleNode:
     )
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def _audit(node: RoleNode) -> list[dict[str, object]]:
     path = node.store / "audit.log"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -82,9 +75,8 @@ def _echo(port: int) -> tuple[bool, float]:
 
 def test_four_gib_association_request_is_cut_before_it_is_read(tmp_path: Path) -> None:
     with _node(tmp_path) as node:
-        assert node.pid is not None
         assert _echo(node.port)[0]
-        before = _rss_kib(node.pid)
+        before = node.rss_kib()  # the serve process and its receiver processes
         sock = _connect_from("127.0.0.1", node.port)
         sent = 0
         cut = False
@@ -100,7 +92,7 @@ def test_four_gib_association_request_is_cut_before_it_is_read(tmp_path: Path) -
         finally:
             sock.close()
         time.sleep(0.5)
-        growth = _rss_kib(node.pid) - before
+        growth = node.rss_kib() - before
         print(f"\n4 GiB announcement: cut={cut} after {sent >> 20} MiB, RSS growth {growth} KiB")
         assert cut, "the node kept reading a 4 GiB A-ASSOCIATE-RQ"
         assert sent < (64 << 20), "the node read far more than its max_pdu_length"

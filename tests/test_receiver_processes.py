@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -37,13 +36,6 @@ def _stored_total(text: str) -> float:
     )
 
 
-def _receivers(pid: int) -> list[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
-    )
-    return [int(p) for p in out.stdout.split()]
-
-
 @pytest.mark.slow
 def test_two_receiver_processes_share_the_port_store_index_and_metrics(
     node_process: Callable[..., NodeProcess], tmp_path: Path
@@ -61,7 +53,7 @@ def test_two_receiver_processes_share_the_port_store_index_and_metrics(
     ).start()
     assert node.pid is not None
     deadline = time.monotonic() + 60
-    while len(_receivers(node.pid)) < 2:  # the spawn helper may be a child too
+    while len(node.children()) < 2:  # the spawn helper may be a child too
         assert time.monotonic() < deadline, node.log()[-3000:]
         time.sleep(0.2)
     while node.log().count("lungnode.receiver: listening") < 2:  # both on the one port
@@ -86,11 +78,11 @@ def test_two_receiver_processes_share_the_port_store_index_and_metrics(
     assert len(stored) == 24
     assert _stored_total(_metrics(web_port)) == 25  # both receivers' counters, summed
     # a receiver that dies is restarted
-    first = _receivers(node.pid)
+    first = node.children()
     victim = max(first)
     os.kill(victim, 9)
     deadline = time.monotonic() + 30
-    while victim in _receivers(node.pid) or len(_receivers(node.pid)) < len(first):
+    while victim in node.children() or len(node.children()) < len(first):
         assert time.monotonic() < deadline, node.log()[-3000:]
         time.sleep(0.2)
     while node.log().count("lungnode.receiver: listening") < 3:  # the new one listens too
@@ -208,3 +200,233 @@ def test_a_taken_port_is_named_when_the_shared_listener_is_made() -> None:
             make_listener("127.0.0.1", port)
     finally:
         taken.close()
+
+
+# --- receiver_processes = auto, and the node's limits across receiver processes ------------
+
+
+def test_auto_is_one_receiver_process_per_core_at_least_two_at_most_max_associations() -> None:
+    from scp_node.config import ConfigError, NodeConfig, load_config
+
+    auto = NodeConfig()
+    assert auto.receiver_processes == 0  # auto is the default
+    assert auto.receiver_process_count(cores=1) == 2
+    assert auto.receiver_process_count(cores=2) == 2
+    assert auto.receiver_process_count(cores=12) == 12
+    assert NodeConfig(max_associations=4).receiver_process_count(cores=12) == 4
+    assert NodeConfig(max_associations=1).receiver_process_count(cores=12) == 1
+    assert NodeConfig(receiver_processes=3).receiver_process_count(cores=12) == 3
+    assert auto.receiver_process_count() >= 2  # this machine's cores
+    env = {"LUNGNODE__NODE__RECEIVER_PROCESSES": "AUTO"}
+    assert load_config(None, environ=env).node.receiver_processes == 0
+    for bad in ("0", "none", "65"):
+        with pytest.raises(ConfigError, match=r"receiver_processes.*auto or a whole number"):
+            load_config(None, environ={"LUNGNODE__NODE__RECEIVER_PROCESSES": bad})
+
+
+def test_node_counts_are_shared_by_processes_and_cleared_per_receiver(tmp_path: Path) -> None:
+    from scp_node.node_counts import NodeCounts
+
+    context = multiprocessing.get_context("spawn")
+    counts = NodeCounts(3, 4, tmp_path / "counts.lock", context)
+    counts.publish(0, 3, ["PACS", "PACS"], ["10.0.0.1"])
+    counts.publish(1, 2, ["PACS", "CT1"], ["10.0.0.1", "10.0.0.2"])
+    assert counts.associations_of("PACS") == 3 and counts.associations_of("CT1") == 1
+    assert counts.associations_of("MR1") == 0
+    assert counts.pending_from("10.0.0.1") == 2 and counts.total_associations() == 4
+    assert counts.others_connections(0) == 2
+    assert counts.rows() == [(1, 3, 2), (2, 2, 2), (3, 0, 0)]
+    with counts.locked(), counts.locked():  # reentrant: a check publishes its own row inside
+        counts.publish(0, 3, ["PACS", "PACS"], ["10.0.0.1"])
+    # another process writes its row of the same memory (the receivers are spawned too), under
+    # the lock this process let go
+    writer = context.Process(target=_publish_row, args=(counts, 2))
+    writer.start()
+    writer.join(60)
+    assert writer.exitcode == 0
+    assert counts.associations_of("PACS") == 4 and counts.rows()[2] == (3, 1, 1)
+    counts.clear(0)  # a receiver that died holds nothing
+    assert counts.associations_of("PACS") == 2 and counts.pending_from("10.0.0.1") == 1
+    assert counts.rows()[0] == (1, 0, 0)
+
+
+def _publish_row(counts: object, row: int) -> None:
+    from scp_node.node_counts import NodeCounts
+
+    assert isinstance(counts, NodeCounts)
+    with counts.locked():
+        counts.publish(row, 1, ["PACS"], [])
+
+
+def _associate(port: int, calling_ae: str = "STORESCU") -> object:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    return ae.associate("127.0.0.1", port, ae_title="LUNGNODE")
+
+
+def _receiver_gauges(web_port: int) -> dict[tuple[str, str], float]:
+    """{(connections|associations, receiver number): value} from the console's /metrics."""
+    gauges = {}
+    for line in _metrics(web_port).splitlines():
+        for what in ("connections", "associations"):
+            prefix = f'lungnode_receiver_{what}{{receiver="'
+            if line.startswith(prefix):
+                number = line[len(prefix) :].split('"', 1)[0]
+                gauges[(what, number)] = float(line.rsplit(" ", 1)[1])
+    return gauges
+
+
+def _slot_pid(log: str, slot: int) -> int:
+    """The pid of the latest receiver process started in `slot`, from the node log."""
+    started = [
+        line for line in log.splitlines() if f"receiver process started slot={slot} " in line
+    ]
+    return int(started[-1].rsplit("pid=", 1)[1].split()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 4])
+def test_limits_hold_for_the_node_across_receiver_processes(
+    node_process: Callable[..., NodeProcess], processes: int
+) -> None:
+    """One calling AE holds at most max_associations_per_ae associations and one address at
+    most max_pending_per_address idle connections on the whole node, whichever receiver
+    process took each; a receiver killed while it holds some has its counts released; the
+    console shows each receiver's connections and associations."""
+    web_port = free_port()
+    node = node_process(
+        role="receiver",
+        allowed_calling_aets="STORESCU,ECHOSCU",
+        overrides={
+            "node__receiver_processes": processes,
+            "node__max_associations_per_ae": 2,
+            "node__max_pending_per_address": 4,
+            "node__acse_timeout": 60,
+            "web__token": TOKEN,
+            "web__port": web_port,
+        },
+    ).start()
+    held: list = []
+    idle: list[socket.socket] = []
+    try:
+        held.append(_associate(node.port))
+        accepted = 1
+        first = _accepted_on(node, accepted)
+        for _ in range(10):  # the second on another receiver (a loaded machine may not spread)
+            time.sleep(0.3)  # the receivers publish their counts
+            second = _associate(node.port)
+            assert second.is_established, node.log()[-3000:]
+            accepted += 1
+            slot = _accepted_on(node, accepted)
+            if slot != first:
+                held.append(second)
+                break
+            second.release()
+        assert len(held) == 2, "the second association always went to the first's receiver"
+        slots = [first, slot]
+        third = _associate(node.port)
+        assert third.is_rejected, "a third association of STORESCU was admitted"
+        rsp = third.acceptor.primitive
+        assert (rsp.result, rsp.result_source, rsp.diagnostic) == (2, 3, 2)  # transient, local
+        other = _associate(node.port, "ECHOSCU")
+        assert other.is_established, "another calling AE was refused"
+        other.release()
+        # idle connections from one address: 4 stay open on the whole node, 8 are closed
+        for _ in range(12):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.3", 0))
+            sock.connect(("127.0.0.1", node.port))
+            idle.append(sock)
+            time.sleep(0.05)
+        time.sleep(1.0)
+        open_idle = [s for s in idle if _still_open(s)]
+        assert len(open_idle) == 4, f"{len(open_idle)} of 12 idle connections stayed open"
+        gauges = _receiver_gauges(web_port)
+        assert sum(v for (w, _), v in gauges.items() if w == "associations") == 2, gauges
+        assert sum(v for (w, _), v in gauges.items() if w == "connections") == 6, gauges
+        assert {n for _, n in gauges} == {str(s) for s in range(1, processes + 1)}
+        # SIGKILL the receiver holding the first association: its counts are released
+        victim = _slot_pid(node.log(), slots[0])
+        listening = node.log().count("lungnode.receiver: listening")
+        os.kill(victim, 9)
+        deadline = time.monotonic() + 60
+        while node.log().count("lungnode.receiver: listening") <= listening:
+            assert time.monotonic() < deadline, node.log()[-3000:]
+            time.sleep(0.2)
+        assert _receiver_gauges(web_port)[("associations", str(slots[0]))] == 0
+        again = _associate(node.port)
+        assert again.is_established, "the killed receiver's association still counted"
+        held.append(again)
+        fourth = _associate(node.port)
+        assert not fourth.is_established, "more than max_associations_per_ae after the restart"
+        assert fourth.is_rejected, f"neither admitted nor rejected:\n{node.log()[-3000:]}"
+        for sock in idle:
+            sock.close()
+        idle = []
+        time.sleep(1.0)  # the receivers see the idle connections closed
+        for _ in range(6):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.3", 0))
+            sock.connect(("127.0.0.1", node.port))
+            idle.append(sock)
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert len([s for s in idle if _still_open(s)]) == 4
+    finally:
+        for sock in idle:
+            sock.close()
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+    assert node.stop() == 0
+
+
+def _accepted_on(node: NodeProcess, number: int) -> int:
+    """The receiver that accepted the node's `number`th association (1-based), from its log."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in node.log().splitlines() if "association accepted" in line]
+        if len(lines) >= number:
+            return int(lines[number - 1].rsplit("receiver=", 1)[1].split()[0])
+        assert time.monotonic() < deadline, node.log()[-3000:]
+        time.sleep(0.05)
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True when the node has not closed `sock` (nothing to read, no end of file)."""
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) != b""
+    except TimeoutError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_receivers_stop_when_the_serve_process_is_killed(
+    node_process: Callable[..., NodeProcess],
+) -> None:
+    """A serve process killed alone (SIGKILL) leaves no receiver holding the port."""
+    node = node_process(role="receiver", overrides={"node__receiver_processes": 2}).start()
+    assert node.pid is not None
+    receivers = node.children()
+    assert len(receivers) >= 2
+    os.kill(node.pid, 9)
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in receivers):
+        assert time.monotonic() < deadline, f"receivers still running:\n{node.log()[-3000:]}"
+        time.sleep(0.2)
+    node.stop()
+    node.start()  # the port is free again
+    assert node.stop() == 0
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (not a zombie)."""
+    try:
+        return " Z " not in open(f"/proc/{pid}/stat").read().split(")", 1)[1][:4]
+    except OSError:
+        return False
