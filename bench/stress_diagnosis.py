@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-position", type=int, default=3)
     parser.add_argument("--patients", nargs="+")
+    parser.add_argument("--positions", nargs="+", default=list(stress.POSITIONS))
     args = parser.parse_args(argv)
 
     _wrap(L, "lung_mask", _push("lung_mask"))
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         [Path(a) for a in args.annotations],
         out,
         per_position=args.per_position,
+        positions=args.positions,
         patients=args.patients,
     )
     (out / "diagnosis.json").write_text(json.dumps(diagnoses, indent=1))
