@@ -6,7 +6,8 @@ Runs `classifier.model.stress.run_stress` unchanged, with the stages of
 it kept of the tumour (working-grid overlap with the tumour's mask). Each insertion that is not a
 hit gets the first stage that lost it or cut it short, one of:
 region (the lung/cavity region holds < 30 % of it), thick (no soft-tissue component on it
-passes the size/thickness filters), cap (its component fell behind MAX_CANDIDATES), mass-cut
+passes the size/thickness filters), cap (its component fell behind MAX_CANDIDATES),
+cavity-join (`_grow_in_cavity` kept only the part of it beside larger cavity tissue), mass-cut
 (`_mass_parts` dropped it), edge (dropped as an edge fragment), apex, anatomy (`is_anatomy`
 and its reason), refine (lost at full resolution), score (a candidate on it below the
 threshold: its probability), several (found as several findings), short/long (one finding,
@@ -148,7 +149,8 @@ def _diagnose(row: dict[str, Any], tumour: Any, threshold: float) -> dict[str, A
     elif not stages["thick"]:
         stage = "thick"
     elif not stages["grown"]:
-        stage = "cap"
+        grown_in_plane = [r for a, r in _record.get("grow", [])]
+        stage = "cavity-join" if cover(grown_in_plane) else "cap"
     elif not stages["mass_parts"]:
         stage = "mass-cut"
     elif not stages["edge_kept"]:

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = {"hit", "several", "short", "long", "region", "thick", "cap", "mass-cut", "edge"}
-STAGES |= {"apex", "refine", "score", "other"}
+STAGES |= {"apex", "refine", "score", "other", "cavity-join"}
 
 
 @pytest.mark.slow
