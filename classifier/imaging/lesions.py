@@ -398,7 +398,7 @@ def _grow_in_cavity(
     blob: _Blob,
     labels: np.ndarray,
     objects: list[tuple[slice, ...] | None],
-    spacing: tuple[float, ...],
+    spacing_rc: tuple[float, float],
 ) -> _Blob:
     """A component joined (in 3-D) by the components of the chest cavity's soft tissue outside
     the lung region that it touches (`labels`, their boxes `objects`, on the blob's grid): a
@@ -427,26 +427,17 @@ def _grow_in_cavity(
     local[
         tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union, strict=True))
     ] = blob.mask
-    if np.count_nonzero(added) > np.count_nonzero(local) and not _holds_ball(
-        blob.mask, spacing, MASS_MIN_RADIUS_MM
-    ):
+    if np.count_nonzero(added) > np.count_nonzero(local):
         # Mostly cavity: a mass that replaced the lung, found by a rim or a vessel at its edge.
         # The seed stays only where it lies beside the mass on the mass's own slices (the
-        # hilar vessels it may continue into above or below are not the mass). A seed that is
-        # a mass itself (it holds a ball of MASS_MIN_RADIUS_MM) is no rim and stays whole.
-        beside = dilate_in_plane(added, CAVITY_SEED_MM, (spacing[1], spacing[2]))
+        # hilar vessels it may continue into above or below are not the mass).
+        beside = dilate_in_plane(added, CAVITY_SEED_MM, spacing_rc)
         local = added | (local & beside)
     else:
         local |= added
     tight = bounding_box(local)
     assert tight is not None
     return _Blob(_shift(tight, tuple(u.start for u in union)), local[tight])
-
-
-def _holds_ball(mask: np.ndarray, spacing: tuple[float, ...], radius_mm: float) -> bool:
-    """Whether a mask holds a ball of `radius_mm` (its largest inscribed ball, in mm)."""
-    inside = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)
-    return bool(inside.max() >= radius_mm)
 
 
 def _mass_parts(blob: _Blob, spacing: tuple[float, ...], mass_radius_mm: float) -> list[_Blob]:
@@ -806,7 +797,9 @@ def find_candidates(
         for i in keep:
             grown = _grow(blobs[i], band, grow_steps)
             if cavity_count:
-                grown = _grow_in_cavity(grown, cavity_labels, cavity_objects, spacing)
+                grown = _grow_in_cavity(
+                    grown, cavity_labels, cavity_objects, (spacing[1], spacing[2])
+                )
             ct_components.append(grown)
         del cavity_labels, cavity_objects  # memory: done with (int32 on the crop)
         ct_components = _merge_overlapping(ct_components, soft.shape)
