@@ -118,3 +118,34 @@ def test_small_solid_nodules_5_to_8_mm_are_proposed_and_phantom_vessels_are_not(
         and np.linalg.norm(np.subtract(c.centroid_mm, lesion_centre)) > study.lesions[0].radius_mm
     ]
     assert not [c for c in others if c.long_axis_mm < MIN_DIAMETER_MM], others
+
+
+def _candidate_of(mask: np.ndarray) -> Candidate:
+    """A Candidate holding only a mask (the dome rule reads nothing else)."""
+    return Candidate(
+        mask=mask,
+        mask_origin=(0, 0, 0),
+        key_slice_index=0,
+        box_rc=(0, 0, 0, 0),
+        slice_range=(0, mask.shape[0] - 1),
+        centroid_mm=(0.0, 0.0, 0.0),
+        side="right",
+        long_axis_mm=0.0,
+        short_axis_mm=0.0,
+        volume_ml=0.0,
+    )
+
+
+def test_a_convex_mass_on_the_diaphragm_is_not_an_organ_dome() -> None:
+    # A ball narrows to its base and its top: a mass resting on the dome, kept. A dome (a
+    # half ball standing on its flat face, as the liver rises into the lung's region) widens
+    # downwards, and a column widening upwards from a narrow base (the heart's border under
+    # the lung) is widest at its top: both stay "continues below the lung".
+    from classifier.imaging.lesions import _narrows_to_base
+
+    z, r, c = np.ogrid[-10:11, -10:11, -10:11]
+    ball = z**2 + r**2 + c**2 <= 100
+    dome = ball[10:]
+    assert _narrows_to_base(_candidate_of(ball))
+    assert not _narrows_to_base(_candidate_of(dome))  # widest on its lowest slice (index 0)
+    assert not _narrows_to_base(_candidate_of(dome[::-1]))  # narrow base, widest on its top

@@ -136,9 +136,10 @@ def test_the_plan_is_seeded() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="measured 2026-12-07 with issue 16's detector (bundled model sha256 81492ad7027c, "
-    "default settings), seed 0, 3 per position and study: 37/73 hits (51 %; posterior 9/14, "
-    "lateral 8/15, mediastinum 5/11, hilum 6/13, apex 5/5, diaphragm 4/15; before it 30/74), up to "
-    "3 other findings on a modified study; "
+    "default settings, the dome rule), seed 0, 3 per position and study: 40/73 hits (55 %; "
+    "posterior 9/14, lateral 8/15, mediastinum 6/11, hilum 7/13, apex 5/5, diaphragm 5/15; "
+    "37/73 without the dome rule, 30/74 before issue 16), up to 3 other findings on a modified "
+    "study; "
     "the target is 90 % and at most 2 (issue 16 item 5)",
 )
 def test_full_grid_meets_the_target(

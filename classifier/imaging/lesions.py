@@ -78,6 +78,10 @@ MEDIASTINAL_SOFT_HU = (-50.0, 150.0)  # not fat, not bone or calcium
 # region for at least this fraction of its footprint rises from below the lung: the liver or
 # spleen dome, the stomach, the heart's border under the lung. Not a lung lesion.
 MAX_CAUDAL_CONTINUATION = 0.6
+# ...unless its lowest and its highest slice each hold less than this fraction of its largest
+# slice's area: an organ dome widens downwards into what lies below the lung, a mass resting on
+# the diaphragm is a convex body, narrowing to its base and to its top.
+DOME_BASE_FRACTION = 0.5
 # A candidate longer along the body axis than ELONGATION x its in-plane long axis, and at least
 # ELONGATED_MIN_Z_MM long, is a vessel or airway tree or the mediastinum, not a mass.
 ELONGATION = 1.5
@@ -694,13 +698,21 @@ def _rises_from_below(ct: Volume, candidate: Candidate, lungs: LungMask) -> floa
     return float(np.mean(((below > SOFT_TISSUE_HU) & ~region)[footprint]))
 
 
+def _narrows_to_base(candidate: Candidate) -> bool:
+    """Whether the candidate's lowest and highest slices each hold less than DOME_BASE_FRACTION
+    of its largest slice's area: a convex mass resting on the diaphragm, not an organ dome
+    widening below the lung."""
+    areas = np.count_nonzero(candidate.mask, axis=(1, 2))
+    return bool(max(areas[0], areas[-1]) < DOME_BASE_FRACTION * areas.max())
+
+
 def is_anatomy(ct: Volume, candidate: Candidate, lungs: LungMask) -> str | None:
     """Why a candidate is normal anatomy rather than a lesion, or None: it rises from below the
-    lung (an abdominal organ's or the heart's dome), or it is elongated along the body axis (a
-    vessel, an airway, the mediastinum).
+    lung (an abdominal organ's or the heart's dome; not a convex mass resting on it), or it is
+    elongated along the body axis (a vessel, an airway, the mediastinum).
     """
     below = _rises_from_below(ct, candidate, lungs)
-    if below >= MAX_CAUDAL_CONTINUATION:
+    if below >= MAX_CAUDAL_CONTINUATION and not _narrows_to_base(candidate):
         return f"continues below the lung ({below:.0%} of its lowest slice)"
     z_mm = (candidate.slice_range[1] - candidate.slice_range[0] + 1) * ct.spacing[0]
     if z_mm >= ELONGATED_MIN_Z_MM and z_mm > ELONGATION * candidate.long_axis_mm:
