@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -11,7 +13,7 @@ from classifier.imaging.lesions import MIN_DIAMETER_MM, Candidate, feret_axes, f
 from classifier.imaging.lung_mask import IN_PLANE, lung_mask
 from classifier.imaging.resample import resample_to
 from classifier.imaging.suv import load_pet_suv_volume
-from classifier.imaging.volume import load_ct_volume
+from classifier.imaging.volume import Volume, load_ct_volume
 
 
 def test_feret_of_a_rectangle() -> None:
@@ -149,3 +151,40 @@ def test_a_convex_mass_on_the_diaphragm_is_not_an_organ_dome() -> None:
     assert _narrows_to_base(_candidate_of(ball))
     assert not _narrows_to_base(_candidate_of(dome))  # widest on its lowest slice (index 0)
     assert not _narrows_to_base(_candidate_of(dome[::-1]))  # narrow base, widest on its top
+
+
+def _feet_first(ct: Volume) -> Volume:
+    """The same CT stored cranial slice first, its normal towards the feet (as feet-first
+    scans often are)."""
+    last = ct.index_to_patient(np.array([[ct.shape[0] - 1.0, 0.0, 0.0]]))[0]
+    direction = ct.direction.copy()
+    direction[:, 2] = -direction[:, 2]
+    return replace(
+        ct,
+        array=ct.array[::-1].copy(),
+        origin=np.asarray(last),
+        direction=direction,
+        slices=tuple(reversed(ct.slices)),
+    )
+
+
+def test_below_the_lung_is_the_patients_below_whatever_the_slice_order() -> None:
+    # A block with soft tissue under it and air over it (in the patient): "rises from below"
+    # must read the tissue under it, also where slice 0 is the most cranial slice.
+    from classifier.imaging.lesions import _rises_from_below
+
+    study = generate_study(5, "A", ct_size=128, ct_slices=60)
+    ct = load_ct_volume(study.ct)
+    assert ct.index_to_patient(np.array([[1.0, 0, 0]]))[0, 2] > ct.origin[2]  # caudal first
+    s0, r, c = 20, 60, 60  # the mediastinum, outside the lung region
+    ct.array[s0 - 1, r : r + 6, c : c + 6] = 40  # soft tissue under the block
+    ct.array[s0 + 4, r : r + 6, c : c + 6] = -1000  # air over it
+    block = np.ones((4, 6, 6), dtype=bool)
+    lungs = lung_mask(ct)
+    assert not lungs.region[s0 - 1, r // lungs.factor, c // lungs.factor]
+    caudal = _rises_from_below(ct, replace(_candidate_of(block), mask_origin=(s0, r, c)), lungs)
+    assert caudal == 1.0
+
+    flipped = _feet_first(ct)
+    mirrored = replace(_candidate_of(block), mask_origin=(ct.shape[0] - s0 - 4, r, c))
+    assert _rises_from_below(flipped, mirrored, lung_mask(flipped)) == 1.0

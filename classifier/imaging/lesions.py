@@ -681,20 +681,25 @@ def _stands_free(ct: Volume, mask: np.ndarray, origin: tuple[int, int, int]) -> 
 
 def _rises_from_below(ct: Volume, candidate: Candidate, lungs: LungMask) -> float:
     """Fraction of the candidate's lowest slice whose voxels on the slice below are soft tissue
-    outside the lung region (0 on the volume's first slice).
+    outside the lung region (0 on the volume's most caudal slice). "Lowest" and "below" are the
+    patient's: slice index 0 is the most cranial slice where the normal of the image points
+    to the feet (as feet-first scans are often stored).
     """
     s0, r0, c0 = candidate.mask_origin
-    if s0 == 0:
+    if _caudal_first(ct):
+        footprint, under = candidate.mask[0], s0 - 1
+    else:
+        footprint, under = candidate.mask[-1], s0 + candidate.mask.shape[0]
+    if not 0 <= under < ct.shape[0]:
         return 0.0
-    footprint = candidate.mask[0]
     rows_n, cols_n = footprint.shape
     rows, rows_ok = upsample_index(ct.shape[1], lungs.region.shape[1], lungs.factor)
     cols, cols_ok = upsample_index(ct.shape[2], lungs.region.shape[2], lungs.factor)
     rows, rows_ok = rows[r0 : r0 + rows_n], rows_ok[r0 : r0 + rows_n]
     cols, cols_ok = cols[c0 : c0 + cols_n], cols_ok[c0 : c0 + cols_n]
-    region = lungs.region[s0 - 1][rows[:, np.newaxis], cols[np.newaxis, :]]
+    region = lungs.region[under][rows[:, np.newaxis], cols[np.newaxis, :]]
     region &= rows_ok[:, np.newaxis] & cols_ok[np.newaxis, :]
-    below = ct.array[s0 - 1, r0 : r0 + rows_n, c0 : c0 + cols_n]
+    below = ct.array[under, r0 : r0 + rows_n, c0 : c0 + cols_n]
     return float(np.mean(((below > SOFT_TISSUE_HU) & ~region)[footprint]))
 
 
