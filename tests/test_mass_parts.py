@@ -5,8 +5,6 @@ lungs' apex; and the leave-one-patient-out choice of the real-CT protocol."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from classifier.imaging.lesions import (
@@ -16,7 +14,6 @@ from classifier.imaging.lesions import (
     _mass_parts,
     _without_edge_fragments,
 )
-from classifier.model.real_ct_protocol import choose, judged
 
 SPACING = (5.0, 2.0, 2.0)
 SHAPE = (30, 120, 160)
@@ -97,60 +94,3 @@ def test_nothing_above_the_apex() -> None:
     above = np.zeros(SHAPE, dtype=bool)
     above[20:25, 50:60, 50:60] = True
     assert _below_apex([_blob(above)], apex=12, caudal_first=True) == []
-
-
-def _row(scan_id: str, axis: float, others: int, fragments: int = 1) -> dict[str, Any]:
-    return {
-        "scan_id": scan_id,
-        "tumours": 1,
-        "other_findings": others,
-        "false_positive_findings": [],
-        "per_tumour": [
-            {
-                "detected": True,
-                "fragments": fragments,
-                "best_finding_long_axis_mm": axis,
-                "hits": [
-                    {
-                        "finding": "Lesion 1",
-                        "probability": 0.7,
-                        "long_axis_mm": axis,
-                        "touches_annotated_boxes": True,
-                    }
-                ],
-                "beside": [],
-                "annotated": {
-                    "largest_slice_box_long_side_mm": 80.0,
-                    "largest_slice_box_diagonal_mm": 100.0,
-                },
-            }
-        ],
-    }
-
-
-def test_judged_applies_the_target() -> None:
-    assert judged(_row("a", 70.0, 2))["met"]
-    assert not judged(_row("a", 50.0, 0))["met"]  # below 0.7 x 80 mm: a fragment
-    assert not judged(_row("a", 70.0, 3))["met"]
-    assert not judged(_row("a", 70.0, 0, fragments=2))["met"]
-    beside = _row("a", 70.0, 0)
-    beside["per_tumour"][0]["hits"][0]["touches_annotated_boxes"] = False
-    assert not judged(beside)["one_finding"]  # a centroid hit beside the tumour
-
-
-def test_choose_reports_each_patient_at_the_value_chosen_on_the_others() -> None:
-    # Radius 10 suits patients A and B, radius 16 suits C and D; E is met by neither.
-    met, missed = _row("x", 80.0, 0), _row("x", 20.0, 0)
-    by_radius = {
-        10.0: {"A": met, "B": met, "C": missed, "D": missed, "E": missed},
-        16.0: {"A": missed, "B": missed, "C": met, "D": met, "E": missed},
-    }
-    table = {0.5: {r: {p: judged(row) for p, row in rows.items()} for r, rows in by_radius.items()}}
-    chosen = choose(table, ["A", "B", "C", "D", "E"])
-    folds = chosen["folds"]
-    # Held out A: on B-E radius 16 meets 2, radius 10 meets 1, so A is judged at 16 (missed).
-    assert folds["A"]["radius_mm"] == 16.0 and not folds["A"]["row"]["met"]
-    assert folds["C"]["radius_mm"] == 10.0 and not folds["C"]["row"]["met"]
-    # Held out E: both meet 2 on the others, the tie goes to the smaller radius.
-    assert folds["E"]["radius_mm"] == 10.0
-    assert chosen["threshold"] == 0.5

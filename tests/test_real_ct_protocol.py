@@ -10,15 +10,16 @@ from typing import Any
 from classifier.model.real_ct_protocol import CARD_END, CARD_START, choose, install, judged
 
 
-def _row(axis: float, others: list[dict[str, Any]]) -> dict[str, Any]:
-    row = {
-        "scan_id": "",
+def _evaluation_row(scan_id: str, axis: float, others: int, fragments: int = 1) -> dict[str, Any]:
+    return {
+        "scan_id": scan_id,
         "tumours": 1,
-        "other_findings": len(others),
+        "other_findings": others,
+        "false_positive_findings": [],
         "per_tumour": [
             {
                 "detected": True,
-                "fragments": 1,
+                "fragments": fragments,
                 "best_finding_long_axis_mm": axis,
                 "hits": [
                     {
@@ -36,7 +37,10 @@ def _row(axis: float, others: list[dict[str, Any]]) -> dict[str, Any]:
             }
         ],
     }
-    verdict = judged(row)
+
+
+def _row(axis: float, others: list[dict[str, Any]]) -> dict[str, Any]:
+    verdict = judged(_evaluation_row("", axis, len(others)))
     verdict["other_findings"] = others
     return verdict
 
@@ -93,3 +97,31 @@ def test_install_writes_the_section_between_its_markers_and_the_pictures(tmp_pat
     install(summary, out, "again", card)  # in place, once
     again = card.read_text()
     assert again.count(CARD_START) == 1 and "again" in again
+
+
+def test_judged_applies_the_target() -> None:
+    assert judged(_evaluation_row("a", 70.0, 2))["met"]
+    assert not judged(_evaluation_row("a", 50.0, 0))["met"]  # below 0.7 x 80 mm: a fragment
+    assert not judged(_evaluation_row("a", 70.0, 3))["met"]
+    assert not judged(_evaluation_row("a", 70.0, 0, fragments=2))["met"]
+    beside = _evaluation_row("a", 70.0, 0)
+    beside["per_tumour"][0]["hits"][0]["touches_annotated_boxes"] = False
+    assert not judged(beside)["one_finding"]  # a centroid hit beside the tumour
+
+
+def test_choose_reports_each_patient_at_the_value_chosen_on_the_others() -> None:
+    # Radius 10 suits patients A and B, radius 16 suits C and D; E is met by neither.
+    met, missed = _evaluation_row("x", 80.0, 0), _evaluation_row("x", 20.0, 0)
+    by_radius = {
+        10.0: {"A": met, "B": met, "C": missed, "D": missed, "E": missed},
+        16.0: {"A": missed, "B": missed, "C": met, "D": met, "E": missed},
+    }
+    table = {0.5: {r: {p: judged(row) for p, row in rows.items()} for r, rows in by_radius.items()}}
+    chosen = choose(table, ["A", "B", "C", "D", "E"])
+    folds = chosen["folds"]
+    # Held out A: on B-E radius 16 meets 2, radius 10 meets 1, so A is judged at 16 (missed).
+    assert folds["A"]["radius_mm"] == 16.0 and not folds["A"]["row"]["met"]
+    assert folds["C"]["radius_mm"] == 10.0 and not folds["C"]["row"]["met"]
+    # Held out E: both meet 2 on the others, the tie goes to the smaller radius.
+    assert folds["E"]["radius_mm"] == 10.0
+    assert chosen["threshold"] == 0.5
