@@ -32,10 +32,11 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 
@@ -170,8 +171,11 @@ def storescp(workdir: Path) -> Iterator[tuple[int, str]]:
 
 
 @contextmanager
-def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
-    """Orthanc 1.10 from Debian with its own config, storage and index in `workdir`, no plugins."""
+def orthanc_ports(
+    workdir: Path, plugins: Sequence[str] = (), extra: Mapping[str, Any] | None = None
+) -> Iterator[tuple[int, int]]:
+    """Orthanc 1.10 from Debian with its own config, storage and index in `workdir`, the
+    given plugins and config keys; yields its DICOM and HTTP ports once both answer."""
     dicom_port, http_port = free_port(), free_port()
     config = {
         "Name": "bench",
@@ -182,11 +186,12 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
-        "Plugins": [],
+        "Plugins": list(plugins),
         "DicomAlwaysAllowStore": True,
         "DicomCheckCalledAet": False,
         "MaximumPduLength": PEER_MAX_PDU,
         "StorageCompression": False,
+        **(extra or {}),
     }
     path = workdir / "orthanc.json"
     path.write_text(json.dumps(config))
@@ -195,11 +200,18 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
     try:
         wait_for_port(dicom_port)
         _wait_http(f"http://127.0.0.1:{http_port}/system")
-        yield dicom_port, "ORTHANC"
+        yield dicom_port, http_port
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+@contextmanager
+def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
+    """Orthanc with no plugins; yields its DICOM port and AE title."""
+    with orthanc_ports(workdir) as (dicom_port, _):
+        yield dicom_port, "ORTHANC"
 
 
 def _wait_http(url: str, timeout: float = 60.0) -> None:

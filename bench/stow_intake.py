@@ -16,7 +16,6 @@ Usage: python bench/stow_intake.py [--rounds 3] [--slices 100] [--size 512]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -37,9 +36,9 @@ from ingest import (  # noqa: E402
     CALLING_AET,
     ORTHANC,
     _wait_http,
-    dcmtk_env,
     free_port,
     generate_series,
+    orthanc_ports,
     send,
     wait_for_port,
 )
@@ -110,30 +109,9 @@ def node(workdir: Path) -> Iterator[tuple[int, str]]:
 @contextmanager
 def orthanc(workdir: Path) -> Iterator[str]:
     """Orthanc with its DICOMweb plugin and a fresh storage; yields its base URL."""
-    http_port = free_port()
-    config = {
-        "Name": "bench",
-        "StorageDirectory": str(workdir / "orthanc"),
-        "IndexDirectory": str(workdir / "orthanc"),
-        "DicomPort": free_port(),
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "StorageCompression": False,
-    }
-    path = workdir / "orthanc.json"
-    path.write_text(json.dumps(config))
-    log = (workdir / "orthanc.log").open("wb")
-    proc = subprocess.Popen([ORTHANC, str(path)], env=dcmtk_env(), stdout=log, stderr=log)
-    try:
-        _wait_http(f"http://127.0.0.1:{http_port}/system")
+    web = {"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with orthanc_ports(workdir, [str(DICOMWEB_PLUGIN)], web) as (_, http_port):
         yield f"http://127.0.0.1:{http_port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
 
 
 def run_peer(peer: str, work: Path, files: list[Path]) -> float:
