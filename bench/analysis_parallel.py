@@ -1,5 +1,5 @@
 """Throughput of [pipeline] analysis_processes: N queued studies analysed by 1 and by 2 analysis
-processes (scp_node.analysis_pool) on a real store and SQLite index, in the same run.
+processes (scp_node.pipeline.analysis_pool) on a real store and SQLite index, in the same run.
 
 The studies are generated once (PET/CT phantoms), received into a fresh store for each setting;
 the processes are started and have loaded the model before the studies are queued, so the time
@@ -25,8 +25,8 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 import pydicom  # noqa: E402
 
-from scp_node.analysis_pool import AnalysisPool  # noqa: E402
 from scp_node.config import DEFAULT_CONFIG, load_config  # noqa: E402
+from scp_node.pipeline.analysis_pool import AnalysisPool  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.index import Index, InstanceRecord  # noqa: E402
 from storage.instance_store import InstanceStore  # noqa: E402

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import scp_node.receiver as receiver_module
+import scp_node.receive.receiver as receiver_module
 from scp_node.config import load_config
-from scp_node.receiver import Receiver
+from scp_node.receive.receiver import Receiver
 from storage.index import open_index
 from storage.instance_store import InstanceStore
 
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pynetdicom-polling",
         action="store_true",
-        help="undo the reactor wake-ups (scp_node.dicom_settings): pynetdicom's own 1 ms sleeps",
+        help=(
+            "undo the reactor wake-ups (scp_node.dicom.pynetdicom_adapter): "
+            "pynetdicom's own 1 ms sleeps"
+        ),
     )
     parser.add_argument(
         "--without-early-sync",
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.without_early_sync:
-        from scp_node import dicom_settings
+        from scp_node.dicom import pynetdicom_adapter as dicom_settings
 
         dicom_settings.DataSync = lambda _path: None  # type: ignore[assignment,misc]
     if args.diagnose_without_fsync:
@@ -168,7 +171,7 @@ def _undo_wakeups() -> None:
     from pynetdicom import association, dul
     from pynetdicom.dul import DULServiceProvider
 
-    from scp_node import dicom_settings
+    from scp_node.dicom import pynetdicom_adapter as dicom_settings
 
     setattr(dul, "time", time)  # noqa: B010
     setattr(association, "time", time)  # noqa: B010

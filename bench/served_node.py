@@ -123,7 +123,7 @@ class ServedNode:
 
     def receiver_rss_mib(self) -> list[float]:
         """Resident memory (MiB) of each receiver process (the serve process's children that
-        run scp_node.receiver_processes)."""
+        run scp_node.receive.processes)."""
         out = subprocess.run(
             ["ps", "-o", "pid=,rss=,args=", "--ppid", str(self._proc.pid)],
             capture_output=True,

@@ -61,7 +61,7 @@ class Destination:
     tls_verify_hostname: bool = False
     tls_pin_sha256: str | None = None
     # commit=yes: results count as delivered only once the destination commits them by Storage
-    # Commitment (scp_node.storage_commitment), not when it answers the C-STORE
+    # Commitment (scp_node.dicom.storage_commitment), not when it answers the C-STORE
     commit: bool = False
     # DICOMweb: the service's base URL (STOW-RS posts to <url>/studies) and its credentials,
     # a bearer token or basic user and password (never shown in messages)
@@ -160,7 +160,7 @@ class StorageConfig:
     max_instance_mb: int = 2048  # 0: no limit
     retention_days: int = 30
     database_pool_size: int = 4  # PostgreSQL connections per process
-    emergency_free_mb: int = 0  # 0: off; see scp_node.retention_runner
+    emergency_free_mb: int = 0  # 0: off; see scp_node.pipeline.retention
     retention_without_destination: str = "keep"  # keep | remove
     folder_fsync: str = "auto"  # storage.instance_store.FOLDER_FSYNC_MODES
 
@@ -173,7 +173,9 @@ class PipelineConfig:
     job_lease_seconds: float = 600.0
     max_job_attempts: int = 3
     analysis_processes: int = 1
-    analysis_nice: int = 10  # 0: the analysis runs at the node's priority (scp_node.priority)
+    analysis_nice: int = (
+        10  # 0: the analysis runs at the node's priority (scp_node.pipeline.priority)
+    )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ class InstanceRecord:
     study_date: str = ""
     patient_id: str = ""
     # SHA-256 digests of the Patient ID and Patient's Birth Date (see
-    # scp_node.instance_header.patient_digest); None: not compared (birth date absent, or a
+    # scp_node.dicom.instance_header.patient_digest); None: not compared (birth date absent, or a
     # record made without them). The index keeps digests only, never the values.
     patient_digest: str | None = None
     birth_date_digest: str | None = None

@@ -15,7 +15,7 @@ and an `inputs_removed` event on the study's timeline; a crash between the two l
 missing files, which the next run removes again (removing a missing file is no error).
 
 Which studies go (age past `retention_days`, or the oldest delivered first while free space is
-below the emergency watermark) is the policy of `scp_node.retention_runner`; `plan` here is the
+below the emergency watermark) is the policy of `scp_node.pipeline.retention`; `plan` here is the
 pure part of it, so that tests and the dry run see exactly what a run would do.
 """
 

@@ -177,7 +177,7 @@ class Studies:
 
     def patient_digests(self, study_uid: str) -> tuple[str | None, str | None] | None:
         """The study's (Patient ID, Patient's Birth Date) digests as the receiver indexed them
-        (scp_node.instance_header.patient_digest; None where not indexed); None when the study
+        (scp_node.dicom.instance_header.patient_digest; None where not indexed); None when the study
         is not in the index."""
         q = self._q
         study = require_uid("Study Instance UID", study_uid)

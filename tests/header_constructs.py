@@ -18,8 +18,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from scp_node.header_scan import scan_header
-from scp_node.instance_header import HEADER_TAGS, HeaderError, patient_digest, read_header
+from scp_node.dicom.header_scan import scan_header
+from scp_node.dicom.instance_header import HEADER_TAGS, HeaderError, patient_digest, read_header
 
 ITEM = b"\xfe\xff\x00\xe0"
 ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"

@@ -16,8 +16,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from scp_node.config import Config
-from scp_node.receiver import Receiver
-from scp_node.sop_classes import STORAGE_SOP_CLASSES
+from scp_node.dicom.sop_classes import STORAGE_SOP_CLASSES
+from scp_node.receive.receiver import Receiver
 from storage.database import Database
 from storage.index import Index, InstanceRecord, ResultObject
 from storage.instance_store import InstanceStore

@@ -12,8 +12,8 @@ from typing import Any
 from in_process import RunningNode
 from ports import free_port
 
-from scp_node.health import NodeState
-from scp_node.service import WebServer
+from scp_node.app.service import WebServer
+from scp_node.ops.health import NodeState
 
 WEB_TOKEN = "console-token-0123456789abcdef"
 STOW_TOKEN = "stow-token-9f8e7d6c5b4a39281706"

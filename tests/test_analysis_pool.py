@@ -13,8 +13,8 @@ import pytest
 from node_process import PhantomFiles
 
 from classifier.datasets.phantom import generate_study
-from scp_node.analysis_pool import AnalysisPool
 from scp_node.config import Config
+from scp_node.pipeline.analysis_pool import AnalysisPool
 from storage.database import Database
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore

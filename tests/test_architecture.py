@@ -1,8 +1,10 @@
 """The import rules of DESIGN.md, read from the source with ast (no module is imported).
 
 `scp_node` uses `storage` and `classifier`; `classifier` and `storage` never import `scp_node`;
-`storage` never imports `classifier`. Inside `classifier` and inside `storage` the modules import
-each other without a cycle. Every import counts: at module level, inside a function (a "lazy"
+`storage` never imports `classifier`. Inside each package the modules import each other without
+a cycle, and `scp_node`'s rooms import only downward: app -> web -> pipeline -> receive -> ops ->
+dicom -> the shared modules (config, credentials, logs, metrics). Every import counts: at module
+level, inside a function (a "lazy"
 import is still a dependency) and under `if TYPE_CHECKING:` (a cycle there is one a refactoring
 turns into a run-time cycle).
 """
@@ -143,7 +145,7 @@ def test_layers_import_one_way(package: str, forbidden: set[str]) -> None:
     assert not wrong, f"{package} must not import {sorted(forbidden)}:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize("package", ["classifier", "storage"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycle_inside(package: str) -> None:
     nodes = {m for m in GRAPH if _top(m) == package}
     cycle = _find_cycle(nodes)
@@ -161,3 +163,63 @@ def test_the_cycle_finder_finds_a_planted_cycle() -> None:
     finally:
         for name in ("__a", "__b", "__c"):
             del GRAPH[name]
+
+
+# scp_node's rooms, lowest first: a module may import its own room, the rooms below it and the
+# shared modules; a shared module imports only shared modules.
+SCP_NODE_ROOMS = ("dicom", "ops", "receive", "pipeline", "web", "app")
+SCP_NODE_SHARED = {"scp_node", "scp_node.config", "scp_node.credentials", "scp_node.logs"}
+SCP_NODE_SHARED |= {"scp_node.metrics"}
+SCP_NODE_ENTRY = {"scp_node.__main__"}  # `python -m scp_node`: above every room
+
+
+def _rank(module: str) -> int:
+    """0 for a shared module, 1 + the room's place for a module in a room, above all for the entry
+    point; ValueError for a module of scp_node in no room (a new flat module must find its room)."""
+    if module in SCP_NODE_SHARED:
+        return 0
+    if module in SCP_NODE_ENTRY:
+        return len(SCP_NODE_ROOMS) + 1
+    room = module.split(".")[1]
+    if room not in SCP_NODE_ROOMS:
+        raise ValueError(f"{module} is in no room of scp_node ({', '.join(SCP_NODE_ROOMS)})")
+    return 1 + SCP_NODE_ROOMS.index(room)
+
+
+def _upward_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    """Every import in `graph` from a module of scp_node to one in a higher room."""
+    return [
+        f"{module} imports {target} (line {line})"
+        for module, targets in sorted(graph.items())
+        if _top(module) == "scp_node"
+        for target, line in sorted(targets.items())
+        if _top(target) == "scp_node" and _rank(target) > _rank(module)
+    ]
+
+
+def test_every_scp_node_module_has_a_room() -> None:
+    homeless = []
+    for module in MODULES:
+        if _top(module) == "scp_node":
+            try:
+                _rank(module)
+            except ValueError as exc:
+                homeless.append(str(exc))
+    assert not homeless, "\n".join(homeless)
+
+
+def test_scp_node_rooms_import_only_downward() -> None:
+    wrong = _upward_imports(GRAPH)
+    assert not wrong, "scp_node imports up its rooms:\n" + "\n".join(wrong)
+
+
+def test_an_upward_import_is_found() -> None:
+    planted = {
+        "scp_node.receive.receiver": {"scp_node.pipeline.worker": 7, "scp_node.dicom.tls": 8},
+        "scp_node.config": {"scp_node.dicom.status": 3},
+        "scp_node.app.cli": {"scp_node.receive.receiver": 9},
+    }
+    assert _upward_imports(planted) == [
+        "scp_node.config imports scp_node.dicom.status (line 3)",
+        "scp_node.receive.receiver imports scp_node.pipeline.worker (line 7)",
+    ]

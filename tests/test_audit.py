@@ -12,7 +12,7 @@ from dcmtk import run_echoscu, run_storescu
 from in_process import RunningNode, make_ct
 from pydicom import dcmread
 
-from scp_node.audit import (
+from scp_node.ops.audit import (
     OUTCOME_MINOR_FAILURE,
     OUTCOME_SERIOUS_FAILURE,
     OUTCOME_SUCCESS,

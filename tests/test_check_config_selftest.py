@@ -20,9 +20,9 @@ from node_process import NodeProcess
 from tls_certificates import make_certificates
 
 from classifier.model.bundled import BUNDLED_MODEL
-from scp_node.check_config import ERROR, OK, WARNING, check_config, failed
+from scp_node.app.check_config import ERROR, OK, WARNING, check_config, failed
+from scp_node.app.selftest import SelftestError, choose
 from scp_node.config import DEFAULT_CONFIG
-from scp_node.selftest import SelftestError, choose
 
 DAY = 86400.0
 

@@ -18,7 +18,7 @@ from ports import free_port
 from pydicom import dcmread
 from pynetdicom import AE
 
-from scp_node.receiver import Receiver
+from scp_node.receive.receiver import Receiver
 from storage.database import Database
 from storage.index import Index, InstanceRecord
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from configs import make_config
 
-from scp_node.receiver import Receiver
+from scp_node.receive.receiver import Receiver
 from storage.database import Database
 from storage.index import Index
 from storage.instance_store import InstanceStore
@@ -62,14 +62,15 @@ def test_every_accepted_transfer_syntax_is_listed(accepted: dict[str, set[str]])
 
 
 def test_every_status_the_receiver_returns_is_documented() -> None:
-    from scp_node import dimse_status, receiver
+    from scp_node.dicom import status as dimse_status
+    from scp_node.receive import receiver
 
     constants = {
         value
         for name, value in vars(receiver).items()
         if name.isupper() and getattr(dimse_status, name, None) == value
     }
-    assert constants, "receiver.py uses no status constant of scp_node.dimse_status"
+    assert constants, "receiver.py uses no status constant of scp_node.dicom.status"
     documented = {int(v, 16) for v in re.findall(r"`(0x[0-9A-F]{4})`", _section("Status Codes"))}
     assert constants <= documented
     handlers = (receiver.Receiver._on_c_store.__doc__ or "") + (

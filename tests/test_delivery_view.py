@@ -12,9 +12,9 @@ import pytest
 from in_process import BASIC_TEXT_SR, NOW, Outbox, result_dataset, sender_config
 from starlette.testclient import TestClient
 
-from scp_node import cli
-from scp_node.audit import AuditLog
-from scp_node.health import NodeState
+from scp_node.app import cli
+from scp_node.ops.audit import AuditLog
+from scp_node.ops.health import NodeState
 from scp_node.web.app import build_app
 
 TOKEN = "test-token-0123456789abcdef"

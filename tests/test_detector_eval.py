@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from classifier.model.detector_eval import FROC_PNG, REPORT_MD, SUMMARY_JSON
-from scp_node.cli import main
+from scp_node.app.cli import main
 
 HERE = Path(__file__).resolve().parent
 APPROXIMATE = HERE / "data" / "annotations-approximate"

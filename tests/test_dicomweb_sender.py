@@ -19,8 +19,8 @@ from tls_certificates import Certificates, make_certificates
 from tls_forwarder import TlsForwarder
 
 from scp_node.config import ConfigError
-from scp_node.dicomweb_sender import session_for
-from scp_node.sender import Sender
+from scp_node.pipeline.dicomweb_sender import session_for
+from scp_node.pipeline.sender import Sender
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER, PASSWORD = "lungnode", "s3cret-pass"
@@ -216,7 +216,7 @@ def test_dicomweb_line_is_parsed_and_its_secrets_never_shown(tmp_path: Path) -> 
 
 
 def test_check_config_probes_a_dicomweb_destination(tmp_path: Path, orthanc: Orthanc) -> None:
-    from scp_node.check_config import echo
+    from scp_node.app.check_config import echo
 
     good = sender_config(
         tmp_path, 104, destinations__pacs=f"{orthanc.url}/dicom-web basic={USER}:{PASSWORD}"

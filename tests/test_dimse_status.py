@@ -12,7 +12,7 @@ from pynetdicom.status import (
     Status,
 )
 
-from scp_node import dimse_status as ds
+from scp_node.dicom import status as ds
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from pynetdicom import AE
 from test_e2e_dcmtk import _wait_results
 
 from classifier.datasets.phantom import generate_study
-from scp_node.dimse_status import PATIENT_MISMATCH, SUCCESS
+from scp_node.dicom.status import PATIENT_MISMATCH, SUCCESS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

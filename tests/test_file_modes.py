@@ -18,8 +18,8 @@ from dcmtk import StorescpServer, run_storescu
 from node_process import NodeProcess, save_datasets
 
 from classifier.datasets.phantom import generate_study
-from scp_node.audit import AuditLog
-from scp_node.index_recovery import write_mark
+from scp_node.ops.audit import AuditLog
+from scp_node.receive.lazy_index import write_mark
 from storage.database import Database
 from storage.instance_store import InstanceStore
 from storage.private_files import make_private_dir, prepare_sqlite_file, restrict_umask

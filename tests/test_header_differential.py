@@ -36,8 +36,8 @@ from header_constructs import (
 from pydicom import dcmread
 from test_header_scan import _ct, _with_nested_sequence
 
-from scp_node.header_scan import scan_header
-from scp_node.instance_header import HEADER_TAGS, HeaderError, patient_digest, read_header
+from scp_node.dicom.header_scan import scan_header
+from scp_node.dicom.instance_header import HEADER_TAGS, HeaderError, patient_digest, read_header
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"  # _ct's Study Instance UID
 

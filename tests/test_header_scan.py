@@ -1,4 +1,4 @@
-"""scp_node.header_scan agrees with pydicom's dcmread on every value it returns, or declines.
+"""scp_node.dicom.header_scan agrees with pydicom's dcmread on every value it returns, or declines.
 
 The scan replaces dcmread on the C-STORE path only because it is faster; it must never give a
 different value. Each case compares every indexed element (type and value) with dcmread's,
@@ -25,8 +25,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from scp_node.header_scan import SCAN_BYTES, scan_header
-from scp_node.instance_header import HEADER_TAGS, read_header
+from scp_node.dicom.header_scan import SCAN_BYTES, scan_header
+from scp_node.dicom.instance_header import HEADER_TAGS, read_header
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

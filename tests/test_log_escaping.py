@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scp_node.instance_header import INVALID_CODE_CHARS, code_string, is_code_string
+from scp_node.dicom.instance_header import INVALID_CODE_CHARS, code_string, is_code_string
 from scp_node.logs import (
     MAX_MESSAGE_CHARS,
     MAX_VALUE_CHARS,
@@ -196,7 +196,7 @@ def test_status_prints_peer_and_dataset_values_escaped(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Reasons hold Series Descriptions, last errors hold peers' Error Comments."""
-    from scp_node import cli
+    from scp_node.app import cli
 
     class FakeIndex:
         def status(self) -> dict[str, object]:

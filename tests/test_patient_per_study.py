@@ -14,13 +14,13 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from scp_node.dimse_status import (
+from scp_node.dicom.instance_header import patient_digest
+from scp_node.dicom.status import (
     CANNOT_UNDERSTAND,
     INSTANCE_IN_OTHER_STUDY,
     PATIENT_MISMATCH,
     SUCCESS,
 )
-from scp_node.instance_header import patient_digest
 from storage.index import InstanceRecord, StudyConflict
 
 STUDY = "1.2.826.0.1.3680043.8.498.71"

@@ -1,4 +1,5 @@
-"""[pipeline] analysis_nice: the analysis yields the CPU to receiving (scp_node.priority)."""
+"""[pipeline] analysis_nice: the analysis yields the CPU to receiving
+(scp_node.pipeline.priority)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # run in a child: a nice value, once raised, cannot be lowered again by this test process
 _THREADS = """
 import json, os, threading
-from scp_node.priority import lower_threads, lower_this_thread
+from scp_node.pipeline.priority import lower_threads, lower_this_thread
 nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 seen, go, done = {}, threading.Event(), threading.Event()
 def other():

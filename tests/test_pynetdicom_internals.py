@@ -3,33 +3,34 @@
 pyproject pins pynetdicom to the 3.0 series; before widening the pin, run this file against the
 new release. Each failure names the internal and the node module that depends on it:
 
-- `pynetdicom._config` flags (scp_node.dicom_settings; tests use STORE_SEND_CHUNKED_DATASET)
+- `pynetdicom._config` flags (scp_node.dicom.pynetdicom_adapter; tests use
+  STORE_SEND_CHUNKED_DATASET)
 - `pynetdicom.dimse_messages.NamedTemporaryFile`, looked up when a C-STORE-RQ dataset starts
   streaming, in the association's DUL thread (`DULServiceProvider.assoc.ae`), replaced by
-  scp_node.dicom_settings to stream into the store's incoming folder
+  scp_node.dicom.pynetdicom_adapter to stream into the store's incoming folder
 - `C_STORE._dataset_file`, the streamed file object on the request (dicom_settings
   `disk_full_while_streaming`), and the `.file.flush()` pynetdicom calls on it
-- `ApplicationEntity._servers`, where scp_node.tls.start_server registers its server so
+- `ApplicationEntity._servers`, where scp_node.dicom.tls.start_server registers its server so
   that `server.shutdown()` and `ae.shutdown()` work
 - `ApplicationEntity.require_calling_aet` as a property that ACSE reads through the AE
-  (scp_node.receiver._NodeAE overrides it so that an empty allow-list admits nobody)
+  (scp_node.receive.receiver._NodeAE overrides it so that an empty allow-list admits nobody)
 - `AssociationServer.get_request` as the place where TLS sockets are wrapped, and
-  `make_server(server_class=..., **kwargs)` (scp_node.tls servers)
+  `make_server(server_class=..., **kwargs)` (scp_node.dicom.tls servers)
 - the A-ASSOCIATE primitive's attributes read for logs and audit (receiver, sender, audit)
-- `DULServiceProvider._read_pdu_data` (replaced by scp_node.connections), its queues and
+- `DULServiceProvider._read_pdu_data` (replaced by scp_node.dicom.connections), its queues and
   `_decode_pdu`; `Association.run_reactor` ending when its A-ASSOCIATE-RQ wait returns None
 - `ACSE._negotiate_as_acceptor` reading `active_associations`, `maximum_associations` and
-  `require_calling_aet` through the AE (scp_node.receiver._NodeAE)
+  `require_calling_aet` through the AE (scp_node.receive.receiver._NodeAE)
 - `RequestHandler.handle` and `AssociationServer(request_handler=...)`
-  (scp_node.connections._GuardedRequestHandler)
-- the reactor wake-ups (scp_node.dicom_settings): `pynetdicom.dul.time` and
+  (scp_node.dicom.connections._GuardedRequestHandler)
+- the reactor wake-ups (scp_node.dicom.pynetdicom_adapter): `pynetdicom.dul.time` and
   `pynetdicom.association.time` as the modules' `time`, whose `sleep(_run_loop_delay)` and
   `sleep(0.001)` are the idle sleeps of `DULServiceProvider.run_reactor` and
   `Association._run_reactor`; `DIMSEServiceProvider.msg_queue` (a queue.Queue) and
   `DULServiceProvider.send_pdu`
-- `DIMSEMessage.decode_msg`, wrapped by scp_node.dicom_settings to start the data sync of a
-  completed streamed dataset, as called by `DIMSEServiceProvider.receive_primitive`
-- the direct encoders (scp_node.dicom_settings): `dimse_messages.create_file_meta` and
+- `DIMSEMessage.decode_msg`, wrapped by scp_node.dicom.pynetdicom_adapter to start the data sync of
+  a completed streamed dataset, as called by `DIMSEServiceProvider.receive_primitive`
+- the direct encoders (scp_node.dicom.pynetdicom_adapter): `dimse_messages.create_file_meta` and
   `write_file_meta_info` as looked up by `DIMSEMessage.decode_msg`;
   `DIMSEServiceProvider.send_msg(primitive, context_id)`; `_config.LOG_HANDLER_LEVEL`
 """
@@ -53,17 +54,17 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
-from scp_node import dicom_settings
-from scp_node.dicom_settings import (
+from scp_node.dicom import pynetdicom_adapter as dicom_settings
+from scp_node.dicom.instance_header import read_header
+from scp_node.dicom.pynetdicom_adapter import (
     StreamedFile,
     configure_pynetdicom,
     data_sync_while_streaming,
     header_while_streaming,
     route_incoming,
 )
-from scp_node.instance_header import read_header
-from scp_node.receiver import _NodeAE
-from scp_node.tls import start_server
+from scp_node.dicom.tls import start_server
+from scp_node.receive.receiver import _NodeAE
 from storage.data_sync import DataSync
 
 CONFIG_FLAGS = (
@@ -84,13 +85,15 @@ def _names(function: Any) -> set[str]:
 @pytest.mark.parametrize("flag", CONFIG_FLAGS)
 def test_config_flag_exists(flag: str) -> None:
     assert isinstance(getattr(_config, flag, None), bool), (
-        f"pynetdicom._config.{flag} is gone or no longer a bool (scp_node.dicom_settings sets it)"
+        f"pynetdicom._config.{flag} is gone or no longer a bool "
+        "(scp_node.dicom.pynetdicom_adapter sets it)"
     )
 
 
 def test_streamed_dataset_file_is_created_through_dimse_messages_named_temporary_file() -> None:
     assert hasattr(dimse_messages, "NamedTemporaryFile"), (
-        "pynetdicom.dimse_messages.NamedTemporaryFile is gone (scp_node.dicom_settings replaces it)"
+        "pynetdicom.dimse_messages.NamedTemporaryFile is gone "
+        "(scp_node.dicom.pynetdicom_adapter replaces it)"
     )
     configure_pynetdicom()
     assert DIMSEMessage.decode_msg is dicom_settings._decode_msg_then_sync
@@ -104,7 +107,7 @@ def test_streamed_dataset_file_is_created_through_dimse_messages_named_temporary
     )
     assert {"_data_set_file", "file", "flush"} <= decode, (
         "DIMSEMessage.decode_msg no longer writes through _data_set_file.file.flush() "
-        "(scp_node.dicom_settings.StreamedFile provides .file)"
+        "(scp_node.dicom.pynetdicom_adapter.StreamedFile provides .file)"
     )
     assert "_dataset_file" in _names(DIMSEMessage.message_to_primitive), (
         "DIMSEMessage.message_to_primitive no longer sets the primitive's _dataset_file"
@@ -119,7 +122,7 @@ def test_servers_registry_and_server_shutdown() -> None:
     assert isinstance(AE()._servers, list), "ApplicationEntity._servers is no longer a list"
     assert "_servers" in _names(ThreadedAssociationServer.shutdown), (
         "AssociationServer.shutdown no longer removes itself from ae._servers "
-        "(scp_node.tls.start_server registers there)"
+        "(scp_node.dicom.tls.start_server registers there)"
     )
     assert "_servers" in _names(ApplicationEntity.shutdown), (
         "ApplicationEntity.shutdown no longer stops the servers in ae._servers"
@@ -130,14 +133,14 @@ def test_require_calling_aet_is_a_property_read_through_the_ae() -> None:
     prop = ApplicationEntity.__dict__.get("require_calling_aet")
     assert isinstance(prop, property) and prop.fget and prop.fset, (
         "ApplicationEntity.require_calling_aet is no longer a property with a setter "
-        "(scp_node.receiver._NodeAE overrides it)"
+        "(scp_node.receive.receiver._NodeAE overrides it)"
     )
 
 
 def test_tls_wrapping_happens_in_get_request_and_make_server_passes_kwargs() -> None:
     assert "wrap_socket" in _names(AssociationServer.get_request), (
         "AssociationServer.get_request no longer wraps TLS sockets "
-        "(scp_node.tls.HandshakeInThreadServer replaces it to move the handshake)"
+        "(scp_node.dicom.tls.HandshakeInThreadServer replaces it to move the handshake)"
     )
     import inspect
 
@@ -229,20 +232,20 @@ def test_node_ae_with_empty_allow_list_rejects_every_caller() -> None:
         assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP")
         assert assoc.is_rejected, (
             "ACSE no longer reads ae.require_calling_aet through the AE "
-            "(scp_node.receiver._NodeAE's property is bypassed)"
+            "(scp_node.receive.receiver._NodeAE's property is bypassed)"
         )
     finally:
         server.shutdown()
 
 
 def test_dul_reads_pdus_through_read_pdu_data_and_the_acceptor_waits_on_its_queue() -> None:
-    """scp_node.connections replaces DULServiceProvider._read_pdu_data (called by
+    """scp_node.dicom.connections replaces DULServiceProvider._read_pdu_data (called by
     _is_transport_event; it puts events on event_queue and PDUs on _recv_pdu, decodes with
     _decode_pdu) and wakes an acceptor waiting for its A-ASSOCIATE-RQ with a None on
     to_user_queue (Association.run_reactor then ends the association)."""
     from pynetdicom.association import Association
 
-    from scp_node import connections
+    from scp_node.dicom import connections
 
     configure_pynetdicom()
     assert DULServiceProvider._read_pdu_data is connections.guarded_read_pdu_data
@@ -250,14 +253,14 @@ def test_dul_reads_pdus_through_read_pdu_data_and_the_acceptor_waits_on_its_queu
     original = _names(connections._original_read_pdu_data)
     assert {"_decode_pdu", "event_queue", "_recv_pdu"} <= original, (
         "pynetdicom's _read_pdu_data no longer decodes with _decode_pdu onto event_queue and "
-        "_recv_pdu (scp_node.connections.guarded_read_pdu_data mirrors it)"
+        "_recv_pdu (scp_node.dicom.connections.guarded_read_pdu_data mirrors it)"
     )
     assert "to_user_queue" in _names(DULServiceProvider.receive_pdu)
     assert {"receive_pdu", "kill", "_server"} <= _names(Association.run_reactor)
 
 
 def test_acse_reads_the_limits_through_the_ae_in_the_acceptor_thread() -> None:
-    """scp_node.receiver._NodeAE overrides active_associations and maximum_associations (and
+    """scp_node.receive.receiver._NodeAE overrides active_associations and maximum_associations (and
     require_calling_aet) for the limit check of ACSE._negotiate_as_acceptor, which runs in the
     association's own thread."""
     from pynetdicom.acse import ACSE
@@ -271,7 +274,7 @@ def test_acse_reads_the_limits_through_the_ae_in_the_acceptor_thread() -> None:
 
 
 def test_request_handler_creates_the_association_and_server_accepts_request_handler() -> None:
-    """scp_node.connections._GuardedRequestHandler.handle mirrors RequestHandler.handle."""
+    """scp_node.dicom.connections._GuardedRequestHandler.handle mirrors RequestHandler.handle."""
     import inspect
 
     from pynetdicom.transport import RequestHandler
@@ -287,7 +290,7 @@ def test_idle_sleeps_are_the_module_time_sleeps_the_wakeups_replace() -> None:
     from pynetdicom import association, dimse, dul
     from pynetdicom.association import Association
 
-    from scp_node import dicom_settings
+    from scp_node.dicom import pynetdicom_adapter as dicom_settings
 
     configure_pynetdicom()
     dul_source = inspect.getsource(DULServiceProvider.run_reactor)
@@ -311,7 +314,7 @@ def test_reactor_idle_sleep_ends_when_a_message_is_queued() -> None:
     import queue
     import time
 
-    from scp_node.dicom_settings import _reactor_idle
+    from scp_node.dicom.pynetdicom_adapter import _reactor_idle
 
     messages: queue.Queue[int] = queue.Queue()
     threading.Timer(0.05, messages.put, args=(1,)).start()
@@ -329,7 +332,8 @@ def test_file_meta_and_decode_msg_lookups() -> None:
         dicom_settings._original_decode_msg
     ), (
         "DIMSEMessage.decode_msg no longer writes the File Meta through dimse_messages' "
-        "create_file_meta and write_file_meta_info (scp_node.dicom_settings replaces them)"
+        "create_file_meta and write_file_meta_info "
+        "(scp_node.dicom.pynetdicom_adapter replaces them)"
     )
     assert _config.LOG_HANDLER_LEVEL == "none"
 
@@ -350,7 +354,7 @@ def test_direct_file_meta_is_what_pydicom_writes(
     from pydicom.uid import UID
     from pynetdicom.dsutils import create_file_meta
 
-    from scp_node.dicom_settings import _create_file_meta, encode_file_meta
+    from scp_node.dicom.pynetdicom_adapter import _create_file_meta, encode_file_meta
 
     expected = DicomBytesIO()
     write_file_meta_info(
@@ -377,7 +381,7 @@ def test_direct_store_response_is_what_pynetdicom_encodes(status: int, sop_insta
     from pynetdicom.dimse_messages import C_STORE_RSP
     from pynetdicom.dsutils import encode
 
-    from scp_node.dicom_settings import encode_store_response
+    from scp_node.dicom.pynetdicom_adapter import encode_store_response
 
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo = 7
@@ -396,7 +400,7 @@ def test_send_msg_is_the_dimse_providers_way_to_send() -> None:
 
     from pynetdicom import dimse
 
-    from scp_node import dicom_settings
+    from scp_node.dicom import pynetdicom_adapter as dicom_settings
 
     configure_pynetdicom()
     assert list(inspect.signature(dicom_settings._original_send_msg).parameters) == [

@@ -18,8 +18,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.dul import DULServiceProvider
 
-from scp_node import dicom_settings
-from scp_node.dimse_status import OUT_OF_RESOURCES, SUCCESS
+from scp_node.dicom import pynetdicom_adapter as dicom_settings
+from scp_node.dicom.status import OUT_OF_RESOURCES, SUCCESS
 
 
 def _send(node: RunningNode, paths: list[Path], calling: str = "STORESCU") -> list[int]:

@@ -28,8 +28,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from scp_node.index_recovery import LazyIndexing, read_mark, remember_calling_aet
-from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from scp_node.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from scp_node.receive.lazy_index import LazyIndexing, read_mark, remember_calling_aet
 from storage.database import Database
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
@@ -305,7 +305,7 @@ def test_data_is_synced_early_only_while_one_association_is_open(
 ) -> None:
     """Alone on the node, each instance's data sync starts as its last fragment lands; with
     another association open, the commit flushes data and name together (one flush)."""
-    from scp_node import dicom_settings
+    from scp_node.dicom import pynetdicom_adapter as dicom_settings
 
     started = _calls_of(monkeypatch, dicom_settings, "DataSync")
     receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
@@ -332,7 +332,7 @@ def test_header_is_read_while_streaming_and_from_the_file_when_it_does_not_fit(
 ) -> None:
     """The header comes from the first bytes while the dataset streams; a header longer than
     the scan (a 70 KB private element before Patient ID) is read from the file instead."""
-    import scp_node.receiver as receiver_module
+    import scp_node.receive.receiver as receiver_module
 
     read_from_file = _calls_of(monkeypatch, receiver_module, "_read_header")
     plain = make_ct(tmp_path / "plain.dcm", size=256)

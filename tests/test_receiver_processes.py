@@ -94,7 +94,7 @@ def test_two_receiver_processes_share_the_port_store_index_and_metrics(
 
 
 def test_recovery_starts_from_the_oldest_receiver_mark(tmp_path: Path) -> None:
-    from scp_node.index_recovery import (
+    from scp_node.receive.lazy_index import (
         mark_path,
         read_mark,
         recovery_mark,
@@ -124,7 +124,7 @@ def test_recovery_starts_from_the_oldest_receiver_mark(tmp_path: Path) -> None:
 
 def _pending_connection() -> tuple[socket.socket, socket.socket]:
     """A listening socket with one connection waiting in its accept queue, and that client."""
-    from scp_node.connections import make_listener
+    from scp_node.dicom.connections import make_listener
 
     listener = make_listener("127.0.0.1", 0)
     client = socket.create_connection(listener.getsockname(), timeout=5)
@@ -132,7 +132,7 @@ def _pending_connection() -> tuple[socket.socket, socket.socket]:
 
 
 def test_the_least_busy_receiver_accepts_at_once_a_busier_one_waits() -> None:
-    from scp_node.connections import LeastBusyDispatch
+    from scp_node.dicom.connections import LeastBusyDispatch
 
     counts = multiprocessing.get_context("spawn").Array("i", 2)
     listener, client = _pending_connection()
@@ -191,7 +191,7 @@ def test_associations_are_spread_evenly_over_receiver_processes(
 
 
 def test_a_taken_port_is_named_when_the_shared_listener_is_made() -> None:
-    from scp_node.connections import make_listener
+    from scp_node.dicom.connections import make_listener
 
     taken = make_listener("127.0.0.1", 0)
     try:
@@ -225,7 +225,7 @@ def test_auto_is_one_receiver_process_per_core_at_least_two_at_most_max_associat
 
 
 def test_node_counts_are_shared_by_processes_and_cleared_per_receiver(tmp_path: Path) -> None:
-    from scp_node.node_counts import NodeCounts
+    from scp_node.dicom.node_counts import NodeCounts
 
     context = multiprocessing.get_context("spawn")
     counts = NodeCounts(3, 4, tmp_path / "counts.lock", context)
@@ -251,7 +251,7 @@ def test_node_counts_are_shared_by_processes_and_cleared_per_receiver(tmp_path: 
 
 
 def _publish_row(counts: object, row: int) -> None:
-    from scp_node.node_counts import NodeCounts
+    from scp_node.dicom.node_counts import NodeCounts
 
     assert isinstance(counts, NodeCounts)
     with counts.locked():

@@ -21,10 +21,10 @@ from dcmtk import StorescpServer, run_storescu
 from node_process import NodeProcess, PhantomFiles, save_datasets
 
 from classifier.datasets.phantom import generate_study
-from scp_node.audit import AuditLog
 from scp_node.config import Config
-from scp_node.retention_runner import format_report, run_retention
-from scp_node.scheduler import retain
+from scp_node.ops.audit import AuditLog
+from scp_node.pipeline.retention import format_report, run_retention
+from scp_node.pipeline.scheduler import retain
 from storage.index import Index, open_index
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord, ResultObject
@@ -327,7 +327,7 @@ def test_dry_run_and_run_against_a_node_that_delivered_to_storescp(
 def test_the_node_page_shows_the_same_dry_run(pipeline: Callable[..., Pipeline]) -> None:
     from starlette.testclient import TestClient
 
-    from scp_node.health import NodeState
+    from scp_node.ops.health import NodeState
     from scp_node.web.app import build_app
 
     token = "retention-token-0123456789"

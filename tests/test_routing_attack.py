@@ -61,7 +61,7 @@ def test_results_go_to_the_sender_of_the_analysed_series_not_the_first_sender(
 def test_sender_routing_names_every_sender_of_the_analysed_series(tmp_path: Path) -> None:
     from configs import make_config
 
-    from scp_node.routing import destinations_for
+    from scp_node.pipeline.routing import destinations_for
 
     config = make_config(
         tmp_path / "store",

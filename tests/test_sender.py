@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from scp_node.config import SenderConfig
-from scp_node.sender import Sender, backoff_delay, is_transient_status
+from scp_node.pipeline.sender import Sender, backoff_delay, is_transient_status
 
 UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.8.498.999.1"  # no peer knows this storage class
 

@@ -32,9 +32,8 @@ from pydicom import Dataset
 from pynetdicom import AE, evt
 
 from scp_node.config import ConfigError
-from scp_node.dimse_status import PROCESSING_FAILURE, SUCCESS
-from scp_node.sender import Sender
-from scp_node.storage_commitment import (
+from scp_node.dicom.status import PROCESSING_FAILURE, SUCCESS
+from scp_node.dicom.storage_commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
     CommitmentReport,
@@ -42,6 +41,7 @@ from scp_node.storage_commitment import (
     commitment_request,
     parse_report,
 )
+from scp_node.pipeline.sender import Sender
 from storage.database import Database
 from storage.index import Index
 
@@ -412,7 +412,7 @@ def test_report_on_the_senders_own_association(tmp_path: Path) -> None:
 
 
 def test_check_config_warns_when_the_reporting_peer_may_not_call(tmp_path: Path) -> None:
-    from scp_node.check_config import WARNING, Finding, _commitment_reports
+    from scp_node.app.check_config import WARNING, Finding, _commitment_reports
 
     def findings(**overrides: object) -> list[Finding]:
         found: list[Finding] = []
@@ -428,7 +428,7 @@ def test_check_config_warns_when_the_reporting_peer_may_not_call(tmp_path: Path)
 
 
 def test_waiting_sender_sees_a_report_that_came_before_it_waited() -> None:
-    from scp_node.storage_commitment import REPORTED
+    from scp_node.dicom.storage_commitment import REPORTED
 
     REPORTED.add("1.2.3.1")  # nobody waits: not kept
     with REPORTED.expecting("1.2.3.1") as wait:

@@ -31,10 +31,10 @@ from stow_node import (
 )
 from tls_certificates import make_certificates
 
-from scp_node.check_config import web_warnings
+from scp_node.app.check_config import web_warnings
 from scp_node.config import ConfigError
 from scp_node.credentials import hash_password
-from scp_node.dimse_status import (
+from scp_node.dicom.status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     INSTANCE_IN_OTHER_STUDY,

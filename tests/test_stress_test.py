@@ -30,7 +30,7 @@ from classifier.model.stress import (
     run_stress,
     spec_for,
 )
-from scp_node.cli import build_parser, cmd_stress_test
+from scp_node.app.cli import build_parser, cmd_stress_test
 
 HERE = Path(__file__).resolve().parent
 APPROXIMATE = HERE / "data" / "annotations-approximate"

@@ -26,8 +26,8 @@ from pynetdicom import AE
 from tls_certificates import Certificates, make_certificates
 
 from scp_node.config import ConfigError
-from scp_node.sender import Sender
-from scp_node.tls import client_context, server_context
+from scp_node.dicom.tls import client_context, server_context
+from scp_node.pipeline.sender import Sender
 
 VERIFICATION = "1.2.840.10008.1.1"
 

@@ -19,9 +19,9 @@ from pynetdicom import AE
 from test_tls import certs, dcmtk_tls, tls_overrides  # noqa: F401  (fixture)
 from tls_certificates import Certificates
 
-from scp_node.check_config import echo
+from scp_node.app.check_config import echo
 from scp_node.config import ConfigError, Destination, load_config
-from scp_node.tls import client_context, server_context
+from scp_node.dicom.tls import client_context, server_context
 
 
 @pytest.fixture

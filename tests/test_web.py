@@ -30,7 +30,7 @@ from node_process import NodeProcess, PhantomFiles
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from scp_node.health import NodeState
+from scp_node.ops.health import NodeState
 from scp_node.web.app import build_app
 from storage.index import Index, open_index
 from storage.records import InstanceRecord
@@ -52,7 +52,7 @@ def console(
 ) -> Iterator[tuple[TestClient, Index, Any]]:
     config = make_config(web__token=TOKEN, storage__min_free_mb=1)
     index = open_index(config.storage.database_url)
-    from scp_node.audit import AuditLog
+    from scp_node.ops.audit import AuditLog
 
     audit = AuditLog(tmp_path / "audit.log", "LUNGNODE")
     node = NodeState(config=config, index=index, role="receiver", scp_port=lambda: 11112)

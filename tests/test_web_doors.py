@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from scp_node.app.service import WebServer
 from scp_node.config import ConfigError, load_config
 from scp_node.credentials import hash_password, verify_password, weak_token_reason
-from scp_node.health import NodeState
-from scp_node.service import WebServer
+from scp_node.ops.health import NodeState
 from scp_node.web.guard import MAX_FAILURES
 from storage.index import open_index
 
@@ -254,7 +254,7 @@ def test_weak_token_is_a_warning(tmp_path: Path) -> None:
         assert weak_token_reason(weak) is not None, weak
     assert weak_token_reason(TOKEN) is None
     assert weak_token_reason("3f9c1a7be04d52a8c6e1f0b9d7a4c2e5") is None  # openssl rand -hex 16
-    from scp_node.check_config import check_config
+    from scp_node.app.check_config import check_config
 
     environ = {
         "LUNGNODE__STORAGE__ROOT": str(tmp_path / "store"),

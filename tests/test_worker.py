@@ -12,8 +12,8 @@ from node_process import PhantomFiles
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
-from scp_node.instance_header import read_header
-from scp_node.worker import AnalysisWorker
+from scp_node.dicom.instance_header import read_header
+from scp_node.pipeline.worker import AnalysisWorker
 from storage.database import Database
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore

@@ -59,11 +59,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from classifier.results.histology_gate import histology_shown
-from scp_node.audit import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditLog
 from scp_node.credentials import verify_password
-from scp_node.health import NodeState, readiness
 from scp_node.logs import escape_text
 from scp_node.metrics import METRICS, free_bytes, version
+from scp_node.ops.audit import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditLog
+from scp_node.ops.health import NodeState, readiness
 from scp_node.web import findings
 from scp_node.web.guard import FailureLimiter, SecurityHeaders, Sessions
 from scp_node.web.stow import StowIntake
@@ -439,7 +439,7 @@ class Console:
         counts = self.index.console.counts()
         model = self.node.model()
         free = free_bytes(Path(self.config.storage.root))
-        from scp_node.retention_runner import run_retention
+        from scp_node.pipeline.retention import run_retention
 
         try:  # the same dry run as `lungnode retention --dry-run`
             retention = run_retention(self.config, self.index, dry_run=True, actor="console")

@@ -3,7 +3,7 @@
 The same door as C-STORE with another frame: each part of the multipart/related request is
 streamed to a file in the store's incoming folder (never held in memory: one chunk at a time,
 and the next chunk is read only once the part before it is stored), then handed to
-scp_node.instance_intake, the code the C-STORE handler uses: header read by the one header
+scp_node.receive.intake, the code the C-STORE handler uses: header read by the one header
 reader, the allow-list, the study quota, one patient per study, the reused-SOP-UID rule, the
 commit (fsynced) and the index row, all before the response. Each instance is audited (DICOM
 Instances Transferred) and counted in the metrics under the client's calling AE title.
@@ -46,10 +46,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from scp_node.audit import AuditLog, Party
 from scp_node.config import Config
 from scp_node.credentials import verify_password
-from scp_node.dimse_status import (
+from scp_node.dicom.instance_header import InstanceHeader, header_of_first_bytes
+from scp_node.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from scp_node.dicom.status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
@@ -57,11 +58,10 @@ from scp_node.dimse_status import (
     SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
 )
-from scp_node.instance_header import InstanceHeader, header_of_first_bytes
-from scp_node.instance_intake import InstanceIntake, Rejected, Sending, read_instance_header
 from scp_node.logs import escape_text
 from scp_node.metrics import METRICS
-from scp_node.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from scp_node.ops.audit import AuditLog, Party
+from scp_node.receive.intake import InstanceIntake, Rejected, Sending, read_instance_header
 from storage.uids import InvalidUIDError, require_uid
 
 log = logging.getLogger("lungnode.stow")

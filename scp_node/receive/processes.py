@@ -7,14 +7,14 @@ starts N receiver processes (multiprocessing, spawn: fresh interpreters, no Tens
 share one listening socket on [node] port, made by the serve process; a new connection is
 accepted by the receiver with the fewest open associations (connections.LeastBusyDispatch).
 The node's connection limits (max_associations, max_associations_per_ae,
-max_pending_per_address) are counted across them in shared memory (scp_node.node_counts); the
+max_pending_per_address) are counted across them in shared memory (scp_node.dicom.node_counts); the
 serve process clears the counts of a receiver that died before it starts the next. A receiver
 whose serve process dies stops too (it would hold the port).
 All write the same store and index: the store's commit is atomic per SOP Instance (a hard
 link), the index's insert is idempotent on SOP Instance UID, so an instance sent on two
 associations at once is stored and indexed once. On SQLite (WAL; several writer processes of
 one host, each waiting up to the busy timeout for the write lock) each receiver keeps its own
-durability mark (scp_node.index_recovery); the serve process re-indexes once, before it starts
+durability mark (scp_node.receive.lazy_index); the serve process re-indexes once, before it starts
 them. The serve process itself then only schedules, analyses, sends and serves the console; it
 restarts a receiver that died.
 
@@ -47,7 +47,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from scp_node.config import Config
-from scp_node.node_counts import NodeCounts
+from scp_node.dicom.node_counts import NodeCounts
 
 log = logging.getLogger("lungnode.receivers")
 
@@ -95,7 +95,7 @@ class ReceiverProcesses:
     def start(self) -> None:
         """Listen on [node] host:port (OSError when it is taken), make the metrics folder,
         count receiver metrics from it, start every receiver on the shared listening socket."""
-        from scp_node.connections import make_listener
+        from scp_node.dicom.connections import make_listener
 
         try:
             self._listener = make_listener(self.config.node.host, self.config.node.port)
@@ -196,13 +196,13 @@ def run_receiver(
 ) -> None:
     """A receiver process: the SCP on the shared listening socket, until SIGTERM/SIGINT or
     until its serve process (`parent_pid`) is gone. `counts`: the node's counts (row slot - 1)."""
-    from scp_node import connections
-    from scp_node.dicom_settings import configure_pynetdicom
+    from scp_node.dicom import connections
+    from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
     from scp_node.logs import configure_logging
     from scp_node.metrics import METRICS
-    from scp_node.receiver import Receiver
-    from scp_node.scheduler import mark_ready
-    from scp_node.service import Switches
+    from scp_node.ops.switches import Switches
+    from scp_node.receive.completion import mark_ready
+    from scp_node.receive.receiver import Receiver
     from storage.index import open_index
     from storage.instance_store import InstanceStore
 

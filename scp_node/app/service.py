@@ -10,8 +10,8 @@ SIGTERM and SIGINT drain the process: /readyz answers 503 at once (a load balanc
 sending), the receiver stops accepting, closes at once the connections that never sent an
 A-ASSOCIATE (so an idle node stops within about a second), and lets in-flight C-STOREs finish;
 running ticks complete, nothing acknowledged is lost; the web server stops last. With [pipeline]
-analysis_processes > 1 the analyses run in that many processes (scp_node.analysis_pool), each
-finishing the analysis it runs before the node exits.
+analysis_processes > 1 the analyses run in that many processes
+(scp_node.pipeline.analysis_pool), each finishing the analysis it runs before the node exits.
 """
 
 from __future__ import annotations
@@ -28,50 +28,22 @@ from types import FrameType
 from typing import Any
 
 from scp_node.config import Config
-from scp_node.dicom_settings import configure_pynetdicom
-from scp_node.health import NodeState
-from scp_node.index_recovery import reindex_store
+from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
 from scp_node.metrics import METRICS, IndexCollector, ReceiverCollector
-from scp_node.priority import lower_threads
-from scp_node.receiver import Receiver
-from scp_node.receiver_processes import ReceiverProcesses
-from scp_node.scheduler import build_scheduler, check_completion_after
-from scp_node.sender import Sender
-from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED
+from scp_node.ops.health import NodeState
+from scp_node.ops.switches import Switches
+from scp_node.pipeline.priority import lower_threads
+from scp_node.pipeline.scheduler import build_scheduler, check_completion_after
+from scp_node.pipeline.sender import Sender
+from scp_node.receive.lazy_index import reindex_store
+from scp_node.receive.processes import ReceiverProcesses
+from scp_node.receive.receiver import Receiver
 from storage.index import Index, open_index
 from storage.instance_store import InstanceStore
 
 log = logging.getLogger("lungnode.service")
 
 ROLES = ("all", "receiver", "worker")
-SWITCH_CACHE_SECONDS = 1.0
-
-
-class Switches:
-    """The console's pause switches, read from the index at most once a second (every C-STORE
-    asks); an index that does not answer leaves the last known value."""
-
-    def __init__(self, index: Index) -> None:
-        self._index = index
-        self._lock = threading.Lock()
-        self._flags: dict[str, Any] = {}
-        self._read_at = 0.0
-
-    def _on(self, name: str) -> bool:
-        with self._lock:
-            if time.monotonic() - self._read_at > SWITCH_CACHE_SECONDS:
-                try:
-                    self._flags = self._index.console.flags()
-                except Exception as exc:
-                    log.warning("pause switches not read: %s", exc)
-                self._read_at = time.monotonic()
-            return bool(self._flags.get(name, {}).get("on"))
-
-    def intake_paused(self) -> bool:
-        return self._on(INTAKE_PAUSED)
-
-    def analysis_paused(self) -> bool:
-        return self._on(ANALYSIS_PAUSED)
 
 
 def _gpus() -> list[str]:
@@ -91,8 +63,8 @@ class WebServer:
     def __init__(self, config: Config, node: NodeState) -> None:
         import uvicorn
 
-        from scp_node.audit import AuditLog
-        from scp_node.check_config import web_warnings
+        from scp_node.app.check_config import web_warnings
+        from scp_node.ops.audit import AuditLog
         from scp_node.web.app import build_app
 
         audit_path = config.security.audit_log or config.storage.root / "audit.log"
@@ -159,7 +131,7 @@ def serve(config: Config, role: str = "all") -> int:
     worker = None
     pool = None
     if role in ("all", "worker") and config.pipeline.analysis_processes > 1:
-        from scp_node.analysis_pool import AnalysisPool
+        from scp_node.pipeline.analysis_pool import AnalysisPool
 
         # Analyses in their own processes, each with the model: a bad model stops start-up.
         pool = AnalysisPool(config, index, config.pipeline.analysis_processes)
@@ -168,12 +140,14 @@ def serve(config: Config, role: str = "all") -> int:
             info = pool.model_info
             METRICS.model_loaded(info.name, info.version, info.sha256)
     elif role in ("all", "worker"):
-        from scp_node.worker import AnalysisWorker  # imports TensorFlow: only where it runs
+        from scp_node.pipeline.worker import (
+            AnalysisWorker,  # imports TensorFlow: only where it runs
+        )
 
         worker = AnalysisWorker(config, store, index, worker_id)
         _ = worker.classifier  # load the model now: a missing or bad model stops start-up
     sender = Sender(config, index) if role in ("all", "worker") else None
-    # more than one: receiving in that many processes (scp_node.receiver_processes)
+    # more than one: receiving in that many processes (scp_node.receive.processes)
     processes = config.node.receiver_process_count() if role in ("all", "receiver") else 1
     receivers = None
     if processes > 1:
@@ -289,8 +263,8 @@ def serve(config: Config, role: str = "all") -> int:
 def _own_intake(config: Config, store: InstanceStore, index: Index, switches: Switches) -> Any:
     """The STOW-RS intake's own InstanceIntake where receiver processes do the C-STOREs: its
     lazy index commits keep their own durability mark (the slot after theirs)."""
-    from scp_node.index_recovery import LazyIndexing
-    from scp_node.instance_intake import InstanceIntake
+    from scp_node.receive.intake import InstanceIntake
+    from scp_node.receive.lazy_index import LazyIndexing
 
     indexing = LazyIndexing(store, index, slot=config.node.receiver_processes)
     return InstanceIntake(config, store, index, indexing, intake_paused=switches.intake_paused)

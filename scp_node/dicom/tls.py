@@ -35,7 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from scp_node.config import ConfigError, Destination, SecurityConfig
-from scp_node.connections import GuardedServer
+from scp_node.dicom.connections import GuardedServer
 
 log = logging.getLogger("lungnode.tls")
 
@@ -172,7 +172,7 @@ def _load_trusted(context: ssl.SSLContext, security: SecurityConfig) -> None:
 
 
 # The plain-TCP server: accepted sockets' reads time out after the AE's network timeout, and
-# the limits of scp_node.connections (PDU size and deadlines, pending connections per address,
+# the limits of scp_node.dicom.connections (PDU size and deadlines, pending connections per address,
 # listen backlog) apply.
 ReadTimeoutServer = GuardedServer
 

@@ -25,11 +25,11 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.events import Event
 
-from scp_node.backoff import retry_at
 from scp_node.config import Config
-from scp_node.dimse_status import PROCESSING_FAILURE, SUCCESS
+from scp_node.dicom.backoff import retry_at
+from scp_node.dicom.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
+from scp_node.dicom.status import PROCESSING_FAILURE, SUCCESS
 from scp_node.metrics import METRICS
-from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from storage.index import Index
 from storage.uids import require_uid
 

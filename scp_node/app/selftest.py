@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scp_node.config import Config, ConfigError, Destination
-from scp_node.routing import destinations_for
+from scp_node.pipeline.routing import destinations_for
 
 LOOPBACK_NAME = "selftest"
 PATIENT_NAME = "SELFTEST^LUNGNODE"
@@ -203,7 +203,7 @@ def _send(config: Config, datasets: list[Any], calling_ae: str, timeout: float) 
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     tls_args = None
     if config.security.tls_enabled:
-        from scp_node.tls import client_context
+        from scp_node.dicom.tls import client_context
 
         tls_args = (client_context(config.security), host)
     assoc = ae.associate(host, config.node.port, ae_title=config.node.ae_title, tls_args=tls_args)

@@ -6,27 +6,27 @@ timeout applying to each byte rather than to the PDU, and counts every open conn
 A-ASSOCIATE-RQ and have it buffered, or hold every association slot by dripping one byte every
 few seconds. This module closes those holes:
 
-- `GuardedServer` (the base of the node's servers, see scp_node.tls): a listen backlog of
+- `GuardedServer` (the base of the node's servers, see scp_node.dicom.tls): a listen backlog of
   LISTEN_BACKLOG; at most `max_pending_per_address` connections per source address that have
   not yet delivered an A-ASSOCIATE-RQ (more are closed at accept); it remembers when each
   connection was accepted and tells `on_drop(peer, calling_ae, reason)` of every connection it
   or the PDU reader cuts (the receiver audits them as Security Alerts).
 - `guarded_read_pdu_data`, installed as `DULServiceProvider._read_pdu_data` by
-  scp_node.dicom_settings: for associations of a GuardedServer, a PDU whose header announces
-  more than `max_pdu_length` bytes is refused before any of it is read, an unknown PDU type (or,
-  before association, anything but an A-ASSOCIATE-RQ) is refused, and a PDU must arrive whole
-  within one deadline: the A-ASSOCIATE-RQ within [node] acse_timeout of the accept, every later
-  PDU within [node] network_timeout of its first byte. A refused connection is closed at once
-  and, before association, its acceptor thread woken so its slot is free at once. Associations
-  the node requests (the sender) read PDUs exactly as pynetdicom does.
+  scp_node.dicom.pynetdicom_adapter: for associations of a GuardedServer, a PDU whose header
+  announces more than `max_pdu_length` bytes is refused before any of it is read, an unknown PDU
+  type (or, before association, anything but an A-ASSOCIATE-RQ) is refused, and a PDU must arrive
+  whole within one deadline: the A-ASSOCIATE-RQ within [node] acse_timeout of the accept, every
+  later PDU within [node] network_timeout of its first byte. A refused connection is closed at
+  once and, before association, its acceptor thread woken so its slot is free at once.
+  Associations the node requests (the sender) read PDUs exactly as pynetdicom does.
 - `negotiating_association(ae)`: the acceptor association whose A-ASSOCIATE-RQ the current
-  thread is negotiating, for scp_node.receiver's AE, whose association limits count only
+  thread is negotiating, for scp_node.receive.receiver's AE, whose association limits count only
   associations that delivered an A-ASSOCIATE-RQ (see `associated`).
 
 With several receiver processes on one listening socket (`share_listener`), the pending
 connections per address and the associations (per calling AE and in all) are counted on the
 whole node: each process publishes what it holds in the node's shared `NodeCounts`
-(scp_node.node_counts) at every change and checks every process's counts under its lock.
+(scp_node.dicom.node_counts) at every change and checks every process's counts under its lock.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from scp_node.dicom.node_counts import NodeCounts
 from scp_node.logs import escape_text
-from scp_node.node_counts import NodeCounts
 
 log = logging.getLogger("lungnode.connections")
 
@@ -531,7 +531,8 @@ def make_listener(host: str, port: int) -> socket.socket:
 
 
 def install() -> None:
-    """Replace DULServiceProvider._read_pdu_data (called once by scp_node.dicom_settings)."""
+    """Replace DULServiceProvider._read_pdu_data (called once by
+    scp_node.dicom.pynetdicom_adapter)."""
     DULServiceProvider._read_pdu_data = guarded_read_pdu_data  # type: ignore[method-assign, assignment]
 
 

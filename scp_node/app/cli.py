@@ -26,7 +26,7 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from scp_node.service import serve
+    from scp_node.app.service import serve
 
     return serve(_load(args.config), role=args.role)
 
@@ -115,7 +115,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     import getpass
 
-    from scp_node.retention_runner import format_report, run_retention
+    from scp_node.pipeline.retention import format_report, run_retention
 
     now = None
     if args.as_of:
@@ -147,7 +147,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from scp_node.check_config import as_json, as_text, check_config, failed
+    from scp_node.app.check_config import as_json, as_text, check_config, failed
 
     findings = check_config(args.config, echo_timeout=args.timeout)
     print(as_json(findings) if args.json else as_text(findings, escape_text))
@@ -177,7 +177,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from scp_node.selftest import SelftestError, run_selftest
+    from scp_node.app.selftest import SelftestError, run_selftest
 
     config = _load(args.config)
     try:

@@ -64,7 +64,7 @@ def _child_main(
 ) -> None:  # pragma: no cover - runs in the spawned process (covered by tests/test_analysis_pool)
     """An analysis process: load the model, then claim and process jobs until told to stop."""
     from scp_node.logs import configure_logging
-    from scp_node.priority import lower_this_thread
+    from scp_node.pipeline.priority import lower_this_thread
 
     configure_logging(log_level)
     lower_this_thread(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
@@ -72,8 +72,8 @@ def _child_main(
     terminated = threading.Event()  # SIGTERM to this process: stop after the current analysis
     signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())
 
-    from scp_node.service import Switches
-    from scp_node.worker import AnalysisWorker
+    from scp_node.ops.switches import Switches
+    from scp_node.pipeline.worker import AnalysisWorker
     from storage.index import open_index
     from storage.instance_store import InstanceStore
 

@@ -3,7 +3,7 @@
 The checks, the commit into the store (fsynced) and the index row are the same for both
 doors, so they live here once: `InstanceIntake.store` takes a file already written to the
 store's incoming folder and its header (read by `read_instance_header`, the one entry point
-to scp_node.instance_header), and returns the index record once the instance is durable, or
+to scp_node.dicom.instance_header), and returns the index record once the instance is durable, or
 raises `Rejected` with the DIMSE status the caller answers (C-STORE) or reports as the
 FailureReason (STOW-RS). One `Sending` per association or STOW-RS request says which studies
 that transfer brought, for the per-AE study quota and the completion on release.
@@ -20,15 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scp_node.config import Config
-from scp_node.dimse_status import (
+from scp_node.dicom.instance_header import HeaderError, InstanceHeader, read_header
+from scp_node.dicom.status import (
     CANNOT_UNDERSTAND,
     INSTANCE_IN_OTHER_STUDY,
     OUT_OF_RESOURCES,
     PATIENT_MISMATCH,
 )
-from scp_node.index_recovery import LazyIndexing, remember_calling_aet
-from scp_node.instance_header import HeaderError, InstanceHeader, read_header
 from scp_node.logs import escape_text
+from scp_node.receive.lazy_index import LazyIndexing, remember_calling_aet
 from storage.database import DatabaseFull
 from storage.index import Index, StudyConflict
 from storage.instance_store import DataSync, InstanceStore

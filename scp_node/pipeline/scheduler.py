@@ -17,13 +17,14 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scp_node.config import Config
-from scp_node.priority import lower_this_thread
+from scp_node.pipeline.priority import lower_this_thread
+from scp_node.receive.completion import mark_ready
 from storage.index import Index
 from storage.instance_store import InstanceStore
 
 if TYPE_CHECKING:  # the worker imports TensorFlow: receivers must not pay for it
-    from scp_node.sender import Sender
-    from scp_node.worker import AnalysisWorker
+    from scp_node.pipeline.sender import Sender
+    from scp_node.pipeline.worker import AnalysisWorker
 
 log = logging.getLogger("lungnode.scheduler")
 
@@ -34,17 +35,6 @@ ORPHAN_TEMP_AGE_SECONDS = 3600
 COMPLETION_MARGIN_SECONDS = 0.05
 
 
-def mark_ready(index: Index, config: Config) -> list[str]:
-    """Move quiet, released or complete studies to READY and enqueue their analysis job."""
-    pipeline = config.pipeline
-    ready = index.mark_ready(
-        time.time(), pipeline.study_quiet_seconds, pipeline.release_quiet_seconds
-    )
-    for study_uid in ready:
-        log.info("study ready study=%s", study_uid)
-    return ready
-
-
 def run_worker(
     worker: AnalysisWorker,
     paused: Callable[[], bool] | None = None,
@@ -53,7 +43,7 @@ def run_worker(
 ) -> None:
     """Process every waiting job, one after another (none while analysis is paused);
     `on_done` after each (the delivery tick is woken at once). The calling thread runs at nice
-    value `nice` from then on ([pipeline] analysis_nice, see scp_node.priority)."""
+    value `nice` from then on ([pipeline] analysis_nice, see scp_node.pipeline.priority)."""
     lower_this_thread(nice)
     while not (paused is not None and paused()) and worker.run_once():
         if on_done is not None:
@@ -65,9 +55,9 @@ def deliver(sender: Sender) -> None:
 
 
 def retain(index: Index, store: InstanceStore, config: Config) -> None:
-    """The daily run: orphaned temp files, then scp_node.retention_runner with every rule (the
+    """The daily run: orphaned temp files, then scp_node.pipeline.retention with every rule (the
     same code as `lungnode retention`)."""
-    from scp_node.retention_runner import run_retention
+    from scp_node.pipeline.retention import run_retention
 
     removed_temp = store.purge_incoming(ORPHAN_TEMP_AGE_SECONDS)
     if removed_temp:
@@ -79,7 +69,7 @@ def retain(index: Index, store: InstanceStore, config: Config) -> None:
 
 def watermark(index: Index, config: Config) -> None:
     """Between daily runs: only the emergency rule, when free space is below the watermark."""
-    from scp_node.retention_runner import free_bytes, run_retention
+    from scp_node.pipeline.retention import free_bytes, run_retention
     from storage.retention import RULE_EMERGENCY
 
     if free_bytes(config.storage.root) >= config.storage.emergency_free_mb * 1024 * 1024:

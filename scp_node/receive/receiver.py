@@ -25,15 +25,15 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scp_node.audit import AssociationAuditor, AuditLog, Party
 from scp_node.config import Config
-from scp_node.connections import (
+from scp_node.dicom.connections import (
     GuardedServer,
     associated,
     calling_ae_of,
     negotiating_association,
 )
-from scp_node.dicom_settings import (
+from scp_node.dicom.instance_header import is_code_string
+from scp_node.dicom.pynetdicom_adapter import (
     configure_pynetdicom,
     data_sync_while_streaming,
     disk_full_while_streaming,
@@ -41,29 +41,29 @@ from scp_node.dicom_settings import (
     refused_while_streaming,
     route_incoming,
 )
-from scp_node.dimse_status import (
+from scp_node.dicom.sop_classes import (
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    UNCOMPRESSED_TRANSFER_SYNTAXES,
+    VERIFICATION_SOP_CLASS,
+)
+from scp_node.dicom.status import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     SUCCESS,
 )
-from scp_node.index_recovery import LazyIndexing, reindex_store
-from scp_node.instance_header import is_code_string
-from scp_node.instance_intake import InstanceIntake
-from scp_node.instance_intake import Rejected as _Rejected
-from scp_node.instance_intake import Sending as _Sending
-from scp_node.instance_intake import read_instance_header as _read_header
+from scp_node.dicom.storage_commitment import ReportHandler, add_report_context
+from scp_node.dicom.tls import peer_certificate_subject, server_context, start_server
 from scp_node.logs import escape_text
 from scp_node.metrics import METRICS
-from scp_node.sop_classes import (
-    STORAGE_SOP_CLASSES,
-    TRANSFER_SYNTAXES,
-    UNCOMPRESSED_TRANSFER_SYNTAXES,
-    VERIFICATION_SOP_CLASS,
-)
-from scp_node.storage_commitment import ReportHandler, add_report_context
-from scp_node.tls import peer_certificate_subject, server_context, start_server
+from scp_node.ops.audit import AssociationAuditor, AuditLog, Party
+from scp_node.receive.intake import InstanceIntake
+from scp_node.receive.intake import Rejected as _Rejected
+from scp_node.receive.intake import Sending as _Sending
+from scp_node.receive.intake import read_instance_header as _read_header
+from scp_node.receive.lazy_index import LazyIndexing, reindex_store
 from storage.index import Index
 from storage.instance_store import InstanceStore
 from storage.records import InstanceRecord

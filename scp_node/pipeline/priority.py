@@ -5,13 +5,13 @@ seconds to minutes, while a sender waits for each C-STORE answer. Linux schedule
 the nice value is per thread, inherited by the threads and processes a thread starts; an
 unprivileged process can raise it but never lower it again. So:
 
-- an analysis process (scp_node.analysis_pool) lowers its own priority before it loads
+- an analysis process (scp_node.pipeline.analysis_pool) lowers its own priority before it loads
   TensorFlow (`lower_this_thread` in its only thread: everything it starts inherits it);
 - the serve process with receiver processes lowers every thread but its main one
   (`lower_threads`): it receives nothing itself, and its main thread, which restarts a
   receiver that died, keeps the priority the receivers are started with. With Linux's
   autogroup scheduling the CPU is first shared between sessions (nice values count only
-  within one), so the receivers run in sessions of their own (scp_node.receiver_processes).
+  within one), so the receivers run in sessions of their own (scp_node.receive.processes).
   The serve process's session keeps its weight: lowered too, its console, scheduler and
   shutdown starved behind other sessions on a busy machine (a node took over 60 s to stop);
 - with the receiver in the serve process (receiver_processes = 1), only the thread that runs

@@ -30,7 +30,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from scp_node.header_scan import scan_bytes, scan_header
+from scp_node.dicom.header_scan import scan_bytes, scan_header
 from scp_node.logs import escape_text
 from storage.records import InstanceRecord
 from storage.uids import require_uid

@@ -16,19 +16,19 @@ backoff and jitter) or permanent (dead letter, `lungnode resend` retries it):
   unreadable; the destination is not in [destinations]; and any transient failure once
   [sender] max_attempts attempts are used up.
 
-Destinations marked `tls` in [destinations] are reached over DICOM TLS (see scp_node.tls:
+Destinations marked `tls` in [destinations] are reached over DICOM TLS (see scp_node.dicom.tls:
 their certificate must chain to [security] tls_ca_certificates; ours is the client
 certificate). A failed TLS handshake is transient, like a refused connection: a person fixes
 the certificates and the next attempt goes through.
 
 Destinations marked `commit=yes` are asked, on the same association, to commit what it stored
-(Storage Commitment, scp_node.storage_commitment): those rows are COMMITTING, not sent, until the
-destination's report commits them; a report of failure, a refused N-ACTION, or no report within
-[sender] commit_timeout_seconds sends them again (an attempt, with backoff; dead after
+(Storage Commitment, scp_node.dicom.storage_commitment): those rows are COMMITTING, not sent,
+until the destination's report commits them; a report of failure, a refused N-ACTION, or no report
+within [sender] commit_timeout_seconds sends them again (an attempt, with backoff; dead after
 max_attempts). A peer that accepts no Storage Commitment context makes them dead letters.
 
 DICOMweb destinations (a URL in [destinations]) receive the same rows by STOW-RS, one request
-per destination per tick (scp_node.dicomweb_sender classifies the answers the same way).
+per destination per tick (scp_node.pipeline.dicomweb_sender classifies the answers the same way).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
 
-from scp_node.backoff import backoff_delay, retry_at
 from scp_node.config import Config, Destination
-from scp_node.dicom_settings import configure_pynetdicom
-from scp_node.dicomweb_sender import StowSender
-from scp_node.dimse_status import (
+from scp_node.dicom.backoff import backoff_delay, retry_at
+from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
+from scp_node.dicom.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
+from scp_node.dicom.status import (
     COERCION_OF_DATA_ELEMENTS,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
     ELEMENT_DISCARDED,
@@ -59,9 +59,7 @@ from scp_node.dimse_status import (
     SUCCESS,
     is_out_of_resources,
 )
-from scp_node.metrics import METRICS
-from scp_node.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
-from scp_node.storage_commitment import (
+from scp_node.dicom.storage_commitment import (
     REPORTED,
     REQUEST_STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
@@ -69,7 +67,9 @@ from scp_node.storage_commitment import (
     ReportHandler,
     commitment_request,
 )
-from scp_node.tls import client_context
+from scp_node.dicom.tls import client_context
+from scp_node.metrics import METRICS
+from scp_node.pipeline.dicomweb_sender import StowSender
 from storage.index import Index
 from storage.records import OutboxItem
 

@@ -2,7 +2,7 @@
 
 `configure_pynetdicom()` sets the `_config` flags the node relies on (no identifiers in logs,
 C-STORE datasets streamed to disk), quiets pydicom's per-value warnings, installs the guarded
-PDU reader of scp_node.connections, wakes pynetdicom's reactors when there is work instead of
+PDU reader of scp_node.dicom.connections, wakes pynetdicom's reactors when there is work instead of
 after their 1 ms idle sleeps (`_install_reactor_wakeups`), and routes the file
 pynetdicom streams each received dataset into to the instance store's `.incoming` folder of the
 receiving AE (so storing an instance is a rename on one file system, never a copy).
@@ -34,9 +34,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
-from scp_node import connections
-from scp_node.header_scan import SCAN_BYTES
-from scp_node.instance_header import InstanceHeader, header_of_first_bytes
+from scp_node.dicom import connections
+from scp_node.dicom.header_scan import SCAN_BYTES
+from scp_node.dicom.instance_header import InstanceHeader, header_of_first_bytes
 from storage.data_sync import DataSync
 
 _lock = threading.Lock()
@@ -83,13 +83,13 @@ def configure_pynetdicom() -> None:
         # pydicom warns (a log line and a Python warning each) about every value that breaks its
         # VR, repeating the value: a peer's text, up to 64 KiB, in two more lines per element.
         # The node checks every value it uses itself (UIDs, Modality as CS) and logs one
-        # escaped line (scp_node.instance_header, scp_node.logs); pydicom stays quiet.
+        # escaped line (scp_node.dicom.instance_header, scp_node.logs); pydicom stays quiet.
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         # pynetdicom's module global, replaced on purpose (tests/test_pynetdicom_internals.py);
         # mypy sees tempfile's overloaded function, ours returns the StreamedFile wrapper
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
         # PDUs of the SCP's associations: size refused before reading, whole-PDU deadlines
-        # (scp_node.connections; tests/test_pynetdicom_internals.py guards the method)
+        # (scp_node.dicom.connections; tests/test_pynetdicom_internals.py guards the method)
         connections.install()
         _install_reactor_wakeups()
         # File Meta of each streamed dataset and each C-STORE-RSP encoded directly

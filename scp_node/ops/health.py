@@ -33,7 +33,7 @@ class NodeState:
     model: Callable[[], Any] = lambda: None  # classifier ModelInfo once loaded
     gpus: list[str] = field(default_factory=list)
     started_at: float = 0.0
-    # scp_node.instance_intake.InstanceIntake where this process receives (STOW-RS uses it)
+    # scp_node.receive.intake.InstanceIntake where this process receives (STOW-RS uses it)
     intake: Any = None
     on_released: Callable[[float], None] | None = None  # completion check after a release
 

@@ -470,7 +470,7 @@ def _model(config: Config, findings: list[Finding]) -> None:
 def echo(config: Config, destination: Destination, timeout: float) -> str | None:
     """C-ECHO `destination` (a DICOMweb one: a QIDO-RS search); None on success, else why not."""
     if destination.url:
-        from scp_node.dicomweb_sender import probe
+        from scp_node.pipeline.dicomweb_sender import probe
 
         return probe(config, destination, timeout)
     from pynetdicom import AE
@@ -484,7 +484,7 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
     ae.add_requested_context(Verification)
     tls_args = None
     if destination.tls:
-        from scp_node.tls import client_context
+        from scp_node.dicom.tls import client_context
 
         try:
             tls_args = (client_context(config.security, destination), destination.host)
@@ -517,12 +517,14 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
 
 
 def _echo(config: Config, findings: list[Finding], timeout: float) -> None:
-    from scp_node.dicom_settings import configure_pynetdicom
+    from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
 
     configure_pynetdicom()
     destinations = []
     for d in config.destinations.values():
-        if d.name.casefold() == "selftest":  # scp_node.selftest listens there only while it runs
+        if (
+            d.name.casefold() == "selftest"
+        ):  # scp_node.app.selftest listens there only while it runs
             findings.append(
                 Finding(OK, "echo", f"[destinations] {d.name}", f"{d}: lungnode selftest's own")
             )

@@ -3,7 +3,7 @@
 A destination written `NAME = https://host/dicom-web [bearer=TOKEN | basic=USER:PASSWORD]
 [verify_hostname] [sha256=PIN]` receives each tick's due results in one STOW-RS request
 (POST <url>/studies, multipart/related; type="application/dicom"). The answer is classified per
-instance like a C-STORE's, and scp_node.sender records it in the same outbox:
+instance like a C-STORE's, and scp_node.pipeline.sender records it in the same outbox:
 
 - sent: 200 OK; 202 Accepted for the instances not in its Failed SOP Sequence (warnings);
   409 Conflict for those in its Referenced SOP Sequence.
@@ -13,7 +13,7 @@ instance like a C-STORE's, and scp_node.sender records it in the same outbox:
 - permanent: any other 4xx (400, 404, 413, 415, ...), any other Failure Reason, and an instance
   the answer names neither way after a 409.
 
-HTTPS trust is as for DICOM TLS destinations (scp_node.tls.https_client_context). The
+HTTPS trust is as for DICOM TLS destinations (scp_node.dicom.tls.https_client_context). The
 environment's proxy and CA settings are not used: config.ini alone decides whom the node trusts.
 """
 
@@ -30,8 +30,8 @@ from pydicom import Dataset
 from requests.adapters import HTTPAdapter
 
 from scp_node.config import Config, Destination
-from scp_node.dimse_status import PROCESSING_FAILURE, RESOURCE_LIMITATION, is_out_of_resources
-from scp_node.tls import https_client_context
+from scp_node.dicom.status import PROCESSING_FAILURE, RESOURCE_LIMITATION, is_out_of_resources
+from scp_node.dicom.tls import https_client_context
 
 _TRANSIENT_HTTP = frozenset({401, 403, 408, 429})
 
@@ -54,7 +54,7 @@ class _TrustedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._context
-        if not self._context.check_hostname:  # trust is the CA file (see scp_node.tls)
+        if not self._context.check_hostname:  # trust is the CA file (see scp_node.dicom.tls)
             kwargs["assert_hostname"] = False
         super().init_poolmanager(*args, **kwargs)
 

@@ -10,7 +10,7 @@ failed: aborted association, out of resources, processing failure), 12 major fai
 
 Who (calling and called AE title, and with TLS the subject of the client certificate), from
 where (peer IP:port), when (UTC) and the outcome are recorded; connections the node cuts
-(scp_node.connections) and new-study quotas reached are Security Alerts too; instances by
+(scp_node.dicom.connections) and new-study quotas reached are Security Alerts too; instances by
 Study/SOP Class/SOP Instance UID only. ATNA's participant object also
 carries the Patient ID; this log deliberately holds no Patient Name, Patient ID or Birth Date,
 so operators can read it without access to patient data (UIDs link to the index when needed).
@@ -36,8 +36,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from scp_node import dimse_status
-from scp_node.tls import peer_certificate_subject
+from scp_node.dicom import status as dimse_status
+from scp_node.dicom.tls import peer_certificate_subject
 from storage.private_files import make_private_dir, private_opener
 
 log = logging.getLogger("lungnode.audit")
@@ -53,7 +53,7 @@ LOGIN, LOGOUT = ("110122", "DCM", "Login"), ("110123", "DCM", "Logout")
 STUDY_DELETED = ("110105", "DCM", "DICOM Study Deleted")  # retention removed a study's inputs
 
 # EventOutcomeIndicator (IHE ATNA, RFC 3881 / DICOM PS3.15 A.5): the outcome of an audited
-# event, not a DIMSE status (those are in scp_node.dimse_status).
+# event, not a DIMSE status (those are in scp_node.dicom.status).
 OUTCOME_SUCCESS = 0
 OUTCOME_MINOR_FAILURE = 4
 OUTCOME_SERIOUS_FAILURE = 8
@@ -224,7 +224,7 @@ class AuditLog:
     def study_failed(self, actor: str, *, study_uid: str, reason: str, outcome: int) -> None:
         """Security Alert: the worker `actor` failed a study instead of reporting it, because
         its source instances as read for the analysis name another patient or study than the
-        index holds (scp_node.source_check); the reason names UIDs only."""
+        index holds (scp_node.pipeline.source_check); the reason names UIDs only."""
         self.write(
             {
                 "Event": "study-failed-source-mismatch",

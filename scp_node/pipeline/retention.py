@@ -80,7 +80,7 @@ def run_retention(
     dry_run: bool,
     actor: str,
     rules: Iterable[str] = RULES,
-    audit: Any | None = None,  # scp_node.audit.AuditLog; opened on the first removal if None
+    audit: Any | None = None,  # scp_node.ops.audit.AuditLog; opened on the first removal if None
     now: float | None = None,
     free: Callable[[], int] | None = None,
 ) -> RetentionReport:
@@ -219,7 +219,7 @@ def _remove(
 
 
 def _open_audit(config: Config) -> Any | None:
-    from scp_node.audit import AuditLog
+    from scp_node.ops.audit import AuditLog
 
     path = config.security.audit_log or config.storage.root / "audit.log"
     try:

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scp_node.instance_header import HeaderError, read_header
-from scp_node.sop_classes import STORAGE_SOP_CLASSES
+from scp_node.dicom.instance_header import HeaderError, read_header
+from scp_node.dicom.sop_classes import STORAGE_SOP_CLASSES
 from storage.index import Index, StudyConflict
 from storage.instance_store import SUFFIX, InstanceStore
 from storage.private_files import private_opener

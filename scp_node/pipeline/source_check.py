@@ -2,8 +2,8 @@
 instances as pydicom read them for the analysis must name the patient and study the index holds.
 
 The receiver indexes Patient ID, Patient's Birth Date and Study Instance UID from its own header
-read (scp_node.header_scan, or pydicom); the analysis and the encoders read the same files with
-pydicom. Should the two readings ever differ, results would go out under one patient built from
+read (scp_node.dicom.header_scan, or pydicom); the analysis and the encoders read the same files
+with pydicom. Should the two readings ever differ, results would go out under one patient built from
 another's images. `source_mismatch` names the first difference (as digests: no identifier leaves
 this module) so the worker fails the study with an audited reason instead.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydicom import Dataset
 
-from scp_node.instance_header import patient_digest
+from scp_node.dicom.instance_header import patient_digest
 from scp_node.logs import escape_text
 
 

@@ -2,8 +2,8 @@
 GSPS, key images, KOS), fills the outbox with what each destination receives.
 
 The model is loaded once per worker process. With [pipeline] analysis_processes > 1 the node
-runs one AnalysisWorker in each of that many processes (scp_node.analysis_pool); on a GPU one
-process is the recommended setting (CNN calls of several studies are not batched together).
+runs one AnalysisWorker in each of that many processes (scp_node.pipeline.analysis_pool); on a
+GPU one process is the recommended setting (CNN calls of several studies are not batched together).
 A job whose worker dies keeps its lease until it expires and is then claimed again (an analysis
 process that dies has its job released at once by the pool); `Index.complete_job` refuses a
 stale worker, so each study version yields exactly one result set.
@@ -24,11 +24,11 @@ import pydicom
 from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode, kind_of, warm_up
-from scp_node.audit import OUTCOME_SERIOUS_FAILURE, AuditLog
 from scp_node.config import Config
 from scp_node.metrics import METRICS
-from scp_node.routing import destinations_for
-from scp_node.source_check import source_mismatch
+from scp_node.ops.audit import OUTCOME_SERIOUS_FAILURE, AuditLog
+from scp_node.pipeline.routing import destinations_for
+from scp_node.pipeline.source_check import source_mismatch
 from storage.index import Index
 from storage.instance_store import InstanceStore
 from storage.records import Job, ResultObject
@@ -62,7 +62,7 @@ class AnalysisWorker:
         on_claim: Callable[[Job], None] | None = None,
     ) -> None:
         """`on_claim(job)` is called with each job claimed, before its analysis (an analysis
-        process tells the node which job it holds, see scp_node.analysis_pool)."""
+        process tells the node which job it holds, see scp_node.pipeline.analysis_pool)."""
         self._config = config
         self._on_claim = on_claim
         self._store = store

@@ -1,0 +1,1 @@
+"""Operations: the audit trail, health (/livez, /readyz) and the console's pause switches."""
