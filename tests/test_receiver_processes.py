@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import tempfile
 import threading
 import time
 import urllib.request
@@ -17,6 +18,13 @@ from dcmtk import run_storescu
 from in_process import make_ct
 from node_process import NodeProcess
 from ports import free_port
+
+from scp_node.receive.processes import (
+    OWNER_LOCK,
+    RUNTIME_PREFIX,
+    hold_owner_lock,
+    remove_orphaned_runtimes,
+)
 
 TOKEN = "test-token-receivers-0123456789"
 
@@ -410,8 +418,11 @@ def test_receivers_stop_when_the_serve_process_is_killed(
     node_process: Callable[..., NodeProcess],
 ) -> None:
     """A serve process killed alone (SIGKILL) leaves no receiver holding the port."""
+    before = set(Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*"))
     node = node_process(role="receiver", overrides={"node__receiver_processes": 2}).start()
     assert node.pid is not None
+    runtime = set(Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*")) - before
+    assert len(runtime) == 1, runtime
     receivers = node.children()
     assert len(receivers) >= 2
     os.kill(node.pid, 9)
@@ -420,8 +431,31 @@ def test_receivers_stop_when_the_serve_process_is_killed(
         assert time.monotonic() < deadline, f"receivers still running:\n{node.log()[-3000:]}"
         time.sleep(0.2)
     node.stop()
+    assert all(folder.exists() for folder in runtime), "SIGKILL leaves the folder: nobody cleaned"
     node.start()  # the port is free again
+    assert not any(folder.exists() for folder in runtime), "the dead node's folder is still there"
     assert node.stop() == 0
+
+
+def test_orphaned_runtime_folders_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """Only this user's runtime folders whose owner lock nobody holds are removed."""
+    live = tmp_path / f"{RUNTIME_PREFIX}live"
+    dead = tmp_path / f"{RUNTIME_PREFIX}dead"
+    unowned = tmp_path / f"{RUNTIME_PREFIX}no-lock"
+    other = tmp_path / "lungnode-other"
+    for folder in (live, dead, unowned, other):
+        folder.mkdir()
+        (folder / "counts.lock").touch()
+    (dead / OWNER_LOCK).touch()
+    (other / OWNER_LOCK).touch()
+    (tmp_path / f"{RUNTIME_PREFIX}link").symlink_to(dead)
+    held = hold_owner_lock(live)  # a second open file: flock conflicts as with another process
+    try:
+        assert remove_orphaned_runtimes(tmp_path) == [dead]
+    finally:
+        os.close(held)
+    assert live.exists() and unowned.exists() and other.exists() and not dead.exists()
+    assert remove_orphaned_runtimes(tmp_path) == [live]
 
 
 def _alive(pid: int) -> bool:

@@ -29,6 +29,7 @@ counts; the figures read from the index (studies, queue, stages) were node-wide 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -52,6 +53,7 @@ from scp_node.dicom.node_counts import NodeCounts
 log = logging.getLogger("lungnode.receivers")
 
 RUNTIME_PREFIX = "lungnode-receivers-"  # the serve process's folder for what its receivers share
+OWNER_LOCK = "owner.lock"  # flocked by the serve process for as long as it runs
 # counted where C-STOREs are received: in the receiver processes
 RECEIVER_METRICS = ("lungnode_cstore_requests", "lungnode_received_bytes")
 RESTART_DELAY_SECONDS = 1.0
@@ -81,7 +83,9 @@ class ReceiverProcesses:
         self.count = count
         self.log_level = log_level
         # this serve process's own: metrics files and the counts' lock (mode 0700)
+        remove_orphaned_runtimes(Path(tempfile.gettempdir()))
         self.runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+        self._owner = hold_owner_lock(self.runtime)
         self.metrics_folder = self.runtime / "metrics"
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, BaseProcess] = {}
@@ -172,6 +176,38 @@ class ReceiverProcesses:
                 process.kill()
                 process.join(5)
         shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def hold_owner_lock(runtime: Path) -> int:
+    """Open and flock `runtime`/owner.lock for the life of this process (the kernel drops the lock
+    when the process dies, however it dies); returns the descriptor, kept open on purpose."""
+    fd = os.open(runtime / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def remove_orphaned_runtimes(temp: Path) -> list[Path]:
+    """Remove the runtime folders of serve processes that died without cleaning up (SIGKILL,
+    power loss): this user's `lungnode-receivers-*` whose owner lock nobody holds. A folder
+    without an owner lock is another version's or half made, and left alone."""
+    removed = []
+    for folder in temp.glob(f"{RUNTIME_PREFIX}*"):
+        try:
+            if not folder.is_dir() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(folder / OWNER_LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its serve process still runs
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+        log.info("removed the runtime folder of a serve process that is gone: %s", folder)
+    return removed
 
 
 def leave_the_analysis_session() -> None:
