@@ -27,9 +27,10 @@ Patches that remain, because pynetdicom 3.0 has no seam for them:
   streams into with no folder argument; `tempfile.tempdir` would move every temporary file of
   the process, not one AE's datasets.
 - `DIMSEMessage.decode_msg` (streaming): the one seam at that moment, an EVT_DIMSE_RECV
-  handler, is triggered in the DUL thread and makes `evt.trigger` rebind `assoc.abort` on the
-  association (non-blocking, then blocking) while the association thread may be in a C-STORE
-  handler, and builds an Event per message; the wrap changes nothing else.
+  handler, would make `evt.trigger` switch `assoc.abort` to its non-blocking form and back in
+  the DUL thread, under the feet of the threads that abort the association (a C-STORE
+  handler, the receiver's stop), and build an Event per message; the wrap changes nothing
+  else.
 - `dul.time`, `association.time`, `DULServiceProvider.send_pdu` (wakeups): the idle sleeps are
   literals inside the reactors' loops.
 - `dimse_messages.create_file_meta`, `write_file_meta_info`, `DIMSEServiceProvider.send_msg`
@@ -37,6 +38,10 @@ Patches that remain, because pynetdicom 3.0 has no seam for them:
 - `DULServiceProvider._read_pdu_data` of each acceptor association (pdu_guard): the DUL is made
   by the Association, not by the server; no setting bounds a PDU's size or its time.
 - `ae._servers` (server.start_in_thread): `start_server(block=False)` takes no server_class.
+- `RequestHandler._create_association` and `Association._server` (server): the request handler
+  seam replaces all of `handle()`, which makes the association and starts it with no step in
+  between, so the adapter's handler repeats it; which server accepted an association is
+  known only from `_server`.
 
 tests/contracts/pynetdicom/ holds one test module per file here: the inventory of the internals
 relied on, to run before widening pyproject's pin of pynetdicom.
