@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pynetdicom-polling",
         action="store_true",
         help=(
-            "undo the reactor wake-ups (scp_node.dicom.pynetdicom_adapter): "
+            "undo the reactor wake-ups (scp_node.dicom.pynetdicom_adapter.wakeups): "
             "pynetdicom's own 1 ms sleeps"
         ),
     )
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.without_early_sync:
-        from scp_node.dicom import pynetdicom_adapter as dicom_settings
+        from scp_node.dicom.pynetdicom_adapter import streaming
 
-        dicom_settings.DataSync = lambda _path: None  # type: ignore[assignment,misc]
+        streaming.DataSync = lambda _path: None  # type: ignore[assignment,misc]
     if args.diagnose_without_fsync:
         import storage.instance_store as instance_store
 
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
     receiver = Receiver(config, store, index)
     if args.pynetdicom_polling:
-        _undo_wakeups()
+        from scp_node.dicom.pynetdicom_adapter import wakeups
+
+        wakeups.restore_polling()
     timings = HandlerTimings(receiver) if args.timings else None
 
     profiles: list[cProfile.Profile] = []
@@ -164,18 +166,6 @@ class HandlerTimings:
         result["between_handlers"] = max(span - self._totals["handler"], 0.0) * 1000 / n
         result["instances"] = float(self._count)
         return result
-
-
-def _undo_wakeups() -> None:
-    """pynetdicom's own polling back (for comparison in bench/ingest.py)."""
-    from pynetdicom import association, dul
-    from pynetdicom.dul import DULServiceProvider
-
-    from scp_node.dicom import pynetdicom_adapter as dicom_settings
-
-    setattr(dul, "time", time)  # noqa: B010
-    setattr(association, "time", time)  # noqa: B010
-    DULServiceProvider.send_pdu = dicom_settings._original_send_pdu  # type: ignore[method-assign]
 
 
 def _profile_this_thread(profiles: list[cProfile.Profile]) -> None:

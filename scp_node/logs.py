@@ -185,9 +185,10 @@ _PYNETDICOM_LEADS = (
 
 class _NoPynetdicomUidWarnings(logging.Filter):
     """pynetdicom warns "Non-conformant '<name>' value '<uid>'" up to three times for each UID a
-    peer sends that breaks the UID rules (ENFORCE_UID_CONFORMANCE is off, see dicom_settings):
-    the node reports such a UID itself, once (a refused presentation context in the
-    "association accepted" line, a refused C-STORE with 0xC210), so these are dropped."""
+    peer sends that breaks the UID rules (ENFORCE_UID_CONFORMANCE is off, see
+    scp_node.dicom.pynetdicom_adapter.flags): the node reports such a UID itself, once (a
+    refused presentation context in the "association accepted" line, a refused C-STORE with
+    0xC210), so these are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.dul import DULServiceProvider
 
-from scp_node.dicom import pynetdicom_adapter as dicom_settings
+from scp_node.dicom.pynetdicom_adapter import streaming
 from scp_node.dicom.status import OUT_OF_RESOURCES, SUCCESS
 
 
@@ -67,7 +67,7 @@ def test_free_space_is_checked_while_the_dataset_streams(
             return usage._replace(free=0)
         return usage
 
-    monkeypatch.setattr(dicom_settings.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(streaming.shutil, "disk_usage", disk_usage)
     try:
         big = make_ct(tmp_path / "big.dcm", size=1024)
         assert _send(node, [big]) == [OUT_OF_RESOURCES]

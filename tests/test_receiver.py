@@ -305,9 +305,9 @@ def test_data_is_synced_early_only_while_one_association_is_open(
 ) -> None:
     """Alone on the node, each instance's data sync starts as its last fragment lands; with
     another association open, the commit flushes data and name together (one flush)."""
-    from scp_node.dicom import pynetdicom_adapter as dicom_settings
+    from scp_node.dicom.pynetdicom_adapter import streaming
 
-    started = _calls_of(monkeypatch, dicom_settings, "DataSync")
+    started = _calls_of(monkeypatch, streaming, "DataSync")
     receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
     first = make_ct(tmp_path / "first.dcm")
     result = run_storescu([first], receiver_node.port, called_ae=receiver_node.ae_title)

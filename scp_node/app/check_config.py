@@ -517,9 +517,9 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
 
 
 def _echo(config: Config, findings: list[Finding], timeout: float) -> None:
-    from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
+    from scp_node.dicom import pynetdicom_adapter
 
-    configure_pynetdicom()
+    pynetdicom_adapter.install()
     destinations = []
     for d in config.destinations.values():
         if (

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 from scp_node.config import Config
-from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
+from scp_node.dicom import pynetdicom_adapter
 from scp_node.metrics import METRICS, IndexCollector, ReceiverCollector
 from scp_node.ops.health import NodeState
 from scp_node.ops.switches import Switches
@@ -112,7 +112,7 @@ class WebServer:
 
 def serve(config: Config, role: str = "all") -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
-    configure_pynetdicom()
+    pynetdicom_adapter.install()
     store = InstanceStore(
         config.storage.root,
         config.storage.min_free_mb,

@@ -1,24 +1,18 @@
 """Connections to the SCP before and around association: bounded in size, time and number.
 
-pynetdicom 3.0 reads a PDU by its announced length in one `recv` loop, with the socket's
-timeout applying to each byte rather than to the PDU, and counts every open connection against
-`maximum_associations`, associated or not. Alone, that lets one peer announce a 4 GiB
-A-ASSOCIATE-RQ and have it buffered, or hold every association slot by dripping one byte every
-few seconds. This module closes those holes:
+pynetdicom 3.0 counts every open connection against `maximum_associations`, associated or not,
+and reads PDUs with a timeout per byte rather than per PDU. Alone, that lets one peer hold
+every association slot by dripping one byte every few seconds, or announce a 4 GiB PDU. This
+module is the node's policy against that; the mechanics that reach into pynetdicom (the
+request handler, the guarded PDU reader) are in scp_node.dicom.pynetdicom_adapter:
 
 - `GuardedServer` (the base of the node's servers, see scp_node.dicom.tls): a listen backlog of
   LISTEN_BACKLOG; at most `max_pending_per_address` connections per source address that have
   not yet delivered an A-ASSOCIATE-RQ (more are closed at accept); it remembers when each
   connection was accepted and tells `on_drop(peer, calling_ae, reason)` of every connection it
-  or the PDU reader cuts (the receiver audits them as Security Alerts).
-- `guarded_read_pdu_data`, installed as `DULServiceProvider._read_pdu_data` by
-  scp_node.dicom.pynetdicom_adapter: for associations of a GuardedServer, a PDU whose header
-  announces more than `max_pdu_length` bytes is refused before any of it is read, an unknown PDU
-  type (or, before association, anything but an A-ASSOCIATE-RQ) is refused, and a PDU must arrive
-  whole within one deadline: the A-ASSOCIATE-RQ within [node] acse_timeout of the accept, every
-  later PDU within [node] network_timeout of its first byte. A refused connection is closed at
-  once and, before association, its acceptor thread woken so its slot is free at once.
-  Associations the node requests (the sender) read PDUs exactly as pynetdicom does.
+  or the PDU guard (pynetdicom_adapter.pdu_guard: `max_pdu_length`, the A-ASSOCIATE-RQ within
+  [node] acse_timeout of the accept, every later PDU within [node] network_timeout of its
+  first byte) cuts; the receiver audits them as Security Alerts.
 - `negotiating_association(ae)`: the acceptor association whose A-ASSOCIATE-RQ the current
   thread is negotiating, for scp_node.receive.receiver's AE, whose association limits count only
   associations that delivered an A-ASSOCIATE-RQ (see `associated`).
@@ -34,33 +28,24 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, cast
+from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from scp_node.dicom.node_counts import NodeCounts
+from scp_node.dicom.pynetdicom_adapter.server import AcceptorServer
 from scp_node.logs import escape_text
 
 log = logging.getLogger("lungnode.connections")
 
 LISTEN_BACKLOG = 128  # listen(2) backlog of the SCP's socket (pynetdicom's default is 5)
-PDU_TYPES = frozenset(range(0x01, 0x08))
-A_ASSOCIATE_RQ = 0x01
-_READ_CHUNK = 64 * 1024
-_REQUEST_READ = "_lungnode_request_read"  # set on a DUL once its A-ASSOCIATE-RQ was read
-
-# pynetdicom's own reader, for associations that are not a GuardedServer's
-_original_read_pdu_data = DULServiceProvider._read_pdu_data
 
 
 def associated(assoc: Association) -> bool:
@@ -97,51 +82,23 @@ def peer_host(address: Any) -> str:
     return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
-class _GuardedRequestHandler(RequestHandler):
-    """pynetdicom's handler that hands the new association to its GuardedServer before it
-    starts, so the server counts it as a pending connection of its source address."""
-
-    def handle(self) -> None:
-        assoc = self._create_association()
-        server = cast(GuardedServer, self.server)
-        server.adopt(self.request, assoc)
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-
-
-class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with a listen backlog of LISTEN_BACKLOG, a per-address cap
-    on connections not yet associated, and accepted sockets whose reads time out after the AE's
-    network timeout (so a peer stuck mid-PDU outside the guarded reader is cut too).
+class GuardedServer(AcceptorServer):
+    """The node's SCP server (pynetdicom_adapter.server.AcceptorServer) with a listen backlog of
+    LISTEN_BACKLOG, a per-address cap on connections not yet associated, and the limits its
+    associations' PDUs are read under (pynetdicom_adapter.pdu_guard).
 
     Keyword arguments (besides pynetdicom's): `max_pdu_length` (bytes a PDU may announce),
     `max_pending_per_address`, `on_drop(peer, calling_ae, reason)`.
     """
 
     request_queue_size = LISTEN_BACKLOG
-    # share_listener(): the listening socket the serve process made, shared by every receiver
-    # process, and the dispatch that lets the least busy of them accept first
-    shared_listener: socket.socket | None = None
+    # share_listener(): the listening socket the serve process made (AcceptorServer's
+    # shared_listener), shared by every receiver process, and the dispatch that lets the
+    # least busy of them accept first
     dispatch: LeastBusyDispatch | None = None
     # the node's counts of every receiver process, and this process's row in them
     node_counts: NodeCounts | None = None
     counts_row = 0
-
-    def server_bind(self) -> None:
-        shared = self.shared_listener
-        if shared is None:
-            super().server_bind()
-            return
-        assert self.socket is not None
-        self.socket.close()  # socketserver made one; the shared one is bound and listening
-        self.socket = shared
-        # non-blocking: another process may take a connection between select() and accept()
-        self.socket.setblocking(False)
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        if self.shared_listener is None:
-            super().server_activate()
 
     def __init__(
         self,
@@ -159,21 +116,15 @@ class GuardedServer(ThreadedAssociationServer):
         self._pending: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
         self._opened_at: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
         self._closed: weakref.WeakSet[Association] = weakref.WeakSet()  # connection closed
-        kwargs.setdefault("request_handler", _GuardedRequestHandler)
         super().__init__(*args, **kwargs)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client_socket, address = self.accept()
-        client_socket.settimeout(self.ae.network_timeout)
-        return client_socket, address
 
     def accept(self) -> tuple[socket.socket, tuple[str, int]]:
         """accept(2) on the listening socket; on a shared one after the least busy receiver
         process had its turn (BlockingIOError, which socketserver ignores, when it took it)."""
-        assert self.socket is not None
         dispatch = self.dispatch
         if dispatch is None:
-            return self.socket.accept()
+            return super().accept()
+        assert self.socket is not None
         dispatch.wait_for_turn(self.socket, self.open_connections())
         accepted = self.socket.accept()
         dispatch.publish(self.open_connections() + 1)  # not yet verified nor adopted
@@ -348,119 +299,6 @@ class GuardedServer(ThreadedAssociationServer):
                 log.exception("on_drop callback failed")
 
 
-class _Cut(Exception):
-    """A PDU the guarded reader refuses; the message says why."""
-
-
-class _Closed(Exception):
-    """The peer closed the connection."""
-
-
-def _recv_exact(sock: socket.socket, count: int, deadline: float | None) -> bytes:
-    """`count` bytes from `sock`, all of them before `deadline` (time.monotonic())."""
-    data = bytearray()
-    while len(data) < count:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-        chunk = sock.recv(min(count - len(data), _READ_CHUNK))
-        if not chunk:
-            raise _Closed
-        data += chunk
-    return bytes(data)
-
-
-def guarded_read_pdu_data(dul: DULServiceProvider) -> None:
-    """`DULServiceProvider._read_pdu_data` with the limits of the association's GuardedServer
-    (see the module docstring); pynetdicom's own for any other association."""
-    assoc = dul.assoc
-    server = getattr(assoc, "_server", None)
-    if not isinstance(server, GuardedServer):
-        _original_read_pdu_data(dul)
-        return
-    transport = dul.socket
-    sock = getattr(transport, "socket", None)
-    if transport is None or sock is None:
-        dul.event_queue.put("Evt17")
-        return
-    # the first PDU of an accepted connection (read before the state machine has even left
-    # Sta1 for Sta2) must be the A-ASSOCIATE-RQ
-    awaiting_request = not getattr(dul, _REQUEST_READ, False)
-    now = time.monotonic()
-    if awaiting_request:
-        opened = server.opened_at(assoc) or now
-        deadline: float | None = opened + float(assoc.acse_timeout or 30)
-        within = f"{assoc.acse_timeout:g} s of the connection ([node] acse_timeout)"
-    else:
-        timeout = assoc.network_timeout
-        deadline = None if timeout is None else now + float(timeout)
-        within = f"{timeout:g} s of its first byte ([node] network_timeout)"
-    restore = sock.gettimeout()
-    what = "A-ASSOCIATE-RQ" if awaiting_request else "PDU"
-    try:
-        header = _recv_exact(sock, 6, deadline)
-        pdu_type, _, length = struct.unpack(">BBL", header)
-        if pdu_type not in PDU_TYPES:
-            raise _Cut(f"not a DICOM PDU (type 0x{pdu_type:02X})")
-        if awaiting_request and pdu_type != A_ASSOCIATE_RQ:
-            raise _Cut(f"PDU type 0x{pdu_type:02X} before an A-ASSOCIATE-RQ")
-        if server.max_pdu_length and length > server.max_pdu_length:
-            raise _Cut(
-                f"{what} of {length} bytes announced, above [node] max_pdu_length "
-                f"({server.max_pdu_length}); refused before reading it"
-            )
-        body = _recv_exact(sock, length, deadline)
-    except _Cut as cut:
-        _cut(dul, server, str(cut), awaiting_request)
-        return
-    except TimeoutError:
-        _cut(dul, server, f"{what} not received whole within {within}", awaiting_request)
-        return
-    except (_Closed, OSError):
-        # the peer closed (or reset) the connection: not an attack, not audited
-        _close(dul, awaiting_request)
-        return
-    finally:
-        try:
-            sock.settimeout(restore)
-        except OSError:
-            pass
-    try:
-        pdu, event = dul._decode_pdu(bytearray(header + body))
-    except Exception as exc:
-        if awaiting_request:
-            # the text may hold the peer's bytes: the log formatter and the audit's JSON escape it
-            detail = f"{type(exc).__name__}: {str(exc)[:256]}"
-            _cut(dul, server, f"A-ASSOCIATE-RQ does not decode: {detail}", True)
-            return
-        log.warning("PDU does not decode: %s: %s", type(exc).__name__, exc)
-        dul.event_queue.put("Evt19")  # pynetdicom aborts the association (A-ABORT)
-        return
-    if awaiting_request:
-        setattr(dul, _REQUEST_READ, True)
-    dul.event_queue.put(event)
-    dul._recv_pdu.put(pdu)
-
-
-def _cut(dul: DULServiceProvider, server: GuardedServer, reason: str, before: bool) -> None:
-    assoc = dul.assoc
-    primitive = assoc.requestor.primitive
-    calling = str(getattr(primitive, "calling_ae_title", "") or "")
-    server.dropped((assoc.requestor.address, assoc.requestor.port), calling, reason)
-    _close(dul, before)
-
-
-def _close(dul: DULServiceProvider, before_association: bool) -> None:
-    """Close the transport now (Evt17) and, before association, wake the acceptor thread
-    waiting for the A-ASSOCIATE-RQ, so the connection's thread and slot end at once."""
-    if dul.socket is not None:
-        dul.socket.close()  # shutdown + close, puts Evt17
-    if before_association:
-        dul.to_user_queue.put(None)  # type: ignore[arg-type]  # receive_pdu returns None
-
-
 class LeastBusyDispatch:
     """Which receiver process accepts a new connection: the one with the fewest open
     associations. The processes share one listening socket and a table of their association
@@ -528,12 +366,6 @@ def make_listener(host: str, port: int) -> socket.socket:
             "process that holds the port or choose another",
         ) from exc
     return listener
-
-
-def install() -> None:
-    """Replace DULServiceProvider._read_pdu_data (called once by
-    scp_node.dicom.pynetdicom_adapter)."""
-    DULServiceProvider._read_pdu_data = guarded_read_pdu_data  # type: ignore[method-assign, assignment]
 
 
 def pending_counts(server: GuardedServer) -> Counter[str]:

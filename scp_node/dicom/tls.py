@@ -26,16 +26,14 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
-from pynetdicom.utils import make_target
 
 from scp_node.config import ConfigError, Destination, SecurityConfig
 from scp_node.dicom.connections import GuardedServer
+from scp_node.dicom.pynetdicom_adapter.server import start_in_thread
 
 log = logging.getLogger("lungnode.tls")
 
@@ -327,7 +325,7 @@ def start_server(
     handshake_timeout: float,
     on_handshake_failed: Callable[[str, str], None] | None = None,
     **limits: Any,
-) -> ThreadedAssociationServer:
+) -> GuardedServer:
     """Start `ae`'s SCP on `address` without blocking: plain TCP when `context` is None
     (`ReadTimeoutServer`), else DICOM TLS only, with handshakes in the connection threads
     (`HandshakeInThreadServer`); both time out reads stuck mid-PDU;
@@ -335,27 +333,18 @@ def start_server(
     `limits` are GuardedServer's keyword arguments (max_pdu_length, max_pending_per_address,
     on_drop).
 
-    Mirrors `ApplicationEntity.start_server(block=False)`, including the registration in
-    `ae._servers` that pynetdicom's `shutdown()` removes again.
+    Registered in `ae._servers` as `ApplicationEntity.start_server(block=False)` does
+    (scp_node.dicom.pynetdicom_adapter.server.start_in_thread).
     """
     if context is None:
-        server = ae.make_server(
-            address, evt_handlers=evt_handlers, server_class=ReadTimeoutServer, **limits
-        )
-    else:
-        server = ae.make_server(
-            address,
-            ssl_context=context,
-            evt_handlers=evt_handlers,
-            server_class=HandshakeInThreadServer,
-            handshake_timeout=handshake_timeout,
-            on_handshake_failed=on_handshake_failed,
-            **limits,
-        )
-    timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
-    thread = threading.Thread(
-        target=make_target(server.serve_forever), name=f"AcceptorServer@{timestamp}", daemon=True
+        return start_in_thread(ae, address, ReadTimeoutServer, evt_handlers, **limits)
+    return start_in_thread(
+        ae,
+        address,
+        HandshakeInThreadServer,
+        evt_handlers,
+        ssl_context=context,
+        handshake_timeout=handshake_timeout,
+        on_handshake_failed=on_handshake_failed,
+        **limits,
     )
-    thread.start()
-    ae._servers.append(server)
-    return server

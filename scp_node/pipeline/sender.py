@@ -47,8 +47,8 @@ from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
 
 from scp_node.config import Config, Destination
+from scp_node.dicom import pynetdicom_adapter
 from scp_node.dicom.backoff import backoff_delay, retry_at
-from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
 from scp_node.dicom.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from scp_node.dicom.status import (
     COERCION_OF_DATA_ELEMENTS,
@@ -107,7 +107,7 @@ class Sender:
     """Delivers due outbox rows by C-STORE; one association per destination per tick."""
 
     def __init__(self, config: Config, index: Index, *, rng: random.Random | None = None) -> None:
-        configure_pynetdicom()
+        pynetdicom_adapter.install()
         self._config = config
         self._index = index
         self._rng = rng or random.Random()

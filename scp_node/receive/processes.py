@@ -232,8 +232,7 @@ def run_receiver(
 ) -> None:
     """A receiver process: the SCP on the shared listening socket, until SIGTERM/SIGINT or
     until its serve process (`parent_pid`) is gone. `counts`: the node's counts (row slot - 1)."""
-    from scp_node.dicom import connections
-    from scp_node.dicom.pynetdicom_adapter import configure_pynetdicom
+    from scp_node.dicom import connections, pynetdicom_adapter
     from scp_node.logs import configure_logging
     from scp_node.metrics import METRICS
     from scp_node.ops.switches import Switches
@@ -244,7 +243,7 @@ def run_receiver(
 
     configure_logging(log_level)
     leave_the_analysis_session()
-    configure_pynetdicom()
+    pynetdicom_adapter.install()
     counts.clear(slot - 1)  # a restarted receiver's predecessor may have left its counts
     connections.share_listener(listener, counts, slot - 1)
     stop = threading.Event()

@@ -1,10 +1,11 @@
 """The node's C-ECHO and C-STORE SCP: receives images and makes them durable before Success.
 
 pynetdicom streams each C-STORE dataset to a file in the store's `.incoming` folder (see
-dicom_settings); the handler reads only a few header elements from it, renames it into the
-store (fsynced), records it in the index, and only then answers 0x0000. Pixels are never
-decoded here. On SQLite the index row is committed lazily and recovered from the store's files
-at start (see index_recovery), so the durable file is the one fsync that bounds each C-STORE.
+scp_node.dicom.pynetdicom_adapter.streaming); the handler reads only a few header elements from
+it, renames it into the store (fsynced), records it in the index, and only then answers 0x0000.
+Pixels are never decoded here. On SQLite the index row is committed lazily and recovered from
+the store's files at start (see index_recovery), so the durable file is the one fsync that
+bounds each C-STORE.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.config import Config
+from scp_node.dicom import pynetdicom_adapter
 from scp_node.dicom.connections import (
     GuardedServer,
     associated,
@@ -33,14 +35,8 @@ from scp_node.dicom.connections import (
     negotiating_association,
 )
 from scp_node.dicom.instance_header import is_code_string
-from scp_node.dicom.pynetdicom_adapter import (
-    configure_pynetdicom,
-    data_sync_while_streaming,
-    disk_full_while_streaming,
-    header_while_streaming,
-    refused_while_streaming,
-    route_incoming,
-)
+from scp_node.dicom.pynetdicom_adapter.server import acceptor_server
+from scp_node.dicom.pynetdicom_adapter.streaming import parked_stream, route_incoming
 from scp_node.dicom.sop_classes import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -154,7 +150,7 @@ class _NodeAE(ApplicationEntity):
             return limit
         calling = calling_ae_of(assoc)
         acceptors = [a for a in self.active_associations if a.is_acceptor]
-        server = getattr(assoc, "_server", None)
+        server = acceptor_server(assoc)
         on_node = None
         if isinstance(server, GuardedServer):
             on_node = server.associations_on_node(calling)
@@ -215,7 +211,7 @@ class Receiver:
         """`slot`: this receiver's number when several processes receive ([node]
         receiver_processes): its own durability mark, and no re-indexing at start (the serve
         process re-indexes once, before it starts them)."""
-        configure_pynetdicom()
+        pynetdicom_adapter.install()
         self._slot = slot
         self._on_released_cb = on_released
         self._sending: weakref.WeakKeyDictionary[Association, _Sending] = (
@@ -491,19 +487,21 @@ class Receiver:
 
     def _store_instance(self, event: Event, calling_aet: str) -> tuple[InstanceRecord, bool]:
         """Commit the streamed file into the store and index it; raises _Rejected with a status."""
-        full = disk_full_while_streaming(event.request)
-        if full is not None:
-            raise _Rejected(OUT_OF_RESOURCES, f"disk full while receiving the dataset: {full}")
-        stopped = refused_while_streaming(event.request)
-        if stopped is not None:
-            raise _Rejected(OUT_OF_RESOURCES, stopped)
+        parked = parked_stream(event.request)
+        if parked.disk_full is not None:
+            raise _Rejected(
+                OUT_OF_RESOURCES, f"disk full while receiving the dataset: {parked.disk_full}"
+            )
+        if parked.refused is not None:
+            raise _Rejected(OUT_OF_RESOURCES, parked.refused)
         self._intake.check_open()
         streamed = Path(event.dataset_path)
         request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
-        # started as the last fragment landed (alone on the node): the data goes to disk while
-        # the header is checked and the index consulted; None: commit flushes data and name
-        data_sync = data_sync_while_streaming(request)
-        header = header_while_streaming(request)
+        # data_sync started as the last fragment landed (alone on the node): the data goes to
+        # disk while the header is checked and the index consulted; None: commit flushes data
+        # and name
+        data_sync = parked.data_sync
+        header = parked.header
         if header is None or header.file_size != _size(streamed):
             header = _read_header(streamed)  # something follows Pixel Data: pydicom reads it
         record = self._intake.record_of(header, streamed, calling_aet)

@@ -1,0 +1,177 @@
+"""PDUs of the SCP's associations read whole, within a deadline, and refused by their header.
+
+pynetdicom 3.0 reads a PDU by its announced length in one `recv` loop, with the socket's timeout
+applying to each byte rather than to the PDU: one peer could announce a 4 GiB A-ASSOCIATE-RQ
+and have it buffered, or hold an association slot by dripping one byte every few seconds.
+`guard(dul, limits)` makes one association's DUL read its PDUs through `GuardedReader`: a PDU
+whose header announces more than `limits.max_pdu_length` bytes is refused before any of it is
+read, an unknown PDU type (or, before association, anything but an A-ASSOCIATE-RQ) is
+refused, and a PDU must arrive whole within one deadline: the A-ASSOCIATE-RQ within the
+association's ACSE timeout of the accept, every later PDU within its network timeout of its
+first byte. A refused connection is closed at once (`limits.dropped` hears why) and, before
+association, its acceptor thread woken so its slot is free at once.
+
+Touches `DULServiceProvider._read_pdu_data` of each guarded association's DUL (an instance
+attribute set before the association starts; pynetdicom calls it as `self._read_pdu_data()`
+from `_is_transport_event`), the DUL's `event_queue`, `_recv_pdu`, `to_user_queue` and
+`_decode_pdu`, as pynetdicom's own reader does. The server's request handler
+(scp_node.dicom.pynetdicom_adapter.server) guards each association it creates; associations
+the node requests (the sender) keep pynetdicom's reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from typing import Any, Protocol
+
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+log = logging.getLogger("lungnode.connections")
+
+PDU_TYPES = frozenset(range(0x01, 0x08))
+A_ASSOCIATE_RQ = 0x01
+_READ_CHUNK = 64 * 1024
+
+
+class PduLimits(Protocol):
+    """What the guard reads from the server that accepted the connection
+    (scp_node.dicom.connections.GuardedServer)."""
+
+    max_pdu_length: int  # bytes a PDU may announce; 0: no limit
+
+    def opened_at(self, assoc: Association) -> float | None:
+        """time.monotonic() when `assoc`'s connection was accepted."""
+        ...
+
+    def dropped(self, peer: Any, calling_ae: str, reason: str) -> None:
+        """Log and report a connection the guard cut."""
+        ...
+
+
+class _Cut(Exception):
+    """A PDU the guarded reader refuses; the message says why."""
+
+
+class _Closed(Exception):
+    """The peer closed the connection."""
+
+
+def guard(dul: DULServiceProvider, limits: PduLimits) -> None:
+    """Make `dul` (of an association not yet started) read its PDUs under `limits`."""
+    reader = GuardedReader(dul, limits)
+    dul._read_pdu_data = reader.read  # type: ignore[method-assign]
+
+
+def _recv_exact(sock: socket.socket, count: int, deadline: float | None) -> bytes:
+    """`count` bytes from `sock`, all of them before `deadline` (time.monotonic())."""
+    data = bytearray()
+    while len(data) < count:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+        chunk = sock.recv(min(count - len(data), _READ_CHUNK))
+        if not chunk:
+            raise _Closed
+        data += chunk
+    return bytes(data)
+
+
+class GuardedReader:
+    """`DULServiceProvider._read_pdu_data` of one association, under the limits of the server
+    that accepted it (see the module docstring)."""
+
+    def __init__(self, dul: DULServiceProvider, limits: PduLimits) -> None:
+        self._dul = dul
+        self._limits = limits
+        # the first PDU of an accepted connection (read before the state machine has even
+        # left Sta1 for Sta2) must be the A-ASSOCIATE-RQ
+        self.request_read = False
+
+    def read(self) -> None:
+        """Read one PDU and queue its event and PDU for the DUL, or cut the connection."""
+        dul = self._dul
+        limits = self._limits
+        assoc = dul.assoc
+        transport = dul.socket
+        sock = getattr(transport, "socket", None)
+        if transport is None or sock is None:
+            dul.event_queue.put("Evt17")
+            return
+        awaiting_request = not self.request_read
+        now = time.monotonic()
+        if awaiting_request:
+            opened = limits.opened_at(assoc) or now
+            deadline: float | None = opened + float(assoc.acse_timeout or 30)
+            within = f"{assoc.acse_timeout:g} s of the connection ([node] acse_timeout)"
+        else:
+            timeout = assoc.network_timeout
+            deadline = None if timeout is None else now + float(timeout)
+            within = f"{timeout:g} s of its first byte ([node] network_timeout)"
+        restore = sock.gettimeout()
+        what = "A-ASSOCIATE-RQ" if awaiting_request else "PDU"
+        try:
+            header = _recv_exact(sock, 6, deadline)
+            pdu_type, _, length = struct.unpack(">BBL", header)
+            if pdu_type not in PDU_TYPES:
+                raise _Cut(f"not a DICOM PDU (type 0x{pdu_type:02X})")
+            if awaiting_request and pdu_type != A_ASSOCIATE_RQ:
+                raise _Cut(f"PDU type 0x{pdu_type:02X} before an A-ASSOCIATE-RQ")
+            if limits.max_pdu_length and length > limits.max_pdu_length:
+                raise _Cut(
+                    f"{what} of {length} bytes announced, above [node] max_pdu_length "
+                    f"({limits.max_pdu_length}); refused before reading it"
+                )
+            body = _recv_exact(sock, length, deadline)
+        except _Cut as cut:
+            self._cut(str(cut), awaiting_request)
+            return
+        except TimeoutError:
+            self._cut(f"{what} not received whole within {within}", awaiting_request)
+            return
+        except (_Closed, OSError):
+            # the peer closed (or reset) the connection: not an attack, not audited
+            self._close(awaiting_request)
+            return
+        finally:
+            try:
+                sock.settimeout(restore)
+            except OSError:
+                pass
+        try:
+            pdu, event = dul._decode_pdu(bytearray(header + body))
+        except Exception as exc:
+            if awaiting_request:
+                # the text may hold the peer's bytes: the log formatter and the audit's JSON
+                # escape it
+                detail = f"{type(exc).__name__}: {str(exc)[:256]}"
+                self._cut(f"A-ASSOCIATE-RQ does not decode: {detail}", True)
+                return
+            log.warning("PDU does not decode: %s: %s", type(exc).__name__, exc)
+            dul.event_queue.put("Evt19")  # pynetdicom aborts the association (A-ABORT)
+            return
+        if awaiting_request:
+            self.request_read = True
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(pdu)
+
+    def _cut(self, reason: str, before_association: bool) -> None:
+        assoc = self._dul.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or "")
+        self._limits.dropped((assoc.requestor.address, assoc.requestor.port), calling, reason)
+        self._close(before_association)
+
+    def _close(self, before_association: bool) -> None:
+        """Close the transport now (Evt17) and, before association, wake the acceptor thread
+        waiting for the A-ASSOCIATE-RQ, so the connection's thread and slot end at once."""
+        dul = self._dul
+        if dul.socket is not None:
+            dul.socket.close()  # shutdown + close, puts Evt17
+        if before_association:
+            dul.to_user_queue.put(None)  # receive_pdu returns None
