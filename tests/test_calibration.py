@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from classifier.model.bundled import BUNDLED_MODEL
 from classifier.model.calibration import (
     PlattCalibration,
     brier_score,
@@ -22,6 +23,7 @@ from classifier.model.calibration import (
 )
 from classifier.model.inference import LesionClassifier, sha256_of
 from classifier.model.patches import PATCH_SHAPE
+from classifier.settings import AnalysisSettings
 from classifier.types import UNCALIBRATED_CERTAINTY
 
 # Like the real candidates: tumours 0.57-0.82, vessels and the rest 0.40-0.77, overlapping.
@@ -130,3 +132,15 @@ def test_load_applies_the_calibration_beside_the_model_and_refuses_a_stale_one(
     with pytest.raises(ValueError, match="not JSON"):
         read_calibration(tiny_model, sha256_of(tiny_model))
     written.unlink()
+
+
+def test_the_bundled_model_is_calibrated_at_the_protocols_operating_point() -> None:
+    # Written by `lungnode real-ct-protocol ... --install` for the bundled weights; the node's
+    # default threshold is the one the protocol chose on its held-out rows (on the raw score).
+    sidecar = json.loads(calibration_path(BUNDLED_MODEL).read_text())
+    assert sidecar["model_sha256"] == sha256_of(BUNDLED_MODEL)
+    assert read_calibration(BUNDLED_MODEL, sha256_of(BUNDLED_MODEL)) is not None
+    point = sidecar["operating_point"]
+    assert point["applies_to"] == "the raw lesion score"
+    assert point["lesion_probability_threshold"] == AnalysisSettings().lesion_probability_threshold
+    assert sidecar["held_out"]["candidates"] > 0 and "real_ct_protocol" in sidecar["command"]

@@ -184,7 +184,7 @@ def test_calibration_is_fitted_leave_one_patient_out_and_pooled_on_held_out_rows
         "candidates": {"10": at_10, "12": at_12},
         "chosen": {"threshold": 0.5, "radius_mm": 12.0, "folds": folds},
     }
-    result = calibrate(summary)
+    result = calibrate(summary, score_trained_on=["P2"])
     held_out = result["folds"]["P1"]
     fit = fit_platt([0.71, 0.55, 0.57, 0.67, 0.54, 0.40], [True, False, True, False, False, False])
     assert held_out["a"] == pytest.approx(fit.a) and held_out["b"] == pytest.approx(fit.b)
@@ -196,8 +196,13 @@ def test_calibration_is_fitted_leave_one_patient_out_and_pooled_on_held_out_rows
     raw = [s for p in ("P1",) for s, _ in scores[p]] + [0.71, 0.55, 0.57, 0.67, 0.54, 0.40]
     labels = [True, False, False, True, False, True, False, False, False]
     assert pooled["brier_raw"] == pytest.approx(brier_score(raw, labels), abs=1e-4)
+    # The patients the lesion score never saw, apart: P1 and P3.
+    unseen = result["pooled_unseen_by_score"]
+    assert result["unseen_by_score"] == ["P1", "P3"] and unseen["candidates"] == 3 + 4
     final = result["final"]
     assert final["candidates"] == 1 + 2 + 4 and final["radius_mm"] == 12.0
     section = calibration_section({**summary, "calibration": result})
-    assert f"Brier\nscore raw **{pooled['brier_raw']:.3f}**" in section
+    words = " ".join(section.split())
+    assert f"Brier score raw **{pooled['brier_raw']:.3f}** vs calibrated" in words
     assert "| P1 | 10 |" in section and "**tumour** 0.810 -> " in section
+    assert "fine-tuned on P2" in words and "never saw (P1, P3; 7 candidates, 2 tumours)" in words

@@ -57,7 +57,7 @@ from classifier.model.detector_eval import (
     reported,
     study_row,
 )
-from classifier.model.inference import LesionClassifier
+from classifier.model.inference import LesionClassifier, read_model_metadata
 from classifier.model.model_card import replace_card_section
 from classifier.model.real_ct_calibration import calibrate, install_calibration
 from classifier.model.real_ct_calibration import card_section as calibration_section
@@ -347,6 +347,36 @@ def _row_md(patient: str, row: dict[str, Any], radius: float | None) -> str:
     )
 
 
+def _configured_rows(summary: dict[str, Any]) -> str:
+    """Where the node's settings (reporting threshold, the detector's radius) differ from the
+    protocol's choice: which differ and what the node reports at its own settings."""
+    chosen = summary["chosen"]
+    settings = AnalysisSettings()
+    node = (
+        settings.lesion_probability_threshold,
+        settings.mass_radius_mm or MASS_MIN_RADIUS_MM,
+    )
+    differ = []
+    if f"{node[0]:g}" != f"{chosen['threshold']:g}":
+        differ.append(
+            f"reporting threshold {node[0]:g} (`[classifier] lesion_probability_threshold`), "
+            f"not {chosen['threshold']:g}"
+        )
+    if f"{node[1]:g}" != f"{chosen['radius_mm']:g}":
+        differ.append(
+            f"detector radius {node[1]:g} mm (`classifier.imaging.lesions.MASS_MIN_RADIUS_MM`), "
+            f"not {chosen['radius_mm']:g} mm"
+        )
+    if not differ:
+        return ""
+    text = f"The node's settings differ from the protocol's choice: {'; '.join(differ)}."
+    at_node = summary["table"].get(f"{node[0]:g}", {}).get(f"{node[1]:g}")
+    if at_node is None:
+        return text + " The protocol did not try the node's settings.\n"
+    rows = "\n".join(_row_md(p, at_node[p], node[1]) for p in summary["patients"])
+    return f"{text} What the node reports at its own settings:\n\n{_HEAD}\n{rows}\n"
+
+
 def card_section(summary: dict[str, Any], command: str) -> str:
     """The model card's real-CT table: held-out rows per patient, the chosen defaults, the
     baseline rows of the studies the detector had never seen, and the pictures."""
@@ -370,25 +400,14 @@ def card_section(summary: dict[str, Any], command: str) -> str:
             )
         baseline_rows = "\n".join(lines)
     met = sum(bool(folds[p]["row"]["met"]) for p in summary["patients"])
-    node = AnalysisSettings().lesion_probability_threshold
-    configured = ""
-    if f"{node:g}" != f"{chosen['threshold']:g}" and f"{node:g}" in summary["table"]:
-        at_node = summary["table"][f"{node:g}"][f"{chosen['radius_mm']:g}"]
-        configured = (
-            f"The node's configured reporting threshold is {node:g} (`[classifier] "
-            "lesion_probability_threshold`), not the chosen one; what it reports at that "
-            f"threshold and the chosen radius:\n\n{_HEAD}\n"
-            + "\n".join(_row_md(p, at_node[p], chosen["radius_mm"]) for p in summary["patients"])
-            + "\n"
-        )
-    node_radius = AnalysisSettings().mass_radius_mm or MASS_MIN_RADIUS_MM
-    if f"{node_radius:g}" != f"{chosen['radius_mm']:g}":
-        configured += (
-            f"\nThe detector's radius in the node is {node_radius:g} mm "
-            "(`classifier.imaging.lesions.MASS_MIN_RADIUS_MM`), not the chosen "
-            f"{chosen['radius_mm']:g} mm.\n"
-        )
+    configured = _configured_rows(summary)
     calibration = calibration_section(summary) if "calibration" in summary else ""
+    took = (
+        f" ({summary['elapsed_s']:.0f} s on this CPU: {len(summary['radii_mm'])} radii x "
+        f"{len(summary['patients'])} studies)"
+        if "elapsed_s" in summary
+        else ""
+    )
     radii = ", ".join(f"{r:g}" for r in summary["radii_mm"])
     thresholds = ", ".join(f"{t:g}" for t in summary["thresholds"])
     pictures = ", ".join(
@@ -397,8 +416,9 @@ def card_section(summary: dict[str, Any], command: str) -> str:
     return f"""{CARD_START}
 ## Real CT: the detector judged leave one patient out (issue 16)
 
-Per patient at the protocol's chosen reporting threshold ({chosen["threshold"]:g}; bundled model,
-at most 5 findings): the tumour found as ONE finding (with its lesion probability), its long
+Per patient at the protocol's chosen reporting threshold ({chosen["threshold"]:g}, on the raw
+lesion score; bundled model, at most 5 findings): the tumour found as ONE finding (with its raw
+lesion score p; the calibrated certainty is below), its long
 axis against the annotated extent (the largest slice box's longer side to its diagonal; the
 target is [0.7 x side, 1.3 x diagonal]),
 the other findings and what they are, at most {MAX_OTHER_FINDINGS} allowed. The detector's tuned
@@ -436,6 +456,8 @@ a measure of generalisation):
 {calibration}
 What the other findings are comes from a person's reading of the pictures
 (`real-ct/reviewed_findings.csv`). Pictures at the defaults: {pictures}.
+
+Regenerated (table, pictures and the calibration beside the model) by the command below{took}:
 
 ```
 {command}
@@ -483,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(Path(args.data), [Path(a) for a in args.annotations], Path(args.out))
         summary["command"] = command
     # Fitted again from the stored candidates, so --from-json regenerates it too.
-    summary["calibration"] = calibrate(summary)
+    real_data = read_model_metadata(BUNDLED_MODEL).get("real_data") or {}
+    summary["calibration"] = calibrate(summary, real_data.get("patients") or [])
     (Path(args.out) / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str))
     if args.install:
         install(
