@@ -90,9 +90,11 @@ def to_lesion(
     probability: float,
     histology: np.ndarray,
     study_uid: str = "",
+    certainty: float | None = None,
 ) -> Lesion:
-    """A measured candidate with its CNN output as a numbered, tracked Lesion; its Tracking
-    UID follows from study, CT series and position (the same on re-analysis)."""
+    """A measured candidate with its CNN output (raw lesion score `probability`, its calibrated
+    `certainty`) as a numbered, tracked Lesion; its Tracking UID follows from study, CT series
+    and position (the same on re-analysis)."""
     return Lesion(
         tracking_id=f"Lesion {number}",
         tracking_uid=lesion_tracking_uid(study_uid, ct.series_instance_uid, candidate.centroid_mm),
@@ -113,6 +115,7 @@ def to_lesion(
         mtv_ml=candidate.mtv_ml,
         tlg=candidate.tlg,
         lesion_probability=float(probability),
+        certainty=None if certainty is None else float(certainty),
         histology={k: float(v) for k, v in zip(HISTOLOGY_CLASSES, histology, strict=True)},
         detected_by=candidate.detected_by,
     )
@@ -129,10 +132,11 @@ def lesions_of(
     lungs: LungMask | None = None,
 ) -> list[Lesion]:
     """The lesions `analyze_study` reports on a CT volume (and SUV on its grid): candidates,
-    one batched CNN call, the reporting threshold and the per-study limit (a note on what the
-    limit left out goes to `skipped`); `lungs`: the CT's lung mask when already made.
-    Callable on a volume alone: the stress test (classifier.model.stress) runs it on real CT
-    with inserted tumours."""
+        one batched CNN call, the reporting threshold (on the raw lesion score; each lesion carries
+    its calibrated certainty too) and the per-study limit (a note on what the
+        limit left out goes to `skipped`); `lungs`: the CT's lung mask when already made.
+        Callable on a volume alone: the stress test (classifier.model.stress) runs it on real CT
+        with inserted tumours."""
     clock = clock or _Clock()
     skipped = skipped if skipped is not None else []
     found = clock.run(
@@ -161,15 +165,20 @@ def lesions_of(
         limit = config.max_findings_per_study
         if limit and len(above) > limit:
             skipped.append(
-                f"{len(above) - limit} further finding(s) with lesion probability >= "
+                f"{len(above) - limit} further finding(s) with a lesion score >= "
                 f"{config.lesion_probability_threshold:g} left out: at most {limit} are "
                 "reported per study, the most probable first ([classifier] "
                 "max_findings_per_study)"
             )
             above = above[:limit]
+        certainty = classifier.certainty(probability)
         for n in above:
             p = float(probability[n])
-            lesions.append(to_lesion(found[n], len(lesions) + 1, ct, p, histology[n], study_uid))
+            lesions.append(
+                to_lesion(
+                    found[n], len(lesions) + 1, ct, p, histology[n], study_uid, float(certainty[n])
+                )
+            )
     return lesions
 
 

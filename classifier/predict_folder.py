@@ -47,6 +47,7 @@ def result_summary(
             "version": result.model.version,
             "sha256": result.model.sha256,
             "clinical_use": result.model.clinical_use,
+            "certainty": result.model.certainty,
         },
         "skipped": list(result.skipped),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
@@ -66,6 +67,7 @@ def result_summary(
                 "mtv_ml": lesion.mtv_ml,
                 "tlg": lesion.tlg,
                 "lesion_probability": round(lesion.lesion_probability, 4),
+                "certainty": round(lesion.certainty_of_finding, 4),
                 "histology": {k: round(v, 4) for k, v in lesion.histology.items()},
                 "detected_by": lesion.detected_by,
             }

@@ -19,6 +19,8 @@ HISTOLOGY_NAMES: dict[str, str] = {
     "G": "squamous cell carcinoma",
 }
 
+UNCALIBRATED_CERTAINTY = "uncalibrated lesion score (no calibration beside the model)"
+
 
 def stable_uid(*parts: object) -> str:
     """A UID (2.25 form) derived from `parts` alone: the same parts give the same UID on every
@@ -72,9 +74,19 @@ class Lesion:
     suv_mean: float | None = None
     mtv_ml: float | None = None
     tlg: float | None = None
+    # The lesion score's raw sigmoid: the detection operating point ([classifier]
+    # lesion_probability_threshold) and the order of the findings apply to it.
     lesion_probability: float = 0.0
     histology: dict[str, float] = field(default_factory=dict)
     detected_by: str = "CT"  # "CT", "PET" or "CT+PET"
+    # The Certainty of Finding a reader sees: the score's calibrated probability when the model
+    # has a calibration (ModelInfo.certainty says which); None: the raw score.
+    certainty: float | None = None
+
+    @property
+    def certainty_of_finding(self) -> float:
+        """The finding's certainty (0-1) as reported: calibrated, or the raw score."""
+        return self.lesion_probability if self.certainty is None else self.certainty
 
     @property
     def most_probable_type(self) -> str:
@@ -96,6 +108,9 @@ class ModelInfo:
     # [results] histology = auto.
     histology_real_accuracy: float | None = None
     histology_real_baseline: float | None = None
+    # What a finding's certainty is: the lesion score calibrated on real CT (the calibration
+    # stored beside the model file) or, without one, the raw score, said so.
+    certainty: str = UNCALIBRATED_CERTAINTY
 
     @property
     def histology_beats_baseline(self) -> bool:

@@ -24,6 +24,7 @@ from classifier.imaging.acquisitions import monitoring_reason, split_acquisition
 from classifier.imaging.dicom_io import read_headers
 from classifier.imaging.series_selection import SeriesCandidate, select_series
 from classifier.imaging.volume import ENHANCED_CT_STORAGE, VolumeError, load_ct_volume
+from classifier.model.inference import LesionClassifier
 from classifier.settings import AnalysisSettings
 from classifier.types import ModelInfo
 from storage.study_files import InstanceFile, SeriesFiles
@@ -389,10 +390,13 @@ def test_bolus_recognised_by_image_type_and_by_a_short_repeated_stack(
 # -- analysis end to end ---------------------------------------------------------------------
 
 
-class _AlwaysLesion:
-    """A stand-in CNN: every candidate is a lesion (the selection is under test, not the CNN)."""
+class _AlwaysLesion(LesionClassifier):
+    """A stand-in CNN: every candidate is a lesion (the selection is under test, not the CNN);
+    uncalibrated, so a finding's certainty is its score."""
 
-    info = ModelInfo("stub", "0", "0" * 64, "nothing")
+    def __init__(self) -> None:
+        self.info = ModelInfo("stub", "0", "0" * 64, "nothing")
+        self.calibration = None
 
     def predict(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(patches)
@@ -409,7 +413,7 @@ def test_multiphase_study_with_bolus_series_is_analysed_on_the_chosen_phase(
     studies, _ = scan_folder(tmp_path)
     (files,) = studies
     assert len(files.series) == 2
-    analysis = analyze_study(files, AnalysisSettings(), _AlwaysLesion())  # type: ignore[arg-type]
+    analysis = analyze_study(files, AnalysisSettings(), _AlwaysLesion())
     result = analysis.result
     assert result.analysed, result.skipped
     portal = _phase(study, 2)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pytest
 
 from classifier.analyze import STAGES, analyze, analyze_study
 from classifier.datasets.phantom import generate_study, write_study
 from classifier.datasets.study_folder import scan_folder
+from classifier.model.calibration import PlattCalibration
 from classifier.model.inference import LesionClassifier
 from classifier.model.patches import PATCH_SHAPE
+from classifier.results import codes
+from classifier.results.encode import encode
 from classifier.settings import AnalysisSettings
-from classifier.types import ModelInfo
+from classifier.types import UNCALIBRATED_CERTAINTY, ModelInfo
 from storage.study_files import StudyFiles
 
 
@@ -96,8 +101,9 @@ def test_threshold_drops_low_probability_candidates(
 class _FixedScores(LesionClassifier):
     """Gives the candidates the lesion probabilities it is built with, in their order."""
 
-    def __init__(self, scores: list[float]) -> None:
+    def __init__(self, scores: list[float], calibration: PlattCalibration | None = None) -> None:
         self.scores = np.array(scores, dtype=np.float32)
+        self.calibration = calibration
         self.info = ModelInfo("fixed", "0", "0" * 64, "nothing")
 
     def predict(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,3 +147,70 @@ def test_unusable_study_returns_reasons(tmp_path: Path) -> None:
     assert not result.analysed
     assert any("not readable" in r for r in result.skipped)
     assert any("no CT series" in r for r in result.skipped)
+
+
+def test_threshold_applies_to_the_raw_score_and_findings_carry_the_calibrated_certainty(
+    phantom_files: tuple[StudyFiles, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import classifier.analyze as analyze_module
+
+    files, _ = phantom_files
+    real = analyze_module.find_candidates
+    monkeypatch.setattr(analyze_module, "find_candidates", lambda *a, **k: real(*a, **k)[:1] * 4)
+    # Calibrated, every score reads far lower (0.6 -> 0.17): the same three are reported.
+    calibration = PlattCalibration(1.0, -2.0)
+    scores = _FixedScores([0.6, 0.9, 0.3, 0.7], calibration)
+    result = analyze(files, AnalysisSettings(max_findings_per_study=0), scores)
+    assert [x.lesion_probability for x in result.lesions] == pytest.approx([0.9, 0.7, 0.6])
+    expected = calibration.probability([0.9, 0.7, 0.6])
+    assert [x.certainty_of_finding for x in result.lesions] == pytest.approx(expected)
+    assert all(x.certainty_of_finding < 0.6 for x in result.lesions)
+
+
+def _text_values(item: Any) -> list[str]:
+    """Every TEXT value in an SR content tree."""
+    found = [str(item.TextValue)] if "TextValue" in item else []
+    for child in item.get("ContentSequence", []):
+        found += _text_values(child)
+    return found
+
+
+def _sr_certainties(objects: list) -> tuple[list[float], list[str]]:
+    """The Certainty of Finding of every lesion in an encoded SR and the SR's algorithm
+    parameters (TEXT items starting "certainty=")."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(objects[0])
+    values = [
+        float(m.value)
+        for group in sr.content.get_volumetric_roi_measurement_groups()
+        for m in group.get_measurements()
+        if m.name == codes.CERTAINTY_OF_FINDING
+    ]
+    return values, [t for t in _text_values(objects[0]) if t.startswith("certainty=")]
+
+
+def test_the_sr_certainty_is_the_calibrated_probability_when_the_model_has_one(
+    phantom_files: tuple[StudyFiles, object],
+) -> None:
+    files, _ = phantom_files
+    tiny = _tiny_classifier(lesion_bias=5.0)
+    calibration = PlattCalibration(0.5, -1.0)
+    calibrated = LesionClassifier(tiny.model, tiny.info, calibration)
+    analysis = analyze_study(files, _config(), calibrated)
+    lesions = analysis.result.lesions
+    assert lesions and calibrated.info.certainty == calibration.describe()
+    expected = [100 * float(calibration.probability(x.lesion_probability)) for x in lesions]
+    raw_percent = [100 * x.lesion_probability for x in lesions]
+    assert all(abs(e - r) > 1 for e, r in zip(expected, raw_percent, strict=True))
+    values, parameters = _sr_certainties(
+        encode(analysis.result, analysis.sources, kinds=("sr", "seg"))
+    )
+    assert values == pytest.approx(expected, abs=0.01)
+    assert parameters and all(p.startswith("certainty=calibrated: Platt") for p in parameters)
+    # Without a calibration the SR carries the raw score and says it is uncalibrated.
+    raw = analyze_study(files, _config(), tiny)
+    assert tiny.info.certainty == UNCALIBRATED_CERTAINTY
+    values, parameters = _sr_certainties(encode(raw.result, raw.sources, kinds=("sr", "seg")))
+    assert values == pytest.approx(
+        [100 * x.lesion_probability for x in raw.result.lesions], abs=0.01
+    )
+    assert parameters and all(p.startswith("certainty=uncalibrated") for p in parameters)

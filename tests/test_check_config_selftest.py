@@ -20,6 +20,8 @@ from node_process import NodeProcess
 from tls_certificates import make_certificates
 
 from classifier.model.bundled import BUNDLED_MODEL
+from classifier.model.calibration import PlattCalibration, write_calibration
+from classifier.model.inference import sha256_of
 from scp_node.app.check_config import ERROR, OK, WARNING, check_config, failed
 from scp_node.app.selftest import SelftestError, choose
 from scp_node.config import DEFAULT_CONFIG
@@ -103,6 +105,24 @@ def test_check_config_tls_expiry_warns_within_30_days_and_fails_once_expired(
     environ["LUNGNODE__SECURITY__TLS_PRIVATE_KEY"] = str(certs.peer_key)
     wrong = check_config(DEFAULT_CONFIG, environ)
     assert any(f.level == ERROR and f.subject == "[security] tls_private_key" for f in wrong), wrong
+
+
+def test_check_config_reports_the_models_calibration(tmp_path: Path) -> None:
+    model = tmp_path / "model.keras"
+    shutil.copy(BUNDLED_MODEL, model)
+    environ = config_environ(storage__root=tmp_path / "store", classifier__model=model)
+
+    def calibration_findings() -> list:
+        return [f for f in check_config(DEFAULT_CONFIG, environ) if "calibrat" in f.message]
+
+    (missing,) = calibration_findings()
+    assert missing.level == WARNING and "raw lesion score" in missing.message
+    write_calibration(model, PlattCalibration(1.5, -1.4), sha256_of(model), {})
+    (applied,) = calibration_findings()
+    assert applied.level == OK and "calibrated: Platt" in applied.message
+    write_calibration(model, PlattCalibration(1.5, -1.4), "0" * 64, {})
+    (stale,) = calibration_findings()
+    assert stale.level == ERROR and "fitted for weights sha256 000000000000" in stale.message
 
 
 def test_loopback_selftest_refuses_routing_that_sends_elsewhere(

@@ -72,7 +72,7 @@ def test_gsps_outlines_each_finding_in_its_own_layer_with_a_lung_window(
         label = text.UnformattedTextValue
         assert label.startswith(f"{number}: {lesion.tracking_id}")
         assert f"long axis {lesion.long_axis_mm:.1f} mm" in label
-        assert f"p(lesion) {lesion.lesion_probability:.2f}" in label
+        assert f"p(lesion) {lesion.certainty_of_finding:.2f}" in label
         assert "most probable type" in label and "NOT FOR CLINICAL USE" in label
         graphics = on_key[0].GraphicObjectSequence
         assert all(g.GraphicAnnotationUnits == "PIXEL" for g in graphics)

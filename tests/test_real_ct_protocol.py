@@ -7,6 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from classifier.model.calibration import brier_score, fit_platt
+from classifier.model.real_ct_calibration import calibrate
+from classifier.model.real_ct_calibration import card_section as calibration_section
 from classifier.model.real_ct_protocol import CARD_END, CARD_START, choose, install, judged
 
 
@@ -125,3 +130,79 @@ def test_choose_reports_each_patient_at_the_value_chosen_on_the_others() -> None
     # Held out E: both meet 2 on the others, the tie goes to the smaller radius.
     assert folds["E"]["radius_mm"] == 10.0
     assert chosen["threshold"] == 0.5
+
+
+def _missed(scan_id: str) -> dict[str, Any]:
+    """A study row whose tumour no reported finding touches (scored below the threshold)."""
+    row = _evaluation_row(scan_id, 70.0, 0)
+    row["per_tumour"][0].update({"detected": False, "fragments": 0, "hits": []})
+    row["per_tumour"][0]["best_finding_long_axis_mm"] = None
+    return row
+
+
+def test_choose_puts_a_missed_tumour_before_any_number_of_other_findings() -> None:
+    # At 0.6 four tumours are found with no other finding and E's tumour is missed; at 0.5 every
+    # tumour is found, D with 3 other findings (over the target) and E with 2. Both meet the
+    # whole target on four rows; a sum would take 0.6 for its fewer other findings, a reader
+    # takes 0.5: the missed tumour weighs more.
+    clean = {p: _evaluation_row(p, 80.0, 0) for p in "ABC"}
+    rows = {
+        0.6: {**clean, "D": _evaluation_row("D", 80.0, 0), "E": _missed("E")},
+        0.5: {**clean, "D": _evaluation_row("D", 80.0, 3), "E": _evaluation_row("E", 80.0, 2)},
+    }
+    table = {t: {10.0: {p: judged(r) for p, r in by.items()}} for t, by in rows.items()}
+    chosen = choose(table, list("ABCDE"))
+    assert sum(f["row"]["met"] for f in chosen["all"][0.6].values()) == 4
+    assert sum(f["row"]["met"] for f in chosen["all"][0.5].values()) == 4
+    assert chosen["threshold"] == 0.5
+    # With every tumour found, fewer studies over the target win over fewer findings in all:
+    # one study with 7 others beats two with 3 each.
+    over = {
+        0.5: {**clean, "D": _evaluation_row("D", 80.0, 7), "E": _evaluation_row("E", 80.0, 0)},
+        0.6: {**clean, "D": _evaluation_row("D", 80.0, 3), "E": _evaluation_row("E", 80.0, 3)},
+    }
+    table = {t: {10.0: {p: judged(r) for p, r in by.items()}} for t, by in over.items()}
+    assert choose(table, list("ABCDE"))["threshold"] == 0.5
+
+
+def _candidate(scan_id: str, score: float, tumour: bool) -> dict[str, Any]:
+    return {"scan_id": scan_id, "finding": "Lesion", "score": score, "tumour": tumour}
+
+
+def test_calibration_is_fitted_leave_one_patient_out_and_pooled_on_held_out_rows() -> None:
+    scores = {
+        "P1": [(0.81, True), (0.66, False), (0.47, False)],
+        "P2": [(0.71, True), (0.55, False)],
+        "P3": [(0.57, True), (0.67, False), (0.54, False), (0.40, False)],
+    }
+    at_10 = {p: [_candidate(p, s, t) for s, t in rows] for p, rows in scores.items()}
+    # At 12 mm P1 has only its tumour: its fold is judged at 10 mm, where it has three.
+    at_12 = {**at_10, "P1": at_10["P1"][:1]}
+    folds = {"P1": {"radius_mm": 10.0}, "P2": {"radius_mm": 12.0}, "P3": {"radius_mm": 12.0}}
+    summary = {
+        "patients": ["P1", "P2", "P3"],
+        "candidates": {"10": at_10, "12": at_12},
+        "chosen": {"threshold": 0.5, "radius_mm": 12.0, "folds": folds},
+    }
+    result = calibrate(summary, score_trained_on=["P2"])
+    held_out = result["folds"]["P1"]
+    fit = fit_platt([0.71, 0.55, 0.57, 0.67, 0.54, 0.40], [True, False, True, False, False, False])
+    assert held_out["a"] == pytest.approx(fit.a) and held_out["b"] == pytest.approx(fit.b)
+    assert [c["calibrated"] for c in held_out["candidates"]] == pytest.approx(
+        fit.probability([0.81, 0.66, 0.47]), abs=1e-4
+    )
+    pooled = result["pooled_held_out"]
+    assert pooled["candidates"] == 3 + 2 + 4 and pooled["tumours"] == 3
+    raw = [s for p in ("P1",) for s, _ in scores[p]] + [0.71, 0.55, 0.57, 0.67, 0.54, 0.40]
+    labels = [True, False, False, True, False, True, False, False, False]
+    assert pooled["brier_raw"] == pytest.approx(brier_score(raw, labels), abs=1e-4)
+    # The patients the lesion score never saw, apart: P1 and P3.
+    unseen = result["pooled_unseen_by_score"]
+    assert result["unseen_by_score"] == ["P1", "P3"] and unseen["candidates"] == 3 + 4
+    final = result["final"]
+    assert final["candidates"] == 1 + 2 + 4 and final["radius_mm"] == 12.0
+    section = calibration_section({**summary, "calibration": result})
+    words = " ".join(section.split())
+    assert f"Brier score raw **{pooled['brier_raw']:.3f}** vs calibrated" in words
+    assert "| P1 | 10 |" in section and "**tumour** 0.810 -> " in section
+    assert "fine-tuned on P2" in words and "never saw (P1, P3; 7 candidates, 2 tumours)" in words

@@ -6,6 +6,7 @@ JSON zip-archive comment, which Keras ignores; the SHA-256 is taken over the fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from classifier.model.calibration import PlattCalibration, calibration_path, read_calibration
 from classifier.model.patches import PATCH_SHAPE
-from classifier.types import HISTOLOGY_CLASSES, ModelInfo
+from classifier.types import HISTOLOGY_CLASSES, UNCALIBRATED_CERTAINTY, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,26 @@ def _configure_tensorflow_gpus() -> None:
 
 
 class LesionClassifier:
-    """A loaded lesion/histology model: `predict(patches)` -> (lesion prob, histology probs)."""
+    """A loaded lesion/histology model: `predict(patches)` -> (lesion score, histology probs);
+    `certainty(scores)` -> the scores' calibrated probabilities (the raw scores without a
+    calibration, and `info.certainty` says which)."""
 
-    def __init__(self, model: Any, info: ModelInfo) -> None:
+    def __init__(
+        self, model: Any, info: ModelInfo, calibration: PlattCalibration | None = None
+    ) -> None:
         self.model = model
-        self.info = info
+        self.calibration = calibration
+        self.info = dataclasses.replace(
+            info,
+            certainty=calibration.describe() if calibration else UNCALIBRATED_CERTAINTY,
+        )
         self._lesion_index, self._histology_index = _output_order(model)
+
+    def certainty(self, scores: np.ndarray) -> np.ndarray:
+        """The Certainty of Finding of raw lesion scores: calibrated when the model has a
+        calibration, else the scores themselves."""
+        scores = np.asarray(scores, dtype=np.float64)
+        return scores if self.calibration is None else self.calibration.probability(scores)
 
     @classmethod
     def load(cls, path: Path) -> LesionClassifier:
@@ -139,15 +155,25 @@ class LesionClassifier:
                 "Keras 3: retrain it with `lungnode train` or use the bundled model"
             ) from exc
         meta = read_model_metadata(path)
+        histology = real_histology(meta, path)
         info = ModelInfo(
             name=str(meta.get("name", model.name)),
             version=str(meta.get("version", "unknown")),
             sha256=sha256_of(path),
             trained_on=str(meta.get("trained_on", "unknown (no lungnode metadata in the file)")),
             clinical_use=bool(meta.get("clinical_use", False)),
-            **real_histology(meta, path),
+            histology_real_accuracy=histology["histology_real_accuracy"],
+            histology_real_baseline=histology["histology_real_baseline"],
         )
-        classifier = cls(model, info)
+        calibration = read_calibration(path, info.sha256)
+        if calibration is None:
+            log.info(
+                "model %s has no calibration beside it (%s): a finding's certainty is the raw "
+                "lesion score",
+                path,
+                calibration_path(path).name,
+            )
+        classifier = cls(model, info, calibration)
         classifier._check_shapes(path)
         return classifier
 

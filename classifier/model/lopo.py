@@ -421,6 +421,7 @@ def run(
     (out / "lopo.json").write_text(json.dumps(summary, indent=2))
     if install:
         from classifier.model.bundled import BUNDLED_MODEL
+        from classifier.model.calibration import calibration_path
         from classifier.model.inference import write_checksum, write_model_metadata
 
         meta = read_model_metadata(BUNDLED_MODEL)
@@ -437,6 +438,12 @@ def run(
         )
         write_model_metadata(BUNDLED_MODEL, meta)
         write_checksum(BUNDLED_MODEL)
+        # The calibration belongs to the weights it was fitted for: the new weights report
+        # their raw score until `lungnode real-ct-protocol ... --install` fits them one.
+        stale = calibration_path(BUNDLED_MODEL)
+        if stale.is_file():
+            stale.unlink()
+            log.warning("removed %s: fitted for the replaced weights", stale)
         card = BUNDLED_MODEL.parent / "MODEL_CARD.md"
         replace_card_section(card, CARD_START, CARD_END, real_ct_section(summary, command))
     return summary

@@ -86,7 +86,8 @@ HISTOLOGY_CODES: dict[str, Code] = {
 HISTOLOGY_ASSESSMENT = Code("LN-HIST-ASSESS", PRIVATE_SCHEME, "Histologic type assessment")
 HISTOLOGY_NOT_ASSESSED = Code("LN-NOT-ASSESSED", PRIVATE_SCHEME, "Not assessed")
 
-# The CNN's lesion probability is the certainty of the finding (CID 6048 names it), in percent.
+# The lesion score's calibrated probability is the certainty of the finding (CID 6048 names it),
+# in percent (the raw score for a model without a calibration; ModelInfo.certainty says which).
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 UNIT_PERCENT = Code("%", "UCUM", "percent")
 # The per-class histology probabilities have no standard concept name: private codes, values in

@@ -28,7 +28,7 @@ def lesion_label(lesion: Lesion, number: int, *, clinical_use: bool) -> str:
     parts = [
         f"{number}: {lesion.tracking_id}",
         f"long axis {lesion.long_axis_mm:.1f} mm",
-        f"p(lesion) {lesion.lesion_probability:.2f}",
+        f"p(lesion) {lesion.certainty_of_finding:.2f}",
     ]
     if lesion.histology:
         kind = lesion.most_probable_type

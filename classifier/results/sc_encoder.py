@@ -151,7 +151,7 @@ def render_summary(result: StudyResult) -> np.ndarray:
                 f"{lesion.long_axis_mm:.1f}",
                 f"{lesion.short_axis_mm:.1f}",
                 f"{lesion.volume_ml:.2f}",
-                f"{lesion.lesion_probability:.2f}",
+                f"{lesion.certainty_of_finding:.2f}",
                 kind,
             ]
         )

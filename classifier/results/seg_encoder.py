@@ -89,7 +89,7 @@ def segment_description(
             family=codes.ARTIFICIAL_INTELLIGENCE,
             version=model.version,
             source=codes.MANUFACTURER,
-            parameters={"weights_sha256": model.sha256},
+            parameters={"weights_sha256": model.sha256, "certainty": model.certainty},
         ),
         tracking_uid=lesion.tracking_uid,
         tracking_id=lesion.tracking_id,
@@ -98,7 +98,8 @@ def segment_description(
     )
     text = (
         f"{lesion.tracking_id}: lung lesion found by {model.name} {model.version}, "
-        f"{lesion.long_axis_mm:.1f} mm long axis, certainty {100 * lesion.lesion_probability:.0f}%"
+        f"{lesion.long_axis_mm:.1f} mm long axis, "
+        f"certainty {100 * lesion.certainty_of_finding:.0f}%"
     )
     if not model.clinical_use:
         text = f"{codes.NOT_CLINICAL} {text}"

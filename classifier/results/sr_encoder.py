@@ -41,13 +41,14 @@ DEFAULT_HISTOLOGY_MIN_PROBABILITY = 0.5
 
 
 def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 Algorithm Identification: name, version and the weights' SHA-256 as parameter
-    (no Algorithm Manufacturer: PixelMed finds it outside the template and dcmqi does not know
-    it; the General Equipment module names the manufacturer)."""
+    """TID 4019 Algorithm Identification: name, version, and as parameters the weights' SHA-256
+    and what the Certainty of Finding is (calibrated, or the raw score). No Algorithm
+    Manufacturer: PixelMed finds it outside the template and dcmqi does not know it; the
+    General Equipment module names the manufacturer."""
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
-        parameters=[f"weights_sha256={model.sha256}"],
+        parameters=[f"weights_sha256={model.sha256}", f"certainty={model.certainty}"],
     )
 
 
@@ -110,7 +111,7 @@ def lesion_measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
     items.append(
         _num(
             codes.CERTAINTY_OF_FINDING,
-            round(100.0 * lesion.lesion_probability, 2),
+            round(100.0 * lesion.certainty_of_finding, 2),
             codes.UNIT_PERCENT,
         )
     )

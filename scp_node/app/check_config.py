@@ -15,6 +15,8 @@ Checks, each reported as OK, WARNING or ERROR with the key or peer it concerns:
   and its expiry: a WARNING within 30 days, an ERROR once expired or not yet valid;
 - the model file exists, is a Keras archive with lungnode metadata, and its SHA-256 matches the
   checksum recorded beside it by `lungnode train` (<stem>-report/metrics.json, or <file>.sha256);
+  its lesion-score calibration (<file>.calibration.json) is for these weights (a WARNING
+  without one: the certainty is then the raw score);
 - C-ECHO to every destination (over TLS where marked; a DICOMweb one: a QIDO-RS search), all at
   once, each with a timeout; but the one named `selftest`, where `lungnode selftest` itself
   listens while it runs;
@@ -462,6 +464,32 @@ def _model(config: Config, findings: list[Finding]) -> None:
         findings.append(
             Finding(OK, "model", subject, f"{model} ({label}): sha256 {actual[:16]}... matches")
         )
+    _calibration(model, actual, subject, findings)
+
+
+def _calibration(model: Path, sha256: str, subject: str, findings: list[Finding]) -> None:
+    """The lesion score's calibration beside the model: applied (OK), absent (the certainty is
+    the raw score: WARNING), or fitted for other weights or unreadable (ERROR: start-up fails)."""
+    from classifier.model.calibration import calibration_path, read_calibration
+
+    try:
+        calibration = read_calibration(model, sha256)
+    except ValueError as exc:
+        findings.append(Finding(ERROR, "model", subject, str(exc)))
+        return
+    if calibration is None:
+        findings.append(
+            Finding(
+                WARNING,
+                "model",
+                subject,
+                f"{model}: no calibration beside it ({calibration_path(model).name}): a "
+                "finding's certainty is the raw lesion score, reported as uncalibrated (fit one "
+                "with `lungnode real-ct-protocol ... --install`)",
+            )
+        )
+    else:
+        findings.append(Finding(OK, "model", subject, f"{model}: {calibration.describe()}"))
 
 
 # ---- C-ECHO ----------------------------------------------------------------------------------
