@@ -174,4 +174,5 @@ class GuardedReader:
         if dul.socket is not None:
             dul.socket.close()  # shutdown + close, puts Evt17
         if before_association:
-            dul.to_user_queue.put(None)  # receive_pdu returns None
+            to_user: Any = dul.to_user_queue  # typed for PDUs; None wakes it
+            to_user.put(None)  # receive_pdu returns None
