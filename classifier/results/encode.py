@@ -11,22 +11,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 
-from classifier.results import codes, sr_encoder
+from classifier.results import codes
 from classifier.results.histology_gate import (
     DEFAULT_HISTOLOGY_MODE,
     histology_shown,
     not_assessed_reason,
 )
+from classifier.results.ko_encoder import build_ko
 from classifier.results.pr_encoder import build_gsps
 from classifier.results.sanitize import REQUIRED_TYPE_2, clean_source, copied_root_keywords
 from classifier.results.sc_encoder import build_key_images, warm_up_rendering
@@ -150,7 +148,6 @@ _KIND_OF_CLASS: dict[str, str] = {
 }
 # Series Number of each kind, added to encode()'s series_number.
 _SERIES_OFFSET = {"sr": 0, "seg": 1, "gsps": 2, "sc": 3, "ko": 4}
-KEY_OBJECT_TITLE = Code("113000", "DCM", "Of Interest")
 
 
 def kind_of(dataset: Dataset) -> str:
@@ -183,46 +180,6 @@ def _hu(dataset: Dataset) -> np.ndarray:
     slope = float(dataset.get("RescaleSlope", 1) or 1)
     intercept = float(dataset.get("RescaleIntercept", 0) or 0)
     return pixels * slope + intercept
-
-
-def build_ko(
-    result: StudyResult,
-    referenced: Sequence[Dataset],
-    *,
-    series_number: int,
-    instance_number: int,
-    specific_character_set: str | None,
-) -> hd.ko.KeyObjectSelectionDocument:
-    """Key Object Selection of the findings' key slices and the other result objects;
-    referenced[0] gives the patient and study modules."""
-    model = result.model
-    description = (
-        f"AI lung lesion result by {model.name} {model.version}: key slices of "
-        f"{len(result.lesions)} finding(s) and the result objects"
-    )
-    if not model.clinical_use:
-        description += f". {codes.NOT_CLINICAL}"
-    content = hd.ko.KeyObjectSelection(
-        document_title=KEY_OBJECT_TITLE,
-        referenced_objects=list(referenced),
-        observer_device_context=sr_encoder.device_observer(model),
-        description=description,
-    )
-    kwargs: dict[str, Any] = {}
-    if specific_character_set is not None:
-        kwargs["specific_character_set"] = specific_character_set
-    return hd.ko.KeyObjectSelectionDocument(
-        evidence=list(referenced),
-        content=content,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        contributing_equipment=[codes.algorithm_equipment(model)],
-        series_description=codes.series_description("key objects", model),
-        **codes.equipment(model),
-        **kwargs,
-    )
 
 
 def encode(
