@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from dicom_validators import dciodvfy_report
 from encoded_cases import KNOWN_DCIODVFY_WARNINGS, Case
 
 from classifier.results import geometry
 from classifier.results.overlay import render_presentation_state
+from storage.states import ResultKind
 
 
 def _objects(case: Case, modality: str) -> list[tuple[Path, pydicom.Dataset]]:
@@ -124,5 +126,9 @@ def test_kinds_not_asked_for_are_not_built(encoded_cases: dict[str, Case]) -> No
     from classifier.results.encode import encode
 
     case = encoded_cases["ct"]
-    objects = encode(case.result, case.sources, kinds=("sr", "gsps", "ko"))
+    objects = encode(
+        case.result, case.sources, kinds=(ResultKind.SR, ResultKind.GSPS, ResultKind.KO)
+    )
     assert [ds.Modality for ds in objects] == ["SR", "PR", "KO"]
+    with pytest.raises(ValueError, match=r"kinds \['gsps'\] are not ResultKind members"):
+        encode(case.result, case.sources, kinds=(ResultKind.SR, "gsps"))  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from classifier.results.sr_encoder import (
     summary_text,
 )
 from classifier.types import StudyResult
+from storage.states import ResultKind
 
 UTF8 = "ISO_IR 192"
 _IMMUTABLE = (str, int, float, bytes, type(None))
@@ -137,21 +138,25 @@ def _check_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Data
     return [by_uid[ref.sop_instance_uid] for ref in result.evidence]
 
 
-# What a destination may receive ([routing] result_objects), in the order they are built.
-RESULT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc", "ko")
-_KIND_OF_CLASS: dict[str, str] = {
-    pydicom.uid.Comprehensive3DSRStorage: "sr",
-    pydicom.uid.SegmentationStorage: "seg",
-    pydicom.uid.GrayscaleSoftcopyPresentationStateStorage: "gsps",
-    pydicom.uid.SecondaryCaptureImageStorage: "sc",
-    pydicom.uid.KeyObjectSelectionDocumentStorage: "ko",
+_KIND_OF_CLASS: dict[str, ResultKind] = {
+    pydicom.uid.Comprehensive3DSRStorage: ResultKind.SR,
+    pydicom.uid.SegmentationStorage: ResultKind.SEG,
+    pydicom.uid.GrayscaleSoftcopyPresentationStateStorage: ResultKind.GSPS,
+    pydicom.uid.SecondaryCaptureImageStorage: ResultKind.SC,
+    pydicom.uid.KeyObjectSelectionDocumentStorage: ResultKind.KO,
 }
 # Series Number of each kind, added to encode()'s series_number.
-_SERIES_OFFSET = {"sr": 0, "seg": 1, "gsps": 2, "sc": 3, "ko": 4}
+_SERIES_OFFSET = {
+    ResultKind.SR: 0,
+    ResultKind.SEG: 1,
+    ResultKind.GSPS: 2,
+    ResultKind.SC: 3,
+    ResultKind.KO: 4,
+}
 
 
-def kind_of(dataset: Dataset) -> str:
-    """The result kind ("sr", "seg", "gsps", "sc" or "ko") of an object encode() built."""
+def kind_of(dataset: Dataset) -> ResultKind:
+    """The result kind of an object encode() built, by its SOP Class UID."""
     kind = _KIND_OF_CLASS.get(str(dataset.SOPClassUID))
     if kind is None:
         raise ValueError(f"SOP class {dataset.SOPClassUID} is not one of the result objects")
@@ -189,7 +194,7 @@ def encode(
     predecessor: Dataset | None = None,
     series_number: int = 900,
     instance_number: int = 1,
-    kinds: Collection[str] = RESULT_KINDS,
+    kinds: Collection[ResultKind] = tuple(ResultKind),
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
     key_pixels: Mapping[int, np.ndarray] | None = None,
     notes: list[str] | None = None,
@@ -207,9 +212,12 @@ def encode(
     "on", "off"; classifier.results.histology_gate) decides whether any object states the
     lesions' histology; where it does not, the SR says histology was not assessed and why.
     """
-    unknown = set(kinds) - set(RESULT_KINDS)
+    unknown = [kind for kind in kinds if not isinstance(kind, ResultKind)]
     if unknown:
-        raise ValueError(f"unknown result kinds {sorted(unknown)}; expected {RESULT_KINDS}")
+        raise ValueError(
+            f"kinds {unknown!r} are not ResultKind members; expected some of "
+            f"{', '.join(repr(k) for k in ResultKind)} (ResultKind.from_word reads a word)"
+        )
     codes.check_model(result.model)
     not_assessed = None
     if not histology_shown(histology, result.model):
@@ -233,7 +241,7 @@ def encode(
         # Plain ASCII throughout: keep the source's declaration (a superset of ASCII).
         charset = ordered[0].SpecificCharacterSet
 
-    def number(kind: str) -> int:
+    def number(kind: ResultKind) -> int:
         return series_number + _SERIES_OFFSET[kind]
 
     with_lesions = result.analysed and bool(result.lesions)
@@ -244,7 +252,7 @@ def encode(
         segmentation = build_seg(
             result,
             ordered[:ct_count],
-            series_number=number("seg"),
+            series_number=number(ResultKind.SEG),
             instance_number=instance_number,
             specific_character_set=charset,
         )
@@ -254,7 +262,7 @@ def encode(
         evidence,
         segmentation=segmentation,
         predecessor=predecessor,
-        series_number=number("sr"),
+        series_number=number(ResultKind.SR),
         instance_number=instance_number,
         specific_character_set=charset,
         histology_min_probability=histology_min_probability,
@@ -264,21 +272,21 @@ def encode(
     if not with_lesions:
         return out
     assert segmentation is not None
-    if "seg" in kinds:
+    if ResultKind.SEG in kinds:
         out.append(segmentation)
     # The KOS references the key slices and the other objects built for this result.
     gsps = None
-    if "gsps" in kinds:
+    if ResultKind.GSPS in kinds:
         gsps = build_gsps(
             result,
             ordered[:ct_count],
-            series_number=number("gsps"),
+            series_number=number(ResultKind.GSPS),
             instance_number=instance_number,
             specific_character_set=charset,
         )
         out.append(gsps)
     key_images: list[Dataset] = []
-    if "sc" in kinds:
+    if ResultKind.SC in kinds:
         key_slices = {}
         for lesion in result.lesions:
             index = lesion.key_slice_index
@@ -297,23 +305,23 @@ def encode(
                 result,
                 clean,
                 key_slices,
-                series_number=number("sc"),
+                series_number=number(ResultKind.SC),
                 instance_number=instance_number,
                 specific_character_set=charset,
             )
         )
         out.extend(key_images)
-    if "ko" in kinds:
+    if ResultKind.KO in kinds:
         slices = [ordered[i] for i in dict.fromkeys(x.key_slice_index for x in result.lesions)]
         slices = [with_patient_study(slices[0], clean), *slices[1:]]
         others_kinds: list[Dataset] = [sr]
-        others_kinds += [segmentation] if "seg" in kinds else []
+        others_kinds += [segmentation] if ResultKind.SEG in kinds else []
         others_kinds += ([gsps] if gsps is not None else []) + key_images
         out.append(
             build_ko(
                 result,
                 [*slices, *others_kinds],
-                series_number=number("ko"),
+                series_number=number(ResultKind.KO),
                 instance_number=instance_number,
                 specific_character_set=charset,
             )

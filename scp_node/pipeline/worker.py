@@ -35,14 +35,6 @@ from storage.records import Job, ResultObject
 from storage.states import ResultKind
 
 log = logging.getLogger("lungnode.worker")
-# [routing] result_objects words -> the index's result kinds.
-RESULT_KIND = {
-    "sr": ResultKind.SR,
-    "seg": ResultKind.SEG,
-    "gsps": ResultKind.GSPS,
-    "sc": ResultKind.SC,
-    "ko": ResultKind.KO,
-}
 
 
 class SourceMismatch(Exception):
@@ -200,7 +192,7 @@ class AnalysisWorker:
         for problem in problems:
             log.warning("routing study=%s: %s", job.study_uid, problem)
         wanted = {name: self._config.objects_for(name) for name in destinations}
-        kinds = {"sr"}.union(*wanted.values())
+        kinds = {ResultKind.SR}.union(*wanted.values())
         predecessor = _read_predecessor(job.previous_sr_path)
         repaired: list[str] = []
         objects = encode(
@@ -225,14 +217,13 @@ class AnalysisWorker:
                     series_uid=ds.SeriesInstanceUID,
                     sop_class_uid=ds.SOPClassUID,
                     path=path,
-                    kind=RESULT_KIND[kind_of(ds)],
+                    kind=kind_of(ds),
                 )
             )
         encoded = time.time()
         notes = problems if result.analysed else [*result.skipped, *problems]
-        routed = {name: [RESULT_KIND[k].value for k in objects] for name, objects in wanted.items()}
         if not self._index.complete_job(
-            job, results, routed, time.time(), reason="; ".join(notes) or None
+            job, results, wanted, time.time(), reason="; ".join(notes) or None
         ):
             log.warning(
                 "analysis result discarded study=%s version=%d: the job lease was lost or new "
