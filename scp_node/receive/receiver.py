@@ -4,7 +4,8 @@ pynetdicom streams each C-STORE dataset to a file in the store's `.incoming` fol
 dicom_settings); the handler reads only a few header elements from it, renames it into the
 store (fsynced), records it in the index, and only then answers 0x0000. Pixels are never
 decoded here. On SQLite the index row is committed lazily and recovered from the store's files
-at start (see index_recovery), so the durable file is the one fsync that bounds each C-STORE.
+at start (see lazy_index), so the durable file is the one fsync that bounds each C-STORE. A
+refusal is answered as a status dataset whose Error Comment tells the peer why.
 """
 
 from __future__ import annotations
