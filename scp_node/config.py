@@ -29,14 +29,12 @@ from classifier.results.histology_gate import HISTOLOGY_MODES
 from classifier.settings import AnalysisSettings, MtvThreshold
 from scp_node.credentials import USER_NAME, is_password_hash
 from storage.redaction import redact_database_url
+from storage.states import ResultKind
 
 ENV_PREFIX = "LUNGNODE__"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.ini"  # the documented example, in a source checkout
 SENDER = "sender"  # the word of [routing] send_results_to for "the AE that sent the study"
-# The result objects a destination may receive ([routing] result_objects), as classifier.results
-# builds them: structured report, segmentation, presentation state, key images, key objects.
-RESULT_OBJECTS: tuple[str, ...] = ("sr", "seg", "gsps", "sc", "ko")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 
@@ -55,7 +53,7 @@ class Destination:
     host: str
     port: int
     tls: bool = False
-    result_objects: tuple[str, ...] | None = None  # None: [routing] result_objects
+    result_objects: tuple[ResultKind, ...] | None = None  # None: [routing] result_objects
     # TLS only: check that the certificate names `host` (verify_hostname), and/or accept only
     # the certificate whose SHA-256 fingerprint (64 lower-case hex digits) is this (sha256=)
     tls_verify_hostname: bool = False
@@ -250,7 +248,8 @@ class Config:
     sender: SenderConfig = field(default_factory=SenderConfig)
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     send_results_to: tuple[str, ...] = (SENDER,)
-    result_objects: tuple[str, ...] = RESULT_OBJECTS
+    # what a destination receives: by default every kind (SR, SEG, GSPS, key images, KOS)
+    result_objects: tuple[ResultKind, ...] = tuple(ResultKind)
     results: ResultsConfig = field(default_factory=lambda: ResultsConfig())
     web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = field(default=None, compare=False)
@@ -261,7 +260,7 @@ class Config:
         wanted = name.casefold()
         return next((d for d in self.destinations.values() if d.name.casefold() == wanted), None)
 
-    def objects_for(self, name: str) -> tuple[str, ...]:
+    def objects_for(self, name: str) -> tuple[ResultKind, ...]:
         """The result objects destination `name` receives: its own result_objects= when its
         [destinations] line has one, else [routing] result_objects."""
         destination = self.destination(name)
@@ -486,17 +485,22 @@ def _range_mm(key: str, raw: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _result_objects(key: str, raw: str) -> tuple[str, ...]:
-    names = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
-    unknown = [n for n in names if n not in RESULT_OBJECTS]
-    if not names or unknown:
-        raise _fail(
-            key, raw, f"a comma-separated list from {', '.join(RESULT_OBJECTS)} (at least one)"
-        )
-    if "sr" not in names:
+def _result_objects(key: str, raw: str) -> tuple[ResultKind, ...]:
+    """The result kinds a comma-separated list of words names, in the order they are built."""
+    words = [item.strip() for item in raw.split(",") if item.strip()]
+    allowed = f"a comma-separated list from {', '.join(k.word for k in ResultKind)} (at least one)"
+    if not words:
+        raise _fail(key, raw, allowed)
+    kinds = set()
+    for word in words:
+        try:
+            kinds.add(ResultKind.from_word(word))
+        except ValueError:
+            raise _fail(key, raw, f"{allowed}; {word!r} is not one") from None
+    if ResultKind.SR not in kinds:
         # The SR carries what every other object refers to; none makes sense without it.
         raise _fail(key, raw, "a list that includes sr (the other objects refer to it)")
-    return tuple(n for n in RESULT_OBJECTS if n in names)
+    return tuple(kind for kind in ResultKind if kind in kinds)
 
 
 def _destination(key: str, raw: str) -> Destination:
@@ -520,7 +524,7 @@ def _destination(key: str, raw: str) -> Destination:
     options = re.findall(r"([^\s=]+)(?:\s*=\s*([\w:]+(?:\s*,\s*[\w:]+)*))?", match.group(4))
     tls = verify = False
     pin: str | None = None
-    objects: tuple[str, ...] | None = None
+    objects: tuple[ResultKind, ...] | None = None
     commit: bool | None = None
     for option, value in options:
         if option == "tls" and not value and not tls:

@@ -162,7 +162,7 @@ class Index:
         self,
         job: Job,
         results: list[ResultObject],
-        destinations: list[str] | Mapping[str, Collection[str]],
+        destinations: list[str] | Mapping[str, Collection[ResultKind]],
         now: float,
         *,
         reason: str | None = None,

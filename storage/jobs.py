@@ -149,7 +149,7 @@ class JobQueue:
         self,
         job: Job,
         results: list[ResultObject],
-        destinations: list[str] | Mapping[str, Collection[str]],
+        destinations: list[str] | Mapping[str, Collection[ResultKind]],
         now: float,
         *,
         reason: str | None = None,
@@ -160,14 +160,14 @@ class JobQueue:
         the study received new instances meanwhile.
 
         `destinations` is a list of names (each receives every result), or a mapping of name to
-        the result kinds (ResultKind values) it receives."""
+        the result kinds it receives."""
         for r in results:
             require_uid("result SOP Instance UID", r.sop_uid)
             require_uid("result Series Instance UID", r.series_uid)
         if any(not d for d in destinations):
             raise ValueError(f"destinations {destinations!r} contain an empty name")
-        wanted: dict[str, frozenset[str] | None] = (
-            {d: frozenset(str(k) for k in kinds) for d, kinds in destinations.items()}
+        wanted: dict[str, frozenset[ResultKind] | None] = (
+            {d: frozenset(ResultKind(k) for k in kinds) for d, kinds in destinations.items()}
             if isinstance(destinations, Mapping)
             else dict.fromkeys(destinations)
         )
@@ -186,12 +186,12 @@ class JobQueue:
                     series_uid=r.series_uid,
                     version=job.version,
                     sop_class_uid=r.sop_class_uid,
-                    kind=str(r.kind),
+                    kind=r.kind.value,
                     path=str(r.path),
                     now=now,
                 )
                 for destination, kinds in wanted.items():
-                    if kinds is None or str(r.kind) in kinds:
+                    if kinds is None or r.kind in kinds:
                         outbox.add(cur, self.db.dialect, job, r, destination, now)
                         queued += 1
             cur.run(q.finish, job_id=job.job_id, now=now, done=JobState.DONE.value)

@@ -58,14 +58,16 @@ class ResultObject:
     series_uid: str
     sop_class_uid: str
     path: Path
-    kind: str  # a ResultKind value: "SR", "SEG", "GSPS", "SC" or "KO"
+    kind: ResultKind
 
     def __post_init__(self) -> None:
-        if self.kind not in tuple(ResultKind):
+        try:  # a value as the index stores it ("SR") is taken as its kind
+            object.__setattr__(self, "kind", ResultKind(self.kind))
+        except ValueError:
             raise ValueError(
                 f"ResultObject kind {self.kind!r} is not one of "
                 + ", ".join(repr(k.value) for k in ResultKind)
-            )
+            ) from None
 
 
 @dataclass(frozen=True)

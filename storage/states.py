@@ -50,10 +50,27 @@ class OutboxState(StrEnum):
 
 
 class ResultKind(StrEnum):
-    """Which result object the node wrote for a study version."""
+    """Which result object the node builds, stores and sends for a study version, in the order
+    classifier.results.encode builds them: the one type from configuration ([routing]
+    result_objects names each by its `word`) to the encoder and the outbox (the index stores
+    the value)."""
 
     SR = "SR"  # TID 1500 Comprehensive 3D SR
     SEG = "SEG"  # Segmentation
     GSPS = "GSPS"  # Grayscale Softcopy Presentation State
     SC = "SC"  # Secondary Capture key images
     KO = "KO"  # Key Object Selection Document
+
+    @property
+    def word(self) -> str:
+        """The kind as configuration and the CLI write it: "sr", "seg", "gsps", "sc" or "ko"."""
+        return self.value.lower()
+
+    @classmethod
+    def from_word(cls, word: str) -> ResultKind:
+        """The kind `word` names (any case); ValueError naming the word and the allowed ones."""
+        try:
+            return cls(word.strip().upper())
+        except ValueError:
+            allowed = ", ".join(kind.word for kind in cls)
+            raise ValueError(f"{word!r} is not a result kind: one of {allowed}") from None

@@ -13,7 +13,12 @@ _MAX_LENGTH = 64
 
 
 class InvalidUIDError(ValueError):
-    """A value that must be a DICOM UID is not one (and so may never name a file or folder)."""
+    """A value that must be a DICOM UID is not one (and so may never name a file or folder);
+    `name` is the attribute it was read as ("" when not known)."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
 
 
 def is_valid_uid(value: str) -> bool:
@@ -32,13 +37,15 @@ def require_uid(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidUIDError(
             f"{name} {value!r} is not a valid UID: expected text of digits and dots, "
-            f"got {type(value).__name__}"
+            f"got {type(value).__name__}",
+            name,
         )
     uid = value.strip(" \x00")
     if not is_valid_uid(uid):
         raise InvalidUIDError(
             f"{name} {value!r} is not a valid UID: a UID is 1-{_MAX_LENGTH} characters of "
             "digits and dots, with no empty component and no leading zero in a component; "
-            "fix the sending system's UID generation"
+            "fix the sending system's UID generation",
+            name,
         )
     return uid

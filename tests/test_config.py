@@ -19,6 +19,7 @@ from scp_node.config import (
     load_config,
     schema_keys,
 )
+from storage.states import ResultKind
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,7 @@ def test_tls_keys_and_tls_destination(tmp_path: Path) -> None:
         _write(tmp_path), environ={**env, "LUNGNODE__DESTINATIONS__PACS": both}
     ).destinations["pacs"]
     assert (pacs.tls, pacs.tls_verify_hostname, pacs.tls_pin_sha256) == (True, True, pin)
-    assert pacs.result_objects == ("sr", "gsps", "ko")
+    assert pacs.result_objects == (ResultKind.SR, ResultKind.GSPS, ResultKind.KO)
     for bad in ("PACS@h:1 verify_hostname", "PACS@h:1 tls result_objects=sr,xx", "PACS@h:1 x"):
         with pytest.raises(ConfigError, match=r"\[destinations\] pacs"):
             load_config(_write(tmp_path), environ={**env, "LUNGNODE__DESTINATIONS__PACS": bad})
@@ -275,3 +276,26 @@ def test_cli_without_c_uses_the_built_in_defaults_from_any_directory(tmp_path: P
     proc = _lungnode_in(tmp_path, "status", "-c", "etc/node.ini")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "etc" / "store" / "index.sqlite").is_file()
+
+
+def test_result_objects_are_read_into_result_kinds(tmp_path: Path) -> None:
+    def result_objects(raw: str) -> tuple[ResultKind, ...]:
+        env = {"LUNGNODE__ROUTING__RESULT_OBJECTS": raw}
+        return load_config(_write(tmp_path), environ=env).result_objects
+
+    assert load_config(_write(tmp_path), environ={}).result_objects == tuple(ResultKind)
+    assert result_objects("KO, sr,seg") == (ResultKind.SR, ResultKind.SEG, ResultKind.KO)
+    unknown = r"\[routing\] result_objects = 'sr, pdf'.*sr, seg, gsps, sc, ko.*'pdf'"
+    with pytest.raises(ConfigError, match=unknown):
+        result_objects("sr, pdf")
+    with pytest.raises(ConfigError, match=r"result_objects = 'seg'.*includes sr"):
+        result_objects("seg")
+    with pytest.raises(ConfigError, match=r"result_objects = ' , '.*at least one"):
+        result_objects(" , ")
+
+
+def test_result_kind_words() -> None:
+    assert [kind.word for kind in ResultKind] == ["sr", "seg", "gsps", "sc", "ko"]
+    assert ResultKind.from_word(" Gsps ") is ResultKind.GSPS
+    with pytest.raises(ValueError, match=r"'pdf' is not a result kind: one of sr, seg"):
+        ResultKind.from_word("pdf")

@@ -1,6 +1,7 @@
-"""The objects every viewer shows: GSPS on the analysed CT, Secondary Capture key images and the
-Key Object Selection, built from the encoded cases (tests/encoded_cases.py): what they contain,
-that dciodvfy finds no error in any object of any case, and the GSPS applied to its CT slice."""
+"""The objects every viewer shows: GSPS on the analysed CT and Secondary Capture key images,
+built from the encoded cases (tests/encoded_cases.py): what they contain, that dciodvfy finds no
+error in any object of any case (the Key Object Selection included; its own tests are in
+test_ko_encoder.py), and the GSPS applied to its CT slice."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from dicom_validators import dciodvfy_report
 from encoded_cases import KNOWN_DCIODVFY_WARNINGS, Case
 
-from classifier.results import codes, geometry
+from classifier.results import geometry
 from classifier.results.overlay import render_presentation_state
+from storage.states import ResultKind
 
 
 def _objects(case: Case, modality: str) -> list[tuple[Path, pydicom.Dataset]]:
@@ -119,28 +122,13 @@ def test_key_images_are_burned_in_with_a_summary(encoded_cases: dict[str, Case])
         assert source.ReferencedSOPInstanceUID == lesion.key_slice.sop_instance_uid
 
 
-def test_key_object_selection_references_key_slices_and_every_result(
-    encoded_cases: dict[str, Case],
-) -> None:
-    case = encoded_cases["pet"]
-    ((_, ko),) = _objects(case, "KO")
-    assert ko.SOPClassUID == pydicom.uid.KeyObjectSelectionDocumentStorage
-    assert ko.ConceptNameCodeSequence[0].CodeValue == "113000"
-    referenced = {
-        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        for item in ko.ContentSequence
-        if item.ValueType in ("IMAGE", "COMPOSITE")
-    }
-    wanted = {lesion.key_slice.sop_instance_uid for lesion in case.result.lesions}
-    wanted |= {ds.SOPInstanceUID for ds in case.objects if ds.Modality != "KO"}
-    assert referenced == wanted
-    description = [i.TextValue for i in ko.ContentSequence if i.ValueType == "TEXT"]
-    assert any(codes.NOT_CLINICAL in text for text in description)
-
-
 def test_kinds_not_asked_for_are_not_built(encoded_cases: dict[str, Case]) -> None:
     from classifier.results.encode import encode
 
     case = encoded_cases["ct"]
-    objects = encode(case.result, case.sources, kinds=("sr", "gsps", "ko"))
+    objects = encode(
+        case.result, case.sources, kinds=(ResultKind.SR, ResultKind.GSPS, ResultKind.KO)
+    )
     assert [ds.Modality for ds in objects] == ["SR", "PR", "KO"]
+    with pytest.raises(ValueError, match=r"kinds \['gsps'\] are not ResultKind members"):
+        encode(case.result, case.sources, kinds=(ResultKind.SR, "gsps"))  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from scp_node.pipeline.worker import AnalysisWorker
 from storage.database import Database
 from storage.index import Index, InstanceRecord
 from storage.instance_store import InstanceStore
+from storage.states import ResultKind
 
 
 @pytest.fixture()
@@ -83,8 +84,8 @@ def test_a_destination_line_overrides_result_objects(
         routing__send_results_to="pacs, viewer",
         routing__result_objects="sr, seg",
     )
-    assert config.objects_for("viewer") == ("sr", "gsps", "ko")
-    assert config.objects_for("PACS") == ("sr", "seg")
+    assert config.objects_for("viewer") == (ResultKind.SR, ResultKind.GSPS, ResultKind.KO)
+    assert config.objects_for("PACS") == (ResultKind.SR, ResultKind.SEG)
     store = InstanceStore(config.storage.root, 0)
     index = Index(Database.connect(config.storage.database_url))
     study = phantom_pet_ct.study

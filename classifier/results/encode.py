@@ -11,22 +11,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 
-from classifier.results import codes, sr_encoder
+from classifier.results import codes
 from classifier.results.histology_gate import (
     DEFAULT_HISTOLOGY_MODE,
     histology_shown,
     not_assessed_reason,
 )
+from classifier.results.ko_encoder import build_ko
 from classifier.results.pr_encoder import build_gsps
 from classifier.results.sanitize import REQUIRED_TYPE_2, clean_source, copied_root_keywords
 from classifier.results.sc_encoder import build_key_images, warm_up_rendering
@@ -37,6 +35,7 @@ from classifier.results.sr_encoder import (
     summary_text,
 )
 from classifier.types import StudyResult
+from storage.states import ResultKind
 
 UTF8 = "ISO_IR 192"
 _IMMUTABLE = (str, int, float, bytes, type(None))
@@ -139,22 +138,25 @@ def _check_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Data
     return [by_uid[ref.sop_instance_uid] for ref in result.evidence]
 
 
-# What a destination may receive ([routing] result_objects), in the order they are built.
-RESULT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc", "ko")
-_KIND_OF_CLASS: dict[str, str] = {
-    pydicom.uid.Comprehensive3DSRStorage: "sr",
-    pydicom.uid.SegmentationStorage: "seg",
-    pydicom.uid.GrayscaleSoftcopyPresentationStateStorage: "gsps",
-    pydicom.uid.SecondaryCaptureImageStorage: "sc",
-    pydicom.uid.KeyObjectSelectionDocumentStorage: "ko",
+_KIND_OF_CLASS: dict[str, ResultKind] = {
+    pydicom.uid.Comprehensive3DSRStorage: ResultKind.SR,
+    pydicom.uid.SegmentationStorage: ResultKind.SEG,
+    pydicom.uid.GrayscaleSoftcopyPresentationStateStorage: ResultKind.GSPS,
+    pydicom.uid.SecondaryCaptureImageStorage: ResultKind.SC,
+    pydicom.uid.KeyObjectSelectionDocumentStorage: ResultKind.KO,
 }
 # Series Number of each kind, added to encode()'s series_number.
-_SERIES_OFFSET = {"sr": 0, "seg": 1, "gsps": 2, "sc": 3, "ko": 4}
-KEY_OBJECT_TITLE = Code("113000", "DCM", "Of Interest")
+_SERIES_OFFSET = {
+    ResultKind.SR: 0,
+    ResultKind.SEG: 1,
+    ResultKind.GSPS: 2,
+    ResultKind.SC: 3,
+    ResultKind.KO: 4,
+}
 
 
-def kind_of(dataset: Dataset) -> str:
-    """The result kind ("sr", "seg", "gsps", "sc" or "ko") of an object encode() built."""
+def kind_of(dataset: Dataset) -> ResultKind:
+    """The result kind of an object encode() built, by its SOP Class UID."""
     kind = _KIND_OF_CLASS.get(str(dataset.SOPClassUID))
     if kind is None:
         raise ValueError(f"SOP class {dataset.SOPClassUID} is not one of the result objects")
@@ -185,46 +187,6 @@ def _hu(dataset: Dataset) -> np.ndarray:
     return pixels * slope + intercept
 
 
-def build_ko(
-    result: StudyResult,
-    referenced: Sequence[Dataset],
-    *,
-    series_number: int,
-    instance_number: int,
-    specific_character_set: str | None,
-) -> hd.ko.KeyObjectSelectionDocument:
-    """Key Object Selection of the findings' key slices and the other result objects;
-    referenced[0] gives the patient and study modules."""
-    model = result.model
-    description = (
-        f"AI lung lesion result by {model.name} {model.version}: key slices of "
-        f"{len(result.lesions)} finding(s) and the result objects"
-    )
-    if not model.clinical_use:
-        description += f". {codes.NOT_CLINICAL}"
-    content = hd.ko.KeyObjectSelection(
-        document_title=KEY_OBJECT_TITLE,
-        referenced_objects=list(referenced),
-        observer_device_context=sr_encoder.device_observer(model),
-        description=description,
-    )
-    kwargs: dict[str, Any] = {}
-    if specific_character_set is not None:
-        kwargs["specific_character_set"] = specific_character_set
-    return hd.ko.KeyObjectSelectionDocument(
-        evidence=list(referenced),
-        content=content,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        contributing_equipment=[codes.algorithm_equipment(model)],
-        series_description=codes.series_description("key objects", model),
-        **codes.equipment(model),
-        **kwargs,
-    )
-
-
 def encode(
     result: StudyResult,
     sources: Sequence[Dataset],
@@ -232,7 +194,7 @@ def encode(
     predecessor: Dataset | None = None,
     series_number: int = 900,
     instance_number: int = 1,
-    kinds: Collection[str] = RESULT_KINDS,
+    kinds: Collection[ResultKind] = tuple(ResultKind),
     histology_min_probability: float = DEFAULT_HISTOLOGY_MIN_PROBABILITY,
     key_pixels: Mapping[int, np.ndarray] | None = None,
     notes: list[str] | None = None,
@@ -250,9 +212,12 @@ def encode(
     "on", "off"; classifier.results.histology_gate) decides whether any object states the
     lesions' histology; where it does not, the SR says histology was not assessed and why.
     """
-    unknown = set(kinds) - set(RESULT_KINDS)
+    unknown = [kind for kind in kinds if not isinstance(kind, ResultKind)]
     if unknown:
-        raise ValueError(f"unknown result kinds {sorted(unknown)}; expected {RESULT_KINDS}")
+        raise ValueError(
+            f"kinds {unknown!r} are not ResultKind members; expected some of "
+            f"{', '.join(repr(k) for k in ResultKind)} (ResultKind.from_word reads a word)"
+        )
     codes.check_model(result.model)
     not_assessed = None
     if not histology_shown(histology, result.model):
@@ -276,7 +241,7 @@ def encode(
         # Plain ASCII throughout: keep the source's declaration (a superset of ASCII).
         charset = ordered[0].SpecificCharacterSet
 
-    def number(kind: str) -> int:
+    def number(kind: ResultKind) -> int:
         return series_number + _SERIES_OFFSET[kind]
 
     with_lesions = result.analysed and bool(result.lesions)
@@ -287,7 +252,7 @@ def encode(
         segmentation = build_seg(
             result,
             ordered[:ct_count],
-            series_number=number("seg"),
+            series_number=number(ResultKind.SEG),
             instance_number=instance_number,
             specific_character_set=charset,
         )
@@ -297,7 +262,7 @@ def encode(
         evidence,
         segmentation=segmentation,
         predecessor=predecessor,
-        series_number=number("sr"),
+        series_number=number(ResultKind.SR),
         instance_number=instance_number,
         specific_character_set=charset,
         histology_min_probability=histology_min_probability,
@@ -307,21 +272,21 @@ def encode(
     if not with_lesions:
         return out
     assert segmentation is not None
-    if "seg" in kinds:
+    if ResultKind.SEG in kinds:
         out.append(segmentation)
     # The KOS references the key slices and the other objects built for this result.
     gsps = None
-    if "gsps" in kinds:
+    if ResultKind.GSPS in kinds:
         gsps = build_gsps(
             result,
             ordered[:ct_count],
-            series_number=number("gsps"),
+            series_number=number(ResultKind.GSPS),
             instance_number=instance_number,
             specific_character_set=charset,
         )
         out.append(gsps)
     key_images: list[Dataset] = []
-    if "sc" in kinds:
+    if ResultKind.SC in kinds:
         key_slices = {}
         for lesion in result.lesions:
             index = lesion.key_slice_index
@@ -340,23 +305,23 @@ def encode(
                 result,
                 clean,
                 key_slices,
-                series_number=number("sc"),
+                series_number=number(ResultKind.SC),
                 instance_number=instance_number,
                 specific_character_set=charset,
             )
         )
         out.extend(key_images)
-    if "ko" in kinds:
+    if ResultKind.KO in kinds:
         slices = [ordered[i] for i in dict.fromkeys(x.key_slice_index for x in result.lesions)]
         slices = [with_patient_study(slices[0], clean), *slices[1:]]
         others_kinds: list[Dataset] = [sr]
-        others_kinds += [segmentation] if "seg" in kinds else []
+        others_kinds += [segmentation] if ResultKind.SEG in kinds else []
         others_kinds += ([gsps] if gsps is not None else []) + key_images
         out.append(
             build_ko(
                 result,
                 [*slices, *others_kinds],
-                series_number=number("ko"),
+                series_number=number(ResultKind.KO),
                 instance_number=instance_number,
                 specific_character_set=charset,
             )

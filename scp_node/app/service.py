@@ -16,6 +16,7 @@ analysis_processes > 1 the analyses run in that many processes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from scp_node.config import Config
 from scp_node.dicom import pynetdicom_adapter
@@ -113,13 +116,40 @@ class WebServer:
 def serve(config: Config, role: str = "all") -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
     pynetdicom_adapter.install()
+    node = _build(config, role)
+    stop = _stop_on_signal(node.state)
+    _start(node)
+    try:
+        _supervise(node, stop)
+    finally:
+        _shut_down(node)
+    return 0
+
+
+@dataclasses.dataclass
+class _Node:
+    """The parts `serve` runs in this process, by role; None where the role has none."""
+
+    config: Config
+    role: str
+    index: Index
+    scheduler: BackgroundScheduler
+    state: NodeState
+    worker: Any = None  # scp_node.pipeline.worker.AnalysisWorker (imports TensorFlow)
+    pool: Any = None  # scp_node.pipeline.analysis_pool.AnalysisPool
+    receiver: Receiver | None = None
+    receivers: ReceiverProcesses | None = None
+    web: WebServer | None = None
+
+
+def _build(config: Config, role: str) -> _Node:
+    """Open the store and the index and build this role's parts; none started yet."""
     store = InstanceStore(
         config.storage.root,
         config.storage.min_free_mb,
         folder_fsync=config.storage.folder_fsync,
     )
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
     switches = Switches(index)
     METRICS.configure(
         {
@@ -127,137 +157,167 @@ def serve(config: Config, role: str = "all") -> int:
             *(d.ae_title or d.name for d in config.destinations.values()),  # DICOMweb: name
         }
     )
-
-    worker = None
-    pool = None
-    if role in ("all", "worker") and config.pipeline.analysis_processes > 1:
-        from scp_node.pipeline.analysis_pool import AnalysisPool
-
-        # Analyses in their own processes, each with the model: a bad model stops start-up.
-        pool = AnalysisPool(config, index, config.pipeline.analysis_processes)
-        pool.start()
-        if pool.model_info is not None:
-            info = pool.model_info
-            METRICS.model_loaded(info.name, info.version, info.sha256)
-    elif role in ("all", "worker"):
-        from scp_node.pipeline.worker import (
-            AnalysisWorker,  # imports TensorFlow: only where it runs
-        )
-
-        worker = AnalysisWorker(config, store, index, worker_id)
-        _ = worker.classifier  # load the model now: a missing or bad model stops start-up
-    sender = Sender(config, index) if role in ("all", "worker") else None
-    # more than one: receiving in that many processes (scp_node.receive.processes)
-    processes = config.node.receiver_process_count() if role in ("all", "receiver") else 1
-    receivers = None
-    if processes > 1:
-        reindex_store(store, index)  # once, before any receiver process starts
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        receivers = ReceiverProcesses(config, processes, str(level))
-    receiver = (
-        Receiver(
-            config,
-            store,
-            index,
-            intake_paused=switches.intake_paused,
-            on_released=lambda seconds: check_completion_after(scheduler, seconds),
-        )
-        if role in ("all", "receiver") and receivers is None
-        else None
-    )
+    analyses = role in ("all", "worker")
+    worker, pool = _analysis(config, index, store) if analyses else (None, None)
     scheduler = build_scheduler(
         config,
         index,
         store,
         worker=worker,
-        sender=sender,
+        sender=Sender(config, index) if analyses else None,
         analysis_paused=switches.analysis_paused,
-        retention=role in ("all", "worker"),
+        retention=analyses,
     )
-    node = NodeState(config=config, index=index, role=role, started_at=time.time(), gpus=_gpus())
-    if role in ("all", "receiver"):  # STOW-RS intake, beside C-STORE
-        node.intake = (
-            receiver.intake if receiver is not None else _own_intake(config, store, index, switches)
+    node = _Node(
+        config,
+        role,
+        index,
+        scheduler,
+        NodeState(config=config, index=index, role=role, started_at=time.time(), gpus=_gpus()),
+        worker=worker,
+        pool=pool,
+    )
+    if role in ("all", "receiver"):
+        _add_receiving(node, store, switches)
+    _watch(node)
+    node.web = WebServer(config, node.state) if config.web.enabled else None
+    if node.web is None:
+        log.info("web console off: set [web] token (LUNGNODE__WEB__TOKEN) to serve it")
+    return node
+
+
+def _analysis(config: Config, index: Index, store: InstanceStore) -> tuple[Any, Any]:
+    """(the in-process worker, or the pool of analysis processes), with the model loaded: a
+    missing or bad model stops start-up."""
+    if config.pipeline.analysis_processes > 1:
+        from scp_node.pipeline.analysis_pool import AnalysisPool
+
+        pool = AnalysisPool(config, index, config.pipeline.analysis_processes)
+        pool.start()
+        if pool.model_info is not None:
+            info = pool.model_info
+            METRICS.model_loaded(info.name, info.version, info.sha256)
+        return None, pool
+    from scp_node.pipeline.worker import AnalysisWorker  # imports TensorFlow: only where it runs
+
+    worker = AnalysisWorker(config, store, index, f"{socket.gethostname()}:{os.getpid()}")
+    _ = worker.classifier  # load the model now
+    return worker, None
+
+
+def _add_receiving(node: _Node, store: InstanceStore, switches: Switches) -> None:
+    """The C-STORE SCP, in this process or in [node] receiver_processes processes, and the
+    STOW-RS intake beside it; both ask for a completion check after a release."""
+    config, state = node.config, node.state
+
+    def on_released(seconds: float) -> None:
+        check_completion_after(node.scheduler, seconds)
+
+    processes = config.node.receiver_process_count()
+    if processes > 1:
+        reindex_store(store, node.index)  # once, before any receiver process starts
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        receivers = node.receivers = ReceiverProcesses(config, processes, str(level))
+        state.intake = _own_intake(config, store, node.index, switches)
+        state.associations = receivers.counts.total_associations
+        state.scp_port = lambda: config.node.port if receivers.alive() else None
+        METRICS.registry.register(ReceiverCollector(receivers.counts.rows))
+    else:
+        receiver = node.receiver = Receiver(
+            config,
+            store,
+            node.index,
+            intake_paused=switches.intake_paused,
+            on_released=on_released,
         )
-        node.on_released = lambda seconds: check_completion_after(scheduler, seconds)
-    if receiver is not None:
-        node.associations = lambda: receiver.active_associations
-        node.scp_port = lambda: receiver.port if receiver.listening else None
-    if receivers is not None:
-        counts = receivers.counts
-        node.associations = counts.total_associations
-        node.scp_port = lambda: config.node.port if receivers.alive() else None
-        METRICS.registry.register(ReceiverCollector(counts.rows))
-    elif receiver is not None:
-        in_process = receiver
+        state.intake = receiver.intake
+        state.associations = lambda: receiver.active_associations
+        state.scp_port = lambda: receiver.port if receiver.listening else None
         METRICS.registry.register(
             ReceiverCollector(
-                lambda: [(1, in_process.open_connections, in_process.active_associations)]
+                lambda: [(1, receiver.open_connections, receiver.active_associations)]
             )
         )
-    if worker is not None:
-        node.model = _model_of(worker)
-    elif pool is not None:
-        node.model = lambda: pool.model_info
+    state.on_released = on_released
+
+
+def _watch(node: _Node) -> None:
+    """The model the console shows, and the gauges of /metrics (store, associations, index)."""
+    if node.worker is not None:
+        node.state.model = _model_of(node.worker)
+    elif node.pool is not None:
+        pool = node.pool
+        node.state.model = lambda: pool.model_info
+    config = node.config
     METRICS.watch(
         store_root=config.storage.root,
         min_free_mb=config.storage.min_free_mb,
-        associations=node.associations if role in ("all", "receiver") else None,
+        associations=node.state.associations if node.role in ("all", "receiver") else None,
     )
-    METRICS.registry.register(IndexCollector(index))
-    web = WebServer(config, node) if config.web.enabled else None
-    if web is None:
-        log.info("web console off: set [web] token (LUNGNODE__WEB__TOKEN) to serve it")
+    METRICS.registry.register(IndexCollector(node.index))
 
+
+def _stop_on_signal(state: NodeState) -> threading.Event:
+    """An event set by SIGTERM or SIGINT, which also turn /readyz to 503 at once."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
-        node.draining.set()  # /readyz answers 503 from now on
+        state.draining.set()  # /readyz answers 503 from now on
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
 
-    if web is not None:
-        web.start()
-    if receiver is not None:
-        receiver.start()
-    if receivers is not None:
-        receivers.start()
-    scheduler.start()
-    if receivers is not None and worker is not None:
+
+def _start(node: _Node) -> None:
+    """Start the web console, the receiving and the ticks, and say so."""
+    config = node.config
+    if node.web is not None:
+        node.web.start()
+    if node.receiver is not None:
+        node.receiver.start()
+    if node.receivers is not None:
+        node.receivers.start()
+    node.scheduler.start()
+    if node.receivers is not None and node.worker is not None:
         # receiving runs elsewhere: the analysis in this process yields the CPU to it
         lower_threads(config.pipeline.analysis_nice, frozenset({threading.get_native_id()}))
     log.info(
         "lungnode started role=%s ae_title=%s address=%s:%d store=%s database=%s",
-        role,
+        node.role,
         config.node.ae_title,
         config.node.host,
         config.node.port,
         config.storage.root,
-        index.db.dialect,
+        node.index.db.dialect,
     )
-    try:
-        while not stop.wait(0.2):
-            if receivers is not None:
-                receivers.supervise()
-    finally:
-        started = time.monotonic()
-        if receiver is not None:
-            receiver.stop()
-        if receivers is not None:
-            receivers.stop()
-        scheduler.shutdown(wait=True)
-        if pool is not None:
-            pool.stop()  # each process finishes the analysis it runs
-        if web is not None:
-            web.stop()
-        if receivers is not None and node.intake is not None:
-            node.intake.indexing.make_durable()  # STOW-RS rows of this process
-        index.close()
-        log.info("lungnode stopped in %.1f s", time.monotonic() - started)
-    return 0
+
+
+def _supervise(node: _Node, stop: threading.Event) -> None:
+    """Wait for the stop signal, restarting receiver processes that died meanwhile."""
+    while not stop.wait(0.2):
+        if node.receivers is not None:
+            node.receivers.supervise()
+
+
+def _shut_down(node: _Node) -> None:
+    """Drain in order: receiving, ticks, analysis processes, web console, index."""
+    started = time.monotonic()
+    if node.receiver is not None:
+        node.receiver.stop()
+    if node.receivers is not None:
+        node.receivers.stop()
+    node.scheduler.shutdown(wait=True)
+    if node.pool is not None:
+        node.pool.stop()  # each process finishes the analysis it runs
+    if node.web is not None:
+        node.web.stop()
+    if node.receivers is not None and node.state.intake is not None:
+        node.state.intake.indexing.make_durable()  # STOW-RS rows of this process
+    node.index.close()
+    log.info("lungnode stopped in %.1f s", time.monotonic() - started)
 
 
 def _own_intake(config: Config, store: InstanceStore, index: Index, switches: Switches) -> Any:

@@ -11,6 +11,7 @@ stale worker, so each study version yields exactly one result set.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,11 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from pydicom import Dataset
 
 from classifier.analyze import analyze_study
 from classifier.model.inference import LesionClassifier
 from classifier.results.encode import encode, kind_of, warm_up
+from classifier.types import StudyResult
 from scp_node.config import Config
 from scp_node.metrics import METRICS
 from scp_node.ops.audit import OUTCOME_SERIOUS_FAILURE, AuditLog
@@ -35,18 +39,35 @@ from storage.records import Job, ResultObject
 from storage.states import ResultKind
 
 log = logging.getLogger("lungnode.worker")
-# [routing] result_objects words -> the index's result kinds.
-RESULT_KIND = {
-    "sr": ResultKind.SR,
-    "seg": ResultKind.SEG,
-    "gsps": ResultKind.GSPS,
-    "sc": ResultKind.SC,
-    "ko": ResultKind.KO,
-}
 
 
 class SourceMismatch(Exception):
     """The source instances as read for the analysis do not name the indexed patient/study."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Analysis:
+    """What the analysis of one study version hands the encoders, and when it ran."""
+
+    result: StudyResult
+    sources: list[Dataset]
+    key_pixels: dict[int, np.ndarray] | None  # CT slice index -> HU image of each key slice
+    started: float
+    done: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Routing:
+    """Where a result goes: the destinations, the kinds each receives, the problems met."""
+
+    destinations: list[str]
+    wanted: dict[str, tuple[ResultKind, ...]]
+    problems: list[str]
+
+    @property
+    def kinds(self) -> set[ResultKind]:
+        """The kinds to build: the SR always, and whatever any destination receives."""
+        return {ResultKind.SR}.union(*self.wanted.values())
 
 
 class AnalysisWorker:
@@ -165,16 +186,29 @@ class AnalysisWorker:
             renewer.join()
 
     def _process(self, job: Job) -> None:
+        """Analyse one study version, encode its result objects into the store and fill the
+        outbox; each step below is one method."""
+        model = self._model_detail()
+        analysis = self._analyse(job, model)
+        routing = self._route(job, analysis.result)
+        results = self._write(self._encode(job, analysis, routing.kinds))
+        encoded = time.time()
+        if self._complete(job, analysis.result, results, routing):
+            self._record_done(job, analysis, results, routing, model, encoded)
+
+    def _model_detail(self) -> dict[str, object]:
+        """The model's name, version and weights digest, for the study's events."""
+        info = self.classifier.info
+        return {"model": info.name, "model_version": info.version, "sha256": info.sha256}
+
+    def _analyse(self, job: Job, model: dict[str, object]) -> _Analysis:
+        """Run the classifier on the study's files; SourceMismatch when the files read do not
+        name the indexed patient and study."""
         study = self._index.study_files(job.study_uid)
-        info, started = self.classifier.info, time.time()
-        model: dict[str, object] = {
-            "model": info.name,
-            "model_version": info.version,
-            "sha256": info.sha256,
-        }
+        started = time.time()
         self._index.events.add(job.study_uid, job.version, "analysis_started", detail=model)
         analysis = analyze_study(study, self._config.classifier, self.classifier)
-        analysed = time.time()
+        done = time.time()
         result, sources = analysis.result, analysis.sources
         # The key images need the key slices' pixels; keep those, free the volumes.
         key_pixels = (
@@ -193,29 +227,40 @@ class AnalysisWorker:
             raise SourceMismatch(mismatch)
         for reason in result.skipped:
             log.info("analysis note study=%s: %s", job.study_uid, reason)
-        # `sender` routing: the AEs that sent the analysed series (every series when none was)
+        return _Analysis(result, sources, key_pixels, started, done)
+
+    def _route(self, job: Job, result: StudyResult) -> _Routing:
+        """The destinations of the result and the kinds each receives ([routing]); `sender`
+        routing names the AEs that sent the analysed series (every series when none was)."""
         analysed_series = [uid for uid in (result.ct_series_uid, result.pet_series_uid) if uid]
         senders = self._index.senders(job.study_uid, analysed_series or None)
         destinations, problems = destinations_for(self._config, senders)
         for problem in problems:
             log.warning("routing study=%s: %s", job.study_uid, problem)
         wanted = {name: self._config.objects_for(name) for name in destinations}
-        kinds = {"sr"}.union(*wanted.values())
-        predecessor = _read_predecessor(job.previous_sr_path)
+        return _Routing(destinations, wanted, problems)
+
+    def _encode(self, job: Job, analysis: _Analysis, kinds: set[ResultKind]) -> list[Dataset]:
+        """The result objects of `kinds` (the SR always), a new version naming its
+        predecessor."""
         repaired: list[str] = []
         objects = encode(
-            result,
-            sources,
-            predecessor=predecessor,
+            analysis.result,
+            analysis.sources,
+            predecessor=_read_predecessor(job.previous_sr_path),
             instance_number=job.version,
             kinds=kinds,
             histology_min_probability=self._config.results.histology_min_probability,
             histology=self._config.results.histology,
-            key_pixels=key_pixels,
+            key_pixels=analysis.key_pixels,
             notes=repaired,
         )
         if repaired:
             log.info("source attributes repaired study=%s: %s", job.study_uid, "; ".join(repaired))
+        return objects
+
+    def _write(self, objects: list[Dataset]) -> list[ResultObject]:
+        """Write each result object to the store; the rows the index records of them."""
         results = []
         for ds in objects:
             path = self._store.write_dataset(ds)
@@ -225,30 +270,48 @@ class AnalysisWorker:
                     series_uid=ds.SeriesInstanceUID,
                     sop_class_uid=ds.SOPClassUID,
                     path=path,
-                    kind=RESULT_KIND[kind_of(ds)],
+                    kind=kind_of(ds),
                 )
             )
-        encoded = time.time()
-        notes = problems if result.analysed else [*result.skipped, *problems]
-        routed = {name: [RESULT_KIND[k].value for k in objects] for name, objects in wanted.items()}
-        if not self._index.complete_job(
-            job, results, routed, time.time(), reason="; ".join(notes) or None
+        return results
+
+    def _complete(
+        self, job: Job, result: StudyResult, results: list[ResultObject], routing: _Routing
+    ) -> bool:
+        """Record the results and their outbox rows; False (logged) when the job's lease was
+        lost or new instances arrived meanwhile."""
+        notes = routing.problems if result.analysed else [*result.skipped, *routing.problems]
+        if self._index.complete_job(
+            job, results, routing.wanted, time.time(), reason="; ".join(notes) or None
         ):
-            log.warning(
-                "analysis result discarded study=%s version=%d: the job lease was lost or new "
-                "instances arrived; a new version will be analysed",
-                job.study_uid,
-                job.version,
-            )
-            return
+            return True
+        log.warning(
+            "analysis result discarded study=%s version=%d: the job lease was lost or new "
+            "instances arrived; a new version will be analysed",
+            job.study_uid,
+            job.version,
+        )
+        return False
+
+    def _record_done(
+        self,
+        job: Job,
+        analysis: _Analysis,
+        results: list[ResultObject],
+        routing: _Routing,
+        model: dict[str, object],
+        encoded: float,
+    ) -> None:
+        """The study's events (analysis done, encoded, with their durations) and the log line."""
+        result = analysis.result
         ev = self._index.events
         ev.add(
             job.study_uid,
             job.version,
             "analysis_done",
-            at=analysed,
+            at=analysis.done,
             stage="analysis",
-            duration_s=analysed - started,
+            duration_s=analysis.done - analysis.started,
             lesions=len(result.lesions),
             detail=model,
         )
@@ -258,7 +321,7 @@ class AnalysisWorker:
             "encoded",
             at=encoded,
             stage="encoding",
-            duration_s=encoded - analysed,
+            duration_s=encoded - analysis.done,
             objects=",".join(r.kind for r in results),
         )
         log.info(
@@ -267,7 +330,7 @@ class AnalysisWorker:
             job.version,
             len(result.lesions),
             ",".join(r.kind for r in results),
-            ",".join(destinations) or "none",
+            ",".join(routing.destinations) or "none",
             " ".join(f"{k}={v:.2f}s" for k, v in result.timings_s.items()),
         )
 

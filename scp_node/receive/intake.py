@@ -26,6 +26,7 @@ from scp_node.dicom.status import (
     INSTANCE_IN_OTHER_STUDY,
     OUT_OF_RESOURCES,
     PATIENT_MISMATCH,
+    error_comment,
 )
 from scp_node.logs import escape_text
 from scp_node.receive.lazy_index import LazyIndexing, remember_calling_aet
@@ -39,14 +40,27 @@ CONFLICT_STATUS = {
     StudyConflict.PATIENT: PATIENT_MISMATCH,
     StudyConflict.OTHER_STUDY: INSTANCE_IN_OTHER_STUDY,
 }
+# The Error Comment of each conflict (its message names the study, too long for one)
+CONFLICT_COMMENT = {
+    StudyConflict.PATIENT: "patient differs from the study's (one patient per study)",
+    StudyConflict.OTHER_STUDY: "SOP Instance UID already stored in another study",
+}
 
 
 class Rejected(Exception):
-    """An instance refused with a DICOM status; the message says why, for the log."""
+    """An instance refused with a DICOM status; the message says why, for the log and the
+    audit; `comment` says it for the peer in an Error Comment (at most 64 characters: the
+    message, shortened, when no comment is given)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, comment: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
+        self.comment = error_comment(comment or reason)
+
+    @classmethod
+    def conflict(cls, conflict: StudyConflict) -> Rejected:
+        """The refusal of an instance that cannot belong to its study."""
+        return cls(CONFLICT_STATUS[conflict.kind], str(conflict), CONFLICT_COMMENT[conflict.kind])
 
 
 @dataclasses.dataclass
@@ -79,12 +93,17 @@ class InstanceIntake:
     def check_open(self) -> None:
         """Raise Rejected(0xA700) while intake is paused or the store is short of space."""
         if self._intake_paused is not None and self._intake_paused():
-            raise Rejected(OUT_OF_RESOURCES, "intake is paused from the console")
-        if not self.store.has_free_space():
             raise Rejected(
                 OUT_OF_RESOURCES,
-                f"free space on {self.store.root} is below [storage] min_free_mb "
-                f"({self.config.storage.min_free_mb} MiB)",
+                "intake is paused from the console",
+                "intake is paused on the node",
+            )
+        if not self.store.has_free_space():
+            floor = self.config.storage.min_free_mb
+            raise Rejected(
+                OUT_OF_RESOURCES,
+                f"free space on {self.store.root} is below [storage] min_free_mb ({floor} MiB)",
+                f"free space on the node is below min_free_mb ({floor} MiB)",
             )
 
     @staticmethod
@@ -93,7 +112,7 @@ class InstanceIntake:
         try:
             return header.record(path, calling_aet, time.time())
         except InvalidUIDError as exc:
-            raise Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+            raise Rejected(CANNOT_UNDERSTAND, str(exc), _uid_comment(exc)) from None
 
     def store_record(
         self,
@@ -112,7 +131,7 @@ class InstanceIntake:
             record.study_uid, record.sop_uid, record.patient_digest, record.birth_date_digest
         )
         if conflict is not None:
-            raise Rejected(CONFLICT_STATUS[conflict.kind], str(conflict))
+            raise Rejected.conflict(conflict)
         temp = self._temp_in_store(streamed)
         with self.indexing.committing():
             try:
@@ -121,10 +140,14 @@ class InstanceIntake:
                     temp, record.study_uid, record.series_uid, record.sop_uid, data_sync=data_sync
                 )
             except InvalidUIDError as exc:
-                raise Rejected(CANNOT_UNDERSTAND, str(exc)) from None
+                raise Rejected(CANNOT_UNDERSTAND, str(exc), _uid_comment(exc)) from None
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise Rejected(OUT_OF_RESOURCES, f"disk full while storing: {exc}") from None
+                    raise Rejected(
+                        OUT_OF_RESOURCES,
+                        f"disk full while storing: {exc}",
+                        "disk full on the node while storing",
+                    ) from None
                 raise
             finally:
                 if temp != streamed:
@@ -141,11 +164,13 @@ class InstanceIntake:
             except StudyConflict as raced:  # with another instance: nothing was indexed
                 if new:
                     self.store.remove_instance(final)
-                raise Rejected(CONFLICT_STATUS[raced.kind], str(raced)) from None
+                raise Rejected.conflict(raced) from None
             except DatabaseFull as full:  # nothing was indexed; the peer sends it again later
                 if new:
                     self.store.remove_instance(final)
-                raise Rejected(OUT_OF_RESOURCES, str(full)) from None
+                raise Rejected(
+                    OUT_OF_RESOURCES, str(full), "index database full on the node"
+                ) from None
             if indexed and opens:
                 sending.studies.add(record.study_uid)
         return record, new
@@ -174,7 +199,9 @@ class InstanceIntake:
         )
         if on_quota is not None:
             on_quota(study_uid, reason)
-        raise Rejected(OUT_OF_RESOURCES, reason)
+        raise Rejected(
+            OUT_OF_RESOURCES, reason, f"calling AE reached max_new_studies_per_hour ({quota})"
+        )
 
     def _temp_in_store(self, streamed: Path) -> Path:
         """The streamed file when it lies in the store's incoming folder, else a copy there."""
@@ -200,3 +227,8 @@ def read_instance_header(path: Path) -> InstanceHeader:
         raise Rejected(
             CANNOT_UNDERSTAND, f"dataset does not parse: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _uid_comment(exc: InvalidUIDError) -> str:
+    """The Error Comment of a value that is not a UID: which attribute (the value may be long)."""
+    return f"{exc.name} is not a valid UID" if exc.name else str(exc)

@@ -4,12 +4,13 @@ pynetdicom streams each C-STORE dataset to a file in the store's `.incoming` fol
 scp_node.dicom.pynetdicom_adapter.streaming); the handler reads only a few header elements from
 it, renames it into the store (fsynced), records it in the index, and only then answers 0x0000.
 Pixels are never decoded here. On SQLite the index row is committed lazily and recovered from
-the store's files at start (see index_recovery), so the durable file is the one fsync that
-bounds each C-STORE.
+the store's files at start (see lazy_index), so the durable file is the one fsync that bounds
+each C-STORE. A refusal is answered as a status dataset whose Error Comment tells the peer why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
@@ -34,9 +36,13 @@ from scp_node.dicom.connections import (
     calling_ae_of,
     negotiating_association,
 )
-from scp_node.dicom.instance_header import is_code_string
+from scp_node.dicom.instance_header import InstanceHeader, is_code_string
 from scp_node.dicom.pynetdicom_adapter.server import acceptor_server
-from scp_node.dicom.pynetdicom_adapter.streaming import parked_stream, route_incoming
+from scp_node.dicom.pynetdicom_adapter.streaming import (
+    ParkedStream,
+    parked_stream,
+    route_incoming,
+)
 from scp_node.dicom.sop_classes import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -49,6 +55,7 @@ from scp_node.dicom.status import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     SUCCESS,
+    refusal,
 )
 from scp_node.dicom.storage_commitment import ReportHandler, add_report_context
 from scp_node.dicom.tls import peer_certificate_subject, server_context, start_server
@@ -184,6 +191,87 @@ def _refused_summary(refused: list[str]) -> str:
         return f" refused_sop_classes={','.join(refused)} (not accepted by this node)"
     return (
         f" refused_sop_classes={len(refused)} (not accepted by this node; listed in the audit log)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """How one C-STORE ended: the status answered; the record stored, or why not (`reason` for
+    the log and audit, `comment` for the peer; `error` when it was not a refusal but a fault)."""
+
+    status: int
+    record: InstanceRecord | None = None
+    new: bool = False
+    reason: str = ""
+    comment: str = ""
+    error: Exception | None = None
+
+    def answer(self) -> int | Dataset:
+        """What the handler returns: the bare status on Success, else a status dataset with
+        the Error Comment."""
+        return SUCCESS if self.record is not None else refusal(self.status, self.comment)
+
+
+def _refuse_what_streaming_stopped(parked: ParkedStream) -> None:
+    """Raise _Rejected(0xA700) when the disk filled or a limit of `route_incoming` stopped
+    the dataset while it streamed (nothing of it is left to store)."""
+    if parked.disk_full is not None:
+        raise _Rejected(
+            OUT_OF_RESOURCES,
+            f"disk full while receiving the dataset: {parked.disk_full}",
+            "disk full on the node while receiving",
+        )
+    if parked.refused is not None:
+        raise _Rejected(OUT_OF_RESOURCES, parked.refused)
+
+
+def _header_of(parked: ParkedStream, streamed: Path) -> InstanceHeader:
+    """The header read while the dataset streamed, or from the file where something follows
+    Pixel Data (pydicom reads it); _Rejected(0xC210) for a file that does not parse."""
+    header = parked.header
+    if header is None or header.file_size != _size(streamed):
+        header = _read_header(streamed)
+    return header
+
+
+def _check_matches_request(record: InstanceRecord, request: C_STORE) -> None:
+    """Raise _Rejected when the dataset's SOP Class or Instance UID is not the request's."""
+    if record.sop_class_uid != str(request.AffectedSOPClassUID).strip():
+        raise _Rejected(
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Class UID {record.sop_class_uid} is not the request's "
+            f"Affected SOP Class UID {request.AffectedSOPClassUID}",
+            "SOP Class UID is not the request's Affected SOP Class UID",
+        )
+    if record.sop_uid != str(request.AffectedSOPInstanceUID).strip():
+        raise _Rejected(
+            CANNOT_UNDERSTAND,
+            f"dataset SOP Instance UID {record.sop_uid} is not the request's "
+            f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
+            "SOP Instance UID is not the request's Affected SOP Instance UID",
+        )
+
+
+def _log_not_stored(event: Event, outcome: _Outcome) -> None:
+    """The log line of a refused C-STORE, or of a failed one with its traceback."""
+    request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
+    sop_uid = str(request.AffectedSOPInstanceUID or "")[:64]
+    calling_aet = event.assoc.requestor.ae_title
+    if outcome.error is not None:
+        log.error(
+            "C-STORE failed status=0x%04X calling_ae=%s sop_instance_uid=%r",
+            outcome.status,
+            calling_aet,
+            sop_uid,
+            exc_info=outcome.error,
+        )
+        return
+    log.warning(
+        "C-STORE refused status=0x%04X calling_ae=%s sop_instance_uid=%r reason=%s",
+        outcome.status,
+        calling_aet,
+        sop_uid,
+        outcome.reason,
     )
 
 
@@ -407,20 +495,26 @@ class Receiver:
         """
         return SUCCESS
 
-    def _on_c_store(self, event: Event) -> int:
+    def _on_c_store(self, event: Event) -> int | Dataset:
         """Handle a C-STORE request: make the instance durable and indexed, then answer.
+
+        Every status other than Success is answered as a status dataset whose Error Comment
+        (0000,0902) says why, at most 64 characters (e.g. "intake is paused on the node"), so
+        the peer's log shows the reason beside the code; the node's log and audit give it in
+        full.
 
         Statuses
         --------
         0x0000 Success: the file is renamed into the store (fsynced) and recorded in the index;
                also for an instance already stored (idempotent on SOP Instance UID).
-        0xA700 Out of Resources: free space on the store is below [storage] min_free_mb (checked
-               every MiB while the dataset streams: from then on nothing more is written), or
-               the disk filled while the dataset was received or committed; or the dataset grew
-               past [storage] max_instance_mb while it streamed; or the calling AE already
-               started [security] max_new_studies_per_hour new studies in the last hour (this
-               instance would start one more; audited as a Security Alert). Nothing is left in
-               the store or its incoming folder.
+        0xA700 Out of Resources: intake is paused from the console; or free space on the store
+               is below [storage] min_free_mb (checked every MiB while the dataset streams:
+               from then on nothing more is written), or the disk filled while the dataset was
+               received or committed, or the index database is full; or the dataset grew past
+               [storage] max_instance_mb while it streamed; or the calling AE already started
+               [security] max_new_studies_per_hour new studies in the last hour (this instance
+               would start one more; audited as a Security Alert). Nothing is left in the
+               store or its incoming folder.
         0xA900 Data Set Does Not Match SOP Class: the dataset's SOP Class UID is not the
                request's Affected SOP Class UID.
         0xC210 Cannot Understand: the dataset does not parse, or its Study/Series/SOP Instance UID
@@ -437,33 +531,60 @@ class Receiver:
                outside sop_classes.STORAGE_SOP_CLASSES; this handler never sees them.
         """
         started = time.perf_counter()
-        request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
-        calling_aet = event.assoc.requestor.ae_title
-        sop_uid_for_log = str(request.AffectedSOPInstanceUID or "")[:64]
+        outcome = self._receive(event)
+        self._report(event, outcome, time.perf_counter() - started)
+        if outcome.record is not None:
+            self._announce(outcome.record)
+        return outcome.answer()
+
+    def _receive(self, event: Event) -> _Outcome:
+        """Store the request's instance; how that ended, whatever happened (never raises)."""
         try:
-            record, new = self._store_instance(event, calling_aet)
+            record, new = self._store_instance(event)
         except _Rejected as rejected:
-            log.warning(
-                "C-STORE refused status=0x%04X calling_ae=%s sop_instance_uid=%r reason=%s",
-                rejected.status,
-                calling_aet,
-                sop_uid_for_log,
-                rejected,
-            )
-            self._audit.instance(event, rejected.status, reason=str(rejected))
-            METRICS.cstore(calling_aet, rejected.status)
-            return rejected.status
+            return _Outcome(rejected.status, reason=str(rejected), comment=rejected.comment)
         except Exception as exc:
-            log.exception(
-                "C-STORE failed status=0x%04X calling_ae=%s sop_instance_uid=%r",
+            return _Outcome(
                 PROCESSING_FAILURE,
-                calling_aet,
-                sop_uid_for_log,
+                reason=f"{type(exc).__name__}: {exc}",
+                comment=f"processing failure on the node ({type(exc).__name__}), retry",
+                error=exc,
             )
-            self._audit.instance(event, PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
-            METRICS.cstore(calling_aet, PROCESSING_FAILURE)
-            return PROCESSING_FAILURE
-        self._audit.instance(event, SUCCESS, study_uid=record.study_uid, new=new)
+        return _Outcome(SUCCESS, record=record, new=new)
+
+    def _store_instance(self, event: Event) -> tuple[InstanceRecord, bool]:
+        """Commit the streamed file into the store and index it: (the record, whether the
+        instance is new). Raises _Rejected with the status to answer."""
+        request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
+        parked = parked_stream(request)
+        _refuse_what_streaming_stopped(parked)
+        self._intake.check_open()
+        streamed = Path(event.dataset_path)
+        # started as the last fragment landed (alone on the node): the data goes to disk while
+        # the header is checked and the index consulted; None: commit flushes data and name
+        data_sync = parked.data_sync
+        header = _header_of(parked, streamed)
+        record = self._intake.record_of(header, streamed, event.assoc.requestor.ae_title)
+        _check_matches_request(record, request)
+        return self._intake.store_record(
+            streamed,
+            record,
+            header,
+            self._sending_of(event.assoc),
+            data_sync=data_sync,
+            on_quota=lambda study_uid, reason: self._audit.study_quota(event, study_uid, reason),
+        )
+
+    def _report(self, event: Event, outcome: _Outcome, seconds: float) -> None:
+        """Log, audit and count one C-STORE once, however it ended."""
+        calling_aet = event.assoc.requestor.ae_title
+        record = outcome.record
+        if record is None:
+            self._audit.instance(event, outcome.status, reason=outcome.reason)
+            METRICS.cstore(calling_aet, outcome.status)
+            _log_not_stored(event, outcome)
+            return
+        self._audit.instance(event, SUCCESS, study_uid=record.study_uid, new=outcome.new)
         METRICS.cstore(calling_aet, SUCCESS, _size(record.path))
         valid_modality = is_code_string(record.modality)  # else indexed escaped and bounded
         log.log(
@@ -474,58 +595,19 @@ class Receiver:
             record.sop_uid,
             record.study_uid,
             record.modality,
-            new,
-            (time.perf_counter() - started) * 1000.0,
+            outcome.new,
+            seconds * 1000.0,
             "" if valid_modality else " (Modality is not a valid CS value: indexed escaped)",
         )
-        if self._on_stored is not None:
-            try:
-                self._on_stored(record)
-            except Exception:
-                log.exception("on_stored callback failed for sop_instance_uid=%s", record.sop_uid)
-        return SUCCESS
 
-    def _store_instance(self, event: Event, calling_aet: str) -> tuple[InstanceRecord, bool]:
-        """Commit the streamed file into the store and index it; raises _Rejected with a status."""
-        parked = parked_stream(event.request)
-        if parked.disk_full is not None:
-            raise _Rejected(
-                OUT_OF_RESOURCES, f"disk full while receiving the dataset: {parked.disk_full}"
-            )
-        if parked.refused is not None:
-            raise _Rejected(OUT_OF_RESOURCES, parked.refused)
-        self._intake.check_open()
-        streamed = Path(event.dataset_path)
-        request = cast(C_STORE, event.request)  # EVT_C_STORE: always a C-STORE request
-        # data_sync started as the last fragment landed (alone on the node): the data goes to
-        # disk while the header is checked and the index consulted; None: commit flushes data
-        # and name
-        data_sync = parked.data_sync
-        header = parked.header
-        if header is None or header.file_size != _size(streamed):
-            header = _read_header(streamed)  # something follows Pixel Data: pydicom reads it
-        record = self._intake.record_of(header, streamed, calling_aet)
-        sop_class_uid, sop_uid = record.sop_class_uid, record.sop_uid
-        if sop_class_uid != str(request.AffectedSOPClassUID).strip():
-            raise _Rejected(
-                DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                f"dataset SOP Class UID {sop_class_uid} is not the request's "
-                f"Affected SOP Class UID {request.AffectedSOPClassUID}",
-            )
-        if sop_uid != str(request.AffectedSOPInstanceUID).strip():
-            raise _Rejected(
-                CANNOT_UNDERSTAND,
-                f"dataset SOP Instance UID {sop_uid} is not the request's "
-                f"Affected SOP Instance UID {request.AffectedSOPInstanceUID!r}",
-            )
-        return self._intake.store_record(
-            streamed,
-            record,
-            header,
-            self._sending_of(event.assoc),
-            data_sync=data_sync,
-            on_quota=lambda study_uid, reason: self._audit.study_quota(event, study_uid, reason),
-        )
+    def _announce(self, record: InstanceRecord) -> None:
+        """Tell `on_stored` of a stored instance; its failure never changes the answer."""
+        if self._on_stored is None:
+            return
+        try:
+            self._on_stored(record)
+        except Exception:
+            log.exception("on_stored callback failed for sop_instance_uid=%s", record.sop_uid)
 
     def _sending_of(self, assoc: Association) -> _Sending:
         with self._sending_lock:
