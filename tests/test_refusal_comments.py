@@ -92,7 +92,7 @@ def test_instance_over_max_instance_mb(tmp_path: Path) -> None:
         (answer,) = _send(node, [make_ct(tmp_path / "big.dcm", size=1024)])
         status, comment = _refused(answer)
         assert status == OUT_OF_RESOURCES
-        assert comment.startswith("the dataset grew past max_instance_mb (1 MiB)"), comment
+        assert comment == "the dataset grew past max_instance_mb (1 MiB)", comment
     finally:
         node.close()
 

@@ -222,7 +222,7 @@ def _refuse_what_streaming_stopped(parked: ParkedStream) -> None:
             "disk full on the node while receiving",
         )
     if parked.refused is not None:
-        raise _Rejected(OUT_OF_RESOURCES, parked.refused)
+        raise _Rejected(OUT_OF_RESOURCES, parked.refused, parked.refused_comment)
 
 
 def _header_of(parked: ParkedStream, streamed: Path) -> InstanceHeader:

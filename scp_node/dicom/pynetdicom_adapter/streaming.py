@@ -106,6 +106,7 @@ class StreamedFile:
         self.file = self  # pynetdicom calls `.file.flush()` after each fragment
         self.disk_full: OSError | None = None
         self.refused: str | None = None  # a limit stopped the dataset: why
+        self.refused_comment: str | None = None  # the same for the peer, at most 64 characters
         self._limits = limits
         self._written = 0
         self._checked_at = 0
@@ -161,7 +162,8 @@ class StreamedFile:
         if limits.max_bytes and self._written > limits.max_bytes:
             self._stop(
                 f"the dataset grew past [storage] max_instance_mb "
-                f"({limits.max_bytes // (1024 * 1024)} MiB) while it was received"
+                f"({limits.max_bytes // (1024 * 1024)} MiB) while it was received",
+                f"the dataset grew past max_instance_mb ({limits.max_bytes // (1024 * 1024)} MiB)",
             )
         elif limits.min_free_bytes and self._written - self._checked_at >= FREE_SPACE_CHECK_BYTES:
             self._checked_at = self._written
@@ -170,11 +172,14 @@ class StreamedFile:
                 self._stop(
                     f"free space fell below [storage] min_free_mb "
                     f"({limits.min_free_bytes // (1024 * 1024)} MiB) while the dataset was "
-                    "received"
+                    "received",
+                    f"free space fell below min_free_mb "
+                    f"({limits.min_free_bytes // (1024 * 1024)} MiB) while receiving",
                 )
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, comment: str) -> None:
         self.refused = reason
+        self.refused_comment = comment
         try:
             self._inner.flush()
         except OSError as exc:
@@ -215,6 +220,7 @@ class ParkedStream:
     data_sync: DataSync | None = None  # started as the last fragment was written
     disk_full: OSError | None = None  # the error that stopped writing the dataset to disk
     refused: str | None = None  # why a limit of `route_incoming` stopped the dataset
+    refused_comment: str | None = None  # that, for the peer's Error Comment (<= 64 characters)
 
 
 def parked_stream(request: Any) -> ParkedStream:
@@ -224,7 +230,13 @@ def parked_stream(request: Any) -> ParkedStream:
     streamed = getattr(request, "_dataset_file", None)
     if not isinstance(streamed, StreamedFile):
         return ParkedStream()
-    return ParkedStream(streamed.header, streamed.data_sync, streamed.disk_full, streamed.refused)
+    return ParkedStream(
+        streamed.header,
+        streamed.data_sync,
+        streamed.disk_full,
+        streamed.refused,
+        streamed.refused_comment,
+    )
 
 
 _original_decode_msg = dimse_messages.DIMSEMessage.decode_msg
