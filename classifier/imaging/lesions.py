@@ -8,8 +8,11 @@ medial side), not the chest; a candidate at the lung's medial edge may continue 
 MEDIASTINAL_GROWTH_MM into adjacent non-fat mediastinal soft tissue, so a hilar or paratracheal
 mass is covered beyond its rim while the heart and great vessels are not searched as such.
 Candidates that are normal anatomy by their 3-D shape are dropped (`is_anatomy`): those rising
-from below the lung (liver, spleen, stomach, the heart under the lung) and those elongated along
-the body axis (vessel and airway trees, the mediastinum).
+from below the lung (liver, spleen, stomach, the heart under the lung), those lying along the
+trachea (the aortic arch, the great veins, the oesophagus: the mediastinum; the trachea and main
+bronchi from classifier.imaging.airway), pieces of a tube (a vessel the detector's cuts cut
+across: widest at one end, where it goes on) and those elongated along the body axis (vessel
+and airway trees, the mediastinum).
 
 A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball, a tumour keeps
 its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
@@ -787,8 +790,9 @@ def _tube_piece(ct: Volume, candidate: Candidate) -> float:
 
 def is_anatomy(ct: Volume, candidate: Candidate, lungs: LungMask) -> str | None:
     """Why a candidate is normal anatomy rather than a lesion, or None: it rises from below the
-    lung (an abdominal organ's or the heart's dome; not a convex mass resting on it), or it is
-    elongated along the body axis (a vessel, an airway, the mediastinum).
+    lung (an abdominal organ's or the heart's dome; not a convex mass resting on it), it runs
+    along the trachea (the mediastinum), it is a piece of a tube (a vessel), or it is elongated
+    along the body axis (a vessel, an airway, the mediastinum).
     """
     below = _rises_from_below(ct, candidate, lungs)
     if below >= MAX_CAUDAL_CONTINUATION and not _narrows_to_base(candidate):
