@@ -7,6 +7,8 @@ calibre is kept."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,7 @@ from classifier.imaging.volume import Volume, load_ct_volume
 # divides into two main bronchi running down and out into the lungs.
 TRACHEA_RADIUS_MM = 8.0
 CARINA_SLICE = 40
+NECK_SLICE = 54
 BRONCHUS_END_SLICE = 33
 
 
@@ -50,6 +53,9 @@ def chest() -> tuple[Volume, tuple[float, float]]:
         float(np.flatnonzero((lungs.labels[mid] > 0).any(axis=1)).mean()) * ct.spacing[1],
         float(gap.mean()) * ct.spacing[2],
     )
+    # The neck: the top slices hold no lung (the lungs' apex lies below them).
+    body = array[NECK_SLICE:] > -500
+    array[NECK_SLICE:][~body & (lungs.labels[NECK_SLICE:] > 0)] = 40
     for s in range(CARINA_SLICE, ct.shape[0]):
         lumen = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= TRACHEA_RADIUS_MM**2
         array[s][lumen] = -1000
@@ -101,6 +107,17 @@ def test_the_trachea_and_main_bronchi_are_found(chest: tuple[Volume, tuple[float
         cols = np.flatnonzero((plane == MAIN_BRONCHUS).any(axis=0))
         assert cols.min() < c < cols.max()
     assert not airway[: BRONCHUS_END_SLICE - 1].any()
+
+
+def test_a_scan_that_starts_below_the_carina_has_no_central_airway(
+    chest: tuple[Volume, tuple[float, float]],
+) -> None:
+    # Its top slices hold large lungs and the main bronchi: no trachea to seed from, and a
+    # bronchus taken for the trachea would make its neighbours (hilar masses) "mediastinum".
+    ct, _ = chest
+    below = replace(ct, array=ct.array[:CARINA_SLICE].copy(), slices=ct.slices[:CARINA_SLICE])
+    airway = lung_mask(below).airway
+    assert airway is not None and not airway.any()
 
 
 def test_a_candidate_along_the_trachea_is_the_mediastinum(

@@ -26,8 +26,11 @@ AIRWAY_MAX_CM2 = 8.0
 # The trachea above the carina lies in the body's midline: its seed within this of the middle
 # of the body's extent across the slice.
 SEED_MAX_OFFSET_MM = 30.0
-# Where the seed is looked for: the slices above the lungs' apex and this far below it.
+# Where the seed is looked for: the slices above the lungs' apex and this far below it, where
+# the lungs' cross-section is still at most SEED_MAX_LUNG_FRACTION of their largest (a scan
+# that starts below the carina has no trachea to find, and a main bronchus is no seed).
 SEED_BELOW_APEX_MM = 30.0
+SEED_MAX_LUNG_FRACTION = 0.5
 # From one slice to the next a lumen's cross-section overlaps the previous one grown by this
 # (a bronchus running obliquely moves in-plane, its lumen at least 8 mm wide).
 TRACK_MM = 4.0
@@ -105,6 +108,8 @@ def central_airway(
             continue
         areas = np.bincount(labels.ravel(), minlength=count + 1)
         if current is None:
+            if lung_area[s] > SEED_MAX_LUNG_FRACTION * lung_area.max():
+                continue
             seed = _seed(labels, areas, outside[s], smallest, largest, spacing[2])
             if seed is None:
                 continue
