@@ -4,8 +4,8 @@ bronchus divides or opens into its lung (its lumen joins the lung's air on the s
 
 Works on the lung mask's working grid (about 2 mm pixels), each pixel the mean of its block of
 CT pixels (a lumen is air, about -1000 HU; aerated lung about -850 HU around it). A
-candidate that surrounds this tube or runs along it is the mediastinum or a hilar vessel
-beside a bronchus, not a lung lesion (see classifier.imaging.lesions).
+candidate that runs along the trachea is the mediastinum, not a lung lesion (see
+classifier.imaging.lesions.TRACHEA_CONTACT_MM).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from scipy import ndimage
 
 # A lumen's pixels: the mean of each working-grid block below this (lung parenchyma is denser).
 AIRWAY_HU = -900.0
-# A cross-section of the trachea or a main or lobar bronchus: a lumen at least 8 mm wide (0.5
-# cm2; smaller ones are segmental bronchi and lung), and an adult trachea is at most about
-# 25 mm wide (about 5 cm2): a component of air larger than AIRWAY_MAX_CM2 is lung.
+# The trachea's cross-section where it is seeded: a lumen at least 8 mm wide (0.5 cm2; less
+# is an oesophagus' air or lung), and an adult trachea is at most about 25 mm wide (about
+# 5 cm2): a component of air larger than AIRWAY_MAX_CM2 is lung.
 AIRWAY_MIN_CM2 = 0.5
-# Once found, a lumen is followed down to this size (narrowed by partial volume on thick
-# slices, or a lobar bronchus).
-TRACK_MIN_CM2 = 0.2
 AIRWAY_MAX_CM2 = 8.0
+# Once found, a lumen is followed down to this size (narrowed by partial volume on thick
+# slices, or a main bronchus seen obliquely).
+TRACK_MIN_CM2 = 0.2
 # The trachea above the carina lies in the body's midline: its seed within this of the middle
 # of the body's extent across the slice.
 SEED_MAX_OFFSET_MM = 30.0

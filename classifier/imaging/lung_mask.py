@@ -4,7 +4,8 @@ Works on an in-plane subsampled copy (about 2 mm pixels) so a 300-slice CT takes
 second or two. Outside air is air connected to the image border in its slice; what remains and
 is large is lung (plus trachea). Lungs joined at the anterior junction or through the trachea
 are split by eroding until two parts appear and growing them back (nearest seed), or failing
-that by the body's sagittal midline. Left lung = patient left = +x in LPS.
+that by the body's sagittal midline. Left lung = patient left = +x in LPS. The trachea and
+main bronchi are found from the same air inside the body (classifier.imaging.airway).
 """
 
 from __future__ import annotations
