@@ -8,8 +8,11 @@ medial side), not the chest; a candidate at the lung's medial edge may continue 
 MEDIASTINAL_GROWTH_MM into adjacent non-fat mediastinal soft tissue, so a hilar or paratracheal
 mass is covered beyond its rim while the heart and great vessels are not searched as such.
 Candidates that are normal anatomy by their 3-D shape are dropped (`is_anatomy`): those rising
-from below the lung (liver, spleen, stomach, the heart under the lung) and those elongated along
-the body axis (vessel and airway trees, the mediastinum).
+from below the lung (liver, spleen, stomach, the heart under the lung), those lying along the
+trachea (the aortic arch, the great veins, the oesophagus: the mediastinum; the trachea and main
+bronchi from classifier.imaging.airway), pieces of a tube (a vessel the detector's cuts cut
+across: widest at one end, where it goes on) and those elongated along the body axis (vessel
+and airway trees, the mediastinum).
 
 A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball, a tumour keeps
 its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
@@ -32,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from classifier.imaging.airway import TRACHEA
 from classifier.imaging.lung_mask import (
     IN_PLANE,
     LEFT,
@@ -86,6 +90,16 @@ DOME_BASE_FRACTION = 0.5
 # ELONGATED_MIN_Z_MM long, is a vessel or airway tree or the mediastinum, not a mass.
 ELONGATION = 1.5
 ELONGATED_MIN_Z_MM = 40.0
+# A candidate one of whose ends is (nearly: TUBE_END_FRACTION of its largest area) its widest
+# slice, where on the slice beyond at least TUBE_CONTINUATION ("most") of that end's footprint
+# is still soft tissue, is a piece of a tube: a vessel, cut across by the detector's rules,
+# goes on with the same calibre; a mass's cross-section grows, then shrinks (its widest slice
+# lies between its ends) or stops. Only candidates no wider than a hilar vessel (short axis
+# at most TUBE_MAX_CALIBRE_MM: a pulmonary artery is at most about 25 mm wide) are vessels: a
+# mass cut short at the diaphragm, the apex or another structure is wider.
+TUBE_END_FRACTION = 0.9
+TUBE_CONTINUATION = 0.5
+TUBE_MAX_CALIBRE_MM = 25.0
 _OPEN_MM = 2.5
 # A candidate grown mostly into the chest cavity keeps of its seed only what lies this close
 # (in-plane, on the same slice) to the cavity part.
@@ -104,6 +118,13 @@ MASS_REGROW_MM = 4.0
 MASS_MIN_RADIUS_MM = 10.0
 # A component touching one at least this many times its volume is a stub at that one's edge.
 EDGE_FRAGMENT_RATIO = 4.0
+# The trachea (classifier.imaging.airway) lies in the mediastinum: the aortic arch, the great
+# veins, the oesophagus and the paratracheal nodes lie against it, the lung only along a thin
+# stripe of its right wall. A candidate within AIRWAY_CONTACT_MM of its lumen (its wall
+# between) on slices covering at least TRACHEA_CONTACT_MM of the body axis runs along it: the
+# mediastinum, not a lung lesion.
+AIRWAY_CONTACT_MM = 3.0
+TRACHEA_CONTACT_MM = 30.0
 # The lungs' apex: the most cranial slice on which the aerated lungs cover at least
 # APEX_MIN_CM2 (a few pixels of air in the neck are not lung).
 APEX_MIN_CM2 = 2.0
@@ -703,6 +724,41 @@ def _rises_from_below(ct: Volume, candidate: Candidate, lungs: LungMask) -> floa
     return float(np.mean(((below > SOFT_TISSUE_HU) & ~region)[footprint]))
 
 
+def _airway_around(
+    ct: Volume, candidate: Candidate, lungs: LungMask, pad_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate's mask and the central airway's labels (`LungMask.airway`) on the CT
+    grid, in the candidate's box grown in-plane by pad_mm (all 0 where there is none)."""
+    s0, r0, c0 = candidate.mask_origin
+    n, rows_n, cols_n = candidate.mask.shape
+    pad = int(np.ceil(pad_mm / min(ct.spacing[1], ct.spacing[2])))
+    lo_r, lo_c = max(0, r0 - pad), max(0, c0 - pad)
+    hi_r, hi_c = min(ct.shape[1], r0 + rows_n + pad), min(ct.shape[2], c0 + cols_n + pad)
+    mask = np.zeros((n, hi_r - lo_r, hi_c - lo_c), dtype=bool)
+    mask[:, r0 - lo_r : r0 - lo_r + rows_n, c0 - lo_c : c0 - lo_c + cols_n] = candidate.mask
+    airway = np.zeros(mask.shape, dtype=np.uint8)
+    if lungs.airway is not None:
+        rows, rows_ok = upsample_index(ct.shape[1], lungs.airway.shape[1], lungs.factor)
+        cols, cols_ok = upsample_index(ct.shape[2], lungs.airway.shape[2], lungs.factor)
+        rows, rows_ok = rows[lo_r:hi_r], rows_ok[lo_r:hi_r]
+        cols, cols_ok = cols[lo_c:hi_c], cols_ok[lo_c:hi_c]
+        airway = lungs.airway[s0 : s0 + n][:, rows[:, np.newaxis], cols[np.newaxis, :]]
+        airway *= (rows_ok[:, np.newaxis] & cols_ok[np.newaxis, :])[np.newaxis]
+    return mask, airway
+
+
+def _along_trachea(ct: Volume, candidate: Candidate, lungs: LungMask) -> float:
+    """Along how much of the body axis (mm) the candidate lies against the trachea: within
+    AIRWAY_CONTACT_MM of its lumen (the wall between) on a slice."""
+    mask, airway = _airway_around(ct, candidate, lungs, AIRWAY_CONTACT_MM + 2.0)
+    spacing_rc = (ct.spacing[1], ct.spacing[2])
+    touching = 0
+    for k in np.flatnonzero((airway == TRACHEA).any(axis=(1, 2)) & mask.any(axis=(1, 2))):
+        near = ndimage.distance_transform_edt(~mask[k], sampling=spacing_rc)
+        touching += bool(np.any((airway[k] == TRACHEA) & (near <= AIRWAY_CONTACT_MM)))
+    return touching * ct.spacing[0]
+
+
 def _narrows_to_base(candidate: Candidate) -> bool:
     """Whether the candidate's lowest and highest slices each hold less than DOME_BASE_FRACTION
     of its largest slice's area: a convex mass resting on the diaphragm, not an organ dome
@@ -711,14 +767,42 @@ def _narrows_to_base(candidate: Candidate) -> bool:
     return bool(max(areas[0], areas[-1]) < DOME_BASE_FRACTION * areas.max())
 
 
+def _tube_piece(ct: Volume, candidate: Candidate) -> float:
+    """How much of the footprint of the candidate's widest end goes on as soft tissue on the
+    slice beyond that end (0 when neither end is nearly its widest slice, or when it is wider
+    than a vessel, TUBE_MAX_CALIBRE_MM): a piece cut from a tube (a vessel, constant in
+    calibre, which the detector's cuts cut across) goes on beyond its widest end, while a
+    mass's cross-section grows then shrinks, or stops."""
+    if candidate.short_axis_mm > TUBE_MAX_CALIBRE_MM:
+        return 0.0
+    areas = np.count_nonzero(candidate.mask, axis=(1, 2))
+    s0, r0, c0 = candidate.mask_origin
+    rows = slice(r0, r0 + candidate.mask.shape[1])
+    cols = slice(c0, c0 + candidate.mask.shape[2])
+    going_on = 0.0
+    for end, beyond in ((0, s0 - 1), (len(areas) - 1, s0 + len(areas))):
+        if areas[end] < TUBE_END_FRACTION * areas.max() or not 0 <= beyond < ct.shape[0]:
+            continue
+        tissue = ct.array[beyond, rows, cols][candidate.mask[end]] > SOFT_TISSUE_HU
+        going_on = max(going_on, float(np.mean(tissue)))
+    return going_on
+
+
 def is_anatomy(ct: Volume, candidate: Candidate, lungs: LungMask) -> str | None:
     """Why a candidate is normal anatomy rather than a lesion, or None: it rises from below the
-    lung (an abdominal organ's or the heart's dome; not a convex mass resting on it), or it is
-    elongated along the body axis (a vessel, an airway, the mediastinum).
+    lung (an abdominal organ's or the heart's dome; not a convex mass resting on it), it runs
+    along the trachea (the mediastinum), it is a piece of a tube (a vessel), or it is elongated
+    along the body axis (a vessel, an airway, the mediastinum).
     """
     below = _rises_from_below(ct, candidate, lungs)
     if below >= MAX_CAUDAL_CONTINUATION and not _narrows_to_base(candidate):
         return f"continues below the lung ({below:.0%} of its lowest slice)"
+    along = _along_trachea(ct, candidate, lungs)
+    if along >= TRACHEA_CONTACT_MM:
+        return f"runs along the trachea ({along:.0f} mm)"
+    tube = _tube_piece(ct, candidate)
+    if tube >= TUBE_CONTINUATION:
+        return f"a piece of a tube ({tube:.0%} of its widest end goes on beyond it)"
     z_mm = (candidate.slice_range[1] - candidate.slice_range[0] + 1) * ct.spacing[0]
     if z_mm >= ELONGATED_MIN_Z_MM and z_mm > ELONGATION * candidate.long_axis_mm:
         return f"elongated along the body axis ({z_mm:.0f} mm vs {candidate.long_axis_mm:.0f} mm)"

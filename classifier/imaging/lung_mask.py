@@ -4,7 +4,8 @@ Works on an in-plane subsampled copy (about 2 mm pixels) so a 300-slice CT takes
 second or two. Outside air is air connected to the image border in its slice; what remains and
 is large is lung (plus trachea). Lungs joined at the anterior junction or through the trachea
 are split by eroding until two parts appear and growing them back (nearest seed), or failing
-that by the body's sagittal midline. Left lung = patient left = +x in LPS.
+that by the body's sagittal midline. Left lung = patient left = +x in LPS. The trachea and
+main bronchi are found from the same air inside the body (classifier.imaging.airway).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from matplotlib.path import Path as PolygonPath
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from classifier.imaging.airway import central_airway
 from classifier.imaging.volume import Volume
 
 AIR_HU = -400.0
@@ -68,6 +70,8 @@ class LungMask:
     # The region extended to each lung's part of the chest cavity (`_cavity`): soft tissue
     # inside the ribs where lung was replaced; a candidate found in `region` may grow into it.
     cavity: np.ndarray | None = None
+    # The trachea (1) and main bronchi (2), 0 elsewhere (classifier.imaging.airway).
+    airway: np.ndarray | None = None
 
     @property
     def lungs(self) -> np.ndarray:
@@ -526,14 +530,15 @@ def lung_mask(ct: Volume) -> LungMask:
                 # One lung only, lying left of the body midline: it is the left lung.
                 result[result == 1] = 2
 
-    del labels, inside  # memory: done with
-    region = np.zeros_like(result, dtype=bool)
-    cavity = np.zeros_like(result, dtype=bool)
-    medial_cols = _medial_columns(result)
     z_first, z_last = ct.index_to_patient(np.array([[0.0, 0.0, 0.0], [ct.shape[0] - 1.0, 0, 0]]))[
         :, 2
     ]
     caudal_first = bool(z_first <= z_last)
+    airway = central_airway(ct.array, factor, outside, result > 0, spacing, caudal_first)
+    del labels, inside  # memory: done with
+    region = np.zeros_like(result, dtype=bool)
+    cavity = np.zeros_like(result, dtype=bool)
+    medial_cols = _medial_columns(result)
     # Bone on a 3 x 3 mean: a noisy or contrast-filled vessel pixel is not a rib. Kept as a
     # mask, made a slab at a time (the filter is per slice): no full int16 filtered copy.
     bone = np.zeros(small.shape, dtype=bool)
@@ -564,5 +569,11 @@ def lung_mask(ct: Volume) -> LungMask:
             )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(
-        labels=result, region=region, factor=factor, spacing=spacing, medial=medial, cavity=cavity
+        labels=result,
+        region=region,
+        factor=factor,
+        spacing=spacing,
+        medial=medial,
+        cavity=cavity,
+        airway=airway,
     )
