@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from classifier.imaging.lesions import MASS_MIN_RADIUS_MM
 from classifier.model.bundled import BUNDLED_MODEL
 from classifier.model.calibration import (
     PlattCalibration,
@@ -143,4 +144,7 @@ def test_the_bundled_model_is_calibrated_at_the_protocols_operating_point() -> N
     point = sidecar["operating_point"]
     assert point["applies_to"] == "the raw lesion score"
     assert point["lesion_probability_threshold"] == AnalysisSettings().lesion_probability_threshold
+    # fitted on the candidates the node proposes: at its own detector radius
+    node_radius = AnalysisSettings().mass_radius_mm or MASS_MIN_RADIUS_MM
+    assert point["mass_radius_mm"] == node_radius
     assert sidecar["held_out"]["candidates"] > 0 and "real_ct_protocol" in sidecar["command"]

@@ -206,3 +206,28 @@ def test_calibration_is_fitted_leave_one_patient_out_and_pooled_on_held_out_rows
     assert f"Brier score raw **{pooled['brier_raw']:.3f}** vs calibrated" in words
     assert "| P1 | 10 |" in section and "**tumour** 0.810 -> " in section
     assert "fine-tuned on P2" in words and "never saw (P1, P3; 7 candidates, 2 tumours)" in words
+
+
+def test_calibration_at_the_nodes_radius_uses_that_radius_for_every_fold_and_the_final_fit() -> (
+    None
+):
+    # The node runs at 10 mm while the protocol chose 12: the certainty the node reports is of
+    # its own candidates, so every fold and the final fit are at 10 mm.
+    at_10 = {
+        "P1": [_candidate("P1", 0.81, True), _candidate("P1", 0.66, False)],
+        "P2": [_candidate("P2", 0.71, True), _candidate("P2", 0.55, False)],
+        "P3": [_candidate("P3", 0.57, True), _candidate("P3", 0.67, False)],
+    }
+    at_12 = {**{p: rows[:1] for p, rows in at_10.items()}, "P3": at_10["P3"]}
+    folds = {p: {"radius_mm": 12.0} for p in at_10}
+    summary = {
+        "patients": ["P1", "P2", "P3"],
+        "candidates": {"10": at_10, "12": at_12},
+        "chosen": {"threshold": 0.5, "radius_mm": 12.0, "folds": folds},
+    }
+    result = calibrate(summary, node_radius_mm=10.0)
+    assert {f["radius_mm"] for f in result["folds"].values()} == {10.0}
+    assert result["final"]["radius_mm"] == 10.0 and result["final"]["candidates"] == 6
+    # A radius the protocol did not try: the chosen ones, as without it.
+    other = calibrate(summary, node_radius_mm=14.0)["final"]
+    assert other["radius_mm"] == 12.0 and other["candidates"] == 4

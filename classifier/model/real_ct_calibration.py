@@ -4,10 +4,11 @@ patients) stored beside the model it was fitted for.
 
 A candidate is labelled the tumour when it is the finding the protocol matches to the annotated
 tumour (`real_ct_protocol.scored_candidates`); every other candidate (fragments, vessels, the
-rest) is not. Each patient's candidates are those at the radius the protocol chose without that
-patient (its fold's radius at the chosen threshold), and its calibration is fitted on the other
-patients' candidates at that radius, so no held-out probability saw its own patient. The final
-calibration is fitted on every patient's candidates at the chosen default radius.
+rest) is not. The candidates are those at the detector radius the node runs with (the
+calibration is of the probabilities the node reports; without that radius among the tried ones:
+each patient's fold radius, and the chosen default for the final fit). Each patient's
+calibration is fitted on the other patients' candidates, so no held-out probability saw its own
+patient. The final calibration is fitted on every patient's candidates.
 """
 
 from __future__ import annotations
@@ -43,22 +44,31 @@ def _pooled(raw: list[float], calibrated: list[float], labels: list[bool]) -> di
     }
 
 
-def calibrate(summary: dict[str, Any], score_trained_on: Sequence[str] = ()) -> dict[str, Any]:
+def calibrate(
+    summary: dict[str, Any],
+    score_trained_on: Sequence[str] = (),
+    node_radius_mm: float | None = None,
+) -> dict[str, Any]:
     """Leave one patient out calibration over a protocol summary (its "candidates" and
     "chosen"): per held-out patient the fold's parameters and each candidate's raw and
     calibrated probability; pooled Brier score and log loss, raw vs calibrated, over the
     held-out candidates only, and over those of the patients the lesion score was not trained
     on (`score_trained_on`: the model's fine-tuning patients); the final calibration on all
-    patients at the default radius."""
+    patients. At `node_radius_mm` (the node's detector radius) where the protocol tried it."""
     chosen = summary["chosen"]
     candidates = summary["candidates"]
+    fixed = (
+        f"{node_radius_mm:g}"
+        if node_radius_mm is not None and f"{node_radius_mm:g}" in candidates
+        else None
+    )
     patients: list[str] = list(summary["patients"])
     folds: dict[str, Any] = {}
     raw: dict[str, list[float]] = {}
     calibrated: dict[str, list[float]] = {}
     labels: dict[str, list[bool]] = {}
     for patient in patients:
-        radius = f"{chosen['folds'][patient]['radius_mm']:g}"
+        radius = fixed or f"{chosen['folds'][patient]['radius_mm']:g}"
         train = [c for p in patients if p != patient for c in candidates[radius][p]]
         held_out = candidates[radius][patient]
         fold: dict[str, Any] = {"radius_mm": float(radius)}
@@ -78,7 +88,7 @@ def calibrate(summary: dict[str, Any], score_trained_on: Sequence[str] = ()) -> 
         calibrated[patient] = [float(p) for p in probabilities]
         labels[patient] = [bool(c["tumour"]) for c in held_out]
     unseen = [p for p in patients if p not in set(score_trained_on)]
-    radius = f"{chosen['radius_mm']:g}"
+    radius = fixed or f"{chosen['radius_mm']:g}"
     everyone = [c for p in patients for c in candidates[radius][p]]
     final = _fit(everyone)
     threshold = float(chosen["threshold"])
@@ -136,7 +146,7 @@ def install_calibration(summary: dict[str, Any], model: Path, command: str) -> P
         "operating_point": {
             "lesion_probability_threshold": float(summary["chosen"]["threshold"]),
             "applies_to": "the raw lesion score",
-            "mass_radius_mm": float(summary["chosen"]["radius_mm"]),
+            "mass_radius_mm": float(final["radius_mm"]),
         },
         "score_trained_on": calibration["score_trained_on"],
         "held_out_unseen_by_score": calibration["pooled_unseen_by_score"],
@@ -201,8 +211,9 @@ The lesion score's raw sigmoid (the "p" in the tables above) is not a probabilit
 The certainty a reader sees (SR Certainty of Finding, SEG segment description, pictures) is its
 calibration: {calibration["method"]}, fitted on the candidates of the runs above. A candidate is
 the tumour when it is the finding matched to the annotated tumour; anything else (fragments,
-vessels, the rest) is not. Leave one patient out: each patient's candidates (at its fold's
-radius) are calibrated by a fit on the other patients' candidates at that radius.
+vessels, the rest) is not. The candidates are those at the detector radius the node runs with
+(column "radius"; the calibration is of what the node reports). Leave one patient out: each
+patient's candidates are calibrated by a fit on the other patients' candidates.
 
 {_HEAD}
 {chr(10).join(rows)}
@@ -214,7 +225,7 @@ calibrated **{pooled["log_loss_calibrated"]:.3f}**. {trained} With
 {pooled["candidates"]} candidates these figures are coarse.
 
 The calibration the node applies is fitted on all {len(final["patients"])} patients'
-{final["candidates"]} candidates ({final["tumours"]} tumours) at the default radius
+{final["candidates"]} candidates ({final["tumours"]} tumours) at the node's radius
 {final["radius_mm"]:g} mm: a = {final["a"]:.4f}, b = {final["b"]:.4f}. It is stored beside the
 model (`{calibration_path(Path("lungnode-demo.keras")).name}`, with the command and the data it
 saw) for these weights only: other weights refuse it at load. The reporting threshold applies

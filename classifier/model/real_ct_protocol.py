@@ -347,15 +347,17 @@ def _row_md(patient: str, row: dict[str, Any], radius: float | None) -> str:
     )
 
 
+def node_settings() -> tuple[float, float]:
+    """The node's reporting threshold and detector radius (mm), as it runs by default."""
+    settings = AnalysisSettings()
+    return settings.lesion_probability_threshold, settings.mass_radius_mm or MASS_MIN_RADIUS_MM
+
+
 def _configured_rows(summary: dict[str, Any]) -> str:
     """Where the node's settings (reporting threshold, the detector's radius) differ from the
     protocol's choice: which differ and what the node reports at its own settings."""
     chosen = summary["chosen"]
-    settings = AnalysisSettings()
-    node = (
-        settings.lesion_probability_threshold,
-        settings.mass_radius_mm or MASS_MIN_RADIUS_MM,
-    )
+    node = node_settings()
     differ = []
     if f"{node[0]:g}" != f"{chosen['threshold']:g}":
         differ.append(
@@ -455,7 +457,8 @@ a measure of generalisation):
 {configured}
 {calibration}
 What the other findings are comes from a person's reading of the pictures
-(`real-ct/reviewed_findings.csv`). Pictures at the defaults: {pictures}.
+(`real-ct/reviewed_findings.csv`). Pictures of what the node reports
+({_pictures_folder(summary)}: threshold, radius): {pictures}.
 
 Regenerated (table, pictures and the calibration beside the model) by the command below{took}:
 
@@ -466,15 +469,24 @@ Regenerated (table, pictures and the calibration beside the model) by the comman
 """
 
 
+def _pictures_folder(summary: dict[str, Any]) -> str:
+    """The pictures' folder name: at the node's settings where the protocol tried them."""
+    threshold, radius = node_settings()
+    if f"{radius:g}" in summary["table"].get(f"{threshold:g}", {}):
+        return f"t{threshold:g}-r{radius:g}"
+    chosen = summary["chosen"]
+    return f"t{chosen['threshold']:g}-r{chosen['radius_mm']:g}"
+
+
 def install(
     summary: dict[str, Any], out: Path, command: str, card: Path, model: Path | None = None
 ) -> None:
-    """Write the section into the card and copy the pictures at the defaults beside it; with
+    """Write the section into the card and copy beside it the pictures of what the node
+    reports (its own settings, where the protocol tried them, else the protocol's choice); with
     `model`, store the summary's final calibration beside that model file."""
     if model is not None:
         install_calibration(summary, model, command)
-    chosen = summary["chosen"]
-    folder = out / "pictures" / f"t{chosen['threshold']:g}-r{chosen['radius_mm']:g}"
+    folder = out / "pictures" / _pictures_folder(summary)
     pictures = card.parent / "real-ct"
     pictures.mkdir(parents=True, exist_ok=True)
     for patient in summary["patients"]:
@@ -506,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["command"] = command
     # Fitted again from the stored candidates, so --from-json regenerates it too.
     real_data = read_model_metadata(BUNDLED_MODEL).get("real_data") or {}
-    summary["calibration"] = calibrate(summary, real_data.get("patients") or [])
+    summary["calibration"] = calibrate(summary, real_data.get("patients") or [], node_settings()[1])
     (Path(args.out) / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str))
     if args.install:
         install(
