@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# OHIF's SR hydration code (Cornerstone3D adapters, dcmjs) for tests/test_viewer_readers.py,
+# OHIF's SR hydration code (Cornerstone3D adapters, dcmjs) for tests/contracts/test_viewer_readers.py,
 # pinned by tests/viewers/package-lock.json (node and npm on the PATH: Node.js 18 or later).
 VIEWERS := tests/viewers
 $(VIEWERS)/node_modules/.installed: $(VIEWERS)/package.json $(VIEWERS)/package-lock.json

@@ -85,11 +85,13 @@ def configure_pynetdicom() -> None:
         # The node checks every value it uses itself (UIDs, Modality as CS) and logs one
         # escaped line (scp_node.dicom.instance_header, scp_node.logs); pydicom stays quiet.
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-        # pynetdicom's module global, replaced on purpose (tests/test_pynetdicom_internals.py);
+        # pynetdicom's module global, replaced on purpose
+        # (tests/contracts/test_pynetdicom_internals.py);
         # mypy sees tempfile's overloaded function, ours returns the StreamedFile wrapper
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
         # PDUs of the SCP's associations: size refused before reading, whole-PDU deadlines
-        # (scp_node.dicom.connections; tests/test_pynetdicom_internals.py guards the method)
+        # (scp_node.dicom.connections; tests/contracts/test_pynetdicom_internals.py guards the
+        # method)
         connections.install()
         _install_reactor_wakeups()
         # File Meta of each streamed dataset and each C-STORE-RSP encoded directly
@@ -290,7 +292,7 @@ def refused_while_streaming(request: Any) -> str | None:
 # readable or a primitive is queued for it to send (an eventfd written by `send_pdu`), the
 # reactor's when a DIMSE message is queued. Done by giving both modules a `time` whose `sleep`
 # knows the calling thread; every other use of `time` is the real module's.
-# tests/test_pynetdicom_internals.py guards the shapes relied on.
+# tests/contracts/test_pynetdicom_internals.py guards the shapes relied on.
 
 _REACTOR_SLEEP = 0.001  # Association._run_reactor's literal idle sleep
 _WAKE_ATTR = "_lungnode_wake_fd"
@@ -376,7 +378,7 @@ def _install_reactor_wakeups() -> None:
 # `write_file_meta_info`, looked up in dimse_messages when the dataset starts), and the
 # C-STORE-RSP command set (`DIMSEServiceProvider.send_msg`). On one association that is a
 # good part of the receive path's CPU. Both are encoded here directly, to the same bytes
-# (tests/test_pynetdicom_internals.py compares them with pydicom's); any value outside the
+# (tests/contracts/test_pynetdicom_internals.py compares them with pydicom's); any value outside the
 # plain case (not ASCII, too long, an error comment, a handler bound to EVT_DIMSE_SENT) takes
 # pynetdicom's own path.
 
