@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,6 @@ from scp_node.config import (
     load_config,
     schema_keys,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path: Path, edits: dict[str, str] | None = None, extra: str = "") -> Path:
@@ -155,20 +150,6 @@ def test_missing_file_and_bad_ini(tmp_path: Path) -> None:
         load_config(bad, environ={})
 
 
-def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
-    path = _write(tmp_path, {"port = 11112": "port = eleven"})
-    proc = subprocess.run(
-        [sys.executable, "-m", "scp_node", "status", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "lungnode: config key [node] port = 'eleven': expected a whole number from 1 to 65535"
-    ]
-
-
 # --- built-in defaults: config.ini documents them, a file names only what differs ------------
 
 
@@ -248,30 +229,3 @@ def test_destination_names_are_case_insensitive_and_kept_as_written(tmp_path: Pa
     path.write_text("[destinations]\nPACS = A@127.0.0.1:104\npacs = B@127.0.0.1:104\n")
     with pytest.raises(ConfigError, match=r"\[destinations\] pacs: given twice"):
         load_config(path, environ={})
-
-
-def _lungnode_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LUNGNODE__")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "scp_node", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=env,
-    )
-
-
-def test_cli_without_c_uses_the_built_in_defaults_from_any_directory(tmp_path: Path) -> None:
-    proc = _lungnode_in(tmp_path, "status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "data" / "index.sqlite").is_file()
-    proc = _lungnode_in(tmp_path, "status", "--help")
-    assert "built-in defaults" in proc.stdout and "current directory" in proc.stdout
-    # -c still works as before, relative to the file's folder
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "node.ini").write_text("[storage]\nroot = store\n")
-    proc = _lungnode_in(tmp_path, "status", "-c", "etc/node.ini")
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "etc" / "store" / "index.sqlite").is_file()
