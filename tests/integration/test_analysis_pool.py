@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator
 
 import pydicom
 import pytest
+from in_process import store_and_index
 from node_process import PhantomFiles
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
 from scp_node.pipeline.analysis_pool import AnalysisPool
 from storage.database import Database
-from storage.index import Index, InstanceRecord
+from storage.index import Index
 from storage.instance_store import InstanceStore
 
 TIMEOUT_S = 240.0
@@ -44,25 +45,6 @@ def pool(node: tuple[Config, InstanceStore, Index]) -> Iterator[AnalysisPool]:
     running.stop(drain_seconds=30)
 
 
-def _receive(store: InstanceStore, index: Index, datasets: list[pydicom.Dataset]) -> None:
-    for ds in datasets:
-        temp = store.temp_path()
-        ds.save_as(temp, enforce_file_format=True)
-        path, _ = store.commit(temp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        index.record_instance(
-            InstanceRecord(
-                ds.StudyInstanceUID,
-                ds.SeriesInstanceUID,
-                ds.SOPInstanceUID,
-                ds.SOPClassUID,
-                ds.Modality,
-                path,
-                "PACS",
-                time.time(),
-            )
-        )
-
-
 def _wait_reported(index: Index, study_uids: set[str]) -> dict[str, str]:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
@@ -87,8 +69,8 @@ def test_two_processes_analyse_two_studies_at_once_each_reported_once(
     config, store, index = node
     other = generate_study(seed=22, histology="A", ct_size=96, ct_slices=32, pet=True)
     studies = {phantom_pet_ct.study.study_instance_uid, other.study_instance_uid}
-    _receive(store, index, phantom_pet_ct.datasets)
-    _receive(store, index, [*other.ct, *other.pet])
+    store_and_index(store, index, phantom_pet_ct.datasets)
+    store_and_index(store, index, [*other.ct, *other.pet])
     assert len(pool.worker_ids) == 2 and pool.model_info is not None
     assert set(index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds)) == studies
 
@@ -117,7 +99,7 @@ def test_a_process_killed_mid_analysis_has_its_job_retried(
 ) -> None:
     config, store, index = node
     uid = phantom_pet_ct.study.study_instance_uid
-    _receive(store, index, phantom_pet_ct.datasets)
+    store_and_index(store, index, phantom_pet_ct.datasets)
     assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds) == [uid]
 
     deadline = time.monotonic() + TIMEOUT_S

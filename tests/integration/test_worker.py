@@ -8,14 +8,14 @@ from collections.abc import Callable
 
 import pydicom
 import pytest
+from in_process import store_and_index
 from node_process import PhantomFiles
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
-from scp_node.dicom.instance_header import read_header
 from scp_node.pipeline.worker import AnalysisWorker
 from storage.database import Database
-from storage.index import Index, InstanceRecord
+from storage.index import Index
 from storage.instance_store import InstanceStore
 
 
@@ -27,33 +27,12 @@ def node(make_config: Callable[..., Config]) -> tuple[Config, InstanceStore, Ind
     return config, store, index
 
 
-def _receive(
-    store: InstanceStore, index: Index, datasets: list[pydicom.Dataset], calling_aet: str = "PACS"
-) -> None:
-    for ds in datasets:
-        temp = store.temp_path()
-        ds.save_as(temp, enforce_file_format=True)
-        path, _ = store.commit(temp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        index.record_instance(
-            InstanceRecord(
-                ds.StudyInstanceUID,
-                ds.SeriesInstanceUID,
-                ds.SOPInstanceUID,
-                ds.SOPClassUID,
-                ds.Modality,
-                path,
-                calling_aet,
-                time.time(),
-            )
-        )
-
-
 def test_worker_reports_a_ready_study_and_routes_to_the_sender(
     node, phantom_pet_ct: PhantomFiles
 ) -> None:
     config, store, index = node
     study = phantom_pet_ct.study
-    _receive(store, index, study.ct + study.pet)
+    store_and_index(store, index, study.ct + study.pet)
     worker = AnalysisWorker(config, store, index, "test-worker")
     assert worker.run_once() is False  # nothing READY yet
     assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds)
@@ -88,7 +67,7 @@ def test_a_destination_line_overrides_result_objects(
     store = InstanceStore(config.storage.root, 0)
     index = Index(Database.connect(config.storage.database_url))
     study = phantom_pet_ct.study
-    _receive(store, index, study.ct + study.pet)
+    store_and_index(store, index, study.ct + study.pet)
     index.mark_ready(time.time() + 60, 0)
     assert AnalysisWorker(config, store, index, "test-worker").run_once()
     modality = {
@@ -111,10 +90,10 @@ def test_new_instances_after_the_report_give_a_second_version_naming_the_first(
     config, store, index = node
     study = phantom_ct.study
     worker = AnalysisWorker(config, store, index, "test-worker")
-    _receive(store, index, study.ct[:-1])
+    store_and_index(store, index, study.ct[:-1])
     index.mark_ready(time.time() + 60, 0)
     assert worker.run_once()
-    _receive(store, index, study.ct[-1:])
+    store_and_index(store, index, study.ct[-1:])
     index.mark_ready(time.time() + 120, 0)
     assert worker.run_once()
     reports = [pydicom.dcmread(p) for p in store.root.rglob("*.dcm")]
@@ -129,7 +108,7 @@ def test_new_instances_after_the_report_give_a_second_version_naming_the_first(
 def test_lease_is_renewed_while_an_analysis_runs(node) -> None:
     config, store, index = node
     study = generate_study(seed=5, histology="G", ct_size=64, ct_slices=12, pet=False)
-    _receive(store, index, study.ct)
+    store_and_index(store, index, study.ct)
     index.mark_ready(time.time() + 60, 0)
     job = index.claim_job("slow-worker", config.pipeline.job_lease_seconds, time.time())
     assert job is not None
@@ -144,7 +123,7 @@ def test_lease_is_renewed_while_an_analysis_runs(node) -> None:
 def test_study_from_an_unknown_sender_is_reported_with_a_reason_a_person_can_act_on(node) -> None:
     config, store, index = node
     study = generate_study(seed=6, histology="B", ct_size=64, ct_slices=16, pet=False)
-    _receive(store, index, study.ct, calling_aet="MODALITY1")
+    store_and_index(store, index, study.ct, calling_aet="MODALITY1")
     index.mark_ready(time.time() + 60, 0)
     assert AnalysisWorker(config, store, index, "test-worker").run_once()
     (row,) = index.status()["studies"]
@@ -156,7 +135,7 @@ def test_study_from_an_unknown_sender_is_reported_with_a_reason_a_person_can_act
 def test_study_that_cannot_be_analysed_gets_an_sr_saying_why(node) -> None:
     config, store, index = node
     study = generate_study(seed=7, histology="A", ct_size=64, ct_slices=16, pet=True)
-    _receive(store, index, study.pet)  # no CT at all
+    store_and_index(store, index, study.pet)  # no CT at all
     index.mark_ready(time.time() + 60, 0)
     assert AnalysisWorker(config, store, index, "test-worker").run_once()
     (row,) = index.status()["studies"]
@@ -174,15 +153,6 @@ def test_study_that_cannot_be_analysed_gets_an_sr_saying_why(node) -> None:
         for ref in series.ReferencedSOPSequence
     }
     assert evidence == {ds.SOPInstanceUID for ds in study.pet}
-
-
-def _receive_indexed(store: InstanceStore, index: Index, datasets: list[pydicom.Dataset]) -> None:
-    """As the receiver stores them: each instance indexed from its own header read."""
-    for ds in datasets:
-        temp = store.temp_path()
-        ds.save_as(temp, enforce_file_format=True)
-        path, _ = store.commit(temp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        index.record_instance(read_header(path).record(path, "PACS", time.time()))
 
 
 @pytest.mark.parametrize(
@@ -203,7 +173,7 @@ def test_sources_read_otherwise_than_indexed_fail_the_study_audited(
     study = generate_study(seed=8, histology="A", ct_size=64, ct_slices=16, pet=False)
     for ds in study.ct:
         ds.PatientBirthDate = "19600101"
-    _receive_indexed(store, index, study.ct)
+    store_and_index(store, index, study.ct)
     victim = next(store.root.rglob("*.dcm"))
     ds = pydicom.dcmread(victim)
     setattr(ds, keyword, value)  # the file now reads otherwise than its index row

@@ -1,11 +1,13 @@
 """The node's parts in process, on a real store and SQLite index: a started `Receiver`
-(`RunningNode`), an `Outbox` holding one analysed study's result, and the files they handle
-(`make_ct`, `result_dataset`). Fixtures in conftest.py wrap them; tests needing their own
+(`RunningNode`), datasets committed and indexed as the receiver does it (`store_and_index`), an
+`Outbox` holding one analysed study's result, and the files they handle (`make_ct`,
+`result_dataset`). Fixtures in conftest.py wrap them; tests needing their own
 configuration build them directly."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from scp_node.config import Config
+from scp_node.dicom.instance_header import read_header
 from scp_node.dicom.sop_classes import STORAGE_SOP_CLASSES
 from scp_node.receive.receiver import Receiver
 from storage.database import Database
@@ -85,6 +88,21 @@ def make_ct(
     ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
     return path
+
+
+def store_and_index(
+    store: InstanceStore, index: Index, datasets: Iterable[Dataset], calling_aet: str = "PACS"
+) -> list[Path]:
+    """Commit each dataset to the store and index it from its own header read, as the receiver
+    does for a C-STORE from `calling_aet`; returns the stored paths."""
+    paths = []
+    for ds in datasets:
+        temp = store.temp_path()
+        ds.save_as(temp, enforce_file_format=True)
+        path, _ = store.commit(temp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        index.record_instance(read_header(path).record(path, calling_aet, time.time()))
+        paths.append(path)
+    return paths
 
 
 class RunningNode:
