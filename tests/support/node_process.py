@@ -42,7 +42,12 @@ class NodeProcess:
     ) -> None:
         """`archive_port`: send every result to a DCMTK storescp (AE STORESCP) on that port.
         `overrides`: more config keys as `section__key` (tests/support/configs.py), e.g.
-        `{"sender__max_attempts": 3}`; they win over the arguments above."""
+        `{"sender__max_attempts": 3}`; they win over the arguments above.
+
+        The node receives in its serve process (`[node] receiver_processes = 1`), not in the
+        shipped `auto` (one process per core): each receiver process adds seconds to every
+        start, and most tests test something else. A test of several receivers asks for them
+        with `overrides={"node__receiver_processes": N}` (or `"auto"`)."""
         if archive_port is not None:
             destinations = {"archive": f"STORESCP@127.0.0.1:{archive_port}", **(destinations or {})}
             send_results_to = "archive"
@@ -58,6 +63,7 @@ class NodeProcess:
         self.env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "2"}
         settings: dict[str, object] = dict(
             node__port=self.port,
+            node__receiver_processes=1,
             storage__root=workdir / "store",
             storage__min_free_mb=1,
             pipeline__study_quiet_seconds=quiet_seconds,
