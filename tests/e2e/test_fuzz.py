@@ -52,7 +52,7 @@ def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_sen
             quiet_seconds=2,
         ) as node,
     ):
-        rss["start"] = node.rss_kib() / 1024.0  # the serve process and its receivers
+        rss["start"] = node.rss_kib() / 1024.0  # the serve process (receiving) and its children
         ae = AE(ae_title="STORESCU")
         ae.add_requested_context(CT)
         ae.add_requested_context("1.2.840.10008.1.1")

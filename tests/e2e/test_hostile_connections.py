@@ -76,7 +76,7 @@ def _echo(port: int) -> tuple[bool, float]:
 def test_four_gib_association_request_is_cut_before_it_is_read(tmp_path: Path) -> None:
     with _node(tmp_path) as node:
         assert _echo(node.port)[0]
-        before = node.rss_kib()  # the serve process and its receiver processes
+        before = node.rss_kib()  # the serve process (receiving) and its children
         sock = _connect_from("127.0.0.1", node.port)
         sent = 0
         cut = False
