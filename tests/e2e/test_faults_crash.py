@@ -101,7 +101,15 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
     acked: dict[str, Path] = {}
     interrupted = 0
     with StorescpServer(tmp_path / "archive", options=["+uf"]) as archive:
-        node = _node(tmp_path, archive, "receiver", quiet_seconds=600)
+        # two receiver processes, as a node receives by default: kill -9 takes them with the
+        # serve process, and the restart must index what each of them acknowledged
+        node = _node(
+            tmp_path,
+            archive,
+            "receiver",
+            quiet_seconds=600,
+            overrides={"node__receiver_processes": 2},
+        )
         for kill_after in kill_points:
             node.start()
             _check_acknowledged(node, acked, study_uid, series_uid)
