@@ -1,6 +1,8 @@
-"""Fixtures shared by the test modules. Plain helpers (DCMTK, Orthanc, the node as a
-subprocess, the in-process receiver and outbox, config overrides) live in their own modules
-beside this one; the fixtures here give tests one way to get each of them.
+"""Fixtures shared by the test modules of every tier (unit/, integration/, e2e/, contracts/).
+Plain helpers (DCMTK, Orthanc, the node as a subprocess, the in-process receiver and outbox,
+config overrides) live in support/, which pytest puts on the path (pyproject.toml's
+`pythonpath`), so tests import them by module name; the fixtures here give tests one way to get
+each of them.
 
 - `free_port`: the function giving a free loopback TCP port (support/ports.py).
 - `make_config`: a `Config` from config.ini with the store in the test's tmp_path and
@@ -13,7 +15,7 @@ beside this one; the fixtures here give tests one way to get each of them.
   session, for tests that need "a small study" rather than a particular one. Read-only.
 - `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
 - `lung_pet_ct_dx`: its Lung-PET-CT-Dx patients in the TCIA layout.
-- `encoded_cases`: the SR/SEG test cases, encoded once per session (tests/support/encoded_cases.py).
+- `encoded_cases`: the SR/SEG test cases, encoded once per session (support/encoded_cases.py).
 
 Every test gets the logging setup back as it found it (`_logging_as_found`): a test that runs
 `lungnode ...` in-process installs the node's stdout handler on pytest's captured stdout, and a
