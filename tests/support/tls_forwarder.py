@@ -34,6 +34,10 @@ class TlsForwarder:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
+        try:  # wakes the accept() below at once; close() alone leaves it blocked
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         self._thread.join(5)
 
