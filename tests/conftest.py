@@ -15,6 +15,8 @@ each of them.
   session, for tests that need "a small study" rather than a particular one. Read-only.
 - `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
 - `lung_pet_ct_dx`: its Lung-PET-CT-Dx patients in the TCIA layout.
+- `certs`: a throw-away CA with node and peer certificates and an untrusted CA, made once per
+  module (support/tls_certificates.py).
 - `encoded_cases`: the SR/SEG test cases, encoded once per session (support/encoded_cases.py).
 
 Every test gets the logging setup back as it found it (`_logging_as_found`): a test that runs
@@ -39,6 +41,7 @@ from in_process import RunningNode
 from node_process import NodeProcess, PhantomFiles, save_datasets
 from ports import free_port as _free_port
 from postgres_server import postgres_server, postgres_url
+from tls_certificates import Certificates, make_certificates
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
@@ -151,6 +154,12 @@ def lung_pet_ct_dx(shared_data: Path) -> Path:
     folder = shared_data / "lung-pet-ct-dx"
     assert (folder / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").is_dir(), f"{folder} is incomplete"
     return folder
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """Certificates for TLS tests: CA, node, peer, and a rogue CA with its client."""
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 @pytest.fixture(scope="session")

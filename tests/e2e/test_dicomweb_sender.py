@@ -15,7 +15,7 @@ import pytest
 from in_process import BASIC_TEXT_SR, NOW, Outbox, result_dataset, sender_config
 from orthanc import Orthanc, require_orthanc
 from ports import free_port
-from tls_certificates import Certificates, make_certificates
+from tls_certificates import Certificates
 from tls_forwarder import TlsForwarder
 
 from scp_node.config import ConfigError
@@ -113,11 +113,6 @@ def test_service_not_listening_is_retried(tmp_path: Path) -> None:
 
 
 # --- HTTPS ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certs"))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ import pytest
 from dcmtk import run_echoscu
 from in_process import RunningNode
 from pynetdicom import AE
-from test_tls import certs, dcmtk_tls, tls_overrides  # noqa: F401  (fixture)
-from tls_certificates import Certificates
+from tls_certificates import Certificates, dcmtk_tls, tls_overrides
 
 from scp_node.app.check_config import echo
 from scp_node.config import ConfigError, Destination, load_config
@@ -25,7 +24,7 @@ from scp_node.dicom.tls import client_context, server_context
 
 
 @pytest.fixture
-def mapped_node(tmp_path: Path, certs: Certificates) -> Iterator[RunningNode]:  # noqa: F811
+def mapped_node(tmp_path: Path, certs: Certificates) -> Iterator[RunningNode]:
     running = RunningNode(
         tmp_path,
         **tls_overrides(
@@ -49,7 +48,7 @@ def _audit(node: RunningNode) -> list[dict[str, object]]:
 
 def test_certificate_may_present_only_its_mapped_ae_titles(
     mapped_node: RunningNode,
-    certs: Certificates,  # noqa: F811
+    certs: Certificates,
 ) -> None:
     peer = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.ca)
     node_cert = dcmtk_tls(certs.node_key, certs.node_cert, certs.ca)
@@ -76,7 +75,7 @@ def test_certificate_may_present_only_its_mapped_ae_titles(
 
 def test_without_a_mapping_the_subject_is_still_audited(
     tmp_path: Path,
-    certs: Certificates,  # noqa: F811
+    certs: Certificates,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level("WARNING", logger="lungnode.receiver"):
@@ -110,7 +109,7 @@ def _handshake(port: int, context: ssl.SSLContext) -> tuple[str, str] | None:
         return None
 
 
-def _peer_client(certs: Certificates) -> ssl.SSLContext:  # noqa: F811
+def _peer_client(certs: Certificates) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.load_verify_locations(cafile=str(certs.ca))
@@ -120,7 +119,7 @@ def _peer_client(certs: Certificates) -> ssl.SSLContext:  # noqa: F811
 
 def test_only_aead_suites_on_tls_1_2_and_tls_1_3_preferred(
     tmp_path: Path,
-    certs: Certificates,  # noqa: F811
+    certs: Certificates,
 ) -> None:
     running = RunningNode(tmp_path, **tls_overrides(certs))
     try:
@@ -156,7 +155,7 @@ def _echo_as_sender(port: int, context: ssl.SSLContext, host: str) -> bool:
 
 def test_destination_host_name_check_and_certificate_pinning(
     tmp_path: Path,
-    certs: Certificates,  # noqa: F811
+    certs: Certificates,
 ) -> None:
     running = RunningNode(
         tmp_path,

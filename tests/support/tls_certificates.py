@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from in_process import Outbox, sender_config
 
 _DAYS = "2"
 _LEAF_EXTENSIONS = """\
@@ -95,3 +96,24 @@ def make_certificates(folder: Path) -> Certificates:
         rogue_cert=rogue_cert,
         rogue_key=rogue_key,
     )
+
+
+def tls_overrides(certs: Certificates, **more: str) -> dict[str, str]:
+    """Config overrides (RunningNode / sender_config style) giving the node its TLS files."""
+    return {
+        "security__tls_certificate": str(certs.node_cert),
+        "security__tls_private_key": str(certs.node_key),
+        "security__tls_ca_certificates": str(certs.ca),
+        **more,
+    }
+
+
+def dcmtk_tls(key: Path, cert: Path, ca: Path) -> list[str]:
+    """DCMTK options for an authenticated TLS connection trusting the CA file `ca`."""
+    return ["+tls", str(key), str(cert), "-pw", "+cf", str(ca)]
+
+
+def tls_outbox(tmp: Path, certs: Certificates, port: int, ae: str = "STORESCP") -> Outbox:
+    """An Outbox with one result for the destination `ae`@127.0.0.1:`port` over TLS."""
+    overrides = tls_overrides(certs, destinations__pacs=f"{ae}@127.0.0.1:{port} tls")
+    return Outbox(tmp, sender_config(tmp, port, **overrides))

@@ -1,5 +1,6 @@
-"""DICOM TLS on the node's SCP and SCU, against real DCMTK (echoscu, storescu, storescp) and
-Orthanc with DicomTlsEnabled, on loopback with throw-away certificates (tls_certificates.py).
+"""DICOM TLS on the node's SCP and SCU (in process), against real DCMTK (echoscu, storescu,
+storescp), on loopback with throw-away certificates (support/tls_certificates.py); against
+Orthanc with DicomTlsEnabled: e2e/test_tls_orthanc.py.
 
 SCP cases (the ones Orthanc's own DICOM TLS tests cover): no client certificate, a trusted
 client, an untrusted client (another CA), a client pinning the wrong server CA, plain TCP;
@@ -14,42 +15,20 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dcmtk import StorescpServer, run_echoscu, run_storescu
-from in_process import NOW, Outbox, RunningNode, make_ct, sender_config
-from orthanc import Orthanc, require_orthanc
+from in_process import NOW, RunningNode, make_ct, sender_config
 from pydicom import dcmread
 from pynetdicom import AE
-from tls_certificates import Certificates, make_certificates
+from tls_certificates import Certificates, dcmtk_tls, tls_outbox, tls_overrides
 
 from scp_node.config import ConfigError
 from scp_node.dicom.tls import client_context, server_context
 from scp_node.pipeline.sender import Sender
 
 VERIFICATION = "1.2.840.10008.1.1"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certificates"))
-
-
-def tls_overrides(certs: Certificates, **more: str) -> dict[str, str]:
-    """Config overrides (RunningNode / sender_config style) giving the node its TLS files."""
-    return {
-        "security__tls_certificate": str(certs.node_cert),
-        "security__tls_private_key": str(certs.node_key),
-        "security__tls_ca_certificates": str(certs.ca),
-        **more,
-    }
-
-
-def dcmtk_tls(key: Path, cert: Path, ca: Path) -> list[str]:
-    """DCMTK options for an authenticated TLS connection trusting the CA file `ca`."""
-    return ["+tls", str(key), str(cert), "-pw", "+cf", str(ca)]
 
 
 @pytest.fixture
@@ -255,16 +234,11 @@ def test_tls_configuration_errors_name_the_key(
 # --- SCU: results to TLS destinations ------------------------------------------------------
 
 
-def _tls_outbox(tmp: Path, certs: Certificates, port: int, ae: str = "STORESCP") -> Outbox:
-    overrides = tls_overrides(certs, destinations__pacs=f"{ae}@127.0.0.1:{port} tls")
-    return Outbox(tmp, sender_config(tmp, port, **overrides))
-
-
 def test_result_reaches_storescp_over_tls(
     free_port: Callable[[], int], tmp_path: Path, certs: Certificates
 ) -> None:
     port = free_port()
-    box = _tls_outbox(tmp_path, certs, port)
+    box = tls_outbox(tmp_path, certs, port)
     try:
         ds = box.add_result()
         tls = dcmtk_tls(certs.peer_key, certs.peer_cert, certs.ca)  # requires our certificate
@@ -281,7 +255,7 @@ def test_destination_with_untrusted_certificate_is_retried(
     free_port: Callable[[], int], tmp_path: Path, certs: Certificates
 ) -> None:
     port = free_port()
-    box = _tls_outbox(tmp_path, certs, port)
+    box = tls_outbox(tmp_path, certs, port)
     try:
         box.add_result()
         tls = dcmtk_tls(certs.rogue_key, certs.rogue_cert, certs.ca)
@@ -298,128 +272,13 @@ def test_destination_with_untrusted_certificate_is_retried(
 # --- Orthanc with DicomTlsEnabled ----------------------------------------------------------
 
 
-class TlsOrthanc(Orthanc):
-    """Orthanc whose DICOM port speaks TLS only and which reaches `tls_modalities` over TLS."""
-
-    def __init__(
-        self, workdir: Path, certs: Certificates, tls_modalities: dict[str, tuple[str, int]]
-    ) -> None:
-        super().__init__(workdir)
-        self.certs = certs
-        self.tls_modalities = tls_modalities
-
-    def _write_config(self) -> Path:
-        path = super()._write_config()
-        config = json.loads(path.read_text())
-        config.update(
-            {
-                "DicomTlsEnabled": True,
-                "DicomTlsCertificate": str(self.certs.peer_cert),
-                "DicomTlsPrivateKey": str(self.certs.peer_key),
-                "DicomTlsTrustedCertificates": str(self.certs.ca),
-                "DicomTlsRemoteCertificateRequired": True,
-            }
-        )
-        config["DicomModalities"].update(
-            {
-                name: {"AET": ae, "Host": "127.0.0.1", "Port": port, "UseDicomTls": True}
-                for name, (ae, port) in self.tls_modalities.items()
-            }
-        )
-        path.write_text(json.dumps(config, indent=2))
-        return path
-
-
-@dataclass
-class OrthancAndNode:
-    orthanc: TlsOrthanc
-    node: RunningNode
-    workdir: Path
-
-
-@pytest.fixture(scope="module")
-def orthanc_and_node(
-    tmp_path_factory: pytest.TempPathFactory, certs: Certificates
-) -> Iterator[OrthancAndNode]:
-    require_orthanc()
-    workdir = tmp_path_factory.mktemp("orthanc-tls")
-    node = RunningNode(
-        workdir / "node",
-        **tls_overrides(certs, security__allowed_calling_aets="ORTHANC"),
-    )
-    orthanc = TlsOrthanc(workdir / "orthanc", certs, {"lungnode": ("LUNGNODE", node.port)})
-    try:
-        orthanc.start()  # Orthanc is installed (TlsOrthanc skips otherwise): failing is loud
-    except BaseException:
-        node.close()
-        raise
-    try:
-        yield OrthancAndNode(orthanc, node, workdir)
-    finally:
-        orthanc.stop()
-        node.close()
-
-
-@pytest.mark.slow
-def test_orthanc_pushes_a_study_to_the_node_over_tls(orthanc_and_node: OrthancAndNode) -> None:
-    orthanc, node = orthanc_and_node.orthanc, orthanc_and_node.node
-    study_uid = "1.2.826.0.1.3680043.8.498.31"
-    sent = [make_ct(orthanc_and_node.workdir / f"ct{i}.dcm", study_uid=study_uid) for i in range(2)]
-    for path in sent:
-        orthanc.upload(path)
-    orthanc.store_study_to("lungnode", study_uid)
-    assert sorted(node.stored) == sorted(str(dcmread(p).SOPInstanceUID) for p in sent)
-
-
-@pytest.mark.slow
-def test_node_sends_its_result_to_orthanc_over_tls(
-    orthanc_and_node: OrthancAndNode, certs: Certificates
-) -> None:
-    orthanc = orthanc_and_node.orthanc
-    box = _tls_outbox(
-        orthanc_and_node.workdir / "sender", certs, orthanc.dicom_port, ae=orthanc.aet
-    )
-    try:
-        ds = box.add_result()
-        assert Sender(box.config, box.index).deliver_due(NOW) == 1
-        assert box.row()["state"] == "SENT", box.row()
-    finally:
-        box.database.close()
-    found = orthanc.request("POST", "/tools/lookup", str(ds.SOPInstanceUID).encode(), "text/plain")
-    assert [item["Type"] for item in found] == ["Instance"], found
-
-
-@pytest.mark.slow
-def test_orthanc_refuses_a_node_certificate_it_does_not_trust(
-    orthanc_and_node: OrthancAndNode, certs: Certificates
-) -> None:
-    """The node presenting a certificate from another CA is refused by Orthanc (transient)."""
-    orthanc = orthanc_and_node.orthanc
-    workdir = orthanc_and_node.workdir / "rogue-sender"
-    overrides = tls_overrides(
-        certs,
-        security__tls_certificate=str(certs.rogue_cert),
-        security__tls_private_key=str(certs.rogue_key),
-        destinations__pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port} tls",
-    )
-    workdir.mkdir()
-    box = Outbox(workdir, sender_config(workdir, orthanc.dicom_port, **overrides))
-    try:
-        box.add_result()
-        Sender(box.config, box.index).deliver_due(NOW)
-        row = box.row()
-        assert row["state"] == "PENDING" and row["attempts"] == 1, row
-    finally:
-        box.database.close()
-
-
 def test_a_tls_destination_without_a_tls_context_is_never_sent_in_plain(
     free_port: Callable[[], int], tmp_path: Path, certs: Certificates
 ) -> None:
     """Issue 17: should the sender hold no TLS context for a `tls` destination, the result is
     not sent at all (a plain storescp on its port receives nothing) and the row says why."""
     port = free_port()
-    box = _tls_outbox(tmp_path, certs, port)
+    box = tls_outbox(tmp_path, certs, port)
     try:
         box.add_result()
         sender = Sender(box.config, box.index)
