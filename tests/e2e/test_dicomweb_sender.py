@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 from in_process import BASIC_TEXT_SR, NOW, Outbox, result_dataset, sender_config
-from orthanc import Orthanc, require_orthanc
+from orthanc import (
+    DICOMWEB_PASSWORD,
+    DICOMWEB_USER,
+    Orthanc,
+    dicomweb_config,
+    require_dicomweb,
+)
 from ports import free_port
 from tls_certificates import Certificates
 from tls_forwarder import TlsForwarder
@@ -22,25 +28,7 @@ from scp_node.config import ConfigError
 from scp_node.pipeline.dicomweb_sender import session_for
 from scp_node.pipeline.sender import Sender
 
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-USER, PASSWORD = "lungnode", "s3cret-pass"
-
-
-def require_dicomweb() -> None:
-    require_orthanc()
-    if not DICOMWEB_PLUGIN.exists():
-        pytest.skip(f"{DICOMWEB_PLUGIN} not found: install the Debian package orthanc-dicomweb")
-
-
-def dicomweb_config(**more: object) -> dict[str, object]:
-    """Orthanc configuration with the DICOMweb plugin at /dicom-web/ and one REST user."""
-    return {
-        "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {USER: PASSWORD},
-        **more,
-    }
+USER, PASSWORD = DICOMWEB_USER, DICOMWEB_PASSWORD
 
 
 @pytest.fixture

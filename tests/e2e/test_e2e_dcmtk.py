@@ -24,29 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REAL_STUDY = Path("lung-pet-ct-dx") / "Lung-PET-CT-Dx" / "Lung_Dx-A0002"  # in shared_data
 
 
-def _results(storescp: StorescpServer) -> dict[str, list[pydicom.Dataset]]:
-    """The files storescp received, by Modality (SR, SEG)."""
-    found: dict[str, list[pydicom.Dataset]] = {}
-    for path in storescp.received():
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        ds.filename = str(path)
-        found.setdefault(str(ds.Modality), []).append(ds)
-    return found
-
-
-def _wait_results(
-    storescp: StorescpServer, node: NodeProcess, kinds: set[str], timeout: float = 180
-) -> dict[str, list[pydicom.Dataset]]:
-    deadline = time.monotonic() + timeout
-    found: dict[str, list[pydicom.Dataset]] = {}
-    while time.monotonic() < deadline:
-        found = _results(storescp)
-        if kinds <= set(found):
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"results {kinds} not received; got {set(found)}\n{node.log()[-4000:]}")
-
-
 def _node(node_process: Callable[..., NodeProcess], storescp_port: int, **kw: Any) -> NodeProcess:
     return node_process(archive_port=storescp_port, **kw)
 
@@ -65,7 +42,7 @@ def test_storescu_to_node_to_storescp_pet_ct(
     with StorescpServer(tmp_path / "archive") as archive, _node(node_process, archive.port) as node:
         assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
         _send(files, node)
-        found = _wait_results(archive, node, {"SR", "SEG"})
+        found = archive.wait_for_modalities({"SR", "SEG"}, node.log)
         status = node.wait_for(
             lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 60, "DELIVERED"
         )
@@ -90,11 +67,11 @@ def test_real_lung_pet_ct_dx_series(
     assert len(files) == 60
     with StorescpServer(tmp_path / "archive") as archive, _node(node_process, archive.port) as node:
         _send(files, node)
-        found = _wait_results(archive, node, {"SR"}, timeout=300)
+        found = archive.wait_for_modalities({"SR"}, node.log, timeout=300)
         node.wait_for(
             lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120, "DELIVERED"
         )
-        found = _results(archive)  # the SEG may arrive after the SR: read again once delivered
+        found = archive.by_modality()  # the SEG may arrive after the SR: read again once delivered
     (sr,) = found["SR"]
     assert run_dciodvfy(Path(sr.filename)) == []
     series_of = {}
@@ -132,7 +109,7 @@ def test_restart_while_receiving_completes_once(
                 "DELIVERED after restart",
             )
             time.sleep(3)  # any duplicate delivery would arrive now
-        found = _results(archive)
+        found = archive.by_modality()
     assert len(found["SR"]) == 1
 
 
@@ -156,7 +133,7 @@ def test_destination_down_then_up(
                 120,
                 "DELIVERED once the destination is up",
             )
-            found = _results(archive)
+            found = archive.by_modality()
     assert len(found["SR"]) == 1
 
 

@@ -18,7 +18,6 @@ from dcmtk import StorescpServer
 from header_constructs import OTHER_PATIENT, group_fffe_covering, text
 from node_process import NodeProcess, save_datasets
 from pynetdicom import AE
-from test_e2e_dcmtk import _wait_results
 
 from classifier.datasets.phantom import generate_study
 from scp_node.dicom.status import PATIENT_MISMATCH, SUCCESS
@@ -64,7 +63,7 @@ def test_hidden_second_patient_is_refused_and_results_name_one_patient(
     ):
         statuses = _send_files(node, paths)
         assert statuses == [SUCCESS] * 15 + [PATIENT_MISMATCH] * 15, node.log()[-3000:]
-        found = _wait_results(archive, node, {"SR"})
+        found = archive.wait_for_modalities({"SR"}, node.log)
         node.wait_for(
             lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120, "DELIVERED"
         )

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from node_process import NodeProcess, PhantomFiles
-from orthanc import Orthanc
+from orthanc import DICOMWEB_PASSWORD, DICOMWEB_USER, Orthanc, dicomweb_config, require_dicomweb
 from ports import free_port
-from test_dicomweb_sender import dicomweb_config, require_dicomweb
 
 from scp_node.credentials import hash_password
 
@@ -28,7 +27,7 @@ def test_orthanc_sends_a_study_by_stow_rs_and_gets_its_results(
 ) -> None:
     require_dicomweb()
     web_port = free_port()
-    pacs = Orthanc(tmp_path / "orthanc", rest_auth=("lungnode", "s3cret-pass"))
+    pacs = Orthanc(tmp_path / "orthanc", rest_auth=(DICOMWEB_USER, DICOMWEB_PASSWORD))
     node = node_process(
         destinations={"pacs": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"},
         send_results_to="pacs",

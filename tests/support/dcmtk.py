@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import pydicom
 import pytest
 from ports import free_port, wait_for_port
 
@@ -128,3 +130,28 @@ class StorescpServer:
     def received(self) -> list[Path]:
         """The files storescp has written so far."""
         return sorted(p for p in self.folder.rglob("*") if p.is_file())
+
+    def by_modality(self) -> dict[str, list[pydicom.Dataset]]:
+        """The headers of the files received so far by Modality (SR, SEG), with filenames."""
+        found: dict[str, list[pydicom.Dataset]] = {}
+        for path in self.received():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds.filename = str(path)
+            found.setdefault(str(ds.Modality), []).append(ds)
+        return found
+
+    def wait_for_modalities(
+        self, kinds: set[str], node_log: Callable[[], str], timeout: float = 180
+    ) -> dict[str, list[pydicom.Dataset]]:
+        """`by_modality()` once every modality in `kinds` has arrived; fails with the sending
+        node's log (`node_log()`) after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, list[pydicom.Dataset]] = {}
+        while time.monotonic() < deadline:
+            found = self.by_modality()
+            if kinds <= set(found):
+                return found
+            time.sleep(0.5)
+        raise AssertionError(
+            f"results {kinds} not received; got {set(found)}\n{node_log()[-4000:]}"
+        )

@@ -22,6 +22,9 @@ import pytest
 from ports import free_port
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# The REST user of an Orthanc made with dicomweb_config().
+DICOMWEB_USER, DICOMWEB_PASSWORD = "lungnode", "s3cret-pass"
 
 
 def require_orthanc() -> str:
@@ -30,6 +33,24 @@ def require_orthanc() -> str:
     if shutil.which(ORTHANC_BINARY) is None:
         pytest.skip(f"{ORTHANC_BINARY} not found: install the Debian package orthanc")
     return ORTHANC_BINARY
+
+
+def require_dicomweb() -> None:
+    """Orthanc and its DICOMweb plugin, or skip the calling test naming the Debian package."""
+    require_orthanc()
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip(f"{DICOMWEB_PLUGIN} not found: install the Debian package orthanc-dicomweb")
+
+
+def dicomweb_config(**more: object) -> dict[str, object]:
+    """Orthanc configuration with the DICOMweb plugin at /dicom-web/ and one REST user."""
+    return {
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {DICOMWEB_USER: DICOMWEB_PASSWORD},
+        **more,
+    }
 
 
 class Orthanc:
