@@ -28,22 +28,23 @@ from header_constructs import (
     group_fffe_covering,
     header,
     hidden_patient,
+    indexed_ct,
     mutate,
     text,
     undefined_item_sequence,
     undefined_non_sequence,
+    with_nested_sequence,
 )
 from pydicom import dcmread
-from test_header_scan import _ct, _with_nested_sequence
 
 from scp_node.dicom.header_scan import scan_header
 from scp_node.dicom.instance_header import HEADER_TAGS, HeaderError, patient_digest, read_header
 
-STUDY = "1.2.826.0.1.3680043.8.498.1"  # _ct's Study Instance UID
+STUDY = "1.2.826.0.1.3680043.8.498.1"  # indexed_ct's Study Instance UID
 
 
 def _base(implicit: bool) -> Encoded:
-    return encode(_with_nested_sequence(_ct(SpecificCharacterSet="ISO_IR 100")), implicit)
+    return encode(with_nested_sequence(indexed_ct(SpecificCharacterSet="ISO_IR 100")), implicit)
 
 
 def _scan_declined(path: Path) -> bool:

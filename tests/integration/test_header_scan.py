@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from header_constructs import indexed_ct, with_nested_sequence
 from node_process import PhantomFiles
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -27,8 +27,6 @@ from pydicom.uid import (
 
 from scp_node.dicom.header_scan import SCAN_BYTES, scan_header
 from scp_node.dicom.instance_header import HEADER_TAGS, read_header
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _by_pydicom(path: Path) -> dict[str, object]:
@@ -52,28 +50,6 @@ def _assert_agrees(path: Path) -> bool:
     return True
 
 
-def _ct(**elements: object) -> Dataset:
-    """A small CT header with every indexed element, then `elements` (keyword=value)."""
-    ds = Dataset()
-    ds.SOPClassUID = CT
-    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1.1"
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1.2"
-    ds.Modality = "CT"
-    ds.StudyDate = "20240102"
-    ds.AccessionNumber = "ACC 7"
-    ds.PatientID = "P-123"
-    ds.PatientBirthDate = "19500101"
-    ds.NumberOfSlices = 42
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelData = bytes(32)
-    return ds
-
-
 def _save(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -81,23 +57,6 @@ def _save(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path
     ds.file_meta.TransferSyntaxUID = syntax
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def _with_nested_sequence(ds: Dataset, undefined: bool = True) -> Dataset:
-    """`ds` with a Referenced Image Sequence (0008,1140: before Patient ID) of two items, the
-    second holding a sequence of its own; sequences and items of undefined length or not."""
-    inner = Dataset()
-    inner.CodeValue, inner.CodingSchemeDesignator = "T-D3000", "SRT"
-    first, second = Dataset(), Dataset()
-    first.ReferencedSOPClassUID, first.ReferencedSOPInstanceUID = CT, "1.2.3.4"
-    second.ReferencedSOPClassUID = CT
-    second.PurposeOfReferenceCodeSequence = Sequence([inner])
-    ds.ReferencedImageSequence = Sequence([first, second])
-    for element in (ds["ReferencedImageSequence"], second["PurposeOfReferenceCodeSequence"]):
-        element.is_undefined_length = undefined
-    for item in (first, second, inner):
-        item.is_undefined_length_sequence_item = undefined
-    return ds
 
 
 def test_real_ct_and_pet_are_scanned_and_agree(shared_data: Path) -> None:
@@ -116,7 +75,7 @@ def test_phantom_files_are_scanned_and_agree(phantom_pet_ct: PhantomFiles) -> No
 def test_nested_sequences_before_the_indexed_elements(
     tmp_path: Path, syntax: str, undefined: bool
 ) -> None:
-    path = _save(_with_nested_sequence(_ct(), undefined), tmp_path / "ct.dcm", syntax)
+    path = _save(with_nested_sequence(indexed_ct(), undefined), tmp_path / "ct.dcm", syntax)
     assert (b"\xfe\xff\xdd\xe0" in path.read_bytes()) == undefined  # sequence delimiter
     assert _assert_agrees(path)
 
@@ -128,7 +87,9 @@ def test_nested_sequences_before_the_indexed_elements(
 def test_values_are_decoded_in_the_files_character_set(
     tmp_path: Path, charset: str, patient_id: str
 ) -> None:
-    path = _save(_ct(SpecificCharacterSet=charset, PatientID=patient_id), tmp_path / "ct.dcm")
+    path = _save(
+        indexed_ct(SpecificCharacterSet=charset, PatientID=patient_id), tmp_path / "ct.dcm"
+    )
     assert _assert_agrees(path)
     assert read_header(path).patient_id == patient_id
 
@@ -145,17 +106,17 @@ def test_values_are_decoded_in_the_files_character_set(
     ids=["multi-value", "empty-modality", "empty-accession", "padded-uid", "no-birth-date"],
 )
 def test_odd_values_agree(tmp_path: Path, elements: dict[str, object]) -> None:
-    ds = _ct(**{k: v for k, v in elements.items() if v is not None})
+    ds = indexed_ct(**{k: v for k, v in elements.items() if v is not None})
     for keyword in [k for k, v in elements.items() if v is None]:
         del ds[keyword]
     assert _assert_agrees(_save(ds, tmp_path / "ct.dcm"))
 
 
 def test_number_of_slices_absent_and_empty_agree(tmp_path: Path) -> None:
-    ds = _ct()
+    ds = indexed_ct()
     del ds.NumberOfSlices
     assert _assert_agrees(_save(ds, tmp_path / "absent.dcm"))
-    ds = _ct()
+    ds = indexed_ct()
     ds["NumberOfSlices"].value = None
     assert _assert_agrees(_save(ds, tmp_path / "empty.dcm"))
 
@@ -164,7 +125,7 @@ def test_encapsulated_pixel_data_is_left_to_pydicom(tmp_path: Path) -> None:
     """A compressed transfer syntax: the header is explicit VR little endian, but where the
     undefined-length Pixel Data ends (and what follows it) is pydicom's own search, so the
     scan declines (it used to read these; issue 17) and pydicom gives the same values."""
-    ds = _ct()
+    ds = indexed_ct()
     ds.PixelData = pydicom.encaps.encapsulate([bytes(10)])
     ds["PixelData"].VR = "OB"
     path = _save(ds, tmp_path / "j2k.dcm", JPEG2000Lossless)
@@ -174,13 +135,13 @@ def test_encapsulated_pixel_data_is_left_to_pydicom(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
 def test_big_endian_and_deflated_are_left_to_pydicom(tmp_path: Path, syntax: str) -> None:
-    path = _save(_ct(), tmp_path / "ct.dcm", syntax)
+    path = _save(indexed_ct(), tmp_path / "ct.dcm", syntax)
     assert scan_header(path, HEADER_TAGS) is None
     assert read_header(path).modality == "CT"  # read all the same, by pydicom
 
 
 def test_a_header_longer_than_the_scan_is_left_to_pydicom(tmp_path: Path) -> None:
-    ds = _ct()
+    ds = indexed_ct()
     ds.add_new(0x00091010, "OB", bytes(SCAN_BYTES))  # a private blob before Patient ID
     ds.add_new(0x00090010, "LO", "LUNGNODE TEST")
     path = _save(ds, tmp_path / "ct.dcm")
@@ -192,7 +153,7 @@ def test_implicit_data_under_an_explicit_transfer_syntax_is_left_to_pydicom(
     tmp_path: Path,
 ) -> None:
     """Common non-conformance: dcmread notices the VR is missing and reads it implicit."""
-    path = _save(_ct(), tmp_path / "implicit.dcm", ImplicitVRLittleEndian)
+    path = _save(indexed_ct(), tmp_path / "implicit.dcm", ImplicitVRLittleEndian)
     raw = bytearray(path.read_bytes())
     syntax = ImplicitVRLittleEndian.encode() + b"\0"
     at = raw.index(syntax)
@@ -205,7 +166,7 @@ def test_implicit_data_under_an_explicit_transfer_syntax_is_left_to_pydicom(
 
 
 def test_elements_out_of_order_are_left_to_pydicom(tmp_path: Path) -> None:
-    path = _save(_ct(), tmp_path / "ct.dcm")
+    path = _save(indexed_ct(), tmp_path / "ct.dcm")
     raw = path.read_bytes()
     modality = raw.index(b"\x08\x00\x60\x00CS")  # Modality becomes a tag after the next one
     raw = raw[:modality] + b"\x10\x00\x40\x00CS" + raw[modality + 6 :]  # Patient Sex
@@ -223,7 +184,7 @@ def test_mutated_headers_never_disagree(tmp_path: Path) -> None:
     """Random byte changes in the header: the scan declines, or gives what dcmread gives
     wherever dcmread reads the file (values, or the same error decoding one); the scan itself
     never raises."""
-    ds = _with_nested_sequence(_ct(SpecificCharacterSet="ISO_IR 100"))
+    ds = with_nested_sequence(indexed_ct(SpecificCharacterSet="ISO_IR 100"))
     original = _save(ds, tmp_path / "ct.dcm", ExplicitVRLittleEndian).read_bytes()
     header_end = original.index(b"\xe0\x7f\x10\x00")
     rng = random.Random(7)

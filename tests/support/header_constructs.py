@@ -16,6 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from scp_node.dicom.header_scan import scan_header
@@ -27,6 +28,7 @@ SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 UNDEFINED = b"\xff\xff\xff\xff"
 OTHER_PATIENT = "OTHER-PATIENT"
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.99"
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @dataclass
@@ -307,3 +309,43 @@ def _new_value(encoded: Encoded, rng: random.Random) -> str:
     else:
         encoded.elements[i] = e[:6] + struct.pack("<H", len(value)) + value
     return f"value of {i} -> {value!r}"
+
+
+def indexed_ct(**elements: object) -> Dataset:
+    """A small CT dataset with every element the node indexes, then `elements` (keyword=value);
+    its Study Instance UID is 1.2.826.0.1.3680043.8.498.1."""
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1.1"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1.2"
+    ds.Modality = "CT"
+    ds.StudyDate = "20240102"
+    ds.AccessionNumber = "ACC 7"
+    ds.PatientID = "P-123"
+    ds.PatientBirthDate = "19500101"
+    ds.NumberOfSlices = 42
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(32)
+    return ds
+
+
+def with_nested_sequence(ds: Dataset, undefined: bool = True) -> Dataset:
+    """`ds` with a Referenced Image Sequence (0008,1140: before Patient ID) of two items, the
+    second holding a sequence of its own; sequences and items of undefined length or not."""
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "T-D3000", "SRT"
+    first, second = Dataset(), Dataset()
+    first.ReferencedSOPClassUID, first.ReferencedSOPInstanceUID = CT, "1.2.3.4"
+    second.ReferencedSOPClassUID = CT
+    second.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([first, second])
+    for element in (ds["ReferencedImageSequence"], second["PurposeOfReferenceCodeSequence"]):
+        element.is_undefined_length = undefined
+    for item in (first, second, inner):
+        item.is_undefined_length_sequence_item = undefined
+    return ds
