@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.ini
 DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps postgresql chromium chromium-driver
 
-.PHONY: run test test-fast venv dev-deps debian-deps viewer-deps lint bench
+.PHONY: run test test-fast test-integration test-contracts test-e2e venv dev-deps debian-deps viewer-deps lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# OHIF's SR hydration code (Cornerstone3D adapters, dcmjs) for tests/test_viewer_readers.py,
+# OHIF's SR hydration code (Cornerstone3D adapters, dcmjs) for tests/contracts/test_viewer_readers.py,
 # pinned by tests/viewers/package-lock.json (node and npm on the PATH: Node.js 18 or later).
 VIEWERS := tests/viewers
 $(VIEWERS)/node_modules/.installed: $(VIEWERS)/package.json $(VIEWERS)/package-lock.json
@@ -39,8 +39,18 @@ debian-deps:
 test: venv debian-deps viewer-deps
 	$(PY) -m pytest -q -ra tests
 
-test-fast: venv debian-deps viewer-deps
-	$(PY) -m pytest -q -ra -m "not slow" tests
+# One tier each (README, "Tests"): unit needs nothing but the venv and runs in under a minute.
+test-fast: venv
+	$(PY) -m pytest -q -ra tests/unit
+
+test-integration: venv debian-deps
+	$(PY) -m pytest -q -ra tests/integration
+
+test-contracts: venv debian-deps viewer-deps
+	$(PY) -m pytest -q -ra tests/contracts
+
+test-e2e: venv debian-deps
+	$(PY) -m pytest -q -ra tests/e2e
 
 lint: venv
 	$(VENV)/bin/ruff check scp_node classifier storage tests bench

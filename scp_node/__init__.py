@@ -20,6 +20,6 @@ A study's path, by folder and file:
 Beside them, used by all: config, credentials, logs, metrics.
 
 Imports point one way: app -> web -> pipeline -> receive -> ops -> dicom -> the shared
-modules; never back up, never in a cycle (tests/test_architecture.py). `scp_node` uses
+modules; never back up, never in a cycle (tests/contracts/test_architecture.py). `scp_node` uses
 `storage` and `classifier`; they never import it.
 """

@@ -611,7 +611,7 @@ def _dicomweb_destination(key: str, raw: str) -> Destination:
 
 
 # section -> key -> parser. The defaults are the dataclasses' (see _build); config.ini
-# documents each key with its default, and tests/test_config.py keeps the three in step.
+# documents each key with its default, and tests/unit/test_config.py keeps the three in step.
 _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
     "node": {
         "ae_title": _ae_title,

@@ -9,8 +9,8 @@ the whole upgrade back, leaving the database at its old version.
 
 A migration file is plain SQL in the rules of `storage.queries` (statements end with `;` at the
 end of a line, `-- postgresql only` / `-- sqlite only` lines). Files are never edited once
-released: a schema change is a new file with the next number, and tests/test_migrations.py
-upgrades a database written by an older lungnode with it.
+released: a schema change is a new file with the next number, and
+tests/integration/test_migrations.py upgrades a database written by an older lungnode with it.
 """
 
 from __future__ import annotations

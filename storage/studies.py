@@ -102,7 +102,7 @@ class Studies:
                 "positive count; pass None when the series size is unknown"
             )
         q = self._q
-        # getattr: records of older callers (tests/index_v1's) carry no digests
+        # getattr: records of older callers (tests/support/index_v1's) carry no digests
         digests: tuple[str | None, str | None] = (
             getattr(rec, "patient_digest", None),
             getattr(rec, "birth_date_digest", None),

@@ -1,19 +1,23 @@
-"""Fixtures shared by the test modules. Plain helpers (DCMTK, Orthanc, the node as a
-subprocess, the in-process receiver and outbox, config overrides) live in their own modules
-beside this one; the fixtures here give tests one way to get each of them.
+"""Fixtures shared by the test modules of every tier (unit/, integration/, e2e/, contracts/).
+Plain helpers (DCMTK, Orthanc, the node as a subprocess, the in-process receiver and outbox,
+config overrides) live in support/, which pytest puts on the path (pyproject.toml's
+`pythonpath`), so tests import them by module name; the fixtures here give tests one way to get
+each of them.
 
-- `free_port`: the function giving a free loopback TCP port (tests/ports.py).
+- `free_port`: the function giving a free loopback TCP port (support/ports.py).
 - `make_config`: a `Config` from config.ini with the store in the test's tmp_path and
-  `section__key=value` overrides (tests/configs.py); never reads the shell's LUNGNODE__ vars.
-- `receiver_node`: a started in-process `Receiver` with store and index (tests/in_process.py).
-- `node_process`: a factory of `lungnode serve` subprocesses (tests/node_process.py), each one
+  `section__key=value` overrides (support/configs.py); never reads the shell's LUNGNODE__ vars.
+- `receiver_node`: a started in-process `Receiver` with store and index (support/in_process.py).
+- `node_process`: a factory of `lungnode serve` subprocesses (support/node_process.py), each one
   stopped at the end of the test.
 - `chunked_send`: pynetdicom sends a file's bytes as they are (crafted and broken datasets).
 - `phantom_ct`, `phantom_pet_ct`: one phantom study each, generated and written once per
   session, for tests that need "a small study" rather than a particular one. Read-only.
 - `shared_data`: the real-data folder (../shared/data next to the repository), or a skip.
 - `lung_pet_ct_dx`: its Lung-PET-CT-Dx patients in the TCIA layout.
-- `encoded_cases`: the SR/SEG test cases, encoded once per session (tests/encoded_cases.py).
+- `certs`: a throw-away CA with node and peer certificates and an untrusted CA, made once per
+  module (support/tls_certificates.py).
+- `encoded_cases`: the SR/SEG test cases, encoded once per session (support/encoded_cases.py).
 
 Every test gets the logging setup back as it found it (`_logging_as_found`): a test that runs
 `lungnode ...` in-process installs the node's stdout handler on pytest's captured stdout, and a
@@ -37,6 +41,7 @@ from in_process import RunningNode
 from node_process import NodeProcess, PhantomFiles, save_datasets
 from ports import free_port as _free_port
 from postgres_server import postgres_server, postgres_url
+from tls_certificates import Certificates, make_certificates
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
@@ -149,6 +154,12 @@ def lung_pet_ct_dx(shared_data: Path) -> Path:
     folder = shared_data / "lung-pet-ct-dx"
     assert (folder / "Lung-PET-CT-Dx" / "Lung_Dx-A0002").is_dir(), f"{folder} is incomplete"
     return folder
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """Certificates for TLS tests: CA, node, peer, and a rogue CA with its client."""
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ undefined-length sequence filled exactly by their elements (pydicom parses them)
 after Pixel Data (dcmread(stop_before_pixels=True), what the analysis reads headers with, and a
 full dcmread then see the same top-level elements): Pixel Data of defined length ending where
 the file ends, or no Pixel Data. Anything else returns None and the caller reads the file with
-pydicom (scp_node.dicom.instance_header). tests/test_header_scan.py holds the differential tests.
+pydicom (scp_node.dicom.instance_header). tests/integration/test_header_scan.py holds the
+differential tests.
 """
 
 from __future__ import annotations

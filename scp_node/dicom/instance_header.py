@@ -1,9 +1,10 @@
 """The few header elements the node indexes for a received instance, read without Pixel Data.
 
 Read by `header_scan` where the file is plain (most are), by pydicom otherwise; both give the
-same values (tests/test_header_scan.py). pydicom reads the file twice then, up to Pixel Data (as
-the analysis reads headers) and whole (as the pixels are read): a file where the two differ
-(an indexed element repeated after Pixel Data) is refused, so that every reader downstream sees
+same values (tests/integration/test_header_scan.py). pydicom reads the file twice then, up to
+Pixel Data (as the analysis reads headers) and whole (as the pixels are read): a file where the
+two differ (an indexed element repeated after Pixel Data) is refused, so that every reader
+downstream sees
 the one patient and study the index holds. Shared by the C-STORE handler (on the streamed file)
 and the start-up re-indexing of store files (index_recovery), so both derive exactly the same
 index row from the same file.

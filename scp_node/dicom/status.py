@@ -2,7 +2,7 @@
 
 pynetdicom names Success itself (`pynetdicom.status.Status.SUCCESS`); the meaning of every other
 code lives in its tables (`GENERAL_STATUS`, PS3.7 Annex C; `STORAGE_SERVICE_CLASS_STATUS`,
-PS3.4 Annex B.2.3), and tests/test_dimse_status.py checks each constant below against them.
+PS3.4 Annex B.2.3), and tests/unit/test_dimse_status.py checks each constant below against them.
 These are the only spellings of the codes in the node. A refusal is answered as a status
 dataset (`refusal`) whose Error Comment says why, so the peer's log shows the reason beside the
 code.

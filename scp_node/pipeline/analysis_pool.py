@@ -61,7 +61,7 @@ class _Child:
 
 def _child_main(
     config: Config, log_level: str, stop: Any, conn: Connection
-) -> None:  # pragma: no cover - runs in the spawned process (covered by tests/test_analysis_pool)
+) -> None:  # pragma: no cover - a spawned process (tests/integration/test_analysis_pool)
     """An analysis process: load the model, then claim and process jobs until told to stop."""
     from scp_node.logs import configure_logging
     from scp_node.pipeline.priority import lower_this_thread

@@ -1,0 +1,153 @@
+"""Scale-out proven (issue 13): PostgreSQL, two receiver processes and two worker processes on
+one shared store; four senders send 20 studies at once; one worker is killed with SIGKILL in the
+middle of an analysis. Every study is reported exactly once per version, every result arrives
+once at the archive (storescp), and no acknowledged instance is lost."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pydicom
+import pytest
+from dcmtk import StorescpServer, run_storescu
+from faults_support import RoleNode, modality_counts
+from node_process import PhantomFiles
+from postgres_server import fresh_database
+from pydicom.uid import generate_uid
+
+STUDIES, SENDERS = 20, 4
+
+
+class WorkerNode(RoleNode):
+    """`serve --role worker`: nothing listens on DICOM; started once its log says so."""
+
+    def start(self, timeout: float = 180.0) -> WorkerNode:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        mark = len(self.log())
+        cmd = [sys.executable, "-m", "scp_node", "serve", "-c", str(self.config_path)]
+        self._proc = subprocess.Popen(
+            [*cmd, "--role", "worker"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+        )
+        self.pid = self._proc.pid
+        self.wait_log("lungnode started", timeout, after=mark)
+        return self
+
+
+def _copies(files: list[Path], folder: Path) -> list[list[Path]]:
+    """STUDIES copies of the phantom study, each with new UIDs and its own patient."""
+    studies = []
+    originals = [pydicom.dcmread(f) for f in files]
+    for n in range(STUDIES):
+        study, series = generate_uid(), generate_uid()
+        out = folder / f"study-{n:02d}"
+        out.mkdir(parents=True)
+        paths = []
+        for i, ds in enumerate(originals):
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.PatientID = f"SCALE-{n:02d}"
+            path = out / f"{i:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        studies.append(paths)
+    return studies
+
+
+@pytest.mark.slow
+def test_two_receivers_two_workers_on_postgresql_with_a_worker_killed(
+    tmp_path: Path, postgres_url: str, phantom_ct: PhantomFiles
+) -> None:
+    url = fresh_database(postgres_url)
+    studies = _copies(list(phantom_ct.files), tmp_path / "sent")
+    common: dict[str, object] = {
+        "storage__root": tmp_path / "store",
+        "storage__database_url": url,
+        "pipeline__job_lease_seconds": 6,
+        "pipeline__release_quiet_seconds": 1,
+    }
+    with StorescpServer(tmp_path / "archive", options=["+uf"]) as archive:
+        receivers = [
+            RoleNode(
+                tmp_path / f"receiver-{i}",
+                role="receiver",
+                quiet_seconds=30,
+                archive_port=archive.port,
+                overrides=common,
+            )
+            for i in range(2)
+        ]
+        workers = [
+            WorkerNode(
+                tmp_path / f"worker-{i}",
+                role="worker",
+                quiet_seconds=30,
+                archive_port=archive.port,
+                overrides=common,
+            )
+            for i in range(2)
+        ]
+        try:
+            for node in [*receivers, *workers]:
+                node.start()
+
+            def sender(k: int) -> list[str]:
+                acked = []
+                for files in studies[k::SENDERS]:  # one association per study
+                    port = receivers[k % 2].port
+                    proc = run_storescu(files, port, called_ae="LUNGNODE", timeout=300)
+                    assert proc.returncode == 0, proc.stdout + proc.stderr
+                    acked += [pydicom.dcmread(f).SOPInstanceUID for f in files]
+                return acked
+
+            with ThreadPoolExecutor(SENDERS) as pool:
+                pending = [pool.submit(sender, k) for k in range(SENDERS)]
+                # one worker is killed in the middle of an analysis
+                deadline = time.monotonic() + 300
+                victim = None
+                while victim is None:
+                    assert time.monotonic() < deadline, "no analysis started"
+                    victim = next((w for w in workers if "analysis started" in w.log()), None)
+                    time.sleep(0.05)
+                victim.stop(signal.SIGKILL)
+                acknowledged = {uid for f in pending for uid in f.result()}
+            survivor = next(w for w in workers if w is not victim)
+            status = survivor.wait_for(
+                lambda s: sorted(x["state"] for x in s["studies"]) == ["DELIVERED"] * STUDIES,
+                600,
+                "every study DELIVERED",
+            )
+        finally:
+            for node in [*receivers, *workers]:
+                node.stop()
+        found = modality_counts(archive.folder)
+
+    assert len(acknowledged) == STUDIES * len(studies[0])
+    with psycopg.connect(url) as conn:
+        indexed = {r[0] for r in conn.execute("SELECT sop_uid FROM instances")}
+        reported = conn.execute(
+            "SELECT study_uid, version, COUNT(*) FROM events WHERE kind = 'reported' "
+            "GROUP BY study_uid, version"
+        ).fetchall()
+    assert acknowledged <= indexed, "an acknowledged instance is not in the index"
+    stored = {p.stem for p in (tmp_path / "store").rglob("*.dcm")}
+    assert acknowledged <= stored, "an acknowledged instance is not in the store"
+    assert all(x["version"] == 1 for x in status["studies"])
+    assert len(reported) == STUDIES and all(count == 1 for _, _, count in reported), reported
+    results = [ds for datasets in found.values() for ds in datasets if ds.Modality != "CT"]
+    per_sop = Counter(str(ds.SOPInstanceUID) for ds in results)
+    assert per_sop and max(per_sop.values()) == 1, "a result arrived twice"
+    srs = Counter(str(ds.StudyInstanceUID) for ds in found["SR"])
+    assert len(srs) == STUDIES and set(srs.values()) == {1}, srs
+    assert "attempt=2" in survivor.log(), "the killed worker's job was not analysed again"
