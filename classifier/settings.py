@@ -33,7 +33,8 @@ class AnalysisSettings:
     model: Path = BUNDLED_MODEL
     # The detection operating point on the RAW lesion score (not the calibrated certainty): the
     # threshold the real-CT protocol chose on its held-out rows (classifier.model.real_ct_protocol;
-    # recorded in the bundled model's calibration file, checked by tests/integration/test_calibration.py).
+    # recorded in the bundled model's calibration file, checked by
+    # tests/integration/test_calibration.py).
     lesion_probability_threshold: float = 0.5
     # Most findings reported per study, the most probable first (0: no limit); the result's
     # `skipped` says how many at or above the threshold were left out by it.
