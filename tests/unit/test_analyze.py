@@ -19,6 +19,7 @@ from classifier.results import codes
 from classifier.results.encode import encode
 from classifier.settings import AnalysisSettings
 from classifier.types import UNCALIBRATED_CERTAINTY, ModelInfo
+from storage.states import ResultKind
 from storage.study_files import StudyFiles
 
 
@@ -202,14 +203,16 @@ def test_the_sr_certainty_is_the_calibrated_probability_when_the_model_has_one(
     raw_percent = [100 * x.lesion_probability for x in lesions]
     assert all(abs(e - r) > 1 for e, r in zip(expected, raw_percent, strict=True))
     values, parameters = _sr_certainties(
-        encode(analysis.result, analysis.sources, kinds=("sr", "seg"))
+        encode(analysis.result, analysis.sources, kinds=(ResultKind.SR, ResultKind.SEG))
     )
     assert values == pytest.approx(expected, abs=0.01)
     assert parameters and all(p.startswith("certainty=calibrated: Platt") for p in parameters)
     # Without a calibration the SR carries the raw score and says it is uncalibrated.
     raw = analyze_study(files, _config(), tiny)
     assert tiny.info.certainty == UNCALIBRATED_CERTAINTY
-    values, parameters = _sr_certainties(encode(raw.result, raw.sources, kinds=("sr", "seg")))
+    values, parameters = _sr_certainties(
+        encode(raw.result, raw.sources, kinds=(ResultKind.SR, ResultKind.SEG))
+    )
     assert values == pytest.approx(
         [100 * x.lesion_probability for x in raw.result.lesions], abs=0.01
     )
