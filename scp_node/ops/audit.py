@@ -149,9 +149,14 @@ class AuditLog:
                 self._failed = True
 
     def close(self) -> None:
-        """Flush and close the file; later writes are logged as failures."""
+        """Flush and close the file; later writes are logged as failures. A flush that fails
+        (the disk full: lines a failed write left buffered) is logged, not raised: the file is
+        closed all the same and the node stops as it would."""
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.error("audit log %s: last lines not written at close: %s", self.path, exc)
 
     # --- events ----------------------------------------------------------------------------
 

@@ -183,6 +183,21 @@ def test_a_write_after_close_is_logged_not_raised(
     assert "audit log" in caplog.text and "not written" in caplog.text
 
 
+def test_a_full_disk_at_close_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /dev/full: every flush fails with ENOSPC, as on a full disk; the lines a failed write left
+    # in the buffer are flushed again by close().
+    audit = AuditLog(tmp_path / "audit.log", "LUNGNODE")
+    audit._file.close()
+    audit._file = open("/dev/full", "a", encoding="utf-8")  # noqa: SIM115
+    audit.association_rejected(PARTY, "test")
+    assert "No space left on device" in caplog.text
+    audit.close()
+    assert "last lines not written at close" in caplog.text
+    assert audit._file.closed
+
+
 def test_unopenable_audit_log_names_the_file_and_the_fix(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
