@@ -510,6 +510,37 @@ def _without_edge_fragments(blobs: list[_Blob]) -> list[_Blob]:
     return [b for b in blobs if any(b is k for k in kept)]
 
 
+def _candidates_touch(a: Candidate, b: Candidate) -> bool:
+    """Whether two candidates' full-resolution masks overlap or touch (26-neighbourhood)."""
+    a_lo, b_lo = np.array(a.mask_origin), np.array(b.mask_origin)
+    a_hi, b_hi = a_lo + a.mask.shape, b_lo + b.mask.shape
+    lo, hi = np.maximum(a_lo - 1, b_lo), np.minimum(a_hi + 1, b_hi)
+    if np.any(lo >= hi):
+        return False
+    grown = ndimage.binary_dilation(np.pad(a.mask, 1), structure=np.ones((3, 3, 3), bool))
+    mine = tuple(slice(int(s), int(e)) for s, e in zip(lo - a_lo + 1, hi - a_lo + 1, strict=True))
+    theirs = tuple(slice(int(s), int(e)) for s, e in zip(lo - b_lo, hi - b_lo, strict=True))
+    return bool(np.any(grown[mine] & b.mask[theirs]))
+
+
+def _without_touching_fragments(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates without those whose full-resolution mask touches a candidate of at least
+    EDGE_FRAGMENT_RATIO times their volume: the working-grid rule (`_without_edge_fragments`)
+    sees two parts of one mass as apart when the refinement joins them (a spicule or a wedge of
+    collapse at a mass's edge is not a second finding)."""
+    order = sorted(candidates, key=lambda c: -c.volume_ml)
+    kept: list[Candidate] = []
+    for candidate in order:
+        if any(
+            big.volume_ml >= EDGE_FRAGMENT_RATIO * candidate.volume_ml
+            and _candidates_touch(candidate, big)
+            for big in kept
+        ):
+            continue
+        kept.append(candidate)
+    return [c for c in candidates if any(c is k for k in kept)]
+
+
 def _grown_by_one(blob: _Blob) -> _Blob:
     """A component dilated by one voxel (26-neighbourhood), in its grown box."""
     padded = ndimage.binary_dilation(np.pad(blob.mask, 1), structure=np.ones((3, 3, 3), bool))
@@ -976,6 +1007,7 @@ def find_candidates(
             continue
         mask, at = refined
         candidates.append(_measure(ct, suv, mask, at, side_of(mask, at), "PET", mtv))
+    candidates = _without_touching_fragments(candidates)
     candidates = [c for c in candidates if is_anatomy(ct, c, lungs) is None]
     candidates.sort(key=lambda c: c.volume_ml, reverse=True)
     return candidates

@@ -9,10 +9,12 @@ import numpy as np
 
 from classifier.imaging.lesions import (
     MASS_REGROW_MM,
+    Candidate,
     _below_apex,
     _Blob,
     _mass_parts,
     _without_edge_fragments,
+    _without_touching_fragments,
 )
 
 SPACING = (5.0, 2.0, 2.0)
@@ -82,6 +84,38 @@ def test_a_stub_at_a_mass_edge_is_no_finding_but_a_free_nodule_is() -> None:
     free = _blob(_ball((75.0, 40.0, 260.0), 6.0))
     kept = _without_edge_fragments([stub, mass, free])
     assert kept == [mass, free]
+
+
+def _candidate(mask: np.ndarray) -> Candidate:
+    """A candidate on the full grid (this file's SHAPE and SPACING), cropped to its box."""
+    z, r, c = (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    crop = mask[z[0] : z[-1] + 1, r[0] : r[-1] + 1, c[0] : c[-1] + 1]
+    return Candidate(
+        mask=crop,
+        mask_origin=(int(z[0]), int(r[0]), int(c[0])),
+        key_slice_index=int(z[0]),
+        box_rc=(int(r[0]), int(c[0]), int(r[-1]), int(c[-1])),
+        slice_range=(int(z[0]), int(z[-1])),
+        centroid_mm=(0.0, 0.0, 0.0),
+        side="right",
+        long_axis_mm=0.0,
+        short_axis_mm=0.0,
+        volume_ml=float(np.count_nonzero(mask)) * float(np.prod(SPACING)) / 1000.0,
+    )
+
+
+def test_a_piece_touching_a_mass_at_full_resolution_is_no_finding() -> None:
+    mass = _ball((75.0, 120.0, 100.0), 30.0)
+    # A wedge of collapse against the mass's edge (its own component on the working grid,
+    # joined to the mass by the refinement): part of it; the same wedge 4 mm away is not.
+    wedge = _ball((75.0, 120.0, 140.0), 12.0) & ~mass
+    apart = _ball((75.0, 120.0, 146.0), 12.0) & ~_ball((75.0, 120.0, 100.0), 34.0)
+    big, touching, away = _candidate(mass), _candidate(wedge), _candidate(apart)
+    assert _without_touching_fragments([touching, big]) == [big]
+    assert _without_touching_fragments([away, big]) == [away, big]
+    # Two touching masses of like size are two findings.
+    twin = _candidate(_ball((75.0, 120.0, 160.0), 30.0) & ~mass)
+    assert _without_touching_fragments([big, twin]) == [big, twin]
 
 
 def test_nothing_above_the_apex() -> None:
