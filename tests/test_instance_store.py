@@ -307,7 +307,7 @@ def test_after_an_early_data_sync_commit_flushes_only_the_name(
     final, new = store.commit(temp, "1.2", "1.2.3", "1.2.3.4", data_sync=sync)
     assert new and final.read_bytes() == b"x" * 100 and not temp.exists()
     if mode == "always":  # not journaling: fsync of the file, link, fsync of the folder
-        sync.wait()  # ran on its own, not waited for by the commit
+        sync.wait()  # runs here: the commit did not wait for it
         assert [e for e in events if e != "data synced"] == [
             f"fsync {temp}",
             "linked",
@@ -335,26 +335,6 @@ def test_an_early_data_sync_that_fails_fails_the_commit_and_links_nothing(
         store.commit(temp, "1.2", "1.2.3", "1.2.3.4", data_sync=DataSync(temp))
     assert raised.value.errno == errno.ENOSPC
     assert not store.path_for("1.2", "1.2.3", "1.2.3.4").exists()
-
-
-def test_a_data_sync_works_in_a_process_forked_after_one_ran(tmp_path: Path) -> None:
-    """The helper threads are not inherited by a forked child (receiver processes may be
-    forked): the child starts its own instead of queueing work nobody runs."""
-    first = tmp_path / "parent"
-    first.write_bytes(b"x")
-    DataSync(first).wait()  # the parent's pool exists now
-    child_file = tmp_path / "child"
-    child_file.write_bytes(b"y")
-    pid = os.fork()
-    if pid == 0:  # the child: exit 0 only when its sync completes
-        try:
-            sync = DataSync(child_file)
-            sync._future.result(timeout=10)
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_copy_linked_but_never_fsynced_is_replaced_by_the_retry(tmp_path: Path) -> None:
