@@ -15,37 +15,10 @@ instance, and the interpreter lock handed over to it and back, on the one associ
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import weakref
-from collections.abc import Callable
 from pathlib import Path
-
-SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start write-out of dirty pages not yet submitted
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range (Linux), or None where there is none."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing the file's dirty pages to disk now, without waiting for them (Linux
-    sync_file_range SYNC_FILE_RANGE_WRITE; the interpreter lock is released meanwhile), so
-    that its fdatasync later has less left to wait for. Only a hint: it makes nothing durable,
-    does nothing where unsupported and ignores errors (the fdatasync reports them)."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _close_unsynced(fd: int, claimed: threading.Lock) -> None:

@@ -34,7 +34,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from scp_node.dicom.header_scan import SCAN_BYTES
 from scp_node.dicom.instance_header import InstanceHeader, header_of_first_bytes
-from storage.data_sync import DataSync, start_writeback
+from storage.data_sync import DataSync
 
 FREE_SPACE_CHECK_BYTES = 1024 * 1024  # free space is checked after every MiB streamed
 
@@ -117,7 +117,6 @@ class StreamedFile:
         self._scanned_at = 0  # bytes of _head when the header was last looked for
         self.header: InstanceHeader | None = None  # read from _head while the rest streams
         self.data_sync: DataSync | None = None  # started once the last fragment is written
-        self._writes_back: bool | None = None  # see _write_back_early
 
     def write(self, data: bytes) -> int:
         if self.disk_full is None and self.refused is None:
@@ -190,28 +189,14 @@ class StreamedFile:
         os.ftruncate(self._inner.fileno(), 0)
 
     def flush(self) -> None:
-        """pynetdicom calls this after each P-DATA fragment: the header is looked for then,
-        and, when the dataset will be synced early, the fragment's write-out to disk started
-        (so the data sync as the dataset completes has less to wait for)."""
+        """pynetdicom calls this after each P-DATA fragment: the header is looked for then."""
         if self.disk_full is None and self.refused is None:
             try:
                 self._inner.flush()
             except OSError as exc:
                 self._fail(exc)
                 return
-            if self._write_back_early():
-                start_writeback(self._inner.fileno())
             self._look_for_header()
-
-    def _write_back_early(self) -> bool:
-        """Whether this dataset's data sync starts as it completes (its route's `sync_early()`,
-        asked once, at the first fragment): only then is its write-out started early too."""
-        if self._writes_back is None:
-            limits = self._limits
-            self._writes_back = limits is not None and (
-                limits.sync_early is None or limits.sync_early()
-            )
-        return self._writes_back
 
     def close(self) -> None:
         try:
