@@ -3,7 +3,7 @@
 Modules, by concern:
 
     instance_store   the files: fsync, atomic rename into <root>/<study>/<series>/<sop>.dcm
-    data_sync        a file's fdatasync on a helper thread, waited for by the commit
+    data_sync        a file's fdatasync run by the thread that is free, waited for by the commit
     database         connections and transactions: SQLite (WAL) or a PostgreSQL pool
     queries          the named SQL of sql/queries/*.sql, loaded once per dialect
     migrations       numbered schema migrations, sql/migrations/NNNN_name.sql

@@ -307,7 +307,7 @@ def test_after_an_early_data_sync_commit_flushes_only_the_name(
     final, new = store.commit(temp, "1.2", "1.2.3", "1.2.3.4", data_sync=sync)
     assert new and final.read_bytes() == b"x" * 100 and not temp.exists()
     if mode == "always":  # not journaling: fsync of the file, link, fsync of the folder
-        sync.wait()  # ran on its own, not waited for by the commit
+        sync.wait()  # runs here: the commit did not wait for it
         assert [e for e in events if e != "data synced"] == [
             f"fsync {temp}",
             "linked",

@@ -31,6 +31,9 @@ Patches that remain, because pynetdicom 3.0 has no seam for them:
   the DUL thread, under the feet of the threads that abort the association (a C-STORE
   handler, the receiver's stop), and build an Event per message; the wrap changes nothing
   else.
+- `DIMSEServiceProvider.receive_primitive` (streaming): the DUL thread runs the data sync of a
+  completed dataset right after this queued its request for the handler; no event or setting
+  marks that moment (EVT_DIMSE_RECV comes before the request is queued).
 - `dul.time`, `association.time`, `DULServiceProvider.send_pdu` (wakeups): the idle sleeps are
   literals inside the reactors' loops.
 - `dimse_messages.create_file_meta`, `write_file_meta_info`, `DIMSEServiceProvider.send_msg`

@@ -34,7 +34,7 @@ log = logging.getLogger("lungnode.connections")
 
 PDU_TYPES = frozenset(range(0x01, 0x08))
 A_ASSOCIATE_RQ = 0x01
-_READ_CHUNK = 64 * 1024
+_FIRST_ALLOCATION = 1024 * 1024  # bytes of a PDU buffer before it has to grow
 
 
 class PduLimits(Protocol):
@@ -66,20 +66,40 @@ def guard(dul: DULServiceProvider, limits: PduLimits) -> None:
     dul._read_pdu_data = reader.read  # type: ignore[method-assign]
 
 
-def _recv_exact(sock: socket.socket, count: int, deadline: float | None) -> bytes:
-    """`count` bytes from `sock`, all of them before `deadline` (time.monotonic())."""
-    data = bytearray()
-    while len(data) < count:
+def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) -> None:
+    """Fill `view` from `sock`, all of it before `deadline` (time.monotonic())."""
+    received = 0
+    while received < len(view):
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
             sock.settimeout(remaining)
-        chunk = sock.recv(min(count - len(data), _READ_CHUNK))
-        if not chunk:
+        count = sock.recv_into(view[received:])
+        if not count:
             raise _Closed
-        data += chunk
-    return bytes(data)
+        received += count
+
+
+def _recv_pdu(
+    sock: socket.socket, header: bytes | bytearray, length: int, deadline: float | None
+) -> bytearray:
+    """The whole PDU (`header`, then its `length` bytes of body from `sock`) in one buffer,
+    received in place, so no copy of its bytes is made on the way to pynetdicom's decoder.
+
+    The buffer grows by doubling from at most _FIRST_ALLOCATION: a peer that announces a long
+    PDU and sends little of it makes the node hold at most twice what it sent."""
+    total = len(header) + length
+    pdu = bytearray(min(total, _FIRST_ALLOCATION))
+    pdu[: len(header)] = header
+    filled = len(header)
+    while True:
+        with memoryview(pdu) as view:
+            _recv_into(sock, view[filled:], deadline)
+        filled = len(pdu)
+        if filled == total:
+            return pdu
+        pdu.extend(bytes(min(total, 2 * filled) - filled))
 
 
 class GuardedReader:
@@ -116,7 +136,9 @@ class GuardedReader:
         restore = sock.gettimeout()
         what = "A-ASSOCIATE-RQ" if awaiting_request else "PDU"
         try:
-            header = _recv_exact(sock, 6, deadline)
+            header = bytearray(6)
+            with memoryview(header) as view:
+                _recv_into(sock, view, deadline)
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in PDU_TYPES:
                 raise _Cut(f"not a DICOM PDU (type 0x{pdu_type:02X})")
@@ -127,7 +149,7 @@ class GuardedReader:
                     f"{what} of {length} bytes announced, above [node] max_pdu_length "
                     f"({limits.max_pdu_length}); refused before reading it"
                 )
-            body = _recv_exact(sock, length, deadline)
+            pdu_bytes = _recv_pdu(sock, header, length, deadline)
         except _Cut as cut:
             self._cut(str(cut), awaiting_request)
             return
@@ -144,7 +166,7 @@ class GuardedReader:
             except OSError:
                 pass
         try:
-            pdu, event = dul._decode_pdu(bytearray(header + body))
+            pdu, event = dul._decode_pdu(pdu_bytes)
         except Exception as exc:
             if awaiting_request:
                 # the text may hold the peer's bytes: the log formatter and the audit's JSON

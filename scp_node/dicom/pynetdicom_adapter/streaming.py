@@ -4,10 +4,13 @@ their header read as they arrive and their data sync started as they end.
 Touches, in `pynetdicom.dimse_messages`: the module global `NamedTemporaryFile` (replaced by
 `_incoming_temp_file`: pynetdicom takes no folder for the files it streams datasets into, and
 the node needs them on the store's file system, so storing an instance is a rename, never a
-copy) and `DIMSEMessage.decode_msg` (wrapped by `_decode_msg_then_sync`, to start the data sync
-of a dataset the moment its last fragment is written, in the DUL thread, before the request is
-queued for the handler). Reads `C_STORE._dataset_file`, where pynetdicom leaves the file object
-on the request (`parked_stream`).
+copy) and `DIMSEMessage.decode_msg` (wrapped by `_decode_msg_then_sync`, to open the data sync
+of a dataset the moment its last fragment is written, in the DUL thread); in
+`pynetdicom.dimse`, `DIMSEServiceProvider.receive_primitive` (wrapped by
+`_receive_primitive_then_sync`: once it has queued the completed request for the handler, the
+DUL thread runs that data sync itself, with no other thread to wake). Reads
+`C_STORE._dataset_file`, where pynetdicom leaves the file object on the request
+(`parked_stream`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import IO, Any
 
 from pynetdicom import dimse_messages
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -130,10 +134,10 @@ class StreamedFile:
         return len(data)
 
     def complete(self) -> None:
-        """The last fragment is written: start making the data durable (storage.data_sync)
-        now, before the request even reaches the handler. Only for a dataset streamed into
-        the store, when its route's `sync_early()` agrees; a failure to start is left to the
-        handler."""
+        """The last fragment is written: open its data sync (storage.data_sync), which this
+        DUL thread runs as soon as the request is queued for the handler
+        (`_receive_primitive_then_sync`). Only for a dataset streamed into the store, when its
+        route's `sync_early()` agrees; a failure to open is left to the handler."""
         limits = self._limits
         if limits is None or self.disk_full is not None or self.refused is not None:
             return
@@ -143,6 +147,8 @@ class StreamedFile:
             self.data_sync = DataSync(Path(self.name))
         except OSError:
             self.data_sync = None
+        else:
+            _completed.data_sync = self.data_sync
 
     def _look_for_header(self) -> None:
         """Read the header from the bytes so far, once they may hold it: when they doubled
@@ -240,17 +246,33 @@ def parked_stream(request: Any) -> ParkedStream:
 
 
 _original_decode_msg = dimse_messages.DIMSEMessage.decode_msg
+_original_receive_primitive = DIMSEServiceProvider.receive_primitive
+# the data sync of the dataset the calling DUL thread just completed, until it runs it
+_completed = threading.local()
 
 
 def _decode_msg_then_sync(self: Any, primitive: P_DATA, assoc: Any = None) -> bool:
     """DIMSEMessage.decode_msg; when it completed a dataset streamed to a file, that file's
-    data sync starts here, in the DUL thread, before the request is queued for the handler."""
+    data sync is opened here, in the DUL thread, before the request is queued for the handler."""
     complete = bool(_original_decode_msg(self, primitive, assoc))
     if complete:
         streamed = getattr(self, "_data_set_file", None)
         if isinstance(streamed, StreamedFile):
             streamed.complete()
     return complete
+
+
+def _receive_primitive_then_sync(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
+    """DIMSEServiceProvider.receive_primitive; then, when it completed a streamed dataset and
+    queued its request for the handler, this DUL thread makes the dataset's data durable while
+    the handler checks it (the handler's wait runs the sync itself if nobody did)."""
+    try:
+        _original_receive_primitive(self, primitive)
+    finally:
+        data_sync: DataSync | None = getattr(_completed, "data_sync", None)
+        if data_sync is not None:
+            _completed.data_sync = None
+            data_sync.run()
 
 
 def install() -> None:
@@ -260,3 +282,4 @@ def install() -> None:
     # tempfile's overloaded function, ours returns the StreamedFile wrapper
     dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[assignment]
     dimse_messages.DIMSEMessage.decode_msg = _decode_msg_then_sync  # type: ignore[method-assign]
+    DIMSEServiceProvider.receive_primitive = _receive_primitive_then_sync  # type: ignore[method-assign]

@@ -50,9 +50,16 @@ def test_streamed_dataset_file_is_created_through_dimse_messages_named_temporary
     pynetdicom_adapter.install()
     assert dimse_messages.NamedTemporaryFile is streaming._incoming_temp_file
     assert DIMSEMessage.decode_msg is streaming._decode_msg_then_sync
-    assert "decode_msg" in _names(DIMSEServiceProvider.receive_primitive), (
+    assert DIMSEServiceProvider.receive_primitive is streaming._receive_primitive_then_sync
+    receive = _names(streaming._original_receive_primitive)
+    assert "decode_msg" in receive, (
         "DIMSEServiceProvider.receive_primitive no longer calls message.decode_msg "
-        "(streaming wraps it to start the data sync of a completed dataset)"
+        "(streaming wraps it to open the data sync of a completed dataset)"
+    )
+    assert {"msg_queue", "put"} <= receive, (
+        "DIMSEServiceProvider.receive_primitive no longer queues the completed request on "
+        "msg_queue itself (streaming runs the data sync once it returns, assuming the handler "
+        "has its request by then)"
     )
     decode = _names(streaming._original_decode_msg)
     assert "NamedTemporaryFile" in decode, (
@@ -129,6 +136,9 @@ def test_c_store_streams_into_the_routed_folder_and_parks_what_it_read(tmp_path:
     parked = seen["parked"]
     # read from the first bytes while streaming, the same as from the file afterwards
     assert parked.header is not None and parked.header == seen["header from the file"]
-    assert isinstance(parked.data_sync, DataSync), "no data sync started as the dataset completed"
+    assert isinstance(parked.data_sync, DataSync), "no data sync opened as the dataset completed"
+    # the handler never waited for it: the DUL thread ran it after queueing the request, and
+    # before it sent the response (the same thread sends)
+    assert parked.data_sync.finished, "the DUL thread did not run the data sync"
     assert parked.disk_full is None and parked.refused is None
     parked.data_sync.wait()
