@@ -57,6 +57,7 @@ CALLING_AET = "BENCH"
 SERVED_VARIANTS: dict[str, dict[str, str]] = {
     "": {},
     "-nice0": {"pipeline__analysis_nice": "0"},
+    "-nice19": {"pipeline__analysis_nice": "19"},
 }
 HARNESS_VARIANTS: dict[str, tuple[str, ...]] = {
     "harness": (),
