@@ -12,10 +12,18 @@ from node_process import NodeProcess
 
 
 def _nice_of_threads(pid: int) -> dict[int, int]:
-    """Thread id -> nice value of every thread of process `pid` (field 19 of its stat)."""
-    values = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
+    """Thread id -> nice value of every thread of process `pid` (field 19 of its stat); a
+    thread that ends while it is read (threads come and go) is left out."""
+    values: dict[int, int] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):  # the process ended
+        return values
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
         values[int(task.name)] = int(stat.rsplit(")", 1)[1].split()[16])
     return values
 
