@@ -422,7 +422,7 @@ def render_study_png(
     for ax, (s, title, boxes) in zip(axes_grid.ravel(), panels, strict=False):
         _draw_panel(ax, ct, s, aspect, study, boxes, title)
     title = (
-        f"{study.scan_id}: every candidate with its lesion probability (reporting threshold "
+        f"{study.scan_id}: every candidate with its raw lesion score p (reporting threshold "
         f"{threshold:g}; dashed below it); reference green, hit yellow, beside a tumour orange, "
         f"FP red. {NOT_CLINICAL}"
     )

@@ -70,7 +70,10 @@ def _title(lesion: Lesion) -> str:
     ]
     if lesion.suv_max is not None:
         facts.append(f"SUVmax {lesion.suv_max:.1f}")
-    second = [f"lesion probability {lesion.certainty_of_finding:.2f}"]
+    if lesion.certainty is None:
+        second = [f"lesion score {lesion.lesion_probability:.2f} (uncalibrated)"]
+    else:
+        second = [f"certainty of finding {lesion.certainty:.2f} (calibrated probability)"]
     if lesion.histology:
         kind = lesion.most_probable_type
         name = HISTOLOGY_NAMES.get(kind, kind)

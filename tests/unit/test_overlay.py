@@ -81,3 +81,17 @@ def test_annotated_slice_png_draws_both_colours(
     assert np.count_nonzero(green) > 10 and np.count_nonzero(red) > 10
     with pytest.raises(ValueError, match="slice index"):
         render_annotated_slice_png(ct, ct.shape[0], [], [], tmp_path / "bad.png")
+
+
+def test_lesion_title_says_whether_its_number_is_calibrated(
+    phantom: tuple[Volume, Volume, Lesion],
+) -> None:
+    """A raw lesion score is never called a probability; a calibrated certainty is."""
+    from classifier.results.overlay import _title
+
+    _, _, lesion = phantom
+    raw = dataclasses.replace(lesion, lesion_probability=0.9, certainty=None)
+    calibrated = dataclasses.replace(lesion, lesion_probability=0.9, certainty=0.74)
+    assert "lesion score 0.90 (uncalibrated)" in _title(raw)
+    assert "probability" not in _title(raw)
+    assert "certainty of finding 0.74 (calibrated probability)" in _title(calibrated)
