@@ -1,10 +1,12 @@
 """Scale-out proven (issue 13): PostgreSQL, two receiver processes and two worker processes on
 one shared store; four senders send 20 studies at once; one worker is killed with SIGKILL in the
 middle of an analysis. Every study is reported exactly once per version, every result arrives
-once at the archive (storescp), and no acknowledged instance is lost."""
+at the archive (storescp) once, or twice as the same object only when the killed worker had
+sent it without recording so, and no acknowledged instance is lost."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +65,18 @@ def _copies(files: list[Path], folder: Path) -> list[list[Path]]:
             paths.append(path)
         studies.append(paths)
     return studies
+
+
+def _unrecorded_sends(log: str) -> int:
+    """How many objects the killed worker may have C-STOREd without recording them as sent:
+    those of its last association with the archive when no "result sent" line follows it (a
+    worker records a batch's outcomes after the association; its rows are sent again once
+    their lease ends, so the archive may hold those objects twice)."""
+    last = log.rfind("association established destination=")
+    if last < 0 or "result sent " in log[last:]:
+        return 0
+    objects = re.search(r"objects=(\d+)", log[last:])
+    return int(objects.group(1)) if objects else 0
 
 
 @pytest.mark.slow
@@ -147,7 +161,11 @@ def test_two_receivers_two_workers_on_postgresql_with_a_worker_killed(
     assert len(reported) == STUDIES and all(count == 1 for _, _, count in reported), reported
     results = [ds for datasets in found.values() for ds in datasets if ds.Modality != "CT"]
     per_sop = Counter(str(ds.SOPInstanceUID) for ds in results)
-    assert per_sop and max(per_sop.values()) == 1, "a result arrived twice"
+    twice = {uid: n for uid, n in per_sop.items() if n > 1}
+    assert per_sop and len(twice) <= _unrecorded_sends(victim.log()), f"results sent twice: {twice}"
+    for uid in twice:  # C-STORE is at least once: the same object again, never a second one
+        copies = {Path(ds.filename).read_bytes() for ds in results if ds.SOPInstanceUID == uid}
+        assert len(copies) == 1, f"two different objects share SOP Instance UID {uid}"
     srs = Counter(str(ds.StudyInstanceUID) for ds in found["SR"])
     assert len(srs) == STUDIES and set(srs.values()) == {1}, srs
     assert "attempt=2" in survivor.log(), "the killed worker's job was not analysed again"
