@@ -16,7 +16,9 @@ and airway trees, the mediastinum).
 
 A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball, a tumour keeps
 its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
-tree only parts thicker than a hilar vessel stay. A stub touching a much larger mass is part of
+tree only parts thicker than a hilar vessel stay, and thinner ones that hang in the lung (a dead
+end on the tree, in aerated lung, its cross-section stopping: a mass, where a vessel confluence
+goes on as tube or into the mediastinum). A stub touching a much larger mass is part of
 its edge, not a finding; nothing above the lungs' apex is a finding.
 
 A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
@@ -116,6 +118,14 @@ MASS_NECK = 0.5
 MASS_CORE_MIN_MM = 6.0
 MASS_REGROW_MM = 4.0
 MASS_MIN_RADIUS_MM = 10.0
+# A part thinner than MASS_MIN_RADIUS_MM is still a mass when it hangs in the lung
+# (`_hangs_in_lung`): at most one branch leaves it (`_exits`: a piece of the component beyond
+# EXIT_GAP_MM of the part reaching EXIT_LENGTH_MM from it), at least DEAD_END_MIN_AIR ("most")
+# of what touches it outside the component is aerated lung (a vessel's stump at the hilum lies
+# in the mediastinum), and its cross-section stops beyond both ends (TUBE_CONTINUATION).
+DEAD_END_MIN_AIR = 0.5
+EXIT_GAP_MM = 3.0
+EXIT_LENGTH_MM = 10.0
 # A component touching one at least this many times its volume is a stub at that one's edge.
 EDGE_FRAGMENT_RATIO = 4.0
 # The trachea (classifier.imaging.airway) lies in the mediastinum: the aortic arch, the great
@@ -461,14 +471,22 @@ def _grow_in_cavity(
     return _Blob(_shift(tight, tuple(u.start for u in union)), local[tight])
 
 
-def _mass_parts(blob: _Blob, spacing: tuple[float, ...], mass_radius_mm: float) -> list[_Blob]:
+def _mass_parts(
+    blob: _Blob,
+    spacing: tuple[float, ...],
+    mass_radius_mm: float,
+    tissue: np.ndarray | None = None,
+) -> list[_Blob]:
     """A grown component cut to its masses. It is opened with a ball of radius r (MASS_NECK x
     the radius of its largest inscribed ball, at least MASS_CORE_MIN_MM): what is thinner than
     2r (vessels, airway walls, mediastinal strands) falls off; each remaining part is grown
     back in-plane by MASS_REGROW_MM within the component. When that leaves one part, it is the
     component's body and is kept. When it leaves several, the component was a tree (hilar
     vessels joined to each other and maybe to a mass): only parts holding a ball of radius
-    `mass_radius_mm` (thicker than a hilar vessel) are masses; the rest are vessels. A component
+    `mass_radius_mm` (thicker than a hilar vessel) are masses; the rest are vessels, unless
+    they hang in the lung (`_hangs_in_lung`, on the soft `tissue` of the blob's grid when
+    given): a vessel confluence goes on as tube on several sides or into the mediastinum, a
+    mass is a dead end on the tree, in aerated lung, whose cross-section stops. A component
     with no ball of MASS_CORE_MIN_MM inside (a small nodule) is kept whole."""
     padded = np.pad(blob.mask, 1)
     inside = ndimage.distance_transform_edt(padded, sampling=spacing)
@@ -487,10 +505,69 @@ def _mass_parts(blob: _Blob, spacing: tuple[float, ...], mass_radius_mm: float) 
         if box is None:
             continue
         part = labels[box] == n
-        if count > 1 and float(inside[box][part].max()) < mass_radius_mm:
+        if (
+            count > 1
+            and float(inside[box][part].max()) < mass_radius_mm
+            and not (
+                tissue is not None and _hangs_in_lung(labels == n, padded, blob, tissue, spacing)
+            )
+        ):
             continue
         out.append(_Blob(_shift(box, origin), part))
     return out
+
+
+def _hangs_in_lung(
+    part: np.ndarray,
+    component: np.ndarray,
+    blob: _Blob,
+    tissue: np.ndarray,
+    spacing: tuple[float, ...],
+) -> bool:
+    """Whether a part of a component (padded frame, as `_mass_parts` makes it) is a mass
+    hanging in the lung: a dead end (`_exits` at most 1), most of whose surroundings
+    (DEAD_END_MIN_AIR of the voxels touching it outside the component) are aerated lung (not
+    `tissue`), and whose cross-section stops at both ends."""
+    if _exits(part, component, spacing) > 1:
+        return False
+    ring = ndimage.binary_dilation(part, structure=np.ones((3, 3, 3), bool)) & ~component
+    box = [slice(b.start - 1, b.stop + 1) for b in blob.box]
+    inner = tuple(
+        slice(max(0, -b.start), (b.stop - b.start) - max(0, b.stop - n))
+        for b, n in zip(box, tissue.shape, strict=True)
+    )
+    outer = tuple(
+        slice(max(0, b.start), min(n, b.stop)) for b, n in zip(box, tissue.shape, strict=True)
+    )
+    ring = ring[inner]
+    if not ring.any() or np.mean(~tissue[outer][ring]) < DEAD_END_MIN_AIR:
+        return False
+    # Its cross-section stops: on the slice beyond each end, less than TUBE_CONTINUATION of
+    # the end's footprint is soft tissue (as `_tube_piece`: a vessel crossing the slices goes
+    # on).
+    own = part[inner]
+    filled = np.flatnonzero(own.any(axis=(1, 2)))
+    for end, beyond in ((filled[0], filled[0] - 1), (filled[-1], filled[-1] + 1)):
+        at = outer[0].start + beyond
+        if not 0 <= at < tissue.shape[0]:
+            continue
+        if np.mean(tissue[at, outer[1], outer[2]][own[end]]) >= TUBE_CONTINUATION:
+            return False
+    return True
+
+
+def _exits(part: np.ndarray, component: np.ndarray, spacing: tuple[float, ...]) -> int:
+    """How many branches leave a part of a component: pieces of the component farther than
+    EXIT_GAP_MM from the part that reach at least EXIT_LENGTH_MM from it (a tube going on, not
+    a bump at its edge). A vessel confluence has a tube on several sides; a mass is a dead end
+    joined to its neighbour by one stalk."""
+    away = ndimage.distance_transform_edt(~part, sampling=spacing)
+    rest = component & (away > EXIT_GAP_MM)
+    pieces, count = ndimage.label(rest, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return 0
+    reach = ndimage.maximum(away, pieces, index=np.arange(1, count + 1))
+    return int(np.count_nonzero(np.asarray(reach) >= EXIT_LENGTH_MM))
 
 
 def _without_edge_fragments(blobs: list[_Blob]) -> list[_Blob]:
@@ -926,7 +1003,7 @@ def find_candidates(
         ct_components = [
             part
             for blob in ct_components
-            for part in _mass_parts(blob, spacing, mass_radius_mm or MASS_MIN_RADIUS_MM)
+            for part in _mass_parts(blob, spacing, mass_radius_mm or MASS_MIN_RADIUS_MM, tissue)
         ]
         ct_components = _without_edge_fragments(ct_components)
     caudal_first = _caudal_first(ct)

@@ -1,7 +1,8 @@
 """The detector's anatomy rules of issue 16 on synthetic masks (working grid, 5 mm slices and
 2 mm pixels): a mass is cut from the vessels joined to it, of a vessel tree only parts thicker
 than a hilar vessel are masses, a stub at a mass's edge is no finding, nothing above the
-lungs' apex; and the leave-one-patient-out choice of the real-CT protocol."""
+lungs' apex; a thin mass hanging in the lung is not a vessel confluence; and the
+leave-one-patient-out choice of the real-CT protocol."""
 
 from __future__ import annotations
 
@@ -128,3 +129,40 @@ def test_nothing_above_the_apex() -> None:
     above = np.zeros(SHAPE, dtype=bool)
     above[20:25, 50:60, 50:60] = True
     assert _below_apex([_blob(above)], apex=12, caudal_first=True) == []
+
+
+def _across_rows(
+    col_mm: float, z_mm: float, r0_mm: float, r1_mm: float, radius_mm: float
+) -> np.ndarray:
+    """A vessel along the rows from r0 to r1 (mm)."""
+    z, r, c = _grid()
+    return ((z - z_mm) ** 2 + (c - col_mm) ** 2 <= radius_mm**2) & (r >= r0_mm) & (r <= r1_mm)
+
+
+def _hilar_tree() -> np.ndarray:
+    """A vessel confluence (22 mm) with tubes going on on three sides, one of them leading to
+    a 24 mm ball: both thinner than a 14 mm ball, as a thin mass on 5 mm slices."""
+    confluence = _ball((75.0, 120.0, 70.0), 11.0)
+    tubes = (
+        _tube(120.0, 75.0, 70.0, 210.0, 3.0)
+        | _across_rows(70.0, 75.0, 0.0, 240.0, 3.0)  # a vessel going on on both sides
+    )
+    mass = _ball((75.0, 120.0, 230.0), 12.0)
+    return confluence | tubes | mass
+
+
+def test_a_thin_mass_hanging_in_aerated_lung_is_kept_a_vessel_confluence_is_not() -> None:
+    component = _hilar_tree()  # the only soft tissue: aerated lung all around it
+    parts = _mass_parts(_blob(component), SPACING, 14.0, component)
+    assert len(parts) == 1
+    lo, hi = _columns_mm(parts[0])
+    assert lo > 150.0, (lo, hi)  # the ball at the branch's end, not the confluence
+    # Without the air around it (the stump of a vessel at the mediastinum) it is no mass.
+    mediastinum = component | _ball((75.0, 120.0, 230.0), 30.0)
+    assert _mass_parts(_blob(component), SPACING, 14.0, mediastinum) == []
+    # Nor when soft tissue goes on beyond its ends (a vessel crossing the slices).
+    _, r, c = _grid()
+    column = (r - 120.0) ** 2 + (c - 230.0) ** 2 <= 8.0**2
+    assert _mass_parts(_blob(component), SPACING, 14.0, component | column) == []
+    # With no CT to look at (`tissue` None) the thin parts are vessels, as before.
+    assert _mass_parts(_blob(component), SPACING, 14.0) == []
