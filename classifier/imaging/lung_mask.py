@@ -411,14 +411,23 @@ def _interpolated_base(
         disk, (np.sqrt(np.maximum(_BASE_BALL_MM**2 - distance**2, 0.0)) - _BASE_BALL_MM), 0.0
     ) / max(spacing[0], 1e-3)
     big = float(len(order)) * 10.0
+    # On the footprint's box grown by the ball's reach: beyond it all is outside the footprint.
+    r0, r1, c0, c1 = _plane_box(footprint)
+    box = (
+        slice(max(0, r0 - reach[0]), r1 + reach[0]),
+        slice(max(0, c0 - reach[1]), c1 + reach[1]),
+    )
+    inside, low = footprint[box], lowest[box]
     eroded = ndimage.grey_erosion(
-        np.where(footprint, lowest, big), footprint=disk, structure=ball, mode="nearest"
+        np.where(inside, low, big), footprint=disk, structure=ball, mode="nearest"
     )
     opened = ndimage.grey_dilation(
-        np.where(footprint, eroded, -big), footprint=disk, structure=ball, mode="nearest"
+        np.where(inside, eroded, -big), footprint=disk, structure=ball, mode="nearest"
     )
-    deep = footprint & ((lowest - opened) * spacing[0] >= _BASE_MIN_DEPTH_MM)
-    return np.where(deep & ~medial[np.newaxis, :], opened, np.inf)
+    deep = inside & ((low - opened) * spacing[0] >= _BASE_MIN_DEPTH_MM) & ~medial[box[1]]
+    out = np.full(lowest.shape, np.inf)
+    out[box] = np.where(deep, opened, np.inf)
+    return out
 
 
 def _spine_front(bone: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
