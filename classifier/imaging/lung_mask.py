@@ -299,7 +299,8 @@ def _cavity(
     tissue pixels of a slice where that lung is, inside the rib cage seen from the lung's
     centre, lateral of the lung's mediastinal border (per row the most medial pixel of the
     lung's region, the nearest row's where a row has none) and with the lung's region on some
-    slice at most _CAVITY_BELOW_MM below (the heart, the liver and the diaphragm have none).
+    slice at most _CAVITY_BELOW_MM below (the heart, the liver and the diaphragm have none), or
+    above the lung's base interpolated under a mass on the dome (`_interpolated_base`).
     """
     out = own.copy()
     n = own.shape[0]
