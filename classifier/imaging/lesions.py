@@ -23,10 +23,11 @@ its edge, not a finding; nothing above the lungs' apex is a finding.
 
 A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
 cavity outside the region (`LungMask.cavity`: inside the ribs, lateral of the mediastinal
-border, above that lung), so a tumour that replaced the lung around it is one candidate, cut
-at the mediastinum; candidates that then overlap are merged. With `small_nodules`, solid nodules
-thinner than MIN_DIAMETER_MM are proposed as well when they are compact and stand free of
-vessels (`_small_nodules` on the working grid, `_stands_free` on the CT grid).
+border, above that lung or above its base interpolated under a mass on the dome), so a tumour
+that replaced the lung around it is one candidate, cut at the mediastinum; candidates that then
+overlap are merged. With `small_nodules`, solid nodules thinner than MIN_DIAMETER_MM are
+proposed as well when they are compact and stand free of vessels (`_small_nodules` on the
+working grid, `_stands_free` on the CT grid).
 """
 
 from __future__ import annotations

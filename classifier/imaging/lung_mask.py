@@ -42,6 +42,16 @@ _RAYS = 120
 _RAY_WINDOW = 2
 _RAY_MAX_MM = 220.0
 _BORDER_ROWS_MM = 10.0
+# The lung's base (see `_interpolated_base`): the diaphragm under a lung is a smooth dome, so the
+# lung's lowest slice per in-plane point (its base surface) changes slowly; a mass resting on the
+# diaphragm has replaced the lung above it and raises that surface in a steep-sided notch no
+# wider than the mass. A ball of _BASE_BALL_MM radius rolled under the base surface (a grey
+# opening with a ball cap, _BASE_NOTCH_MM wide either side) fills such notches up to twice
+# _BASE_NOTCH_MM across (the largest tumours, 90 mm) and follows the dome, which curves less.
+_BASE_NOTCH_MM = 45.0
+_BASE_BALL_MM = 100.0
+# Only a notch at least this deep is a mass (shallower: the base's own unevenness).
+_BASE_MIN_DEPTH_MM = 10.0
 # The spine is looked for this far either side of the midpoint between the lungs.
 _SPINE_HALF_WIDTH_MM = 15.0
 IN_PLANE = np.array(
@@ -289,7 +299,8 @@ def _cavity(
     tissue pixels of a slice where that lung is, inside the rib cage seen from the lung's
     centre, lateral of the lung's mediastinal border (per row the most medial pixel of the
     lung's region, the nearest row's where a row has none) and with the lung's region on some
-    slice at most _CAVITY_BELOW_MM below (the heart, the liver and the diaphragm have none).
+    slice at most _CAVITY_BELOW_MM below (the heart, the liver and the diaphragm have none), or
+    above the lung's base interpolated under a mass on the dome (`_interpolated_base`).
     """
     out = own.copy()
     n = own.shape[0]
@@ -310,6 +321,7 @@ def _cavity(
     order = list(range(n) if caudal_first else range(n - 1, -1, -1))
     # Per pixel, the last position (in caudal-to-cranial order) where the lung's region held it.
     last_seen = np.full(own.shape[1:], -(10**6), dtype=np.int64)
+    base = _interpolated_base(own, order, spacing, towards_high)
     for position, s in enumerate(order):
         if not present[s]:
             continue
@@ -332,7 +344,9 @@ def _cavity(
             behind = (np.arange(rows_n) >= spine_front[s]) & has & ~np.isnan(extreme)
             pick = np.fmax if towards_high else np.fmin
             border = np.where(behind, pick(border, extreme), border)
-        under = position - last_seen <= steps
+        # Above the lung's interpolated base and below its lowest slice: a mass on the dome.
+        on_base = (position >= base) & (last_seen < 0)
+        under = (position - last_seen <= steps) | on_base
         candidates = under & ~on & (small[s] > -300.0) & (small[s] < _BONE_HU)
         # The most medial border within _BORDER_ROWS_MM of each row: a border with notches
         # (a vessel or a fissure at the lung's medial edge) does not cut the mass in bands.
@@ -362,6 +376,58 @@ def _cavity(
         with np.errstate(invalid="ignore"):
             keep = np.hypot(dr, dc) < limit - 1.0
         out[s, rr[keep], cc[keep]] = True
+    return out
+
+
+def _interpolated_base(
+    own: np.ndarray, order: list[int], spacing: tuple[float, float, float], towards_high: bool
+) -> np.ndarray:
+    """Per in-plane pixel, the position (in `order`, caudal to cranial) of the lung's base
+    under it with notches filled (see _BASE_NOTCH_MM); +inf where the lung never is and where
+    the base is the lung's own lowest slice (nothing to add). Only under the lateral half of
+    the lung's footprint: under its medial half lie the heart and the mediastinum, whose
+    notches in the lung base are not masses."""
+    rows_n, cols_n = own.shape[1:]
+    lowest = np.full((rows_n, cols_n), np.inf)
+    for position, s in enumerate(order):
+        new = own[s] & ~np.isfinite(lowest)
+        lowest[new] = position
+    footprint = np.isfinite(lowest)
+    if not footprint.any():
+        return lowest
+    columns = np.arange(cols_n)
+    centre = float(np.mean(np.nonzero(footprint)[1]))
+    medial = (columns > centre) if towards_high else (columns < centre)
+    # Where a mass has replaced the lung over its whole height the footprint has a gap against
+    # the chest wall (convex, the ribs'): the lung's base there is unknown (above its top), to
+    # be interpolated from around it.
+    hull = hull_in_plane(footprint[np.newaxis])[0] & ~medial[np.newaxis, :]
+    lowest[hull & ~footprint] = float(len(order))
+    footprint = footprint | hull
+    reach = [max(1, int(_BASE_NOTCH_MM / d)) for d in spacing[1:]]
+    dy, dx = np.ogrid[-reach[0] : reach[0] + 1, -reach[1] : reach[1] + 1]
+    distance = np.hypot(dy * spacing[1], dx * spacing[2])
+    disk = distance <= _BASE_NOTCH_MM
+    ball = np.where(
+        disk, (np.sqrt(np.maximum(_BASE_BALL_MM**2 - distance**2, 0.0)) - _BASE_BALL_MM), 0.0
+    ) / max(spacing[0], 1e-3)
+    big = float(len(order)) * 10.0
+    # On the footprint's box grown by the ball's reach: beyond it all is outside the footprint.
+    r0, r1, c0, c1 = _plane_box(footprint)
+    box = (
+        slice(max(0, r0 - reach[0]), r1 + reach[0]),
+        slice(max(0, c0 - reach[1]), c1 + reach[1]),
+    )
+    inside, low = footprint[box], lowest[box]
+    eroded = ndimage.grey_erosion(
+        np.where(inside, low, big), footprint=disk, structure=ball, mode="nearest"
+    )
+    opened = ndimage.grey_dilation(
+        np.where(inside, eroded, -big), footprint=disk, structure=ball, mode="nearest"
+    )
+    deep = inside & ((low - opened) * spacing[0] >= _BASE_MIN_DEPTH_MM) & ~medial[box[1]]
+    out = np.full(lowest.shape, np.inf)
+    out[box] = np.where(deep, opened, np.inf)
     return out
 
 

@@ -188,3 +188,31 @@ def test_below_the_lung_is_the_patients_below_whatever_the_slice_order() -> None
     flipped = _feet_first(ct)
     mirrored = replace(_candidate_of(block), mask_origin=(ct.shape[0] - s0 - 4, r, c))
     assert _rises_from_below(flipped, mirrored, lung_mask(flipped)) == 1.0
+
+
+def test_the_lung_base_is_interpolated_under_a_mass_on_the_dome_not_under_the_heart() -> None:
+    # A lung whose base is a smooth dome (the diaphragm), raised 50 mm over a 40 mm disc in its
+    # lateral half (a mass resting on the dome replaced the lung above it) and over one in its
+    # medial half (the heart under the lung's edge): only the mass's notch is filled, to the
+    # dome's height, and the dome itself is left as it is.
+    from classifier.imaging.lung_mask import _interpolated_base
+
+    spacing = (5.0, 2.0, 2.0)
+    rows, cols = np.ogrid[0:120, 0:120]
+    footprint = np.hypot(rows - 60, cols - 60) <= 50
+    dome_mm = 40.0 * (1.0 - np.hypot((rows - 60) * 2.0, (cols - 60) * 2.0) ** 2 / 100.0**2)
+    lowest_mm = dome_mm.copy()
+    mass = np.hypot(rows - 60, cols - 30) <= 10
+    heart = np.hypot(rows - 60, cols - 90) <= 10
+    lowest_mm[mass | heart] += 50.0
+    lowest = np.rint(lowest_mm / spacing[0])
+    order = list(range(40))
+    own = np.stack([footprint & (lowest <= s) for s in order])
+    # The medial side is towards higher columns (towards_high).
+    base = _interpolated_base(own, order, spacing, True)
+    filled = np.isfinite(base)
+    assert filled[mass].mean() > 0.5
+    assert not filled[heart].any()
+    assert not filled[~mass].any()
+    dome = np.rint(dome_mm / spacing[0])
+    assert np.all(np.abs(base[filled] - dome[filled]) <= 2.0)  # within 10 mm of the dome
