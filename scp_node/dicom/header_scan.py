@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -76,6 +76,8 @@ class ScannedHeader:
 
     dataset: Dataset
     file_size: int
+    # the same elements undecoded (tag -> raw element, Specific Character Set included)
+    elements: dict[int, RawDataElement] = field(default_factory=dict, compare=False)
 
 
 def scan_header(path: Path, keywords: Iterable[str]) -> Dataset | None:
@@ -113,7 +115,7 @@ def _scan(data: bytes, whole_file: bool, wanted: set[int]) -> ScannedHeader:
             raise _Unsure
     except ValueError:  # not a transfer syntax pydicom knows
         raise _Unsure from None
-    found: dict[BaseTag, DataElement | RawDataElement] = {}
+    found: dict[BaseTag, RawDataElement] = {}
     previous = -1
     first = True
     while True:
@@ -148,9 +150,10 @@ def _scan(data: bytes, whole_file: bool, wanted: set[int]) -> ScannedHeader:
                 BaseTag(tag), vr, length, cast(bytes | None, value), value_at, implicit, True
             )
         position = end
-    dataset = Dataset(found)
+    # a copy: pydicom converts the elements of its dict in place as they are read
+    dataset = Dataset(cast(dict[BaseTag, DataElement | RawDataElement], dict(found)))
     dataset.set_original_encoding(implicit, True)
-    return ScannedHeader(dataset, file_size)
+    return ScannedHeader(dataset, file_size, {int(tag): raw for tag, raw in found.items()})
 
 
 def _file_meta(data: bytes, position: int) -> tuple[int, UID]:

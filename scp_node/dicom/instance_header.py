@@ -1,11 +1,14 @@
 """The few header elements the node indexes for a received instance, read without Pixel Data.
 
 Read by `header_scan` where the file is plain (most are), by pydicom otherwise; both give the
-same values (tests/integration/test_header_scan.py). pydicom reads the file twice then, up to
-Pixel Data (as the analysis reads headers) and whole (as the pixels are read): a file where the
-two differ (an indexed element repeated after Pixel Data) is refused, so that every reader
-downstream sees
-the one patient and study the index holds. Shared by the C-STORE handler (on the streamed file)
+same values (tests/integration/test_header_scan.py). From a streamed C-STORE's first bytes
+(`header_of_first_bytes`) the scan's raw values are decoded by `plain_values` where they are
+plain ASCII text (most are), which gives what pydicom's decoding gives at a third of its cost,
+and by pydicom otherwise (the same tests, and tests/integration/test_header_differential.py).
+Where the scan declines, pydicom reads the file twice, up to Pixel Data (as the analysis
+reads headers) and whole (as the pixels are read): a file where the two differ (an indexed
+element repeated after Pixel Data) is refused, so that every reader downstream sees the one
+patient and study the index holds. Shared by the C-STORE handler (on the streamed file)
 and the start-up re-indexing of store files (index_recovery), so both derive exactly the same
 index row from the same file.
 
@@ -25,13 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement, empty_value_for_VR
 from pydicom.errors import InvalidDicomError
 
-from scp_node.dicom.header_scan import scan_bytes, scan_header
+from scp_node.dicom.header_scan import SPECIFIC_CHARACTER_SET, scan_bytes, scan_header
 from scp_node.logs import escape_text
 from storage.records import InstanceRecord
 from storage.uids import require_uid
@@ -50,6 +57,23 @@ HEADER_TAGS = [
     "PatientBirthDate",
 ]
 
+
+# Character sets in which every byte of _PLAIN_TEXT_BYTES decodes as in ASCII (pydicom's
+# decoding of a plain value is then the bytes' ASCII text).
+PLAIN_CHARACTER_SETS = frozenset({b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"})
+# printable ASCII but the backslash (pydicom's value separator), and NUL (padding)
+_PLAIN_TEXT_BYTES = bytes([0, *(b for b in range(0x20, 0x7F) if b != 0x5C)])
+
+
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    """The tag and dictionary VR of a keyword of pydicom's dictionary."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"{keyword!r} is not in pydicom's data dictionary")
+    return tag, dictionary_VR(tag)
+
+
+_PLAIN_ELEMENTS = {keyword: _tag_and_vr(keyword) for keyword in HEADER_TAGS}
 
 CODE_STRING = re.compile(r"[A-Z0-9 _]{0,16}")  # VR CS, PS3.5 Table 6.2-1
 INVALID_CODE_CHARS = 32
@@ -169,6 +193,9 @@ def header_of_first_bytes(data: bytes) -> InstanceHeader | None:
     scanned = scan_bytes(data, HEADER_TAGS, whole_file=False)
     if scanned is None:
         return None
+    plain = plain_values(scanned.elements)
+    if plain is not None:
+        return _header_from(plain.get, scanned.file_size)
     try:
         return _header_of(scanned.dataset, scanned.file_size)
     except Exception:  # pydicom decoding hostile bytes: whatever it raises, read_header reports
@@ -176,20 +203,68 @@ def header_of_first_bytes(data: bytes) -> InstanceHeader | None:
 
 
 def _header_of(ds: Dataset, file_size: int | None = None) -> InstanceHeader:
+    return _header_from(ds.get, file_size)
+
+
+def _header_from(get: Callable[[str], object], file_size: int | None) -> InstanceHeader:
+    """The header from `get(keyword)`: a value as pydicom's Dataset.get gives it."""
+    patient_id = get("PatientID")
     return InstanceHeader(
-        sop_class_uid=ds.get("SOPClassUID"),
-        sop_instance_uid=ds.get("SOPInstanceUID"),
-        study_instance_uid=ds.get("StudyInstanceUID"),
-        series_instance_uid=ds.get("SeriesInstanceUID"),
-        modality=code_string(ds.get("Modality")),
-        number_of_slices=ds.get("NumberOfSlices"),
-        accession_number=_short_text(ds.get("AccessionNumber")),
-        study_date=_short_text(ds.get("StudyDate")),
-        patient_id=_short_text(ds.get("PatientID")),
-        patient_digest=patient_digest("id", ds.get("PatientID")),
-        birth_date_digest=_birth_date_digest(ds.get("PatientBirthDate")),
+        sop_class_uid=get("SOPClassUID"),
+        sop_instance_uid=get("SOPInstanceUID"),
+        study_instance_uid=get("StudyInstanceUID"),
+        series_instance_uid=get("SeriesInstanceUID"),
+        modality=code_string(get("Modality")),
+        number_of_slices=get("NumberOfSlices"),
+        accession_number=_short_text(get("AccessionNumber")),
+        study_date=_short_text(get("StudyDate")),
+        patient_id=_short_text(patient_id),
+        patient_digest=patient_digest("id", patient_id),
+        birth_date_digest=_birth_date_digest(get("PatientBirthDate")),
         file_size=file_size,
     )
+
+
+def plain_values(elements: Mapping[int, RawDataElement]) -> dict[str, object] | None:
+    """The HEADER_TAGS values of raw `elements` (header_scan's), keyword -> value, equal to what
+    pydicom's Dataset.get gives, decoded here without pydicom's per-element machinery (a third
+    of the receive path's header time); None unless every element present is plain: the
+    dictionary VR (or implicit VR), a text value of printable ASCII without a backslash (one
+    value, which every character set the node allows decodes alike; NUL padding allowed), a
+    Number of Slices of one US value, a Specific Character Set of PLAIN_CHARACTER_SETS, and
+    pydicom's reading settings as the node sets them (no date conversion, validation not
+    raising). Then the caller lets pydicom decode them."""
+    if pydicom_config.datetime_conversion or (
+        pydicom_config.settings.reading_validation_mode == pydicom_config.RAISE
+    ):
+        return None
+    charset = elements.get(SPECIFIC_CHARACTER_SET)
+    if charset is not None and (
+        charset.VR not in (None, "CS")
+        or (charset.value or b"").rstrip(b"\0 ") not in PLAIN_CHARACTER_SETS
+    ):
+        return None
+    values: dict[str, object] = {}
+    for keyword, (tag, vr) in _PLAIN_ELEMENTS.items():
+        raw = elements.get(tag)
+        if raw is None:
+            continue
+        value = raw.value
+        if raw.VR not in (None, vr) or not isinstance(value, bytes | None):
+            return None
+        if not value:
+            values[keyword] = empty_value_for_VR(vr)
+        elif vr == "US":
+            if len(value) != 2:
+                return None
+            values[keyword] = int.from_bytes(value, "little")
+        elif value.translate(None, _PLAIN_TEXT_BYTES):
+            return None
+        elif vr == "UI":
+            values[keyword] = value.decode("ascii").rstrip("\0 ").strip()  # convert_UI, UID()
+        else:
+            values[keyword] = value.decode("ascii").rstrip("\0 ")  # pydicom's convert_text
+    return values
 
 
 def _birth_date_digest(value: object) -> str | None:

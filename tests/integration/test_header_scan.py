@@ -16,7 +16,10 @@ import pytest
 from header_constructs import indexed_ct, with_nested_sequence
 from node_process import PhantomFiles
 from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -25,8 +28,14 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from scp_node.dicom.header_scan import SCAN_BYTES, scan_header
-from scp_node.dicom.instance_header import HEADER_TAGS, read_header
+from scp_node.dicom.header_scan import SCAN_BYTES, scan_bytes, scan_header
+from scp_node.dicom.instance_header import (
+    HEADER_TAGS,
+    _header_of,
+    header_of_first_bytes,
+    plain_values,
+    read_header,
+)
 
 
 def _by_pydicom(path: Path) -> dict[str, object]:
@@ -40,14 +49,25 @@ def _by_scan(path: Path) -> dict[str, object] | None:
 
 
 def _assert_agrees(path: Path) -> bool:
-    """The scan's values equal dcmread's (same types); False when the scan declined."""
+    """The scan's values equal dcmread's (same types), and so does the header made from its
+    first bytes (by plain_values where they are plain); False when the scan declined."""
     scanned = _by_scan(path)
     if scanned is None:
         return False
     expected = _by_pydicom(path)
     assert scanned == expected, path
     assert {k: type(v) for k, v in scanned.items()} == {k: type(v) for k, v in expected.items()}
+    header = header_of_first_bytes(path.read_bytes()[:SCAN_BYTES])
+    if header is not None:
+        by_pydicom = _header_of(dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS))
+        assert header == by_pydicom, path
     return True
+
+
+def _is_plain(path: Path) -> bool:
+    """Whether the header of `path` is read by plain_values, without pydicom's decoding."""
+    scanned = scan_bytes(path.read_bytes()[:SCAN_BYTES], HEADER_TAGS, whole_file=False)
+    return scanned is not None and plain_values(scanned.elements) is not None
 
 
 def _save(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
@@ -64,6 +84,7 @@ def test_real_ct_and_pet_are_scanned_and_agree(shared_data: Path) -> None:
     assert files, f"no .dcm under {shared_data}"
     declined = [path for path in files if not _assert_agrees(path)]
     assert declined == []  # conformant scanner output never needs the slow path
+    assert [path for path in files if not _is_plain(path)] == []  # nor pydicom's decoding
 
 
 def test_phantom_files_are_scanned_and_agree(phantom_pet_ct: PhantomFiles) -> None:
@@ -92,6 +113,7 @@ def test_values_are_decoded_in_the_files_character_set(
     )
     assert _assert_agrees(path)
     assert read_header(path).patient_id == patient_id
+    assert not _is_plain(path)  # not ASCII, or ISO_IR 144: pydicom decodes it
 
 
 @pytest.mark.parametrize(
@@ -110,6 +132,68 @@ def test_odd_values_agree(tmp_path: Path, elements: dict[str, object]) -> None:
     for keyword in [k for k, v in elements.items() if v is None]:
         del ds[keyword]
     assert _assert_agrees(_save(ds, tmp_path / "ct.dcm"))
+
+
+def test_plain_headers_are_read_without_pydicom_and_agree(tmp_path: Path) -> None:
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        path = _save(indexed_ct(), tmp_path / "ct.dcm", syntax)
+        assert _is_plain(path) and _assert_agrees(path)
+    path = _save(indexed_ct(SpecificCharacterSet="ISO_IR 192"), tmp_path / "utf8.dcm")
+    assert _is_plain(path) and _assert_agrees(path)
+
+
+TRICKY_VALUES = [
+    b"",
+    b"1.2.3",
+    b"1.2.3\x00",
+    b" 1.2.3 ",
+    b"1.2\x003",
+    b"  ",
+    b"\x00",
+    b"A\\B",
+    b"\x1b$B",
+    b"caf\xe9",
+    b"tab\there",
+    b"P-123 ",
+    b"\x00\x00 x",
+]
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+@pytest.mark.parametrize("charset", [None, b"ISO_IR 100", b"ISO_IR 192 ", b"ISO 2022 IR 87"])
+def test_plain_values_equal_pydicoms_or_decline(implicit: bool, charset: bytes | None) -> None:
+    """Every indexed element holding each tricky value (and Number of Slices each length):
+    plain_values declines, or gives what pydicom's Dataset.get gives for the same raw
+    elements."""
+    taken = 0
+    for keyword in HEADER_TAGS:
+        tag = tag_for_keyword(keyword)
+        vr = None if implicit else dictionary_VR(keyword)
+        values = (
+            [b"", b"\x2a\x00", b"\x01", b"\x01\x00\x02\x00"]
+            if keyword == "NumberOfSlices"
+            else TRICKY_VALUES
+        )
+        for value in values:
+            elements = {tag: RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, True)}
+            if charset is not None:
+                elements[0x00080005] = RawDataElement(
+                    BaseTag(0x00080005),
+                    None if implicit else "CS",
+                    len(charset),
+                    charset,
+                    0,
+                    implicit,
+                    True,
+                )
+            plain = plain_values(elements)
+            if plain is None:
+                continue
+            ds = Dataset(dict(elements))
+            ds.set_original_encoding(implicit, True)
+            assert plain.get(keyword) == ds.get(keyword), (keyword, value)
+            taken += 1
+    assert taken > 0 if charset != b"ISO 2022 IR 87" else taken == 0
 
 
 def test_number_of_slices_absent_and_empty_agree(tmp_path: Path) -> None:
@@ -188,7 +272,7 @@ def test_mutated_headers_never_disagree(tmp_path: Path) -> None:
     original = _save(ds, tmp_path / "ct.dcm", ExplicitVRLittleEndian).read_bytes()
     header_end = original.index(b"\xe0\x7f\x10\x00")
     rng = random.Random(7)
-    agreed = declined = 0
+    agreed = declined = plain = 0
     for i in range(400):
         raw = bytearray(original)
         for _ in range(rng.randint(1, 4)):
@@ -208,5 +292,12 @@ def test_mutated_headers_never_disagree(tmp_path: Path) -> None:
         except Exception as exc:  # decoding a value, in pydicom: it fails the same way there
             got = type(exc).__name__
         assert got == expected, f"mutation {i}"
+        header = header_of_first_bytes(bytes(raw[:SCAN_BYTES]))
+        if header is not None:
+            pydicom_header = _header_of(
+                dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            )
+            assert header == pydicom_header, f"mutation {i}"
+            plain += _is_plain(path)
         agreed += 1
-    assert agreed > 50 and declined > 50, (agreed, declined)
+    assert agreed > 50 and declined > 50 and plain > 50, (agreed, declined, plain)

@@ -19,8 +19,14 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from scp_node.dicom.header_scan import scan_header
-from scp_node.dicom.instance_header import HEADER_TAGS, HeaderError, patient_digest, read_header
+from scp_node.dicom.header_scan import SCAN_BYTES, scan_header
+from scp_node.dicom.instance_header import (
+    HEADER_TAGS,
+    HeaderError,
+    header_of_first_bytes,
+    patient_digest,
+    read_header,
+)
 
 ITEM = b"\xfe\xff\x00\xe0"
 ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
@@ -151,6 +157,9 @@ class Reading:
     before_pixels: dict[str, object] | str  # str: the error pydicom raised
     whole: dict[str, object] | str
     header: tuple[str, object, object] | str  # (patient digest, study, SOP) or the HeaderError
+    # the same from the file's first bytes, as a C-STORE streams (header_of_first_bytes), when
+    # that answers for a file of this size; None otherwise (the handler calls read_header)
+    streamed: tuple[str, object, object] | None = None
 
 
 def _values(read: Callable[[], Dataset]) -> dict[str, object] | str:
@@ -176,7 +185,12 @@ def read_all(path: Path) -> Reading:
         )
     except HeaderError as exc:
         got = f"HeaderError: {exc}"
-    return Reading(scanned, before, whole, got)  # type: ignore[arg-type]
+    data = path.read_bytes()
+    first = header_of_first_bytes(data[:SCAN_BYTES])
+    streamed = None
+    if first is not None and first.file_size == len(data):
+        streamed = (str(first.patient_digest), first.study_instance_uid, first.sop_instance_uid)
+    return Reading(scanned, before, whole, got, streamed)  # type: ignore[arg-type]
 
 
 def assert_one_reading(path: Path, context: str = "") -> Reading:
@@ -190,6 +204,8 @@ def assert_one_reading(path: Path, context: str = "") -> Reading:
         assert r.scanned == r.before_pixels == r.whole, where
         types = {k: type(v) for k, v in r.before_pixels.items()}
         assert {k: type(v) for k, v in r.scanned.items()} == types, where
+    if r.streamed is not None:
+        assert r.streamed == r.header, f"{where}: the streamed header differs from read_header"
     if isinstance(r.header, tuple):
         for reading in (r.before_pixels, r.whole):
             assert isinstance(reading, dict), f"{where}: indexed what pydicom cannot read"

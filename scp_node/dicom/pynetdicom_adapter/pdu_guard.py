@@ -14,9 +14,10 @@ association, its acceptor thread woken so its slot is free at once.
 Touches `DULServiceProvider._read_pdu_data` of each guarded association's DUL (an instance
 attribute set before the association starts; pynetdicom calls it as `self._read_pdu_data()`
 from `_is_transport_event`), the DUL's `event_queue`, `_recv_pdu`, `to_user_queue` and
-`_decode_pdu`, as pynetdicom's own reader does. The server's request handler
-(scp_node.dicom.pynetdicom_adapter.server) guards each association it creates; associations
-the node requests (the sender) keep pynetdicom's reader.
+`_decode_pdu`, as pynetdicom's own reader does (a P-DATA-TF is decoded by
+scp_node.dicom.pynetdicom_adapter.p_data, its values left in the PDU's buffer). The server's
+request handler (scp_node.dicom.pynetdicom_adapter.server) guards each association it
+creates; associations the node requests (the sender) keep pynetdicom's reader.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any, Protocol
 
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+
+from scp_node.dicom.pynetdicom_adapter.p_data import decode_pdu
 
 log = logging.getLogger("lungnode.connections")
 
@@ -166,7 +169,7 @@ class GuardedReader:
             except OSError:
                 pass
         try:
-            pdu, event = dul._decode_pdu(pdu_bytes)
+            pdu, event = decode_pdu(dul, pdu_bytes)
         except Exception as exc:
             if awaiting_request:
                 # the text may hold the peer's bytes: the log formatter and the audit's JSON
