@@ -11,7 +11,9 @@ start fresh with an empty store each round. Peers are interleaved, so load on th
 all alike; printed are the medians of the rounds (at least 5 for a figure) with their spread,
 and the node's throughput as a ratio to storescp, to Orthanc and busy to idle.
 
-Diagnosis flags: --peers harness[,harness-polling,harness-noearlysync,harness-nofsync] adds the
+Diagnosis flags: --peers node-noyield,node-busy-noyield (likewise -nice0, -nice19) adds a
+second node with that setting changed (analysis never paused while receiving; analysis_nice).
+--peers harness[,harness-polling,harness-noearlysync,harness-nofsync] adds the
 node's receive path alone (bench/node_receiver.py: Receiver, InstanceStore, SQLite index, no
 scheduler or worker), with the time of each part of the C-STORE handler.
 
@@ -58,6 +60,7 @@ SERVED_VARIANTS: dict[str, dict[str, str]] = {
     "": {},
     "-nice0": {"pipeline__analysis_nice": "0"},
     "-nice19": {"pipeline__analysis_nice": "19"},
+    "-noyield": {"pipeline__analysis_share_while_receiving": "1"},  # never paused
 }
 HARNESS_VARIANTS: dict[str, tuple[str, ...]] = {
     "harness": (),
@@ -329,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node, "
             "node-busy, node-nice0 and node-busy-nice0 (a second node with [pipeline] "
-            "analysis_nice = 0), harness (the receive path alone, bench/node_receiver.py), "
+            "analysis_nice = 0; -nice19 likewise), node-noyield and node-busy-noyield (a node "
+            "whose analysis is never paused while receiving: [pipeline] "
+            "analysis_share_while_receiving = 1), harness (the receive path alone, "
+            "bench/node_receiver.py), "
             "harness-polling (with pynetdicom's own 1 ms idle sleeps), harness-noearlysync (no "
             "data sync while the header is read), harness-nofsync (a diagnosis: without its "
             "fsyncs, to see what durability costs)"
@@ -367,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"node{variant}: {len(receivers)} receiver processes, RSS "
                     f"{', '.join(f'{r:.0f}' for r in receivers)} MiB; serve process "
-                    f"{made.rss_mib():.0f} MiB"
+                    f"{made.rss_mib():.0f} MiB; analysis processes "
+                    f"{', '.join(f'{r:.0f}' for r in made.analysis_rss_mib())} MiB"
                     + (f"; diagnosis settings {settings}" if settings else ""),
                     flush=True,
                 )
@@ -433,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"node / {other}: {rate['node'] / rate[other]:.2f}x")
         if "node-busy" in rate:
             print(f"node-busy / node: {rate['node-busy'] / rate['node']:.2f}x")
-    if "node-busy-nice0" in rate and "node-nice0" in rate:
-        print(f"node-busy-nice0 / node-nice0: {rate['node-busy-nice0'] / rate['node-nice0']:.2f}x")
+    for variant in SERVED_VARIANTS:
+        if variant and f"node-busy{variant}" in rate and f"node{variant}" in rate:
+            ratio = rate[f"node-busy{variant}"] / rate[f"node{variant}"]
+            print(f"node-busy{variant} / node{variant}: {ratio:.2f}x")
     return 0
 
 

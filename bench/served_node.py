@@ -8,6 +8,7 @@ analyses to finish, and reports each receiver process's resident memory.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +37,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory (MiB) of process `pid`; 0 once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(x.split()[1]) / 1024.0 for x in lines if x.startswith("VmRSS:")), 0.0)
 
 
 class ServedNode:
@@ -122,19 +132,15 @@ class ServedNode:
             time.sleep(0.2)
 
     def receiver_rss_mib(self) -> list[float]:
-        """Resident memory (MiB) of each receiver process (the serve process's children that
-        run scp_node.receive.processes)."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=,rss=,args=", "--ppid", str(self._proc.pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return [
-            int(line.split()[1]) / 1024.0
-            for line in out.stdout.splitlines()
-            if "multiprocessing" in line and "resource_tracker" not in line
-        ]
+        """Resident memory (MiB) of each receiver process (as the serve process logged them)."""
+        pids = re.findall(r"receiver process started slot=\d+ pid=(\d+)", self.log())
+        return [_rss_mib(int(pid)) for pid in pids if _rss_mib(int(pid))]
+
+    def analysis_rss_mib(self) -> list[float]:
+        """Resident memory (MiB) of each analysis process, with its model."""
+        workers = re.findall(r"analysis processes started count=\d+ workers=(\S+)", self.log())
+        pids = [w.rsplit(":", 1)[1] for line in workers[-1:] for w in line.split(",")]
+        return [_rss_mib(int(pid)) for pid in pids if _rss_mib(int(pid))]
 
     def rss_mib(self) -> float:
         """Resident memory (MiB) of the serve process itself."""

@@ -320,15 +320,17 @@ def _float(lo: float, hi: float) -> Callable[[str, str], float]:
 
 
 def _share(key: str, raw: str) -> float:
-    """A share of the time from 0.01 to 1; 0 named apart: it would starve the analysis."""
-    value = _float(0, 1)(key, raw)
-    if value < 0.01:
-        raise _fail(
-            key,
-            raw,
-            "a share from 0.01 to 1 (0 would stop the analysis for as long as any association "
-            "stays open; 1 never pauses it)",
-        )
+    """A share of the time from 0.01 to 1 (0 would starve the analysis)."""
+    expected = (
+        "a share from 0.01 to 1 (0 would stop the analysis for as long as any association "
+        "stays open; 1 never pauses it)"
+    )
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _fail(key, raw, expected) from None
+    if not 0.01 <= value <= 1:
+        raise _fail(key, raw, expected)
     return value
 
 
