@@ -261,10 +261,11 @@ def spread(values: list[float]) -> str:
 
 def send_while_analysing(
     served: ServedNode, cache: Path, slices: int, size: int, background: int
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float], dict[str, float]]:
     """Keep the node's worker busy with `background` fresh studies (sent at once, untimed),
     then time a fresh study sent while they are analysed; returns (seconds, fraction of those
-    seconds during which a study was being analysed)."""
+    seconds during which a study was being analysed, the node's CPU seconds by role before
+    and after the send)."""
     _, files = fresh_series(cache, slices, size)  # made first: the analyses run meanwhile
     studies = [fresh_series(cache, slices, size) for _ in range(background)]
     with ThreadPoolExecutor(background) as pool:
@@ -280,13 +281,15 @@ def send_while_analysing(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
+        cpu_before = served.cpu_seconds()
         elapsed = send(files, served.port, "LUNGNODE")
+        cpu_after = served.cpu_seconds()
     finally:
         done.set()
         watcher.join()
         for _, sent in [*studies, ("", files)]:
             shutil.rmtree(sent[0].parent, ignore_errors=True)
-    return elapsed, (sum(busy) / len(busy) if busy else 0.0)
+    return elapsed, (sum(busy) / len(busy) if busy else 0.0), cpu_before, cpu_after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.rounds} rounds: a smoke run, not a figure (use 5 or more)", flush=True)
 
     seconds: dict[str, list[float]] = {p: [] for p in peers}
+    cpu: dict[str, list[dict[str, float]]] = {p: [] for p in peers}  # node peers, by role
     busy_fraction: list[float] = []
     breakdowns: dict[str, list[dict[str, float]]] = {}  # harness variant -> one per round
     with tempfile.TemporaryDirectory(prefix="bench-served-", dir=args.cache) as served_dir:
@@ -389,14 +393,21 @@ def main(argv: list[str] | None = None) -> int:
                         served = served_nodes[variant]
                         if "-busy" not in peer:
                             _, fresh = fresh_series(args.cache, args.slices, args.size)
+                            cpu_before = served.cpu_seconds()
                             elapsed = send(fresh, served.port, "LUNGNODE")
+                            cpu_after = served.cpu_seconds()
                             shutil.rmtree(fresh[0].parent)
                         else:
-                            elapsed, fraction = send_while_analysing(
+                            elapsed, fraction, cpu_before, cpu_after = send_while_analysing(
                                 served, args.cache, args.slices, args.size, args.background
                             )
                             busy_fraction.append(fraction)
                             note = f"  (a study analysed {fraction:.0%} of the time)"
+                        used = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+                        cpu[peer].append(used)
+                        note += "  CPU s during the send: " + ", ".join(
+                            f"{k} {v:.2f}" for k, v in used.items()
+                        )
                     else:
                         elapsed = _one_fresh_peer(peer, args, files, round_no, breakdowns)
                     seconds[peer].append(elapsed)
@@ -429,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
             "{commit:.1f} + index {index:.1f} + rest; "
             "between handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
         )
+    for peer in peers:
+        if cpu[peer]:
+            roles = cpu[peer][0].keys()
+            print(
+                f"{peer} CPU s during the send (median of rounds): "
+                + ", ".join(f"{r} {statistics.median(c[r] for c in cpu[peer]):.2f}" for r in roles)
+            )
     if busy_fraction:
         print(
             f"node-busy: a study was analysed {statistics.median(busy_fraction):.0%} of each "

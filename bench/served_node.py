@@ -48,6 +48,15 @@ def _rss_mib(pid: int) -> float:
     return next((int(x.split()[1]) / 1024.0 for x in lines if x.startswith("VmRSS:")), 0.0)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` in seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServedNode:
     """`python -m scp_node serve -c config.ini` in `workdir` (store, log), on a free port,
     allowing `calling_aet`; `settings` are more LUNGNODE__SECTION__KEY overrides, for the
@@ -131,16 +140,32 @@ class ServedNode:
                 raise TimeoutError(f"the node still analyses after {timeout:g} s")
             time.sleep(0.2)
 
+    def receiver_pids(self) -> list[int]:
+        """The receiver processes, as the serve process logged them (restarted ones too)."""
+        found = re.findall(r"receiver process started slot=\d+ pid=(\d+)", self.log())
+        return [int(pid) for pid in found]
+
+    def analysis_pids(self) -> list[int]:
+        """The analysis processes of the last start, as the serve process logged them."""
+        found = re.findall(r"analysis processes started count=\d+ workers=(\S+)", self.log())
+        return [int(w.rsplit(":", 1)[1]) for line in found[-1:] for w in line.split(",")]
+
     def receiver_rss_mib(self) -> list[float]:
-        """Resident memory (MiB) of each receiver process (as the serve process logged them)."""
-        pids = re.findall(r"receiver process started slot=\d+ pid=(\d+)", self.log())
-        return [_rss_mib(int(pid)) for pid in pids if _rss_mib(int(pid))]
+        """Resident memory (MiB) of each receiver process."""
+        return [rss for rss in map(_rss_mib, self.receiver_pids()) if rss]
 
     def analysis_rss_mib(self) -> list[float]:
         """Resident memory (MiB) of each analysis process, with its model."""
-        workers = re.findall(r"analysis processes started count=\d+ workers=(\S+)", self.log())
-        pids = [w.rsplit(":", 1)[1] for line in workers[-1:] for w in line.split(",")]
-        return [_rss_mib(int(pid)) for pid in pids if _rss_mib(int(pid))]
+        return [rss for rss in map(_rss_mib, self.analysis_pids()) if rss]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system, every thread, ended ones too) used so far by the serve
+        process, its receiver processes and its analysis processes, by role."""
+        return {
+            "serve": _cpu_seconds(self._proc.pid),
+            "receivers": sum(map(_cpu_seconds, self.receiver_pids())),
+            "analysis": sum(map(_cpu_seconds, self.analysis_pids())),
+        }
 
     def rss_mib(self) -> float:
         """Resident memory (MiB) of the serve process itself."""

@@ -15,7 +15,12 @@ the result). The node's process only supervises:
 - `stop()` (SIGTERM/SIGINT of the node) lets each process finish the analysis it is running and
   exit; a process still busy after `drain_seconds` is killed and its job queued again. A
   process that receives SIGTERM itself (systemd signals the whole control group) also stops
-  after its current analysis; SIGINT (Ctrl-C in a terminal) is left to the node.
+  after its current analysis; SIGINT (Ctrl-C in a terminal) is left to the node. A process
+  whose node is gone (killed) stops after its current analysis too;
+- each process runs in a session of its own at [pipeline] analysis_nice
+  (scp_node.pipeline.priority), and `pause()` / `resume()` stop and continue every process,
+  each between two index transactions (scp_node.pipeline.analysis_yield pauses them while the
+  node receives); a process paused when its node dies is continued by the kernel.
 
 On CPU, processes scale analyses with the cores (TensorFlow's own threads share them). On a GPU,
 one process is the recommended setting: CNN calls of several studies are not batched together,
@@ -63,7 +68,7 @@ class _Child:
 
 
 def _child_main(
-    config: Config, log_level: str, stop: Any, conn: Connection, guard: Any
+    config: Config, log_level: str, stop: Any, conn: Connection, guard: Any, parent_pid: int
 ) -> None:  # pragma: no cover - a spawned process (tests/integration/test_analysis_pool)
     """An analysis process: load the model, then claim and process jobs until told to stop.
     `guard` is held around each index transaction and message to the node, which takes it
@@ -101,7 +106,8 @@ def _child_main(
     tell("ready", (worker_id, model.info))
     switches = Switches(index)
     try:
-        while not stop.is_set() and not terminated.is_set():
+        # a node killed (SIGKILL) leaves this process in a session of its own: it ends too
+        while not stop.is_set() and not terminated.is_set() and os.getppid() == parent_pid:
             busy = not switches.analysis_paused() and worker.run_once()
             if busy:
                 tell("idle", None)
@@ -263,6 +269,7 @@ class AnalysisPool:
                 self._stop,
                 sender,
                 guard,
+                os.getpid(),
             ),
             name="lungnode-analysis",
             daemon=True,
