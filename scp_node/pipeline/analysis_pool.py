@@ -74,12 +74,12 @@ def _child_main(
     `guard` is held around each index transaction and message to the node, which takes it
     before it pauses this process (`AnalysisPool.pause`)."""
     from scp_node.logs import configure_logging
-    from scp_node.pipeline.priority import lower_own_session, lower_this_thread
+    from scp_node.pipeline.priority import lower_own_session, lower_this_process
 
     configure_logging(log_level)
     continue_when_orphaned()
     lower_own_session(config.pipeline.analysis_nice)
-    lower_this_thread(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
+    lower_this_process(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the node stops us through `stop`
     terminated = threading.Event()  # SIGTERM to this process: stop after the current analysis
     signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())

@@ -6,7 +6,7 @@ the nice value is per thread, inherited by the threads and processes a thread st
 unprivileged process can raise it but never lower it again. So:
 
 - an analysis process (scp_node.pipeline.analysis_pool) lowers its own priority before it loads
-  TensorFlow (`lower_this_thread` in its only thread: everything it starts inherits it), in a
+  TensorFlow (`lower_this_process`: every thread it has, and what they start inherits it), in a
   session of its own whose autogroup it lowers too (`lower_own_session`). With Linux's
   autogroup scheduling (sched_autogroup_enabled, on in most kernels) the CPU is first shared
   between sessions and nice values count only within one: an analysis at nice 19 in a session
@@ -46,6 +46,19 @@ def lower_this_thread(nice: int) -> None:
     """Give the calling thread (and what it starts from now on) nice value `nice` (0: off)."""
     if nice > 0:
         _lower(threading.get_native_id(), nice)
+
+
+def lower_this_process(nice: int) -> None:
+    """Give every thread of this process nice value `nice` (0: off): those started before this
+    call (by imports) too; the ones started later inherit it from the threads that start them."""
+    if nice <= 0:
+        return
+    try:
+        tids = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the calling thread only
+        tids = [threading.get_native_id()]
+    for tid in tids:
+        _lower(tid, nice)
 
 
 def lower_own_session(nice: int) -> None:
