@@ -11,7 +11,9 @@ start fresh with an empty store each round. Peers are interleaved, so load on th
 all alike; printed are the medians of the rounds (at least 5 for a figure) with their spread,
 and the node's throughput as a ratio to storescp, to Orthanc and busy to idle.
 
-Diagnosis flags: --peers harness[,harness-polling,harness-noearlysync,harness-nofsync] adds the
+Diagnosis flags: --peers node-noyield,node-busy-noyield (likewise -nice0, -nice19) adds a
+second node with that setting changed (analysis never paused while receiving; analysis_nice).
+--peers harness[,harness-polling,harness-noearlysync,harness-nofsync] adds the
 node's receive path alone (bench/node_receiver.py: Receiver, InstanceStore, SQLite index, no
 scheduler or worker), with the time of each part of the C-STORE handler.
 
@@ -58,6 +60,7 @@ SERVED_VARIANTS: dict[str, dict[str, str]] = {
     "": {},
     "-nice0": {"pipeline__analysis_nice": "0"},
     "-nice19": {"pipeline__analysis_nice": "19"},
+    "-noyield": {"pipeline__analysis_share_while_receiving": "1"},  # never paused
 }
 HARNESS_VARIANTS: dict[str, tuple[str, ...]] = {
     "harness": (),
@@ -258,10 +261,11 @@ def spread(values: list[float]) -> str:
 
 def send_while_analysing(
     served: ServedNode, cache: Path, slices: int, size: int, background: int
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float], dict[str, float]]:
     """Keep the node's worker busy with `background` fresh studies (sent at once, untimed),
     then time a fresh study sent while they are analysed; returns (seconds, fraction of those
-    seconds during which a study was being analysed)."""
+    seconds during which a study was being analysed, the node's CPU seconds by role before
+    and after the send)."""
     _, files = fresh_series(cache, slices, size)  # made first: the analyses run meanwhile
     studies = [fresh_series(cache, slices, size) for _ in range(background)]
     with ThreadPoolExecutor(background) as pool:
@@ -277,13 +281,15 @@ def send_while_analysing(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
+        cpu_before = served.cpu_seconds()
         elapsed = send(files, served.port, "LUNGNODE")
+        cpu_after = served.cpu_seconds()
     finally:
         done.set()
         watcher.join()
         for _, sent in [*studies, ("", files)]:
             shutil.rmtree(sent[0].parent, ignore_errors=True)
-    return elapsed, (sum(busy) / len(busy) if busy else 0.0)
+    return elapsed, (sum(busy) / len(busy) if busy else 0.0), cpu_before, cpu_after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--peers {args.peers!r}: unknown {sorted(unknown)}; use storescp, orthanc, node, "
             "node-busy, node-nice0 and node-busy-nice0 (a second node with [pipeline] "
-            "analysis_nice = 0), harness (the receive path alone, bench/node_receiver.py), "
+            "analysis_nice = 0; -nice19 likewise), node-noyield and node-busy-noyield (a node "
+            "whose analysis is never paused while receiving: [pipeline] "
+            "analysis_share_while_receiving = 1), harness (the receive path alone, "
+            "bench/node_receiver.py), "
             "harness-polling (with pynetdicom's own 1 ms idle sleeps), harness-noearlysync (no "
             "data sync while the header is read), harness-nofsync (a diagnosis: without its "
             "fsyncs, to see what durability costs)"
@@ -351,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.rounds} rounds: a smoke run, not a figure (use 5 or more)", flush=True)
 
     seconds: dict[str, list[float]] = {p: [] for p in peers}
+    cpu: dict[str, list[dict[str, float]]] = {p: [] for p in peers}  # node peers, by role
     busy_fraction: list[float] = []
     breakdowns: dict[str, list[dict[str, float]]] = {}  # harness variant -> one per round
     with tempfile.TemporaryDirectory(prefix="bench-served-", dir=args.cache) as served_dir:
@@ -367,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"node{variant}: {len(receivers)} receiver processes, RSS "
                     f"{', '.join(f'{r:.0f}' for r in receivers)} MiB; serve process "
-                    f"{made.rss_mib():.0f} MiB"
+                    f"{made.rss_mib():.0f} MiB; analysis processes "
+                    f"{', '.join(f'{r:.0f}' for r in made.analysis_rss_mib())} MiB"
                     + (f"; diagnosis settings {settings}" if settings else ""),
                     flush=True,
                 )
@@ -382,14 +393,21 @@ def main(argv: list[str] | None = None) -> int:
                         served = served_nodes[variant]
                         if "-busy" not in peer:
                             _, fresh = fresh_series(args.cache, args.slices, args.size)
+                            cpu_before = served.cpu_seconds()
                             elapsed = send(fresh, served.port, "LUNGNODE")
+                            cpu_after = served.cpu_seconds()
                             shutil.rmtree(fresh[0].parent)
                         else:
-                            elapsed, fraction = send_while_analysing(
+                            elapsed, fraction, cpu_before, cpu_after = send_while_analysing(
                                 served, args.cache, args.slices, args.size, args.background
                             )
                             busy_fraction.append(fraction)
                             note = f"  (a study analysed {fraction:.0%} of the time)"
+                        used = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+                        cpu[peer].append(used)
+                        note += "  CPU s during the send: " + ", ".join(
+                            f"{k} {v:.2f}" for k, v in used.items()
+                        )
                     else:
                         elapsed = _one_fresh_peer(peer, args, files, round_no, breakdowns)
                     seconds[peer].append(elapsed)
@@ -422,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
             "{commit:.1f} + index {index:.1f} + rest; "
             "between handlers (network, pynetdicom, peer) {between_handlers:.1f}".format(**median)
         )
+    for peer in peers:
+        if cpu[peer]:
+            roles = cpu[peer][0].keys()
+            print(
+                f"{peer} CPU s during the send (median of rounds): "
+                + ", ".join(f"{r} {statistics.median(c[r] for c in cpu[peer]):.2f}" for r in roles)
+            )
     if busy_fraction:
         print(
             f"node-busy: a study was analysed {statistics.median(busy_fraction):.0%} of each "
@@ -433,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"node / {other}: {rate['node'] / rate[other]:.2f}x")
         if "node-busy" in rate:
             print(f"node-busy / node: {rate['node-busy'] / rate['node']:.2f}x")
-    if "node-busy-nice0" in rate and "node-nice0" in rate:
-        print(f"node-busy-nice0 / node-nice0: {rate['node-busy-nice0'] / rate['node-nice0']:.2f}x")
+    for variant in SERVED_VARIANTS:
+        if variant and f"node-busy{variant}" in rate and f"node{variant}" in rate:
+            ratio = rate[f"node-busy{variant}"] / rate[f"node{variant}"]
+            print(f"node-busy{variant} / node{variant}: {ratio:.2f}x")
     return 0
 
 

@@ -8,6 +8,7 @@ analyses to finish, and reports each receiver process's resident memory.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +37,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory (MiB) of process `pid`; 0 once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(x.split()[1]) / 1024.0 for x in lines if x.startswith("VmRSS:")), 0.0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` in seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class ServedNode:
@@ -121,20 +140,32 @@ class ServedNode:
                 raise TimeoutError(f"the node still analyses after {timeout:g} s")
             time.sleep(0.2)
 
+    def receiver_pids(self) -> list[int]:
+        """The receiver processes, as the serve process logged them (restarted ones too)."""
+        found = re.findall(r"receiver process started slot=\d+ pid=(\d+)", self.log())
+        return [int(pid) for pid in found]
+
+    def analysis_pids(self) -> list[int]:
+        """The analysis processes of the last start, as the serve process logged them."""
+        found = re.findall(r"analysis processes started count=\d+ workers=(\S+)", self.log())
+        return [int(w.rsplit(":", 1)[1]) for line in found[-1:] for w in line.split(",")]
+
     def receiver_rss_mib(self) -> list[float]:
-        """Resident memory (MiB) of each receiver process (the serve process's children that
-        run scp_node.receive.processes)."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=,rss=,args=", "--ppid", str(self._proc.pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return [
-            int(line.split()[1]) / 1024.0
-            for line in out.stdout.splitlines()
-            if "multiprocessing" in line and "resource_tracker" not in line
-        ]
+        """Resident memory (MiB) of each receiver process."""
+        return [rss for rss in map(_rss_mib, self.receiver_pids()) if rss]
+
+    def analysis_rss_mib(self) -> list[float]:
+        """Resident memory (MiB) of each analysis process, with its model."""
+        return [rss for rss in map(_rss_mib, self.analysis_pids()) if rss]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system, every thread, ended ones too) used so far by the serve
+        process, its receiver processes and its analysis processes, by role."""
+        return {
+            "serve": _cpu_seconds(self._proc.pid),
+            "receivers": sum(map(_cpu_seconds, self.receiver_pids())),
+            "analysis": sum(map(_cpu_seconds, self.analysis_pids())),
+        }
 
     def rss_mib(self) -> float:
         """Resident memory (MiB) of the serve process itself."""

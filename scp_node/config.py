@@ -174,6 +174,8 @@ class PipelineConfig:
     analysis_nice: int = (
         10  # 0: the analysis runs at the node's priority (scp_node.pipeline.priority)
     )
+    # 1: never paused for receiving (scp_node.pipeline.analysis_yield)
+    analysis_share_while_receiving: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,21 @@ def _float(lo: float, hi: float) -> Callable[[str, str], float]:
         return value
 
     return parse
+
+
+def _share(key: str, raw: str) -> float:
+    """A share of the time from 0.01 to 1 (0 would starve the analysis)."""
+    expected = (
+        "a share from 0.01 to 1 (0 would stop the analysis for as long as any association "
+        "stays open; 1 never pauses it)"
+    )
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _fail(key, raw, expected) from None
+    if not 0.01 <= value <= 1:
+        raise _fail(key, raw, expected)
+    return value
 
 
 def _bool(key: str, raw: str) -> bool:
@@ -656,6 +673,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, str], Any]]] = {
         "max_job_attempts": _int(1, 100),
         "analysis_processes": _int(1, 64),
         "analysis_nice": _int(0, 19),
+        "analysis_share_while_receiving": _share,
     },
     "classifier": {
         "model": _text,

@@ -80,6 +80,17 @@ class NodeMetrics:
         self.associations = Gauge(
             "lungnode_associations_active", "DICOM associations open on the SCP", registry=r
         )
+        self.analysis_paused = Gauge(
+            "lungnode_analysis_paused",
+            "1 while the analysis processes are paused for receiving "
+            "([pipeline] analysis_share_while_receiving)",
+            registry=r,
+        )
+        self.analysis_paused_seconds = Counter(
+            "lungnode_analysis_paused_seconds",
+            "Seconds the analysis processes were paused for receiving",
+            registry=r,
+        )
         self.free_disk = Gauge(
             "lungnode_free_disk_bytes", "Free bytes on the instance store's file system", registry=r
         )

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,6 +116,9 @@ class Database:
         self._closed = False
         self._sqlite_synchronous = "FULL"
         self._lazy = threading.local()
+        # held around every transaction; an analysis process sets a lock its node takes before
+        # it pauses the process, so it is never paused inside one (scp_node.pipeline.analysis_pool)
+        self.transaction_guard: AbstractContextManager[Any] = nullcontext()
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Database:
@@ -195,6 +198,11 @@ class Database:
     def transaction(self, write: bool = True) -> Iterator[Cursor]:
         """One transaction, committed on success and rolled back on any exception. On SQLite a
         writing transaction is BEGIN IMMEDIATE, so it never fails to upgrade its lock later."""
+        with self.transaction_guard, self._transaction(write) as cur:
+            yield cur
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Cursor]:
         if self.dialect == "sqlite":
             with self._lock:
                 conn = self._sqlite

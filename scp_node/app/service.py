@@ -9,22 +9,20 @@ token is set (scp_node.web).
 SIGTERM and SIGINT drain the process: /readyz answers 503 at once (a load balancer stops
 sending), the receiver stops accepting, closes at once the connections that never sent an
 A-ASSOCIATE (so an idle node stops within about a second), and lets in-flight C-STOREs finish;
-running ticks complete, nothing acknowledged is lost; the web server stops last. With [pipeline]
-analysis_processes > 1 the analyses run in that many processes
-(scp_node.pipeline.analysis_pool), each finishing the analysis it runs before the node exits.
+running ticks complete, nothing acknowledged is lost; the web server stops last. The analyses
+run in [pipeline] analysis_processes processes beside this one (scp_node.pipeline.analysis_pool),
+each finishing the analysis it runs before the node exits; where this process receives too
+(role all), they pause while associations are open (scp_node.pipeline.analysis_yield).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -35,7 +33,7 @@ from scp_node.dicom import pynetdicom_adapter
 from scp_node.metrics import METRICS, IndexCollector, ReceiverCollector
 from scp_node.ops.health import NodeState
 from scp_node.ops.switches import Switches
-from scp_node.pipeline.priority import lower_threads
+from scp_node.pipeline.analysis_yield import AnalysisYield
 from scp_node.pipeline.scheduler import build_scheduler, check_completion_after
 from scp_node.pipeline.sender import Sender
 from scp_node.receive.lazy_index import reindex_store
@@ -135,10 +133,10 @@ class _Node:
     index: Index
     scheduler: BackgroundScheduler
     state: NodeState
-    worker: Any = None  # scp_node.pipeline.worker.AnalysisWorker (imports TensorFlow)
     pool: Any = None  # scp_node.pipeline.analysis_pool.AnalysisPool
     receiver: Receiver | None = None
     receivers: ReceiverProcesses | None = None
+    analysis_yield: AnalysisYield | None = None
     web: WebServer | None = None
 
 
@@ -158,12 +156,12 @@ def _build(config: Config, role: str) -> _Node:
         }
     )
     analyses = role in ("all", "worker")
-    worker, pool = _analysis(config, index, store) if analyses else (None, None)
+    pool = _analysis(config, index) if analyses else None
     scheduler = build_scheduler(
         config,
         index,
         store,
-        worker=worker,
+        worker=None,  # the analysis processes claim their own jobs
         sender=Sender(config, index) if analyses else None,
         analysis_paused=switches.analysis_paused,
         retention=analyses,
@@ -174,11 +172,15 @@ def _build(config: Config, role: str) -> _Node:
         index,
         scheduler,
         NodeState(config=config, index=index, role=role, started_at=time.time(), gpus=_gpus()),
-        worker=worker,
         pool=pool,
     )
     if role in ("all", "receiver"):
         _add_receiving(node, store, switches)
+    share = config.pipeline.analysis_share_while_receiving
+    if pool is not None and node.state.associations is not None and share < 1:
+        node.analysis_yield = AnalysisYield(
+            node.state.associations, pool, share, config.pipeline.job_lease_seconds
+        )
     _watch(node)
     node.web = WebServer(config, node.state) if config.web.enabled else None
     if node.web is None:
@@ -186,23 +188,19 @@ def _build(config: Config, role: str) -> _Node:
     return node
 
 
-def _analysis(config: Config, index: Index, store: InstanceStore) -> tuple[Any, Any]:
-    """(the in-process worker, or the pool of analysis processes), with the model loaded: a
-    missing or bad model stops start-up."""
-    if config.pipeline.analysis_processes > 1:
-        from scp_node.pipeline.analysis_pool import AnalysisPool
+def _analysis(config: Config, index: Index) -> Any:
+    """The analysis processes, each with the model loaded: a missing or bad model stops
+    start-up. Processes, never this one's threads: only a process can be paused at once for
+    receiving (scp_node.pipeline.analysis_yield), and its interpreter lock and its session's
+    CPU share are not this process's."""
+    from scp_node.pipeline.analysis_pool import AnalysisPool
 
-        pool = AnalysisPool(config, index, config.pipeline.analysis_processes)
-        pool.start()
-        if pool.model_info is not None:
-            info = pool.model_info
-            METRICS.model_loaded(info.name, info.version, info.sha256)
-        return None, pool
-    from scp_node.pipeline.worker import AnalysisWorker  # imports TensorFlow: only where it runs
-
-    worker = AnalysisWorker(config, store, index, f"{socket.gethostname()}:{os.getpid()}")
-    _ = worker.classifier  # load the model now
-    return worker, None
+    pool = AnalysisPool(config, index, config.pipeline.analysis_processes)
+    pool.start()
+    if pool.model_info is not None:
+        info = pool.model_info
+        METRICS.model_loaded(info.name, info.version, info.sha256)
+    return pool
 
 
 def _add_receiving(node: _Node, store: InstanceStore, switches: Switches) -> None:
@@ -243,9 +241,7 @@ def _add_receiving(node: _Node, store: InstanceStore, switches: Switches) -> Non
 
 def _watch(node: _Node) -> None:
     """The model the console shows, and the gauges of /metrics (store, associations, index)."""
-    if node.worker is not None:
-        node.state.model = _model_of(node.worker)
-    elif node.pool is not None:
+    if node.pool is not None:
         pool = node.pool
         node.state.model = lambda: pool.model_info
     config = node.config
@@ -281,9 +277,8 @@ def _start(node: _Node) -> None:
     if node.receivers is not None:
         node.receivers.start()
     node.scheduler.start()
-    if node.receivers is not None and node.worker is not None:
-        # receiving runs elsewhere: the analysis in this process yields the CPU to it
-        lower_threads(config.pipeline.analysis_nice, frozenset({threading.get_native_id()}))
+    if node.analysis_yield is not None:
+        node.analysis_yield.start()
     log.info(
         "lungnode started role=%s ae_title=%s address=%s:%d store=%s database=%s",
         node.role,
@@ -310,6 +305,8 @@ def _shut_down(node: _Node) -> None:
     if node.receivers is not None:
         node.receivers.stop()
     node.scheduler.shutdown(wait=True)
+    if node.analysis_yield is not None:
+        node.analysis_yield.stop()  # the analyses run again, to finish what they run
     if node.pool is not None:
         node.pool.stop()  # each process finishes the analysis it runs
     if node.web is not None:
@@ -328,11 +325,3 @@ def _own_intake(config: Config, store: InstanceStore, index: Index, switches: Sw
 
     indexing = LazyIndexing(store, index, slot=config.node.receiver_processes)
     return InstanceIntake(config, store, index, indexing, intake_paused=switches.intake_paused)
-
-
-def _model_of(worker: Any) -> Callable[[], Any]:
-    def model() -> Any:
-        loaded = getattr(worker, "_classifier", None)
-        return loaded.info if loaded is not None else None
-
-    return model

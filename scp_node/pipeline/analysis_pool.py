@@ -15,7 +15,12 @@ the result). The node's process only supervises:
 - `stop()` (SIGTERM/SIGINT of the node) lets each process finish the analysis it is running and
   exit; a process still busy after `drain_seconds` is killed and its job queued again. A
   process that receives SIGTERM itself (systemd signals the whole control group) also stops
-  after its current analysis; SIGINT (Ctrl-C in a terminal) is left to the node.
+  after its current analysis; SIGINT (Ctrl-C in a terminal) is left to the node. A process
+  whose node is gone (killed) stops after its current analysis too;
+- each process runs in a session of its own at [pipeline] analysis_nice
+  (scp_node.pipeline.priority), and `pause()` / `resume()` stop and continue every process,
+  each between two index transactions (scp_node.pipeline.analysis_yield pauses them while the
+  node receives); a process paused when its node dies is continued by the kernel.
 
 On CPU, processes scale analyses with the cores (TensorFlow's own threads share them). On a GPU,
 one process is the recommended setting: CNN calls of several studies are not batched together,
@@ -43,6 +48,8 @@ log = logging.getLogger("lungnode.analysis_pool")
 
 START_TIMEOUT_SECONDS = 300.0
 RESTART_DELAY_SECONDS = 1.0
+PAUSE_GUARD_SECONDS = 1.0  # longest wait for a process to leave an index transaction
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class AnalysisPoolError(RuntimeError):
@@ -53,6 +60,7 @@ class AnalysisPoolError(RuntimeError):
 class _Child:
     process: Any  # multiprocessing.context.SpawnProcess
     conn: Connection
+    guard: Any  # multiprocessing RLock, see _child_main
     worker_id: str = ""
     job: Job | None = None
     ready: bool = False
@@ -60,14 +68,18 @@ class _Child:
 
 
 def _child_main(
-    config: Config, log_level: str, stop: Any, conn: Connection
+    config: Config, log_level: str, stop: Any, conn: Connection, guard: Any, parent_pid: int
 ) -> None:  # pragma: no cover - a spawned process (tests/integration/test_analysis_pool)
-    """An analysis process: load the model, then claim and process jobs until told to stop."""
+    """An analysis process: load the model, then claim and process jobs until told to stop.
+    `guard` is held around each index transaction and message to the node, which takes it
+    before it pauses this process (`AnalysisPool.pause`)."""
     from scp_node.logs import configure_logging
-    from scp_node.pipeline.priority import lower_this_thread
+    from scp_node.pipeline.priority import lower_own_session, lower_this_process
 
     configure_logging(log_level)
-    lower_this_thread(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
+    continue_when_orphaned()
+    lower_own_session(config.pipeline.analysis_nice)
+    lower_this_process(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the node stops us through `stop`
     terminated = threading.Event()  # SIGTERM to this process: stop after the current analysis
     signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())
@@ -77,28 +89,44 @@ def _child_main(
     from storage.index import open_index
     from storage.instance_store import InstanceStore
 
+    def tell(kind: str, payload: Any) -> None:
+        with guard:
+            conn.send((kind, payload))
+
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     index = open_index(config.storage.database_url, pool_size=config.storage.database_pool_size)
+    index.db.transaction_guard = guard
     store = InstanceStore(config.storage.root, config.storage.min_free_mb)
-    worker = AnalysisWorker(
-        config, store, index, worker_id, on_claim=lambda job: conn.send(("job", job))
-    )
+    worker = AnalysisWorker(config, store, index, worker_id, on_claim=lambda job: tell("job", job))
     try:
         model = worker.classifier
     except Exception as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        tell("failed", f"{type(exc).__name__}: {exc}")
         return
-    conn.send(("ready", (worker_id, model.info)))
+    tell("ready", (worker_id, model.info))
     switches = Switches(index)
     try:
-        while not stop.is_set() and not terminated.is_set():
+        # a node killed (SIGKILL) leaves this process in a session of its own: it ends too
+        while not stop.is_set() and not terminated.is_set() and os.getppid() == parent_pid:
             busy = not switches.analysis_paused() and worker.run_once()
             if busy:
-                conn.send(("idle", None))
+                tell("idle", None)
             else:
                 stop.wait(config.pipeline.tick_seconds)
     finally:
         index.close()
+
+
+def continue_when_orphaned() -> None:
+    """Ask Linux to send this process SIGCONT when the thread that started it ends: a node
+    killed (SIGKILL) while it paused this process must not leave it stopped for ever."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGCONT), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        pass
 
 
 class AnalysisPool:
@@ -116,6 +144,8 @@ class AnalysisPool:
         self._stopping = threading.Event()
         self.model_info: Any = None
         self.restarts = 0
+        self._paused: set[int] = set()  # pids stopped by pause()
+        self._pause_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -150,6 +180,7 @@ class AnalysisPool:
         """Let each process finish its analysis and exit; kill those still busy after
         `drain_seconds` and queue their jobs again."""
         self._stopping.set()
+        self.resume()
         self._stop.set()
         if self._supervisor is not None:
             self._supervisor.join()
@@ -184,20 +215,68 @@ class AnalysisPool:
         with self._lock:
             return {c.worker_id: c.process.pid for c in self._children if c.process.pid}
 
+    # -- pausing (scp_node.pipeline.analysis_yield) -------------------------------------------
+
+    def pause(self) -> int:
+        """Stop (SIGSTOP) every running analysis process, each between two index transactions
+        (its guard held meanwhile), so it holds no database lock a receiver waits for; returns
+        how many were stopped. A process busy in one for PAUSE_GUARD_SECONDS is left running."""
+        with self._lock:
+            children = [c for c in self._children if c.ready and c.process.pid is not None]
+        stopped = 0
+        with self._pause_lock:
+            for child in children:
+                pid = child.process.pid
+                if self._stopping.is_set() or pid in self._paused:
+                    continue
+                if not child.guard.acquire(timeout=PAUSE_GUARD_SECONDS):
+                    continue
+                try:
+                    if child.process.is_alive():
+                        os.kill(pid, signal.SIGSTOP)
+                        self._paused.add(pid)
+                        stopped += 1
+                except ProcessLookupError:
+                    pass
+                finally:
+                    child.guard.release()
+        return stopped
+
+    def resume(self) -> None:
+        """Continue (SIGCONT) every process pause() stopped."""
+        with self._pause_lock:
+            while self._paused:
+                try:
+                    os.kill(self._paused.pop(), signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._paused)
+
     # -- supervision -------------------------------------------------------------------------
 
     def _spawn(self) -> _Child:
         receiver, sender = self._context.Pipe(duplex=False)
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        guard = self._context.RLock()
         process = self._context.Process(
             target=_child_main,
-            args=(self._config, level if isinstance(level, str) else "INFO", self._stop, sender),
+            args=(
+                self._config,
+                level if isinstance(level, str) else "INFO",
+                self._stop,
+                sender,
+                guard,
+                os.getpid(),
+            ),
             name="lungnode-analysis",
             daemon=True,
         )
         process.start()
         sender.close()  # the child holds the writing end; EOF here when it exits
-        return _Child(process=process, conn=receiver)
+        return _Child(process=process, conn=receiver, guard=guard)
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
@@ -257,6 +336,8 @@ class AnalysisPool:
         """A process that exited: fail its job (queued again while attempts remain) and, while
         the pool runs, put a new process in its place."""
         code = child.process.exitcode
+        with self._pause_lock:
+            self._paused.discard(child.process.pid)
         job = child.job
         if job is not None:
             retry = job.attempts < self._config.pipeline.max_job_attempts

@@ -6,16 +6,19 @@ the nice value is per thread, inherited by the threads and processes a thread st
 unprivileged process can raise it but never lower it again. So:
 
 - an analysis process (scp_node.pipeline.analysis_pool) lowers its own priority before it loads
-  TensorFlow (`lower_this_thread` in its only thread: everything it starts inherits it);
-- the serve process with receiver processes lowers every thread but its main one
-  (`lower_threads`): it receives nothing itself, and its main thread, which restarts a
-  receiver that died, keeps the priority the receivers are started with. With Linux's
-  autogroup scheduling the CPU is first shared between sessions (nice values count only
-  within one), so the receivers run in sessions of their own (scp_node.receive.processes).
-  The serve process's session keeps its weight: lowered too, its console, scheduler and
-  shutdown starved behind other sessions on a busy machine (a node took over 60 s to stop);
-- with the receiver in the serve process (receiver_processes = 1), only the thread that runs
-  the analysis is lowered (TensorFlow's threads made at model load keep theirs).
+  TensorFlow (`lower_this_process`: every thread it has, and what they start inherits it), in a
+  session of its own whose autogroup it lowers too (`lower_own_session`). With Linux's
+  autogroup scheduling (sched_autogroup_enabled, on in most kernels) the CPU is first shared
+  between sessions and nice values count only within one: an analysis at nice 19 in a session
+  at the autogroup's default weight still took a receiver's share (measured: nice 0 / 10 / 19
+  and SCHED_IDLE in the serve process's session barely changed a busy node's ingest);
+- the analysis never runs in the serve process's threads (scp_node.app.service), whose session
+  keeps its weight: lowered, its console, scheduler and shutdown starved behind other sessions
+  on a busy machine (a node took over 60 s to stop). The receivers run in sessions of their
+  own (scp_node.receive.processes) at the node's priority.
+
+Priority is not all: while associations are open the analysis also pauses
+(scp_node.pipeline.analysis_yield).
 """
 
 from __future__ import annotations
@@ -45,16 +48,30 @@ def lower_this_thread(nice: int) -> None:
         _lower(threading.get_native_id(), nice)
 
 
-def lower_threads(nice: int, keep: frozenset[int] = frozenset()) -> int:
-    """Give every thread of this process but the native ids `keep` nice value `nice` (0: off);
-    returns how many were lowered."""
+def lower_this_process(nice: int) -> None:
+    """Give every thread of this process nice value `nice` (0: off): those started before this
+    call (by imports) too; the ones started later inherit it from the threads that start them."""
     if nice <= 0:
-        return 0
+        return
     try:
-        tids = [int(name) for name in os.listdir(Path("/proc/self/task"))]
+        tids = [int(name) for name in os.listdir("/proc/self/task")]
     except OSError:  # not Linux: the calling thread only
-        lower_this_thread(nice)
-        return 1
-    lowered = sum(_lower(tid, nice) for tid in tids if tid not in keep)
-    log.info("analysis priority: %d threads of the serve process at nice %d", lowered, nice)
-    return lowered
+        tids = [threading.get_native_id()]
+    for tid in tids:
+        _lower(tid, nice)
+
+
+def lower_own_session(nice: int) -> None:
+    """Run this process in a session of its own and give that session's autogroup nice value
+    `nice` (0: off), so the kernel weighs the whole process, not only its threads within
+    their session, below the receivers. A kernel without autogroups keeps the thread nice."""
+    if nice <= 0:
+        return
+    try:
+        os.setsid()
+    except OSError:  # already a session leader
+        pass
+    try:
+        Path("/proc/self/autogroup").write_text(f"{nice}\n")
+    except OSError as exc:  # no autogroup scheduling (or no /proc): the thread nice remains
+        log.debug("autogroup nice not set: %s", exc)

@@ -35,6 +35,13 @@ def test_ingest_benchmark_runs_on_a_tiny_series(tmp_path: Path) -> None:
     assert re.search(
         r"^node: [0-9]+ receiver processes, RSS [0-9]+(, [0-9]+)+ MiB", result.stdout, re.M
     )
+    for peer in ("node", "node-busy"):  # CPU time by role, the evidence beside the wall clock
+        assert re.search(
+            rf"^{peer} CPU s during the send \(median of rounds\): serve [0-9.]+, "
+            r"receivers [0-9.]+, analysis [0-9.]+$",
+            result.stdout,
+            re.M,
+        ), peer
     for ratio in ("node / storescp", "node / orthanc", "node / harness", "node-busy / node"):
         assert re.search(rf"^{ratio}: [0-9.]+x$", result.stdout, re.MULTILINE), ratio
     # every peer left nothing behind but the generated series

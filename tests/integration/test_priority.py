@@ -13,19 +13,26 @@ REPO = Path(__file__).resolve().parents[2]
 # run in a child: a nice value, once raised, cannot be lowered again by this test process
 _THREADS = """
 import json, os, threading
-from scp_node.pipeline.priority import lower_threads, lower_this_thread
+from scp_node.pipeline.priority import lower_own_session, lower_this_process, lower_this_thread
 nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-seen, go, done = {}, threading.Event(), threading.Event()
+seen, go_on = {}, threading.Event()
 def other():
-    go.wait(); seen["other"] = nice()
+    seen["other"] = nice()
     def started_later(): seen["started by it"] = nice()
-    t = threading.Thread(target=started_later); t.start(); t.join(); done.set()
-t = threading.Thread(target=other); t.start()
-lowered = lower_threads(7, frozenset({threading.get_native_id()}))
-seen["main"] = nice(); go.set(); done.wait(); t.join()
+    t = threading.Thread(target=started_later); t.start(); t.join()
+lower_this_thread(7)
+seen["main"] = nice()
+t = threading.Thread(target=other); t.start(); t.join()
 lower_this_thread(3); seen["main after 3"] = nice()
 lower_this_thread(0); seen["main after 0"] = nice()
-print(json.dumps({"lowered": lowered, **seen}))
+started_before = threading.Thread(target=go_on.wait); started_before.start()
+lower_this_process(9)
+seen["started before, process lowered"] = os.getpriority(os.PRIO_PROCESS, started_before.native_id)
+go_on.set(); started_before.join()
+lower_own_session(12)
+seen["session"] = os.getsid(0) == os.getpid()
+seen["autogroup"] = open("/proc/self/autogroup").read().split()[-1]
+print(json.dumps(seen))
 """
 
 
@@ -39,6 +46,8 @@ def test_lowered_threads_and_the_threads_they_start_keep_the_nice_value() -> Non
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     seen = json.loads(out.stdout)
-    assert seen["lowered"] == 1  # the other thread, not the main one it was told to keep
-    assert seen["main"] == 0 and seen["other"] == 7 and seen["started by it"] == 7
-    assert seen["main after 3"] == 3 and seen["main after 0"] == 3  # 0: off, never raised
+    assert seen["main"] == 7 and seen["other"] == 7 and seen["started by it"] == 7
+    assert seen["main after 3"] == 7 and seen["main after 0"] == 7  # never raised again
+    # a session of its own whose autogroup (the kernel's first level of CPU sharing) is lowered
+    assert seen["started before, process lowered"] == 9
+    assert seen["session"] is True and seen["autogroup"] == "12"

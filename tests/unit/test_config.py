@@ -126,6 +126,13 @@ def test_tls_keys_and_tls_destination(tmp_path: Path) -> None:
         ),
         ({}, {"LUNGNODE__STORAGE__DATABASE_POOL_SIZE": "101"}, "from 1 to 100"),
         (
+            {"analysis_share_while_receiving = 0.1": "analysis_share_while_receiving = 0"},
+            {},
+            "[pipeline] analysis_share_while_receiving = '0': expected a share from 0.01 to 1 "
+            "(0 would stop the analysis",
+        ),
+        ({}, {"LUNGNODE__PIPELINE__ANALYSIS_SHARE_WHILE_RECEIVING": "1.5"}, "share from 0.01 to 1"),
+        (
             {"histology = auto": "histology = maybe"},
             {},
             "[results] histology = 'maybe': expected auto or on or off",
