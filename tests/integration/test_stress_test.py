@@ -140,7 +140,8 @@ def test_the_plan_is_seeded() -> None:
     "full resolution dropped, the cavity down to the lung base interpolated under a mass, a "
     "thin part hanging in the lung kept as a mass), seed 0, 3 per position and study: 47/73 "
     "hits (64 %; posterior 9/14, lateral 10/15, mediastinum 6/11, hilum 9/13, apex 5/5, "
-    "diaphragm 8/15; 44/73 with either of the last two alone, 41/73 without both, 40/73 before the touching-piece rule, 37/73 without "
+    "diaphragm 8/15; 44/73 with either of the last two alone, 41/73 without both, 40/73 "
+    "before the touching-piece rule, 37/73 without "
     "the dome rule, 30/74 before issue 16), at most 2 other findings on a modified study; "
     "the target is 90 % and at most 2 (issue 16 item 5)",
 )
