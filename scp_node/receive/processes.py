@@ -212,10 +212,11 @@ def remove_orphaned_runtimes(temp: Path) -> list[Path]:
 
 def leave_the_analysis_session() -> None:
     """Run in a session of its own. Linux's autogroup scheduling (sched_autogroup_enabled,
-    on in most kernels) shares the CPU fairly between sessions first: in the serve process's
-    session a receiver would wait behind the busy analysis however low its nice value, since the
-    session as a whole has used its share. The serve process still stops it (SIGTERM), and it
-    stops when the serve process is gone."""
+    on in most kernels) shares the CPU fairly between sessions first: a receiver in the serve
+    process's session would share that session's weight with the serve process's console,
+    scheduler and supervision (the analysis has a session of its own, lowered:
+    scp_node.pipeline.priority.lower_own_session). The serve process still stops it (SIGTERM),
+    and it stops when the serve process is gone."""
     try:
         os.setsid()
     except OSError:  # already a session leader
