@@ -161,9 +161,7 @@ def _build(config: Config, role: str) -> _Node:
         config,
         index,
         store,
-        worker=None,  # the analysis processes claim their own jobs
         sender=Sender(config, index) if analyses else None,
-        analysis_paused=switches.analysis_paused,
         retention=analyses,
     )
     node = _Node(

@@ -1,4 +1,5 @@
-"""Scheduler ticks: study completion, analysis, result delivery and retention.
+"""Scheduler ticks: study completion, result delivery and retention (the analysis processes
+claim their own jobs: scp_node.pipeline.analysis_pool).
 
 APScheduler's BackgroundScheduler is used only as a ticker; all state lives in the index, so a
 restart loses nothing. Each tick runs at most once at a time (`max_instances=1`).
@@ -7,24 +8,20 @@ restart loses nothing. Each tick runs at most once at a time (`max_instances=1`)
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scp_node.config import Config
-from scp_node.pipeline.priority import lower_this_thread
 from scp_node.receive.completion import mark_ready
 from storage.index import Index
 from storage.instance_store import InstanceStore
 
-if TYPE_CHECKING:  # the worker imports TensorFlow: receivers must not pay for it
+if TYPE_CHECKING:  # for the annotation only: receivers do not load the sender
     from scp_node.pipeline.sender import Sender
-    from scp_node.pipeline.worker import AnalysisWorker
 
 log = logging.getLogger("lungnode.scheduler")
 
@@ -33,21 +30,6 @@ WATERMARK_INTERVAL_SECONDS = 30.0  # how often free space is compared with emerg
 ORPHAN_TEMP_AGE_SECONDS = 3600
 # a completion check after a release runs this much after the study is due (clock rounding)
 COMPLETION_MARGIN_SECONDS = 0.05
-
-
-def run_worker(
-    worker: AnalysisWorker,
-    paused: Callable[[], bool] | None = None,
-    on_done: Callable[[], None] | None = None,
-    nice: int = 0,
-) -> None:
-    """Process every waiting job, one after another (none while analysis is paused);
-    `on_done` after each (the delivery tick is woken at once). The calling thread runs at nice
-    value `nice` from then on ([pipeline] analysis_nice, see scp_node.pipeline.priority)."""
-    lower_this_thread(nice)
-    while not (paused is not None and paused()) and worker.run_once():
-        if on_done is not None:
-            on_done()
 
 
 def deliver(sender: Sender) -> None:
@@ -90,48 +72,6 @@ def _guarded(name: str, func: Callable[..., object], *args: object) -> Callable[
     return tick
 
 
-class _Wake:
-    """Runs a tick now instead of at its next interval; when it is running, once more as soon
-    as it ends (so work that arrived meanwhile waits for no interval)."""
-
-    def __init__(self, scheduler: BackgroundScheduler, job_id: str) -> None:
-        self._scheduler = scheduler
-        self._job_id = job_id
-        self._lock = threading.Lock()
-        self._running = False
-        self._again = False
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._running:
-                self._again = True
-                return
-        if not self._scheduler.running:
-            return
-        try:
-            self._scheduler.modify_job(self._job_id, next_run_time=datetime.now(UTC))
-        except JobLookupError:
-            pass
-
-    def around(self, func: Callable[[], None]) -> Callable[[], None]:
-        def tick() -> None:
-            with self._lock:
-                self._running = True
-            try:
-                while True:
-                    func()
-                    with self._lock:
-                        if not self._again:
-                            break
-                        self._again = False
-            finally:
-                with self._lock:
-                    self._running = False
-
-        tick.__name__ = getattr(func, "__name__", self._job_id)
-        return tick
-
-
 def check_completion_after(scheduler: BackgroundScheduler, seconds: float) -> None:
     """Run the completion tick once `seconds` from now (a released association's studies are
     due then), besides its interval; a no-op before the scheduler starts or after it stops."""
@@ -153,32 +93,18 @@ def build_scheduler(
     index: Index,
     store: InstanceStore,
     *,
-    worker: AnalysisWorker | None,
     sender: Sender | None,
-    analysis_paused: Callable[[], bool] | None = None,
-    retention: bool | None = None,
+    retention: bool,
 ) -> BackgroundScheduler:
-    """A scheduler with the ticks of this role (receivers run only the completion tick).
-    `worker` None: no analysis tick (none in this role, or analysis processes claim their own
-    jobs); `retention` (default: with a worker) adds the daily retention tick."""
+    """A scheduler with the ticks of this role (receivers run only the completion tick; the
+    analysis processes claim their own jobs, scp_node.pipeline.analysis_pool): `sender` adds
+    the delivery tick, `retention` the daily retention tick."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True})
     every = config.pipeline.tick_seconds
-    wake_analysis = _Wake(scheduler, "analysis")
-    wake_delivery = _Wake(scheduler, "delivery")
-
-    def completion() -> None:
-        if mark_ready(index, config) and worker is not None:
-            wake_analysis()
-
     ticks: list[tuple[str, Callable[[], None], float]] = [
-        ("completion", _guarded("completion", completion), every),
+        ("completion", _guarded("completion", mark_ready, index, config), every),
     ]
-    if worker is not None:
-        on_done = wake_delivery if sender is not None else None
-        nice = config.pipeline.analysis_nice
-        analysis = _guarded("analysis", run_worker, worker, analysis_paused, on_done, nice)
-        ticks.append(("analysis", wake_analysis.around(analysis), every))
-    if retention if retention is not None else worker is not None:
+    if retention:
         ticks.append(
             (
                 "retention",
@@ -196,7 +122,7 @@ def build_scheduler(
             )
     if sender is not None:
         delivery = _guarded("delivery", deliver, sender)
-        ticks.append(("delivery", wake_delivery.around(delivery), every))
+        ticks.append(("delivery", delivery, every))
     for name, func, seconds in ticks:
         scheduler.add_job(
             func,
