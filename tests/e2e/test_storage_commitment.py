@@ -30,6 +30,7 @@ from ports import free_port
 from postgres_server import fresh_database
 from pydicom import Dataset
 from pynetdicom import AE, evt
+from waiting import wait_until
 
 from scp_node.config import ConfigError
 from scp_node.dicom.status import PROCESSING_FAILURE, SUCCESS
@@ -239,14 +240,6 @@ def pacs_and_node(tmp_path: Path) -> Iterator[Callable[..., tuple[Orthanc, Runni
         thing.stop() if isinstance(thing, Orthanc) else thing.close()
 
 
-def _wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.1)
-
-
 def test_orthanc_commits_results_on_a_new_association(
     pacs_and_node: Callable[..., tuple[Orthanc, RunningNode, Outbox]],
 ) -> None:
@@ -255,7 +248,7 @@ def test_orthanc_commits_results_on_a_new_association(
     started = time.monotonic()
     assert Sender(node.config, node.index).deliver_due(NOW) == 2
     waited = time.monotonic() - started
-    _wait_for(lambda: box.study_state() == "DELIVERED")
+    wait_until(lambda: box.study_state() == "DELIVERED", what="the study delivered")
     rows = node.index.status()["outbox"]
     assert {r["state"] for r in rows} == {"COMMITTED"}
     assert len({r["transaction_uid"] for r in rows}) == 1
@@ -276,7 +269,7 @@ def test_object_orthanc_did_not_keep_is_sent_again_then_dead_lettered(
     kept, dropped = box.add_results([result_dataset(BASIC_TEXT_SR), dropped])
     sender = Sender(node.config, node.index)
     sender.deliver_due(NOW)
-    _wait_for(lambda: _states(node.index)[dropped.SOPInstanceUID][0] == "PENDING")
+    wait_until(lambda: _states(node.index)[dropped.SOPInstanceUID][0] == "PENDING", what="PENDING")
     states = _states(node.index)
     assert states[kept.SOPInstanceUID][0] == "COMMITTED"
     state, attempts, error = states[dropped.SOPInstanceUID]
@@ -287,7 +280,7 @@ def test_object_orthanc_did_not_keep_is_sent_again_then_dead_lettered(
     # the report came on the receiver, which schedules the retry on the wall clock
     assert sender.deliver_due(time.time() + 70) == 0, "backoff: 100 s +-25%"
     assert sender.deliver_due(time.time() + 126) == 1, "sent again after the backoff"
-    _wait_for(lambda: _states(node.index)[dropped.SOPInstanceUID][0] == "DEAD")
+    wait_until(lambda: _states(node.index)[dropped.SOPInstanceUID][0] == "DEAD", what="DEAD")
     assert _states(node.index)[dropped.SOPInstanceUID][1] == 2, "max_attempts = 2"
     assert box.study_state() == "REPORTED"
     assert [i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("/instances?expand")] == [

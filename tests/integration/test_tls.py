@@ -23,6 +23,7 @@ from in_process import NOW, RunningNode, make_ct, sender_config
 from pydicom import dcmread
 from pynetdicom import AE
 from tls_certificates import Certificates, dcmtk_tls, tls_outbox, tls_overrides
+from waiting import wait_until
 
 from scp_node.config import ConfigError
 from scp_node.dicom.tls import client_context, server_context
@@ -63,17 +64,27 @@ def _client(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.
     return context
 
 
-def _tls_alerts(node: RunningNode) -> list[dict[str, object]]:
-    """The audit log's Security Alerts for TLS connections closed before DICOM."""
+def _tls_alerts(node: RunningNode, at_least: int) -> list[dict[str, object]]:
+    """The audit log's Security Alerts for TLS connections closed before DICOM.
+
+    Waits for `at_least` of them: the node writes its line after the peer has already seen
+    the handshake fail.
+    """
     path = node.config.security.audit_log
     assert path is not None
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return [
-        e
-        for e in lines
-        if e.get("Event") == "association-rejected"
-        and str(e.get("EventOutcomeDescription", "")).startswith("TLS handshake")
-    ]
+
+    def alerts() -> list[dict[str, object]]:
+        text = path.read_text() if path.exists() else ""
+        lines = [json.loads(line) for line in text.splitlines()]
+        found = [
+            e
+            for e in lines
+            if e.get("Event") == "association-rejected"
+            and str(e.get("EventOutcomeDescription", "")).startswith("TLS handshake")
+        ]
+        return found if len(found) >= at_least else []
+
+    return wait_until(alerts, timeout=10, what=f"{at_least} TLS Security Alerts in {path}")
 
 
 # --- SCP: who gets in ------------------------------------------------------------------
@@ -114,7 +125,8 @@ def test_client_certificate_from_another_ca_is_refused(
     assert tls_node.stored == []
     assert [p for p in tls_node.files() if p.suffix == ".dcm"] == []
     assert not _pynetdicom_echo(tls_node.port, _client(certs.ca, certs.rogue_cert, certs.rogue_key))
-    alerts = _tls_alerts(tls_node)
+    # the node writes its audit line after the client has already seen the handshake fail
+    alerts = _tls_alerts(tls_node, at_least=2)
     assert len(alerts) == 2, alerts
     assert all("certificate verify failed" in a["EventOutcomeDescription"] for a in alerts), alerts
 
@@ -189,7 +201,7 @@ def test_stalled_handshake_does_not_block_other_associations(
         for sock in (silent, partial):
             assert _closed_by_peer(sock, within=acse_timeout + 5)
         assert time.monotonic() - opened >= acse_timeout - 0.5  # closed by the deadline
-        alerts = _tls_alerts(running)
+        alerts = _tls_alerts(running, at_least=2)
         assert len(alerts) == 2 and all("within 4 s" in str(a) for a in alerts), alerts
         # shutting down does not wait for a handshake still pending (acse_timeout is 4 s)
         pending = socket.create_connection(("127.0.0.1", running.port))
