@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_reading import audit_events
 from dcmtk import StorescpServer, run_storescu
 from node_process import NodeProcess, PhantomFiles, save_datasets
 
@@ -115,10 +116,6 @@ def pipeline(make_config: Callable[..., Config]) -> Iterator[Callable[..., Pipel
         p.index.close()
 
 
-def audit_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def timeline(index: Index, study: str) -> list[dict[str, Any]]:
     return [e for e in index.events.of_study(study) if e["kind"] == "inputs_removed"]
 
@@ -177,7 +174,7 @@ def test_run_removes_inputs_keeps_results_and_timeline_and_audits(
     (event,) = timeline(p.index, a)
     assert event["actor"] == "cli:ada" and event["detail"]["rule"] == RULE_AGE
     assert event["detail"]["instances"] == 2 and event["detail"]["bytes"] == 8192
-    (line,) = audit_lines(tmp_path / "audit.log")
+    (line,) = audit_events(tmp_path / "audit.log")
     assert line["Event"] == "study-inputs-deleted"
     assert line["EventID"]["code"] == "110105" and line["EventActionCode"] == "D"
     assert line["StudyInstanceUID"] == a and line["Rule"] == RULE_AGE
@@ -186,7 +183,7 @@ def test_run_removes_inputs_keeps_results_and_timeline_and_audits(
     assert (line["InstancesDeleted"], line["BytesDeleted"]) == (2, 8192)
     # nothing left to do: a second run removes nothing and audits nothing
     assert run_retention(p.config, p.index, dry_run=False, actor="cli:ada").removals == []
-    assert len(audit_lines(tmp_path / "audit.log")) == 1
+    assert len(audit_events(tmp_path / "audit.log")) == 1
 
 
 def test_watermark_removes_the_oldest_delivered_first_until_free_space_is_above(
@@ -212,7 +209,7 @@ def test_watermark_removes_the_oldest_delivered_first_until_free_space_is_above(
     )
     audit.close()
     assert [r.study_uid for r in done.removals] == [first, second, third]
-    assert [line["StudyInstanceUID"] for line in audit_lines(tmp_path / "audit.log")] == [
+    assert [line["StudyInstanceUID"] for line in audit_events(tmp_path / "audit.log")] == [
         first,
         second,
         third,
@@ -230,7 +227,7 @@ def test_the_daily_tick_runs_the_same_retention(pipeline: Callable[..., Pipeline
     assert p.index.retention.input_files(a) == [] and len(p.index.retention.input_files(young)) == 2
     (event,) = timeline(p.index, a)
     assert event["actor"] == "scheduler"
-    (line,) = audit_lines(p.config.security.audit_log or p.root / "audit.log")
+    (line,) = audit_events(p.config.security.audit_log or p.root / "audit.log")
     assert line["StudyInstanceUID"] == a and line["ActiveParticipant"][0]["UserID"] == "scheduler"
 
 

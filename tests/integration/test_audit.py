@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_reading import audit_events
 from dcmtk import run_echoscu, run_storescu
 from in_process import RunningNode, make_ct
 from pydicom import dcmread
@@ -27,7 +28,7 @@ PARTY = Party("a1", "STORESCU", "LUNGNODE", "127.0.0.1:40000")
 def _events(receiver_node: RunningNode) -> list[dict[str, Any]]:
     path = receiver_node.config.security.audit_log
     assert path is not None and path.is_file(), f"no audit log at {path}"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return audit_events(path)
 
 
 def _one(events: list[dict[str, Any]], name: str) -> dict[str, Any]:

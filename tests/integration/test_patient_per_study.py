@@ -4,10 +4,10 @@ another study, is refused (0xC221, 0xC222), not stored, and audited without the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from audit_reading import audit_events
 from header_constructs import OTHER_PATIENT, hidden_patient
 from in_process import CT_IMAGE_STORAGE, RunningNode, make_ct
 from pydicom import dcmread
@@ -58,9 +58,7 @@ def _send(node: RunningNode, paths: list[Path]) -> list[int]:
 
 
 def _audit(node: RunningNode) -> list[dict[str, object]]:
-    path = node.config.security.audit_log
-    assert path is not None
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return audit_events(node.config.security.audit_log)
 
 
 def test_instance_of_another_patient_is_refused_and_audited(

@@ -5,13 +5,13 @@ is refused 0xA700 and audited as a Security Alert."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_reading import audit_events
 from in_process import CT_IMAGE_STORAGE, RunningNode, make_ct
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -34,9 +34,7 @@ def _send(node: RunningNode, paths: list[Path], calling: str = "STORESCU") -> li
 
 
 def _audit(node: RunningNode) -> list[dict[str, Any]]:
-    path = node.config.security.audit_log
-    assert path is not None
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return audit_events(node.config.security.audit_log)
 
 
 def test_instance_larger_than_max_instance_mb_is_refused_while_streaming(tmp_path: Path) -> None:

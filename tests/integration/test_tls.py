@@ -9,7 +9,6 @@ and a client that never finishes its handshake must not hold up anybody else.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from audit_reading import audit_events
 from dcmtk import StorescpServer, run_echoscu, run_storescu
 from in_process import NOW, RunningNode, make_ct, sender_config
 from pydicom import dcmread
@@ -74,11 +74,9 @@ def _tls_alerts(node: RunningNode, at_least: int) -> list[dict[str, object]]:
     assert path is not None
 
     def alerts() -> list[dict[str, object]]:
-        text = path.read_text() if path.exists() else ""
-        lines = [json.loads(line) for line in text.splitlines()]
         found = [
             e
-            for e in lines
+            for e in audit_events(path)
             if e.get("Event") == "association-rejected"
             and str(e.get("EventOutcomeDescription", "")).startswith("TLS handshake")
         ]

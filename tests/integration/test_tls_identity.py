@@ -5,7 +5,6 @@ every association's audit names the certificate subject."""
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import ssl
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from audit_reading import audit_events
 from dcmtk import run_echoscu
 from in_process import RunningNode
 from pynetdicom import AE
@@ -41,9 +41,7 @@ def mapped_node(tmp_path: Path, certs: Certificates) -> Iterator[RunningNode]:
 
 
 def _audit(node: RunningNode) -> list[dict[str, object]]:
-    path = node.config.security.audit_log
-    assert path is not None
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return audit_events(node.config.security.audit_log)
 
 
 def test_certificate_may_present_only_its_mapped_ae_titles(

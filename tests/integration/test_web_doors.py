@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_reading import audit_events
 
 from scp_node.app.service import WebServer
 from scp_node.config import ConfigError, load_config
@@ -60,7 +61,7 @@ class Console:
         return status, headers.get("set-cookie", "").split(";")[0]
 
     def audit(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+        return audit_events(self.audit_log)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from audit_reading import audit_events
 from in_process import RunningNode
 from ports import free_port
 
@@ -48,8 +48,9 @@ class StowNode(RunningNode):
         self.url = f"http://127.0.0.1:{self.config.web.port}"
 
     def audit_events(self) -> list[dict[str, Any]]:
-        path = self.config.security.audit_log or self.config.storage.root / "audit.log"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return audit_events(
+            self.config.security.audit_log or self.config.storage.root / "audit.log"
+        )
 
     def close(self) -> None:
         self.web.stop()
