@@ -220,9 +220,14 @@ class AnalysisPool:
     def pause(self) -> int:
         """Stop (SIGSTOP) every running analysis process, each between two index transactions
         (its guard held meanwhile), so it holds no database lock a receiver waits for; returns
-        how many were stopped. A process busy in one for PAUSE_GUARD_SECONDS is left running."""
+        how many were stopped. A process busy in one for PAUSE_GUARD_SECONDS is left running.
+
+        The lease of the job a process runs is renewed here, just before it stops: the process
+        renews it itself only while it runs, and on a loaded machine the short runs between
+        pauses may not give its renewer the CPU to do so."""
         with self._lock:
             children = [c for c in self._children if c.ready and c.process.pid is not None]
+        lease = self._config.pipeline.job_lease_seconds
         stopped = 0
         with self._pause_lock:
             for child in children:
@@ -233,6 +238,8 @@ class AnalysisPool:
                     continue
                 try:
                     if child.process.is_alive():
+                        if child.job is not None:
+                            self._index.renew_lease(child.job, lease, time.time())
                         os.kill(pid, signal.SIGSTOP)
                         self._paused.add(pid)
                         stopped += 1

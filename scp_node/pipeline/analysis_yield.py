@@ -11,8 +11,9 @@ lock a receiver waits for), within two bounds so that the analysis is never star
 - while receiving goes on it still runs at least `share` of the time: after a pause of p
   seconds it runs p * share / (1 - share) seconds before it may be paused again;
 - one pause lasts at most (1 - share) * PERIOD_SECONDS, and at most a quarter of
-  [pipeline] job_lease_seconds (a running job renews its lease every third of it), so a
-  paused job keeps its lease.
+  [pipeline] job_lease_seconds; a running job renews its lease every third of it, and the
+  pool renews it as it pauses the job's process, so a paused job keeps its lease even when a
+  loaded machine gives its process no CPU between pauses.
 
 share = 1 turns pausing off. /metrics shows lungnode_analysis_paused (1 while paused) and
 lungnode_analysis_paused_seconds_total.

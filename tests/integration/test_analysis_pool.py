@@ -122,3 +122,39 @@ def test_a_process_killed_mid_analysis_has_its_job_retried(
         assert time.monotonic() < deadline, "no process replaced the killed one"
         time.sleep(0.1)
     assert pool.restarts == 1
+
+
+def _lease_until(index: Index, job_id: str) -> float:
+    return float(
+        index.db.run(
+            lambda cur: cur.execute(
+                "SELECT lease_until FROM jobs WHERE job_id = :job_id", {"job_id": job_id}
+            ).scalar(),
+            write=False,
+        )
+    )
+
+
+def test_pausing_a_process_renews_the_lease_of_its_job(
+    node, pool: AnalysisPool, phantom_pet_ct: PhantomFiles
+) -> None:
+    # The process renews its lease only every 200 s here (a third of 600): whatever lease the
+    # job holds after pause() beyond its claim's is the pool's renewal.
+    config, store, index = node
+    uid = phantom_pet_ct.study.study_instance_uid
+    store_and_index(store, index, phantom_pet_ct.datasets)
+    assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds) == [uid]
+    deadline = time.monotonic() + TIMEOUT_S
+    while not pool.running_jobs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ((_, job),) = pool.running_jobs().items()
+    claimed_until = _lease_until(index, job.job_id)
+    time.sleep(0.5)
+    before = time.time()
+    try:
+        assert pool.pause() == 2  # both processes; one of them runs the job
+        renewed_until = _lease_until(index, job.job_id)
+    finally:
+        pool.resume()
+    assert renewed_until >= before + config.pipeline.job_lease_seconds > claimed_until + 0.4
+    assert _wait_reported(index, {uid})[uid] == "REPORTED"
