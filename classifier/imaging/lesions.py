@@ -18,8 +18,10 @@ A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball,
 its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
 tree only parts thicker than a hilar vessel stay, and thinner ones that hang in the lung (a dead
 end on the tree, in aerated lung, its cross-section stopping: a mass, where a vessel confluence
-goes on as tube or into the mediastinum). A stub touching a much larger mass is part of
-its edge, not a finding; nothing above the lungs' apex is a finding.
+goes on as tube or into the mediastinum). What the opening cuts off a mass at a neck and
+hangs in the lung (a wedge of collapse narrowing to the tumour) is not the mass, even where the
+regrowth would join it back. A stub touching a much larger mass is part of its edge, not a
+finding; nothing above the lungs' apex is a finding.
 
 A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
 cavity outside the region (`LungMask.cavity`: inside the ribs, lateral of the mediastinal
@@ -487,8 +489,10 @@ def _mass_parts(
     `mass_radius_mm` (thicker than a hilar vessel) are masses; the rest are vessels, unless
     they hang in the lung (`_hangs_in_lung`, on the soft `tissue` of the blob's grid when
     given): a vessel confluence goes on as tube on several sides or into the mediastinum, a
-    mass is a dead end on the tree, in aerated lung, whose cross-section stops. A component
-    with no ball of MASS_CORE_MIN_MM inside (a small nodule) is kept whole."""
+    mass is a dead end on the tree, in aerated lung, whose cross-section stops. Before the
+    regrowth, a part that hangs in the lung on a thicker mass is taken off it
+    (`_hanging_appendages`: a wedge of collapse). A component with no ball of
+    MASS_CORE_MIN_MM inside (a small nodule) is kept whole."""
     padded = np.pad(blob.mask, 1)
     inside = ndimage.distance_transform_edt(padded, sampling=spacing)
     largest = float(inside.max())
@@ -498,6 +502,11 @@ def _mass_parts(
     core = inside >= radius
     opened = (ndimage.distance_transform_edt(~core, sampling=spacing) <= radius) & padded
     steps = max(1, round(MASS_REGROW_MM / min(spacing[1:])))
+    if tissue is not None:
+        hanging = _hanging_appendages(
+            opened, padded, inside, steps, mass_radius_mm, blob, tissue, spacing
+        )
+        opened &= ~hanging
     opened = ndimage.binary_dilation(opened, structure=IN_PLANE, iterations=steps, mask=padded)
     labels, count = ndimage.label(opened)
     origin = tuple(b.start - 1 for b in blob.box)
@@ -516,6 +525,44 @@ def _mass_parts(
             continue
         out.append(_Blob(_shift(box, origin), part))
     return out
+
+
+def _hanging_appendages(
+    opened: np.ndarray,
+    component: np.ndarray,
+    inside: np.ndarray,
+    steps: int,
+    mass_radius_mm: float,
+    blob: _Blob,
+    tissue: np.ndarray,
+    spacing: tuple[float, ...],
+) -> np.ndarray:
+    """The parts of an opened component (padded frame, as `_mass_parts` makes it) that hang
+    on a mass through a neck: parts the regrowth would join to a part holding a larger ball,
+    one of `mass_radius_mm` at least, and that hang in the lung themselves (`_hangs_in_lung`).
+    A tumour is a convex body; what the opening cuts off it at a neck and the regrowth joins
+    back is thinner than it and hangs in aerated lung: a wedge of collapse narrowing to the
+    tumour, not the tumour. Empty when there is none."""
+    labels, count = ndimage.label(opened)
+    none = np.zeros(opened.shape, dtype=bool)
+    if count < 2:
+        return none
+    index = np.arange(1, count + 1)
+    balls = np.asarray(ndimage.maximum(inside, labels, index=index))
+    if not np.any(balls >= mass_radius_mm):
+        return none
+    regrown = ndimage.binary_dilation(opened, structure=IN_PLANE, iterations=steps, mask=component)
+    groups, _ = ndimage.label(regrown)
+    group_of = np.asarray(ndimage.maximum(groups, labels, index=index)).astype(int)
+    thickest = np.asarray(ndimage.maximum(balls, group_of, index=group_of))
+    drop = [
+        k + 1
+        for k in range(count)
+        if balls[k] < thickest[k]
+        and thickest[k] >= mass_radius_mm
+        and _hangs_in_lung(labels == k + 1, component, blob, tissue, spacing)
+    ]
+    return np.isin(labels, drop) if drop else none
 
 
 def _hangs_in_lung(

@@ -166,3 +166,33 @@ def test_a_thin_mass_hanging_in_aerated_lung_is_kept_a_vessel_confluence_is_not(
     assert _mass_parts(_blob(component), SPACING, 14.0, component | column) == []
     # With no CT to look at (`tissue` None) the thin parts are vessels, as before.
     assert _mass_parts(_blob(component), SPACING, 14.0) == []
+
+
+def _wedge(centre_mm: tuple[float, float, float], radius_mm: float, beyond_mm: float) -> np.ndarray:
+    """A cone of collapse along the columns, its apex inside a mass of `radius_mm` at
+    `centre_mm`, 16 degrees half-angle, reaching `beyond_mm` past the mass: it narrows to the
+    tumour and widens away from it."""
+    z, r, c = _grid()
+    along = c - centre_mm[2]
+    across = np.sqrt((z - centre_mm[0]) ** 2 + (r - centre_mm[1]) ** 2)
+    return (
+        (along > 0.3 * radius_mm)
+        & (along <= radius_mm + beyond_mm)
+        & (across <= along * np.tan(np.deg2rad(16.0)))
+    )
+
+
+def test_a_wedge_of_collapse_hanging_on_a_mass_is_not_the_mass() -> None:
+    mass = _ball((75.0, 120.0, 100.0), 17.0)  # 34 mm, its far edge at column 117 mm
+    component = mass | _wedge((75.0, 120.0, 100.0), 17.0, 30.0)
+    # Without the CT to look at (the opening cut the wedge off, the regrowth joined it back).
+    (whole,) = _mass_parts(_blob(component), SPACING, 14.0)
+    assert _columns_mm(whole)[1] >= 140.0
+    # In aerated lung the wedge hangs on the mass: the mass alone.
+    (mass_only,) = _mass_parts(_blob(component), SPACING, 14.0, component)
+    assert _columns_mm(mass_only)[1] <= 117.0 + MASS_REGROW_MM, _columns_mm(mass_only)
+    # A part running into soft tissue (a vessel into the mediastinum) does not hang: it stays.
+    _, _, c = _grid()
+    wall = component | (c >= 124.0)
+    (kept,) = _mass_parts(_blob(component), SPACING, 14.0, wall)
+    assert _columns_mm(kept)[1] >= 140.0
