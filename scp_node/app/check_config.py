@@ -504,6 +504,8 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+    from scp_node.dicom.pynetdicom_adapter.no_delay import NO_DELAY
+
     ae = AE(ae_title=config.sender.calling_ae_title)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
@@ -524,6 +526,7 @@ def echo(config: Config, destination: Destination, timeout: float) -> str | None
             destination.port,
             ae_title=destination.ae_title,
             tls_args=tls_args,
+            evt_handlers=[NO_DELAY],
         )
     except Exception as exc:  # e.g. a TLS handshake that fails
         return f"{type(exc).__name__}: {exc}"

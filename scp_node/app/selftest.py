@@ -196,6 +196,8 @@ class LoopbackReceiver:
 def _send(config: Config, datasets: list[Any], calling_ae: str, timeout: float) -> None:
     from pynetdicom import AE
 
+    from scp_node.dicom.pynetdicom_adapter.no_delay import NO_DELAY
+
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
@@ -206,7 +208,13 @@ def _send(config: Config, datasets: list[Any], calling_ae: str, timeout: float) 
         from scp_node.dicom.tls import client_context
 
         tls_args = (client_context(config.security), host)
-    assoc = ae.associate(host, config.node.port, ae_title=config.node.ae_title, tls_args=tls_args)
+    assoc = ae.associate(
+        host,
+        config.node.port,
+        ae_title=config.node.ae_title,
+        tls_args=tls_args,
+        evt_handlers=[NO_DELAY],
+    )
     if not assoc.is_established:
         raise SelftestError(
             f"the node at {host}:{config.node.port} ({config.node.ae_title}) did not accept an "

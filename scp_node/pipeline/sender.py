@@ -49,6 +49,7 @@ from pynetdicom.events import EventHandlerType
 from scp_node.config import Config, Destination
 from scp_node.dicom import pynetdicom_adapter
 from scp_node.dicom.backoff import backoff_delay, retry_at
+from scp_node.dicom.pynetdicom_adapter.no_delay import NO_DELAY
 from scp_node.dicom.sop_classes import UNCOMPRESSED_TRANSFER_SYNTAXES
 from scp_node.dicom.status import (
     COERCION_OF_DATA_ELEMENTS,
@@ -179,9 +180,9 @@ class Sender:
             tls_args = (context, destination.host)
         ae = self._build_ae([ds for _, ds in loaded], commit=destination.commit)
         # a destination may report its Storage Commitment on this association
-        handlers: list[EventHandlerType] | None = (
-            [(evt.EVT_N_EVENT_REPORT, self._reports)] if destination.commit else None
-        )
+        handlers: list[EventHandlerType] = [NO_DELAY]
+        if destination.commit:
+            handlers.append((evt.EVT_N_EVENT_REPORT, self._reports))
         try:
             assoc = ae.associate(
                 destination.host,

@@ -22,6 +22,7 @@ from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
 from classifier.datasets.phantom import generate_study
+from scp_node.dicom.pynetdicom_adapter.no_delay import NO_DELAY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,7 +63,9 @@ def test_fuzz_round_leaves_the_node_up_and_analysing(tmp_path: Path, chunked_sen
             if assoc is None or not assoc.is_established or n % PER_ASSOCIATION == 0:
                 if assoc is not None and assoc.is_established:
                     assoc.release()
-                assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+                assoc = ae.associate(
+                    "127.0.0.1", node.port, ae_title=node.ae_title, evt_handlers=[NO_DELAY]
+                )
                 assert assoc.is_established, f"association refused after {n} mutations"
             fuzz_file.write_bytes(data)
             kinds[kind] += 1

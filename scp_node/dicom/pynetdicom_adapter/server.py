@@ -31,6 +31,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from scp_node.dicom.pynetdicom_adapter import pdu_guard
+from scp_node.dicom.pynetdicom_adapter.no_delay import no_delay
 
 
 class _AdoptingRequestHandler(RequestHandler):
@@ -78,6 +79,7 @@ class AcceptorServer(ThreadedAssociationServer, ABC):
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client_socket, address = self.accept()
         client_socket.settimeout(self.ae.network_timeout)
+        no_delay(client_socket)
         return client_socket, address
 
     def accept(self) -> tuple[socket.socket, tuple[str, int]]:
