@@ -32,6 +32,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from classifier.imaging.dicom_io import DicomReadError, read_dataset, read_header
+from scp_node.dicom.pynetdicom_adapter.no_delay import NO_DELAY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,7 +49,7 @@ def associate(port: int) -> Association:
     ae.add_requested_context(PT, ExplicitVRLittleEndian)
     ae.add_requested_context(MR, ExplicitVRLittleEndian)
     ae.add_requested_context("1.2.840.10008.1.1")  # Verification
-    assoc = ae.associate("127.0.0.1", port, ae_title="LUNGNODE")
+    assoc = ae.associate("127.0.0.1", port, ae_title="LUNGNODE", evt_handlers=[NO_DELAY])
     assert assoc.is_established, "the node did not accept the association"
     return assoc
 
