@@ -15,6 +15,8 @@ sets what is process-wide. One file per internal touched, each naming it in its 
   their header (installed per association by the server's request handler).
 - p_data: the P-DATA-TF PDUs the guard reads decoded with their values left in the received
   buffer (memoryviews), not copied four times on their way to the file.
+- no_delay: Nagle's algorithm off on accepted sockets and, through the EVT_CONN_OPEN seam, on
+  every association the node requests.
 - server: the SCP server class (`AcceptorServer`, the base of
   scp_node.dicom.connections.GuardedServer) and `start_in_thread`.
 
