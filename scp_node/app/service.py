@@ -12,7 +12,8 @@ A-ASSOCIATE (so an idle node stops within about a second), and lets in-flight C-
 running ticks complete, nothing acknowledged is lost; the web server stops last. The analyses
 run in [pipeline] analysis_processes processes beside this one (scp_node.pipeline.analysis_pool),
 each finishing the analysis it runs before the node exits; where this process receives too
-(role all), they pause while associations are open (scp_node.pipeline.analysis_yield).
+(role all), they pause while associations or STOW-RS requests are open
+(scp_node.pipeline.analysis_yield).
 """
 
 from __future__ import annotations
@@ -176,8 +177,12 @@ def _build(config: Config, role: str) -> _Node:
         _add_receiving(node, store, switches)
     share = config.pipeline.analysis_share_while_receiving
     if pool is not None and node.state.associations is not None and share < 1:
+        state = node.state
         node.analysis_yield = AnalysisYield(
-            node.state.associations, pool, share, config.pipeline.job_lease_seconds
+            lambda: state.associations() + state.stow_requests(),
+            pool,
+            share,
+            config.pipeline.job_lease_seconds,
         )
     _watch(node)
     node.web = WebServer(config, node.state) if config.web.enabled else None

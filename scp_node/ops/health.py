@@ -20,6 +20,26 @@ from scp_node.metrics import free_bytes
 from storage.console import ANALYSIS_PAUSED, INTAKE_PAUSED
 
 
+class InFlight:
+    """How many requests are being received now (`with in_flight:` around each one): what
+    the analysis yields to besides associations (STOW-RS requests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def __call__(self) -> int:
+        return self._count
+
+
 @dataclass
 class NodeState:
     """What the web layer knows of the running node (filled in by service.serve)."""
@@ -36,6 +56,7 @@ class NodeState:
     # scp_node.receive.intake.InstanceIntake where this process receives (STOW-RS uses it)
     intake: Any = None
     on_released: Callable[[float], None] | None = None  # completion check after a release
+    stow_requests: InFlight = field(default_factory=InFlight)  # STOW-RS requests arriving
 
 
 DATABASE_CHECK_SECONDS = 3.0  # a database that does not answer within this is not ready

@@ -4,7 +4,8 @@ A study's analysis slowed a sender to 0.65x of an idle node's ingest on 2 cores,
 priority (analysis_nice 10 / 19, SCHED_IDLE) left it there: the receiver waited in the run
 queue behind the analysis (its session's autogroup weighs as much as a receiver's), and what
 the analysis does to caches, memory bandwidth and the disk no priority removes. So while any
-association is open on the node (its receivers' counts), the analysis processes are paused
+association is open on the node (its receivers' counts) or a STOW-RS request is arriving, the
+analysis processes are paused
 (`AnalysisPool.pause`: SIGSTOP, each between two index transactions, so none holds a database
 lock a receiver waits for), within two bounds so that the analysis is never starved:
 

@@ -163,7 +163,13 @@ class Console:
         self.sessions = Sessions()
         self.failures = FailureLimiter()
         self.stow = (
-            StowIntake(node.config, node.intake, audit, on_released=node.on_released)
+            StowIntake(
+                node.config,
+                node.intake,
+                audit,
+                on_released=node.on_released,
+                in_flight=node.stow_requests,
+            )
             if node.intake is not None and audit is not None and node.config.web.stow_enabled
             else None
         )

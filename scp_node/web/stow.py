@@ -61,6 +61,7 @@ from scp_node.dicom.status import (
 from scp_node.logs import escape_text
 from scp_node.metrics import METRICS
 from scp_node.ops.audit import AuditLog, Party
+from scp_node.ops.health import InFlight
 from scp_node.receive.intake import InstanceIntake, Rejected, Sending, read_instance_header
 from storage.uids import InvalidUIDError, require_uid
 
@@ -119,11 +120,13 @@ class StowIntake:
         audit: AuditLog,
         *,
         on_released: Callable[[float], None] | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.config = config
         self.intake = intake
         self.audit = audit
         self._on_released = on_released
+        self.in_flight = in_flight or InFlight()  # requests being received (analysis yields)
 
     # ---- who sends -------------------------------------------------------------------------
 
@@ -174,8 +177,9 @@ class StowIntake:
         outcomes: list[_Outcome] = []
         released = False
         try:
-            async with asyncio.timeout(self.config.web.stow_timeout_seconds):
-                await self._receive(request, boundary, party, study, sending, outcomes)
+            with self.in_flight:
+                async with asyncio.timeout(self.config.web.stow_timeout_seconds):
+                    await self._receive(request, boundary, party, study, sending, outcomes)
             released = True
         except TimeoutError:
             reason = (

@@ -27,6 +27,7 @@ from stow_node import (
     trickle,
 )
 from tls_certificates import make_certificates
+from waiting import wait_until
 
 from scp_node.app.check_config import web_warnings
 from scp_node.config import ConfigError
@@ -427,3 +428,18 @@ def test_check_config_warns_of_a_stow_identity_off_the_allow_list(tmp_path: Path
         security__allowed_calling_aets="DICOMWEB",
     )
     assert "[web] stow_calling_aet" not in {key for _, key, _ in web_warnings(allowed)}
+
+
+def test_a_request_counts_as_receiving_while_it_arrives(node: StowNode, tmp_path: Path) -> None:
+    """The analysis yields to a STOW-RS request as to an association (node.stow_requests)."""
+    seen: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        for chunk in trickle(multipart_body(cts(tmp_path, 2)), 16 * 1024, 0.02):
+            seen.append(node.state.stow_requests())
+            yield chunk
+
+    assert node.state.stow_requests() == 0
+    assert stow(node, body()).status_code == 200
+    assert seen and max(seen[1:]) == 1, seen  # once the server has taken the request
+    assert wait_until(lambda: node.state.stow_requests() == 0, timeout=5, what="0 in flight")

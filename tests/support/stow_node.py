@@ -37,13 +37,13 @@ class StowNode(RunningNode):
         }
         super().__init__(tmp, intake_paused=intake_paused, **settings)
         self.released: list[float] = []
-        node = NodeState(
+        self.state = NodeState(
             config=self.config,
             index=self.index,
             intake=self.receiver.intake,
             on_released=self.released.append,
         )
-        self.web = WebServer(self.config, node)
+        self.web = WebServer(self.config, self.state)
         self.web.start()
         self.url = f"http://127.0.0.1:{self.config.web.port}"
 
