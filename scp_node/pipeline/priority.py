@@ -42,12 +42,6 @@ def _lower(tid: int, nice: int) -> bool:
         return False
 
 
-def lower_this_thread(nice: int) -> None:
-    """Give the calling thread (and what it starts from now on) nice value `nice` (0: off)."""
-    if nice > 0:
-        _lower(threading.get_native_id(), nice)
-
-
 def lower_this_process(nice: int) -> None:
     """Give every thread of this process nice value `nice` (0: off): those started before this
     call (by imports) too; the ones started later inherit it from the threads that start them."""
