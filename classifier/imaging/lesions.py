@@ -87,9 +87,10 @@ MEDIASTINAL_SOFT_HU = (-50.0, 150.0)  # not fat, not bone or calcium
 # region for at least this fraction of its footprint rises from below the lung: the liver or
 # spleen dome, the stomach, the heart's border under the lung. Not a lung lesion.
 MAX_CAUDAL_CONTINUATION = 0.6
-# ...unless its lowest and its highest slice each hold less than this fraction of its largest
-# slice's area: an organ dome widens downwards into what lies below the lung, a mass resting on
-# the diaphragm is a convex body, narrowing to its base and to its top.
+# ...unless its highest slice holds less than this fraction of its largest slice's area and its
+# widest slice lies above its lowest: an organ dome widens downwards into what lies below the
+# lung (widest on its lowest slice), a mass resting on the diaphragm is a convex body whose
+# cross-section grows from its base (cut flat where it meets the dome) and narrows to its top.
 DOME_BASE_FRACTION = 0.5
 # A candidate longer along the body axis than ELONGATION x its in-plane long axis, and at least
 # ELONGATED_MIN_Z_MM long, is a vessel or airway tree or the mediastinum, not a mass.
@@ -915,12 +916,14 @@ def _along_trachea(ct: Volume, candidate: Candidate, lungs: LungMask) -> float:
     return touching * ct.spacing[0]
 
 
-def _narrows_to_base(candidate: Candidate) -> bool:
-    """Whether the candidate's lowest and highest slices each hold less than DOME_BASE_FRACTION
-    of its largest slice's area: a convex mass resting on the diaphragm, not an organ dome
-    widening below the lung."""
+def _narrows_to_base(candidate: Candidate, caudal_first: bool) -> bool:
+    """Whether the candidate's highest slice holds less than DOME_BASE_FRACTION of its largest
+    slice's area and its lowest slice less than the largest (`caudal_first`: mask index 0 is
+    its lowest): a convex mass resting on the diaphragm, growing from its base and narrowing to
+    its top, not an organ dome widening below the lung."""
     areas = np.count_nonzero(candidate.mask, axis=(1, 2))
-    return bool(max(areas[0], areas[-1]) < DOME_BASE_FRACTION * areas.max())
+    lowest, highest = (areas[0], areas[-1]) if caudal_first else (areas[-1], areas[0])
+    return bool(highest < DOME_BASE_FRACTION * areas.max() and lowest < areas.max())
 
 
 def _tube_piece(ct: Volume, candidate: Candidate) -> float:
@@ -951,7 +954,7 @@ def is_anatomy(ct: Volume, candidate: Candidate, lungs: LungMask) -> str | None:
     along the body axis (a vessel, an airway, the mediastinum).
     """
     below = _rises_from_below(ct, candidate, lungs)
-    if below >= MAX_CAUDAL_CONTINUATION and not _narrows_to_base(candidate):
+    if below >= MAX_CAUDAL_CONTINUATION and not _narrows_to_base(candidate, _caudal_first(ct)):
         return f"continues below the lung ({below:.0%} of its lowest slice)"
     along = _along_trachea(ct, candidate, lungs)
     if along >= TRACHEA_CONTACT_MM:

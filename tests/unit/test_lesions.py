@@ -142,15 +142,24 @@ def test_a_convex_mass_on_the_diaphragm_is_not_an_organ_dome() -> None:
     # A ball narrows to its base and its top: a mass resting on the dome, kept. A dome (a
     # half ball standing on its flat face, as the liver rises into the lung's region) widens
     # downwards, and a column widening upwards from a narrow base (the heart's border under
-    # the lung) is widest at its top: both stay "continues below the lung".
+    # the lung) is widest at its top: both stay "continues below the lung". A ball cut flat
+    # at its base (a mass against the dome) still grows from its base and narrows to its top.
     from classifier.imaging.lesions import _narrows_to_base
 
     z, r, c = np.ogrid[-10:11, -10:11, -10:11]
     ball = z**2 + r**2 + c**2 <= 100
     dome = ball[10:]
-    assert _narrows_to_base(_candidate_of(ball))
-    assert not _narrows_to_base(_candidate_of(dome))  # widest on its lowest slice (index 0)
-    assert not _narrows_to_base(_candidate_of(dome[::-1]))  # narrow base, widest on its top
+    flat_base = ball[5:]  # its lowest slice holds 75 % of its widest
+    for caudal_first in (True, False):  # mask index 0 its lowest slice, or its highest
+
+        def kept(mask: np.ndarray, first: bool = caudal_first) -> bool:
+            return _narrows_to_base(_candidate_of(mask if first else mask[::-1]), first)
+
+        assert kept(ball)
+        assert kept(flat_base)
+        assert not kept(dome)  # widest on its lowest slice
+        assert not kept(dome[::-1])  # narrow base, widest on its top
+        assert not kept(flat_base[::-1])  # cut flat at its top: widest there
 
 
 def _feet_first(ct: Volume) -> Volume:
