@@ -13,7 +13,8 @@ sets what is process-wide. One file per internal touched, each naming it in its 
 - commands: the Command Set of each plain C-STORE-RQ decoded directly, not by pydicom.
 - encoders: the File Meta of each streamed dataset and each plain C-STORE-RSP encoded directly.
 - pdu_guard: the PDUs of the SCP's associations read whole, within a deadline, refused by
-  their header (installed per association by the server's request handler).
+  their header (installed per association by the server's request handler); the P-DATA-TFs
+  waiting on the socket handed to the state machine in one turn of the DUL's loop.
 - p_data: the P-DATA-TF PDUs the guard reads decoded with their values left in the received
   buffer (memoryviews), not copied four times on their way to the file.
 - server: the SCP server class (`AcceptorServer`, the base of
@@ -43,7 +44,8 @@ Patches that remain, because pynetdicom 3.0 has no seam for them:
 - `dimse_messages.create_file_meta`, `write_file_meta_info`, `DIMSEServiceProvider.send_msg`
   (encoders): called inside decode_msg and the DIMSE provider, not offered as settings.
 - `DULServiceProvider._read_pdu_data` of each acceptor association (pdu_guard): the DUL is made
-  by the Association, not by the server; no setting bounds a PDU's size or its time.
+  by the Association, not by the server; no setting bounds a PDU's size or its time. It also
+  hands P-DATA-TFs to `state_machine.do_action` itself: the loop takes one PDU per turn.
 - `P_DATA_TF` and `PresentationDataValueItem` made by the guard (p_data) instead of by
   `DULServiceProvider._decode_pdu`, which copies every value: no setting avoids the copies.
 - `ae._servers` (server.start_in_thread): `start_server(block=False)` takes no server_class.

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import CTImageStorage, generate_uid
-from pynetdicom import AE, dimse_messages, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -59,16 +59,17 @@ def _elements(command_set: Any) -> list[tuple[Any, ...]]:
 def _primitive(encoded: bytes, decoder: Any) -> tuple[Any, ...]:
     """The primitive pynetdicom makes of a P-DATA holding the whole Command Set, with
     dimse_messages.decode being `decoder`."""
-    saved = dimse_messages.decode
+    saved = dimse_messages.decode, _config.STORE_RECV_CHUNKED_DATASET
     dimse_messages.decode = decoder
+    _config.STORE_RECV_CHUNKED_DATASET = False  # the dataset is not streamed to a file here
     try:
         message = DIMSEMessage()
         p_data = P_DATA()
         p_data.presentation_data_value_list = [[1, b"\x03" + encoded]]
-        message.decode_msg(p_data)  # chunked datasets off here: nothing streams to a file
+        message.decode_msg(p_data)
         primitive = message.message_to_primitive()
     finally:
-        dimse_messages.decode = saved
+        dimse_messages.decode, _config.STORE_RECV_CHUNKED_DATASET = saved
     return (
         type(message),
         type(primitive),
