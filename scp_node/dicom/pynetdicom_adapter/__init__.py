@@ -10,9 +10,11 @@ sets what is process-wide. One file per internal touched, each naming it in its 
   header read from their first bytes and their data sync started as they complete; the
   handler reads all that through `parked_stream(request)`.
 - wakeups: the reactors woken when there is work instead of after their 1 ms idle sleeps.
+- commands: the Command Set of each plain C-STORE-RQ decoded directly, not by pydicom.
 - encoders: the File Meta of each streamed dataset and each plain C-STORE-RSP encoded directly.
 - pdu_guard: the PDUs of the SCP's associations read whole, within a deadline, refused by
-  their header (installed per association by the server's request handler).
+  their header (installed per association by the server's request handler); the P-DATA-TFs
+  waiting on the socket handed to the state machine in one turn of the DUL's loop.
 - p_data: the P-DATA-TF PDUs the guard reads decoded with their values left in the received
   buffer (memoryviews), not copied four times on their way to the file.
 - no_delay: Nagle's algorithm off on accepted sockets and, through the EVT_CONN_OPEN seam, on
@@ -40,10 +42,12 @@ Patches that remain, because pynetdicom 3.0 has no seam for them:
   marks that moment (EVT_DIMSE_RECV comes before the request is queued).
 - `dul.time`, `association.time`, `DULServiceProvider.send_pdu` (wakeups): the idle sleeps are
   literals inside the reactors' loops.
+- `dimse_messages.decode` (commands): called inside decode_msg for the Command Set.
 - `dimse_messages.create_file_meta`, `write_file_meta_info`, `DIMSEServiceProvider.send_msg`
   (encoders): called inside decode_msg and the DIMSE provider, not offered as settings.
 - `DULServiceProvider._read_pdu_data` of each acceptor association (pdu_guard): the DUL is made
-  by the Association, not by the server; no setting bounds a PDU's size or its time.
+  by the Association, not by the server; no setting bounds a PDU's size or its time. It also
+  hands P-DATA-TFs to `state_machine.do_action` itself: the loop takes one PDU per turn.
 - `P_DATA_TF` and `PresentationDataValueItem` made by the guard (p_data) instead of by
   `DULServiceProvider._decode_pdu`, which copies every value: no setting avoids the copies.
 - `ae._servers` (server.start_in_thread): `start_server(block=False)` takes no server_class.
@@ -60,15 +64,15 @@ from __future__ import annotations
 
 import threading
 
-from scp_node.dicom.pynetdicom_adapter import encoders, flags, streaming, wakeups
+from scp_node.dicom.pynetdicom_adapter import commands, encoders, flags, streaming, wakeups
 
 _lock = threading.Lock()
 _installed = False
 
 
 def install() -> None:
-    """Adapt pynetdicom for the node (flags, streaming, wake-ups, encoders); safe to call more
-    than once. The PDU guard and the server need no install: the node's servers are
+    """Adapt pynetdicom for the node (flags, streaming, wake-ups, encoders, commands); safe to
+    call more than once. The PDU guard and the server need no install: the node's servers are
     `AcceptorServer`s."""
     global _installed
     with _lock:
@@ -78,4 +82,5 @@ def install() -> None:
         streaming.install()
         wakeups.install()
         encoders.install()
+        commands.install()
         _installed = True

@@ -11,11 +11,18 @@ association's ACSE timeout of the accept, every later PDU within its network tim
 first byte. A refused connection is closed at once (`limits.dropped` hears why) and, before
 association, its acceptor thread woken so its slot is free at once.
 
+Once associated, a P-DATA-TF read with nothing queued before it goes straight to the DUL's
+state machine (`do_action`, as the DUL's loop would do with it next), and so do the P-DATA-TFs
+already waiting on the socket after it, while nothing else waits: one turn of the loop, not one
+per PDU, and no trip through its event and PDU queues (about 6 PDUs per 512x512 CT slice).
+
 Touches `DULServiceProvider._read_pdu_data` of each guarded association's DUL (an instance
 attribute set before the association starts; pynetdicom calls it as `self._read_pdu_data()`
 from `_is_transport_event`), the DUL's `event_queue`, `_recv_pdu`, `to_user_queue` and
 `_decode_pdu`, as pynetdicom's own reader does (a P-DATA-TF is decoded by
-scp_node.dicom.pynetdicom_adapter.p_data, its values left in the PDU's buffer). The server's
+scp_node.dicom.pynetdicom_adapter.p_data, its values left in the PDU's buffer); for the P-DATA
+handed on, what the loop reads: `state_machine` (`current_state`, `do_action`),
+`to_provider_queue`, `_idle_timer`, `_kill_thread` and the transport's `ready`. The server's
 request handler (scp_node.dicom.pynetdicom_adapter.server) guards each association it
 creates; associations the node requests (the sender) keep pynetdicom's reader.
 """
@@ -31,13 +38,16 @@ from typing import Any, Protocol
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from scp_node.dicom.pynetdicom_adapter.p_data import decode_pdu
+from scp_node.dicom.pynetdicom_adapter.p_data import P_DATA_TF_EVENT, decode_pdu
 
 log = logging.getLogger("lungnode.connections")
 
 PDU_TYPES = frozenset(range(0x01, 0x08))
 A_ASSOCIATE_RQ = 0x01
 _FIRST_ALLOCATION = 1024 * 1024  # bytes of a PDU buffer before it has to grow
+ESTABLISHED = "Sta6"  # the DUL state of an established association (data transfer)
+# P-DATA-TFs one read hands on at most (16 MiB of 128 KiB PDUs) before the DUL's loop turns
+P_DATA_PER_READ = 128
 
 
 class PduLimits(Protocol):
@@ -117,7 +127,49 @@ class GuardedReader:
         self.request_read = False
 
     def read(self) -> None:
-        """Read one PDU and queue its event and PDU for the DUL, or cut the connection."""
+        """Read one PDU and queue its event and PDU for the DUL, or cut the connection.
+
+        A P-DATA-TF of an established association, with nothing queued before it, is handed
+        to the DUL's state machine at once (`do_action`, what the DUL's loop does with it
+        next), and the P-DATA-TFs already waiting on the socket after it likewise, up to
+        P_DATA_PER_READ, as long as nothing else waits (a primitive to send, an event): per
+        PDU, that spares the loop's turn, its two queues and its readiness check."""
+        dul = self._dul
+        for _ in range(P_DATA_PER_READ):
+            received = self._read_one()
+            if received is None:
+                return
+            pdu, event = received
+            if event != P_DATA_TF_EVENT or not self._nothing_waits():
+                dul.event_queue.put(event)
+                dul._recv_pdu.put(pdu)
+                return
+            dul._recv_pdu.put(pdu)  # where the action (DT-2) takes it from
+            try:
+                dul.state_machine.do_action(event)
+            except Exception:
+                return  # do_action logged it and killed the DUL, whose loop then ends
+            dul._idle_timer.restart()  # as the loop does after each PDU read
+            transport = dul.socket
+            if dul._kill_thread or not self._nothing_waits():
+                return  # the loop's next turn sends or acts first, as it would have
+            if transport is None or not transport.ready:
+                return
+
+    def _nothing_waits(self) -> bool:
+        """Whether the DUL's loop would act on a P-DATA-TF read now before anything else: the
+        association established (Sta6) and no event, PDU or primitive to send queued."""
+        dul = self._dul
+        return (
+            dul.state_machine.current_state == ESTABLISHED
+            and not dul.event_queue.qsize()
+            and not dul._recv_pdu.qsize()
+            and not dul.to_provider_queue.qsize()
+        )
+
+    def _read_one(self) -> tuple[Any, str] | None:
+        """One PDU read and decoded (the PDU object and its event); None when the connection
+        was cut or closed, or the PDU failed to decode (the DUL was told: Evt17, Evt19)."""
         dul = self._dul
         limits = self._limits
         assoc = dul.assoc
@@ -125,7 +177,7 @@ class GuardedReader:
         sock = getattr(transport, "socket", None)
         if transport is None or sock is None:
             dul.event_queue.put("Evt17")
-            return
+            return None
         awaiting_request = not self.request_read
         now = time.monotonic()
         if awaiting_request:
@@ -155,35 +207,34 @@ class GuardedReader:
             pdu_bytes = _recv_pdu(sock, header, length, deadline)
         except _Cut as cut:
             self._cut(str(cut), awaiting_request)
-            return
+            return None
         except TimeoutError:
             self._cut(f"{what} not received whole within {within}", awaiting_request)
-            return
+            return None
         except (_Closed, OSError):
             # the peer closed (or reset) the connection: not an attack, not audited
             self._close(awaiting_request)
-            return
+            return None
         finally:
             try:
                 sock.settimeout(restore)
             except OSError:
                 pass
         try:
-            pdu, event = decode_pdu(dul, pdu_bytes)
+            decoded = decode_pdu(dul, pdu_bytes)
         except Exception as exc:
             if awaiting_request:
                 # the text may hold the peer's bytes: the log formatter and the audit's JSON
                 # escape it
                 detail = f"{type(exc).__name__}: {str(exc)[:256]}"
                 self._cut(f"A-ASSOCIATE-RQ does not decode: {detail}", True)
-                return
+                return None
             log.warning("PDU does not decode: %s: %s", type(exc).__name__, exc)
             dul.event_queue.put("Evt19")  # pynetdicom aborts the association (A-ABORT)
-            return
+            return None
         if awaiting_request:
             self.request_read = True
-        dul.event_queue.put(event)
-        dul._recv_pdu.put(pdu)
+        return decoded
 
     def _cut(self, reason: str, before_association: bool) -> None:
         assoc = self._dul.assoc

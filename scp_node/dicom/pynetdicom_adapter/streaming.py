@@ -106,6 +106,9 @@ class StreamedFile:
 
     def __init__(self, inner: IO[bytes], limits: _Incoming | None = None) -> None:
         self._inner = inner
+        # the file object itself: a NamedTemporaryFile's wrapper makes a new function wrapper
+        # at each attribute lookup, two per fragment
+        self._file: IO[bytes] = getattr(inner, "file", inner)
         self.name = inner.name
         self.file = self  # pynetdicom calls `.file.flush()` after each fragment
         self.disk_full: OSError | None = None
@@ -122,7 +125,7 @@ class StreamedFile:
     def write(self, data: bytes) -> int:
         if self.disk_full is None and self.refused is None:
             try:
-                written = self._inner.write(data)
+                written = self._file.write(data)
             except OSError as exc:
                 self._fail(exc)
             else:
@@ -197,7 +200,7 @@ class StreamedFile:
         """pynetdicom calls this after each P-DATA fragment: the header is looked for then."""
         if self.disk_full is None and self.refused is None:
             try:
-                self._inner.flush()
+                self._file.flush()
             except OSError as exc:
                 self._fail(exc)
                 return

@@ -10,12 +10,19 @@ run it before widening pyproject's pin of pynetdicom.
 from __future__ import annotations
 
 import inspect
+import socket
+import struct
 from typing import Any
 
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_ECHO_RQ
+from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 from scp_node.dicom import pynetdicom_adapter
 from scp_node.dicom.pynetdicom_adapter.pdu_guard import GuardedReader
@@ -72,3 +79,130 @@ def test_the_acceptor_association_reads_through_the_guard_and_the_requestor_does
     assert requestor_reader.__func__ is DULServiceProvider._read_pdu_data, (
         "an association the node requests must read PDUs as pynetdicom does"
     )
+
+
+def test_p_data_is_handed_to_the_state_machine_as_the_dul_loop_hands_it() -> None:
+    """What GuardedReader.read does with a P-DATA-TF in place of the DUL's loop: in Sta6,
+    Evt10 is action DT-2, which takes the PDU from _recv_pdu and gives its primitive to the
+    DIMSE provider; the loop reads only when the socket is `ready`, restarts `_idle_timer`
+    after each read, sends what waits on `to_provider_queue` and ends on `_kill_thread`."""
+    assert fsm.TRANSITION_TABLE[("Evt10", "Sta6")] == "DT-2"
+    assert fsm.ACTIONS["DT-2"][1] is fsm.DT_2
+    assert {"_recv_pdu", "receive_primitive"} <= _names(fsm.DT_2)
+    loop = _names(DULServiceProvider.run_reactor)
+    assert {"_idle_timer", "_kill_thread", "event_queue", "do_action"} <= loop
+    assert "to_provider_queue" in _names(DULServiceProvider._process_recv_primitive)
+    assert "ready" in _names(DULServiceProvider._is_transport_event)
+
+
+class _Peer:
+    """An acceptor association in Sta6 whose DUL reads, through the guard, what the test
+    writes to the other end of a socket pair; nothing runs its loop (the test calls read)."""
+
+    def __init__(self) -> None:
+        pynetdicom_adapter.install()
+        self.assoc = Association(AE(), "acceptor")
+        self.peer, ours = socket.socketpair()
+        ours.settimeout(5.0)
+        dul = self.assoc.dul
+        dul.socket = AssociationSocket(self.assoc, client_socket=ours)
+        assert dul.event_queue.get_nowait() == "Evt5"  # the connection, long handled
+        dul.state_machine.current_state = "Sta6"
+        self.limits = _NoLimits()
+        self.reader = GuardedReader(dul, self.limits)
+        self.reader.request_read = True  # associated
+
+    def send(self, *pdus: bytes) -> None:
+        self.peer.sendall(b"".join(pdus))
+
+    def queued_events(self) -> list[str]:
+        return list(self.assoc.dul.event_queue.queue)
+
+    def messages(self) -> list[Any]:
+        return [type(m).__name__ for _, m in self.assoc.dimse.msg_queue.queue]
+
+    def close(self) -> None:
+        self.peer.close()
+        if self.assoc.dul.socket is not None:
+            self.assoc.dul.socket.close()
+
+
+class _NoLimits:
+    max_pdu_length = 0
+
+    def opened_at(self, assoc: Association) -> float | None:
+        return None
+
+    def dropped(self, peer: Any, calling_ae: str, reason: str) -> None:
+        raise AssertionError(f"dropped: {reason}")
+
+
+def _c_echo_rq(message_id: int) -> bytes:
+    """A P-DATA-TF holding a whole C-ECHO-RQ (its last Command Set fragment)."""
+    echo = C_ECHO()
+    echo.MessageID = message_id
+    message = C_ECHO_RQ()
+    message.primitive_to_message(echo)
+    value = b"\x03" + bytes(encode(message.command_set, True, True))
+    item = struct.pack(">LB", len(value) + 1, 1) + value
+    return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+
+A_RELEASE_RQ = struct.pack(">BBLL", 0x05, 0, 4, 0)
+
+
+def test_p_data_tfs_waiting_on_the_socket_are_handed_on_in_one_read() -> None:
+    peer = _Peer()
+    try:
+        peer.send(_c_echo_rq(1), _c_echo_rq(2), _c_echo_rq(3))
+        peer.reader.read()
+        assert peer.messages() == ["C_ECHO", "C_ECHO", "C_ECHO"]
+        assert peer.queued_events() == []
+        assert peer.assoc.dul._recv_pdu.qsize() == 0
+        assert peer.assoc.dul.state_machine.current_state == "Sta6"
+    finally:
+        peer.close()
+
+
+def test_a_pdu_other_than_p_data_is_queued_for_the_dul_loop() -> None:
+    peer = _Peer()
+    try:
+        peer.send(_c_echo_rq(1), A_RELEASE_RQ, _c_echo_rq(2))
+        peer.reader.read()
+        assert peer.messages() == ["C_ECHO"]
+        assert peer.queued_events() == ["Evt12"]  # the release, then nothing read after it
+        assert peer.assoc.dul._recv_pdu.qsize() == 1
+    finally:
+        peer.close()
+
+
+def test_with_an_event_queued_a_p_data_waits_its_turn_in_the_queue() -> None:
+    peer = _Peer()
+    try:
+        peer.assoc.dul.event_queue.put("Evt18")
+        peer.send(_c_echo_rq(1), _c_echo_rq(2))
+        peer.reader.read()
+        assert peer.messages() == []
+        assert peer.queued_events() == ["Evt18", "Evt10"]  # one PDU read, queued behind
+    finally:
+        peer.close()
+
+
+def test_a_primitive_to_send_stops_the_reading_on() -> None:
+    peer = _Peer()
+    try:
+        dul = peer.assoc.dul
+        peer.send(_c_echo_rq(1), _c_echo_rq(2))
+        dimse: Any = peer.assoc.dimse
+        real_receive = dimse.receive_primitive
+
+        def receive_then_answer(primitive: Any) -> None:
+            real_receive(primitive)
+            dul.to_provider_queue.put(P_DATA())  # as a handler's answer would be queued
+
+        dimse.receive_primitive = receive_then_answer
+        peer.reader.read()
+        assert peer.messages() == ["C_ECHO"]  # the second waits for the loop's next turn
+        assert peer.queued_events() == []
+    finally:
+        peer.close()

@@ -11,6 +11,8 @@ run it before widening pyproject's pin of pynetdicom.
 
 from __future__ import annotations
 
+import io
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,17 @@ def test_c_store_streams_into_the_routed_folder_and_parks_what_it_read(tmp_path:
     assert parked.data_sync.finished, "the DUL thread did not run the data sync"
     assert parked.disk_full is None and parked.refused is None
     parked.data_sync.wait()
+
+
+def test_a_streamed_file_writes_through_the_temporary_file_object_itself(tmp_path: Path) -> None:
+    """NamedTemporaryFile's wrapper keeps the file object as `.file` (StreamedFile writes and
+    flushes it directly) and its `.name` is that file's."""
+    inner = tempfile.NamedTemporaryFile(delete=False, mode="wb", dir=tmp_path, suffix=".dcm")
+    assert isinstance(inner.file, io.BufferedWriter)
+    streamed = streaming.StreamedFile(inner)
+    fragments = [b"\x00" * 128 + b"DICM", memoryview(b"abc" * 50000)[1:]]
+    for fragment in fragments:
+        assert streamed.write(fragment) == len(fragment)
+        streamed.file.flush()
+    streamed.close()
+    assert Path(streamed.name).read_bytes() == b"".join(bytes(f) for f in fragments)
