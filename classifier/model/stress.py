@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import string
 import textwrap
 import time
@@ -54,6 +55,7 @@ from classifier.datasets.insertion import (
     place,
     study_anatomy,
 )
+from classifier.datasets.tcia_dataset import AnnotatedSlice
 from classifier.datasets.wall_positions import POSITION_NAMES, POSITIONS
 from classifier.imaging.volume import Volume
 from classifier.model.detector_eval import (
@@ -65,7 +67,7 @@ from classifier.model.detector_eval import (
 from classifier.model.inference import LesionClassifier
 from classifier.model.model_card import replace_card_section
 from classifier.settings import AnalysisSettings
-from classifier.types import Lesion
+from classifier.types import Lesion, ModelInfo
 
 log = logging.getLogger("lungnode.stress")
 
@@ -445,6 +447,127 @@ def report_md(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _PatientResult:
+    """What one patient folder gives the run: its studies' rows and facts, the pictures per
+    position, the progress lines, and the scan number the next patient starts at."""
+
+    rows: list[dict[str, Any]]
+    studies: list[dict[str, Any]]
+    pictures: dict[str, list[_Picture]]
+    messages: list[str]
+    first_scan: int
+    next_scan: int
+    model: ModelInfo
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The part of a run every study shares (sent to each worker process)."""
+
+    positions: tuple[str, ...]
+    per_position: int
+    seed: int
+    settings: AnalysisSettings
+
+
+def _patient_result(
+    patient_id: str,
+    folder: Path,
+    annotated: Sequence[AnnotatedSlice],
+    first_scan: int,
+    grid: _Grid,
+    model: LesionClassifier,
+    progress: Callable[[str], None],
+) -> _PatientResult:
+    """Analyse the studies of one patient folder and insert into each; scan numbers (which
+    cycle the tumours' bands, shapes and sides) go on from `first_scan`."""
+    result = _PatientResult([], [], {}, [], first_scan, first_scan, model.info)
+
+    def say(message: str) -> None:
+        result.messages.append(message)
+        progress(message)
+
+    for study in evaluate_study_folder(patient_id, folder, annotated, grid.settings, model):
+        if study.ct is None:
+            say(f"{study.scan_id}: no CT analysed ({'; '.join(study.skipped)})")
+            continue
+        study_rows, study_info = _study_rows(
+            result.next_scan,
+            study,
+            grid.positions,
+            grid.per_position,
+            grid.seed,
+            grid.settings,
+            model,
+            result.pictures,
+            say,
+        )
+        result.rows += study_rows
+        result.studies.append(study_info)
+        result.next_scan += 1
+    return result
+
+
+_worker_model: list[LesionClassifier] = []  # the model a worker process loaded, once
+
+
+def _load_worker_model(settings: AnalysisSettings) -> None:
+    """Pool initializer: each worker process loads the model itself (spawned, no TF fork)."""
+    _worker_model.append(LesionClassifier.load(settings.model))
+
+
+def _worker_patient(
+    task: tuple[str, Path, Sequence[AnnotatedSlice], int, _Grid],
+) -> _PatientResult:  # pragma: no cover - runs in a spawned process (test_stress_parallel)
+    patient_id, folder, annotated, first_scan, grid = task
+    return _patient_result(
+        patient_id, folder, annotated, first_scan, grid, _worker_model[0], lambda _m: None
+    )
+
+
+def _patient_results(
+    tasks: Sequence[tuple[str, Path, Sequence[AnnotatedSlice]]],
+    grid: _Grid,
+    workers: int,
+    progress: Callable[[str], None],
+) -> list[_PatientResult]:
+    """Every patient's result in the order of `tasks`, as a serial run gives them.
+
+    With several workers, patient k is started assuming one study with CT per patient before
+    it (the TCIA layout); a patient whose first scan number turns out otherwise is done again
+    with the right one, so the tumours are those of the serial run whatever the layout."""
+    if workers <= 1 or len(tasks) <= 1:
+        model = LesionClassifier.load(grid.settings.model)
+        results: list[_PatientResult] = []
+        scan = 0
+        for patient_id, folder, annotated in tasks:
+            results.append(
+                _patient_result(patient_id, folder, annotated, scan, grid, model, progress)
+            )
+            scan = results[-1].next_scan
+        return results
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(
+        min(workers, len(tasks)), initializer=_load_worker_model, initargs=(grid.settings,)
+    ) as pool:
+        guessed = pool.imap(
+            _worker_patient,
+            [(p, f, a, k, grid) for k, (p, f, a) in enumerate(tasks)],
+            chunksize=1,
+        )
+        results = []
+        scan = 0
+        for (patient_id, folder, annotated), result in zip(tasks, guessed, strict=True):
+            if result.first_scan != scan:
+                result = pool.apply(_worker_patient, ((patient_id, folder, annotated, scan, grid),))
+            for message in result.messages:
+                progress(message)
+            results.append(result)
+            scan = result.next_scan
+    return results
+
+
 def run_stress(
     data: Path,
     annotation_dirs: Sequence[Path],
@@ -456,50 +579,42 @@ def run_stress(
     patients: Sequence[str] | None = None,
     settings: AnalysisSettings | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run the stress test on the studies of `data` (only `patients`, folder names, when
-    given), write stress.json, stress.md and stress-<position>.png into `out`, return it."""
+    given), write stress.json, stress.md and stress-<position>.png into `out`, return it.
+
+    `workers` > 1 analyses that many patient folders at once in spawned processes (each loads
+    the model and holds one study's CT, about 1.2 GB at peak); the results are the serial
+    run's, in its order."""
     unknown = [p for p in positions if p not in POSITIONS]
     if unknown:
         raise ValueError(f"positions {unknown} are not among {POSITIONS}")
     if per_position < 1:
         raise ValueError(f"per_position {per_position} must be at least 1")
+    if workers < 1:
+        raise ValueError(f"workers {workers} must be at least 1")
     started = time.monotonic()
     settings = settings or AnalysisSettings()
-    model = LesionClassifier.load(settings.model)
     annotated, folders, sources = _annotations_by_patient(Path(data), list(annotation_dirs))
     chosen = sorted(folders) if patients is None else list(patients)
     missing = [p for p in chosen if p not in folders]
     if missing:
         raise ValueError(f"patients {missing} are not in {data} (it holds {sorted(folders)})")
+    grid = _Grid(tuple(positions), per_position, seed, settings)
+    tasks = [(p, folders[p], annotated.get(p, [])) for p in chosen]
     rows: list[dict[str, Any]] = []
     studies: list[dict[str, Any]] = []
     pictures: dict[str, list[_Picture]] = {}
-    scan_number = 0
-    for patient_id in chosen:
-        for study in evaluate_study_folder(
-            patient_id, folders[patient_id], annotated.get(patient_id, []), settings, model
-        ):
-            if study.ct is None:
-                progress(f"{study.scan_id}: no CT analysed ({'; '.join(study.skipped)})")
-                continue
-            study_rows, study_info = _study_rows(
-                scan_number,
-                study,
-                positions,
-                per_position,
-                seed,
-                settings,
-                model,
-                pictures,
-                progress,
-            )
-            rows += study_rows
-            studies.append(study_info)
-            scan_number += 1
+    results = _patient_results(tasks, grid, workers, progress)
+    for result in results:
+        rows += result.rows
+        studies += result.studies
+        for position, panels in result.pictures.items():
+            pictures.setdefault(position, []).extend(panels)
     placed = [r for r in rows if r["placed"]]
     overall = _aggregate(rows)
-    info = model.info
+    info = results[0].model if results else LesionClassifier.load(settings.model).info
     summary: dict[str, Any] = {
         "data": str(data),
         "annotations": sources,

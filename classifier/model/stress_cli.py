@@ -40,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", nargs="+", choices=POSITIONS, default=list(POSITIONS))
     parser.add_argument("--patients", nargs="+", help="patient folders (default: all)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="patient folders analysed at once, each in its own process that loads the model "
+        "and holds one study's CT (about 1.2 GB at peak); the results are the serial run's "
+        "(default 1)",
+    )
+    parser.add_argument(
         "--card",
         help="MODEL_CARD.md to put the section in (the pictures are copied beside it, into "
         "stress-test/)",
@@ -60,6 +68,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
         positions=args.positions,
         patients=args.patients,
         progress=lambda line: log.info("stress %s", line),
+        workers=args.workers,
     )
     if args.card:
         install_card(summary, out, Path(args.card), command)

@@ -91,7 +91,9 @@ def test_two_receivers_two_workers_on_postgresql_with_a_worker_killed(
         "pipeline__job_lease_seconds": 6,
         "pipeline__release_quiet_seconds": 1,
     }
-    with StorescpServer(tmp_path / "archive", options=["+uf"]) as archive:
+    # an archive that takes associations at once (a process each), as a PACS does: one at a
+    # time, a worker's association waits out its C-STORE timeout behind the other's
+    with StorescpServer(tmp_path / "archive", options=["+uf", "--fork"]) as archive:
         receivers = [
             RoleNode(
                 tmp_path / f"receiver-{i}",
@@ -113,8 +115,9 @@ def test_two_receivers_two_workers_on_postgresql_with_a_worker_killed(
             for i in range(2)
         ]
         try:
-            for node in [*receivers, *workers]:
-                node.start()
+            # started together, as a deployment starts them (migrated once, under a lock)
+            with ThreadPoolExecutor(4) as starting:
+                list(starting.map(lambda node: node.start(), [*receivers, *workers]))
 
             def sender(k: int) -> list[str]:
                 acked = []
