@@ -5,8 +5,10 @@ whenever a loop found nothing to do, and the association's reactor sleeps 1 ms b
 look at its DIMSE message queue. On one association that is up to two sleeps per C-STORE: the
 decoded request waits for the reactor, the response for the DUL. The sleeps stay (same idle
 CPU, same longest wait); they end early when there is work: the DUL's when its socket becomes
-readable or a primitive is queued for it to send (an eventfd written by `send_pdu`), the
-reactor's when a DIMSE message is queued.
+readable or a primitive is queued for it to send (an eventfd written by `send_pdu`), an
+acceptor's reactor's when a DIMSE message is queued. A requestor's reactor keeps its 1 ms
+sleep: pynetdicom pauses it in each send_* while the sending thread waits for the response,
+and waking it early raced that pause (the response was left unseen until the DIMSE timeout).
 
 Touches the module globals `pynetdicom.dul.time` and `pynetdicom.association.time` (given a
 `time` whose `sleep` knows the calling thread; every other use of `time` is the real module's),
@@ -50,7 +52,7 @@ def _sleep(seconds: float) -> None:
     thread = threading.current_thread()
     if isinstance(thread, DULServiceProvider) and seconds == thread._run_loop_delay:
         _dul_idle(thread, seconds)
-    elif isinstance(thread, Association) and seconds == REACTOR_SLEEP:
+    elif isinstance(thread, Association) and seconds == REACTOR_SLEEP and thread.is_acceptor:
         reactor_idle(thread.dimse.msg_queue, seconds)
     else:
         time.sleep(seconds)
@@ -78,10 +80,17 @@ def _dul_idle(provider: DULServiceProvider, seconds: float) -> None:
 
 
 def reactor_idle(messages: queue.Queue[Any], seconds: float) -> None:
-    """The association reactor's idle sleep: up to `seconds`, ended by a queued message."""
+    """The association reactor's idle sleep: up to `seconds`, ended by a queued message.
+
+    The queue's put() wakes one waiter. When the reactor took that wake-up, it passes it on:
+    a requestor's own thread may be waiting in `get_msg` for the same message (send_c_store
+    waiting for its C-STORE-RSP), and would otherwise sleep until the DIMSE timeout (seen as
+    20-30 s stalls once responses came fast, without Nagle's delay)."""
     with messages.not_empty:
         if not messages._qsize():  # Queue's own, under its lock
             messages.not_empty.wait(seconds)
+        if messages._qsize():
+            messages.not_empty.notify()
 
 
 original_send_pdu = DULServiceProvider.send_pdu

@@ -14,14 +14,19 @@ import inspect
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from dcmtk import StorescpServer
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, association, dimse, dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from classifier.datasets.phantom import generate_study
 from scp_node.dicom import pynetdicom_adapter
 from scp_node.dicom.pynetdicom_adapter import wakeups
+from scp_node.dicom.pynetdicom_adapter.no_delay import NO_DELAY
 
 
 def _names(function: Any) -> set[str]:
@@ -57,3 +62,27 @@ def test_reactor_idle_sleep_ends_when_a_message_is_queued() -> None:
     started = time.monotonic()
     wakeups.reactor_idle(messages, 5.0)  # a message is waiting: no wait at all
     assert time.monotonic() - started < 0.05
+
+
+def test_a_requestor_sending_fast_gets_every_response(tmp_path: Path) -> None:
+    """With the adapter installed and Nagle off, a requestor's C-STOREs to a fast peer
+    (storescp, TCP_NODELAY) each get their response. Waking a requestor's reactor early
+    raced pynetdicom's pause of it in send_c_store (the reactor could take the wake-up or
+    the response meant for the sending thread): sends stalled for the DIMSE timeout within
+    the first 60 instances on most runs."""
+    pynetdicom_adapter.install()
+    study = generate_study(seed=5, histology="A", ct_size=32, ct_slices=60, pet=False)
+    with StorescpServer(tmp_path / "archive") as archive:
+        ae = AE(ae_title="LUNGNODE")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+        ae.add_requested_context(study.ct[0].SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate(
+            "127.0.0.1", archive.port, ae_title=archive.ae_title, evt_handlers=[NO_DELAY]
+        )
+        assert assoc.is_established
+        try:
+            statuses = [assoc.send_c_store(ds) for ds in study.ct]
+        finally:
+            assoc.release()
+    answered = [s for s in statuses if "Status" in s]
+    assert len(answered) == len(study.ct), f"no response to instance {len(answered)}"
