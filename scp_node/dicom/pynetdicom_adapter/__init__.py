@@ -10,6 +10,8 @@ sets what is process-wide. One file per internal touched, each naming it in its 
   header read from their first bytes and their data sync started as they complete; the
   handler reads all that through `parked_stream(request)`.
 - wakeups: the reactors woken when there is work instead of after their 1 ms idle sleeps.
+- reactor_guard: an association's reactor never takes the response a send_* of its own
+  association waits for (pynetdicom's pause of it has a gap).
 - commands: the Command Set of each plain C-STORE-RQ decoded directly, not by pydicom.
 - encoders: the File Meta of each streamed dataset and each plain C-STORE-RSP encoded directly.
 - pdu_guard: the PDUs of the SCP's associations read whole, within a deadline, refused by
@@ -42,6 +44,8 @@ Patches that remain, because pynetdicom 3.0 has no seam for them:
   marks that moment (EVT_DIMSE_RECV comes before the request is queued).
 - `dul.time`, `association.time`, `DULServiceProvider.send_pdu` (wakeups): the idle sleeps are
   literals inside the reactors' loops.
+- `DIMSEServiceProvider.get_msg` (reactor_guard): the reactor's look at the message queue has
+  no seam, and pynetdicom's pause flag is still set for a moment after the reactor passed it.
 - `dimse_messages.decode` (commands): called inside decode_msg for the Command Set.
 - `dimse_messages.create_file_meta`, `write_file_meta_info`, `DIMSEServiceProvider.send_msg`
   (encoders): called inside decode_msg and the DIMSE provider, not offered as settings.
@@ -64,16 +68,23 @@ from __future__ import annotations
 
 import threading
 
-from scp_node.dicom.pynetdicom_adapter import commands, encoders, flags, streaming, wakeups
+from scp_node.dicom.pynetdicom_adapter import (
+    commands,
+    encoders,
+    flags,
+    reactor_guard,
+    streaming,
+    wakeups,
+)
 
 _lock = threading.Lock()
 _installed = False
 
 
 def install() -> None:
-    """Adapt pynetdicom for the node (flags, streaming, wake-ups, encoders, commands); safe to
-    call more than once. The PDU guard and the server need no install: the node's servers are
-    `AcceptorServer`s."""
+    """Adapt pynetdicom for the node (flags, streaming, wake-ups, encoders, commands, the
+    reactor guard); safe to call more than once. The PDU guard and the server need no
+    install: the node's servers are `AcceptorServer`s."""
     global _installed
     with _lock:
         if _installed:
@@ -83,4 +94,5 @@ def install() -> None:
         wakeups.install()
         encoders.install()
         commands.install()
+        reactor_guard.install()
         _installed = True
