@@ -19,6 +19,7 @@ from scp_node.pipeline.analysis_pool import AnalysisPool
 from storage.database import Database
 from storage.index import Index
 from storage.instance_store import InstanceStore
+from storage.records import Job
 
 TIMEOUT_S = 240.0
 
@@ -94,18 +95,25 @@ def test_two_processes_analyse_two_studies_at_once_each_reported_once(
     assert max(a0, b0) < min(a1, b1), spans
 
 
+def _one_job_running(node, pool: AnalysisPool, study: PhantomFiles) -> tuple[str, Job]:
+    """Store and index `study`, mark it ready, wait until a process runs its job: (worker, job)."""
+    config, store, index = node
+    store_and_index(store, index, study.datasets)
+    uid = study.study.study_instance_uid
+    assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds) == [uid]
+    deadline = time.monotonic() + TIMEOUT_S
+    while not pool.running_jobs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ((worker, job),) = pool.running_jobs().items()
+    return worker, job
+
+
 def test_a_process_killed_mid_analysis_has_its_job_retried(
     node, pool: AnalysisPool, phantom_pet_ct: PhantomFiles
 ) -> None:
     config, store, index = node
     uid = phantom_pet_ct.study.study_instance_uid
-    store_and_index(store, index, phantom_pet_ct.datasets)
-    assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds) == [uid]
-
-    deadline = time.monotonic() + TIMEOUT_S
-    while not pool.running_jobs() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ((worker, job),) = pool.running_jobs().items()
+    worker, job = _one_job_running(node, pool, phantom_pet_ct)
     assert job.study_uid == uid and job.attempts == 1
     os.kill(pool.pids()[worker], signal.SIGKILL)
 
@@ -140,14 +148,9 @@ def test_pausing_a_process_renews_the_lease_of_its_job(
 ) -> None:
     # The process renews its lease only every 200 s here (a third of 600): whatever lease the
     # job holds after pause() beyond its claim's is the pool's renewal.
-    config, store, index = node
+    config, _, index = node
     uid = phantom_pet_ct.study.study_instance_uid
-    store_and_index(store, index, phantom_pet_ct.datasets)
-    assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds) == [uid]
-    deadline = time.monotonic() + TIMEOUT_S
-    while not pool.running_jobs() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ((_, job),) = pool.running_jobs().items()
+    _, job = _one_job_running(node, pool, phantom_pet_ct)
     claimed_until = _lease_until(index, job.job_id)
     time.sleep(0.5)
     before = time.time()
