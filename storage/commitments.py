@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from storage import events
 from storage.database import Cursor, Database
-from storage.outbox import deliver_if_complete
+from storage.outbox import add_sent_event, deliver_if_complete, item_of
 from storage.queries import load
 from storage.records import OutboxItem
 from storage.states import OutboxState
@@ -45,17 +43,6 @@ class ReportOutcome:
     dead: int = 0
     unknown: tuple[str, ...] = ()  # SOP Instance UIDs the report names that the transaction lacks
     still_waiting: int = 0  # rows of the transaction the report named neither way
-
-
-def _item(row: tuple[Any, ...]) -> OutboxItem:
-    return OutboxItem(
-        outbox_id=row[0],
-        study_uid=row[1],
-        sop_uid=row[2],
-        path=Path(row[3]),
-        destination=row[4],
-        attempts=row[5],
-    )
 
 
 class Commitments:
@@ -85,18 +72,12 @@ class Commitments:
                     now=now,
                     **_STATES,
                 )
-                events.add(
+                add_sent_event(
                     cur,
                     self.db.dialect,
-                    item.study_uid,
-                    times[1] if times else None,
-                    "sent",
+                    item,
+                    times,
                     now,
-                    stage="delivery",
-                    duration_s=now - float(times[0]) if times else None,
-                    destination=item.destination,
-                    sop_instance_uid=item.sop_uid,
-                    attempt=item.attempts + 1,
                     transaction_uid=uid,
                     commit_due_at=due_at,
                 )
@@ -134,7 +115,7 @@ class Commitments:
             rows = cur.run(q.of_transaction, transaction_uid=transaction_uid, **_STATES).fetchall()
             counts = {"committed": 0, "retried": 0, "dead": 0, "waiting": 0}
             for row in rows:
-                item = _item(row)
+                item = item_of(row)
                 if item.sop_uid in committed_set:
                     study = cur.run(self._outbox_q.lock_study, study_uid=item.study_uid).fetchone()
                     times = cur.run(self._outbox_q.row_times, outbox_id=item.outbox_id).fetchone()
@@ -178,7 +159,7 @@ class Commitments:
         rows = self.db.run(
             lambda cur: cur.run(self._q.overdue, now=now, limit=limit, **_STATES).fetchall()
         )
-        return [_item(r) for r in rows]
+        return [item_of(r) for r in rows]
 
     def commitment_failed(
         self, item: OutboxItem, error: str, now: float, next_attempt_at: float | None

@@ -40,6 +40,46 @@ def add(
     )
 
 
+def item_of(row: tuple[Any, ...]) -> OutboxItem:
+    """An outbox row as read by the `due` and commitment queries: (id, study, SOP Instance UID,
+    path, destination, attempts)."""
+    return OutboxItem(
+        outbox_id=row[0],
+        study_uid=row[1],
+        sop_uid=row[2],
+        path=Path(row[3]),
+        destination=row[4],
+        attempts=row[5],
+    )
+
+
+def add_sent_event(
+    cur: Cursor,
+    dialect: str,
+    item: OutboxItem,
+    times: tuple[Any, ...] | None,
+    now: float,
+    **details: Any,
+) -> None:
+    """Within the caller's transaction: the study's "sent" event of one row, timed from the
+    row's creation (`times` is the row's (created_at, version, first_received_at) as
+    `row_times` read it, None when the row is gone)."""
+    events.add(
+        cur,
+        dialect,
+        item.study_uid,
+        times[1] if times else None,
+        "sent",
+        now,
+        stage="delivery",
+        duration_s=now - float(times[0]) if times else None,
+        destination=item.destination,
+        sop_instance_uid=item.sop_uid,
+        attempt=item.attempts + 1,
+        **details,
+    )
+
+
 def deliver_if_complete(
     cur: Cursor,
     dialect: str,
@@ -102,17 +142,7 @@ class Outbox:
             cur.run_many(
                 q.lease, [{"outbox_id": r[0], "lease_until": now + lease_seconds} for r in rows]
             )
-            return [
-                OutboxItem(
-                    outbox_id=r[0],
-                    study_uid=r[1],
-                    sop_uid=r[2],
-                    path=Path(r[3]),
-                    destination=r[4],
-                    attempts=r[5],
-                )
-                for r in rows
-            ]
+            return [item_of(r) for r in rows]
 
         return self.db.run(work)
 
@@ -126,19 +156,7 @@ class Outbox:
             study = cur.run(q.lock_study, study_uid=item.study_uid).fetchone()
             times = cur.run(q.row_times, outbox_id=item.outbox_id).fetchone()
             cur.run(q.sent, outbox_id=item.outbox_id, now=now, sent=sent)
-            events.add(
-                cur,
-                self.db.dialect,
-                item.study_uid,
-                times[1] if times else None,
-                "sent",
-                now,
-                stage="delivery",
-                duration_s=now - float(times[0]) if times else None,
-                destination=item.destination,
-                sop_instance_uid=item.sop_uid,
-                attempt=item.attempts + 1,
-            )
+            add_sent_event(cur, self.db.dialect, item, times, now)
             deliver_if_complete(
                 cur, self.db.dialect, item.study_uid, study, now, times[2] if times else None
             )
