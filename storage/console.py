@@ -241,28 +241,44 @@ class Console:
 
         def work(cur: Cursor) -> int:
             row = cur.run(q.outbox_row, outbox_id=outbox_id).fetchone()
-            changed = cur.run(
-                q.resend_one,
-                outbox_id=outbox_id,
-                now=now,
-                pending=OutboxState.PENDING.value,
-                dead=OutboxState.DEAD.value,
-            ).rowcount
-            if changed and row is not None:
-                events.add(
-                    cur,
-                    self.db.dialect,
-                    row[0],
-                    None,
-                    "resend",
-                    now,
-                    actor=actor,
-                    destination=row[1],
-                    sop_instance_uid=row[2],
-                )
-            return changed
+            if row is None:
+                return 0
+            return self._resend(cur, outbox_id, row[0], row[1], row[2], now, actor)
 
         return self.db.run(work)
+
+    def _resend(
+        self,
+        cur: Cursor,
+        outbox_id: str,
+        study_uid: str,
+        destination: str,
+        sop_uid: str,
+        now: float,
+        actor: str,
+    ) -> int:
+        """Within the caller's transaction: one dead letter PENDING again, due `now`, and its
+        "resend" event; 0 when the row is not a dead letter."""
+        changed: int = cur.run(
+            self._q.resend_one,
+            outbox_id=outbox_id,
+            now=now,
+            pending=OutboxState.PENDING.value,
+            dead=OutboxState.DEAD.value,
+        ).rowcount
+        if changed:
+            events.add(
+                cur,
+                self.db.dialect,
+                study_uid,
+                None,
+                "resend",
+                now,
+                actor=actor,
+                destination=destination,
+                sop_instance_uid=sop_uid,
+            )
+        return changed
 
     def resend_destination(self, destination: str, actor: str) -> int:
         """Every dead letter of one destination back to PENDING."""
@@ -273,26 +289,10 @@ class Console:
             rows = cur.run(
                 q.dead_of_destination, destination=destination, dead=OutboxState.DEAD.value
             ).fetchall()
-            for outbox_id, study_uid, sop_uid in rows:
-                cur.run(
-                    q.resend_one,
-                    outbox_id=outbox_id,
-                    now=now,
-                    pending=OutboxState.PENDING.value,
-                    dead=OutboxState.DEAD.value,
-                )
-                events.add(
-                    cur,
-                    self.db.dialect,
-                    study_uid,
-                    None,
-                    "resend",
-                    now,
-                    actor=actor,
-                    destination=destination,
-                    sop_instance_uid=sop_uid,
-                )
-            return len(rows)
+            return sum(
+                self._resend(cur, outbox_id, study_uid, destination, sop_uid, now, actor)
+                for outbox_id, study_uid, sop_uid in rows
+            )
 
         return self.db.run(work)
 

@@ -435,6 +435,26 @@ def test_outbox_retry_dead_and_resend(index: Index) -> None:
     assert study_row(index)["state"] == "DELIVERED"
 
 
+def test_console_resends_only_dead_letters_and_records_who_did(index: Index) -> None:
+    job = ready_job(index)
+    index.complete_job(job, results_for(1), ["PACS", "ARCHIVE"], now=140.0)
+    rows = index.due_outbox(now=140.0, limit=10)
+    dead = [r for r in rows if r.destination == "PACS"]
+    for item in dead:
+        index.outbox_dead(item, "0xA700 out of resources")
+    (pending, *_) = [r for r in rows if r.destination == "ARCHIVE"]
+    assert index.console.resend_one(pending.outbox_id, actor="admin") == 0, "not a dead letter"
+    assert index.console.resend_one(dead[0].outbox_id, actor="admin") == 1
+    assert index.console.resend_destination("PACS", actor="ops") == len(dead) - 1
+    assert index.console.resend_destination("PACS", actor="ops") == 0
+    resends = [e for e in index.events.of_study(STUDY) if e["kind"] == "resend"]
+    assert sorted(e["detail"]["sop_instance_uid"] for e in resends) == sorted(
+        d.sop_uid for d in dead
+    )
+    assert [e["actor"] for e in resends] == ["admin"] + ["ops"] * (len(dead) - 1)
+    assert {e["detail"]["destination"] for e in resends} == {"PACS"}
+
+
 def test_study_without_destination_reads_no_destination_not_delivered(index: Index) -> None:
     job = ready_job(index)
     assert index.complete_job(job, results_for(1), [], now=150.0)
