@@ -18,9 +18,10 @@ A grown candidate is then cut to its masses (`_mass_parts`): opened with a ball,
 its body and loses the vessels, airway walls and mediastinal strands joined to it; of a vessel
 tree only parts thicker than a hilar vessel stay, and thinner ones that hang in the lung (a dead
 end on the tree, in aerated lung, its cross-section stopping: a mass, where a vessel confluence
-goes on as tube or into the mediastinum). What the opening cuts off a mass at a neck and
-hangs in the lung (a wedge of collapse narrowing to the tumour) is not the mass, even where the
-regrowth would join it back. A stub touching a much larger mass is part of its edge, not a
+goes on as tube or into the mediastinum). What lies beyond a neck narrower than the opening's
+ball (the opening cuts it off, or its balls' centres lie apart from the mass's) and hangs in the
+lung (a wedge of collapse narrowing to the tumour) is not the mass, even where the opening or
+the regrowth would join it back. A stub touching a much larger mass is part of its edge, not a
 finding; nothing above the lungs' apex is a finding.
 
 A candidate found in the lung region grows in 3-D into the soft tissue of its lung's chest
@@ -492,7 +493,8 @@ def _mass_parts(
     given): a vessel confluence goes on as tube on several sides or into the mediastinum, a
     mass is a dead end on the tree, in aerated lung, whose cross-section stops. Before the
     regrowth, a part that hangs in the lung on a thicker mass is taken off it
-    (`_hanging_appendages`: a wedge of collapse). A component with no ball of
+    (`_hanging_appendages` on the shares of the opening's cores, `_core_shares`: a wedge of
+    collapse). A component with no ball of
     MASS_CORE_MIN_MM inside (a small nodule) is kept whole."""
     padded = np.pad(blob.mask, 1)
     inside = ndimage.distance_transform_edt(padded, sampling=spacing)
@@ -505,7 +507,14 @@ def _mass_parts(
     steps = max(1, round(MASS_REGROW_MM / min(spacing[1:])))
     if tissue is not None:
         hanging = _hanging_appendages(
-            opened, padded, inside, steps, mass_radius_mm, blob, tissue, spacing
+            _core_shares(core, opened, spacing),
+            padded,
+            inside,
+            steps,
+            mass_radius_mm,
+            blob,
+            tissue,
+            spacing,
         )
         opened &= ~hanging
     opened = ndimage.binary_dilation(opened, structure=IN_PLANE, iterations=steps, mask=padded)
@@ -528,8 +537,23 @@ def _mass_parts(
     return out
 
 
+def _core_shares(core: np.ndarray, opened: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The opened component's voxels labelled by the nearest of the core's pieces (the
+    opening ball's centres, `core`). The opening joins two pieces of core when their balls
+    overlap, though the neck between them is narrower than the ball: a wedge of collapse
+    widening away from its tumour gets a core of its own, whose balls reach back through the
+    neck. Each piece's share is a part of its own, as a part the opening cut off."""
+    labels, count = ndimage.label(core)
+    if count < 2:
+        return labels * opened
+    nearest = ndimage.distance_transform_edt(
+        labels == 0, sampling=spacing, return_distances=False, return_indices=True
+    )
+    return np.where(opened, labels[tuple(nearest)], 0)
+
+
 def _hanging_appendages(
-    opened: np.ndarray,
+    shares: np.ndarray,
     component: np.ndarray,
     inside: np.ndarray,
     steps: int,
@@ -538,13 +562,15 @@ def _hanging_appendages(
     tissue: np.ndarray,
     spacing: tuple[float, ...],
 ) -> np.ndarray:
-    """The parts of an opened component (padded frame, as `_mass_parts` makes it) that hang
-    on a mass through a neck: parts the regrowth would join to a part holding a larger ball,
-    one of `mass_radius_mm` at least, and that hang in the lung themselves (`_hangs_in_lung`).
-    A tumour is a convex body; what the opening cuts off it at a neck and the regrowth joins
-    back is thinner than it and hangs in aerated lung: a wedge of collapse narrowing to the
-    tumour, not the tumour. Empty when there is none."""
-    labels, count = ndimage.label(opened)
+    """The parts of an opened component (`shares`: its voxels labelled by part, padded frame,
+    as `_mass_parts` makes it) that hang on a mass through a neck: parts the opening or the
+    regrowth joins to a part holding a larger ball, one of `mass_radius_mm` at least, and that
+    hang in the lung themselves (`_hangs_in_lung`). A tumour is a convex body; what lies
+    beyond a neck narrower than the opening's ball is thinner than it and hangs in aerated
+    lung: a wedge of collapse narrowing to the tumour, not the tumour. Empty when there is
+    none."""
+    labels, count = shares, int(shares.max())
+    opened = shares > 0
     none = np.zeros(opened.shape, dtype=bool)
     if count < 2:
         return none

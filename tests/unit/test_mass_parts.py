@@ -168,17 +168,22 @@ def test_a_thin_mass_hanging_in_aerated_lung_is_kept_a_vessel_confluence_is_not(
     assert _mass_parts(_blob(component), SPACING, 14.0) == []
 
 
-def _wedge(centre_mm: tuple[float, float, float], radius_mm: float, beyond_mm: float) -> np.ndarray:
+def _wedge(
+    centre_mm: tuple[float, float, float],
+    radius_mm: float,
+    beyond_mm: float,
+    half_angle_deg: float = 16.0,
+) -> np.ndarray:
     """A cone of collapse along the columns, its apex inside a mass of `radius_mm` at
-    `centre_mm`, 16 degrees half-angle, reaching `beyond_mm` past the mass: it narrows to the
-    tumour and widens away from it."""
+    `centre_mm`, reaching `beyond_mm` past the mass: it narrows to the tumour and widens away
+    from it."""
     z, r, c = _grid()
     along = c - centre_mm[2]
     across = np.sqrt((z - centre_mm[0]) ** 2 + (r - centre_mm[1]) ** 2)
     return (
         (along > 0.3 * radius_mm)
         & (along <= radius_mm + beyond_mm)
-        & (across <= along * np.tan(np.deg2rad(16.0)))
+        & (across <= along * np.tan(np.deg2rad(half_angle_deg)))
     )
 
 
@@ -196,3 +201,15 @@ def test_a_wedge_of_collapse_hanging_on_a_mass_is_not_the_mass() -> None:
     wall = component | (c >= 124.0)
     (kept,) = _mass_parts(_blob(component), SPACING, 14.0, wall)
     assert _columns_mm(kept)[1] >= 140.0
+
+
+def test_a_wedge_joined_by_a_neck_the_opening_passes_is_not_the_mass() -> None:
+    mass = _ball((75.0, 120.0, 100.0), 17.0)  # 34 mm, its far edge at column 117 mm
+    # A wider cone (20 degrees): the opening's balls (8.5 mm) in it reach back through its
+    # neck to the mass, so the opened component stays one piece; the balls' centres (the
+    # cores) in the mass and in the wedge are apart: the neck is narrower than the ball.
+    component = mass | _wedge((75.0, 120.0, 100.0), 17.0, 30.0, half_angle_deg=20.0)
+    (whole,) = _mass_parts(_blob(component), SPACING, 14.0)
+    assert _columns_mm(whole)[1] >= 140.0
+    (mass_only,) = _mass_parts(_blob(component), SPACING, 14.0, component)
+    assert _columns_mm(mass_only)[1] <= 117.0 + MASS_REGROW_MM, _columns_mm(mass_only)
