@@ -3,21 +3,26 @@
     python -m classifier.model.lopo --data ../shared/data/lung-pet-ct-dx \
         --annotations ../shared/data/lung-pet-ct-dx/Annotation \
         --annotations tests/data/annotations-approximate --phantoms PHANTOM_TCIA_FOLDER \
-        --out OUT [--epochs 6] [--seed 0] [--install]
+        --out OUT [--epochs 6 10 14 20] [--seed 0] [--install]
 
 Per real patient (a TCIA-layout folder with tumour boxes) it builds, on the CT series the
 analysis chooses: negatives = every detector candidate away from the tumour boxes (jittered
 copies) and random points of the lungs and of the soft tissue at their edges, away from the
 tumours; positives = points inside the patient's tumour boxes and synthetic solid lesions
-(lobulated spheres of 8-60 mm, partial volume and noise) inserted into that patient's lungs, so
-the network sees real anatomy around them. Phantom patches (`lungnode synth` folder) keep the
-phantom positives and are the only patches the histology head learns from.
+(lobulated spheres of 5-100 mm, partial volume and noise) inserted into that patient's lungs,
+and tumours of the stress test's generator against its walls (every shape, with and without
+collapse; `_add_wall_tumours`), so the network sees real anatomy around them. Phantom patches
+(`lungnode synth` folder) keep the phantom positives and are the only patches the histology
+head learns from.
 
 Each fold starts from the bundled phantom-trained model and is fine-tuned on the phantoms and
 the real patches of all patients but one; the held-out patient's detector candidates are scored
 with it (FROC and CPM per held-out patient, and pooled over the folds: never a figure on a
-scan the fold trained on). The reporting threshold is chosen on the pooled held-out scores: the
-lowest, not below 0.5, at which no held-out scan has more than MAX_FP_PER_SCAN false positives.
+scan the fold trained on). Each fold is scored after each epoch count of --epochs, and the
+count whose held-out rows find the most tumours at 0.5 (then the fewest false positives, the
+best CPM and patch AUC, the shorter) trains the final model (`_epoch_objective`). The reporting
+threshold is chosen on the pooled held-out scores at that count: the lowest, not below 0.5, at
+which no held-out scan has more than MAX_FP_PER_SCAN false positives.
 The final model is fine-tuned on every patient; with --install it replaces the bundled model,
 its metadata records the leave-one-patient-out figures and the threshold, and the bundled
 MODEL_CARD.md gets (or has replaced) its section on real CT (`real_ct_section`).
@@ -40,6 +45,15 @@ from typing import Any
 
 import numpy as np
 
+from classifier.datasets.insertion import (
+    MIN_DIAMETER_MM,
+    SHAPES,
+    TumourSpec,
+    insert,
+    place,
+    study_anatomy,
+)
+from classifier.datasets.wall_positions import POSITIONS
 from classifier.imaging.lung_mask import lung_mask, upsample
 from classifier.imaging.volume import Volume
 from classifier.model.detector_eval import (
@@ -64,7 +78,14 @@ INSERTED_POSITIVES = 90  # per patient, synthetic lesions in its lungs
 INSERTED_MIN_RADIUS_MM = 2.5  # log-uniform radii: from small solid nodules (5 mm across)
 INSERTED_MAX_RADIUS_MM = 50.0  # up to masses wider than the patch
 KEEP_OUT_MM = 15.0  # negatives this far from any tumour box at least
+# per patient with --wall-positives, tumours of the stress test's generator against the walls
+# (every shape): tried in issue 16 (model card, "score below 0.5"), not used by the bundled model
+WALL_POSITIVES = 45
+WALL_MAX_MM = 80.0  # diameters log-uniform from insertion.MIN_DIAMETER_MM
 LEARNING_RATE = 3e-4
+# Fine-tuning lengths to try with several --epochs (each fold scored after each, the count chosen
+# on held-out rows); issue 16 tried 6 10 14 20 (model card, "score below 0.5").
+EPOCH_CHOICES = (6,)
 
 
 @dataclass
@@ -143,7 +164,9 @@ def insert_lesion(
     return window, before  # type: ignore[return-value]
 
 
-def real_patient(study: StudyEvaluation, rng: np.random.Generator) -> RealPatient:
+def real_patient(
+    study: StudyEvaluation, rng: np.random.Generator, wall_positives: int = 0
+) -> RealPatient:
     """Patches of one analysed real study (see the module docstring)."""
     assert study.ct is not None
     ct = study.ct.with_array(np.array(study.ct.array, dtype=np.float32, copy=True))
@@ -194,6 +217,8 @@ def real_patient(study: StudyEvaluation, rng: np.random.Generator) -> RealPatien
         solid = inside[ct.array[tuple(inside.T)] > -300] if len(inside) else inside
         for k in rng.permutation(len(solid))[: TUMOUR_POSITIVES // max(1, len(boxes))]:
             add(solid[k], True, "real_tumour")
+    if wall_positives:
+        _add_wall_tumours(ct, study, add, rng, jitter_px, wall_positives)
     lung_points = np.argwhere(lung_full[:, ::3, ::3]) * np.array([1, 3, 3])
     lung_points = lung_points[_far_from(lung_points.astype(float), boxes, ct, 40.0)]
     for k in rng.permutation(len(lung_points))[:INSERTED_POSITIVES]:
@@ -214,6 +239,40 @@ def real_patient(study: StudyEvaluation, rng: np.random.Generator) -> RealPatien
     )
 
 
+def _add_wall_tumours(
+    ct: Volume,
+    study: StudyEvaluation,
+    add: Callable[[Any, bool, str], None],
+    rng: np.random.Generator,
+    jitter_px: int,
+    count: int,
+) -> None:
+    """`count` tumours of the insertion generator (`classifier.datasets.insertion`:
+    lobulated, spiculated or necrotic, with and without a collapse wedge, against each wall the
+    stress test uses) put into the study one at a time, each a positive patch where `analyze()`
+    would take it (key slice, box centre, jittered). Drawn from the fine-tune's own generator
+    (not the stress test's seeds) at log-uniform diameters: not the grid's tumours."""
+    anatomy = study_anatomy(ct, [(r.lesion.lo_mm, r.lesion.hi_mm) for r in study.references])
+    pristine = np.array(ct.array, copy=True)
+    for k in range(count):
+        spec = TumourSpec(
+            position=POSITIONS[k % len(POSITIONS)],
+            side=("right", "left")[int(rng.integers(2))],
+            diameter_mm=float(np.exp(rng.uniform(np.log(MIN_DIAMETER_MM), np.log(WALL_MAX_MM)))),
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            collapse=bool(rng.random() < 0.5),
+        )
+        placement = place(ct, anatomy, spec, rng)
+        if placement is None:
+            continue
+        tumour = insert(ct, anatomy, placement, rng)
+        s, (r0, c0, r1, c1) = tumour.key_slice_index, tumour.measured.box_rc
+        jitter = rng.integers(-jitter_px, jitter_px + 1, 2)
+        add(np.array([s, (r0 + r1) // 2 + jitter[0], (c0 + c1) // 2 + jitter[1]]), True, "wall")
+        window = tumour.window()
+        ct.array[window] = pristine[window]
+
+
 def _centre(lesion: Any) -> tuple[int, int, int]:
     r0, c0, r1, c1 = lesion.box_rc
     return (lesion.key_slice_index, (r0 + r1) // 2, (c0 + c1) // 2)
@@ -227,9 +286,10 @@ def _fine_tune(
     epochs: int,
     seed: int,
     progress: Callable[[str], None],
+    on_epoch: Callable[[int, Any], None] = lambda _e, _m: None,
 ) -> Any:
     """The bundled model fine-tuned on phantom and real patches (lesion loss balanced between
-    classes; histology only on phantom lesion patches)."""
+    classes; histology only on phantom lesion patches); `on_epoch(n, model)` after epoch n."""
     import keras
 
     from classifier.model.training import augment, class_weights
@@ -272,6 +332,7 @@ def _fine_tune(
             )
             losses.append(float(out["loss"]))
         progress(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}")
+        on_epoch(epoch + 1, model)
     return model
 
 
@@ -282,6 +343,65 @@ def _score(model: Any, info: Any, patches: np.ndarray) -> np.ndarray:
     if len(patches) == 0:
         return np.zeros(0, dtype=np.float64)
     return LesionClassifier(model, info).predict(patches)[0].astype(np.float64)
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The chance that a positive scores above a negative (ties count half)."""
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    above = (positive[:, None] > negative[None, :]).mean()
+    tied = (positive[:, None] == negative[None, :]).mean()
+    return float(above + 0.5 * tied)
+
+
+def _held_out_rows(
+    scored: Sequence[tuple[RealPatient, np.ndarray, float]],
+    lesions: Sequence[GroundTruthLesion],
+    scan_ids: Sequence[str],
+) -> dict[str, Any]:
+    """The held-out rows of one epoch count: each patient's candidates as scored by the fold
+    that did not train on it, the threshold chosen on them, the counts at it (and at the
+    node's 0.5) and the mean held-out patch AUC."""
+    findings: list[Finding] = []
+    folds = []
+    for p, scores, auc in scored:
+        mine = _findings(p, scores)
+        findings += mine
+        curve = froc(mine, [r.lesion for r in p.study.references], [p.scan_id])
+        folds.append(
+            {
+                "held_out": p.scan_id,
+                "cpm": round(curve.cpm, 4),
+                "patch_auc": round(auc, 4),
+                "scores": {f.name: round(f.score, 3) for f in mine},
+            }
+        )
+    threshold = choose_threshold(findings, lesions, scan_ids)
+    return {
+        "findings": findings,
+        "folds": folds,
+        "cpm": round(froc(findings, lesions, scan_ids).cpm, 4),
+        "threshold": round(threshold, 4),
+        "counts": _counts(findings, lesions, scan_ids, threshold),
+        "counts_at_0.5": _counts(findings, lesions, scan_ids, 0.5),
+        "patch_auc": round(float(np.nanmean([f["patch_auc"] for f in folds])), 4),
+    }
+
+
+def _epoch_objective(trial: dict[str, Any], epochs: int) -> tuple[float, ...]:
+    """How an epoch count's held-out rows rank (larger is better), each key breaking the ties
+    of the one before: held-out tumours found at 0.5, fewest held-out scans with more than
+    MAX_FP_PER_SCAN false positives at 0.5, then fewest of them, then the CPM, then the mean
+    held-out patch AUC, then fewer epochs."""
+    counts = trial["counts_at_0.5"].values()
+    return (
+        sum(c["tp"] for c in counts),
+        -sum(c["fp"] > MAX_FP_PER_SCAN for c in counts),
+        -sum(c["fp"] for c in counts),
+        trial["cpm"],
+        trial["patch_auc"],
+        -epochs,
+    )
 
 
 def _findings(patient: RealPatient, scores: np.ndarray) -> list[Finding]:
@@ -317,9 +437,10 @@ def run(
     phantoms_dir: Path,
     out: Path,
     *,
-    epochs: int,
+    epochs: Sequence[int],
     seed: int,
     install: bool,
+    wall_positives: int = 0,
     progress: Callable[[str], None] = print,
     command: str = "python -m classifier.model.lopo ...",
     base: Path | None = None,
@@ -351,7 +472,7 @@ def run(
         ):
             if study.ct is None or not study.references:
                 continue
-            patients.append(real_patient(study, rng))
+            patients.append(real_patient(study, rng, wall_positives))
             p = patients[-1]
             progress(
                 f"{p.scan_id}: {len(p.study.lesions)} candidates, "
@@ -364,43 +485,53 @@ def run(
 
     lesions_all = [r.lesion for p in patients for r in p.study.references]
     scan_ids = [p.scan_id for p in patients]
-    held_out: list[Finding] = []
-    folds: list[dict[str, Any]] = []
     before: list[Finding] = []
     for p in patients:
         before += _findings(p, _score(bundled.model, bundled.info, p.candidate_patches))
+    choices = sorted(set(epochs))
+    # Per epoch count tried: each held-out patient's candidate scores and patch AUC.
+    scored: dict[int, list[tuple[RealPatient, np.ndarray, float]]] = {e: [] for e in choices}
     for p in patients:
         progress(f"fold: {p.scan_id} held out")
-        model = _fine_tune(
+
+        def checkpoint(epoch: int, model: Any, p: RealPatient = p) -> None:
+            if epoch in scored:
+                own = _score(model, bundled.info, p.patches)
+                auc = _auc(own[p.is_lesion], own[~p.is_lesion])
+                scored[epoch].append((p, _score(model, bundled.info, p.candidate_patches), auc))
+                progress(f"  {epoch} epochs: held-out patch AUC {auc:.3f}")
+
+        _fine_tune(
             base,
             phantoms,
             [q for q in patients if q is not p],
-            epochs=epochs,
+            epochs=choices[-1],
             seed=seed,
             progress=progress,
+            on_epoch=checkpoint,
         )
-        findings = _findings(p, _score(model, bundled.info, p.candidate_patches))
-        held_out += findings
-        curve = froc(findings, [r.lesion for r in p.study.references], [p.scan_id])
-        folds.append(
-            {
-                "held_out": p.scan_id,
-                "cpm": round(curve.cpm, 4),
-                "scores": {f.name: round(f.score, 3) for f in findings},
-            }
-        )
+    trials = {e: _held_out_rows(scored[e], lesions_all, scan_ids) for e in choices}
+    chosen = max(choices, key=lambda e: _epoch_objective(trials[e], e))
+    progress(f"epochs chosen on the held-out rows: {chosen}")
+    folds = trials[chosen]["folds"]
+    held_out = trials[chosen]["findings"]
     pooled = froc(held_out, lesions_all, scan_ids)
-    threshold = choose_threshold(held_out, lesions_all, scan_ids)
-    at_threshold = _counts(held_out, lesions_all, scan_ids, threshold)
+    threshold = trials[chosen]["threshold"]
+    at_threshold = trials[chosen]["counts"]
     progress(f"LOPO pooled CPM {pooled.cpm:.3f}; threshold {threshold:.3f}: {at_threshold}")
-    final = _fine_tune(base, phantoms, patients, epochs=epochs, seed=seed, progress=progress)
+    final = _fine_tune(base, phantoms, patients, epochs=chosen, seed=seed, progress=progress)
     model_path = out / "lungnode-demo.keras"
     final.save(model_path)
     summary = {
         "patients": scan_ids,
         "phantom_patients": len(phantom_ids),
         "base_model_sha256": base_sha,
-        "epochs": epochs,
+        "epochs": chosen,
+        "wall_positives": wall_positives,
+        "epochs_tried": {
+            str(e): {k: v for k, v in t.items() if k not in ("findings", "folds")}
+            for e, t in trials.items()
+        },
         "seed": seed,
         "patches": {
             p.scan_id: {k: int(np.count_nonzero(p.kinds == k)) for k in np.unique(p.kinds)}
@@ -460,7 +591,7 @@ def real_ct_section(summary: dict[str, Any], command: str) -> str:
     lopo = summary["lopo"]
     pooled = lopo["pooled"]
     rows = "\n".join(
-        f"| {f['held_out']} | {f['cpm']:.3f} | "
+        f"| {f['held_out']} | {f['cpm']:.3f} | {f.get('patch_auc', float('nan')):.3f} | "
         + ", ".join(f"{k} {v:.2f}" for k, v in f["scores"].items())
         + f" | {lopo['counts_at_threshold'][f['held_out']]['tp']}/"
         f"{lopo['counts_at_threshold'][f['held_out']]['tumours']} | "
@@ -475,39 +606,68 @@ def real_ct_section(summary: dict[str, Any], command: str) -> str:
         f"{k} FP/scan {v:.2f}" for k, v in pooled["sensitivity_at_fp_per_scan"].items()
     )
     before = summary["bundled_before"]
+    wall = (
+        f", and up to {summary['wall_positives']} tumours per patient of the stress test's "
+        'generator ("wall": lobulated, spiculated or necrotic, with or without collapse, '
+        f"against each wall, {MIN_DIAMETER_MM:g}-{WALL_MAX_MM:g} mm log-uniform, drawn from this "
+        "script's seed, not the stress test's: the grid's tumours are not trained on; \"wall\" "
+        "counts those placed)"
+        if summary.get("wall_positives")
+        else ""
+    )
+    tried = "\n".join(
+        f"| {e} | "
+        + f"{sum(c['tp'] for c in t['counts_at_0.5'].values())}/"
+        + f"{sum(c['tumours'] for c in t['counts_at_0.5'].values())} | "
+        + f"{sum(c['fp'] for c in t['counts_at_0.5'].values())} | {t['cpm']:.3f} | "
+        + f"{t['patch_auc']:.3f} |"
+        for e, t in summary.get("epochs_tried", {}).items()
+    )
     return f"""{CARD_START}
 ## Real CT: lesion score fine-tuned with real negatives (leave one patient out)
 
 The lesion output was fine-tuned from the phantom-trained weights (sha256
 {summary["base_model_sha256"][:12]}) on {len(summary["patients"])}
-real Lung-PET-CT-Dx CT studies ({", ".join(summary["patients"])}; E0002/E0003 with the
+real Lung-PET-CT-Dx CT studies ({", ".join(summary["patients"])}; all but A0002 with the
 project's approximate boxes, `tests/data/annotations-approximate`) and {summary["phantom_patients"]}
 phantoms: negatives are every detector candidate away from the tumour boxes (jittered copies)
 and random points of the lung region and its soft-tissue edges, >= {KEEP_OUT_MM:g} mm from the
 boxes; positives are points in the tumour boxes and synthetic lobulated solid lesions (radius
 {INSERTED_MIN_RADIUS_MM:g}-{INSERTED_MAX_RADIUS_MM:g} mm, partial volume, noise) inserted into
-each patient's lungs.
+each patient's lungs{wall}.
 Patches: {patches}. The histology head learns from phantom lesion patches only: its
 probabilities still say nothing about real tumours. {summary["epochs"]} epochs, Adam
 {LEARNING_RATE:g}, seed {summary["seed"]}; all folds and the final model in
 {summary["elapsed_s"]:.0f} s on CPU.
 
-Leave one patient out: each fold is fine-tuned on the phantoms and the other two patients and
-scores the held-out patient's detector candidates (every candidate the analysis proposes).
+Leave one patient out: each fold is fine-tuned on the phantoms and the other patients and
+scores the held-out patient's detector candidates (every candidate the analysis proposes) and
+its own training patches (patch AUC: tumour and inserted-lesion patches against random lung,
+edge and candidate patches). The length of the fine-tune is chosen on these held-out rows:
+each fold is scored after each epoch count tried, and the count that finds the most held-out
+tumours at 0.5 wins, then the fewest held-out false positives at 0.5, then the pooled CPM, then
+the mean patch AUC, then the shorter fine-tune:
 
-| held-out scan | CPM | candidate scores | tumours found at threshold | FP at threshold |
+| epochs | held-out tumours at 0.5 | held-out FP at 0.5 | pooled CPM | mean held-out patch AUC |
 |---|---|---|---|---|
+{tried}
+
+Chosen: **{summary["epochs"]} epochs**. Per held-out scan at that length:
+
+| held-out scan | CPM | patch AUC | candidate scores | tumours at threshold | FP at threshold |
+|---|---|---|---|---|---|
 {rows}
 
 Pooled over the held-out scans: CPM **{pooled["cpm"]:.3f}** ({sens}). The phantom-only model
-before fine-tuning, on the same candidates: CPM {before["cpm"]:.3f}. With only three patients
-and {pooled["n_findings"]} candidates these figures are coarse: one candidate moves the CPM a
-lot.
+before fine-tuning, on the same candidates: CPM {before["cpm"]:.3f}. With only
+{len(summary["patients"])} patients and {pooled["n_findings"]} candidates these figures are
+coarse: one candidate moves the CPM a lot.
 
 Reporting threshold chosen on the pooled held-out scores: **{lopo["threshold"]:.3f}** (the
 lowest, not below 0.5, at which no held-out scan has more than {MAX_FP_PER_SCAN} false positives).
-The bundled model is the final fine-tune on all three patients: its figures on these three
-studies (`lungnode evaluate-detector`) are on training scans and are not a measure of quality.
+The bundled model is the final fine-tune on all {len(summary["patients"])} patients: its
+figures on these studies (`lungnode evaluate-detector`) are on training scans and are not a
+measure of quality.
 To reproduce, fine-tune the phantom-only model (`--base`, e.g. `git show
 d20fd30:classifier/model/weights/lungnode-demo.keras > base.keras`): this script refuses a base
 already fine-tuned on real CT.
@@ -547,9 +707,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the lungnode synth command that wrote --phantoms (for the model card)",
     )
     parser.add_argument("--out", required=True)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        nargs="+",
+        default=list(EPOCH_CHOICES),
+        help="epoch counts to try; the one chosen on the held-out rows trains the final model",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="replace the bundled model")
+    parser.add_argument(
+        "--wall-positives",
+        type=int,
+        default=0,
+        help=f"tumours of the stress test's generator per patient as positives (tried: "
+        f"{WALL_POSITIVES}; default 0)",
+    )
     parser.add_argument(
         "--base", help="phantom-only model to fine-tune (default: the bundled model)"
     )
@@ -563,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         seed=args.seed,
         install=args.install,
+        wall_positives=args.wall_positives,
         base=Path(args.base) if args.base else None,
         command="\n".join(
             ([args.phantoms_made_by] if args.phantoms_made_by else [])
