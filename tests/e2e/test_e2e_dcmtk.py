@@ -7,7 +7,6 @@ that is down and comes up later, and a calling AE that is not on the allow-list.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,7 @@ def test_restart_while_receiving_completes_once(
                 180,
                 "DELIVERED after restart",
             )
-            time.sleep(3)  # any duplicate delivery would arrive now
+            node.stop_settled()  # any duplicate delivery would be in the archive now
         found = archive.by_modality()
     assert len(found["SR"]) == 1
 
