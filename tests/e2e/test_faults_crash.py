@@ -123,7 +123,7 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
         _check_acknowledged(node, acked, study_uid, series_uid)
         proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        status = node.status()
+        status = node.index_status()
         assert [(s["state"], s["instances"]) for s in status["studies"]] == [
             ("RECEIVING", len(files))
         ]
@@ -186,7 +186,7 @@ def test_kill_9_during_analysis_reanalyses_and_reports_once(
         assert proc.returncode == 0, proc.stdout + proc.stderr
         node.wait_log("analysis started", 60)
         node.kill()
-        states = [s["state"] for s in node.status()["studies"]]
+        states = [s["state"] for s in node.index_status()["studies"]]
         assert states == ["ANALYZING"], f"the kill missed the analysis: {states}"
         assert modality_counts(archive.folder) == {}
         mark = len(node.log())
@@ -238,7 +238,7 @@ def killed_awaiting_response(
             time.sleep(0.1)
         node.kill()
         killed_at = time.time()
-        outbox = {o["sop_instance_uid"]: o["state"] for o in node.status()["outbox"]}
+        outbox = {o["sop_instance_uid"]: o["state"] for o in node.index_status()["outbox"]}
         assert outbox and set(outbox.values()) == {"PENDING"}, outbox
         db = _lease_db(node)
         try:
