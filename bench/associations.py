@@ -5,8 +5,9 @@ own analysis of each study runs; bench/served_node.py), in the same run.
 
 Each study is a CT series of --slices slices of 512x512 with UIDs never sent before. Rounds
 alternate one and four (and the settings of --processes, a diagnosis flag that starts one node
-per [node] receiver_processes value); before each measurement the node's analysis of what it
-received finishes (--analysis wait) or may still run (--analysis run). Printed per setting:
+per [node] receiver_processes value, all started at once); before each measurement the node's
+analysis of what it received finishes (--analysis wait) or may still run (--analysis run).
+Printed per setting:
 MB/s of one association and of four at once (total bytes / time until the last storescu
 ended), medians of the rounds (at least 5 for a figure) with their spread, their ratio (the
 goal is >= 1.7x on 2 cores), and how the four associations were spread over the receivers.
@@ -17,6 +18,7 @@ Usage: python bench/associations.py [--rounds 5] [--slices 100] [--processes aut
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -30,7 +32,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from ingest import CALLING_AET, fresh_series, send, spread  # noqa: E402
-from served_node import ServedNode, stop_served_nodes_on_sigterm  # noqa: E402
+from served_node import (  # noqa: E402
+    ServedNode,
+    start_served_nodes,
+    stop_served_nodes,
+    stop_served_nodes_on_sigterm,
+)
 
 
 def _size_mb(files: list[Path]) -> float:
@@ -101,11 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.rounds} rounds: a smoke run, not a figure (use 5 or more)", flush=True)
     rates: dict[str, list[tuple[float, float]]] = {n: [] for n in settings}
     with tempfile.TemporaryDirectory(prefix="associations-", dir=args.cache) as tmp:
-        nodes: dict[str, ServedNode] = {}
+        starts = [
+            functools.partial(
+                ServedNode,
+                Path(tmp) / f"node-{n}",
+                CALLING_AET,
+                settings={} if n == "auto" else {"node__receiver_processes": n},
+            )
+            for n in settings
+        ]
+        nodes = dict(zip(settings, start_served_nodes(starts), strict=True))
         try:
             for n in settings:
-                extra = {} if n == "auto" else {"node__receiver_processes": n}
-                nodes[n] = ServedNode(Path(tmp) / f"node-{n}", CALLING_AET, settings=extra)
                 rss = nodes[n].receiver_rss_mib()
                 print(
                     f"receiver_processes={n}: {len(rss) or 'no separate'} receiver processes"
@@ -130,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         finally:
-            for node in nodes.values():
-                node.stop()
+            stop_served_nodes(nodes.values())
     print()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     for n in settings:

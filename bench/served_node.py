@@ -14,6 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -183,3 +185,24 @@ class ServedNode:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
         self._log.close()
+
+
+def start_served_nodes(starts: Sequence[Callable[[], ServedNode]]) -> list[ServedNode]:
+    """Call every `starts` at once and return their nodes in that order: each start waits for
+    its analysis process to load the model, seconds of one core that need not add up. When one
+    fails, those that started are stopped and its error is raised."""
+    with ThreadPoolExecutor(max(1, len(starts))) as pool:
+        futures = [pool.submit(start) for start in starts]
+    started = [f.result() for f in futures if f.exception() is None]
+    for future in futures:
+        if future.exception() is not None:
+            stop_served_nodes(started)
+            future.result()
+    return started
+
+
+def stop_served_nodes(nodes: Iterable[ServedNode]) -> None:
+    """Stop every node at once (each lets its analysis finish before it exits)."""
+    nodes = list(nodes)
+    with ThreadPoolExecutor(max(1, len(nodes))) as pool:
+        list(pool.map(ServedNode.stop, nodes))

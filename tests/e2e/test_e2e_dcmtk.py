@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,43 +35,82 @@ def _send(files: list[Path], node: NodeProcess, calling_ae: str = "STORESCU") ->
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.fixture(scope="module")
+def delivering_node(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[NodeProcess, StorescpServer]]:
+    """One node delivering to a storescp for the tests that each send a study of their own and
+    look only at that study (each start loads the model)."""
+    workdir = tmp_path_factory.mktemp("delivering")
+    with StorescpServer(workdir / "archive") as archive:
+        with NodeProcess(workdir / "node", archive_port=archive.port) as node:
+            yield node, archive
+
+
+def _results_of(archive: StorescpServer, study_uid: str) -> dict[str, list[pydicom.Dataset]]:
+    """What `archive` received so far for one study, by Modality."""
+    return {
+        modality: mine
+        for modality, found in archive.by_modality().items()
+        if (mine := [ds for ds in found if ds.StudyInstanceUID == study_uid])
+    }
+
+
+def _wait_results(
+    archive: StorescpServer, study_uid: str, kinds: set[str], node: NodeProcess, timeout: float
+) -> dict[str, list[pydicom.Dataset]]:
+    """`_results_of` once every modality in `kinds` has arrived for the study."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, list[pydicom.Dataset]] = {}
+    while time.monotonic() < deadline:
+        found = _results_of(archive, study_uid)
+        if kinds <= set(found):
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"results {kinds} not received; got {set(found)}\n{node.log()[-4000:]}")
+
+
+def _study_state(status: dict[str, Any], study_uid: str) -> list[str]:
+    return [x["state"] for x in status["studies"] if x["study_uid"] == study_uid]
+
+
 def test_storescu_to_node_to_storescp_pet_ct(
-    tmp_path: Path, node_process: Callable[..., NodeProcess], phantom_pet_ct: PhantomFiles
+    delivering_node: tuple[NodeProcess, StorescpServer], phantom_pet_ct: PhantomFiles
 ) -> None:
+    node, archive = delivering_node
     study, files = phantom_pet_ct.study, phantom_pet_ct.files
-    with StorescpServer(tmp_path / "archive") as archive, _node(node_process, archive.port) as node:
-        assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
-        _send(files, node)
-        found = archive.wait_for_modalities({"SR", "SEG"}, node.log)
-        status = node.wait_for(
-            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 60, "DELIVERED"
-        )
+    uid = study.study_instance_uid
+    assert run_echoscu(node.port, called_ae=node.ae_title).returncode == 0
+    _send(files, node)
+    found = _wait_results(archive, uid, {"SR", "SEG"}, node, 180)
+    status = node.wait_for(lambda s: _study_state(s, uid) == ["DELIVERED"], 60, "DELIVERED")
     (sr,) = found["SR"]
     (seg,) = found["SEG"]
-    assert sr.StudyInstanceUID == seg.StudyInstanceUID == study.study_instance_uid
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID == uid
     assert run_dciodvfy(Path(sr.filename)) == []
     assert run_dciodvfy(Path(seg.filename)) == []
     assert "Measurement Report" in run_dsrdump(Path(sr.filename))
     report = hd.sr.srread(sr.filename)
     assert report.content.get_volumetric_roi_measurement_groups()
-    (row,) = status["studies"]
+    (row,) = [r for r in status["studies"] if r["study_uid"] == uid]
     assert row["instances"] == len(files) and row["series"] == 2
 
 
 def test_real_lung_pet_ct_dx_series(
-    tmp_path: Path, node_process: Callable[..., NodeProcess], shared_data: Path
+    delivering_node: tuple[NodeProcess, StorescpServer], shared_data: Path
 ) -> None:
+    node, archive = delivering_node
     real_study = shared_data / REAL_STUDY
     assert real_study.is_dir(), f"shared data is present but {real_study} is not"
     files = sorted(real_study.rglob("*.dcm"))
     assert len(files) == 60
-    with StorescpServer(tmp_path / "archive") as archive, _node(node_process, archive.port) as node:
-        _send(files, node)
-        found = archive.wait_for_modalities({"SR"}, node.log, timeout=300)
-        node.wait_for(
-            lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 120, "DELIVERED"
-        )
-        found = archive.by_modality()  # the SEG may arrive after the SR: read again once delivered
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    _send(files, node)
+    _wait_results(archive, study_uid, {"SR"}, node, 300)
+    node.wait_for(lambda s: _study_state(s, study_uid) == ["DELIVERED"], 120, "DELIVERED")
+    found = _results_of(
+        archive, study_uid
+    )  # the SEG may arrive after the SR: read again once delivered
     (sr,) = found["SR"]
     assert run_dciodvfy(Path(sr.filename)) == []
     series_of = {}
@@ -108,7 +147,7 @@ def test_restart_while_receiving_completes_once(
                 180,
                 "DELIVERED after restart",
             )
-            time.sleep(3)  # any duplicate delivery would arrive now
+            node.stop_settled()  # any duplicate delivery would be in the archive now
         found = archive.by_modality()
     assert len(found["SR"]) == 1
 

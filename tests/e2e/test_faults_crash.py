@@ -10,6 +10,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -121,7 +123,7 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
         _check_acknowledged(node, acked, study_uid, series_uid)
         proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        status = node.status()
+        status = node.index_status()
         assert [(s["state"], s["instances"]) for s in status["studies"]] == [
             ("RECEIVING", len(files))
         ]
@@ -156,8 +158,7 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
             240,
             "DELIVERED after the kill rounds",
         )
-        time.sleep(2)  # a duplicate delivery would arrive now
-        node.stop()
+        node.stop_settled()  # a duplicate delivery would be in the archive now
         assert not [p for p in (node.store / ".incoming").iterdir() if p.is_file()]
         assert "orphaned temp files" in node.log()
         found = modality_counts(archive.folder)
@@ -185,7 +186,7 @@ def test_kill_9_during_analysis_reanalyses_and_reports_once(
         assert proc.returncode == 0, proc.stdout + proc.stderr
         node.wait_log("analysis started", 60)
         node.kill()
-        states = [s["state"] for s in node.status()["studies"]]
+        states = [s["state"] for s in node.index_status()["studies"]]
         assert states == ["ANALYZING"], f"the kill missed the analysis: {states}"
         assert modality_counts(archive.folder) == {}
         mark = len(node.log())
@@ -195,44 +196,69 @@ def test_kill_9_during_analysis_reanalyses_and_reports_once(
             180,
             "DELIVERED after a kill during analysis",
         )
-        time.sleep(2)
-        node.stop()
+        node.stop_settled()
         assert "attempt=2" in node.log()[mark:], "the job was not claimed again"
         found = modality_counts(archive.folder)
     assert len(found["SR"]) == 1
 
 
-def _kill_while_sr_awaits_response(
-    tmp_path: Path, files: list[Path], **overrides: object
-) -> tuple[RoleNode, StorescpServer, float]:
+@dataclass(frozen=True)
+class _KilledAwaitingResponse:
+    """The node killed while its SR awaited storescp's response, and the outbox leases read
+    from its index right after the kill."""
+
+    node: RoleNode
+    archive: StorescpServer
+    killed_at: float
+    leases: list[float]
+
+
+@pytest.fixture(scope="module")
+def killed_awaiting_response(
+    tmp_path_factory: pytest.TempPathFactory, phantom_ct: PhantomFiles
+) -> Iterator[_KilledAwaitingResponse]:
     """Send a study, and kill -9 the node once storescp has written the SR but (sleeping
-    before its response) not yet answered: the node never learns the SR arrived."""
+    before its response) not yet answered: the node never learns the SR arrived. The outbox
+    rows stay claimed for 3 sender timeouts (15 s here) after the crash. One crash for both
+    tests below: the lease test reads what the index held right after it, the redelivery
+    test restarts the node from it (each start loads the model)."""
+    tmp_path = tmp_path_factory.mktemp("kill-awaiting-response")
     archive = StorescpServer(tmp_path / "archive", options=["+uf", "--sleep-after", "4"])
     archive.__enter__()
-    node = _node(tmp_path, archive, "all", quiet_seconds=1, overrides=overrides)
-    node.start()
-    proc = run_storescu(files, node.port, called_ae=node.ae_title, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    deadline = time.monotonic() + 180
-    while "SR" not in modality_counts(archive.folder):
-        assert time.monotonic() < deadline, f"no SR reached storescp\n{node.log()[-3000:]}"
-        time.sleep(0.1)
-    node.kill()
-    killed_at = time.time()
-    outbox = {o["sop_instance_uid"]: o["state"] for o in node.status()["outbox"]}
-    assert outbox and set(outbox.values()) == {"PENDING"}, outbox
-    return node, archive, killed_at
+    node = _node(
+        tmp_path, archive, "all", quiet_seconds=1, overrides={"sender__timeout_seconds": 5}
+    )
+    try:
+        node.start()
+        proc = run_storescu(phantom_ct.files, node.port, called_ae=node.ae_title, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        deadline = time.monotonic() + 180
+        while "SR" not in modality_counts(archive.folder):
+            assert time.monotonic() < deadline, f"no SR reached storescp\n{node.log()[-3000:]}"
+            time.sleep(0.1)
+        node.kill()
+        killed_at = time.time()
+        outbox = {o["sop_instance_uid"]: o["state"] for o in node.index_status()["outbox"]}
+        assert outbox and set(outbox.values()) == {"PENDING"}, outbox
+        db = _lease_db(node)
+        try:
+            leases = [
+                r[0] for r in db.execute("SELECT lease_until FROM outbox WHERE state='PENDING'")
+            ]
+        finally:
+            db.close()
+        archive.stop()
+        yield _KilledAwaitingResponse(node, archive, killed_at, leases)
+    finally:
+        node.stop()
+        archive.stop()
 
 
 def test_kill_9_during_sending_redelivers_the_same_sr(
-    tmp_path: Path, phantom_ct: PhantomFiles
+    tmp_path: Path, killed_awaiting_response: _KilledAwaitingResponse
 ) -> None:
-    # The outbox rows stay claimed for 3 sender timeouts (15 s here) after the crash.
-    node, archive, _ = _kill_while_sr_awaits_response(
-        tmp_path, phantom_ct.files, sender__timeout_seconds=5
-    )
+    node, archive = killed_awaiting_response.node, killed_awaiting_response.archive
     try:
-        archive.stop()
         archive.options = ["+uf"]
         archive.__enter__()
         node.start()
@@ -241,8 +267,7 @@ def test_kill_9_during_sending_redelivers_the_same_sr(
             120,
             "DELIVERED after a kill during sending",
         )
-        time.sleep(2)
-        node.stop()
+        node.stop_settled()
     finally:
         archive.stop()
     found = modality_counts(archive.folder)
@@ -268,15 +293,7 @@ def test_kill_9_during_sending_redelivers_the_same_sr(
 
 
 def test_outbox_lease_after_crash_follows_sender_timeout(
-    tmp_path: Path, phantom_ct: PhantomFiles
+    killed_awaiting_response: _KilledAwaitingResponse,
 ) -> None:
-    node, archive, killed_at = _kill_while_sr_awaits_response(
-        tmp_path, phantom_ct.files, sender__timeout_seconds=5
-    )
-    archive.stop()
-    db = _lease_db(node)
-    try:
-        leases = [r[0] for r in db.execute("SELECT lease_until FROM outbox WHERE state='PENDING'")]
-    finally:
-        db.close()
+    leases, killed_at = killed_awaiting_response.leases, killed_awaiting_response.killed_at
     assert leases and max(leases) - killed_at <= 4 * 5, leases

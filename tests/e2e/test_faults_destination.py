@@ -105,7 +105,7 @@ def test_destination_down_aborting_refusing_then_dead_letter_and_resend(
             assert resend.returncode == 0, resend.stderr
             assert f"{len(status['outbox'])} dead-letter result(s)" in resend.stdout
             node.wait_for(_delivered, 60, "DELIVERED after resend")
-            time.sleep(1)
+            node.stop_settled()  # a second copy would be in the archive now
             found = modality_counts(archive.folder)
     assert len(found["SR"]) == 1
     # storescp --abort-after writes the object before aborting: an unacknowledged copy

@@ -4,7 +4,6 @@ AE that sent the analysed series."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def test_results_go_to_the_sender_of_the_analysed_series_not_the_first_sender(
             node.wait_for(
                 lambda s: [x["state"] for x in s["studies"]] == ["DELIVERED"], 240, "DELIVERED"
             )
-            time.sleep(1)
+            node.stop_settled()  # whatever it would send is sent by now
         received = [pydicom.dcmread(p, stop_before_pixels=True) for p in pacs.received()]
         assert {str(ds.Modality) for ds in received} >= {"SR"}, node.log()[-3000:]
         assert attacker.received() == [], "results went to the AE that sent the first instance"

@@ -207,6 +207,39 @@ class NodeProcess:
         status["destinations"] = destination_summary(config, status["outbox"])
         return dict(json.loads(json.dumps(status, sort_keys=True)))
 
+    def unfinished_work(self) -> dict[str, int]:
+        """Analysis jobs queued or running and result rows not yet delivered (PENDING or
+        COMMITTING), by state, read from the node's index as `index_status` reads it."""
+        config = load_config(self.config_path, self.env)
+        umask = restrict_umask()
+        try:
+            index = open_index(config.storage.database_url, pool_size=1)
+            try:
+                rows = index.db.run(
+                    lambda cur: cur.execute(
+                        "SELECT 'job ' || state FROM jobs WHERE state IN ('QUEUED', 'RUNNING') "
+                        "UNION ALL SELECT 'outbox ' || state FROM outbox "
+                        "WHERE state IN ('PENDING', 'COMMITTING')"
+                    ).fetchall(),
+                    write=False,
+                )
+            finally:
+                index.close()
+        finally:
+            os.umask(umask)
+        found: dict[str, int] = {}
+        for (what,) in rows:
+            found[what] = found.get(what, 0) + 1
+        return found
+
+    def stop_settled(self) -> None:
+        """Stop the node (SIGTERM: it finishes the scheduler tick and the analysis it runs) and
+        check it left nothing that could still deliver: a duplicate delivery is then in the
+        destination already or can never come, with no window of seconds to wait out."""
+        self.stop()
+        unfinished = self.unfinished_work()
+        assert not unfinished, f"the node stopped with {unfinished}:\n{self.log()[-3000:]}"
+
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
     ) -> dict[str, Any]:
