@@ -18,9 +18,12 @@ the result). The node's process only supervises:
   after its current analysis; SIGINT (Ctrl-C in a terminal) is left to the node. A process
   whose node is gone (killed) stops after its current analysis too;
 - each process runs in a session of its own at [pipeline] analysis_nice
-  (scp_node.pipeline.priority), and `pause()` / `resume()` stop and continue every process,
-  each between two index transactions (scp_node.pipeline.analysis_yield pauses them while the
-  node receives); a process paused when its node dies is continued by the kernel.
+  (scp_node.pipeline.priority) from the moment it has loaded the model (at start-up nothing
+  receives yet, and a starved model load only delays the node's start; a replacement started
+  while the node serves is lowered before it loads), and `pause()` / `resume()` stop and
+  continue every process, each between two index transactions (scp_node.pipeline.analysis_yield
+  pauses them while the node receives); a process paused when its node dies is continued by
+  the kernel.
 
 On CPU, processes scale analyses with the cores (TensorFlow's own threads share them). On a GPU,
 one process is the recommended setting: CNN calls of several studies are not batched together,
@@ -68,18 +71,29 @@ class _Child:
 
 
 def _child_main(
-    config: Config, log_level: str, stop: Any, conn: Connection, guard: Any, parent_pid: int
+    config: Config,
+    log_level: str,
+    stop: Any,
+    conn: Connection,
+    guard: Any,
+    parent_pid: int,
+    lower_before_load: bool,
 ) -> None:  # pragma: no cover - a spawned process (tests/integration/test_analysis_pool)
     """An analysis process: load the model, then claim and process jobs until told to stop.
     `guard` is held around each index transaction and message to the node, which takes it
-    before it pauses this process (`AnalysisPool.pause`)."""
+    before it pauses this process (`AnalysisPool.pause`). It lowers its priority before it
+    loads the model when `lower_before_load` (the node already serves), else once loaded."""
     from scp_node.logs import configure_logging
     from scp_node.pipeline.priority import lower_own_session, lower_this_process
 
+    def lower() -> None:
+        lower_own_session(config.pipeline.analysis_nice)
+        lower_this_process(config.pipeline.analysis_nice)  # every thread, TensorFlow's too
+
     configure_logging(log_level)
     continue_when_orphaned()
-    lower_own_session(config.pipeline.analysis_nice)
-    lower_this_process(config.pipeline.analysis_nice)  # before TensorFlow starts its threads
+    if lower_before_load:
+        lower()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the node stops us through `stop`
     terminated = threading.Event()  # SIGTERM to this process: stop after the current analysis
     signal.signal(signal.SIGTERM, lambda _signum, _frame: terminated.set())
@@ -103,6 +117,8 @@ def _child_main(
     except Exception as exc:
         tell("failed", f"{type(exc).__name__}: {exc}")
         return
+    if not lower_before_load:
+        lower()
     tell("ready", (worker_id, model.info))
     switches = Switches(index)
     try:
@@ -153,7 +169,7 @@ class AnalysisPool:
         """Start the processes and wait until each has loaded the model; AnalysisPoolError
         (after stopping those that started) when one could not."""
         for _ in range(self._processes):
-            self._children.append(self._spawn())
+            self._children.append(self._spawn(lower_before_load=False))
         deadline = time.monotonic() + timeout
         try:
             while not all(c.ready for c in self._children):
@@ -264,7 +280,7 @@ class AnalysisPool:
 
     # -- supervision -------------------------------------------------------------------------
 
-    def _spawn(self) -> _Child:
+    def _spawn(self, *, lower_before_load: bool) -> _Child:
         receiver, sender = self._context.Pipe(duplex=False)
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         guard = self._context.RLock()
@@ -277,6 +293,7 @@ class AnalysisPool:
                 sender,
                 guard,
                 os.getpid(),
+                lower_before_load,
             ),
             name="lungnode-analysis",
             daemon=True,
@@ -373,7 +390,7 @@ class AnalysisPool:
                 "analysis process %s exited with code %s; starting another", child.worker_id, code
             )
         time.sleep(RESTART_DELAY_SECONDS)
-        replacement = self._spawn()
+        replacement = self._spawn(lower_before_load=True)
         with self._lock:
             self._children[self._children.index(child)] = replacement
             self.restarts += 1
