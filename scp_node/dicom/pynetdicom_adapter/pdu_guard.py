@@ -83,8 +83,9 @@ def guard(dul: DULServiceProvider, limits: PduLimits) -> None:
 
 def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) -> None:
     """Fill `view` from `sock`, all of it before `deadline` (time.monotonic())."""
-    if type(sock) is socket.socket and sock.gettimeout():
-        _read_into(sock.fileno(), view, deadline)
+    timeout = sock.gettimeout()
+    if type(sock) is socket.socket and timeout:
+        _read_into(sock.fileno(), view, deadline, timeout)
         return
     received = 0
     while received < len(view):
@@ -99,21 +100,22 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) ->
         received += count
 
 
-def _read_into(fd: int, view: memoryview, deadline: float | None) -> None:
-    """_recv_into for a plain TCP socket with a timeout, whose descriptor is non-blocking: one
-    read(2) per piece, waiting (poll) only when nothing has arrived, where the socket's own
-    recv_into sets the timeout (ioctl) and polls before every read, three system calls."""
+def _read_into(fd: int, view: memoryview, deadline: float | None, timeout: float) -> None:
+    """_recv_into for a plain TCP socket with a `timeout`, whose descriptor is non-blocking:
+    one read(2) per piece, waiting (poll) only when nothing has arrived, where the socket's own
+    recv_into sets the timeout (ioctl) and polls before every read, three system calls. Without
+    a deadline each wait lasts at most `timeout`, as the socket's own would."""
     received = 0
     while received < len(view):
         try:
             count = os.readv(fd, [view[received:]])
         except BlockingIOError:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            remaining = timeout if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
                 raise TimeoutError from None
             waiting = select.poll()
             waiting.register(fd, select.POLLIN)
-            if not waiting.poll(None if remaining is None else max(1, int(remaining * 1000))):
+            if not waiting.poll(max(1, int(remaining * 1000))):
                 raise TimeoutError from None
             continue
         if not count:
