@@ -93,8 +93,15 @@ class ServedNode:
         self._log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "scp_node", "serve", "-c", str(PROJECT_ROOT / "config.ini")]
         cmd += ["--role", role]
+        # cwd: `python -m` puts the working folder first on sys.path, before PYTHONPATH; from
+        # another checkout the node would run that checkout's code
         self._proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=self._log, start_new_session=True
+            cmd,
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
         )
         self._wait_started(timeout=300)
 

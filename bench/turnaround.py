@@ -116,7 +116,10 @@ class Node:
         )
         self._log = (workdir / "node.log").open("wb")
         cmd = [sys.executable, "-m", "scp_node", "serve", "-c", str(PROJECT_ROOT / "config.ini")]
-        self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=self._log)
+        # cwd: `python -m` puts the working folder first on sys.path, before PYTHONPATH
+        self._proc = subprocess.Popen(
+            cmd, env=env, cwd=PROJECT_ROOT, stdout=self._log, stderr=self._log
+        )
         wait_for_port(port, timeout=300)  # listens once the model is loaded
 
     def timeline(self, study_uid: str) -> list[dict[str, Any]]:

@@ -243,7 +243,8 @@ class InstanceStore:
         """commit without the duplicate's flush; see commit."""
         final = self.path_for(study_uid, series_uid, sop_uid)
         temp = Path(temp)
-        if temp.parent.resolve() != self.incoming:
+        # resolve() only for another spelling: it lstat()s every component of the path
+        if temp.parent != self.incoming and temp.parent.resolve() != self.incoming:
             raise ValueError(
                 f"temp file {temp} is not in {self.incoming}; use InstanceStore.temp_path() so "
                 "the final rename stays on one file system"

@@ -33,6 +33,7 @@ from scp_node.config import Config
 from scp_node.dicom import pynetdicom_adapter
 from scp_node.metrics import METRICS, IndexCollector, ReceiverCollector
 from scp_node.ops.health import NodeState
+from scp_node.ops.heap import settle_startup_heap
 from scp_node.ops.switches import Switches
 from scp_node.pipeline.analysis_yield import AnalysisYield
 from scp_node.pipeline.scheduler import build_scheduler, check_completion_after
@@ -282,6 +283,7 @@ def _start(node: _Node) -> None:
     node.scheduler.start()
     if node.analysis_yield is not None:
         node.analysis_yield.start()
+    settle_startup_heap()
     log.info(
         "lungnode started role=%s ae_title=%s address=%s:%d store=%s database=%s",
         node.role,

@@ -236,6 +236,7 @@ def run_receiver(
     from scp_node.dicom import connections, pynetdicom_adapter
     from scp_node.logs import configure_logging
     from scp_node.metrics import METRICS
+    from scp_node.ops.heap import settle_startup_heap
     from scp_node.ops.switches import Switches
     from scp_node.receive.completion import mark_ready
     from scp_node.receive.receiver import Receiver
@@ -285,6 +286,7 @@ def run_receiver(
         slot=slot,
     )
     receiver.start()
+    settle_startup_heap()
     counts.listening[slot - 1] = 1
     checked = time.monotonic()
     orphaned = False

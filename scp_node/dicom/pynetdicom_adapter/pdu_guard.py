@@ -30,6 +30,8 @@ creates; associations the node requests (the sender) keep pynetdicom's reader.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import socket
 import struct
 import time
@@ -81,6 +83,10 @@ def guard(dul: DULServiceProvider, limits: PduLimits) -> None:
 
 def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) -> None:
     """Fill `view` from `sock`, all of it before `deadline` (time.monotonic())."""
+    timeout = sock.gettimeout()
+    if type(sock) is socket.socket and timeout:
+        _read_into(sock.fileno(), view, deadline, timeout)
+        return
     received = 0
     while received < len(view):
         if deadline is not None:
@@ -89,6 +95,29 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) ->
                 raise TimeoutError
             sock.settimeout(remaining)
         count = sock.recv_into(view[received:])
+        if not count:
+            raise _Closed
+        received += count
+
+
+def _read_into(fd: int, view: memoryview, deadline: float | None, timeout: float) -> None:
+    """_recv_into for a plain TCP socket with a `timeout`, whose descriptor is non-blocking:
+    one read(2) per piece, waiting (poll) only when nothing has arrived, where the socket's own
+    recv_into sets the timeout (ioctl) and polls before every read, three system calls. Without
+    a deadline each wait lasts at most `timeout`, as the socket's own would."""
+    received = 0
+    while received < len(view):
+        try:
+            count = os.readv(fd, [view[received:]])
+        except BlockingIOError:
+            remaining = timeout if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError from None
+            waiting = select.poll()
+            waiting.register(fd, select.POLLIN)
+            if not waiting.poll(max(1, int(remaining * 1000))):
+                raise TimeoutError from None
+            continue
         if not count:
             raise _Closed
         received += count
@@ -216,10 +245,11 @@ class GuardedReader:
             self._close(awaiting_request)
             return None
         finally:
-            try:
-                sock.settimeout(restore)
-            except OSError:
-                pass
+            if sock.gettimeout() != restore:  # a TLS socket's reads set it
+                try:
+                    sock.settimeout(restore)
+                except OSError:
+                    pass
         try:
             decoded = decode_pdu(dul, pdu_bytes)
         except Exception as exc:

@@ -69,10 +69,11 @@ def _dul_idle(provider: DULServiceProvider, seconds: float) -> None:
         time.sleep(seconds)
         return
     try:
-        select.select(watched, [], [], seconds)
+        readable, _, _ = select.select(watched, [], [], seconds)
     except (OSError, ValueError):  # the socket closed meanwhile: the DUL finds out next loop
         time.sleep(seconds)
-    if fd is not None:
+        readable = watched
+    if fd is not None and fd in readable:  # else nothing to clear: a syscall and an exception
         try:
             os.eventfd_read(fd)
         except BlockingIOError:
