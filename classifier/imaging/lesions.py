@@ -109,7 +109,8 @@ TUBE_CONTINUATION = 0.5
 TUBE_MAX_CALIBRE_MM = 25.0
 _OPEN_MM = 2.5
 # A candidate grown mostly into the chest cavity keeps of its seed only what lies this close
-# (in-plane, on the same slice) to the cavity part.
+# to the cavity part (in-plane, on the same slice; in 3-D where the seed is as massive as
+# cavity tissue, CAVITY_MIN_THICK_MM).
 CAVITY_SEED_MM = 10.0
 # Chest-cavity tissue a candidate may grow into must be at least this thick in plane (a mass).
 CAVITY_MIN_THICK_MM = 15.0
@@ -434,7 +435,7 @@ def _grow_in_cavity(
     blob: _Blob,
     labels: np.ndarray,
     objects: list[tuple[slice, ...] | None],
-    spacing_rc: tuple[float, float],
+    spacing: tuple[float, float, float],
 ) -> _Blob:
     """A component joined (in 3-D) by the components of the chest cavity's soft tissue outside
     the lung region that it touches (`labels`, their boxes `objects`, on the blob's grid): a
@@ -466,8 +467,16 @@ def _grow_in_cavity(
     if np.count_nonzero(added) > np.count_nonzero(local):
         # Mostly cavity: a mass that replaced the lung, found by a rim or a vessel at its edge.
         # The seed stays only where it lies beside the mass on the mass's own slices (the
-        # hilar vessels it may continue into above or below are not the mass).
-        beside = dilate_in_plane(added, CAVITY_SEED_MM, spacing_rc)
+        # hilar vessels it may continue into above or below are not the mass), or where it is
+        # as massive as cavity tissue must be (CAVITY_MIN_THICK_MM in plane) within
+        # CAVITY_SEED_MM of the mass in 3-D: the mass's own slices in the lung region above
+        # and below its part in the cavity.
+        beside = dilate_in_plane(added, CAVITY_SEED_MM, (spacing[1], spacing[2]))
+        massive = ndimage.binary_opening(
+            local, structure=_disk(CAVITY_MIN_THICK_MM / 2.0 / min(spacing[1:]))
+        )
+        near = ndimage.distance_transform_edt(~added, sampling=spacing) <= CAVITY_SEED_MM
+        beside |= massive & near
         local = added | (local & beside)
     else:
         local |= added
@@ -1071,9 +1080,7 @@ def find_candidates(
         for i in keep:
             grown = _grow(blobs[i], band, grow_steps)
             if cavity_count:
-                grown = _grow_in_cavity(
-                    grown, cavity_labels, cavity_objects, (spacing[1], spacing[2])
-                )
+                grown = _grow_in_cavity(grown, cavity_labels, cavity_objects, spacing)
             ct_components.append(grown)
         del cavity_labels, cavity_objects  # memory: done with (int32 on the crop)
         ct_components = _merge_overlapping(ct_components, soft.shape)

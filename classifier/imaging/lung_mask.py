@@ -264,7 +264,9 @@ def _rib_radii(
 ) -> np.ndarray:
     """Per ray from `centre` (one 2-D slice, pixel units), the distance in pixels to the first
     bone pixel, NaN where the ray leaves the body or the image first; then, per ray, the
-    smallest over the _RAY_WINDOW rays either side (closes gaps between ribs)."""
+    smallest over the _RAY_WINDOW rays either side (closes gaps between ribs); a ray still
+    without bone (costal cartilage, a wider gap) gets the radius interpolated around the ring
+    from the nearest rays either side with one: the rib cage is a closed ring."""
     step = 0.5
     n_steps = int(_RAY_MAX_MM / min(spacing_rc) / step)
     theta = np.linspace(0.0, 2.0 * np.pi, _RAYS, endpoint=False)
@@ -282,7 +284,19 @@ def _rib_radii(
     window = np.stack([np.roll(radii, k) for k in range(-_RAY_WINDOW, _RAY_WINDOW + 1)])
     with np.errstate(invalid="ignore"):
         smallest = np.nanmin(np.where(np.isnan(window), np.inf, window), axis=0)
-    return np.where(np.isfinite(smallest), smallest, np.nan)
+    return _closed_ring(np.where(np.isfinite(smallest), smallest, np.nan))
+
+
+def _closed_ring(radii: np.ndarray) -> np.ndarray:
+    """Per-ray radii (NaN where unknown) with each unknown ray interpolated, around the ring,
+    between the nearest known rays either side; all NaN if no ray is known."""
+    known = np.flatnonzero(~np.isnan(radii))
+    if known.size == 0 or known.size == radii.size:
+        return radii
+    n = radii.size
+    positions = np.concatenate([known - n, known, known + n])
+    values = np.tile(radii[known], 3)
+    return np.interp(np.arange(n), positions, values)
 
 
 def _cavity(
@@ -337,6 +351,7 @@ def _cavity(
             warnings.simplefilter("ignore", RuntimeWarning)  # rows never with lung: NaN
             extreme = np.nanmax(past, axis=0) if towards_high else np.nanmin(past, axis=0)
         border = np.where(has, history[position], extreme)
+        border = _across_gaps(border, history[position], towards_high)
         if np.isfinite(spine_front[s]):
             # Behind the front of the spine the right pleural space reaches the spine (the
             # paravertebral gutter): a mass filling it leaves lung only lateral of it on its
@@ -377,6 +392,22 @@ def _cavity(
             keep = np.hypot(dr, dc) < limit - 1.0
         out[s, rr[keep], cc[keep]] = True
     return out
+
+
+def _across_gaps(border: np.ndarray, own: np.ndarray, towards_high: bool) -> np.ndarray:
+    """Per row, the mediastinal border (`border`), where a row has no lung on this slice
+    (`own` NaN) between rows that have, the more medial of it and the line between those
+    rows' own borders: a mass replaced the lung there, and the slices below may hold on that
+    row only the lung's lateral recess around the dome, whose medial edge is not the
+    mediastinum's."""
+    with_lung = np.flatnonzero(~np.isnan(own))
+    if with_lung.size < 2:
+        return border
+    rows = np.arange(border.size)
+    gap = np.isnan(own) & (rows > with_lung[0]) & (rows < with_lung[-1])
+    across = np.interp(rows, with_lung, own[with_lung])
+    pick = np.fmax if towards_high else np.fmin
+    return np.where(gap, pick(border, across), border)
 
 
 def _interpolated_base(

@@ -225,3 +225,72 @@ def test_the_lung_base_is_interpolated_under_a_mass_on_the_dome_not_under_the_he
     assert not filled[~mass].any()
     dome = np.rint(dome_mm / spacing[0])
     assert np.all(np.abs(base[filled] - dome[filled]) <= 2.0)  # within 10 mm of the dome
+
+
+def test_the_rib_cage_is_a_closed_ring_across_a_gap_without_bone() -> None:
+    # A ring of bone 40 pixels from the lung's centre with a 40-degree gap (costal cartilage)
+    # inside a body of radius 60: the rays through the gap meet no bone before leaving the
+    # body, and get the ring's radius from the rays either side instead of none (which left
+    # the gap's whole sector out of the chest cavity).
+    from classifier.imaging.lung_mask import _RAYS, _rib_radii
+
+    rows, cols = np.ogrid[0:160, 0:160]
+    distance = np.hypot(rows - 80, cols - 80)
+    angle = np.degrees(np.arctan2(rows - 80, cols - 80)) % 360
+    bone = (np.abs(distance - 40) <= 1.5) & ~((angle > 70) & (angle < 110))
+    outside = distance > 60
+    radii = _rib_radii(bone, outside, (80.0, 80.0), (1.0, 1.0))
+    gap = np.arange(_RAYS) * 360.0 / _RAYS
+    through = (gap > 75) & (gap < 105)
+    assert np.all(np.isfinite(radii))
+    assert np.all(np.abs(radii[through] - 39.0) <= 2.0)
+    assert np.all(np.abs(radii - 39.0) <= 2.0)
+    # No bone at all: nothing known, no radius anywhere.
+    assert np.all(np.isnan(_rib_radii(np.zeros_like(bone), outside, (80.0, 80.0), (1.0, 1.0))))
+
+
+def test_a_row_without_lung_between_rows_with_lung_takes_the_border_between_them() -> None:
+    # A left lung (medial towards lower columns) whose rows 10-19 hold no lung on this slice (a
+    # mass replaced it) between rows whose medial border is at columns 40 and 44; the slices
+    # below hold on those rows only the lateral recess (border 70): the border there runs
+    # between 40 and 44. A row above the lung's first row keeps what the slices below say.
+    from classifier.imaging.lung_mask import _across_gaps
+
+    own = np.full(30, np.nan)
+    own[2:10] = 40.0
+    own[20:28] = 44.0
+    below = np.where(np.isnan(own), 70.0, own)
+    border = _across_gaps(below, own, towards_high=False)
+    assert np.allclose(border[10:20], np.interp(np.arange(10, 20), [9, 20], [40.0, 44.0]))
+    assert border[0] == 70.0 and border[29] == 70.0
+    assert np.array_equal(border[2:10], own[2:10])
+    # A border from below that is more medial than the line stays.
+    assert _across_gaps(np.where(np.isnan(own), 30.0, own), own, False)[15] == 30.0
+
+
+def test_a_mass_grown_into_the_cavity_keeps_its_massive_slices_in_the_lung_not_vessels() -> None:
+    # A mass on 8 mm slices: its middle (slices 4-6) is cavity tissue outside the lung region,
+    # its top and bottom slices (3 and 7) lie in the lung region (the seed, 24 mm across), a
+    # vessel goes on from its top for four slices and a thin strand leaves its bottom slice
+    # over the cavity part. The candidate is mostly cavity: of the seed it keeps the mass's
+    # own slices (massive, one slice from the cavity part), not the vessel or the strand.
+    from classifier.imaging.lesions import _Blob, _grow_in_cavity
+
+    rows, cols = np.ogrid[0:40, 0:40]
+    disc = np.hypot(rows - 20, cols - 20)
+    cavity = np.zeros((12, 40, 40), dtype=np.int32)
+    cavity[4:7][:, disc <= 10] = 1
+    seed = np.zeros((12, 40, 40), dtype=bool)
+    seed[[3, 7]] = disc <= 6
+    seed[8:12] = disc <= 2
+    seed[3, 20:22, 26:30] = True
+    box = ndimage.find_objects(seed.astype(np.int32))[0]
+    grown = _grow_in_cavity(
+        _Blob(box, seed[box]), cavity, ndimage.find_objects(cavity), (8.0, 2.0, 2.0)
+    )
+    mask = np.zeros(seed.shape, dtype=bool)
+    mask[grown.box] = grown.mask
+    assert mask[4:7][:, disc <= 10].all()
+    assert mask[[3, 7]][:, disc <= 5].all()
+    assert not mask[8:].any()
+    assert not mask[3, 20:22, 28:30].any()
