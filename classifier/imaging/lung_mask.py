@@ -40,6 +40,10 @@ _RIB_Z_MM = 10.0
 _CAVITY_BELOW_MM = 60.0
 _RAYS = 120
 _RAY_WINDOW = 2
+# The rib cage is a closed ring with gaps (costal cartilage in front, between ribs) narrower
+# than a quarter of it around a lung's centre: wider arcs without bone (a field of view that
+# holds no ribs there) are not closed.
+_RING_GAP_RAYS = _RAYS // 4
 _RAY_MAX_MM = 220.0
 _BORDER_ROWS_MM = 10.0
 # The lung's base (see `_interpolated_base`): the diaphragm under a lung is a smooth dome, so the
@@ -266,7 +270,8 @@ def _rib_radii(
     bone pixel, NaN where the ray leaves the body or the image first; then, per ray, the
     smallest over the _RAY_WINDOW rays either side (closes gaps between ribs); a ray still
     without bone (costal cartilage, a wider gap) gets the radius interpolated around the ring
-    from the nearest rays either side with one: the rib cage is a closed ring."""
+    from the nearest rays either side with one: the rib cage is a closed ring (across gaps of
+    at most _RING_GAP_RAYS)."""
     step = 0.5
     n_steps = int(_RAY_MAX_MM / min(spacing_rc) / step)
     theta = np.linspace(0.0, 2.0 * np.pi, _RAYS, endpoint=False)
@@ -289,14 +294,19 @@ def _rib_radii(
 
 def _closed_ring(radii: np.ndarray) -> np.ndarray:
     """Per-ray radii (NaN where unknown) with each unknown ray interpolated, around the ring,
-    between the nearest known rays either side; all NaN if no ray is known."""
+    between the nearest known rays either side, where those lie at most _RING_GAP_RAYS apart
+    (a wider arc without bone stays unknown); all NaN if no ray is known."""
     known = np.flatnonzero(~np.isnan(radii))
     if known.size == 0 or known.size == radii.size:
         return radii
     n = radii.size
     positions = np.concatenate([known - n, known, known + n])
     values = np.tile(radii[known], 3)
-    return np.interp(np.arange(n), positions, values)
+    rays = np.arange(n)
+    after = np.searchsorted(positions, rays)  # the first known ray at or after each ray
+    gap = positions[after] - positions[after - 1]  # the known rays either side, apart
+    closable = np.isnan(radii) & (gap <= _RING_GAP_RAYS + 1)
+    return np.where(closable, np.interp(rays, positions, values), radii)
 
 
 def _cavity(

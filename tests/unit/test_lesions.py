@@ -247,6 +247,12 @@ def test_the_rib_cage_is_a_closed_ring_across_a_gap_without_bone() -> None:
     assert np.all(np.abs(radii - 39.0) <= 2.0)
     # No bone at all: nothing known, no radius anywhere.
     assert np.all(np.isnan(_rib_radii(np.zeros_like(bone), outside, (80.0, 80.0), (1.0, 1.0))))
+    # An arc without bone wider than a quarter of the ring (a field of view, or a drawn chest,
+    # with no ribs there) is not a gap of the cage: it stays without a radius.
+    open_arc = (np.abs(distance - 40) <= 1.5) & ~((angle > 30) & (angle < 150))
+    radii = _rib_radii(open_arc, outside, (80.0, 80.0), (1.0, 1.0))
+    assert np.all(np.isnan(radii[(gap > 40) & (gap < 140)]))
+    assert np.all(np.abs(radii[(gap < 20) | (gap > 160)] - 39.0) <= 2.0)
 
 
 def test_a_row_without_lung_between_rows_with_lung_takes_the_border_between_them() -> None:
