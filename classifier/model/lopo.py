@@ -61,6 +61,7 @@ from classifier.model.detector_eval import (
     _annotations_by_patient,
     evaluate_study_folder,
 )
+from classifier.model.evaluation import roc_auc
 from classifier.model.froc import HIT_MARGIN_MM, Finding, GroundTruthLesion, froc, match_findings
 from classifier.model.model_card import replace_card_section
 from classifier.model.patch_set import PatchSet, build_patch_set, scan
@@ -345,15 +346,6 @@ def _score(model: Any, info: Any, patches: np.ndarray) -> np.ndarray:
     return LesionClassifier(model, info).predict(patches)[0].astype(np.float64)
 
 
-def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """The chance that a positive scores above a negative (ties count half)."""
-    if len(positive) == 0 or len(negative) == 0:
-        return float("nan")
-    above = (positive[:, None] > negative[None, :]).mean()
-    tied = (positive[:, None] == negative[None, :]).mean()
-    return float(above + 0.5 * tied)
-
-
 def _held_out_rows(
     scored: Sequence[tuple[RealPatient, np.ndarray, float]],
     lesions: Sequence[GroundTruthLesion],
@@ -497,7 +489,8 @@ def run(
         def checkpoint(epoch: int, model: Any, p: RealPatient = p) -> None:
             if epoch in scored:
                 own = _score(model, bundled.info, p.patches)
-                auc = _auc(own[p.is_lesion], own[~p.is_lesion])
+                separation = roc_auc(p.is_lesion, own)
+                auc = float("nan") if separation is None else separation
                 scored[epoch].append((p, _score(model, bundled.info, p.candidate_patches), auc))
                 progress(f"  {epoch} epochs: held-out patch AUC {auc:.3f}")
 

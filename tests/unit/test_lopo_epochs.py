@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from classifier.model.lopo import _auc, _epoch_objective
+from classifier.model.evaluation import roc_auc
+from classifier.model.lopo import _epoch_objective
 
 
 def _trial(tp: list[int], fp: list[int], cpm: float, auc: float) -> dict[str, Any]:
@@ -15,11 +16,12 @@ def _trial(tp: list[int], fp: list[int], cpm: float, auc: float) -> dict[str, An
     return {"counts_at_0.5": counts, "cpm": cpm, "patch_auc": auc}
 
 
-def test_auc_counts_pairs_and_ties() -> None:
-    assert _auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
-    assert _auc(np.array([0.1]), np.array([0.9])) == 0.0
-    assert _auc(np.array([0.5]), np.array([0.5])) == 0.5
-    assert np.isnan(_auc(np.array([]), np.array([0.5])))
+def test_the_held_out_separation_counts_pairs_and_ties() -> None:
+    # lopo's patch AUC per fold: evaluation.roc_auc (Mann-Whitney, ties half)
+    assert roc_auc(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.1, 0.2])) == 1.0
+    assert roc_auc(np.array([1, 0]), np.array([0.1, 0.9])) == 0.0
+    assert roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == 0.5
+    assert roc_auc(np.array([0]), np.array([0.5])) is None
 
 
 def test_a_held_out_tumour_lost_outweighs_any_separation() -> None:
