@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from in_process import store_and_index
 from node_process import PhantomFiles
+from waiting import wait_until
 
 from classifier.datasets.phantom import generate_study
 from scp_node.config import Config
@@ -101,10 +102,8 @@ def _one_job_running(node, pool: AnalysisPool, study: PhantomFiles) -> tuple[str
     store_and_index(store, index, study.datasets)
     uid = study.study.study_instance_uid
     assert index.mark_ready(time.time() + 60, config.pipeline.study_quiet_seconds) == [uid]
-    deadline = time.monotonic() + TIMEOUT_S
-    while not pool.running_jobs() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ((worker, job),) = pool.running_jobs().items()
+    running = wait_until(pool.running_jobs, TIMEOUT_S, "a process to claim the job")
+    ((worker, job),) = running.items()
     return worker, job
 
 
@@ -125,10 +124,11 @@ def test_a_process_killed_mid_analysis_has_its_job_retried(
     assert kinds.count("claimed") == 2 and kinds.count("analysis_done") == 1, kinds
     assert "lease_expired" not in kinds  # released at once, not after the 600 s lease
     assert _sr_count(store, uid) == 1
-    deadline = time.monotonic() + TIMEOUT_S
-    while len(pool.worker_ids) != 2 or worker in pool.worker_ids:
-        assert time.monotonic() < deadline, "no process replaced the killed one"
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(pool.worker_ids) == 2 and worker not in pool.worker_ids,
+        TIMEOUT_S,
+        "a process to replace the killed one",
+    )
     assert pool.restarts == 1
 
 
