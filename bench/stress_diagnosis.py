@@ -11,8 +11,10 @@ cavity-join (`_grow_in_cavity` kept only the part of it beside larger cavity tis
 (`_mass_parts` dropped it), edge (dropped as an edge fragment), apex, anatomy (`is_anatomy`
 and its reason), refine (lost at full resolution), score (a candidate on it below the
 threshold: its probability), several (found as several findings), short/long (one finding,
-axis off: the stage whose coverage of the tumour fell most is named). Writes
-diagnosis.json and prints a table per position and stage.
+axis off: the stage whose coverage of the tumour fell most is named). Each candidate on the
+tumour is listed with its raw score, long axis and share of its voxels on the tumour and on its
+collapse (a hit may be a vessel or wedge finding touching the tumour). Writes diagnosis.json and
+prints a table per position and stage.
 """
 
 from __future__ import annotations
@@ -103,11 +105,12 @@ def _diagnose(row: dict[str, Any], tumour: Any, threshold: float) -> dict[str, A
     found = _record.get("found", [([], [])])[-1][1]
     probs = _record.get("predict", [([], (np.zeros(0), None))])[-1][1][0]
 
-    def on(c: Any) -> int:
+    def on(c: Any, mask: np.ndarray | None = None) -> int:
+        mask = tumour.mask if mask is None else mask
         tz = tumour.origin
         local = np.argwhere(c.mask) + np.array(c.mask_origin) - np.array(tz)
-        ok = np.all((local >= 0) & (local < np.array(tumour.mask.shape)), axis=1)
-        return int(np.count_nonzero(tumour.mask[tuple(local[ok].T)]))
+        ok = np.all((local >= 0) & (local < np.array(mask.shape)), axis=1)
+        return int(np.count_nonzero(mask[tuple(local[ok].T)]))
 
     stages = {
         "tumour_working_voxels": n,
@@ -122,7 +125,16 @@ def _diagnose(row: dict[str, Any], tumour: Any, threshold: float) -> dict[str, A
         "below_apex": [round(c / n, 2) for c in cover(apex)],
         "anatomy_dropped": [why for c, why in anatomy if why and on(c)],
         "candidates": [
-            {"p": round(float(p), 3), "axis_mm": round(c.long_axis_mm, 1)}
+            {
+                "p": round(float(p), 3),
+                "axis_mm": round(c.long_axis_mm, 1),
+                # What share of the candidate is the tumour: a vessel finding that touches the
+                # tumour's edge counts as on it in the grid's hit rule.
+                "on_tumour": round(on(c) / max(1, int(np.count_nonzero(c.mask))), 2),
+                "on_collapse": round(
+                    on(c, tumour.collapse) / max(1, int(np.count_nonzero(c.mask))), 2
+                ),
+            }
             for c, p in zip(found, probs, strict=False)
             if on(c)
         ],

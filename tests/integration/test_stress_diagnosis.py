@@ -39,3 +39,6 @@ def test_every_insertion_gets_the_stage_that_lost_it(lung_pet_ct_dx: Path, tmp_p
             assert row["thick"] and row["mass_parts"] and row["below_apex"], row
             assert max(c["p"] for c in row["candidates"]) >= 0.5, row
         assert 0.0 <= row["in_region"] <= row["in_cavity"] + 1e-9 or row["in_cavity"] == 0
+        for candidate in row["candidates"]:  # on the tumour (listed), its collapse apart from it
+            assert 0.0 <= candidate["on_tumour"] <= 1.0, candidate
+            assert 0.0 <= candidate["on_collapse"] <= 1.0 - candidate["on_tumour"] + 0.01, candidate
