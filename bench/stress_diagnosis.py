@@ -10,8 +10,9 @@ passes the size/thickness filters), cap (its component fell behind MAX_CANDIDATE
 cavity-join (`_grow_in_cavity` kept only the part of it beside larger cavity tissue), mass-cut
 (`_mass_parts` dropped it), edge (dropped as an edge fragment), apex, anatomy (`is_anatomy`
 and its reason), refine (lost at full resolution), score (a candidate on it below the
-threshold: its probability), several (found as several findings), short/long (one finding,
-axis off: the stage whose coverage of the tumour fell most is named). Each candidate on the
+threshold: its probability), several (found as several findings), beside (one finding on it,
+mostly its collapse or vessels: under stress.HIT_MIN_ON_TUMOUR on the tumour), short/long (one
+finding, axis off: the stage whose coverage of the tumour fell most is named). Each candidate on the
 tumour is listed with its raw score, long axis and share of its voxels on the tumour and on its
 collapse (a hit may be a vessel or wedge finding touching the tumour). Writes diagnosis.json and
 prints a table per position and stage.
@@ -143,6 +144,8 @@ def _diagnose(row: dict[str, Any], tumour: Any, threshold: float) -> dict[str, A
         stage = "hit"
     elif row["findings_on_tumour"] > 1:
         stage = "several"
+    elif row["found_as_one"] and row["finding_on_tumour_share"] < stress.HIT_MIN_ON_TUMOUR:
+        stage = "beside"  # one finding touches it, mostly its collapse or vessels
     elif row["found_as_one"]:
         stage = "short" if row["long_axis_error"] < 0 else "long"
         drops = {

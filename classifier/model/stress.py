@@ -15,7 +15,9 @@ reports: bundled model, default threshold and per-study limit unless told otherw
 - found as one: exactly one reported finding whose mask overlaps the inserted tumour's;
 - long-axis error: that finding's long axis against the tumour's true long axis (measured as
   the detector measures a finding: RECIST on the slice of largest area);
-- hit: found as one with the long axis within AXIS_TOLERANCE;
+- hit: found as one with the long axis within AXIS_TOLERANCE and at least HIT_MIN_ON_TUMOUR of
+  the finding's outline on the tumour (a finding that is mostly the tumour's collapse or the
+  vessels beside it, touching the tumour, does not outline it);
 - other findings: reported findings overlapping neither the tumour, nor its collapse wedge,
   nor the study's own tumour (annotated boxes, `insertion.dense_masses`).
 The issue's target: at least TARGET_HIT_RATE hits and at most MAX_OTHER_FINDINGS other findings
@@ -73,6 +75,10 @@ log = logging.getLogger("lungnode.stress")
 
 SIZE_BANDS = ((15.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 AXIS_TOLERANCE = 0.3
+# A hit's outline lies at least this much on the tumour: issue 16 asks for the mass outlined to
+# its own border, and a finding of collapse or vessels that only touches it is not that (the
+# grid once counted a hilar "hit" that was 98 % collapse wedge and 1 % tumour).
+HIT_MIN_ON_TUMOUR = 0.5
 TARGET_HIT_RATE = 0.9
 MAX_OTHER_FINDINGS = 2
 SUMMARY_JSON = "stress.json"
@@ -185,11 +191,14 @@ def evaluate_insertion(
     lesions = lesions_of(ct, None, settings, model, study_uid)
     kinds: list[str] = []
     on_tumour: list[int] = []
+    share: dict[int, float] = {}
     for n, lesion in enumerate(lesions):
         points = _voxels(lesion)
-        if _overlap(points, tumour.origin, tumour.mask):
+        overlap = _overlap(points, tumour.origin, tumour.mask)
+        if overlap:
             kinds.append("tumour")
             on_tumour.append(n)
+            share[n] = overlap / len(points)
         elif tumour.collapse.any() and _overlap(points, tumour.origin, tumour.collapse):
             kinds.append("collapse")
         elif _on_keep_out(points, anatomy):
@@ -200,6 +209,7 @@ def evaluate_insertion(
     best = lesions[on_tumour[0]] if on_tumour else None
     error = (best.long_axis_mm - tumour.long_axis_mm) / tumour.long_axis_mm if best else None
     one = len(on_tumour) == 1
+    outlines = one and share[on_tumour[0]] >= HIT_MIN_ON_TUMOUR
     row = {
         "position": spec.position,
         "side": spec.side,
@@ -217,7 +227,8 @@ def evaluate_insertion(
         "finding_long_axis_mm": round(best.long_axis_mm, 1) if best else None,
         "finding_probability": round(best.lesion_probability, 3) if best else None,
         "long_axis_error": round(error, 3) if error is not None else None,
-        "hit": bool(one and error is not None and abs(error) <= AXIS_TOLERANCE),
+        "finding_on_tumour_share": round(share[on_tumour[0]], 3) if best else None,
+        "hit": bool(outlines and error is not None and abs(error) <= AXIS_TOLERANCE),
         "findings_on_collapse": kinds.count("collapse"),
         "findings_on_own_tumour": kinds.count("own tumour"),
         "other_findings": kinds.count("other"),
@@ -397,7 +408,8 @@ def install_card(summary: dict[str, Any], out: Path, card: Path, command: str) -
 def _table(groups: dict[str, dict[str, Any]], label: str) -> list[str]:
     lines = [
         f"| {label} | inserted | not placed | found | found as one | hits (one, axis within "
-        f"{AXIS_TOLERANCE:.0%}) | median axis error | most other findings |",
+        f"{AXIS_TOLERANCE:.0%}, at least {HIT_MIN_ON_TUMOUR:.0%} of it on the tumour) | median "
+        "axis error | most other findings |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, g in groups.items():
@@ -674,6 +686,7 @@ def card_section(summary: dict[str, Any], command: str, pictures: str) -> str:
         max_other=total["max_other_findings"],
         target_rate=f"{TARGET_HIT_RATE:.0%}",
         tolerance=f"{AXIS_TOLERANCE:.0%}",
+        on_tumour=f"{HIT_MIN_ON_TUMOUR:.0%}",
         target_other=MAX_OTHER_FINDINGS,
         met="met" if summary["target_met"] else "not met",
         by_position="\n".join(_table(summary["by_position"], "position")),

@@ -22,6 +22,7 @@ from classifier.model.stress import (
     AXIS_TOLERANCE,
     CARD_END,
     CARD_START,
+    HIT_MIN_ON_TUMOUR,
     MAX_OTHER_FINDINGS,
     REPORT_MD,
     SUMMARY_JSON,
@@ -77,8 +78,12 @@ def test_two_seeded_insertions_are_analysed_scored_and_pictured(
             ]
             assert row["long_axis_error"] == pytest.approx(expected, abs=0.01)
         assert row["hit"] == (
-            row["found_as_one"] and abs(row["long_axis_error"] or 9.0) <= AXIS_TOLERANCE
+            row["found_as_one"]
+            and abs(row["long_axis_error"] or 9.0) <= AXIS_TOLERANCE
+            and row["finding_on_tumour_share"] >= HIT_MIN_ON_TUMOUR
         )
+        if row["findings_on_tumour"]:
+            assert 0.0 < row["finding_on_tumour_share"] <= 1.0
         assert row["other_findings"] >= 0
     assert summary["overall"]["inserted"] == 2
     assert summary["overall"]["hits"] == sum(r["hit"] for r in rows)
