@@ -274,6 +274,68 @@ def _add_wall_tumours(
         ct.array[window] = pristine[window]
 
 
+def fold_patients(patients: Sequence[RealPatient]) -> dict[str, list[RealPatient]]:
+    """The folds: every scan of one patient held out together (a patient with two annotated
+    studies is never trained on in the fold that scores the other), keyed by patient id."""
+    folds: dict[str, list[RealPatient]] = {}
+    for p in patients:
+        folds.setdefault(p.study.patient_id, []).append(p)
+    return dict(sorted(folds.items()))
+
+
+def training_scans(patients: Sequence[RealPatient], held_out: str) -> list[RealPatient]:
+    """The real scans the fold that holds out patient `held_out` trains on: every other
+    patient's, none of the held-out patient's."""
+    return [p for p in patients if p.study.patient_id != held_out]
+
+
+def _fold_path(out: Path, epochs: int, patient_id: str) -> Path:
+    """Where a fold's model after `epochs` is saved while the fine-tune runs."""
+    path = out / "folds" / f"e{epochs}" / f"{patient_id}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _keep_folds(
+    out: Path, chosen: int, patient_ids: Sequence[str], tried: Sequence[int]
+) -> dict[str, dict[str, str]]:
+    """The chosen epoch count's fold models moved to OUT/folds/<patient>.keras (the others'
+    removed), each with metadata naming the patient it held out; their file names and
+    sha256 per held-out patient id."""
+    from classifier.model.inference import sha256_of, write_model_metadata
+
+    kept: dict[str, dict[str, str]] = {}
+    for patient_id in patient_ids:
+        path = out / "folds" / f"{patient_id}.keras"
+        shutil.move(_fold_path(out, chosen, patient_id), path)
+        write_model_metadata(
+            path,
+            {
+                "name": "lungnode-demo-fold",
+                "held_out_patient": patient_id,
+                "trained_on": f"lesion score fine-tune of one leave-one-patient-out fold "
+                f"({chosen} epochs): every real patient but {patient_id}",
+            },
+        )
+        kept[patient_id] = {"file": path.name, "sha256": sha256_of(path)}
+    for epochs in tried:
+        shutil.rmtree(out / "folds" / f"e{epochs}", ignore_errors=True)
+    return kept
+
+
+def install_folds(out: Path, fold_models: dict[str, dict[str, str]], model: Path) -> Path:
+    """Copy the fold models of OUT/folds beside `model` (`held_out_models.folds_dir`),
+    replacing any earlier set."""
+    from classifier.model.held_out_models import folds_dir
+
+    target = folds_dir(model)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for entry in fold_models.values():
+        shutil.copyfile(out / "folds" / entry["file"], target / entry["file"])
+    return target
+
+
 def _centre(lesion: Any) -> tuple[int, int, int]:
     r0, c0, r1, c1 = lesion.box_rc
     return (lesion.key_slice_index, (r0 + r1) // 2, (c0 + c1) // 2)
@@ -481,23 +543,28 @@ def run(
     for p in patients:
         before += _findings(p, _score(bundled.model, bundled.info, p.candidate_patches))
     choices = sorted(set(epochs))
-    # Per epoch count tried: each held-out patient's candidate scores and patch AUC.
+    # Per epoch count tried: each held-out scan's candidate scores and patch AUC.
     scored: dict[int, list[tuple[RealPatient, np.ndarray, float]]] = {e: [] for e in choices}
-    for p in patients:
-        progress(f"fold: {p.scan_id} held out")
+    for patient_id, held in fold_patients(patients).items():
+        progress(f"fold: {patient_id} held out ({', '.join(p.scan_id for p in held)})")
 
-        def checkpoint(epoch: int, model: Any, p: RealPatient = p) -> None:
-            if epoch in scored:
+        def checkpoint(
+            epoch: int, model: Any, patient_id: str = patient_id, held: Any = held
+        ) -> None:
+            if epoch not in scored:
+                return
+            model.save(_fold_path(out, epoch, patient_id))
+            for p in held:
                 own = _score(model, bundled.info, p.patches)
                 separation = roc_auc(p.is_lesion, own)
                 auc = float("nan") if separation is None else separation
                 scored[epoch].append((p, _score(model, bundled.info, p.candidate_patches), auc))
-                progress(f"  {epoch} epochs: held-out patch AUC {auc:.3f}")
+                progress(f"  {epoch} epochs: {p.scan_id} held-out patch AUC {auc:.3f}")
 
         _fine_tune(
             base,
             phantoms,
-            [q for q in patients if q is not p],
+            training_scans(patients, patient_id),
             epochs=choices[-1],
             seed=seed,
             progress=progress,
@@ -506,6 +573,7 @@ def run(
     trials = {e: _held_out_rows(scored[e], lesions_all, scan_ids) for e in choices}
     chosen = max(choices, key=lambda e: _epoch_objective(trials[e], e))
     progress(f"epochs chosen on the held-out rows: {chosen}")
+    fold_models = _keep_folds(out, chosen, sorted(fold_patients(patients)), choices)
     folds = trials[chosen]["folds"]
     held_out = trials[chosen]["findings"]
     pooled = froc(held_out, lesions_all, scan_ids)
@@ -520,6 +588,7 @@ def run(
         "phantom_patients": len(phantom_ids),
         "base_model_sha256": base_sha,
         "epochs": chosen,
+        "fold_models": fold_models,
         "wall_positives": wall_positives,
         "epochs_tried": {
             str(e): {k: v for k, v in t.items() if k not in ("findings", "folds")}
@@ -562,6 +631,7 @@ def run(
         )
         write_model_metadata(BUNDLED_MODEL, meta)
         write_checksum(BUNDLED_MODEL)
+        install_folds(out, fold_models, BUNDLED_MODEL)
         # The calibration belongs to the weights it was fitted for: the new weights report
         # their raw score until `lungnode real-ct-protocol ... --install` fits them one.
         stale = calibration_path(BUNDLED_MODEL)
