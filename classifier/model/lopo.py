@@ -730,7 +730,7 @@ Reporting threshold chosen on the pooled held-out scores: **{lopo["threshold"]:.
 lowest, not below 0.5, at which no held-out scan has more than {MAX_FP_PER_SCAN} false positives).
 The bundled model is the final fine-tune on all {len(summary["patients"])} patients: its
 figures on these studies (`lungnode evaluate-detector`) are on training scans and are not a
-measure of quality.
+measure of quality.{_folds_note(summary)}
 To reproduce, fine-tune the phantom-only model (`--base`, e.g. `git show
 d20fd30:classifier/model/weights/lungnode-demo.keras > base.keras`): this script refuses a base
 already fine-tuned on real CT.
@@ -740,6 +740,23 @@ already fine-tuned on real CT.
 ```
 {CARD_END}
 """
+
+
+def _folds_note(summary: dict[str, Any]) -> str:
+    """The card's sentence on the fold models kept beside the bundled model."""
+    folds = summary.get("fold_models") or {}
+    if not folds:
+        return ""
+    shas = ", ".join(
+        f"{p.replace('Lung_Dx-', '')} {f['sha256'][:12]}" for p, f in sorted(folds.items())
+    )
+    return (
+        f"\nThe {len(folds)} folds' models at that length are kept beside it "
+        "(`lungnode-demo-folds/<patient>.keras`, about 1.1 MB each; sha256 in the bundled "
+        f"model's metadata, `real_data.fold_models`: {shas}): the real-CT protocol scores each "
+        "patient with the fold that held it out, so its threshold, radius and calibration are "
+        "chosen on held-out scores. The node runs the bundled model."
+    )
 
 
 def _counts(

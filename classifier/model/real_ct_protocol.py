@@ -2,7 +2,8 @@
 model card's per-patient table of what it reports on each real study.
 
 `python -m classifier.model.real_ct_protocol --data DIR --annotations DIR ... --out OUT
-[--install]` runs the analysis (the bundled model, the node's settings) on every annotated
+[--install]` runs the analysis (the node's settings; each patient's candidates scored by a
+lesion score that never trained on it, `held_out_models`) on every annotated
 patient of a Lung-PET-CT-Dx style folder once per tried value of the detector's tuned rule
 (`AnalysisSettings.mass_radius_mm`, see classifier.imaging.lesions.MASS_MIN_RADIUS_MM) and
 judges each study as issue 16 asks: the tumour found as ONE finding (exactly one reported
@@ -435,10 +436,10 @@ def card_section(summary: dict[str, Any], command: str) -> str:
 ## Real CT: the detector judged leave one patient out (issue 16)
 
 Per patient at the protocol's chosen reporting threshold ({chosen["threshold"]:g}, on the raw
-lesion score; bundled model, at most 5 findings): the tumour found as ONE finding (with its raw
-lesion score p; the calibrated certainty is below), its long
-axis against the annotated extent (the largest slice box's longer side to its diagonal; the
-target is [0.7 x side, 1.3 x diagonal]),
+lesion score of weights that never trained on the patient, see below; at most 5 findings):
+the tumour found as ONE finding (with its raw lesion score p; the calibrated certainty is
+below), its long axis against the annotated extent (the largest slice box's longer side to
+its diagonal; the target is [0.7 x side, 1.3 x diagonal]),
 the other findings and what they are, at most {MAX_OTHER_FINDINGS} allowed. The detector's tuned
 rule (the ball a part of a vessel tree must hold to be a mass,
 `classifier.imaging.lesions.MASS_MIN_RADIUS_MM`, tried at {radii} mm) and the

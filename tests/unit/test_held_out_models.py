@@ -104,3 +104,15 @@ def test_lopo_holds_out_a_patient_with_two_studies_whole() -> None:
         training = training_scans(scans, patient)
         assert not {q.scan_id for q in training} & {p.scan_id for p in held}
         assert len(training) + len(held) == len(scans)
+
+
+def test_the_bundled_model_has_a_held_out_fold_for_every_patient_it_trained_on() -> None:
+    from classifier.model.bundled import BUNDLED_MODEL
+
+    meta = read_model_metadata(BUNDLED_MODEL)
+    patients = trained_on(meta.get("real_data") or {})
+    assert patients, "the bundled model records no real fine-tuning patients (MODEL_CARD.md)"
+    for patient in patients:
+        path = scoring_model(patient, BUNDLED_MODEL, meta)  # checks the recorded sha256
+        assert path != BUNDLED_MODEL
+        assert read_model_metadata(path)["held_out_patient"] == patient
