@@ -17,11 +17,11 @@ from classifier.model.lopo import RealPatient, fold_patients, training_scans
 PATIENTS = ("Lung_Dx-A0002", "Lung_Dx-E0001", "Lung_Dx-E0002")
 
 
-def _archive(path: Path, metadata: dict[str, Any]) -> Path:
+def _archive(path: Path, metadata: dict[str, Any], config: str = "{}") -> Path:
     """A .keras-like zip carrying lungnode metadata (what lopo writes on each fold)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("config.json", "{}")
+        zf.writestr("config.json", config)
     write_model_metadata(path, metadata)
     return path
 
@@ -116,3 +116,29 @@ def test_the_bundled_model_has_a_held_out_fold_for_every_patient_it_trained_on()
         path = scoring_model(patient, BUNDLED_MODEL, meta)  # checks the recorded sha256
         assert path != BUNDLED_MODEL
         assert read_model_metadata(path)["held_out_patient"] == patient
+
+
+def test_lopo_keeps_the_chosen_lengths_folds_and_installs_them_beside_the_model(
+    tmp_path: Path,
+) -> None:
+    from classifier.model.lopo import _fold_path, _keep_folds, install_folds
+
+    out = tmp_path / "lopo"
+    for epochs in (6, 10):
+        for patient in PATIENTS:
+            _archive(_fold_path(out, epochs, patient), {}, config=f"{epochs} epochs")
+    kept = _keep_folds(out, 10, PATIENTS, (6, 10))
+    assert sorted(kept) == sorted(PATIENTS)
+    assert sorted(p.name for p in (out / "folds").iterdir()) == [f"{p}.keras" for p in PATIENTS]
+    for patient, entry in kept.items():
+        path = out / "folds" / entry["file"]
+        assert read_model_metadata(path)["held_out_patient"] == patient
+        with zipfile.ZipFile(path) as zf:
+            assert zf.read("config.json") == b"10 epochs"
+    model = _archive(tmp_path / "weights" / "lungnode-demo.keras", {"real_data": {}})
+    stale = _archive(folds_dir(model) / "Lung_Dx-OLD.keras", {})
+    install_folds(out, kept, model)
+    assert not stale.exists()
+    meta = read_model_metadata(model) | {"real_data": {"fold_models": kept}}
+    for patient in PATIENTS:
+        assert scoring_model(patient, model, meta) == folds_dir(model) / f"{patient}.keras"
