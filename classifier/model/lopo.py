@@ -23,9 +23,13 @@ count whose held-out rows find the most tumours at 0.5 (then the fewest false po
 best CPM and patch AUC, the shorter) trains the final model (`_epoch_objective`). The reporting
 threshold is chosen on the pooled held-out scores at that count: the lowest, not below 0.5, at
 which no held-out scan has more than MAX_FP_PER_SCAN false positives.
-The final model is fine-tuned on every patient; with --install it replaces the bundled model,
-its metadata records the leave-one-patient-out figures and the threshold, and the bundled
-MODEL_CARD.md gets (or has replaced) its section on real CT (`real_ct_section`).
+A fold holds out a patient (every annotated study of it), and its model at the chosen count is
+kept (OUT/folds/<patient>.keras, sha256 in lopo.json). The final model is fine-tuned on every
+patient; with --install it replaces the bundled model, its metadata records the
+leave-one-patient-out figures, the threshold and the folds' sha256, the folds are copied beside
+it (`held_out_models.folds_dir`: the real-CT protocol scores each patient with the fold that
+held it out), and the bundled MODEL_CARD.md gets (or has replaced) its section on real CT
+(`real_ct_section`).
 """
 
 from __future__ import annotations
