@@ -23,9 +23,13 @@ count whose held-out rows find the most tumours at 0.5 (then the fewest false po
 best CPM and patch AUC, the shorter) trains the final model (`_epoch_objective`). The reporting
 threshold is chosen on the pooled held-out scores at that count: the lowest, not below 0.5, at
 which no held-out scan has more than MAX_FP_PER_SCAN false positives.
-The final model is fine-tuned on every patient; with --install it replaces the bundled model,
-its metadata records the leave-one-patient-out figures and the threshold, and the bundled
-MODEL_CARD.md gets (or has replaced) its section on real CT (`real_ct_section`).
+A fold holds out a patient (every annotated study of it), and its model at the chosen count is
+kept (OUT/folds/<patient>.keras, sha256 in lopo.json). The final model is fine-tuned on every
+patient; with --install it replaces the bundled model, its metadata records the
+leave-one-patient-out figures, the threshold and the folds' sha256, the folds are copied beside
+it (`held_out_models.folds_dir`: the real-CT protocol scores each patient with the fold that
+held it out), and the bundled MODEL_CARD.md gets (or has replaced) its section on real CT
+(`real_ct_section`).
 """
 
 from __future__ import annotations
@@ -274,6 +278,68 @@ def _add_wall_tumours(
         ct.array[window] = pristine[window]
 
 
+def fold_patients(patients: Sequence[RealPatient]) -> dict[str, list[RealPatient]]:
+    """The folds: every scan of one patient held out together (a patient with two annotated
+    studies is never trained on in the fold that scores the other), keyed by patient id."""
+    folds: dict[str, list[RealPatient]] = {}
+    for p in patients:
+        folds.setdefault(p.study.patient_id, []).append(p)
+    return dict(sorted(folds.items()))
+
+
+def training_scans(patients: Sequence[RealPatient], held_out: str) -> list[RealPatient]:
+    """The real scans the fold that holds out patient `held_out` trains on: every other
+    patient's, none of the held-out patient's."""
+    return [p for p in patients if p.study.patient_id != held_out]
+
+
+def _fold_path(out: Path, epochs: int, patient_id: str) -> Path:
+    """Where a fold's model after `epochs` is saved while the fine-tune runs."""
+    path = out / "folds" / f"e{epochs}" / f"{patient_id}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _keep_folds(
+    out: Path, chosen: int, patient_ids: Sequence[str], tried: Sequence[int]
+) -> dict[str, dict[str, str]]:
+    """The chosen epoch count's fold models moved to OUT/folds/<patient>.keras (the others'
+    removed), each with metadata naming the patient it held out; their file names and
+    sha256 per held-out patient id."""
+    from classifier.model.inference import sha256_of, write_model_metadata
+
+    kept: dict[str, dict[str, str]] = {}
+    for patient_id in patient_ids:
+        path = out / "folds" / f"{patient_id}.keras"
+        shutil.move(_fold_path(out, chosen, patient_id), path)
+        write_model_metadata(
+            path,
+            {
+                "name": "lungnode-demo-fold",
+                "held_out_patient": patient_id,
+                "trained_on": f"lesion score fine-tune of one leave-one-patient-out fold "
+                f"({chosen} epochs): every real patient but {patient_id}",
+            },
+        )
+        kept[patient_id] = {"file": path.name, "sha256": sha256_of(path)}
+    for epochs in tried:
+        shutil.rmtree(out / "folds" / f"e{epochs}", ignore_errors=True)
+    return kept
+
+
+def install_folds(out: Path, fold_models: dict[str, dict[str, str]], model: Path) -> Path:
+    """Copy the fold models of OUT/folds beside `model` (`held_out_models.folds_dir`),
+    replacing any earlier set."""
+    from classifier.model.held_out_models import folds_dir
+
+    target = folds_dir(model)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for entry in fold_models.values():
+        shutil.copyfile(out / "folds" / entry["file"], target / entry["file"])
+    return target
+
+
 def _centre(lesion: Any) -> tuple[int, int, int]:
     r0, c0, r1, c1 = lesion.box_rc
     return (lesion.key_slice_index, (r0 + r1) // 2, (c0 + c1) // 2)
@@ -481,23 +547,28 @@ def run(
     for p in patients:
         before += _findings(p, _score(bundled.model, bundled.info, p.candidate_patches))
     choices = sorted(set(epochs))
-    # Per epoch count tried: each held-out patient's candidate scores and patch AUC.
+    # Per epoch count tried: each held-out scan's candidate scores and patch AUC.
     scored: dict[int, list[tuple[RealPatient, np.ndarray, float]]] = {e: [] for e in choices}
-    for p in patients:
-        progress(f"fold: {p.scan_id} held out")
+    for patient_id, held in fold_patients(patients).items():
+        progress(f"fold: {patient_id} held out ({', '.join(p.scan_id for p in held)})")
 
-        def checkpoint(epoch: int, model: Any, p: RealPatient = p) -> None:
-            if epoch in scored:
+        def checkpoint(
+            epoch: int, model: Any, patient_id: str = patient_id, held: Any = held
+        ) -> None:
+            if epoch not in scored:
+                return
+            model.save(_fold_path(out, epoch, patient_id))
+            for p in held:
                 own = _score(model, bundled.info, p.patches)
                 separation = roc_auc(p.is_lesion, own)
                 auc = float("nan") if separation is None else separation
                 scored[epoch].append((p, _score(model, bundled.info, p.candidate_patches), auc))
-                progress(f"  {epoch} epochs: held-out patch AUC {auc:.3f}")
+                progress(f"  {epoch} epochs: {p.scan_id} held-out patch AUC {auc:.3f}")
 
         _fine_tune(
             base,
             phantoms,
-            [q for q in patients if q is not p],
+            training_scans(patients, patient_id),
             epochs=choices[-1],
             seed=seed,
             progress=progress,
@@ -506,6 +577,7 @@ def run(
     trials = {e: _held_out_rows(scored[e], lesions_all, scan_ids) for e in choices}
     chosen = max(choices, key=lambda e: _epoch_objective(trials[e], e))
     progress(f"epochs chosen on the held-out rows: {chosen}")
+    fold_models = _keep_folds(out, chosen, sorted(fold_patients(patients)), choices)
     folds = trials[chosen]["folds"]
     held_out = trials[chosen]["findings"]
     pooled = froc(held_out, lesions_all, scan_ids)
@@ -520,6 +592,7 @@ def run(
         "phantom_patients": len(phantom_ids),
         "base_model_sha256": base_sha,
         "epochs": chosen,
+        "fold_models": fold_models,
         "wall_positives": wall_positives,
         "epochs_tried": {
             str(e): {k: v for k, v in t.items() if k not in ("findings", "folds")}
@@ -562,6 +635,7 @@ def run(
         )
         write_model_metadata(BUNDLED_MODEL, meta)
         write_checksum(BUNDLED_MODEL)
+        install_folds(out, fold_models, BUNDLED_MODEL)
         # The calibration belongs to the weights it was fitted for: the new weights report
         # their raw score until `lungnode real-ct-protocol ... --install` fits them one.
         stale = calibration_path(BUNDLED_MODEL)
@@ -660,7 +734,7 @@ Reporting threshold chosen on the pooled held-out scores: **{lopo["threshold"]:.
 lowest, not below 0.5, at which no held-out scan has more than {MAX_FP_PER_SCAN} false positives).
 The bundled model is the final fine-tune on all {len(summary["patients"])} patients: its
 figures on these studies (`lungnode evaluate-detector`) are on training scans and are not a
-measure of quality.
+measure of quality.{_folds_note(summary)}
 To reproduce, fine-tune the phantom-only model (`--base`, e.g. `git show
 d20fd30:classifier/model/weights/lungnode-demo.keras > base.keras`): this script refuses a base
 already fine-tuned on real CT.
@@ -670,6 +744,23 @@ already fine-tuned on real CT.
 ```
 {CARD_END}
 """
+
+
+def _folds_note(summary: dict[str, Any]) -> str:
+    """The card's sentence on the fold models kept beside the bundled model."""
+    folds = summary.get("fold_models") or {}
+    if not folds:
+        return ""
+    shas = ", ".join(
+        f"{p.replace('Lung_Dx-', '')} {f['sha256'][:12]}" for p, f in sorted(folds.items())
+    )
+    return (
+        f"\nThe {len(folds)} folds' models at that length are kept beside it "
+        "(`lungnode-demo-folds/<patient>.keras`, about 1.1 MB each; sha256 in the bundled "
+        f"model's metadata, `real_data.fold_models`: {shas}): the real-CT protocol scores each "
+        "patient with the fold that held it out, so its threshold, radius and calibration are "
+        "chosen on held-out scores. The node runs the bundled model."
+    )
 
 
 def _counts(

@@ -48,13 +48,15 @@ def calibrate(
     summary: dict[str, Any],
     score_trained_on: Sequence[str] = (),
     node_radius_mm: float | None = None,
+    scored_by_fold: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Leave one patient out calibration over a protocol summary (its "candidates" and
     "chosen"): per held-out patient the fold's parameters and each candidate's raw and
     calibrated probability; pooled Brier score and log loss, raw vs calibrated, over the
     held-out candidates only, and over those of the patients the lesion score was not trained
     on (`score_trained_on`: the model's fine-tuning patients); the final calibration on all
-    patients. At `node_radius_mm` (the node's detector radius) where the protocol tried it."""
+    patients. At `node_radius_mm` (the node's detector radius) where the protocol tried it;
+    `scored_by_fold`: the patients whose raw scores came from a fold that held them out."""
     chosen = summary["chosen"]
     candidates = summary["candidates"]
     fixed = (
@@ -102,6 +104,7 @@ def calibrate(
             [v for p in patients for v in labels[p]],
         ),
         "score_trained_on": sorted(score_trained_on),
+        "scored_by_fold": sorted(scored_by_fold),
         "unseen_by_score": unseen,
         "pooled_unseen_by_score": _pooled(
             [v for p in unseen for v in raw[p]],
@@ -158,6 +161,13 @@ def _trained_note(calibration: dict[str, Any]) -> str:
     """What the lesion score was trained on, beside the calibration figures, and the figures on
     the patients it never saw."""
     trained = calibration.get("score_trained_on") or []
+    folds = calibration.get("scored_by_fold") or []
+    if not trained and folds:
+        return (
+            "Every raw score here is held out: the patients the lesion score was fine-tuned on "
+            f"({', '.join(p.replace('Lung_Dx-', '') for p in folds)}) were scored by the fold "
+            "that held each out."
+        )
     if not trained:
         return "The model records no real patients its lesion score was trained on."
     names = ", ".join(p.replace("Lung_Dx-", "") for p in trained)
