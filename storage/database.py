@@ -13,8 +13,6 @@ the server dropped (restart, failover) is replaced instead of failing a transact
 `Database.lazy_commits()` SQLite commits with synchronous=NORMAL instead (no fsync; a power cut
 may lose them until the next durable commit or `make_durable()`): only for rows that a caller
 can rebuild from durable data, as the receiver rebuilds instance rows from the store's files.
-Writers of every process take turns at the SQLite file's write gate (storage.write_gate), so a
-waiting writer starts when the lock is free rather than after SQLite's busy sleeps.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ import psycopg_pool
 from storage.private_files import prepare_sqlite_file
 from storage.queries import Query, QueryError
 from storage.redaction import redact_database_url
-from storage.write_gate import WriteGate
 
 T = TypeVar("T")
 
@@ -118,7 +115,6 @@ class Database:
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._closed = False
         self._sqlite_synchronous = "FULL"
-        self._gate: WriteGate | None = None  # SQLite file: writers of all processes take turns
         self._lazy = threading.local()
         # held around every transaction; an analysis process sets a lock its node takes before
         # it pauses the process, so it is never paused inside one (scp_node.pipeline.analysis_pool)
@@ -214,23 +210,21 @@ class Database:
                     raise DatabaseError(f"database {redact_database_url(self.url)} is closed")
                 lazy = write and getattr(self._lazy, "on", False)
                 self._set_synchronous(conn, "NORMAL" if lazy else "FULL")
-                gate = self._gate if write else None
-                with gate.held() if gate is not None else nullcontext():
-                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    cur = conn.cursor()
-                    try:
-                        yield Cursor(cur)
-                        conn.commit()
-                    except BaseException as exc:
-                        if conn.in_transaction:
-                            conn.rollback()
-                        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                            raise DatabaseFull(
-                                f"database {redact_database_url(self.url)}: the disk is full"
-                            ) from exc
-                        raise
-                    finally:
-                        cur.close()
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                cur = conn.cursor()
+                try:
+                    yield Cursor(cur)
+                    conn.commit()
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                        raise DatabaseFull(
+                            f"database {redact_database_url(self.url)}: the disk is full"
+                        ) from exc
+                    raise
+                finally:
+                    cur.close()
         else:
             pool = self._pool
             if pool is None or self._closed:
@@ -263,9 +257,6 @@ class Database:
             if self._sqlite is not None:
                 self._sqlite.close()
                 self._sqlite = None
-            if self._gate is not None:
-                self._gate.close()
-                self._gate = None
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
@@ -309,11 +300,6 @@ class Database:
                 "file system or use PostgreSQL"
             )
         self._sqlite = conn
-        if location != ":memory:":
-            try:
-                self._gate = WriteGate(Path(location))
-            except OSError:  # a folder this process may not write: SQLite's busy waits alone
-                self._gate = None
 
     def _open_postgres(self) -> None:
         # One plain connection first: its error says why (refused, auth, no database), where
