@@ -50,7 +50,7 @@ def _rss_mib(pid: int) -> float:
     return next((int(x.split()[1]) / 1024.0 for x in lines if x.startswith("VmRSS:")), 0.0)
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """utime + stime of process `pid` in seconds; 0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -159,6 +159,11 @@ class ServedNode:
         found = re.findall(r"analysis processes started count=\d+ workers=(\S+)", self.log())
         return [int(w.rsplit(":", 1)[1]) for line in found[-1:] for w in line.split(",")]
 
+    def receiving_pids(self) -> list[int]:
+        """The processes that receive: the receiver processes, or the serve process itself
+        when it has none ([node] receiver_processes = 1)."""
+        return self.receiver_pids() or [self._proc.pid]
+
     def receiver_rss_mib(self) -> list[float]:
         """Resident memory (MiB) of each receiver process."""
         return [rss for rss in map(_rss_mib, self.receiver_pids()) if rss]
@@ -171,9 +176,9 @@ class ServedNode:
         """CPU seconds (user + system, every thread, ended ones too) used so far by the serve
         process, its receiver processes and its analysis processes, by role."""
         return {
-            "serve": _cpu_seconds(self._proc.pid),
-            "receivers": sum(map(_cpu_seconds, self.receiver_pids())),
-            "analysis": sum(map(_cpu_seconds, self.analysis_pids())),
+            "serve": process_cpu_seconds(self._proc.pid),
+            "receivers": sum(map(process_cpu_seconds, self.receiver_pids())),
+            "analysis": sum(map(process_cpu_seconds, self.analysis_pids())),
         }
 
     def rss_mib(self) -> float:

@@ -66,4 +66,12 @@ def test_associations_benchmark_runs_on_tiny_studies(tmp_path: Path) -> None:
     for setting in ("auto", "1"):
         summary = rf"^receiver_processes={setting}: one +[0-9.]+ MB/s .* four / one [0-9.]+x"
         assert re.search(summary, result.stdout, re.MULTILINE), setting
+    # where the CPU went, per round and in the summary: the evidence beside the wall clock
+    per_round = (
+        r"^  CPU ms per instance, one: receivers [0-9.]+, storescu [0-9.]+, machine busy "
+        r"[0-9]+%; four: receivers [0-9.]+ \(CPU s per receiver [0-9./]+\), storescu [0-9.]+"
+    )
+    assert len(re.findall(per_round, result.stdout, re.MULTILINE)) == 2  # a round per setting
+    ceiling = r"^  CPU ms per instance \(medians\): .* four / one <= [0-9.]+x against the median"
+    assert len(re.findall(ceiling, result.stdout, re.MULTILINE)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct-4x512"]  # fresh studies removed
