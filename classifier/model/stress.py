@@ -322,7 +322,8 @@ def _study_rows(
                 "hit"
                 if row["hit"]
                 else f"{row['findings_on_tumour']} finding(s) on it, axis error "
-                f"{row['long_axis_error']}"
+                f"{row['long_axis_error']}, {row['finding_on_tumour_share'] or 0:.0%} of it on "
+                "the tumour"
             )
             title = (
                 f"{study.scan_id.removeprefix('Lung_Dx-')} {spec.side} {spec.diameter_mm:g} mm "
