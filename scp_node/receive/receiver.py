@@ -358,7 +358,7 @@ class Receiver:
 
     def _alone_on_node(self) -> bool:
         """True while at most one connection is open on the whole node (and the store commits
-        with one fsync, ext4/XFS). Then each instance's data is synced as soon as it has
+        with one fsync: XFS, journaled ext4). Then each instance's data is synced as soon as it has
         arrived, apart from its name (two disk flushes, the first overlapping the header
         checks: lower latency per instance, which is the throughput of one association). With
         several associations their flushes overlap anyway, and the one flush of data and name
