@@ -256,9 +256,9 @@ class InstanceStore:
         durable too (`_flush_stored`). Raises InvalidUIDError before moving.
 
         `data_sync`: an fdatasync of `temp` the caller started once the file was written
-        (DataSync(temp)); on ext4/XFS (`one_fsync`) it is waited for before the link, so only
-        the name is left to make durable. Elsewhere it is not used: the folder's fsync would not
-        cover what changed on the file since (its extended attributes).
+        (DataSync(temp)); it is waited for before the link, so only the name is left to make
+        durable: by one fsync of the file where the journal commits the link (`one_fsync`), by
+        the folder's fsync elsewhere (the two flushes POSIX asks for, the first begun early).
         """
         final, stored = self._commit(temp, study_uid, series_uid, sop_uid, data_sync)
         if not stored:
@@ -295,13 +295,15 @@ class InstanceStore:
         if final.exists():
             return self._already_stored(temp, final)
         make_private(temp)  # pynetdicom's temp file is 0600 already; a copied one may not be
-        if data_sync is not None and self.one_fsync:
+        if data_sync is not None:
             # The data is durable before its name exists: a power cut leaves no name or a
             # complete file (kept when the peer sends it again); no pending mark is needed.
             data_sync.wait()
             stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
             if stored:
-                _fsync_path(final)  # commits the journal transaction holding its new link
+                # one_fsync: the file's fsync commits the journal transaction holding its new
+                # link; elsewhere the folder's fsync writes the entry itself
+                _fsync_path(final if self.one_fsync else final.parent)
             return final, stored
         if self.one_fsync:
             # linked first, then one fsync commits data and directory entry together (ext4,
