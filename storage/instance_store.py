@@ -37,30 +37,70 @@ SUFFIX = ".dcm"
 
 
 # File systems whose fsync of a file commits the journal transaction holding that file's newest
-# link (its directory entry), so one fsync after the link makes data and name durable.
+# link (its directory entry), so one fsync after the link makes data and name durable. ext4 only
+# with its journal: without one (mkfs -O ^has_journal, common on VM images) an fsync writes the
+# file's own blocks and not the folder that gained its link (`has_journal`).
 JOURNAL_COMMITS_LINK = frozenset({"ext4", "xfs"})
 FOLDER_FSYNC_MODES = ("auto", "always")
 
 
-def filesystem_type(path: Path) -> str:
-    """The type of the file system `path` lies on (from /proc/self/mountinfo), '' if unknown."""
+def _mount_of(path: Path) -> tuple[str, str]:
+    """(file system type, device "major:minor") of the mount `path` lies on, from mountinfo;
+    ("", "") if unknown."""
     try:
         lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
     except OSError:
-        return ""
+        return "", ""
     target = str(Path(path).resolve())
-    best, kind = "", ""
+    best, found = "", ("", "")
     for line in lines:
         fields = line.split(" ")
         try:
-            mount_point = fields[4].replace("\\040", " ")
+            device, mount_point = fields[2], fields[4].replace("\\040", " ")
             fstype = fields[fields.index("-") + 1]
         except (IndexError, ValueError):
             continue
         inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
-            best, kind = mount_point, fstype
-    return kind
+            best, found = mount_point, (fstype, device)
+    return found
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system `path` lies on (from /proc/self/mountinfo), '' if unknown."""
+    return _mount_of(path)[0]
+
+
+def has_journal(
+    device: str, proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")
+) -> bool:
+    """True when the ext4 file system on block device `device` ("major:minor") has a journal:
+    its jbd2 thread in /sys/fs/ext4/<name>/journal_task, or a /proc/fs/jbd2/<name>-* entry on
+    kernels without that file. False when it cannot be told (two fsyncs are always safe)."""
+    try:
+        name = (sys_root / "dev" / "block" / device).resolve(strict=True).name
+    except OSError:
+        return False
+    task = sys_root / "fs" / "ext4" / name / "journal_task"
+    try:
+        return task.read_text(encoding="ascii").strip() not in ("", "<none>")
+    except OSError:
+        pass
+    try:
+        return any(
+            entry.name.startswith(f"{name}-") for entry in (proc_root / "fs" / "jbd2").iterdir()
+        )
+    except OSError:
+        return False
+
+
+def fsync_commits_link(path: Path) -> bool:
+    """True when one fsync of a file under `path` also makes its newest link durable: XFS, and
+    ext4 with a journal (see JOURNAL_COMMITS_LINK)."""
+    fstype, device = _mount_of(path)
+    if fstype == "ext4":
+        return has_journal(device)
+    return fstype in JOURNAL_COMMITS_LINK
 
 
 PENDING_XATTR = "user.lungnode.pending"
@@ -150,9 +190,10 @@ class InstanceStore:
 
         `folder_fsync` ([storage] folder_fsync): "always" commits an instance with two fsyncs,
         the file's, then (after linking it into place) its folder's, as POSIX asks; "auto" does
-        so too except on ext4 and XFS, where the instance is linked into place first and one
-        fsync of the file commits the journal transaction that holds both its data and its new
-        directory entry (half the disk flushes per instance, the same durability there)."""
+        so too except on XFS and on ext4 with a journal, where the instance is linked into place
+        first and one fsync of the file commits the journal transaction that holds both its data
+        and its new directory entry (half the disk flushes per instance, the same durability
+        there)."""
         if min_free_mb < 0:
             raise ValueError(f"min_free_mb {min_free_mb!r} is negative; use 0 or more MiB")
         if folder_fsync not in FOLDER_FSYNC_MODES:
@@ -182,7 +223,9 @@ class InstanceStore:
         self._durable_dirs: set[Path] = {self.root, self.incoming}
         self._dirs_lock = threading.Lock()
         self.filesystem = filesystem_type(self.root)
-        self.one_fsync = folder_fsync == "auto" and self.filesystem in JOURNAL_COMMITS_LINK
+        self.one_fsync = folder_fsync == "auto" and fsync_commits_link(self.root)
+        if folder_fsync == "auto" and self.filesystem == "ext4" and not self.one_fsync:
+            log.info("store %s is on ext4 without a journal: two fsyncs per instance", self.root)
 
     def has_free_space(self) -> bool:
         """True while the file system of `root` has at least `min_free_mb` MiB free."""
@@ -213,9 +256,9 @@ class InstanceStore:
         durable too (`_flush_stored`). Raises InvalidUIDError before moving.
 
         `data_sync`: an fdatasync of `temp` the caller started once the file was written
-        (DataSync(temp)); on ext4/XFS (`one_fsync`) it is waited for before the link, so only
-        the name is left to make durable. Elsewhere it is not used: the folder's fsync would not
-        cover what changed on the file since (its extended attributes).
+        (DataSync(temp)); it is waited for before the link, so only the name is left to make
+        durable: by one fsync of the file where the journal commits the link (`one_fsync`), by
+        the folder's fsync elsewhere (the two flushes POSIX asks for, the first begun early).
         """
         final, stored = self._commit(temp, study_uid, series_uid, sop_uid, data_sync)
         if not stored:
@@ -252,13 +295,15 @@ class InstanceStore:
         if final.exists():
             return self._already_stored(temp, final)
         make_private(temp)  # pynetdicom's temp file is 0600 already; a copied one may not be
-        if data_sync is not None and self.one_fsync:
+        if data_sync is not None:
             # The data is durable before its name exists: a power cut leaves no name or a
             # complete file (kept when the peer sends it again); no pending mark is needed.
             data_sync.wait()
             stored = self._into_folder(final, lambda: self._link_into_place(temp, final))
             if stored:
-                _fsync_path(final)  # commits the journal transaction holding its new link
+                # one_fsync: the file's fsync commits the journal transaction holding its new
+                # link; elsewhere the folder's fsync writes the entry itself
+                _fsync_path(final if self.one_fsync else final.parent)
             return final, stored
         if self.one_fsync:
             # linked first, then one fsync commits data and directory entry together (ext4,

@@ -357,14 +357,12 @@ class Receiver:
         return ae
 
     def _alone_on_node(self) -> bool:
-        """True while at most one connection is open on the whole node (and the store commits
-        with one fsync, ext4/XFS). Then each instance's data is synced as soon as it has
-        arrived, apart from its name (two disk flushes, the first overlapping the header
-        checks: lower latency per instance, which is the throughput of one association). With
-        several associations their flushes overlap anyway, and the one flush of data and name
-        together costs the disk less."""
-        if not self._store.one_fsync:
-            return False
+        """True while at most one connection is open on the whole node. Then each instance's
+        data is synced as soon as it has arrived, apart from its name (two disk flushes, the
+        first overlapping the header checks: lower latency per instance, which is the
+        throughput of one association). With several associations their flushes overlap
+        anyway, and where one flush commits data and name together (XFS, journaled ext4) it
+        costs the disk less."""
         server = self._server
         return not isinstance(server, GuardedServer) or server.connections_on_node() <= 1
 

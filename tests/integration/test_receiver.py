@@ -276,7 +276,6 @@ def test_disk_full_while_the_data_is_synced_answers_a700(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(data_sync.os, "fdatasync", full)
-    receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
     sent = make_ct(tmp_path / "ct.dcm")
     result = run_storescu(
         [sent], receiver_node.port, called_ae=receiver_node.ae_title, extra_args=["-d"]
@@ -300,15 +299,16 @@ def _calls_of(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[P
     return calls
 
 
+@pytest.mark.parametrize("one_fsync", [True, False], ids=["journaled-link", "folder-fsync"])
 def test_data_is_synced_early_only_while_one_association_is_open(
-    receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    receiver_node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_fsync: bool
 ) -> None:
-    """Alone on the node, each instance's data sync starts as its last fragment lands; with
-    another association open, the commit flushes data and name together (one flush)."""
+    """Alone on the node, each instance's data sync starts as its last fragment lands (on any
+    file system); with another association open, the commit flushes as it does without one."""
     from scp_node.dicom.pynetdicom_adapter import streaming
 
     started = _calls_of(monkeypatch, streaming, "DataSync")
-    receiver_node.store.one_fsync = True  # as on ext4/XFS, whatever this machine's /tmp is
+    monkeypatch.setattr(receiver_node.store, "one_fsync", one_fsync)  # whatever /tmp is
     first = make_ct(tmp_path / "first.dcm")
     result = run_storescu([first], receiver_node.port, called_ae=receiver_node.ae_title)
     assert result.returncode == 0, result.stderr + result.stdout

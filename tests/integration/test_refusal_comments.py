@@ -105,7 +105,7 @@ def test_disk_full_while_storing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(data_sync.os, "fdatasync", full)
     node = RunningNode(tmp_path)
-    node.store.one_fsync = True  # the data is synced early (as on ext4/XFS), and fails
+    # the data is synced early (one association: on any file system), and fails
     try:
         (answer,) = _send(node, [make_ct(tmp_path / "ct.dcm")])
         assert _refused(answer) == (OUT_OF_RESOURCES, "disk full on the node while storing")
