@@ -9,7 +9,9 @@ calibrated probability never reverses the score's order: the reporting threshold
 the raw score, reports the same findings in the same order whatever the calibration.
 
 The sidecar `<model file>.calibration.json` names the SHA-256 of the weights it was fitted
-for: a model file whose bytes differ (a new fine-tune) refuses a stale calibration at load.
+for: a model file whose bytes differ (a new fine-tune) refuses a stale calibration at load. Its
+method "none" records that the real-CT protocol kept the raw score (held out, the calibration
+did not improve it): the certainty is then the raw score, and says why.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from scipy.optimize import minimize
 
 CALIBRATION_FORMAT = "lungnode-lesion-calibration/1"
 CALIBRATION_SUFFIX = ".calibration.json"
+RAW_KEPT = "none"  # the sidecar's method when the protocol kept the raw score
 RIDGE = 0.1  # weight of the slope's L2 penalty, against the summed log loss of the candidates
 _EPS = 1e-6
 
@@ -131,16 +134,17 @@ def calibration_path(model: Path) -> Path:
 
 
 def write_calibration(
-    model: Path, calibration: PlattCalibration, sha256: str, provenance: dict[str, Any]
+    model: Path, calibration: PlattCalibration | None, sha256: str, provenance: dict[str, Any]
 ) -> Path:
     """Store the calibration beside `model`, for the weights with this SHA-256, with what made
-    it (`provenance`: the command, the data, the held-out figures)."""
+    it (`provenance`: the command, the data, the held-out figures); None stores the choice of
+    the raw score (method "none")."""
     path = calibration_path(model)
+    fitted = {"a": calibration.a, "b": calibration.b} if calibration else {}
     payload = {
         "format": CALIBRATION_FORMAT,
-        "method": "platt",
-        "a": calibration.a,
-        "b": calibration.b,
+        "method": "platt" if calibration else RAW_KEPT,
+        **fitted,
         "model_sha256": sha256,
         **provenance,
     }
@@ -149,9 +153,9 @@ def write_calibration(
 
 
 def read_calibration(model: Path, sha256: str) -> PlattCalibration | None:
-    """The calibration stored beside `model`, or None when there is none (the certainty is then
-    the raw score, and says so). A sidecar for other weights or a malformed one raises
-    ValueError naming the file and the fix."""
+    """The calibration stored beside `model`, or None when there is none or it records that the
+    raw score was kept (the certainty is then the raw score, and says so: `raw_kept`). A sidecar
+    for other weights or a malformed one raises ValueError naming the file and the fix."""
     path = calibration_path(model)
     if not path.is_file():
         return None
@@ -170,7 +174,36 @@ def read_calibration(model: Path, sha256: str) -> PlattCalibration | None:
             f"calibration file {path} was fitted for weights sha256 "
             f"{str(data.get('model_sha256'))[:12]}, but {model.name} is {sha256[:12]}; {fix}"
         )
+    if data.get("method") == RAW_KEPT:
+        return None
     a, b = data.get("a"), data.get("b")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
         raise ValueError(f"calibration file {path}: a={a!r}, b={b!r} are not numbers; {fix}")
     return PlattCalibration(float(a), float(b))  # type: ignore[arg-type]
+
+
+def raw_kept(model: Path) -> dict[str, Any] | None:
+    """The held-out figures of a sidecar that records the raw score kept (method "none"), or
+    None when there is no such sidecar; call after read_calibration has validated it."""
+    try:
+        data = json.loads(calibration_path(model).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("method") != RAW_KEPT:
+        return None
+    held_out = data.get("held_out")
+    return held_out if isinstance(held_out, dict) else {}
+
+
+def raw_kept_certainty(held_out: dict[str, Any]) -> str:
+    """What a finding's certainty is when the protocol kept the raw score, with its figures."""
+    figures = (
+        f" (Brier score raw {held_out['brier_raw']:.3f} vs calibrated "
+        f"{held_out['brier_calibrated']:.3f})"
+        if "brier_raw" in held_out and "brier_calibrated" in held_out
+        else ""
+    )
+    return (
+        "raw lesion score, kept by the real-CT protocol: held out, the Platt calibration did not "
+        f"improve it{figures}"
+    )

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from classifier.model.calibration import PlattCalibration, calibration_path, read_calibration
+from classifier.model.calibration import (
+    PlattCalibration,
+    calibration_path,
+    raw_kept,
+    raw_kept_certainty,
+    read_calibration,
+)
 from classifier.model.patches import PATCH_SHAPE
 from classifier.types import HISTOLOGY_CLASSES, UNCALIBRATED_CERTAINTY, ModelInfo
 
@@ -113,13 +119,17 @@ class LesionClassifier:
     calibration, and `info.certainty` says which)."""
 
     def __init__(
-        self, model: Any, info: ModelInfo, calibration: PlattCalibration | None = None
+        self,
+        model: Any,
+        info: ModelInfo,
+        calibration: PlattCalibration | None = None,
+        uncalibrated: str = UNCALIBRATED_CERTAINTY,
     ) -> None:
+        """`uncalibrated`: what the certainty is said to be without a calibration."""
         self.model = model
         self.calibration = calibration
         self.info = dataclasses.replace(
-            info,
-            certainty=calibration.describe() if calibration else UNCALIBRATED_CERTAINTY,
+            info, certainty=calibration.describe() if calibration else uncalibrated
         )
         self._lesion_index, self._histology_index = _output_order(model)
 
@@ -166,14 +176,16 @@ class LesionClassifier:
             histology_real_baseline=histology["histology_real_baseline"],
         )
         calibration = read_calibration(path, info.sha256)
-        if calibration is None:
+        kept = raw_kept(path) if calibration is None else None
+        uncalibrated = UNCALIBRATED_CERTAINTY if kept is None else raw_kept_certainty(kept)
+        if calibration is None and kept is None:
             log.info(
                 "model %s has no calibration beside it (%s): a finding's certainty is the raw "
                 "lesion score",
                 path,
                 calibration_path(path).name,
             )
-        classifier = cls(model, info, calibration)
+        classifier = cls(model, info, calibration, uncalibrated)
         classifier._check_shapes(path)
         return classifier
 

@@ -94,15 +94,18 @@ def calibrate(
     everyone = [c for p in patients for c in candidates[radius][p]]
     final = _fit(everyone)
     threshold = float(chosen["threshold"])
+    pooled = _pooled(
+        [v for p in patients for v in raw[p]],
+        [v for p in patients for v in calibrated[p]],
+        [v for p in patients for v in labels[p]],
+    )
     return {
         "method": "Platt scaling of logit(raw lesion score), prior-corrected targets, "
         f"ridge {RIDGE:g} on the slope, slope >= 0",
         "folds": folds,
-        "pooled_held_out": _pooled(
-            [v for p in patients for v in raw[p]],
-            [v for p in patients for v in calibrated[p]],
-            [v for p in patients for v in labels[p]],
-        ),
+        "pooled_held_out": pooled,
+        # Whether to calibrate at all is chosen like every tuned value: on held-out rows.
+        "applied": pooled["brier_calibrated"] < pooled["brier_raw"],
         "score_trained_on": sorted(score_trained_on),
         "scored_by_fold": sorted(scored_by_fold),
         "unseen_by_score": unseen,
@@ -127,7 +130,9 @@ def calibrate(
 
 def install_calibration(summary: dict[str, Any], model: Path, command: str) -> Path:
     """Write the final calibration beside `model`, for the weights the protocol scored with
-    (refused when `model` is not those weights), with the command and the data it saw."""
+    (refused when `model` is not those weights), with the command and the data it saw; when
+    held out it did not improve the raw score (`applied` false), the sidecar records the raw
+    score kept instead."""
     from classifier.model.inference import sha256_of
 
     sha256 = summary["model"]["sha256"]
@@ -154,7 +159,8 @@ def install_calibration(summary: dict[str, Any], model: Path, command: str) -> P
         "score_trained_on": calibration["score_trained_on"],
         "held_out_unseen_by_score": calibration["pooled_unseen_by_score"],
     }
-    return write_calibration(model, PlattCalibration(final["a"], final["b"]), sha256, provenance)
+    fitted = PlattCalibration(final["a"], final["b"]) if calibration["applied"] else None
+    return write_calibration(model, fitted, sha256, provenance)
 
 
 def _trained_note(calibration: dict[str, Any]) -> str:
@@ -215,11 +221,32 @@ def card_section(summary: dict[str, Any]) -> str:
         rows.append(f"| {patient} | {fold['radius_mm']:g} | {fit} | {cells or '-'} |")
     threshold = float(summary["chosen"]["threshold"])
     trained = _trained_note(calibration)
+    sidecar = calibration_path(Path("lungnode-demo.keras")).name
+    if calibration.get("applied", True):
+        applied = f"""The calibration the node applies is fitted on all \
+{len(final["patients"])} patients' {final["candidates"]} candidates ({final["tumours"]} \
+tumours) at the node's radius {final["radius_mm"]:g} mm: a = {final["a"]:.4f}, b = \
+{final["b"]:.4f}. It is stored beside the model (`{sidecar}`, with the command and the data it
+saw) for these weights only: other weights refuse it at load. The reporting threshold applies
+to the **raw** score (one convention: `[classifier] lesion_probability_threshold`); the
+calibration never reverses the score's order, so it changes what a finding's certainty reads,
+not which findings are reported. The threshold {threshold:g} reads as
+{final["at_threshold"]:.3f} calibrated."""
+    else:
+        applied = f"""**The node applies no calibration**: whether to calibrate is chosen on \
+the held-out rows like every tuned value, and held out the calibrated Brier score is not lower
+than the raw one. The sidecar (`{sidecar}`, for these weights only) records that choice, its
+figures and the command; the certainty a reader sees is the raw score, and the SR and SEG say
+why (Algorithm Parameters `certainty=raw lesion score, kept by the real-CT protocol ...`).
+(Fitted on all {len(final["patients"])} patients' {final["candidates"]} candidates it would
+have been a = {final["a"]:.4f}, b = {final["b"]:.4f}: the threshold {threshold:g} would read
+{final["at_threshold"]:.3f}.)"""
     return f"""### Certainty of the findings: the lesion score calibrated (issue 16 item 6)
 
 The lesion score's raw sigmoid (the "p" in the tables above) is not a probability on real CT.
 The certainty a reader sees (SR Certainty of Finding, SEG segment description, pictures) is its
-calibration: {calibration["method"]}, fitted on the candidates of the runs above. A candidate is
+calibration where that does better held out than the raw score: {calibration["method"]}, fitted
+on the candidates of the runs above. A candidate is
 the tumour when it is the finding matched to the annotated tumour; anything else (fragments,
 vessels, the rest) is not. The candidates are those at the detector radius the node runs with
 (column "radius"; the calibration is of what the node reports). Leave one patient out: each
@@ -234,15 +261,7 @@ Brier score raw **{pooled["brier_raw"]:.3f}** vs calibrated
 calibrated **{pooled["log_loss_calibrated"]:.3f}**. {trained} With
 {pooled["candidates"]} candidates these figures are coarse.
 
-The calibration the node applies is fitted on all {len(final["patients"])} patients'
-{final["candidates"]} candidates ({final["tumours"]} tumours) at the node's radius
-{final["radius_mm"]:g} mm: a = {final["a"]:.4f}, b = {final["b"]:.4f}. It is stored beside the
-model (`{calibration_path(Path("lungnode-demo.keras")).name}`, with the command and the data it
-saw) for these weights only: other weights refuse it at load. The reporting threshold applies
-to the **raw** score (one convention: `[classifier] lesion_probability_threshold`); the
-calibration never reverses the score's order, so it changes what a finding's certainty reads,
-not which findings are reported. The threshold {threshold:g} reads as
-{final["at_threshold"]:.3f} calibrated. A model without a calibration file beside it (a fresh
+{applied} A model without a calibration file beside it (a fresh
 `lungnode train`, a new fine-tune) reports the raw score as the certainty, and its SR and SEG
 say so (Algorithm Parameters `certainty=uncalibrated ...`).
 """

@@ -468,16 +468,25 @@ def _model(config: Config, findings: list[Finding]) -> None:
 
 
 def _calibration(model: Path, sha256: str, subject: str, findings: list[Finding]) -> None:
-    """The lesion score's calibration beside the model: applied (OK), absent (the certainty is
-    the raw score: WARNING), or fitted for other weights or unreadable (ERROR: start-up fails)."""
-    from classifier.model.calibration import calibration_path, read_calibration
+    """The lesion score's calibration beside the model: applied or the raw score kept by the
+    protocol (OK), absent (the certainty is the raw score: WARNING), or fitted for other weights
+    or unreadable (ERROR: start-up fails)."""
+    from classifier.model.calibration import (
+        calibration_path,
+        raw_kept,
+        raw_kept_certainty,
+        read_calibration,
+    )
 
     try:
         calibration = read_calibration(model, sha256)
     except ValueError as exc:
         findings.append(Finding(ERROR, "model", subject, str(exc)))
         return
-    if calibration is None:
+    kept = raw_kept(model) if calibration is None else None
+    if kept is not None:
+        findings.append(Finding(OK, "model", subject, f"{model}: {raw_kept_certainty(kept)}"))
+    elif calibration is None:
         findings.append(
             Finding(
                 WARNING,

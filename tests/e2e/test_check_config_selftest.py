@@ -120,6 +120,9 @@ def test_check_config_reports_the_models_calibration(tmp_path: Path) -> None:
     write_calibration(model, PlattCalibration(1.5, -1.4), sha256_of(model), {})
     (applied,) = calibration_findings()
     assert applied.level == OK and "calibrated: Platt" in applied.message
+    write_calibration(model, None, sha256_of(model), {"held_out": {}})
+    (kept,) = calibration_findings()
+    assert kept.level == OK and "raw lesion score, kept by the real-CT protocol" in kept.message
     write_calibration(model, PlattCalibration(1.5, -1.4), "0" * 64, {})
     (stale,) = calibration_findings()
     assert stale.level == ERROR and "fitted for weights sha256 000000000000" in stale.message

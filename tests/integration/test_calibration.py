@@ -135,12 +135,39 @@ def test_load_applies_the_calibration_beside_the_model_and_refuses_a_stale_one(
     written.unlink()
 
 
+def test_a_sidecar_that_keeps_the_raw_score_says_why_in_the_certainty(tiny_model: Path) -> None:
+    held_out = {"brier_raw": 0.134, "brier_calibrated": 0.167, "candidates": 8}
+    written = write_calibration(tiny_model, None, sha256_of(tiny_model), {"held_out": held_out})
+    try:
+        assert json.loads(written.read_text())["method"] == "none"
+        assert read_calibration(tiny_model, sha256_of(tiny_model)) is None
+        loaded = LesionClassifier.load(tiny_model)
+        assert loaded.calibration is None
+        assert loaded.info.certainty == (
+            "raw lesion score, kept by the real-CT protocol: held out, the Platt calibration "
+            "did not improve it (Brier score raw 0.134 vs calibrated 0.167)"
+        )
+        scores = np.array([0.3, 0.6, 0.9])
+        assert loaded.certainty(scores) == pytest.approx(scores)
+        # still for these weights only
+        write_calibration(tiny_model, None, "0" * 64, {"held_out": held_out})
+        with pytest.raises(ValueError, match="for weights sha256 000000000000"):
+            LesionClassifier.load(tiny_model)
+    finally:
+        written.unlink()
+
+
 def test_the_bundled_model_is_calibrated_at_the_protocols_operating_point() -> None:
     # Written by `lungnode real-ct-protocol ... --install` for the bundled weights; the node's
     # default threshold is the one the protocol chose on its held-out rows (on the raw score).
     sidecar = json.loads(calibration_path(BUNDLED_MODEL).read_text())
     assert sidecar["model_sha256"] == sha256_of(BUNDLED_MODEL)
-    assert read_calibration(BUNDLED_MODEL, sha256_of(BUNDLED_MODEL)) is not None
+    # applied only where it beats the raw score on the held-out candidates, else the raw kept
+    held_out = sidecar["held_out"]
+    applied = held_out["brier_calibrated"] < held_out["brier_raw"]
+    assert sidecar["method"] == ("platt" if applied else "none")
+    calibration = read_calibration(BUNDLED_MODEL, sha256_of(BUNDLED_MODEL))
+    assert (calibration is not None) == applied
     point = sidecar["operating_point"]
     assert point["applies_to"] == "the raw lesion score"
     assert point["lesion_probability_threshold"] == AnalysisSettings().lesion_probability_threshold

@@ -201,6 +201,14 @@ def test_calibration_is_fitted_leave_one_patient_out_and_pooled_on_held_out_rows
     assert result["unseen_by_score"] == ["P1", "P3"] and unseen["candidates"] == 3 + 4
     final = result["final"]
     assert final["candidates"] == 1 + 2 + 4 and final["radius_mm"] == 12.0
+    # calibrating at all is chosen on the held-out rows
+    assert result["applied"] == (pooled["brier_calibrated"] < pooled["brier_raw"])
+    for applied in (True, False):
+        text = " ".join(
+            calibration_section({**summary, "calibration": {**result, "applied": applied}}).split()
+        )
+        assert ("The node applies no calibration" in text) is not applied
+        assert (f"a = {final['a']:.4f}" in text) and ("calibrated." in text) is applied
     section = calibration_section({**summary, "calibration": result})
     words = " ".join(section.split())
     assert f"Brier score raw **{pooled['brier_raw']:.3f}** vs calibrated" in words
