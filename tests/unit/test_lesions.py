@@ -300,3 +300,68 @@ def test_a_mass_grown_into_the_cavity_keeps_its_massive_slices_in_the_lung_not_v
     assert mask[[3, 7]][:, disc <= 5].all()
     assert not mask[8:].any()
     assert not mask[3, 20:22, 28:30].any()
+
+
+def test_a_massive_seed_reaching_the_cavity_part_is_kept_whole_on_thick_slices() -> None:
+    # A mass on 8 mm slices whose lower half (slices 1-4, 32 mm across) lies in the lung region
+    # and whose upper half (slices 4-11) is cavity tissue beside it, narrower: the candidate is
+    # mostly cavity, and the seed's massive piece that reaches the cavity part is the mass's
+    # own lower half, kept whole, though its lowest slices lie more than CAVITY_SEED_MM from it.
+    from classifier.imaging.lesions import _Blob, _grow_in_cavity
+
+    rows, cols = np.ogrid[0:40, 0:40]
+    lower = np.hypot(rows - 20, cols - 14) <= 8
+    upper = np.hypot(rows - 20, cols - 27) <= 6
+    seed = np.zeros((14, 40, 40), dtype=bool)
+    seed[1:5] = lower
+    cavity = np.zeros((14, 40, 40), dtype=np.int32)
+    cavity[4:12] = upper & ~lower
+    assert np.count_nonzero(cavity) > np.count_nonzero(seed)
+    box = ndimage.find_objects(seed.astype(np.int32))[0]
+    grown = _grow_in_cavity(
+        _Blob(box, seed[box]), cavity, ndimage.find_objects(cavity), (8.0, 2.0, 2.0)
+    )
+    mask = np.zeros(seed.shape, dtype=bool)
+    mask[grown.box] = grown.mask
+    assert mask[4:12][:, upper & ~lower].all()
+    assert mask[1:5][:, np.hypot(rows - 20, cols - 14) <= 6].all()
+
+
+def test_slices_are_slabs_in_the_seed_distance() -> None:
+    # On 8 mm slices the slices next to a mask touch it; the one beyond lies 8 mm away.
+    from classifier.imaging.lesions import _slab_distance
+
+    mask = np.zeros((9, 5, 5), dtype=bool)
+    mask[4, 2, 2] = True
+    distance = _slab_distance(mask, (8.0, 1.0, 1.0))
+    assert distance[3, 2, 2] == 0.0 and distance[5, 2, 2] == 0.0
+    assert distance[6, 2, 2] == 8.0 and distance[2, 2, 2] == 8.0
+    assert distance[4, 2, 4] == 2.0
+
+
+def test_a_medial_notch_of_the_lung_is_cavity_where_solid_not_where_fat() -> None:
+    # A right lung (medial towards higher columns) whose medial part is missing on slices
+    # 10-19 (a mass replaced it; the lung wraps it above and below): the notch's solid soft
+    # tissue is cavity with fill_notch, its fat is not, and without fill_notch neither (the
+    # row's mediastinal border is the notch's lateral edge).
+    from classifier.imaging.lung_mask import _cavity
+
+    rows, cols = np.ogrid[0:80, 0:80]
+    distance = np.hypot(rows - 40, cols - 40)
+    small = np.where(distance <= 38, 40.0, -1000.0) * np.ones((30, 1, 1))
+    small[:, (distance >= 30) & (distance <= 32)] = 500.0  # the rib ring
+    own = np.broadcast_to(distance <= 20, small.shape).copy()
+    notch = (rows >= 30) & (rows <= 50) & (cols >= 50)
+    own[10:20] &= ~notch
+    small[10:20][:, notch & (cols >= 56)] = -100.0  # fat
+    medial = np.broadcast_to(cols > 40, small.shape)
+    args = (small, small > 200.0, np.broadcast_to(distance > 38, small.shape), own, medial)
+    no_spine = np.full(30, np.nan)
+    filled = _cavity(*args, (5.0, 2.0, 2.0), True, no_spine, True)
+    plain = _cavity(*args, (5.0, 2.0, 2.0), True, no_spine, False)
+    middle = (rows >= 37) & (rows <= 43)
+    solid = notch & middle & (cols < 56) & (distance <= 20)
+    fat = notch & middle & (cols >= 57) & (distance <= 20)
+    assert filled[15][solid].all()
+    assert not filled[15][fat].any()
+    assert not plain[15][solid].any()
