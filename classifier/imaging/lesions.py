@@ -1181,7 +1181,9 @@ def find_candidates(
             continue
         mask, at = refined
         candidates.append(_measure(ct, suv, mask, at, side_of(mask, at), "PET", mtv))
-    candidates = _without_touching_fragments(candidates)
+    # Anatomy first: a piece touching the heart or an organ dome is not that structure's
+    # fragment (only a lesion's spicule or wedge is).
     candidates = [c for c in candidates if is_anatomy(ct, c, lungs) is None]
+    candidates = _without_touching_fragments(candidates)
     candidates.sort(key=lambda c: c.volume_ml, reverse=True)
     return candidates

@@ -51,6 +51,10 @@ _BORDER_ROWS_MM = 10.0
 # lung wraps around. Filled only with soft tissue that is not fat (above _NOTCH_MIN_HU): a mass
 # that replaced the lung is solid; the hilum's notch holds vessels apart in fat and bronchi.
 _NOTCH_MIN_HU = -50.0
+# ...and only where that solid tissue, with the cavity's solid tissue beside it, is as thick as
+# a mass (lesions.CAVITY_MIN_THICK_MM): the heart's and the aorta's borders bulge into the
+# lung in thin crescents.
+_NOTCH_MIN_THICK_MM = 15.0
 # The lung's base (see `_interpolated_base`): the diaphragm under a lung is a smooth dome, so the
 # lung's lowest slice per in-plane point (its base surface) changes slowly; a mass resting on the
 # diaphragm has replaced the lung above it and raises that surface in a steep-sided notch no
@@ -398,7 +402,15 @@ def _cavity(
         lateral = cc < line if towards_high else cc > line
         if above is not None:
             # The lung wraps this pixel (above and below): a notch, filled by a solid mass.
-            lateral |= above[s, rr, cc] & (small[s, rr, cc] > _NOTCH_MIN_HU)
+            solid = small[s, rr, cc] > _NOTCH_MIN_HU
+            notch = above[s, rr, cc] & solid
+            mass = np.zeros(on.shape, dtype=bool)
+            mass[rr[solid & (lateral | notch)], cc[solid & (lateral | notch)]] = True
+            radius = _NOTCH_MIN_THICK_MM / 2.0 / min(spacing[1:])
+            r = int(np.ceil(radius))
+            yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+            mass = ndimage.binary_opening(mass, structure=(yy * yy + xx * xx) <= radius * radius)
+            lateral |= notch & mass[rr, cc]
         rr, cc = rr[lateral], cc[lateral]
         if rr.size == 0:
             continue
