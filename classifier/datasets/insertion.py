@@ -203,10 +203,8 @@ def study_anatomy(
     ct: Volume, boxes_mm: Sequence[tuple[Sequence[float], Sequence[float]]] = ()
 ) -> StudyAnatomy:
     """The anatomy placement needs (see `StudyAnatomy`); the keep-out mask is the study's
-    annotated tumour boxes (lo, hi in patient mm) and its `dense_masses`. The lungs without
-    the cavity's notch fill (`lung_mask` fill_notch): the keep-out and so the placements stay
-    those the grid was defined on, whatever the detector's cavity takes in."""
-    lungs = lung_mask(ct, fill_notch=False)
+    annotated tumour boxes (lo, hi in patient mm) and its `dense_masses`."""
+    lungs = lung_mask(ct)
     filled_small = np.zeros(lungs.labels.shape, dtype=np.uint8)
     for label in (RIGHT, LEFT):
         filled_small[fill_in_plane(lungs.labels == label)] = label

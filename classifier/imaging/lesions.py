@@ -109,8 +109,8 @@ TUBE_CONTINUATION = 0.5
 TUBE_MAX_CALIBRE_MM = 25.0
 _OPEN_MM = 2.5
 # A candidate grown mostly into the chest cavity keeps of its seed only what lies this close
-# to the cavity part (in-plane, on the same slice; in 3-D, the whole of a piece of the seed
-# as massive as cavity tissue, CAVITY_MIN_THICK_MM, that comes this close).
+# to the cavity part (in-plane, on the same slice; in 3-D where the seed is as massive as
+# cavity tissue, CAVITY_MIN_THICK_MM).
 CAVITY_SEED_MM = 10.0
 # Chest-cavity tissue a candidate may grow into must be at least this thick in plane (a mass).
 CAVITY_MIN_THICK_MM = 15.0
@@ -467,35 +467,22 @@ def _grow_in_cavity(
     if np.count_nonzero(added) > np.count_nonzero(local):
         # Mostly cavity: a mass that replaced the lung, found by a rim or a vessel at its edge.
         # The seed stays only where it lies beside the mass on the mass's own slices (the
-        # hilar vessels it may continue into above or below are not the mass), or in a piece
-        # as massive as cavity tissue must be (CAVITY_MIN_THICK_MM in plane) that comes within
-        # CAVITY_SEED_MM of the mass in 3-D (slices counted as slabs, `_slab_distance`), kept
-        # whole: the mass's own slices in the lung region above and below its part in the
-        # cavity, however far they reach on thick slices.
+        # hilar vessels it may continue into above or below are not the mass), or where it is
+        # as massive as cavity tissue must be (CAVITY_MIN_THICK_MM in plane) within
+        # CAVITY_SEED_MM of the mass in 3-D: the mass's own slices in the lung region above
+        # and below its part in the cavity.
         beside = dilate_in_plane(added, CAVITY_SEED_MM, (spacing[1], spacing[2]))
         massive = ndimage.binary_opening(
             local, structure=_disk(CAVITY_MIN_THICK_MM / 2.0 / min(spacing[1:]))
         )
-        close = _slab_distance(added, spacing) <= CAVITY_SEED_MM
-        pieces, _ = ndimage.label(massive)
-        reaching = np.unique(pieces[close & massive])
-        beside |= np.isin(pieces, reaching[reaching > 0])
+        near = ndimage.distance_transform_edt(~added, sampling=spacing) <= CAVITY_SEED_MM
+        beside |= massive & near
         local = added | (local & beside)
     else:
         local |= added
     tight = bounding_box(local)
     assert tight is not None
     return _Blob(_shift(tight, tuple(u.start for u in union)), local[tight])
-
-
-def _slab_distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Per voxel, the distance in mm to `mask` counted between slices' slabs, not their
-    centres: a slice stands for tissue its thickness deep, so the slices next to the mask's
-    touch it (0 mm along the body axis) and on thick slices the next beyond lies one slice
-    thickness away, not two."""
-    reach = ndimage.binary_dilation(mask, structure=np.ones((3, 1, 1), dtype=bool))
-    out: np.ndarray = ndimage.distance_transform_edt(~reach, sampling=spacing)
-    return np.where(mask, 0.0, out)
 
 
 def _mass_parts(
@@ -1181,9 +1168,7 @@ def find_candidates(
             continue
         mask, at = refined
         candidates.append(_measure(ct, suv, mask, at, side_of(mask, at), "PET", mtv))
-    # Anatomy first: a piece touching the heart or an organ dome is not that structure's
-    # fragment (only a lesion's spicule or wedge is).
-    candidates = [c for c in candidates if is_anatomy(ct, c, lungs) is None]
     candidates = _without_touching_fragments(candidates)
+    candidates = [c for c in candidates if is_anatomy(ct, c, lungs) is None]
     candidates.sort(key=lambda c: c.volume_ml, reverse=True)
     return candidates

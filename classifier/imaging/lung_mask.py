@@ -46,15 +46,6 @@ _RAY_WINDOW = 2
 _RING_GAP_RAYS = _RAYS // 4
 _RAY_MAX_MM = 220.0
 _BORDER_ROWS_MM = 10.0
-# A notch in the lung's medial surface (see `_cavity`): a pixel the lung's region holds within
-# _CAVITY_BELOW_MM below and within as much above, on a slice where it does not, is a place the
-# lung wraps around. Filled only with soft tissue that is not fat (above _NOTCH_MIN_HU): a mass
-# that replaced the lung is solid; the hilum's notch holds vessels apart in fat and bronchi.
-_NOTCH_MIN_HU = -50.0
-# ...and only where that solid tissue, with the cavity's solid tissue beside it, is as thick as
-# a mass (lesions.CAVITY_MIN_THICK_MM): the heart's and the aorta's borders bulge into the
-# lung in thin crescents.
-_NOTCH_MIN_THICK_MM = 15.0
 # The lung's base (see `_interpolated_base`): the diaphragm under a lung is a smooth dome, so the
 # lung's lowest slice per in-plane point (its base surface) changes slowly; a mass resting on the
 # diaphragm has replaced the lung above it and raises that surface in a steep-sided notch no
@@ -327,16 +318,13 @@ def _cavity(
     spacing: tuple[float, float, float],
     caudal_first: bool,
     spine_front: np.ndarray,
-    fill_notch: bool = True,
 ) -> np.ndarray:
     """One lung's region extended to its part of the chest cavity (see _BONE_HU above): soft
     tissue pixels of a slice where that lung is, inside the rib cage seen from the lung's
     centre, lateral of the lung's mediastinal border (per row the most medial pixel of the
     lung's region, the nearest row's where a row has none) and with the lung's region on some
     slice at most _CAVITY_BELOW_MM below (the heart, the liver and the diaphragm have none), or
-    above the lung's base interpolated under a mass on the dome (`_interpolated_base`). With
-    `fill_notch`, also whatever the border says, a notch's solid soft tissue (_NOTCH_MIN_HU):
-    pixels the lung's region holds within _CAVITY_BELOW_MM below and within as much above.
+    above the lung's base interpolated under a mass on the dome (`_interpolated_base`).
     """
     out = own.copy()
     n = own.shape[0]
@@ -358,7 +346,6 @@ def _cavity(
     # Per pixel, the last position (in caudal-to-cranial order) where the lung's region held it.
     last_seen = np.full(own.shape[1:], -(10**6), dtype=np.int64)
     base = _interpolated_base(own, order, spacing, towards_high)
-    above = _held_above(own, order, steps) if fill_notch else None
     for position, s in enumerate(order):
         if not present[s]:
             continue
@@ -400,17 +387,6 @@ def _cavity(
         rr, cc = np.nonzero(candidates)
         line = np.interp(rr, known, border[known])
         lateral = cc < line if towards_high else cc > line
-        if above is not None:
-            # The lung wraps this pixel (above and below): a notch, filled by a solid mass.
-            solid = small[s, rr, cc] > _NOTCH_MIN_HU
-            notch = above[s, rr, cc] & solid
-            mass = np.zeros(on.shape, dtype=bool)
-            mass[rr[solid & (lateral | notch)], cc[solid & (lateral | notch)]] = True
-            radius = _NOTCH_MIN_THICK_MM / 2.0 / min(spacing[1:])
-            r = int(np.ceil(radius))
-            yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
-            mass = ndimage.binary_opening(mass, structure=(yy * yy + xx * xx) <= radius * radius)
-            lateral |= notch & mass[rr, cc]
         rr, cc = rr[lateral], cc[lateral]
         if rr.size == 0:
             continue
@@ -425,18 +401,6 @@ def _cavity(
         with np.errstate(invalid="ignore"):
             keep = np.hypot(dr, dc) < limit - 1.0
         out[s, rr[keep], cc[keep]] = True
-    return out
-
-
-def _held_above(own: np.ndarray, order: list[int], steps: int) -> np.ndarray:
-    """Per voxel, whether the lung's region holds that in-plane pixel on some slice at most
-    `steps` above (in `order`, caudal to cranial), not counting the voxel's own slice."""
-    out = np.zeros(own.shape, dtype=bool)
-    next_seen = np.full(own.shape[1:], 10**6, dtype=np.int64)
-    for position in range(len(order) - 1, -1, -1):
-        s = order[position]
-        out[s] = next_seen - position <= steps
-        next_seen[own[s]] = position
     return out
 
 
@@ -589,9 +553,8 @@ def _between_lungs(labels: np.ndarray) -> np.ndarray:
     return right & left
 
 
-def lung_mask(ct: Volume, fill_notch: bool = True) -> LungMask:
-    """Right and left lung of a CT volume on the working grid (see `LungMask`); `fill_notch`
-    False leaves the medial notches' solid tissue out of the cavity (see `_cavity`)."""
+def lung_mask(ct: Volume) -> LungMask:
+    """Right and left lung of a CT volume on the working grid (see `LungMask`)."""
     factor = working_factor(ct)
     small = subsample(ct.array, factor)
     spacing = (ct.spacing[0], ct.spacing[1] * factor, ct.spacing[2] * factor)
@@ -710,7 +673,6 @@ def lung_mask(ct: Volume, fill_notch: bool = True) -> LungMask:
                 spacing,
                 caudal_first,
                 gutter,
-                fill_notch,
             )
     medial = (medial_cols[0] | medial_cols[1]) & _between_lungs(result)
     return LungMask(
