@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from classifier.model.stress import HIT_MIN_ON_TUMOUR
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"hit", "several", "short", "long", "region", "thick", "cap", "mass-cut", "edge"}
-STAGES |= {"apex", "refine", "score", "other", "cavity-join"}
+STAGES |= {"apex", "refine", "score", "other", "cavity-join", "beside"}
 
 
 @pytest.mark.slow
@@ -35,6 +37,9 @@ def test_every_insertion_gets_the_stage_that_lost_it(lung_pet_ct_dx: Path, tmp_p
         stage = row["stage"].split(" (")[0]
         assert stage in STAGES or stage.startswith("anatomy: "), row
         assert (stage == "hit") == scored["hit"], (row, scored)
+        if stage == "beside":  # one finding on it, mostly not the tumour
+            assert scored["found_as_one"], (row, scored)
+            assert scored["finding_on_tumour_share"] < HIT_MIN_ON_TUMOUR, (row, scored)
         if stage == "hit":  # a hit was proposed, kept through every stage and scored above
             assert row["thick"] and row["mass_parts"] and row["below_apex"], row
             assert max(c["p"] for c in row["candidates"]) >= 0.5, row
