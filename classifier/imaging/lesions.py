@@ -35,6 +35,7 @@ working grid, `_stands_free` on the CT grid).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -702,6 +703,17 @@ def _without_touching_fragments(candidates: list[Candidate]) -> list[Candidate]:
     return [c for c in candidates if any(c is k for k in kept)]
 
 
+def _not_anatomy_nor_fragments(
+    candidates: list[Candidate], anatomy: Callable[[Candidate], str | None]
+) -> list[Candidate]:
+    """The candidates that are not anatomy (`anatomy` says why one is) nor a fragment of a kept
+    one (`_without_touching_fragments`), largest first. Anatomy goes first: a tumour's piece
+    touching the heart or an organ's dome is not that structure's fragment, only a lesion's
+    spicule or wedge is (judged the other way round, the piece went with the structure)."""
+    kept = _without_touching_fragments([c for c in candidates if anatomy(c) is None])
+    return sorted(kept, key=lambda c: c.volume_ml, reverse=True)
+
+
 def _grown_by_one(blob: _Blob) -> _Blob:
     """A component dilated by one voxel (26-neighbourhood), in its grown box."""
     padded = ndimage.binary_dilation(np.pad(blob.mask, 1), structure=np.ones((3, 3, 3), bool))
@@ -1168,7 +1180,4 @@ def find_candidates(
             continue
         mask, at = refined
         candidates.append(_measure(ct, suv, mask, at, side_of(mask, at), "PET", mtv))
-    candidates = _without_touching_fragments(candidates)
-    candidates = [c for c in candidates if is_anatomy(ct, c, lungs) is None]
-    candidates.sort(key=lambda c: c.volume_ml, reverse=True)
-    return candidates
+    return _not_anatomy_nor_fragments(candidates, lambda c: is_anatomy(ct, c, lungs))

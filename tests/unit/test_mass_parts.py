@@ -14,6 +14,7 @@ from classifier.imaging.lesions import (
     _below_apex,
     _Blob,
     _mass_parts,
+    _not_anatomy_nor_fragments,
     _without_edge_fragments,
     _without_touching_fragments,
 )
@@ -117,6 +118,16 @@ def test_a_piece_touching_a_mass_at_full_resolution_is_no_finding() -> None:
     # Two touching masses of like size are two findings.
     twin = _candidate(_ball((75.0, 120.0, 160.0), 30.0) & ~mass)
     assert _without_touching_fragments([big, twin]) == [big, twin]
+
+
+def test_a_piece_touching_anatomy_is_judged_after_the_anatomy_is_dropped() -> None:
+    # The larger piece is anatomy (the heart, an organ's dome): the smaller one touching it is
+    # not its fragment and stays a candidate; beside a lesion it is the lesion's fragment.
+    heart = _candidate(_ball((75.0, 120.0, 100.0), 30.0))
+    piece = _candidate(_ball((75.0, 120.0, 140.0), 12.0) & ~_ball((75.0, 120.0, 100.0), 30.0))
+    anatomy = {id(heart): "continues below the lung"}
+    assert _not_anatomy_nor_fragments([piece, heart], lambda c: anatomy.get(id(c))) == [piece]
+    assert _not_anatomy_nor_fragments([piece, heart], lambda c: None) == [heart]
 
 
 def test_nothing_above_the_apex() -> None:
