@@ -66,11 +66,6 @@ def _mount_of(path: Path) -> tuple[str, str]:
     return found
 
 
-def filesystem_type(path: Path) -> str:
-    """The type of the file system `path` lies on (from /proc/self/mountinfo), '' if unknown."""
-    return _mount_of(path)[0]
-
-
 def has_journal(
     device: str, proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys")
 ) -> bool:
@@ -94,10 +89,10 @@ def has_journal(
         return False
 
 
-def fsync_commits_link(path: Path) -> bool:
-    """True when one fsync of a file under `path` also makes its newest link durable: XFS, and
-    ext4 with a journal (see JOURNAL_COMMITS_LINK)."""
-    fstype, device = _mount_of(path)
+def fsync_commits_link(fstype: str, device: str) -> bool:
+    """True when one fsync of a file on a `fstype` file system on `device` (as `_mount_of`
+    gives them) also makes its newest link durable: XFS, and ext4 with a journal (see
+    JOURNAL_COMMITS_LINK)."""
     if fstype == "ext4":
         return has_journal(device)
     return fstype in JOURNAL_COMMITS_LINK
@@ -222,9 +217,10 @@ class InstanceStore:
                 )
         self._durable_dirs: set[Path] = {self.root, self.incoming}
         self._dirs_lock = threading.Lock()
-        self.filesystem = filesystem_type(self.root)
-        self.one_fsync = folder_fsync == "auto" and fsync_commits_link(self.root)
-        if folder_fsync == "auto" and self.filesystem == "ext4" and not self.one_fsync:
+        self.filesystem, device = _mount_of(self.root)
+        journaled = fsync_commits_link(self.filesystem, device)
+        self.one_fsync = folder_fsync == "auto" and journaled
+        if folder_fsync == "auto" and self.filesystem == "ext4" and not journaled:
             log.info("store %s is on ext4 without a journal: two fsyncs per instance", self.root)
 
     def has_free_space(self) -> bool:

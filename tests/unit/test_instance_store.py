@@ -244,9 +244,9 @@ def test_free_space_threshold(tmp_path: Path) -> None:
 
 
 def test_filesystem_type_of_the_store_is_read_from_mountinfo(tmp_path: Path) -> None:
-    from storage.instance_store import filesystem_type
+    from storage.instance_store import _mount_of
 
-    kind = filesystem_type(tmp_path)
+    kind, _device = _mount_of(tmp_path)
     assert kind and " " not in kind  # e.g. ext4, xfs, tmpfs, overlay
 
 
@@ -292,7 +292,7 @@ def test_auto_store_commits_with_two_fsyncs_unless_the_link_is_journaled(tmp_pat
 
     fstype, device = _mount_of(tmp_path)
     journaled = fstype == "xfs" or (fstype == "ext4" and has_journal(device))
-    assert fsync_commits_link(tmp_path) is journaled
+    assert fsync_commits_link(fstype, device) is journaled
     assert InstanceStore(tmp_path / "a", 0).one_fsync is journaled
     assert InstanceStore(tmp_path / "b", 0, folder_fsync="always").one_fsync is False
 
