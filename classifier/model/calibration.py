@@ -154,11 +154,19 @@ def write_calibration(
 
 def read_calibration(model: Path, sha256: str) -> PlattCalibration | None:
     """The calibration stored beside `model`, or None when there is none or it records that the
-    raw score was kept (the certainty is then the raw score, and says so: `raw_kept`). A sidecar
-    for other weights or a malformed one raises ValueError naming the file and the fix."""
+    raw score was kept (`read_sidecar` says which). A sidecar for other weights or a malformed
+    one raises ValueError naming the file and the fix."""
+    return read_sidecar(model, sha256)[0]
+
+
+def read_sidecar(model: Path, sha256: str) -> tuple[PlattCalibration | None, str | None]:
+    """The sidecar beside `model`, read once: (its calibration, None); (None, what the certainty
+    is) when it records the raw score kept by the protocol; (None, None) when there is none.
+    A sidecar for other weights or a malformed one raises ValueError naming the file and the
+    fix."""
     path = calibration_path(model)
     if not path.is_file():
-        return None
+        return None, None
     fix = (
         "run `lungnode real-ct-protocol ... --install` again to fit the calibration for this "
         f"model, or delete {path.name} to report the uncalibrated score"
@@ -175,24 +183,12 @@ def read_calibration(model: Path, sha256: str) -> PlattCalibration | None:
             f"{str(data.get('model_sha256'))[:12]}, but {model.name} is {sha256[:12]}; {fix}"
         )
     if data.get("method") == RAW_KEPT:
-        return None
+        held_out = data.get("held_out")
+        return None, raw_kept_certainty(held_out if isinstance(held_out, dict) else {})
     a, b = data.get("a"), data.get("b")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
         raise ValueError(f"calibration file {path}: a={a!r}, b={b!r} are not numbers; {fix}")
-    return PlattCalibration(float(a), float(b))  # type: ignore[arg-type]
-
-
-def raw_kept(model: Path) -> dict[str, Any] | None:
-    """The held-out figures of a sidecar that records the raw score kept (method "none"), or
-    None when there is no such sidecar; call after read_calibration has validated it."""
-    try:
-        data = json.loads(calibration_path(model).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("method") != RAW_KEPT:
-        return None
-    held_out = data.get("held_out")
-    return held_out if isinstance(held_out, dict) else {}
+    return PlattCalibration(float(a), float(b)), None  # type: ignore[arg-type]
 
 
 def raw_kept_certainty(held_out: dict[str, Any]) -> str:

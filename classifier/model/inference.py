@@ -19,9 +19,7 @@ import numpy as np
 from classifier.model.calibration import (
     PlattCalibration,
     calibration_path,
-    raw_kept,
-    raw_kept_certainty,
-    read_calibration,
+    read_sidecar,
 )
 from classifier.model.patches import PATCH_SHAPE
 from classifier.types import HISTOLOGY_CLASSES, UNCALIBRATED_CERTAINTY, ModelInfo
@@ -175,9 +173,7 @@ class LesionClassifier:
             histology_real_accuracy=histology["histology_real_accuracy"],
             histology_real_baseline=histology["histology_real_baseline"],
         )
-        calibration = read_calibration(path, info.sha256)
-        kept = raw_kept(path) if calibration is None else None
-        uncalibrated = UNCALIBRATED_CERTAINTY if kept is None else raw_kept_certainty(kept)
+        calibration, kept = read_sidecar(path, info.sha256)
         if calibration is None and kept is None:
             log.info(
                 "model %s has no calibration beside it (%s): a finding's certainty is the raw "
@@ -185,7 +181,7 @@ class LesionClassifier:
                 path,
                 calibration_path(path).name,
             )
-        classifier = cls(model, info, calibration, uncalibrated)
+        classifier = cls(model, info, calibration, kept or UNCALIBRATED_CERTAINTY)
         classifier._check_shapes(path)
         return classifier
 

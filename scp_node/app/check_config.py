@@ -471,21 +471,15 @@ def _calibration(model: Path, sha256: str, subject: str, findings: list[Finding]
     """The lesion score's calibration beside the model: applied or the raw score kept by the
     protocol (OK), absent (the certainty is the raw score: WARNING), or fitted for other weights
     or unreadable (ERROR: start-up fails)."""
-    from classifier.model.calibration import (
-        calibration_path,
-        raw_kept,
-        raw_kept_certainty,
-        read_calibration,
-    )
+    from classifier.model.calibration import calibration_path, read_sidecar
 
     try:
-        calibration = read_calibration(model, sha256)
+        calibration, kept = read_sidecar(model, sha256)
     except ValueError as exc:
         findings.append(Finding(ERROR, "model", subject, str(exc)))
         return
-    kept = raw_kept(model) if calibration is None else None
     if kept is not None:
-        findings.append(Finding(OK, "model", subject, f"{model}: {raw_kept_certainty(kept)}"))
+        findings.append(Finding(OK, "model", subject, f"{model}: {kept}"))
     elif calibration is None:
         findings.append(
             Finding(
